@@ -1,14 +1,46 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! rs4py embeds CPython in a multi-threaded Rust program through the raw C API.
+//!
+//! - [`start`] starts the interpreter once per process (any thread, races included) with the
+//!   very Python the crate was built against, then releases the GIL.
+//! - [`Gil`] takes the GIL for the current thread; guards nest.
+//! - [`Object`] owns one reference, tied to a `Gil`; [`Handle`] is its storable, `Send + Sync`
+//!   twin. Reference counts stay right by construction.
+//! - Every failing C-API call becomes an [`Error`]; a Python exception carries its type,
+//!   message and traceback.
+//! - [`ToPython`] and [`FromPython`] convert values both ways.
+//!
+//! ```
+//! let gil = rs4py::Gil::acquire()?;
+//! let json = gil.import("json")?;
+//! let text: String = json.call_method("dumps", (vec![1, 2],), [("indent", 0)])?.extract()?;
+//! assert_eq!(text, "[\n1,\n2\n]");
+//! let err = json.call_method("loads", ("{",), ()).unwrap_err();
+//! assert_eq!(err.python_type(), Some("json.decoder.JSONDecodeError"));
+//! # Ok::<(), rs4py::Error>(())
+//! ```
+//!
+//! # Which Python
+//!
+//! The build script finds the interpreter as PyO3 does: `PYO3_PYTHON`, else an active
+//! virtualenv, else `python3` on `PATH`. It links its libpython and sets the rpath of this
+//! package's own binaries, tests and examples to that library's directory. A crate that depends
+//! on rs4py adds the same rpath to its own binaries with one line in its `build.rs`:
+//!
+//! ```text
+//! println!("cargo:rustc-link-arg=-Wl,-rpath,{}", std::env::var("DEP_RS4PY_LIBDIR").unwrap());
+//! ```
+//!
+//! At run time rs4py refuses (with [`Error::Start`]) a libpython other than the one it was
+//! built against, rather than mixing two installations.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod convert;
+mod error;
+mod gil;
+mod interpreter;
+mod object;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use convert::{FromPython, IntoArgs, IntoKwargs, ToPython};
+pub use error::{Error, PythonException, Result};
+pub use gil::Gil;
+pub use interpreter::{BuildPython, StartOptions, build_python, is_started, start};
+pub use object::{Handle, Object};

@@ -1,0 +1,50 @@
+//! Finds the Python interpreter the way the PyO3 ecosystem does (`PYO3_PYTHON`, else an active
+//! virtualenv, else `python3` on `PATH`; the search itself is `pyo3-build-config`'s, shared with
+//! `pyo3-ffi`, which links its libpython), then:
+//!
+//! - sets the rpath of this package's binaries, tests, examples and benches to that
+//!   interpreter's library directory, so they load the libpython they were built against;
+//! - records the interpreter's executable, prefix and version for run time, so that the
+//!   embedded interpreter reports and spawns the very Python found here;
+//! - publishes the library directory to dependent build scripts as `DEP_RS4PY_LIBDIR`.
+
+use std::process::exit;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    for var in ["PYO3_PYTHON", "VIRTUAL_ENV", "CONDA_PREFIX"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    let config = pyo3_build_config::get();
+    let Some(executable) = config.executable() else {
+        fail("pyo3-build-config found no Python executable; set PYO3_PYTHON to one");
+    };
+    let Some(lib_dir) = config.lib_dir() else {
+        fail("the Python interpreter reports no library directory (is it built with --enable-shared?)");
+    };
+    if !config.shared() {
+        fail("rs4py embeds a shared libpython; this interpreter was built without --enable-shared");
+    }
+    let facts = match config.run_python_script("import sys\nprint(sys.prefix)\nprint(sys.version.replace('\\n', ' '))")
+    {
+        Ok(out) => out,
+        Err(e) => fail(&format!("could not ask {executable} for sys.prefix: {e}")),
+    };
+    let mut lines = facts.lines();
+    let (Some(prefix), Some(version)) = (lines.next(), lines.next()) else {
+        fail(&format!("unexpected answer from {executable}: {facts:?}"));
+    };
+
+    pyo3_build_config::add_libpython_rpath_link_args();
+    println!("cargo:rustc-env=RS4PY_PYTHON_EXECUTABLE={executable}");
+    println!("cargo:rustc-env=RS4PY_PYTHON_PREFIX={prefix}");
+    println!("cargo:rustc-env=RS4PY_PYTHON_VERSION={version}");
+    println!("cargo:rustc-env=RS4PY_PYTHON_LIBDIR={lib_dir}");
+    // Read by dependents' build scripts as DEP_RS4PY_LIBDIR (see the crate docs).
+    println!("cargo:libdir={lib_dir}");
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("rs4py build: {message}");
+    exit(1)
+}

@@ -1,0 +1,1042 @@
+"""The py4cc pool driver: runs an Engine in a pool of worker processes.
+
+Protocol (every call may come from any thread, concurrently)::
+
+    d = Driver(max_tasks=64, n_subprocesses=0, start_method="forkserver",
+               engine="py4cc.engine:Engine", task_timeout=None)
+    d.initialize(config_json, float_feature_names, str_feature_names, **extra)
+
+    d.submit(float_features, str_features, int_feature) -> (flag, key, message)
+        0  accepted; come back with ``key`` (a positive int, unique among held tasks)
+        1  at capacity (``max_tasks`` tasks held, finished-not-retrieved ones included):
+           "Model engine is working at capacity. Try again later."; key 0
+        9  error (not initialised, finalized, wrong number of features, wrong type...);
+           the message names the cause; key 0
+
+    d.retrieve(key) -> (flag, value, message)
+        0  done; ``value > 0`` is the model's answer; the task is removed
+        1  "The requested task is not finished"; value 0; the task is kept
+        2  the model failed or answered ``value <= 0``, its worker died, or the task
+           timed out; ``message`` holds the traceback or the cause; the task is removed
+        9  error (unknown key: never issued, already retrieved, ``<= 0``, not an int);
+           value 0; nothing changes
+
+    d.wait(key, timeout) -> (flag, value, message)
+        blocks up to ``timeout`` seconds until the task is finished, then answers
+        exactly as ``retrieve`` does (flag 1 if it is still not finished)
+
+    d.finalize()
+        stops the pool; safe to call twice; afterwards submit answers flag 9
+        ("... finalized ...")
+
+Only ``initialize`` ever raises; every other failure comes back as a flag and a message.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import importlib.util
+import json
+import math
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.util  # imported before our atexit hook so that ours runs first
+import numbers
+import os
+import signal
+import threading
+import time
+import traceback
+import weakref
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+
+__all__ = [
+    "Driver",
+    "OK",
+    "NOT_FINISHED",
+    "AT_CAPACITY",
+    "FAILED",
+    "ERROR",
+    "CAPACITY_MESSAGE",
+    "NOT_FINISHED_MESSAGE",
+]
+
+OK = 0
+"""submit: accepted. retrieve/wait: done, value > 0."""
+AT_CAPACITY = 1
+"""submit: ``max_tasks`` tasks held."""
+NOT_FINISHED = 1
+"""retrieve/wait: the task is not finished yet (it is kept)."""
+FAILED = 2
+"""retrieve/wait: the model failed, its worker died, or it timed out (it is removed)."""
+ERROR = 9
+"""any call: a usage error; the message says what."""
+
+CAPACITY_MESSAGE = "Model engine is working at capacity. Try again later."
+NOT_FINISHED_MESSAGE = "The requested task is not finished"
+
+DEFAULT_ENGINE = "py4cc.engine:Engine"
+
+# Messages between the parent and a worker process.
+_MSG_READY = "ready"  # worker -> parent: (READY, pid)
+_MSG_INIT_FAILED = "init-failed"  # worker -> parent: (INIT_FAILED, traceback text)
+_MSG_RESULT = "result"  # worker -> parent: (RESULT, key, flag, value, message)
+# parent -> worker: (key, float_features, str_features, int_feature), or None to stop.
+
+_STOP_GRACE_S = 1.0
+"""How long finalize waits for idle workers to exit before killing them."""
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _load_engine_class(engine: str) -> Any:
+    module_name, _, class_name = engine.partition(":")
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in class_name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return f"{text} (type {type(value).__name__})"
+
+
+def _run_task(engine: Any, key: int, ff: list, sf: list, n: int) -> tuple:
+    """Run one task in the worker; answers a RESULT message, never raises."""
+    try:
+        answer = engine.run(float_features=ff, str_features=sf, int_feature=n)
+    except BaseException:  # a user's run may raise anything, even SystemExit
+        return (_MSG_RESULT, key, FAILED, -1, traceback.format_exc())
+    if not (isinstance(answer, tuple) and len(answer) == 2):
+        return (
+            _MSG_RESULT, key, FAILED, -1,
+            f"Engine.run must return a (value: int, message: str) pair; it returned {_describe(answer)}",
+        )
+    value, message = answer
+    if not isinstance(value, int) or isinstance(value, bool):
+        return (
+            _MSG_RESULT, key, FAILED, -1,
+            f"Engine.run must return a (value: int, message: str) pair; its value was {_describe(value)}",
+        )
+    if not isinstance(message, str):
+        return (
+            _MSG_RESULT, key, FAILED, -1,
+            f"Engine.run must return a (value: int, message: str) pair; its message was {_describe(message)}",
+        )
+    if value > 0:
+        return (_MSG_RESULT, key, OK, int(value), str(message))
+    if not message:
+        message = f"the model answered {value} (a value <= 0 means the model failed)"
+    return (_MSG_RESULT, key, FAILED, int(value), str(message))
+
+
+def _worker_main(
+    conn: Any,
+    engine: str,
+    config: Any,
+    float_names: List[str],
+    str_names: List[str],
+    extra: Dict[str, Any],
+    close_fds: List[int],
+) -> None:
+    """Body of one worker process: build the Engine, report ready, then serve tasks."""
+    # With "fork" the child inherits the parent's ends of every worker pipe; closing
+    # them lets this worker see EOF (and exit) when the parent goes away.
+    for fd in close_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    # Ctrl-C reaches the whole process group: the parent decides when workers stop.
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (ValueError, OSError):
+        pass
+    try:
+        cls = _load_engine_class(engine)
+        obj = cls()
+        obj.initialize(
+            config=config,
+            float_feature_names=list(float_names),
+            str_feature_names=list(str_names),
+            **extra,
+        )
+    except BaseException:
+        try:
+            conn.send((_MSG_INIT_FAILED, traceback.format_exc()))
+        except Exception:
+            pass
+        return
+    try:
+        conn.send((_MSG_READY, os.getpid()))
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                return
+            if msg is None:
+                return
+            key, ff, sf, n = msg
+            conn.send(_run_task(obj, key, ff, sf, n))
+    except (EOFError, OSError):
+        return  # the parent has gone away
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+class _Task:
+    __slots__ = ("key", "payload", "done", "flag", "value", "message", "event", "worker", "deadline")
+
+    def __init__(self, key: int, payload: tuple) -> None:
+        self.key = key
+        self.payload = payload
+        self.done = False
+        self.flag = NOT_FINISHED
+        self.value = 0
+        self.message = NOT_FINISHED_MESSAGE
+        self.event: Optional[threading.Event] = None
+        self.worker: Optional[_Worker] = None
+        self.deadline: Optional[float] = None
+
+
+class _Worker:
+    __slots__ = ("process", "conn", "pid", "ready", "task", "dead", "eof", "timed_out")
+
+    def __init__(self, process: Any, conn: Any) -> None:
+        self.process = process
+        self.conn = conn
+        self.pid: int = process.pid
+        self.ready = False  # reported READY (its Engine is initialised)
+        self.task: Optional[_Task] = None  # the task it is running
+        self.dead = False  # must not be given tasks (killed, broken pipe, exited)
+        self.eof = False  # its pipe reported EOF: stop watching it
+        self.timed_out = False
+
+    def idle(self) -> bool:
+        return self.ready and self.task is None and not self.dead
+
+
+def _exit_text(exitcode: Optional[int]) -> str:
+    if exitcode is None:
+        return "an unknown exit code"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"exit code {exitcode} (killed by {name})"
+    return f"exit code {exitcode}"
+
+
+class _Pool:
+    """Everything the dispatcher thread and the finalizers need; holds no Driver ref."""
+
+    def __init__(self, ctx: Any, start_method: str, n_workers: int, max_tasks: int,
+                 task_timeout: Optional[float], worker_args: tuple) -> None:
+        self.ctx = ctx
+        self.start_method = start_method
+        self.n_workers = n_workers
+        self.max_tasks = max_tasks
+        self.task_timeout = task_timeout
+        self.worker_args = worker_args  # (engine, config, float_names, str_names, extra)
+        self.lock = threading.Lock()
+        self.shutdown_lock = threading.Lock()
+        self.tasks: Dict[int, _Task] = {}
+        self.pending: Deque[_Task] = deque()
+        self.workers: List[_Worker] = []
+        self.next_key = 1
+        self.closed = False  # finalize has begun: refuse new tasks
+        self.finished = False  # finalize has completed
+        self.broken: Optional[str] = None  # no worker can be started any more
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        self.wake_pending = False
+        self.thread: Optional[threading.Thread] = None
+
+    # -- workers ------------------------------------------------------------------
+
+    def start_worker(self) -> _Worker:
+        """Start one worker process (not yet ready). Raises on failure."""
+        parent_conn, child_conn = multiprocessing.Pipe(duplex=True)
+        close_fds: List[int] = []
+        if self.start_method == "fork":
+            with self.lock:
+                close_fds = [w.conn.fileno() for w in self.workers if not w.conn.closed]
+            close_fds += [parent_conn.fileno(), self.wake_r, self.wake_w]
+        process = self.ctx.Process(
+            target=_worker_main,
+            args=(child_conn,) + self.worker_args + (close_fds,),
+            name="py4cc-worker",
+            daemon=False,
+        )
+        try:
+            process.start()
+        except BaseException:
+            parent_conn.close()
+            child_conn.close()
+            raise
+        child_conn.close()
+        return _Worker(process, parent_conn)
+
+    def wait_ready(self, workers: List[_Worker]) -> None:
+        """Block until every worker has reported ready; raise RuntimeError if one fails."""
+        waiting = {w.conn: w for w in workers}
+        sentinels = {w.process.sentinel: w for w in workers}
+        while waiting:
+            ready = multiprocessing.connection.wait(list(waiting) + list(sentinels))
+            for obj in ready:
+                if obj in waiting:
+                    w = waiting[obj]
+                    try:
+                        msg = w.conn.recv()
+                    except (EOFError, OSError):
+                        msg = None
+                    if msg is not None and msg[0] == _MSG_READY:
+                        w.ready = True
+                        del waiting[obj]
+                        sentinels.pop(w.process.sentinel, None)
+                        continue
+                    if msg is not None and msg[0] == _MSG_INIT_FAILED:
+                        raise RuntimeError(
+                            f"worker process (pid {w.pid}) failed to build and initialise the "
+                            f"engine {self.worker_args[0]!r}:\n{msg[1]}"
+                        )
+                    w.process.join(5)
+                    raise RuntimeError(
+                        f"worker process (pid {w.pid}) exited before its engine "
+                        f"{self.worker_args[0]!r} was ready, with {_exit_text(w.process.exitcode)}"
+                    )
+                if obj in sentinels:
+                    w = sentinels[obj]
+                    if w.conn.poll():  # its last words may still be in the pipe
+                        continue
+                    w.process.join(5)
+                    raise RuntimeError(
+                        f"worker process (pid {w.pid}) exited before its engine "
+                        f"{self.worker_args[0]!r} was ready, with {_exit_text(w.process.exitcode)}"
+                    )
+
+    # -- tasks (all called with self.lock held) --------------------------------------
+
+    def complete(self, task: _Task, flag: int, value: int, message: str) -> None:
+        if task.done:
+            return
+        task.done = True
+        task.flag = flag
+        task.value = value
+        task.message = message
+        task.worker = None
+        task.deadline = None
+        task.payload = None
+        if task.event is not None:
+            task.event.set()
+
+    def assign(self, worker: _Worker, task: _Task) -> bool:
+        """Hand ``task`` to an idle ``worker``; False (task untouched) if the pipe is broken."""
+        try:
+            worker.conn.send((task.key,) + task.payload)
+        except (OSError, ValueError):
+            worker.dead = True
+            return False
+        worker.task = task
+        task.worker = worker
+        if self.task_timeout is not None:
+            task.deadline = time.monotonic() + self.task_timeout
+        return True
+
+    def dispatch(self) -> bool:
+        """Give pending tasks to idle workers. Returns True if a deadline was set."""
+        started = False
+        if not self.pending:
+            return False
+        for w in self.workers:
+            if not self.pending:
+                break
+            if w.idle():
+                task = self.pending.popleft()
+                if self.assign(w, task):
+                    started = True
+                else:
+                    self.pending.appendleft(task)
+        return started and self.task_timeout is not None
+
+    def wake(self) -> None:
+        """Wake the dispatcher thread (called with self.lock held)."""
+        if self.wake_pending:
+            return
+        self.wake_pending = True
+        try:
+            os.write(self.wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def fail_all_pending(self, message: str) -> None:
+        while self.pending:
+            self.complete(self.pending.popleft(), FAILED, -1, message)
+
+    # -- the dispatcher thread ---------------------------------------------------------
+
+    def run_dispatcher(self) -> None:
+        try:
+            self._dispatch_loop()
+        except BaseException:  # pragma: no cover - a bug; do not leave waiters hanging
+            text = traceback.format_exc()
+            with self.lock:
+                self.broken = f"the driver's dispatcher thread crashed:\n{text}"
+                for task in list(self.tasks.values()):
+                    self.complete(task, FAILED, -1, self.broken)
+                self.pending.clear()
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            with self.lock:
+                if self.closed:
+                    return
+                watch: Dict[Any, Tuple[str, _Worker]] = {}
+                for w in self.workers:
+                    if not w.eof:
+                        watch[w.conn] = ("conn", w)
+                    watch[w.process.sentinel] = ("exit", w)
+                timeout = None
+                if self.task_timeout is not None:
+                    deadlines = [w.task.deadline for w in self.workers
+                                 if w.task is not None and w.task.deadline is not None]
+                    if deadlines:
+                        timeout = max(0.0, min(deadlines) - time.monotonic())
+            ready = multiprocessing.connection.wait([self.wake_r] + list(watch), timeout)
+            exited: List[_Worker] = []
+            for obj in ready:
+                if isinstance(obj, int) and obj == self.wake_r:
+                    with self.lock:
+                        self.wake_pending = False
+                    try:
+                        os.read(self.wake_r, 4096)
+                    except OSError:
+                        pass
+                    continue
+                kind, w = watch[obj]
+                if kind == "conn":
+                    self._read_worker(w)
+                else:
+                    exited.append(w)
+            for w in exited:
+                self._reap(w)
+            if self.task_timeout is not None:
+                self._expire()
+
+    def _read_worker(self, w: _Worker) -> None:
+        while True:
+            try:
+                if not w.conn.poll():
+                    return
+                msg = w.conn.recv()
+            except (EOFError, OSError, ValueError):
+                w.eof = True
+                with self.lock:
+                    w.dead = True
+                return
+            except Exception:  # an unpicklable message: treat as a broken worker
+                w.eof = True
+                with self.lock:
+                    w.dead = True
+                    task = w.task
+                    w.task = None
+                    if task is not None:
+                        self.complete(task, FAILED, -1,
+                                      "the worker's answer could not be read:\n" + traceback.format_exc())
+                try:
+                    w.process.kill()
+                except Exception:
+                    pass
+                return
+            with self.lock:
+                if msg[0] == _MSG_READY:
+                    w.ready = True
+                elif msg[0] == _MSG_RESULT:
+                    _, key, flag, value, message = msg
+                    task = w.task
+                    if task is not None and task.key == key:
+                        w.task = None
+                        self.complete(task, flag, value, message)
+                elif msg[0] == _MSG_INIT_FAILED:
+                    w.dead = True
+                    self.note_replacement_failure(
+                        f"a replacement worker process (pid {w.pid}) failed to initialise "
+                        f"its engine:\n{msg[1]}")
+                self.dispatch()
+
+    def _reap(self, w: _Worker) -> None:
+        """A worker process has exited: fail its task, drop it, start a replacement."""
+        # Read whatever it managed to send before it exited.
+        if not w.eof:
+            self._read_worker(w)
+        try:
+            w.process.join(1.0)
+        except Exception:
+            pass
+        exitcode = w.process.exitcode
+        with self.lock:
+            was_ready = w.ready
+            w.dead = True
+            if w in self.workers:
+                self.workers.remove(w)
+            task = w.task
+            w.task = None
+            if task is not None:
+                self.complete(
+                    task, FAILED, -1,
+                    f"the worker process (pid {w.pid}) running this task died with "
+                    f"{_exit_text(exitcode)}; a replacement worker was started",
+                )
+            if not was_ready and not w.timed_out:
+                self.note_replacement_failure(
+                    f"a replacement worker process (pid {w.pid}) exited before it was ready, "
+                    f"with {_exit_text(exitcode)}")
+            replace = not self.closed and was_ready
+        try:
+            w.conn.close()
+        except Exception:
+            pass
+        try:
+            w.process.close()
+        except Exception:
+            pass
+        if replace:
+            self._replace()
+
+    def _replace(self) -> None:
+        try:
+            new = self.start_worker()
+        except Exception:
+            with self.lock:
+                self.note_replacement_failure(
+                    "a replacement worker process could not be started:\n" + traceback.format_exc())
+            return
+        stop = False
+        with self.lock:
+            if self.closed:
+                stop = True
+            else:
+                self.workers.append(new)
+        if stop:
+            _stop_workers([new])
+
+    def note_replacement_failure(self, message: str) -> None:
+        """Called with the lock held; if no usable worker is left, the pool is broken."""
+        alive = [w for w in self.workers if not w.dead]
+        if not alive:
+            self.broken = message
+            self.fail_all_pending(f"no worker process is left to run this task: {message}")
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            for w in self.workers:
+                task = w.task
+                if task is None or task.deadline is None or task.deadline > now:
+                    continue
+                w.task = None
+                w.dead = True
+                w.timed_out = True
+                self.complete(
+                    task, FAILED, -1,
+                    f"the task timed out after {self.task_timeout:g} s; its worker process "
+                    f"(pid {w.pid}) was killed and is being replaced",
+                )
+                try:
+                    w.process.kill()
+                except Exception:
+                    pass
+                # Its exit shows up on its sentinel; _reap then starts the replacement.
+
+    # -- shutdown -------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop everything; never raises; safe to call many times and from many threads."""
+        try:
+            self._shutdown()
+        except Exception:
+            pass
+
+    def _shutdown(self) -> None:
+        with self.shutdown_lock:
+            if self.finished:
+                return
+            with self.lock:
+                self.closed = True
+                for task in self.tasks.values():
+                    if not task.done:
+                        self.complete(task, FAILED, -1,
+                                      "the driver was finalized before this task finished")
+                self.pending.clear()
+                self.wake()
+            thread = self.thread
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(10.0)
+            with self.lock:
+                workers = list(self.workers)
+                self.workers.clear()
+            _stop_workers(workers)
+            for fd in (self.wake_r, self.wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self.finished = True
+            _LIVE_POOLS.discard(self)
+
+
+def _stop_workers(workers: List[_Worker]) -> None:
+    """Stop idle workers politely and busy ones at once; kill stragglers; join all."""
+    for w in workers:
+        try:
+            if w.task is None and w.ready and not w.dead:
+                w.conn.send(None)
+            else:
+                w.process.terminate()
+        except Exception:
+            try:
+                w.process.terminate()
+            except Exception:
+                pass
+    deadline = time.monotonic() + _STOP_GRACE_S
+    for w in workers:
+        try:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+        except Exception:
+            pass
+    for w in workers:
+        try:
+            if w.process.exitcode is None:
+                w.process.kill()
+                w.process.join(5.0)
+        except Exception:
+            pass
+        try:
+            w.conn.close()
+        except Exception:
+            pass
+        try:
+            w.process.close()
+        except Exception:
+            pass
+
+
+_LIVE_POOLS: "set[_Pool]" = set()
+
+
+def _shutdown_all_pools() -> None:
+    for pool in list(_LIVE_POOLS):
+        pool.shutdown()
+
+
+# Registered after multiprocessing.util's own exit hook, so (atexit being LIFO) our
+# workers are stopped before multiprocessing would try to join them.
+atexit.register(_shutdown_all_pools)
+
+
+# --------------------------------------------------------------------------- the Driver
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+class Driver:
+    """Runs an Engine (``"module:Class"``) in a pool of worker processes.
+
+    Flag protocol (see the module docstring for the full table):
+
+    * ``submit(float_features, str_features, int_feature) -> (flag, key, message)``:
+      0 accepted (``key`` > 0), 1 at capacity (``CAPACITY_MESSAGE``), 9 error.
+    * ``retrieve(key) -> (flag, value, message)``: 0 done (``value`` > 0; removed),
+      1 not finished (``NOT_FINISHED_MESSAGE``; kept), 2 failed (message holds the
+      traceback or the cause; removed; ``value`` is the model's value if it answered
+      one, else -1), 9 error such as an unknown key (value 0; nothing changes).
+    * ``wait(key, timeout) -> (flag, value, message)``: like ``retrieve`` after blocking
+      up to ``timeout`` seconds for the task to finish. ``timeout`` None (or +inf) waits
+      until the task finishes or the driver is finalized; ``timeout <= 0`` (or NaN) does
+      not block at all. Other threads keep submitting and retrieving meanwhile.
+    * ``finalize()``: stops the pool. Tasks not finished by then answer flag 2 ("the
+      driver was finalized before this task finished"); tasks already finished keep
+      their answers; each can still be retrieved once. Afterwards ``submit`` answers
+      flag 9 ("... finalized ...").
+
+    ``worker_pids()`` lists the pids of the current worker processes (for tests and
+    monitoring). Only ``initialize`` raises; all other methods answer flags. Every
+    method is thread-safe; an internal lock is held only briefly and never while
+    ``wait`` blocks. A task whose worker process dies, or which runs past
+    ``task_timeout`` seconds (measured from when a worker starts it; its worker is then
+    killed), answers flag 2 with a message saying so, and a replacement worker is
+    started. The Driver is a context manager; it is also finalized when garbage
+    collected or at interpreter exit, so no worker process is left behind.
+    """
+
+    def __init__(
+        self,
+        max_tasks: int = 64,
+        n_subprocesses: int = 0,
+        start_method: str = "forkserver",
+        engine: str = DEFAULT_ENGINE,
+        task_timeout: Optional[float] = None,
+    ) -> None:
+        """Store the options; nothing is checked or started until ``initialize``."""
+        self.max_tasks = max_tasks
+        self.n_subprocesses = n_subprocesses
+        self.start_method = start_method
+        self.engine = engine
+        self.task_timeout = task_timeout
+        self.float_feature_names: List[str] = []
+        self.str_feature_names: List[str] = []
+        self.config: Any = None
+        self.n_workers = 0
+        """The resolved number of worker processes (set by ``initialize``)."""
+        self._pool: Optional[_Pool] = None
+        self._state_lock = threading.Lock()
+        self._finalized = False
+        self._finalizer: Optional[weakref.finalize] = None
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def initialize(
+        self,
+        config_json: Any,
+        float_feature_names: Sequence[str],
+        str_feature_names: Sequence[str],
+        **extra: Any,
+    ) -> "Driver":
+        """Parse the JSON config, start the workers, and wait until all are ready.
+
+        Each worker builds ``Class()`` from ``engine`` and calls ``initialize(config=
+        <parsed config>, float_feature_names=[...], str_feature_names=[...], **extra)``.
+        Returns ``self``. Raises ValueError (bad JSON, start method, engine name or
+        option), TypeError (feature names not lists of str), ImportError (engine module
+        not found), RuntimeError (called twice or after finalize; a worker failed to
+        start or to initialise its Engine: the message carries its traceback).
+        """
+        with self._state_lock:
+            if self._finalized:
+                raise RuntimeError("Driver.initialize: the driver is finalized; create a new Driver")
+            if self._pool is not None:
+                raise RuntimeError("Driver.initialize: the driver is already initialized")
+            config = self._parse_config(config_json)
+            float_names = self._check_names("float_feature_names", float_feature_names)
+            str_names = self._check_names("str_feature_names", str_feature_names)
+            start_method = self._check_start_method(self.start_method)
+            max_tasks = self._check_max_tasks(self.max_tasks)
+            n_workers = self._check_workers(self.n_subprocesses)
+            task_timeout = self._check_timeout(self.task_timeout)
+            engine = self._check_engine(self.engine)
+            ctx = multiprocessing.get_context(start_method)
+            pool = _Pool(ctx, start_method, n_workers, max_tasks, task_timeout,
+                         (engine, config, float_names, str_names, dict(extra)))
+            _LIVE_POOLS.add(pool)
+            try:
+                workers: List[_Worker] = []
+                try:
+                    for _ in range(n_workers):
+                        w = pool.start_worker()
+                        workers.append(w)
+                        with pool.lock:
+                            pool.workers.append(w)
+                except Exception as exc:
+                    raise RuntimeError(
+                        f"Driver.initialize: could not start a worker process "
+                        f"(start method {start_method!r}): {type(exc).__name__}: {exc}"
+                    ) from exc
+                pool.wait_ready(workers)
+            except BaseException:
+                pool.shutdown()
+                raise
+            pool.thread = threading.Thread(
+                target=pool.run_dispatcher, name="py4cc-dispatcher", daemon=True)
+            pool.thread.start()
+            self.config = config
+            self.float_feature_names = float_names
+            self.str_feature_names = str_names
+            self.n_workers = n_workers
+            self._pool = pool
+            self._finalizer = weakref.finalize(self, pool.shutdown)
+            self._finalizer.atexit = False  # the module's own exit hook covers that case
+            return self
+
+    def finalize(self) -> None:
+        """Stop the dispatcher and every worker (terminate, join, kill stragglers).
+
+        Safe to call twice and from any thread; never raises. Unfinished tasks answer
+        flag 2; finished ones keep their answers until retrieved. Later submits answer
+        flag 9 with a message containing "finalized".
+        """
+        try:
+            with self._state_lock:
+                self._finalized = True
+                pool = self._pool
+            if pool is not None:
+                pool.shutdown()
+        except Exception:
+            pass
+
+    def __enter__(self) -> "Driver":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.finalize()
+
+    def __repr__(self) -> str:
+        state = "finalized" if self._finalized else ("running" if self._pool else "new")
+        return (f"Driver(max_tasks={self.max_tasks!r}, n_subprocesses={self.n_subprocesses!r}, "
+                f"start_method={self.start_method!r}, engine={self.engine!r}, "
+                f"task_timeout={self.task_timeout!r}) <{state}>")
+
+    # -- the protocol -----------------------------------------------------------------
+
+    def submit(self, float_features: Sequence[float], str_features: Sequence[str],
+               int_feature: int) -> Tuple[int, int, str]:
+        """Queue one task: ``(0, key, "")``, ``(1, 0, CAPACITY_MESSAGE)`` or ``(9, 0, why)``."""
+        try:
+            return self._submit(float_features, str_features, int_feature)
+        except Exception as exc:  # pragma: no cover - defensive: never raise
+            return ERROR, 0, f"submit failed unexpectedly: {type(exc).__name__}: {exc}"
+
+    def retrieve(self, key: int) -> Tuple[int, int, str]:
+        """Answer for ``key``: flag 0 / 2 (task removed), 1 (kept) or 9 (nothing changes)."""
+        try:
+            return self._retrieve(key)
+        except Exception as exc:  # pragma: no cover - defensive: never raise
+            return ERROR, 0, f"retrieve failed unexpectedly: {type(exc).__name__}: {exc}"
+
+    def wait(self, key: int, timeout: Optional[float] = None) -> Tuple[int, int, str]:
+        """Block up to ``timeout`` seconds for ``key`` to finish, then answer as ``retrieve``.
+
+        ``timeout=None`` or ``+inf``: no limit (returns when the task finishes or the
+        driver is finalized). ``timeout <= 0`` or NaN: do not block. A timeout that is
+        not a number answers flag 9. The driver's lock is not held while blocking.
+        """
+        try:
+            return self._wait(key, timeout)
+        except Exception as exc:  # pragma: no cover - defensive: never raise
+            return ERROR, 0, f"wait failed unexpectedly: {type(exc).__name__}: {exc}"
+
+    def worker_pids(self) -> List[int]:
+        """The pids of the current worker processes (empty before initialize / after finalize).
+
+        A worker that was killed or timed out stays listed until the driver notices
+        its exit and replaces it.
+        """
+        pool = self._pool
+        if pool is None:
+            return []
+        with pool.lock:
+            return [w.pid for w in pool.workers]
+
+    def held_tasks(self) -> int:
+        """How many tasks the driver holds (queued, running, or finished not retrieved)."""
+        pool = self._pool
+        if pool is None:
+            return 0
+        with pool.lock:
+            return len(pool.tasks)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _submit(self, float_features: Any, str_features: Any, int_feature: Any) -> Tuple[int, int, str]:
+        pool = self._pool
+        if pool is None:
+            if self._finalized:
+                return ERROR, 0, "the driver is finalized; submit is no longer accepted"
+            return ERROR, 0, "the driver is not initialized; call initialize() first"
+        if pool.closed:
+            return ERROR, 0, "the driver is finalized; submit is no longer accepted"
+        problem, payload = self._validate(float_features, str_features, int_feature)
+        if problem is not None:
+            return ERROR, 0, problem
+        with pool.lock:
+            if pool.closed:
+                return ERROR, 0, "the driver is finalized; submit is no longer accepted"
+            if pool.broken is not None:
+                return ERROR, 0, f"the driver has no working worker process: {pool.broken}"
+            if len(pool.tasks) >= pool.max_tasks:
+                return AT_CAPACITY, 0, CAPACITY_MESSAGE
+            key = pool.next_key
+            pool.next_key += 1
+            task = _Task(key, payload)
+            pool.tasks[key] = task
+            for w in pool.workers:
+                if w.idle():
+                    if pool.assign(w, task):
+                        if pool.task_timeout is not None:
+                            pool.wake()  # the dispatcher must learn the new deadline
+                        return OK, key, ""
+            pool.pending.append(task)
+            if any(w.dead for w in pool.workers):
+                pool.wake()  # a broken pipe was found: let the dispatcher look at it
+            return OK, key, ""
+
+    def _validate(self, float_features: Any, str_features: Any,
+                  int_feature: Any) -> Tuple[Optional[str], Any]:
+        if not isinstance(float_features, (list, tuple)):
+            return (f"float_features must be a list of floats, got {_describe(float_features)}", None)
+        if not isinstance(str_features, (list, tuple)):
+            return (f"str_features must be a list of str, got {_describe(str_features)}", None)
+        n_float = len(self.float_feature_names)
+        if len(float_features) != n_float:
+            return (f"wrong number of float features: expected {n_float} "
+                    f"({', '.join(self.float_feature_names)}), got {len(float_features)}", None)
+        n_str = len(self.str_feature_names)
+        if len(str_features) != n_str:
+            return (f"wrong number of str features: expected {n_str} "
+                    f"({', '.join(self.str_feature_names)}), got {len(str_features)}", None)
+        floats: List[float] = []
+        for i, v in enumerate(float_features):
+            if not _is_real(v):
+                return (f"float feature {i} ({self.float_feature_names[i]}) must be a real "
+                        f"number, got {_describe(v)}", None)
+            try:
+                floats.append(float(v))
+            except (OverflowError, ValueError, TypeError) as exc:
+                return (f"float feature {i} ({self.float_feature_names[i]}) cannot be "
+                        f"converted to float: {exc}", None)
+        strs: List[str] = []
+        for i, s in enumerate(str_features):
+            if not isinstance(s, str):
+                return (f"str feature {i} ({self.str_feature_names[i]}) must be a str, "
+                        f"got {_describe(s)}", None)
+            strs.append(str(s))
+        if not _is_int(int_feature):
+            return (f"int_feature must be an int, got {_describe(int_feature)}", None)
+        return None, (floats, strs, int(int_feature))
+
+    def _lookup_error(self, key: Any) -> str:
+        return (f"unknown key {key!r}: it was never issued, was already retrieved, "
+                f"or is not a positive int")
+
+    def _retrieve(self, key: Any) -> Tuple[int, int, str]:
+        pool = self._pool
+        if pool is None:
+            if self._finalized:
+                return ERROR, 0, f"unknown key {key!r}: the driver is finalized and holds no tasks"
+            return ERROR, 0, f"unknown key {key!r}: the driver is not initialized"
+        if not _is_int(key) or key <= 0:
+            return ERROR, 0, self._lookup_error(key)
+        with pool.lock:
+            return self._answer(pool, int(key))
+
+    def _answer(self, pool: _Pool, key: int) -> Tuple[int, int, str]:
+        """The retrieve answer for ``key``; called with pool.lock held."""
+        task = pool.tasks.get(key)
+        if task is None:
+            return ERROR, 0, self._lookup_error(key)
+        if not task.done:
+            return NOT_FINISHED, 0, NOT_FINISHED_MESSAGE
+        del pool.tasks[key]
+        return task.flag, task.value, task.message
+
+    def _wait(self, key: Any, timeout: Any) -> Tuple[int, int, str]:
+        pool = self._pool
+        if pool is None or not _is_int(key) or key <= 0:
+            return self._retrieve(key)
+        if timeout is not None and not _is_real(timeout):
+            return ERROR, 0, f"wait: timeout must be a number of seconds or None, got {_describe(timeout)}"
+        limit: Optional[float]
+        if timeout is None:
+            limit = None
+        else:
+            limit = float(timeout)
+            if math.isnan(limit) or limit <= 0:
+                return self._retrieve(key)
+            if math.isinf(limit):
+                limit = None
+        key = int(key)
+        with pool.lock:
+            task = pool.tasks.get(key)
+            if task is None or task.done:
+                return self._answer(pool, key)
+            if task.event is None:
+                task.event = threading.Event()
+            event = task.event
+        if limit is None:
+            while not event.wait(threading.TIMEOUT_MAX):
+                pass
+        else:
+            event.wait(min(limit, threading.TIMEOUT_MAX))
+        with pool.lock:
+            return self._answer(pool, key)
+
+    # -- option checks (initialize only) --------------------------------------------------
+
+    @staticmethod
+    def _parse_config(config_json: Any) -> Any:
+        if not isinstance(config_json, (str, bytes, bytearray)):
+            raise TypeError(f"config_json must be a JSON text (str), got {_describe(config_json)}")
+        try:
+            return json.loads(config_json)
+        except ValueError as exc:
+            raise ValueError(f"config_json is not valid JSON: {exc}") from None
+
+    @staticmethod
+    def _check_names(what: str, names: Any) -> List[str]:
+        if not isinstance(names, (list, tuple)):
+            raise TypeError(f"{what} must be a list of str, got {_describe(names)}")
+        for i, name in enumerate(names):
+            if not isinstance(name, str):
+                raise TypeError(f"{what}[{i}] must be a str, got {_describe(name)}")
+        return [str(n) for n in names]
+
+    @staticmethod
+    def _check_start_method(method: Any) -> str:
+        valid = multiprocessing.get_all_start_methods()
+        if not isinstance(method, str) or method not in valid:
+            raise ValueError(f"start_method must be one of {', '.join(map(repr, valid))}; got {method!r}")
+        return method
+
+    @staticmethod
+    def _check_max_tasks(value: Any) -> int:
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"max_tasks must be a positive int, got {value!r}")
+        return int(value)
+
+    @staticmethod
+    def _check_workers(value: Any) -> int:
+        if not _is_int(value):
+            raise ValueError(f"n_subprocesses must be an int (<= 0 means one per CPU), got {value!r}")
+        value = int(value)
+        if value <= 0:
+            value = os.cpu_count() or 1
+        return value
+
+    @staticmethod
+    def _check_timeout(value: Any) -> Optional[float]:
+        if value is None:
+            return None
+        if not _is_real(value) or not (float(value) > 0) or math.isinf(float(value)):
+            raise ValueError(f"task_timeout must be None or a positive number of seconds, got {value!r}")
+        return float(value)
+
+    @staticmethod
+    def _check_engine(engine: Any) -> str:
+        if not isinstance(engine, str):
+            raise ValueError(f"engine must be a 'module:Class' string, got {_describe(engine)}")
+        module_name, sep, class_name = engine.partition(":")
+        parts_ok = all(p.isidentifier() for p in module_name.split(".")) and all(
+            p.isidentifier() for p in class_name.split("."))
+        if not sep or ":" in class_name or not parts_ok:
+            raise ValueError(f"engine must be named 'module:Class' (e.g. {DEFAULT_ENGINE!r}), got {engine!r}")
+        try:
+            spec = importlib.util.find_spec(module_name)
+        except (ImportError, ValueError) as exc:
+            raise ImportError(f"engine module {module_name!r} cannot be imported: {exc}") from exc
+        if spec is None:
+            raise ImportError(f"engine module {module_name!r} was not found on sys.path")
+        return engine

@@ -1,0 +1,481 @@
+//! Conversions between Rust and Python values: [`ToPython`] one way, [`FromPython`] the other,
+//! and the argument lists of calls ([`IntoArgs`], [`IntoKwargs`]).
+//!
+//! | Rust | Python |
+//! |---|---|
+//! | `bool` | `bool` (only `bool` converts back) |
+//! | `i8`..`i64`, `isize`, `u8`..`u64`, `usize` | `int` (out of range back: an error) |
+//! | `f64` | `float` (`int` converts back too) |
+//! | `&str`, `String` | `str`, any Unicode, embedded NUL included |
+//! | `Vec<T>`, `[T]`, `[T; N]` | `list` (`list` or `tuple` convert back) |
+//! | tuples of up to 8 | `tuple` of the same length |
+//! | `Option<T>` | `None` or the value |
+//! | `HashMap<String, T>` | `dict` with `str` keys |
+//! | `()` | `None` |
+//! | [`Object`], [`Handle`] | the object itself |
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+
+use pyo3_ffi as ffi;
+
+use crate::error::{Error, Result};
+use crate::gil::Gil;
+use crate::object::{Handle, Object};
+
+/// A Rust value that can become a Python object.
+///
+/// ```
+/// use rs4py::ToPython;
+/// let gil = rs4py::Gil::acquire()?;
+/// let text = "nul\0inside, and ✓".to_python(&gil)?;
+/// assert_eq!(text.call_method("__len__", (), ())?.extract::<usize>()?, 17);
+/// # Ok::<(), rs4py::Error>(())
+/// ```
+pub trait ToPython {
+    /// A new Python object for this value.
+    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>>;
+}
+
+/// A Rust value that can be made from a Python object. A Python value of the wrong type, or a
+/// number out of the Rust type's range, is an [`Error::Conversion`], never a silent wrap.
+///
+/// ```
+/// let gil = rs4py::Gil::acquire()?;
+/// let err = gil.eval("['not', 'a', 'str']")?.extract::<String>().unwrap_err();
+/// assert_eq!(err.to_string(), "conversion failed: expected str, got list");
+/// # Ok::<(), rs4py::Error>(())
+/// ```
+pub trait FromPython<'py>: Sized {
+    /// The Rust value for `object`.
+    fn from_python(object: &Object<'py>) -> Result<Self>;
+}
+
+/// The positional arguments of a call: `()` or a tuple of [`ToPython`] values (or a slice or
+/// `Vec` of one type, for a count known only at run time).
+pub trait IntoArgs {
+    /// The arguments as a Python tuple.
+    fn into_args<'py>(self, gil: &'py Gil) -> Result<Object<'py>>;
+}
+
+/// The keyword arguments of a call: `()` for none, or `(name, value)` pairs as an array, a
+/// slice or a `Vec`. Values of different types go as `&dyn ToPython`. A name given twice is an
+/// [`Error::InvalidArgument`].
+///
+/// ```
+/// use rs4py::ToPython;
+/// let gil = rs4py::Gil::acquire()?;
+/// let dict = gil.eval("dict")?;
+/// let made = dict.call((), [("a", &1 as &dyn ToPython), ("b", &"two")])?;
+/// assert_eq!(made.repr()?, "{'a': 1, 'b': 'two'}");
+/// assert!(dict.call((), [("a", 1), ("a", 2)]).is_err());
+/// # Ok::<(), rs4py::Error>(())
+/// ```
+pub trait IntoKwargs {
+    /// The keyword arguments as a Python dict, or `None` for no keyword arguments.
+    fn into_kwargs<'py>(self, gil: &'py Gil) -> Result<Option<Object<'py>>>;
+}
+
+/// A Python error met while converting, reported as a conversion failure.
+fn conversion_failure(error: Error, what: &str) -> Error {
+    match error {
+        Error::Python(exc) => Error::Conversion(format!("{what}: {}: {}", exc.type_name, exc.message)),
+        other => other,
+    }
+}
+
+fn wrong_type(expected: &str, object: &Object<'_>) -> Error {
+    Error::Conversion(format!("expected {expected}, got {}", object.type_name()))
+}
+
+impl<T: ToPython + ?Sized> ToPython for &T {
+    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+        (**self).to_python(gil)
+    }
+}
+
+impl ToPython for Object<'_> {
+    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+        // SAFETY: GIL held (gil, on this thread like self's); self is a live reference, the
+        // borrowed pointer is incref'd into a new guard.
+        unsafe { Object::from_borrowed_ptr(gil, self.as_ptr()) }
+    }
+}
+
+impl<'py> FromPython<'py> for Object<'py> {
+    fn from_python(object: &Object<'py>) -> Result<Self> {
+        Ok(object.clone())
+    }
+}
+
+impl ToPython for Handle {
+    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+        Ok(self.bind(gil))
+    }
+}
+
+impl ToPython for () {
+    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+        Ok(gil.none())
+    }
+}
+
+impl FromPython<'_> for () {
+    fn from_python(object: &Object<'_>) -> Result<Self> {
+        if object.is_none() { Ok(()) } else { Err(wrong_type("None", object)) }
+    }
+}
+
+impl ToPython for bool {
+    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+        // SAFETY: GIL held; PyBool_FromLong returns a new reference to True or False.
+        unsafe { Object::from_owned_ptr(gil, ffi::PyBool_FromLong(libc::c_long::from(*self))) }
+    }
+}
+
+impl FromPython<'_> for bool {
+    fn from_python(object: &Object<'_>) -> Result<Self> {
+        // SAFETY: GIL held (object); the checks read the type, Py_True is compared by address.
+        unsafe {
+            if ffi::PyBool_Check(object.as_ptr()) == 0 {
+                return Err(wrong_type("bool", object));
+            }
+            Ok(object.as_ptr() == ffi::Py_True())
+        }
+    }
+}
+
+impl ToPython for i64 {
+    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+        // SAFETY: GIL held; returns a new reference or NULL with an exception set.
+        unsafe { Object::from_owned_ptr(gil, ffi::PyLong_FromLongLong(*self)) }
+    }
+}
+
+impl FromPython<'_> for i64 {
+    fn from_python(object: &Object<'_>) -> Result<Self> {
+        // SAFETY: GIL held; PyLong_Check reads the type; PyLong_AsLongLong borrows an int and
+        // returns -1 with an exception set when it does not fit.
+        unsafe {
+            if ffi::PyLong_Check(object.as_ptr()) == 0 {
+                return Err(wrong_type("int", object));
+            }
+            let value = ffi::PyLong_AsLongLong(object.as_ptr());
+            if value == -1 && !ffi::PyErr_Occurred().is_null() {
+                return Err(conversion_failure(Error::fetch(object.gil()), "int does not fit in i64"));
+            }
+            Ok(value)
+        }
+    }
+}
+
+impl ToPython for u64 {
+    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+        // SAFETY: GIL held; returns a new reference or NULL with an exception set.
+        unsafe { Object::from_owned_ptr(gil, ffi::PyLong_FromUnsignedLongLong(*self)) }
+    }
+}
+
+impl FromPython<'_> for u64 {
+    fn from_python(object: &Object<'_>) -> Result<Self> {
+        // SAFETY: GIL held; PyLong_Check reads the type; PyLong_AsUnsignedLongLong borrows an
+        // int and returns u64::MAX with an exception set when it does not fit.
+        unsafe {
+            if ffi::PyLong_Check(object.as_ptr()) == 0 {
+                return Err(wrong_type("int", object));
+            }
+            let value = ffi::PyLong_AsUnsignedLongLong(object.as_ptr());
+            if value == u64::MAX && !ffi::PyErr_Occurred().is_null() {
+                return Err(conversion_failure(Error::fetch(object.gil()), "int does not fit in u64"));
+            }
+            Ok(value)
+        }
+    }
+}
+
+/// Integer types converted through `i64` or `u64`, with a range check on the way back.
+macro_rules! int_through {
+    ($wide:ty: $($narrow:ty),*) => {$(
+        impl ToPython for $narrow {
+            fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+                <$wide>::try_from(*self)
+                    .map_err(|_| Error::Conversion(format!("{} does not fit in a Python int", self)))?
+                    .to_python(gil)
+            }
+        }
+
+        impl FromPython<'_> for $narrow {
+            fn from_python(object: &Object<'_>) -> Result<Self> {
+                let wide = <$wide>::from_python(object)?;
+                <$narrow>::try_from(wide).map_err(|_| {
+                    Error::Conversion(format!("int {wide} does not fit in {}", stringify!($narrow)))
+                })
+            }
+        }
+    )*};
+}
+int_through!(i64: i8, i16, i32, isize);
+int_through!(u64: u8, u16, u32, usize);
+
+impl ToPython for f64 {
+    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+        // SAFETY: GIL held; returns a new reference or NULL with an exception set.
+        unsafe { Object::from_owned_ptr(gil, ffi::PyFloat_FromDouble(*self)) }
+    }
+}
+
+impl FromPython<'_> for f64 {
+    fn from_python(object: &Object<'_>) -> Result<Self> {
+        // SAFETY: GIL held; the checks read the type; PyFloat_AsDouble borrows a float or int
+        // and returns -1.0 with an exception set on failure (an int too large).
+        unsafe {
+            if ffi::PyFloat_Check(object.as_ptr()) == 0 && ffi::PyLong_Check(object.as_ptr()) == 0 {
+                return Err(wrong_type("float", object));
+            }
+            let value = ffi::PyFloat_AsDouble(object.as_ptr());
+            if value == -1.0 && !ffi::PyErr_Occurred().is_null() {
+                return Err(conversion_failure(Error::fetch(object.gil()), "number does not fit in f64"));
+            }
+            Ok(value)
+        }
+    }
+}
+
+impl ToPython for str {
+    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+        Object::from_str(gil, self)
+    }
+}
+
+impl ToPython for String {
+    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+        Object::from_str(gil, self)
+    }
+}
+
+impl FromPython<'_> for String {
+    fn from_python(object: &Object<'_>) -> Result<Self> {
+        let mut len: ffi::Py_ssize_t = 0;
+        // SAFETY: GIL held; PyUnicode_Check reads the type. PyUnicode_AsUTF8AndSize returns a
+        // buffer owned by the str (alive while `object` is) of `len` bytes, or NULL with an
+        // exception set (a lone surrogate cannot be UTF-8). The bytes are copied at once.
+        unsafe {
+            if ffi::PyUnicode_Check(object.as_ptr()) == 0 {
+                return Err(wrong_type("str", object));
+            }
+            let data = ffi::PyUnicode_AsUTF8AndSize(object.as_ptr(), &mut len);
+            if data.is_null() {
+                return Err(conversion_failure(Error::fetch(object.gil()), "str is not valid UTF-8"));
+            }
+            let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
+            String::from_utf8(bytes.to_vec()).map_err(|e| Error::Conversion(format!("str is not valid UTF-8: {e}")))
+        }
+    }
+}
+
+impl<T: ToPython> ToPython for [T] {
+    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+        let items = self.iter().map(|item| item.to_python(gil)).collect::<Result<Vec<_>>>()?;
+        Object::new_list(gil, items)
+    }
+}
+
+impl<T: ToPython, const N: usize> ToPython for [T; N] {
+    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+        self.as_slice().to_python(gil)
+    }
+}
+
+impl<T: ToPython> ToPython for Vec<T> {
+    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+        self.as_slice().to_python(gil)
+    }
+}
+
+impl<'py, T: FromPython<'py>> FromPython<'py> for Vec<T> {
+    fn from_python(object: &Object<'py>) -> Result<Self> {
+        // SAFETY: GIL held; the checks read the type. PySequence_Tuple returns a new reference
+        // (a snapshot that item conversions running Python code cannot change) or NULL.
+        let items = unsafe {
+            if ffi::PyList_Check(object.as_ptr()) == 0 && ffi::PyTuple_Check(object.as_ptr()) == 0 {
+                return Err(wrong_type("list or tuple", object));
+            }
+            let snapshot = Object::from_owned_ptr(object.gil(), ffi::PySequence_Tuple(object.as_ptr()))?;
+            snapshot.tuple_items()?
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| T::from_python(item).map_err(|e| in_item(e, &format!("item {index}"))))
+            .collect()
+    }
+}
+
+/// Says where in a container a conversion failed.
+fn in_item(error: Error, place: &str) -> Error {
+    match error {
+        Error::Conversion(msg) => Error::Conversion(format!("{place}: {msg}")),
+        other => other,
+    }
+}
+
+impl<T: ToPython> ToPython for Option<T> {
+    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+        match self {
+            Some(value) => value.to_python(gil),
+            None => Ok(gil.none()),
+        }
+    }
+}
+
+impl<'py, T: FromPython<'py>> FromPython<'py> for Option<T> {
+    fn from_python(object: &Object<'py>) -> Result<Self> {
+        if object.is_none() { Ok(None) } else { T::from_python(object).map(Some) }
+    }
+}
+
+/// A new dict from `(name, value)` pairs; a name given twice is an error.
+fn dict_from_pairs<'py, K: AsRef<str>, V: ToPython>(gil: &'py Gil, pairs: &[(K, V)]) -> Result<Object<'py>> {
+    // SAFETY: GIL held; PyDict_New returns a new reference or NULL.
+    let dict = unsafe { Object::from_owned_ptr(gil, ffi::PyDict_New()) }?;
+    for (name, value) in pairs {
+        let key = Object::from_str(gil, name.as_ref())?;
+        let value = value.to_python(gil)?;
+        // SAFETY: GIL held; all borrowed; PyDict_Contains returns -1 on error, PyDict_SetItem
+        // increfs what it keeps and returns -1 on error.
+        let present = dict.check_status(unsafe { ffi::PyDict_Contains(dict.as_ptr(), key.as_ptr()) })?;
+        if present == 1 {
+            return Err(Error::InvalidArgument(format!("key {:?} given twice", name.as_ref())));
+        }
+        dict.check_status(unsafe { ffi::PyDict_SetItem(dict.as_ptr(), key.as_ptr(), value.as_ptr()) })?;
+    }
+    Ok(dict)
+}
+
+impl<K: AsRef<str>, V: ToPython, S: BuildHasher> ToPython for HashMap<K, V, S> {
+    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+        let pairs: Vec<(&str, &V)> = self.iter().map(|(key, value)| (key.as_ref(), value)).collect();
+        dict_from_pairs(gil, &pairs)
+    }
+}
+
+impl<'py, V: FromPython<'py>, S: BuildHasher + Default> FromPython<'py> for HashMap<String, V, S> {
+    fn from_python(object: &Object<'py>) -> Result<Self> {
+        // SAFETY: GIL held; PyDict_Check reads the type; PyDict_Items returns a new list of
+        // (key, value) tuples, a snapshot that conversions cannot disturb, or NULL.
+        let items = unsafe {
+            if ffi::PyDict_Check(object.as_ptr()) == 0 {
+                return Err(wrong_type("dict", object));
+            }
+            Object::from_owned_ptr(object.gil(), ffi::PyDict_Items(object.as_ptr()))?
+        };
+        let pairs: Vec<(Object<'py>, Object<'py>)> = items.extract()?;
+        pairs
+            .iter()
+            .map(|(key, value)| {
+                let key = String::from_python(key).map_err(|e| in_item(e, "dict key"))?;
+                let value = V::from_python(value).map_err(|e| in_item(e, &format!("value of {key:?}")))?;
+                Ok((key, value))
+            })
+            .collect()
+    }
+}
+
+impl IntoArgs for () {
+    fn into_args<'py>(self, gil: &'py Gil) -> Result<Object<'py>> {
+        Object::new_tuple(gil, Vec::new())
+    }
+}
+
+impl<T: ToPython> IntoArgs for &[T] {
+    fn into_args<'py>(self, gil: &'py Gil) -> Result<Object<'py>> {
+        let items = self.iter().map(|item| item.to_python(gil)).collect::<Result<Vec<_>>>()?;
+        Object::new_tuple(gil, items)
+    }
+}
+
+impl<T: ToPython> IntoArgs for Vec<T> {
+    fn into_args<'py>(self, gil: &'py Gil) -> Result<Object<'py>> {
+        self.as_slice().into_args(gil)
+    }
+}
+
+/// Tuples: to and from Python tuples, and as positional arguments.
+macro_rules! tuples {
+    ($($len:literal: ($($name:ident $index:tt),+);)*) => {$(
+        impl<$($name: ToPython),+> ToPython for ($($name,)+) {
+            fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+                Object::new_tuple(gil, vec![$(self.$index.to_python(gil)?),+])
+            }
+        }
+
+        impl<$($name: ToPython),+> IntoArgs for ($($name,)+) {
+            fn into_args<'py>(self, gil: &'py Gil) -> Result<Object<'py>> {
+                self.to_python(gil)
+            }
+        }
+
+        impl<'py, $($name: FromPython<'py>),+> FromPython<'py> for ($($name,)+) {
+            fn from_python(object: &Object<'py>) -> Result<Self> {
+                // SAFETY: GIL held (object); PyTuple_Check reads the type; tuple_items is
+                // called on a tuple only.
+                let items = unsafe {
+                    if ffi::PyTuple_Check(object.as_ptr()) == 0 {
+                        return Err(wrong_type("tuple", object));
+                    }
+                    object.tuple_items()?
+                };
+                if items.len() != $len {
+                    return Err(Error::Conversion(format!(
+                        "expected a tuple of length {}, got length {}", $len, items.len()
+                    )));
+                }
+                Ok(($(
+                    $name::from_python(&items[$index])
+                        .map_err(|e| in_item(e, &format!("item {}", $index)))?,
+                )+))
+            }
+        }
+    )*};
+}
+tuples! {
+    1: (A 0);
+    2: (A 0, B 1);
+    3: (A 0, B 1, C 2);
+    4: (A 0, B 1, C 2, D 3);
+    5: (A 0, B 1, C 2, D 3, E 4);
+    6: (A 0, B 1, C 2, D 3, E 4, F 5);
+    7: (A 0, B 1, C 2, D 3, E 4, F 5, G 6);
+    8: (A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7);
+}
+
+impl IntoKwargs for () {
+    fn into_kwargs<'py>(self, _gil: &'py Gil) -> Result<Option<Object<'py>>> {
+        Ok(None)
+    }
+}
+
+impl<K: AsRef<str>, V: ToPython> IntoKwargs for &[(K, V)] {
+    fn into_kwargs<'py>(self, gil: &'py Gil) -> Result<Option<Object<'py>>> {
+        dict_from_pairs(gil, self).map(Some).map_err(keyword_error)
+    }
+}
+
+impl<K: AsRef<str>, V: ToPython, const N: usize> IntoKwargs for [(K, V); N] {
+    fn into_kwargs<'py>(self, gil: &'py Gil) -> Result<Option<Object<'py>>> {
+        self.as_slice().into_kwargs(gil)
+    }
+}
+
+impl<K: AsRef<str>, V: ToPython> IntoKwargs for Vec<(K, V)> {
+    fn into_kwargs<'py>(self, gil: &'py Gil) -> Result<Option<Object<'py>>> {
+        self.as_slice().into_kwargs(gil)
+    }
+}
+
+fn keyword_error(error: Error) -> Error {
+    match error {
+        Error::InvalidArgument(msg) => Error::InvalidArgument(format!("keyword argument {msg}")),
+        other => other,
+    }
+}

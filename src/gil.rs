@@ -1,0 +1,182 @@
+//! The GIL guard, and the entry points that need nothing but the GIL: import, eval, run.
+
+use std::cell::Cell;
+use std::ffi::CString;
+use std::marker::PhantomData;
+
+use pyo3_ffi as ffi;
+
+use crate::error::{Error, Result};
+use crate::interpreter;
+use crate::object::Object;
+
+thread_local! {
+    /// How many `Gil` guards this thread holds, and the state to hand back when the outermost
+    /// one goes. Counting here lets nested guards drop in any order.
+    static HELD: Cell<(usize, Option<ffi::PyGILState_STATE>)> = const { Cell::new((0, None)) };
+}
+
+/// Proof that the current thread holds the GIL, released when dropped.
+///
+/// Guards nest: a thread may acquire again while it holds one, and the GIL is released when
+/// its last guard goes, whatever the order. A `Gil` is neither `Send` nor `Sync`: it belongs
+/// to the thread that acquired it, and so do the [`Object`]s tied to it.
+///
+/// ```
+/// let gil = rs4py::Gil::acquire()?;
+/// let inner = rs4py::Gil::acquire()?; // nesting is fine
+/// assert_eq!(gil.eval("6 * 7")?.extract::<i64>()?, 42);
+/// drop(gil);
+/// assert_eq!(inner.eval("1 + 1")?.extract::<i64>()?, 2);
+/// # Ok::<(), rs4py::Error>(())
+/// ```
+///
+/// A `Gil` cannot leave its thread:
+///
+/// ```compile_fail
+/// let gil = rs4py::Gil::acquire().unwrap();
+/// std::thread::spawn(move || drop(gil));
+/// ```
+pub struct Gil {
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl Gil {
+    /// Takes the GIL for the current thread, starting the interpreter with default
+    /// [`StartOptions`](crate::StartOptions) if it is not running yet. Blocks while another
+    /// thread holds the GIL.
+    pub fn acquire() -> Result<Gil> {
+        interpreter::ensure_started()?;
+        HELD.with(|held| {
+            let (depth, state) = held.get();
+            if depth == 0 {
+                // SAFETY: the interpreter is initialised (ensure_started) and this thread holds
+                // no rs4py guard; PyGILState_Ensure works from any thread, making a thread
+                // state for it if needed.
+                let state = unsafe { ffi::PyGILState_Ensure() };
+                held.set((1, Some(state)));
+            } else {
+                held.set((depth + 1, state));
+            }
+        });
+        Ok(Gil { _not_send: PhantomData })
+    }
+
+    /// Whether the current thread holds the GIL (through rs4py or otherwise).
+    pub fn is_held() -> bool {
+        // SAFETY: PyGILState_Check may be called without the GIL once Python runs.
+        interpreter::is_started() && unsafe { ffi::PyGILState_Check() } != 0
+    }
+
+    /// Runs `work` with the GIL released, so that other threads (including Python's own)
+    /// can run meanwhile, then takes it back. `work` cannot touch this thread's `Object`s:
+    /// it must be `Send`, which they are not.
+    ///
+    /// ```
+    /// let gil = rs4py::Gil::acquire()?;
+    /// let sum = gil.allow_threads(|| (1..=10).sum::<i32>());
+    /// assert_eq!(sum, 55);
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    pub fn allow_threads<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        struct Reacquire {
+            thread_state: *mut ffi::PyThreadState,
+            held: (usize, Option<ffi::PyGILState_STATE>),
+        }
+        impl Drop for Reacquire {
+            fn drop(&mut self) {
+                // SAFETY: thread_state is the one PyEval_SaveThread returned on this thread;
+                // restoring it takes the GIL back, also while unwinding from a panic in work.
+                unsafe { ffi::PyEval_RestoreThread(self.thread_state) };
+                HELD.with(|held| held.set(self.held));
+            }
+        }
+        let held = HELD.with(|held| held.replace((0, None)));
+        // SAFETY: this thread holds the GIL (self proves it); PyEval_SaveThread releases it
+        // and returns the thread state to restore.
+        let thread_state = unsafe { ffi::PyEval_SaveThread() };
+        let _reacquire = Reacquire { thread_state, held };
+        work()
+    }
+
+    /// Imports a module by its dotted name (`PyImport_Import`, which honours import hooks).
+    ///
+    /// ```
+    /// let gil = rs4py::Gil::acquire()?;
+    /// let path = gil.import("os.path")?;
+    /// let joined: String = path.call_method("join", ("a", "b"), ())?.extract()?;
+    /// assert_eq!(joined, "a/b");
+    /// let missing = gil.import("no_such_module").unwrap_err();
+    /// assert_eq!(missing.python_type(), Some("ModuleNotFoundError"));
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    pub fn import(&self, name: &str) -> Result<Object<'_>> {
+        let name = Object::from_str(self, name)?;
+        // SAFETY: GIL held (self); PyImport_Import borrows `name` and returns a new reference
+        // or NULL with an exception set.
+        unsafe { Object::from_owned_ptr(self, ffi::PyImport_Import(name.as_ptr())) }
+    }
+
+    /// Evaluates one Python expression in the namespace of `__main__` and returns its value.
+    ///
+    /// ```
+    /// let gil = rs4py::Gil::acquire()?;
+    /// let words: Vec<String> = gil.eval("'a b c'.split()")?.extract()?;
+    /// assert_eq!(words, ["a", "b", "c"]);
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    pub fn eval(&self, expression: &str) -> Result<Object<'_>> {
+        self.run_source(expression, ffi::Py_eval_input)
+    }
+
+    /// Runs Python statements in the namespace of `__main__` (what they define stays there,
+    /// for later `run` and `eval` calls).
+    ///
+    /// ```
+    /// let gil = rs4py::Gil::acquire()?;
+    /// gil.run("def double(x):\n    return 2 * x\n")?;
+    /// assert_eq!(gil.eval("double(21)")?.extract::<i64>()?, 42);
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    pub fn run(&self, statements: &str) -> Result<()> {
+        self.run_source(statements, ffi::Py_file_input).map(drop)
+    }
+
+    fn run_source(&self, source: &str, start: libc::c_int) -> Result<Object<'_>> {
+        let source = CString::new(source).map_err(|e| {
+            Error::InvalidArgument(format!("Python source contains a NUL byte at offset {}", e.nul_position()))
+        })?;
+        // SAFETY: GIL held (self). PyImport_AddModule returns a borrowed reference to
+        // __main__, kept alive by sys.modules; PyModule_GetDict borrows from it. PyRun_String
+        // borrows globals and returns a new reference or NULL with an exception set.
+        unsafe {
+            let main = ffi::PyImport_AddModule(c"__main__".as_ptr());
+            if main.is_null() {
+                return Err(Error::fetch(self));
+            }
+            let globals = ffi::PyModule_GetDict(main);
+            Object::from_owned_ptr(self, ffi::PyRun_String(source.as_ptr(), start, globals, globals))
+        }
+    }
+
+    /// Python's `None`.
+    pub fn none(&self) -> Object<'_> {
+        // SAFETY: GIL held (self); Py_None is a borrowed reference to a static object that is
+        // never NULL, so from_borrowed_ptr cannot fail.
+        unsafe { Object::from_borrowed_ptr(self, ffi::Py_None()) }.expect("Py_None is never NULL")
+    }
+}
+
+impl Drop for Gil {
+    fn drop(&mut self) {
+        HELD.with(|held| match held.get() {
+            (1, Some(state)) => {
+                held.set((0, None));
+                // SAFETY: this is the outermost guard of this thread; `state` came from its
+                // PyGILState_Ensure, so this is the matching release.
+                unsafe { ffi::PyGILState_Release(state) };
+            }
+            (depth, state) => held.set((depth.saturating_sub(1), state)),
+        });
+    }
+}

@@ -1,0 +1,386 @@
+//! Owned references: [`Object`] (tied to a [`Gil`]) and [`Handle`] (storable, any thread).
+//!
+//! This is the one room where raw `PyObject*` pointers are taken into ownership or given
+//! away; everything else borrows them through [`Object::as_ptr`].
+
+use std::fmt;
+use std::ptr::NonNull;
+
+use pyo3_ffi as ffi;
+
+use crate::convert::{FromPython, IntoArgs, IntoKwargs, ToPython};
+use crate::error::{Error, Result};
+use crate::gil::Gil;
+
+/// One owned reference to a Python object, valid while the [`Gil`] it is tied to is held.
+///
+/// Dropping it decrefs; cloning increfs. It cannot leave its thread or outlive its `Gil`;
+/// for that, [`unbind`](Object::unbind) it into a [`Handle`].
+///
+/// ```
+/// let gil = rs4py::Gil::acquire()?;
+/// let list = gil.eval("[]")?;
+/// let before = list.refcount();
+/// let copy = list.clone();
+/// assert_eq!(list.refcount(), before + 1);
+/// drop(copy);
+/// assert_eq!(list.refcount(), before);
+/// # Ok::<(), rs4py::Error>(())
+/// ```
+pub struct Object<'py> {
+    ptr: NonNull<ffi::PyObject>,
+    gil: &'py Gil,
+}
+
+impl<'py> Object<'py> {
+    /// Takes ownership of a new reference, or fetches the pending exception if `ptr` is NULL.
+    ///
+    /// # Safety
+    /// `ptr` is NULL or a new (owned) reference that nothing else will decref, and the
+    /// current thread holds the GIL (which `gil` proves).
+    pub(crate) unsafe fn from_owned_ptr(gil: &'py Gil, ptr: *mut ffi::PyObject) -> Result<Self> {
+        match NonNull::new(ptr) {
+            Some(ptr) => Ok(Object { ptr, gil }),
+            None => Err(Error::fetch(gil)),
+        }
+    }
+
+    /// Like [`from_owned_ptr`](Self::from_owned_ptr), but a NULL means "no object", not an
+    /// error (as for the parts `PyErr_Fetch` hands over).
+    ///
+    /// # Safety
+    /// As for `from_owned_ptr`.
+    pub(crate) unsafe fn from_owned_ptr_or_none(gil: &'py Gil, ptr: *mut ffi::PyObject) -> Option<Self> {
+        NonNull::new(ptr).map(|ptr| Object { ptr, gil })
+    }
+
+    /// Takes a new reference to a borrowed one, or fetches the pending exception if `ptr` is
+    /// NULL.
+    ///
+    /// # Safety
+    /// `ptr` is NULL or a borrowed reference that stays valid until the incref here, and the
+    /// current thread holds the GIL.
+    pub(crate) unsafe fn from_borrowed_ptr(gil: &'py Gil, ptr: *mut ffi::PyObject) -> Result<Self> {
+        // SAFETY: per this function's contract; Py_IncRef turns the borrowed reference into
+        // the owned one the guard will release.
+        unsafe {
+            let object = Self::from_owned_ptr(gil, ptr)?;
+            ffi::Py_IncRef(ptr);
+            Ok(object)
+        }
+    }
+
+    /// Hands the reference over to a C-API function that steals it.
+    fn into_ptr(self) -> *mut ffi::PyObject {
+        let ptr = self.ptr.as_ptr();
+        std::mem::forget(self);
+        ptr
+    }
+
+    /// The raw pointer, borrowed: valid while `self` lives; never decref it.
+    pub fn as_ptr(&self) -> *mut ffi::PyObject {
+        self.ptr.as_ptr()
+    }
+
+    /// The `Gil` this object is tied to.
+    pub fn gil(&self) -> &'py Gil {
+        self.gil
+    }
+
+    /// The object's current reference count (`sys.getrefcount` minus its own argument).
+    pub fn refcount(&self) -> isize {
+        // SAFETY: GIL held (self.gil); the pointer is a live owned reference.
+        unsafe { ffi::Py_REFCNT(self.as_ptr()) }
+    }
+
+    /// A Python `str` from Rust text; any Unicode, embedded NUL included.
+    pub fn from_str(gil: &'py Gil, text: &str) -> Result<Self> {
+        let len = isize::try_from(text.len()).map_err(|_| Error::Conversion("str too long for Python".into()))?;
+        // SAFETY: GIL held (gil); reads `len` bytes of valid UTF-8 and returns a new
+        // reference or NULL with an exception set.
+        unsafe { Self::from_owned_ptr(gil, ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast(), len)) }
+    }
+
+    /// `getattr(self, name)`.
+    ///
+    /// ```
+    /// let gil = rs4py::Gil::acquire()?;
+    /// let math = gil.import("math")?;
+    /// assert_eq!(math.getattr("pi")?.extract::<f64>()?, std::f64::consts::PI);
+    /// let err = math.getattr("tau2").unwrap_err();
+    /// assert_eq!(err.to_string(), "AttributeError: module 'math' has no attribute 'tau2'");
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    pub fn getattr(&self, name: &str) -> Result<Object<'py>> {
+        let name = Object::from_str(self.gil, name)?;
+        // SAFETY: GIL held; both pointers are live and borrowed for the call, which returns a
+        // new reference or NULL with an exception set.
+        unsafe { Object::from_owned_ptr(self.gil, ffi::PyObject_GetAttr(self.as_ptr(), name.as_ptr())) }
+    }
+
+    /// `setattr(self, name, value)`.
+    pub fn setattr(&self, name: &str, value: impl ToPython) -> Result<()> {
+        let name = Object::from_str(self.gil, name)?;
+        let value = value.to_python(self.gil)?;
+        // SAFETY: GIL held; all three pointers are borrowed for the call (it increfs what it
+        // keeps), which returns -1 with an exception set on failure.
+        let status = unsafe { ffi::PyObject_SetAttr(self.as_ptr(), name.as_ptr(), value.as_ptr()) };
+        self.check_status(status).map(drop)
+    }
+
+    /// Calls the object: `self(*args, **kwargs)`. `args` is a tuple of convertible values
+    /// (`()` for none); `kwargs` a list of `(name, value)` pairs (`()` for none).
+    ///
+    /// ```
+    /// let gil = rs4py::Gil::acquire()?;
+    /// let int = gil.eval("int")?;
+    /// assert_eq!(int.call(("ff",), [("base", 16)])?.extract::<i64>()?, 255);
+    /// let sorted = gil.eval("sorted")?;
+    /// let out: Vec<i64> = sorted.call((vec![3, 1, 2],), [("reverse", true)])?.extract()?;
+    /// assert_eq!(out, [3, 2, 1]);
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    pub fn call(&self, args: impl IntoArgs, kwargs: impl IntoKwargs) -> Result<Object<'py>> {
+        let args = args.into_args(self.gil)?;
+        let kwargs = kwargs.into_kwargs(self.gil)?;
+        let kwargs_ptr = kwargs.as_ref().map_or(std::ptr::null_mut(), Object::as_ptr);
+        // SAFETY: GIL held; callable, args tuple and kwargs dict (or NULL) are borrowed for the
+        // call, which returns a new reference or NULL with an exception set.
+        unsafe { Object::from_owned_ptr(self.gil, ffi::PyObject_Call(self.as_ptr(), args.as_ptr(), kwargs_ptr)) }
+    }
+
+    /// Calls a method: `self.name(*args, **kwargs)`.
+    ///
+    /// ```
+    /// let gil = rs4py::Gil::acquire()?;
+    /// let text = gil.eval("'a-b-c'")?;
+    /// let parts: Vec<String> = text.call_method("split", ("-",), [("maxsplit", 1)])?.extract()?;
+    /// assert_eq!(parts, ["a", "b-c"]);
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    pub fn call_method(&self, name: &str, args: impl IntoArgs, kwargs: impl IntoKwargs) -> Result<Object<'py>> {
+        self.getattr(name)?.call(args, kwargs)
+    }
+
+    /// Converts to a Rust value.
+    ///
+    /// ```
+    /// let gil = rs4py::Gil::acquire()?;
+    /// assert_eq!(gil.eval("(1, 'x')")?.extract::<(i64, String)>()?, (1, "x".to_string()));
+    /// assert!(gil.eval("2 ** 64")?.extract::<i64>().is_err());
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    pub fn extract<T: FromPython<'py>>(&self) -> Result<T> {
+        T::from_python(self)
+    }
+
+    /// `str(self)`.
+    pub fn str(&self) -> Result<String> {
+        // SAFETY: GIL held; PyObject_Str borrows self and returns a new reference or NULL.
+        unsafe { Object::from_owned_ptr(self.gil, ffi::PyObject_Str(self.as_ptr())) }?.extract()
+    }
+
+    /// `repr(self)`.
+    pub fn repr(&self) -> Result<String> {
+        // SAFETY: GIL held; PyObject_Repr borrows self and returns a new reference or NULL.
+        unsafe { Object::from_owned_ptr(self.gil, ffi::PyObject_Repr(self.as_ptr())) }?.extract()
+    }
+
+    /// The name of the object's type (`type(self).__name__`), for messages.
+    pub fn type_name(&self) -> String {
+        // SAFETY: GIL held; every object has a type, which self keeps alive.
+        unsafe { type_object_name(ffi::Py_TYPE(self.as_ptr())) }
+    }
+
+    /// The name of the class this object is, if it is a type; else of its type.
+    pub(crate) fn class_name(&self) -> String {
+        // SAFETY: GIL held; PyType_Check only reads the type's flags; a type object may be
+        // viewed as a PyTypeObject, and self keeps it alive.
+        unsafe {
+            if ffi::PyType_Check(self.as_ptr()) != 0 {
+                type_object_name(self.as_ptr().cast())
+            } else {
+                self.type_name()
+            }
+        }
+    }
+
+    /// Whether this is Python's `None`.
+    pub fn is_none(&self) -> bool {
+        // SAFETY: GIL held; Py_None is a static object, compared by address only.
+        self.as_ptr() == unsafe { ffi::Py_None() }
+    }
+
+    /// `item in self`.
+    pub fn contains(&self, item: &Object<'_>) -> Result<bool> {
+        // SAFETY: GIL held; both are borrowed for the call, which returns -1 on error.
+        let status = unsafe { ffi::PySequence_Contains(self.as_ptr(), item.as_ptr()) };
+        self.check_status(status).map(|found| found == 1)
+    }
+
+    /// `len(self)`.
+    pub fn len(&self) -> Result<usize> {
+        // SAFETY: GIL held; PyObject_Size borrows self and returns -1 on error.
+        let len = unsafe { ffi::PyObject_Size(self.as_ptr()) };
+        self.check_status(len).map(|len| len as usize)
+    }
+
+    /// `len(self) == 0`.
+    pub fn is_empty(&self) -> Result<bool> {
+        self.len().map(|len| len == 0)
+    }
+
+    /// `self[key]`.
+    pub fn get_item(&self, key: impl ToPython) -> Result<Object<'py>> {
+        let key = key.to_python(self.gil)?;
+        // SAFETY: GIL held; both borrowed; returns a new reference or NULL with an exception.
+        unsafe { Object::from_owned_ptr(self.gil, ffi::PyObject_GetItem(self.as_ptr(), key.as_ptr())) }
+    }
+
+    /// Turns this reference into a [`Handle`] that can be stored and sent to other threads.
+    pub fn unbind(self) -> Handle {
+        Handle { ptr: NonNull::new(self.into_ptr()).expect("an Object is never NULL") }
+    }
+
+    /// A C-API status (`-1` with an exception set means failure) as a `Result`.
+    pub(crate) fn check_status<N: PartialEq + From<i8>>(&self, status: N) -> Result<N> {
+        if status == N::from(-1) { Err(Error::fetch(self.gil)) } else { Ok(status) }
+    }
+
+    /// A new tuple holding `items`.
+    pub(crate) fn new_tuple(gil: &'py Gil, items: Vec<Object<'py>>) -> Result<Self> {
+        // SAFETY: GIL held; PyTuple_New returns a new reference or NULL.
+        let tuple = unsafe { Object::from_owned_ptr(gil, ffi::PyTuple_New(items.len() as isize)) }?;
+        for (index, item) in items.into_iter().enumerate() {
+            // SAFETY: the tuple is new and ours alone, index is in range; PyTuple_SetItem
+            // steals the item's reference (into_ptr gives it up), even on failure.
+            unsafe { ffi::PyTuple_SetItem(tuple.as_ptr(), index as isize, item.into_ptr()) };
+        }
+        Ok(tuple)
+    }
+
+    /// A new list holding `items`.
+    pub(crate) fn new_list(gil: &'py Gil, items: Vec<Object<'py>>) -> Result<Self> {
+        // SAFETY: GIL held; PyList_New returns a new reference or NULL.
+        let list = unsafe { Object::from_owned_ptr(gil, ffi::PyList_New(items.len() as isize)) }?;
+        for (index, item) in items.into_iter().enumerate() {
+            // SAFETY: the list is new and ours alone, index is in range; PyList_SetItem steals
+            // the item's reference (into_ptr gives it up).
+            unsafe { ffi::PyList_SetItem(list.as_ptr(), index as isize, item.into_ptr()) };
+        }
+        Ok(list)
+    }
+
+    /// The items of a tuple, each as a new reference.
+    ///
+    /// # Safety
+    /// `self` is a tuple (`PyTuple_Check`).
+    pub(crate) unsafe fn tuple_items(&self) -> Result<Vec<Object<'py>>> {
+        // SAFETY: self is a tuple (caller), so its size is known and every index below it
+        // holds a borrowed reference that the immutable tuple keeps alive until we incref.
+        unsafe {
+            let len = ffi::PyTuple_Size(self.as_ptr());
+            (0..len)
+                .map(|index| Object::from_borrowed_ptr(self.gil, ffi::PyTuple_GetItem(self.as_ptr(), index)))
+                .collect()
+        }
+    }
+}
+
+/// The last dotted part of a type's `tp_name` (its `__name__`).
+///
+/// # Safety
+/// The GIL is held and `ty` is a live type object.
+unsafe fn type_object_name(ty: *mut ffi::PyTypeObject) -> String {
+    // SAFETY: per the contract; tp_name is a NUL-terminated C string owned by the type.
+    let full = unsafe { std::ffi::CStr::from_ptr((*ty).tp_name) }.to_string_lossy();
+    full.rsplit('.').next().unwrap_or_default().to_owned()
+}
+
+impl Clone for Object<'_> {
+    fn clone(&self) -> Self {
+        // SAFETY: GIL held; the incref makes the new guard's reference its own.
+        unsafe { ffi::Py_IncRef(self.as_ptr()) };
+        Object { ptr: self.ptr, gil: self.gil }
+    }
+}
+
+impl Drop for Object<'_> {
+    fn drop(&mut self) {
+        // SAFETY: GIL held (the Gil outlives 'py); this guard owns exactly one reference.
+        unsafe { ffi::Py_DecRef(self.as_ptr()) };
+    }
+}
+
+impl fmt::Debug for Object<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.repr() {
+            Ok(repr) => f.write_str(&repr),
+            Err(_) => write!(f, "<{} object at {:p}>", self.type_name(), self.as_ptr()),
+        }
+    }
+}
+
+/// An owned reference that outlives any [`Gil`]: storable in structs and statics, and `Send`
+/// and `Sync`. Dropping it takes the GIL itself to decref, on whatever thread that happens.
+///
+/// ```
+/// let handle = {
+///     let gil = rs4py::Gil::acquire()?;
+///     gil.eval("[1, 2, 3]")?.unbind()
+/// };
+/// std::thread::spawn(move || {
+///     let gil = rs4py::Gil::acquire().unwrap();
+///     assert_eq!(handle.bind(&gil).extract::<Vec<i64>>().unwrap(), [1, 2, 3]);
+/// })
+/// .join()
+/// .unwrap();
+/// # Ok::<(), rs4py::Error>(())
+/// ```
+pub struct Handle {
+    ptr: NonNull<ffi::PyObject>,
+}
+
+// SAFETY: a Handle touches its object only while holding the GIL (bind, clone_ref, drop),
+// which serialises every access across threads.
+unsafe impl Send for Handle {}
+// SAFETY: as above; &Handle offers no access without a Gil.
+unsafe impl Sync for Handle {}
+
+impl Handle {
+    /// A new `Object` reference to the same object, tied to `gil`.
+    pub fn bind<'py>(&self, gil: &'py Gil) -> Object<'py> {
+        // SAFETY: GIL held (gil); the handle's own reference keeps the object alive until the
+        // incref gives the Object one of its own.
+        unsafe { ffi::Py_IncRef(self.ptr.as_ptr()) };
+        Object { ptr: self.ptr, gil }
+    }
+
+    /// Turns the handle back into an `Object` without touching the reference count.
+    pub fn into_object(self, gil: &Gil) -> Object<'_> {
+        let ptr = self.ptr;
+        std::mem::forget(self);
+        Object { ptr, gil }
+    }
+
+    /// A second handle to the same object (an incref; needs the GIL, which `gil` proves).
+    pub fn clone_ref(&self, gil: &Gil) -> Handle {
+        self.bind(gil).unbind()
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // A Handle exists only once Python runs, so acquiring cannot fail; if it ever did, the
+        // reference is leaked rather than released without the GIL.
+        if let Ok(gil) = Gil::acquire() {
+            drop(Object { ptr: self.ptr, gil: &gil });
+        }
+    }
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Handle({:p})", self.ptr.as_ptr())
+    }
+}
