@@ -208,20 +208,28 @@ class _Task:
 
 
 class _Worker:
-    __slots__ = ("process", "conn", "pid", "ready", "task", "dead", "eof", "timed_out")
+    """One worker process, seen from the parent.
+
+    ``queue`` holds the tasks sent to it, in order: a worker runs them one at a time in
+    that order and answers each before reading the next, so ``queue[0]`` is the one it
+    is running (or about to run) and the others have not started.
+    """
+
+    __slots__ = ("process", "conn", "pid", "ready", "queue", "dead", "eof", "timed_out")
 
     def __init__(self, process: Any, conn: Any) -> None:
         self.process = process
         self.conn = conn
         self.pid: int = process.pid
         self.ready = False  # reported READY (its Engine is initialised)
-        self.task: Optional[_Task] = None  # the task it is running
+        self.queue: Deque[_Task] = deque()
         self.dead = False  # must not be given tasks (killed, broken pipe, exited)
         self.eof = False  # its pipe reported EOF: stop watching it
         self.timed_out = False
 
-    def idle(self) -> bool:
-        return self.ready and self.task is None and not self.dead
+    def can_take(self, depth: int) -> bool:
+        """Ready, alive, and holding fewer than ``depth`` tasks."""
+        return self.ready and not self.dead and len(self.queue) < depth
 
 
 def _exit_text(exitcode: Optional[int]) -> str:
@@ -240,8 +248,9 @@ class _Pool:
     """Everything the dispatcher thread and the finalizers need; holds no Driver ref."""
 
     def __init__(self, ctx: Any, start_method: str, n_workers: int, max_tasks: int,
-                 task_timeout: Optional[float], worker_args: tuple) -> None:
+                 task_timeout: Optional[float], prefetch: int, worker_args: tuple) -> None:
         self.ctx = ctx
+        self.prefetch = prefetch
         self.start_method = start_method
         self.n_workers = n_workers
         self.max_tasks = max_tasks
@@ -340,33 +349,42 @@ class _Pool:
             task.event.set()
 
     def assign(self, worker: _Worker, task: _Task) -> bool:
-        """Hand ``task`` to an idle ``worker``; False (task untouched) if the pipe is broken."""
+        """Send ``task`` to ``worker``; False (task untouched) if the pipe is broken."""
         try:
             worker.conn.send((task.key,) + task.payload)
         except (OSError, ValueError):
             worker.dead = True
             return False
-        worker.task = task
+        worker.queue.append(task)
         task.worker = worker
-        if self.task_timeout is not None:
+        if self.task_timeout is not None and len(worker.queue) == 1:
             task.deadline = time.monotonic() + self.task_timeout
         return True
 
     def dispatch(self) -> bool:
-        """Give pending tasks to idle workers. Returns True if a deadline was set."""
+        """Give pending tasks to workers: idle ones first, then (if ``prefetch`` > 0) one
+        queued task more per busy worker, so that it starts the next task without a
+        round trip through this process. Returns True if a new deadline was set."""
         started = False
-        if not self.pending:
-            return False
-        for w in self.workers:
-            if not self.pending:
-                break
-            if w.idle():
-                task = self.pending.popleft()
-                if self.assign(w, task):
-                    started = True
-                else:
-                    self.pending.appendleft(task)
+        for depth in range(1, 2 + self.prefetch):
+            for w in self.workers:
+                if not self.pending:
+                    break
+                if w.can_take(depth):
+                    task = self.pending.popleft()
+                    if self.assign(w, task):
+                        started = started or len(w.queue) == 1
+                    else:
+                        self.pending.appendleft(task)
         return started and self.task_timeout is not None
+
+    def requeue_unstarted(self, w: _Worker) -> None:
+        """Put the tasks queued behind ``w``'s running one back at the head of pending."""
+        while len(w.queue) > 1:
+            task = w.queue.pop()
+            task.worker = None
+            task.deadline = None
+            self.pending.appendleft(task)
 
     def wake(self) -> None:
         """Wake the dispatcher thread (called with self.lock held)."""
@@ -407,8 +425,8 @@ class _Pool:
                     watch[w.process.sentinel] = ("exit", w)
                 timeout = None
                 if self.task_timeout is not None:
-                    deadlines = [w.task.deadline for w in self.workers
-                                 if w.task is not None and w.task.deadline is not None]
+                    deadlines = [w.queue[0].deadline for w in self.workers
+                                 if w.queue and w.queue[0].deadline is not None]
                     if deadlines:
                         timeout = max(0.0, min(deadlines) - time.monotonic())
             ready = multiprocessing.connection.wait([self.wake_r] + list(watch), timeout)
@@ -447,10 +465,9 @@ class _Pool:
                 w.eof = True
                 with self.lock:
                     w.dead = True
-                    task = w.task
-                    w.task = None
-                    if task is not None:
-                        self.complete(task, FAILED, -1,
+                    if w.queue:
+                        self.requeue_unstarted(w)
+                        self.complete(w.queue.popleft(), FAILED, -1,
                                       "the worker's answer could not be read:\n" + traceback.format_exc())
                 try:
                     w.process.kill()
@@ -462,10 +479,10 @@ class _Pool:
                     w.ready = True
                 elif msg[0] == _MSG_RESULT:
                     _, key, flag, value, message = msg
-                    task = w.task
-                    if task is not None and task.key == key:
-                        w.task = None
-                        self.complete(task, flag, value, message)
+                    if w.queue and w.queue[0].key == key:
+                        self.complete(w.queue.popleft(), flag, value, message)
+                        if w.queue and self.task_timeout is not None:
+                            w.queue[0].deadline = time.monotonic() + self.task_timeout
                 elif msg[0] == _MSG_INIT_FAILED:
                     w.dead = True
                     self.note_replacement_failure(
@@ -488,19 +505,19 @@ class _Pool:
             w.dead = True
             if w in self.workers:
                 self.workers.remove(w)
-            task = w.task
-            w.task = None
-            if task is not None:
+            self.requeue_unstarted(w)
+            if w.queue:
                 self.complete(
-                    task, FAILED, -1,
+                    w.queue.popleft(), FAILED, -1,
                     f"the worker process (pid {w.pid}) running this task died with "
-                    f"{_exit_text(exitcode)}; a replacement worker was started",
+                    f"{_exit_text(exitcode)}; it is being replaced",
                 )
             if not was_ready and not w.timed_out:
                 self.note_replacement_failure(
                     f"a replacement worker process (pid {w.pid}) exited before it was ready, "
                     f"with {_exit_text(exitcode)}")
             replace = not self.closed and was_ready
+            self.dispatch()
         try:
             w.conn.close()
         except Exception:
@@ -540,10 +557,11 @@ class _Pool:
         now = time.monotonic()
         with self.lock:
             for w in self.workers:
-                task = w.task
+                task = w.queue[0] if w.queue else None
                 if task is None or task.deadline is None or task.deadline > now:
                     continue
-                w.task = None
+                self.requeue_unstarted(w)
+                w.queue.clear()
                 w.dead = True
                 w.timed_out = True
                 self.complete(
@@ -556,6 +574,7 @@ class _Pool:
                 except Exception:
                     pass
                 # Its exit shows up on its sentinel; _reap then starts the replacement.
+            self.dispatch()
 
     # -- shutdown -------------------------------------------------------------------
 
@@ -598,7 +617,7 @@ def _stop_workers(workers: List[_Worker]) -> None:
     """Stop idle workers politely and busy ones at once; kill stragglers; join all."""
     for w in workers:
         try:
-            if w.task is None and w.ready and not w.dead:
+            if not w.queue and w.ready and not w.dead:
                 w.conn.send(None)
             else:
                 w.process.terminate()
@@ -691,13 +710,23 @@ class Driver:
         start_method: str = "forkserver",
         engine: str = DEFAULT_ENGINE,
         task_timeout: Optional[float] = None,
+        *,
+        prefetch: int = 1,
     ) -> None:
-        """Store the options; nothing is checked or started until ``initialize``."""
+        """Store the options; nothing is checked or started until ``initialize``.
+
+        ``prefetch`` (keyword only, >= 0): how many tasks may wait in a busy worker's
+        pipe behind the one it runs, so that it starts the next one without a round trip
+        through the parent. 1 (the default) removes that gap from the throughput; 0
+        hands a task only to an idle worker (best when tasks are long and uneven:
+        a prefetched task cannot move to another worker that frees up sooner).
+        """
         self.max_tasks = max_tasks
         self.n_subprocesses = n_subprocesses
         self.start_method = start_method
         self.engine = engine
         self.task_timeout = task_timeout
+        self.prefetch = prefetch
         self.float_feature_names: List[str] = []
         self.str_feature_names: List[str] = []
         self.config: Any = None
@@ -738,9 +767,10 @@ class Driver:
             max_tasks = self._check_max_tasks(self.max_tasks)
             n_workers = self._check_workers(self.n_subprocesses)
             task_timeout = self._check_timeout(self.task_timeout)
+            prefetch = self._check_prefetch(self.prefetch)
             engine = self._check_engine(self.engine)
             ctx = multiprocessing.get_context(start_method)
-            pool = _Pool(ctx, start_method, n_workers, max_tasks, task_timeout,
+            pool = _Pool(ctx, start_method, n_workers, max_tasks, task_timeout, prefetch,
                          (engine, config, float_names, str_names, dict(extra)))
             _LIVE_POOLS.add(pool)
             try:
@@ -873,15 +903,9 @@ class Driver:
             pool.next_key += 1
             task = _Task(key, payload)
             pool.tasks[key] = task
-            for w in pool.workers:
-                if w.idle():
-                    if pool.assign(w, task):
-                        if pool.task_timeout is not None:
-                            pool.wake()  # the dispatcher must learn the new deadline
-                        return OK, key, ""
             pool.pending.append(task)
-            if any(w.dead for w in pool.workers):
-                pool.wake()  # a broken pipe was found: let the dispatcher look at it
+            if pool.dispatch():
+                pool.wake()  # the dispatcher must learn the new deadline
             return OK, key, ""
 
     def _validate(self, float_features: Any, str_features: Any,
@@ -1023,6 +1047,12 @@ class Driver:
         if not _is_real(value) or not (float(value) > 0) or math.isinf(float(value)):
             raise ValueError(f"task_timeout must be None or a positive number of seconds, got {value!r}")
         return float(value)
+
+    @staticmethod
+    def _check_prefetch(value: Any) -> int:
+        if not _is_int(value) or value < 0:
+            raise ValueError(f"prefetch must be an int >= 0, got {value!r}")
+        return int(value)
 
     @staticmethod
     def _check_engine(engine: Any) -> str:

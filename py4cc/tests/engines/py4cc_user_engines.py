@@ -1,0 +1,96 @@
+"""User Engine classes for the tests: a plain module (not part of any package).
+
+The tests put this directory on ``sys.path`` and name the classes as
+``"py4cc_user_engines:Class"``, the way a user points the Driver at their own model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+
+class EchoEngine:
+    """Answers ``(1 + int_feature + config["add"], <what it was built with, as JSON>)``."""
+
+    def initialize(self, config, float_feature_names, str_feature_names, **extra):
+        self.config = config
+        self.names = (list(float_feature_names), list(str_feature_names))
+        self.extra = extra
+
+    def run(self, float_features, str_features, int_feature):
+        info = {
+            "config": self.config,
+            "float_feature_names": self.names[0],
+            "str_feature_names": self.names[1],
+            "extra": self.extra,
+            "float_features": float_features,
+            "str_features": str_features,
+            "pid": os.getpid(),
+        }
+        return 1 + int_feature + self.config.get("add", 0), json.dumps(info)
+
+
+class SleepEngine:
+    """Sleeps ``float_features[0]`` seconds, then answers ``(int_feature, "slept")``."""
+
+    def initialize(self, **kwargs):
+        pass
+
+    def run(self, float_features, str_features, int_feature):
+        time.sleep(float_features[0])
+        return int_feature, "slept"
+
+
+class RaisingEngine:
+    """Its ``run`` raises when ``int_feature`` is odd."""
+
+    def initialize(self, **kwargs):
+        pass
+
+    def run(self, float_features, str_features, int_feature):
+        if int_feature % 2:
+            raise ValueError(f"boom from the user engine ({int_feature})")
+        return int_feature, ""
+
+
+class BadReturnEngine:
+    """Answers something other than an (int, str) pair, chosen by ``int_feature``."""
+
+    def initialize(self, **kwargs):
+        pass
+
+    def run(self, float_features, str_features, int_feature):
+        answers = {
+            0: "not a tuple",
+            1: (1, 2, 3),
+            2: ("7", ""),
+            3: (7, None),
+            4: (True, ""),
+            5: (0, ""),
+            6: (-5, "the model said no"),
+        }
+        return answers[int_feature]
+
+
+class FailingInitEngine:
+    """Its ``initialize`` raises."""
+
+    def initialize(self, **kwargs):
+        raise RuntimeError("cannot load the model weights")
+
+    def run(self, float_features, str_features, int_feature):  # pragma: no cover
+        return 1, ""
+
+
+class ExitingEngine:
+    """Its ``run`` makes the worker process exit at once with code 3 when asked."""
+
+    def initialize(self, **kwargs):
+        pass
+
+    def run(self, float_features, str_features, int_feature):
+        if int_feature == 3:
+            os._exit(3)
+        return int_feature, ""

@@ -1,0 +1,67 @@
+"""Helpers shared by the py4cc tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import unittest
+from typing import Any, Callable
+
+from py4cc.driver import Driver
+
+ENGINES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "engines")
+"""The directory of ``py4cc_user_engines`` (a plain module, reached through sys.path)."""
+
+FLOAT_NAMES = ["f0", "f1"]
+STR_NAMES = ["name", "sentence", "uuid"]
+TASK = ([1.5, -2.25], ["abc", "de", "f"], 3)
+"""A valid task for FLOAT_NAMES/STR_NAMES: big_model gives 3 + 6 + 3 = 12."""
+
+
+def add_engines_dir() -> None:
+    if ENGINES_DIR not in sys.path:
+        sys.path.insert(0, ENGINES_DIR)
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists (a zombie counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+class DriverTestCase(unittest.TestCase):
+    """Builds initialised Drivers and finalizes them after each test."""
+
+    def make_driver(self, config: str = "{}", float_names: Any = None, str_names: Any = None,
+                    extra: Any = None, **options: Any) -> Driver:
+        options.setdefault("n_subprocesses", 1)
+        if "py4cc_user_engines" in str(options.get("engine", "")):
+            add_engines_dir()
+        driver = Driver(**options)
+        self.addCleanup(driver.finalize)
+        driver.initialize(
+            config,
+            FLOAT_NAMES if float_names is None else float_names,
+            STR_NAMES if str_names is None else str_names,
+            **(extra or {}),
+        )
+        return driver
+
+    def assertAllGone(self, pids: Any) -> None:
+        alive = [pid for pid in pids if pid_alive(pid)]
+        self.assertEqual(alive, [], f"worker processes still alive: {alive}")
