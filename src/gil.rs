@@ -47,6 +47,11 @@ impl Gil {
     /// thread holds the GIL.
     pub fn acquire() -> Result<Gil> {
         interpreter::ensure_started()?;
+        Ok(Gil::acquire_started())
+    }
+
+    /// Takes the GIL, knowing that the interpreter runs (during its start, say).
+    pub(crate) fn acquire_started() -> Gil {
         HELD.with(|held| {
             let (depth, state) = held.get();
             if depth == 0 {
@@ -59,7 +64,7 @@ impl Gil {
                 held.set((depth + 1, state));
             }
         });
-        Ok(Gil { _not_send: PhantomData })
+        Gil { _not_send: PhantomData }
     }
 
     /// Whether the current thread holds the GIL (through rs4py or otherwise).

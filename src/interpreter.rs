@@ -114,6 +114,7 @@ unsafe fn initialize() -> Result<()> {
     }
     let build = build_python();
     let executable = c_string(build.executable)?;
+    let sigint_before = current_sigint_action();
 
     let mut config = MaybeUninit::<ffi::PyConfig>::uninit();
     // SAFETY: PyConfig_InitPythonConfig fully initialises the struct; every exit path below
@@ -138,6 +139,34 @@ unsafe fn initialize() -> Result<()> {
         // thread can take it. The thread state stays registered for this thread's later use.
         ffi::PyEval_SaveThread();
     }
+    let gil = Gil::acquire_started();
+    restore_sigint(&gil, &sigint_before)
+}
+
+fn current_sigint_action() -> libc::sigaction {
+    let mut action = MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: a null new action only queries; sigaction fills `action` (zeroed if it fails).
+    unsafe {
+        libc::sigaction(libc::SIGINT, std::ptr::null(), action.as_mut_ptr());
+        action.assume_init()
+    }
+}
+
+/// Importing `signal` installs Python's SIGINT handler even with signal handlers turned off
+/// (and `multiprocessing`, among others, imports it). Import it now, once, then give SIGINT
+/// back to the Rust program exactly as it was, telling Python too where it can know.
+fn restore_sigint(gil: &Gil, before: &libc::sigaction) -> Result<()> {
+    let signal = gil.import("signal")?;
+    let python_name = match before.sa_sigaction {
+        libc::SIG_DFL => Some("SIG_DFL"),
+        libc::SIG_IGN => Some("SIG_IGN"),
+        _ => None,
+    };
+    if let Some(name) = python_name {
+        signal.call_method("signal", (signal.getattr("SIGINT")?, signal.getattr(name)?), ())?;
+    }
+    // SAFETY: `before` is the action sigaction reported for SIGINT before Python started.
+    unsafe { libc::sigaction(libc::SIGINT, before, std::ptr::null_mut()) };
     Ok(())
 }
 
@@ -196,4 +225,24 @@ pub(crate) fn path_to_python<'py>(gil: &'py Gil, path: &Path) -> Result<Object<'
     // SAFETY: the GIL is held (gil); the function reads `len` bytes from a live slice and
     // returns a new reference or NULL with an exception set, which from_owned_ptr handles.
     unsafe { Object::from_owned_ptr(gil, ffi::PyUnicode_DecodeFSDefaultAndSize(bytes.as_ptr().cast(), len)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_libpython_is_refused_with_the_fix_in_the_message() {
+        let err = check_loaded_library(c"3.11.2 (main, Apr 28 2025, 14:11:48) [GCC 12.2.0]").unwrap_err();
+        let Error::Start(message) = err else { panic!("expected Error::Start") };
+        assert!(message.contains("3.11.2 (main, Apr 28 2025"), "{message}");
+        assert!(message.contains(build_python().executable), "{message}");
+        assert!(message.contains("rpath"), "{message}");
+    }
+
+    #[test]
+    fn the_build_libpython_is_accepted() {
+        let version = CString::new(build_python().version).unwrap();
+        assert_eq!(check_loaded_library(&version), Ok(()));
+    }
 }

@@ -211,6 +211,24 @@ impl<'py> Object<'py> {
         self.as_ptr() == unsafe { ffi::Py_None() }
     }
 
+    /// `self == other` (Python's `==`, which may run `__eq__`).
+    ///
+    /// ```
+    /// let gil = rs4py::Gil::acquire()?;
+    /// assert!(gil.eval("1.0")?.eq(&gil.eval("1")?)?);
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    pub fn eq(&self, other: &Object<'_>) -> Result<bool> {
+        // SAFETY: GIL held; both borrowed; returns -1 with an exception set on error.
+        let status = unsafe { ffi::PyObject_RichCompareBool(self.as_ptr(), other.as_ptr(), ffi::Py_EQ) };
+        self.check_status(status).map(|equal| equal == 1)
+    }
+
+    /// `self is other`: the same object.
+    pub fn is(&self, other: &Object<'_>) -> bool {
+        self.as_ptr() == other.as_ptr()
+    }
+
     /// `item in self`.
     pub fn contains(&self, item: &Object<'_>) -> Result<bool> {
         // SAFETY: GIL held; both are borrowed for the call, which returns -1 on error.

@@ -1,0 +1,112 @@
+//! Every failure path returns the right `Error`, and no Python exception is left pending.
+
+use rs4py::{Error, Gil};
+
+/// No exception may stay set after an rs4py call returns, failed or not.
+fn assert_no_pending_exception(gil: &Gil) {
+    let pending: bool = gil.eval("__import__('sys').exc_info()[0] is not None").unwrap().extract().unwrap();
+    assert!(!pending);
+    // A call that succeeds right after a failure shows the indicator was cleared.
+    assert_eq!(gil.eval("1 + 1").unwrap().extract::<i64>().unwrap(), 2);
+}
+
+#[test]
+fn a_python_exception_carries_type_message_and_traceback() {
+    let gil = Gil::acquire().unwrap();
+    gil.run("def inner():\n    raise KeyError('missing key')\n\ndef outer():\n    inner()\n").unwrap();
+    let err = gil.eval("outer()").unwrap_err();
+    let Error::Python(exc) = &err else { panic!("expected a Python error, got {err:?}") };
+    assert_eq!(exc.type_name, "KeyError");
+    assert_eq!(exc.message, "'missing key'");
+    assert!(exc.traceback.starts_with("Traceback (most recent call last):"), "{}", exc.traceback);
+    assert!(exc.traceback.contains("in outer"), "{}", exc.traceback);
+    assert!(exc.traceback.contains("in inner"), "{}", exc.traceback);
+    assert!(exc.traceback.trim_end().ends_with("KeyError: 'missing key'"), "{}", exc.traceback);
+    assert_eq!(err.to_string(), "KeyError: 'missing key'");
+    assert_eq!(err.traceback(), Some(exc.traceback.as_str()));
+    assert_no_pending_exception(&gil);
+}
+
+#[test]
+fn exceptions_outside_builtins_are_named_with_their_module() {
+    let gil = Gil::acquire().unwrap();
+    let err = gil.import("json").unwrap().call_method("loads", ("[1,",), ()).unwrap_err();
+    assert_eq!(err.python_type(), Some("json.decoder.JSONDecodeError"));
+    assert!(err.to_string().starts_with("json.decoder.JSONDecodeError: Expecting value"), "{err}");
+    gil.run("class Custom(Exception):\n    pass\n").unwrap();
+    let err = gil.run("raise Custom()").unwrap_err();
+    assert_eq!(err.python_type(), Some("__main__.Custom"));
+    assert_eq!(err.to_string(), "__main__.Custom", "an empty message shows the type alone");
+    assert_no_pending_exception(&gil);
+}
+
+#[test]
+fn an_exception_whose_str_raises_is_still_reported() {
+    let gil = Gil::acquire().unwrap();
+    gil.run("class Ugly(Exception):\n    def __str__(self):\n        raise RuntimeError('str failed')\n").unwrap();
+    let err = gil.run("raise Ugly()").unwrap_err();
+    assert_eq!(err.python_type(), Some("__main__.Ugly"));
+    assert_eq!(err.to_string(), "__main__.Ugly: <unprintable __main__.Ugly object>");
+    assert_no_pending_exception(&gil);
+}
+
+#[test]
+fn import_getattr_and_call_failures() {
+    let gil = Gil::acquire().unwrap();
+    let err = gil.import("no.such.module").unwrap_err();
+    assert_eq!(err.to_string(), "ModuleNotFoundError: No module named 'no'");
+    let err = gil.import("").unwrap_err();
+    assert_eq!(err.python_type(), Some("ValueError"));
+    let os = gil.import("os").unwrap();
+    let err = os.getattr("nope\0nul").unwrap_err();
+    assert_eq!(err.to_string(), "AttributeError: module 'os' has no attribute 'nope\0nul'");
+    let err = os.call((), ()).unwrap_err();
+    assert_eq!(err.to_string(), "TypeError: 'module' object is not callable");
+    let err = os.call_method("getcwd", (1,), ()).unwrap_err();
+    assert_eq!(err.python_type(), Some("TypeError"));
+    let err = gil.eval("len").unwrap().call((), [("bogus", 1)]).unwrap_err();
+    assert_eq!(err.to_string(), "TypeError: len() takes no keyword arguments");
+    assert_no_pending_exception(&gil);
+}
+
+#[test]
+fn source_text_failures() {
+    let gil = Gil::acquire().unwrap();
+    let err = gil.eval("1 +").unwrap_err();
+    assert_eq!(err.python_type(), Some("SyntaxError"));
+    let err = gil.eval("x = 1").unwrap_err();
+    assert_eq!(err.python_type(), Some("SyntaxError"), "eval takes an expression, not a statement");
+    let err = gil.run("print('a')\0").unwrap_err();
+    assert_eq!(err, Error::InvalidArgument("Python source contains a NUL byte at offset 10".into()));
+    let err = gil.eval("undefined_name_xyz").unwrap_err();
+    assert_eq!(err.to_string(), "NameError: name 'undefined_name_xyz' is not defined");
+    assert_no_pending_exception(&gil);
+}
+
+#[test]
+fn duplicate_keyword_arguments_are_refused_before_the_call() {
+    let gil = Gil::acquire().unwrap();
+    let dict = gil.eval("dict").unwrap();
+    let err = dict.call((), vec![("a", 1), ("b", 2), ("a", 3)]).unwrap_err();
+    assert_eq!(err, Error::InvalidArgument("keyword argument key \"a\" given twice".into()));
+    assert_no_pending_exception(&gil);
+}
+
+#[test]
+fn system_exit_and_keyboard_interrupt_are_errors_not_exits() {
+    let gil = Gil::acquire().unwrap();
+    let err = gil.run("raise SystemExit(3)").unwrap_err();
+    assert_eq!(err.to_string(), "SystemExit: 3");
+    let err = gil.run("raise KeyboardInterrupt").unwrap_err();
+    assert_eq!(err.python_type(), Some("KeyboardInterrupt"));
+    assert_no_pending_exception(&gil);
+}
+
+#[test]
+fn errors_are_std_errors_and_send() {
+    fn assert_traits<T: std::error::Error + Send + Sync + 'static>() {}
+    assert_traits::<Error>();
+    let gil = Gil::acquire().unwrap();
+    let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(gil.eval("1/0").unwrap_err());
+    assert_eq!(boxed.to_string(), "ZeroDivisionError: division by zero");
+}

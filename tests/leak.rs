@@ -1,0 +1,90 @@
+//! Repeats a mix of imports, calls, conversions and raised exceptions many thousands of times
+//! and checks that nothing leaks.
+//!
+//! On a debug build of CPython (`PYO3_PYTHON=python3.11-dbg`, as `.ci/run` does) it counts
+//! every reference alive in the process with `sys.gettotalrefcount()`. On any build it checks
+//! that the objects passed through every operation end with the reference counts they began
+//! with, and that the number of objects the garbage collector tracks does not grow.
+
+use std::collections::HashMap;
+
+use rs4py::{Error, Gil, Object, ToPython};
+
+const WARM_UP: usize = 2_000;
+const ITERATIONS: usize = 20_000;
+
+/// One round of everything the embedding layer does, all through `shared`, a list that every
+/// operation borrows, so a leaked reference shows in its count.
+fn one_round(gil: &Gil, shared: &Object<'_>, round: usize) {
+    let json = gil.import("json").unwrap();
+    let text: String = json.call_method("dumps", (shared,), [("sort_keys", true)]).unwrap().extract().unwrap();
+    let back: Vec<Object<'_>> = json.call_method("loads", (&text,), ()).unwrap().extract().unwrap();
+    assert_eq!(back.len(), 3);
+    assert_eq!(gil.eval("len").unwrap().call((shared,), ()).unwrap().extract::<usize>().unwrap(), 3);
+
+    let map = HashMap::from([("round".to_string(), round as i64), ("ключ\0".to_string(), -1)]);
+    let dict = map.to_python(gil).unwrap();
+    assert_eq!(dict.extract::<HashMap<String, i64>>().unwrap(), map);
+    let nested = (shared, vec![Some(1.5), None], "Straße 🦀", round as u64);
+    let (_, floats, text, number): (Object<'_>, Vec<Option<f64>>, String, u64) =
+        nested.to_python(gil).unwrap().extract().unwrap();
+    assert_eq!((floats.len(), text.as_str(), number), (2, "Straße 🦀", round as u64));
+
+    let raised = gil.eval("raiser").unwrap().call((shared, round), ()).unwrap_err();
+    assert_eq!(raised.python_type(), Some("ValueError"));
+    assert!(raised.traceback().unwrap().contains("in raiser"));
+    assert!(matches!(gil.import("no_such_module_for_leaks"), Err(Error::Python(_))));
+    assert!(matches!(json.getattr("no_such_attribute"), Err(Error::Python(_))));
+    assert!(matches!(gil.eval("2 ** 80").unwrap().extract::<i64>(), Err(Error::Conversion(_))));
+    assert!(matches!(shared.extract::<Vec<String>>(), Err(Error::Conversion(_))));
+    assert!(matches!(gil.eval("'\\ud800'").unwrap().extract::<String>(), Err(Error::Conversion(_))));
+
+    let handle = shared.clone().unbind();
+    assert!(handle.bind(gil).is(shared));
+    drop(handle);
+}
+
+fn total_refcount(gil: &Gil) -> Option<isize> {
+    let sys = gil.import("sys").unwrap();
+    sys.getattr("gettotalrefcount").ok().map(|count| count.call((), ()).unwrap().extract().unwrap())
+}
+
+fn tracked_objects(gil: &Gil) -> usize {
+    gil.eval("len(__import__('gc').get_objects())").unwrap().extract().unwrap()
+}
+
+#[test]
+fn a_long_mix_of_operations_leaks_no_reference() {
+    let gil = Gil::acquire().unwrap();
+    gil.run("def raiser(items, n):\n    raise ValueError(f'round {n} with {len(items)} items')\n").unwrap();
+    let shared = gil.eval("[1, 'two', [3.0]]").unwrap();
+    for round in 0..WARM_UP {
+        one_round(&gil, &shared, round);
+    }
+    gil.run("__import__('gc').collect()").unwrap();
+    let shared_before = shared.refcount();
+    let objects_before = tracked_objects(&gil);
+    let total_before = total_refcount(&gil);
+
+    for round in 0..ITERATIONS {
+        one_round(&gil, &shared, round);
+    }
+    gil.run("__import__('gc').collect()").unwrap();
+    let total_after = total_refcount(&gil);
+    let objects_after = tracked_objects(&gil);
+
+    println!("iterations: {ITERATIONS} (after {WARM_UP} to warm up)");
+    println!("shared object's refcount: before {shared_before}, after {}", shared.refcount());
+    println!("gc-tracked objects: before {objects_before}, after {objects_after}");
+    match (total_before, total_after) {
+        (Some(before), Some(after)) => {
+            println!("sys.gettotalrefcount(): before {before}, after {after}, growth {}", after - before);
+            // A leak of one reference per round would grow it by ITERATIONS; allow for the
+            // few the measuring calls themselves and Python's caches make.
+            assert!(after - before < 100, "total refcount grew from {before} to {after} over {ITERATIONS} rounds");
+        }
+        _ => println!("sys.gettotalrefcount(): not available (not a debug build of CPython)"),
+    }
+    assert_eq!(shared.refcount(), shared_before);
+    assert!(objects_after <= objects_before + 50, "gc-tracked objects grew from {objects_before} to {objects_after}");
+}

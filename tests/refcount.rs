@@ -1,0 +1,161 @@
+//! Every guard operation and conversion leaves the reference counts of the objects it touches
+//! as they were (or raised by exactly the references it hands out).
+
+use std::collections::HashMap;
+
+use rs4py::{Gil, Handle, Object, ToPython};
+
+/// A fresh list: not shared with anything else, so its count moves only with our guards.
+fn fresh(gil: &Gil) -> Object<'_> {
+    gil.eval("[object()]").unwrap()
+}
+
+/// `sys.getrefcount(obj)` as Python itself reports it, minus its own argument reference.
+fn python_refcount(gil: &Gil, object: &Object<'_>) -> isize {
+    let count: isize = gil.import("sys").unwrap().call_method("getrefcount", (object,), ()).unwrap().extract().unwrap();
+    count - 1
+}
+
+#[test]
+fn refcount_agrees_with_sys_getrefcount() {
+    let gil = Gil::acquire().unwrap();
+    let list = fresh(&gil);
+    assert_eq!(list.refcount(), 1);
+    assert_eq!(python_refcount(&gil, &list), list.refcount());
+}
+
+#[test]
+fn clone_increfs_and_drop_decrefs() {
+    let gil = Gil::acquire().unwrap();
+    let list = fresh(&gil);
+    let clones: Vec<_> = (0..5).map(|_| list.clone()).collect();
+    assert_eq!(list.refcount(), 6);
+    drop(clones);
+    assert_eq!(list.refcount(), 1);
+}
+
+#[test]
+fn handles_own_one_reference_and_release_it_on_any_thread() {
+    let gil = Gil::acquire().unwrap();
+    let list = fresh(&gil);
+    let handle: Handle = list.clone().unbind();
+    assert_eq!(list.refcount(), 2);
+    let bound = handle.bind(&gil);
+    assert_eq!(list.refcount(), 3);
+    drop(bound);
+    let second = handle.clone_ref(&gil);
+    assert_eq!(list.refcount(), 3);
+    // Dropped on another thread, which must take the GIL itself: let go of ours meanwhile.
+    gil.allow_threads(move || std::thread::spawn(move || drop(second)).join().unwrap());
+    assert_eq!(list.refcount(), 2);
+    let back = handle.into_object(&gil);
+    assert_eq!(list.refcount(), 2);
+    drop(back);
+    assert_eq!(list.refcount(), 1);
+}
+
+#[test]
+fn getattr_call_and_call_method_leave_arguments_as_they_were() {
+    let gil = Gil::acquire().unwrap();
+    let list = fresh(&gil);
+    let builtins = gil.import("builtins").unwrap();
+    let len = builtins.getattr("len").unwrap();
+    let len_count = len.refcount();
+    for _ in 0..100 {
+        let n: usize = len.call((&list,), ()).unwrap().extract().unwrap();
+        assert_eq!(n, 1);
+        let copy = list.call_method("copy", (), ()).unwrap();
+        assert_eq!(copy.refcount(), 1, "a call's result is a new reference we own alone");
+        let _ = builtins.getattr("len").unwrap();
+        gil.eval("sorted").unwrap().call((&list,), [("key", &builtins.getattr("id").unwrap())]).unwrap();
+    }
+    assert_eq!(list.refcount(), 1);
+    assert_eq!(len.refcount(), len_count);
+}
+
+#[test]
+fn a_call_that_raises_releases_its_arguments() {
+    let gil = Gil::acquire().unwrap();
+    let list = fresh(&gil);
+    gil.run("def keep_and_raise(x):\n    raise ValueError('no')\n").unwrap();
+    let function = gil.eval("keep_and_raise").unwrap();
+    for _ in 0..100 {
+        let err = function.call((&list,), ()).unwrap_err();
+        assert_eq!(err.python_type(), Some("ValueError"));
+    }
+    assert_eq!(list.refcount(), 1, "neither the args tuple nor the fetched traceback keeps the list");
+}
+
+#[test]
+fn setattr_keeps_exactly_one_new_reference() {
+    let gil = Gil::acquire().unwrap();
+    gil.run("class Holder: pass\nholder = Holder()\n").unwrap();
+    let holder = gil.eval("holder").unwrap();
+    let list = fresh(&gil);
+    holder.setattr("value", &list).unwrap();
+    assert_eq!(list.refcount(), 2);
+    holder.setattr("value", 0).unwrap();
+    assert_eq!(list.refcount(), 1);
+}
+
+#[test]
+fn converting_containers_takes_references_only_for_the_container() {
+    let gil = Gil::acquire().unwrap();
+    let item = fresh(&gil);
+    let as_list = vec![item.clone(), item.clone()].to_python(&gil).unwrap();
+    assert_eq!(item.refcount(), 3, "the list holds two references, the clones were stolen");
+    let as_tuple = (&item, 1, "x").to_python(&gil).unwrap();
+    assert_eq!(item.refcount(), 4);
+    let as_dict = HashMap::from([("k".to_string(), &item)]).to_python(&gil).unwrap();
+    assert_eq!(item.refcount(), 5);
+    let some = Some(&item).to_python(&gil).unwrap();
+    assert_eq!(item.refcount(), 6);
+    drop((as_list, as_tuple, as_dict, some));
+    assert_eq!(item.refcount(), 1);
+}
+
+#[test]
+fn extracting_containers_leaves_the_source_untouched() {
+    let gil = Gil::acquire().unwrap();
+    let source = gil.eval("[[object()], [object()]]").unwrap();
+    let inner = source.get_item(0).unwrap();
+    let before = inner.refcount();
+    let objects: Vec<Object<'_>> = source.extract().unwrap();
+    assert_eq!(inner.refcount(), before + 1);
+    drop(objects);
+    assert_eq!(inner.refcount(), before);
+    assert_eq!(source.refcount(), 1);
+    let pairs = gil.eval("{'a': [1], 'b': [2]}").unwrap();
+    let map: HashMap<String, Vec<i64>> = pairs.extract().unwrap();
+    assert_eq!(map["b"], [2]);
+    assert_eq!(pairs.refcount(), 1);
+    let tuple = gil.eval("(1, 'two', 3.0)").unwrap();
+    let _: (i64, String, f64) = tuple.extract().unwrap();
+    assert_eq!(tuple.refcount(), 1);
+}
+
+#[test]
+fn failed_extraction_leaks_nothing() {
+    let gil = Gil::acquire().unwrap();
+    let source = gil.eval("[object(), 'text', 2 ** 70]").unwrap();
+    let items: Vec<Object<'_>> = source.extract().unwrap();
+    let counts: Vec<isize> = items.iter().map(Object::refcount).collect();
+    for _ in 0..50 {
+        assert!(source.extract::<Vec<i64>>().is_err());
+        assert!(source.extract::<(i64, i64)>().is_err());
+        assert!(items[2].extract::<i64>().is_err());
+        assert!(items[1].extract::<HashMap<String, i64>>().is_err());
+    }
+    assert_eq!(items.iter().map(Object::refcount).collect::<Vec<_>>(), counts);
+}
+
+#[test]
+fn borrowed_none_is_increfed_and_released() {
+    let gil = Gil::acquire().unwrap();
+    let none = gil.none();
+    let before = none.refcount();
+    let many: Vec<_> = (0..10).map(|_| gil.none()).collect();
+    assert_eq!(none.refcount(), before + 10);
+    drop(many);
+    assert_eq!(none.refcount(), before);
+}

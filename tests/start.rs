@@ -1,0 +1,125 @@
+//! The embedded interpreter is the build interpreter, in the parent and in `multiprocessing`
+//! workers of every start method; a start that cannot succeed is an error, not an abort.
+
+use std::process::Command;
+
+use rs4py::{Error, Gil, build_python};
+
+/// `(sys.version, sys.prefix, sys.executable)` of the interpreter that evaluates it.
+const IDENTITY: &str = "(__import__('sys').version, __import__('sys').prefix, __import__('sys').executable)";
+
+fn parent_identity() -> (String, String, String) {
+    let gil = Gil::acquire().unwrap();
+    gil.eval(IDENTITY).unwrap().extract().unwrap()
+}
+
+#[test]
+fn the_embedded_interpreter_is_the_build_interpreter() {
+    let (version, prefix, executable) = parent_identity();
+    let build = build_python();
+    assert_eq!(version, build.version);
+    assert_eq!(prefix, build.prefix);
+    assert_eq!(executable, build.executable);
+    assert!(!executable.contains("shims"), "a pyenv shim is not an interpreter: {executable}");
+    assert_ne!(std::path::Path::new(&executable), std::env::current_exe().unwrap());
+    let gil = Gil::acquire().unwrap();
+    gil.import("multiprocessing").unwrap();
+    let python_view: bool =
+        gil.eval("__import__('signal').getsignal(2) == __import__('signal').SIG_DFL").unwrap().extract().unwrap();
+    assert!(python_view, "Python's own view of SIGINT agrees");
+    drop(gil);
+    for signal in [libc::SIGINT, libc::SIGXFSZ] {
+        assert_eq!(os_signal_handler(signal), libc::SIG_DFL, "Python left signal {signal} to the Rust program");
+    }
+}
+
+/// The handler the operating system has for `signal` in this process.
+fn os_signal_handler(signal: libc::c_int) -> libc::sighandler_t {
+    let mut current = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: a null new action only queries; `current` is written by the call.
+    let status = unsafe { libc::sigaction(signal, std::ptr::null(), current.as_mut_ptr()) };
+    assert_eq!(status, 0);
+    // SAFETY: sigaction succeeded and filled `current`.
+    unsafe { current.assume_init() }.sa_sigaction
+}
+
+/// Runs `IDENTITY` in two pool workers of `method` and checks they match the parent.
+fn workers_match_parent(method: &str) {
+    let parent = parent_identity();
+    let gil = Gil::acquire().unwrap();
+    let context = gil.import("multiprocessing").unwrap().call_method("get_context", (method,), ()).unwrap();
+    let pool = context.call_method("Pool", (2,), ()).unwrap();
+    // The builtin eval pickles by name, so every start method can ship it to the workers.
+    let results = pool.call_method("map", (gil.eval("eval").unwrap(), vec![IDENTITY; 4]), ());
+    pool.call_method("terminate", (), ()).unwrap();
+    pool.call_method("join", (), ()).unwrap();
+    let workers: Vec<(String, String, String)> = results.unwrap().extract().unwrap();
+    assert_eq!(workers.len(), 4);
+    for worker in workers {
+        assert_eq!(worker, parent, "{method} worker differs from its parent");
+    }
+}
+
+#[test]
+fn fork_workers_run_the_parents_interpreter() {
+    workers_match_parent("fork");
+}
+
+#[test]
+fn forkserver_workers_run_the_parents_interpreter() {
+    workers_match_parent("forkserver");
+}
+
+#[test]
+fn spawn_workers_run_the_parents_interpreter() {
+    workers_match_parent("spawn");
+}
+
+#[test]
+fn a_venv_built_binary_sees_the_venv() {
+    // Meaningful when built with a venv's python as PYO3_PYTHON (.ci/run does): its prefix
+    // is the venv's, and the venv's site-packages is on sys.path.
+    let build = build_python();
+    let gil = Gil::acquire().unwrap();
+    let in_venv: bool =
+        gil.eval("__import__('sys').prefix != __import__('sys').base_prefix").unwrap().extract().unwrap();
+    let expected_venv = std::path::Path::new(build.prefix).join("pyvenv.cfg").exists();
+    assert_eq!(in_venv, expected_venv);
+    if in_venv {
+        let site: Vec<String> = gil.eval("__import__('site').getsitepackages()").unwrap().extract().unwrap();
+        let path: Vec<String> = gil.eval("__import__('sys').path").unwrap().extract().unwrap();
+        assert!(site.iter().all(|dir| dir.starts_with(build.prefix) && path.contains(dir)), "{site:?} {path:?}");
+        // A module installed into the venv imports from there.
+        std::fs::write(std::path::Path::new(&site[0]).join("rs4py_venv_probe.py"), "WHERE = __file__\n").unwrap();
+        let location: String = gil.import("rs4py_venv_probe").unwrap().getattr("WHERE").unwrap().extract().unwrap();
+        assert!(location.starts_with(build.prefix), "{location}");
+    }
+}
+
+#[test]
+fn an_interpreter_that_cannot_start_is_an_error() {
+    // In a child process, so that this process's interpreter is unaffected.
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_start_with_a_broken_home", "--ignored", "--nocapture"])
+        .env("PYTHONHOME", "/nonexistent/python/home")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the child must not crash or abort:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("1 passed"), "{stdout}");
+}
+
+#[test]
+#[ignore = "run by an_interpreter_that_cannot_start_is_an_error in a child process"]
+fn child_start_with_a_broken_home() {
+    let first = Gil::acquire().err().expect("Python cannot start without its standard library");
+    let Error::Start(message) = &first else { panic!("expected Error::Start, got {first:?}") };
+    assert!(message.contains("encoding"), "{message}");
+    // The failure is remembered: later callers get the same error, no second attempt.
+    assert_eq!(rs4py::start(&Default::default()).unwrap_err(), first);
+    assert!(!rs4py::is_started());
+}
