@@ -30,6 +30,22 @@ Protocol (every call may come from any thread, concurrently)::
         ("... finalized ...")
 
 Only ``initialize`` ever raises; every other failure comes back as a flag and a message.
+
+How it works: ``initialize`` starts N worker processes (``multiprocessing`` context of
+``start_method``), each with its own duplex pipe; each builds the Engine and reports
+ready. A dispatcher thread in this process waits (``multiprocessing.connection.wait``,
+no polling) on the pipes, the process sentinels and a wake-up pipe; it collects
+answers and hands queued tasks to workers (``submit`` hands a task straight to an idle
+worker itself). Because the driver knows which tasks each worker holds, a worker
+that dies or overruns ``task_timeout`` fails exactly its running task (flag 2), the
+tasks queued behind it go back to the queue, and a replacement worker is started.
+If a replacement cannot be started or cannot initialise its Engine and no worker is
+left, queued tasks fail (flag 2) and ``submit`` answers flag 9 saying why.
+
+With ``start_method="fork"`` replacement workers are forked from a process that runs
+threads (the dispatcher, the caller's); Python 3.12+ warns about that
+(DeprecationWarning), and it is as safe as ``fork`` is in a threaded program: prefer
+``forkserver`` (the default) or ``spawn``.
 """
 
 from __future__ import annotations
@@ -215,7 +231,8 @@ class _Worker:
     is running (or about to run) and the others have not started.
     """
 
-    __slots__ = ("process", "conn", "pid", "ready", "queue", "dead", "eof", "timed_out")
+    __slots__ = ("process", "conn", "pid", "ready", "queue", "head_started", "dead", "eof",
+                 "timed_out")
 
     def __init__(self, process: Any, conn: Any) -> None:
         self.process = process
@@ -223,13 +240,13 @@ class _Worker:
         self.pid: int = process.pid
         self.ready = False  # reported READY (its Engine is initialised)
         self.queue: Deque[_Task] = deque()
+        self.head_started = 0.0  # when queue[0] was sent (or its predecessor answered)
         self.dead = False  # must not be given tasks (killed, broken pipe, exited)
         self.eof = False  # its pipe reported EOF: stop watching it
         self.timed_out = False
 
-    def can_take(self, depth: int) -> bool:
-        """Ready, alive, and holding fewer than ``depth`` tasks."""
-        return self.ready and not self.dead and len(self.queue) < depth
+    def usable(self) -> bool:
+        return self.ready and not self.dead
 
 
 def _exit_text(exitcode: Optional[int]) -> str:
@@ -251,6 +268,7 @@ class _Pool:
                  task_timeout: Optional[float], prefetch: int, worker_args: tuple) -> None:
         self.ctx = ctx
         self.prefetch = prefetch
+        self.avg_run_s: Optional[float] = None  # moving average of task run times
         self.start_method = start_method
         self.n_workers = n_workers
         self.max_tasks = max_tasks
@@ -357,25 +375,66 @@ class _Pool:
             return False
         worker.queue.append(task)
         task.worker = worker
-        if self.task_timeout is not None and len(worker.queue) == 1:
-            task.deadline = time.monotonic() + self.task_timeout
+        if len(worker.queue) == 1:
+            self.start_head(worker, time.monotonic())
         return True
 
+    def start_head(self, worker: _Worker, now: float) -> None:
+        """``worker.queue[0]`` starts (about) now: note it, and set its deadline."""
+        worker.head_started = now
+        if self.task_timeout is not None:
+            worker.queue[0].deadline = now + self.task_timeout
+
+    def note_run_time(self, seconds: float) -> None:
+        if self.avg_run_s is None:
+            self.avg_run_s = seconds
+        else:
+            self.avg_run_s += 0.1 * (seconds - self.avg_run_s)
+
+    def prefetch_target(self, now: float) -> Optional[_Worker]:
+        """The busy worker that should get one more task queued behind its current one.
+
+        Only workers holding at most ``prefetch`` tasks qualify, and not one whose
+        current task has already run much longer than usual (it may be a long one:
+        a task queued behind it could not move to a worker that frees up sooner).
+        Among the rest, the one whose current task started first.
+        """
+        if not self.prefetch:
+            return None
+        typical = self.avg_run_s if self.avg_run_s is not None else 0.0
+        limit = max(0.002, 4.0 * typical)
+        best = None
+        for w in self.workers:
+            if not w.usable() or not w.queue or len(w.queue) > self.prefetch:
+                continue
+            if now - w.head_started > limit:
+                continue
+            if best is None or w.head_started < best.head_started:
+                best = w
+        return best
+
     def dispatch(self) -> bool:
-        """Give pending tasks to workers: idle ones first, then (if ``prefetch`` > 0) one
-        queued task more per busy worker, so that it starts the next task without a
-        round trip through this process. Returns True if a new deadline was set."""
+        """Give pending tasks to workers, oldest task first: to an idle worker if there
+        is one, else (``prefetch`` > 0) queued behind a busy worker's current task, so that
+        it starts without a round trip through this process. Returns True if a task
+        started (so the dispatcher must learn a new deadline)."""
         started = False
-        for depth in range(1, 2 + self.prefetch):
+        now = time.monotonic()
+        while self.pending:
+            target = None
             for w in self.workers:
-                if not self.pending:
+                if w.usable() and not w.queue:
+                    target = w
                     break
-                if w.can_take(depth):
-                    task = self.pending.popleft()
-                    if self.assign(w, task):
-                        started = started or len(w.queue) == 1
-                    else:
-                        self.pending.appendleft(task)
+            if target is None:
+                target = self.prefetch_target(now)
+                if target is None:
+                    break
+            task = self.pending.popleft()
+            if self.assign(target, task):
+                started = started or len(target.queue) == 1
+            else:
+                self.pending.appendleft(task)
         return started and self.task_timeout is not None
 
     def requeue_unstarted(self, w: _Worker) -> None:
@@ -480,9 +539,11 @@ class _Pool:
                 elif msg[0] == _MSG_RESULT:
                     _, key, flag, value, message = msg
                     if w.queue and w.queue[0].key == key:
+                        now = time.monotonic()
+                        self.note_run_time(now - w.head_started)
                         self.complete(w.queue.popleft(), flag, value, message)
-                        if w.queue and self.task_timeout is not None:
-                            w.queue[0].deadline = time.monotonic() + self.task_timeout
+                        if w.queue:
+                            self.start_head(w, now)
                 elif msg[0] == _MSG_INIT_FAILED:
                     w.dead = True
                     self.note_replacement_failure(
@@ -694,7 +755,8 @@ class Driver:
       flag 9 ("... finalized ...").
 
     ``worker_pids()`` lists the pids of the current worker processes (for tests and
-    monitoring). Only ``initialize`` raises; all other methods answer flags. Every
+    monitoring); ``held_tasks()`` counts the tasks held; ``n_workers`` is the resolved
+    worker count. Only ``initialize`` raises; all other methods answer flags. Every
     method is thread-safe; an internal lock is held only briefly and never while
     ``wait`` blocks. A task whose worker process dies, or which runs past
     ``task_timeout`` seconds (measured from when a worker starts it; its worker is then

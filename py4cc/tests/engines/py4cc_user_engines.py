@@ -94,3 +94,15 @@ class ExitingEngine:
         if int_feature == 3:
             os._exit(3)
         return int_feature, ""
+
+
+class FragileInitEngine:
+    """Its ``initialize`` fails once the file named by ``config["marker"]`` exists."""
+
+    def initialize(self, config, **kwargs):
+        if os.path.exists(config["marker"]):
+            raise RuntimeError("the marker file exists: refusing to start")
+
+    def run(self, float_features, str_features, int_feature):
+        time.sleep(float_features[0])
+        return int_feature, ""

@@ -1,0 +1,208 @@
+"""User Engines, failures inside workers, timeouts, killed workers."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import time
+import unittest
+import warnings
+
+from py4cc.driver import Driver
+
+from .support import FLOAT_NAMES, STR_NAMES, DriverTestCase, add_engines_dir, pid_alive, wait_until
+
+ENGINES = "py4cc_user_engines"
+
+
+def task(seconds: float = 0.0, n: int = 7):
+    return ([seconds, 0.0], ["a", "b", "c"], n)
+
+
+class UserEngineTest(DriverTestCase):
+    def test_configuration_reaches_each_worker(self):
+        d = self.make_driver(config='{"add": 100, "nested": [1, "two"]}',
+                             float_names=["x", "y"], str_names=["p", "q", "r"],
+                             extra={"bonus": "yes", "level": 3},
+                             engine=f"{ENGINES}:EchoEngine", n_subprocesses=2)
+        seen_pids = set()
+        for i in range(6):
+            _, key, _ = d.submit([1.0, 2.0], ["s", "ß", ""], i)
+            flag, value, message = d.wait(key, 10)
+            self.assertEqual((flag, value), (0, 101 + i))
+            info = json.loads(message)
+            self.assertEqual(info["config"], {"add": 100, "nested": [1, "two"]})
+            self.assertEqual(info["float_feature_names"], ["x", "y"])
+            self.assertEqual(info["str_feature_names"], ["p", "q", "r"])
+            self.assertEqual(info["extra"], {"bonus": "yes", "level": 3})
+            self.assertEqual(info["float_features"], [1.0, 2.0])
+            self.assertEqual(info["str_features"], ["s", "ß", ""])
+            seen_pids.add(info["pid"])
+        self.assertTrue(seen_pids <= set(d.worker_pids()))
+
+    def test_run_raising_gives_flag_2_with_traceback(self):
+        d = self.make_driver(engine=f"{ENGINES}:RaisingEngine")
+        _, key, _ = d.submit(*task(n=3))
+        flag, value, message = d.wait(key, 10)
+        self.assertEqual((flag, value), (2, -1))
+        self.assertIn("Traceback", message)
+        self.assertIn("ValueError: boom from the user engine (3)", message)
+        _, key, _ = d.submit(*task(n=4))  # the worker survived
+        self.assertEqual(d.wait(key, 10), (0, 4, ""))
+
+    def test_bad_answers_give_flag_2(self):
+        d = self.make_driver(engine=f"{ENGINES}:BadReturnEngine")
+        expectations = {
+            0: ("it returned", "not a tuple"),
+            1: ("it returned", "(1, 2, 3)"),
+            2: ("its value was", "'7'"),
+            3: ("its message was", "None"),
+            4: ("its value was", "True"),
+        }
+        for n, needles in expectations.items():
+            with self.subTest(n=n):
+                _, key, _ = d.submit(*task(n=n))
+                flag, value, message = d.wait(key, 10)
+                self.assertEqual((flag, value), (2, -1))
+                for needle in needles:
+                    self.assertIn(needle, message)
+        _, key, _ = d.submit(*task(n=5))
+        flag, value, message = d.wait(key, 10)
+        self.assertEqual((flag, value), (2, 0))
+        self.assertIn("answered 0", message)
+        _, key, _ = d.submit(*task(n=6))
+        self.assertEqual(d.wait(key, 10), (2, -5, "the model said no"))
+
+    def test_initialize_failure_raises_with_worker_traceback(self):
+        add_engines_dir()
+        d = Driver(n_subprocesses=2, engine=f"{ENGINES}:FailingInitEngine")
+        self.addCleanup(d.finalize)
+        with self.assertRaises(RuntimeError) as caught:
+            d.initialize("{}", FLOAT_NAMES, STR_NAMES)
+        text = str(caught.exception)
+        self.assertIn("Traceback", text)
+        self.assertIn("cannot load the model weights", text)
+        self.assertEqual(d.worker_pids(), [])
+        self.assertTrue(wait_until(lambda: not multiprocessing.active_children(), timeout=5))
+
+    def test_worker_exiting_mid_task(self):
+        d = self.make_driver(engine=f"{ENGINES}:ExitingEngine")
+        old = d.worker_pids()
+        _, key, _ = d.submit(*task(n=3))
+        flag, value, message = d.wait(key, 10)
+        self.assertEqual(flag, 2)
+        self.assertIn("died", message)
+        self.assertIn("exit code 3", message)
+        _, key, _ = d.submit(*task(n=8))
+        self.assertEqual(d.wait(key, 20), (0, 8, ""))
+        self.assertNotEqual(d.worker_pids(), old)
+
+
+class KilledWorkerTest(DriverTestCase):
+    def test_sigkill_mid_task(self):
+        d = self.make_driver(engine=f"{ENGINES}:SleepEngine")
+        [pid] = d.worker_pids()
+        _, running, _ = d.submit(*task(30.0, 1))
+        _, queued, _ = d.submit(*task(0.0, 2))  # may wait in the same worker's pipe
+        time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+        flag, value, message = d.wait(running, 10)
+        self.assertEqual(flag, 2)
+        self.assertIn("died", message)
+        self.assertIn("SIGKILL", message)
+        self.assertIn(str(pid), message)
+        # The task that had not started is run by the replacement worker.
+        self.assertEqual(d.wait(queued, 20), (0, 2, "slept"))
+        _, key, _ = d.submit(*task(0.0, 3))
+        self.assertEqual(d.wait(key, 20), (0, 3, "slept"))
+        self.assertTrue(wait_until(lambda: not pid_alive(pid)))
+        new = d.worker_pids()
+        self.assertEqual(len(new), 1)
+        self.assertNotIn(pid, new)
+        self.assertEqual(d.held_tasks(), 0)
+
+    def test_kill_idle_worker(self):
+        d = self.make_driver(n_subprocesses=2)
+        pids = d.worker_pids()
+        os.kill(pids[0], signal.SIGKILL)
+        self.assertTrue(wait_until(lambda: pids[0] not in d.worker_pids() and len(d.worker_pids()) == 2))
+        for _ in range(10):
+            _, key, _ = d.submit([1.0, 2.0], ["a", "b", "c"], 1)
+            self.assertEqual(d.wait(key, 10), (0, 7, ""))
+
+
+class TimeoutTest(DriverTestCase):
+    def test_task_timeout(self):
+        d = self.make_driver(engine=f"{ENGINES}:SleepEngine", task_timeout=0.3)
+        [pid] = d.worker_pids()
+        start = time.monotonic()
+        _, slow, _ = d.submit(*task(30.0, 1))
+        _, quick, _ = d.submit(*task(0.0, 2))
+        flag, value, message = d.wait(slow, 10)
+        self.assertLess(time.monotonic() - start, 5)
+        self.assertEqual(flag, 2)
+        self.assertIn("timed out after 0.3 s", message)
+        self.assertEqual(d.wait(quick, 20), (0, 2, "slept"))
+        self.assertTrue(wait_until(lambda: not pid_alive(pid)))
+        self.assertNotIn(pid, d.worker_pids())
+        # Tasks within the limit are untouched.
+        _, key, _ = d.submit(*task(0.1, 5))
+        self.assertEqual(d.wait(key, 10), (0, 5, "slept"))
+
+
+class NoPrefetchTest(DriverTestCase):
+    def test_prefetch_zero(self):
+        d = self.make_driver(n_subprocesses=2, prefetch=0)
+        keys = [d.submit([1.0, 2.0], ["a", "b", "c"], i)[1] for i in range(20)]
+        for i, key in enumerate(keys):
+            self.assertEqual(d.wait(key, 10), (0, 6 + i, ""))
+
+
+class StartMethodTest(DriverTestCase):
+    def setUp(self):
+        # Python 3.12+ warns when a threaded process forks (the "fork" start method).
+        catcher = warnings.catch_warnings()
+        catcher.__enter__()
+        self.addCleanup(catcher.__exit__, None, None, None)
+        warnings.filterwarnings("ignore", message=r"This process .* is multi-threaded",
+                                category=DeprecationWarning)
+
+    def run_tasks(self, d, n=12):
+        from py4cc.engine import big_model
+        from py4cc.taskgen import make_tasks
+        tasks = make_tasks(n, 3)
+        keys = [d.submit(*t)[1] for t in tasks]
+        for key, t in zip(keys, tasks):
+            self.assertEqual(d.wait(key, 20), (0, big_model(*t), ""))
+
+    def test_each_start_method(self):
+        for method in ("fork", "forkserver", "spawn"):
+            with self.subTest(method=method):
+                d = self.make_driver(n_subprocesses=2, start_method=method)
+                self.run_tasks(d)
+                pids = d.worker_pids()
+                d.finalize()
+                self.assertAllGone(pids)
+
+    def test_user_engine_with_spawn(self):
+        # The engines directory reaches spawned workers through sys.path.
+        d = self.make_driver(engine=f"{ENGINES}:EchoEngine", config='{"add": 1}',
+                             start_method="spawn")
+        _, key, _ = d.submit([1.0, 2.0], ["a", "b", "c"], 5)
+        self.assertEqual(d.wait(key, 20)[:2], (0, 7))
+
+    def test_killed_worker_with_fork(self):
+        d = self.make_driver(engine=f"{ENGINES}:SleepEngine", start_method="fork")
+        [pid] = d.worker_pids()
+        _, key, _ = d.submit(*task(30.0, 1))
+        time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        self.assertEqual(d.wait(key, 10)[0], 2)
+        _, key, _ = d.submit(*task(0.0, 4))
+        self.assertEqual(d.wait(key, 20), (0, 4, "slept"))
+
+
+if __name__ == "__main__":
+    unittest.main()

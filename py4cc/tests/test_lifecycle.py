@@ -1,0 +1,93 @@
+"""No worker process is left behind, however the parent ends; a pool that cannot recover."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import unittest
+
+from .support import DriverTestCase, pid_running, wait_until
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+CHILD_SCRIPT = textwrap.dedent("""
+    import json, os, signal, sys, warnings
+    from py4cc.driver import Driver
+    warnings.filterwarnings("ignore", message=r"This process .* is multi-threaded")
+
+    def main():
+        how = sys.argv[1]
+        drivers = []
+        for method in ("fork", "forkserver", "spawn"):
+            d = Driver(n_subprocesses=2, start_method=method)
+            d.initialize("{}", ["a"], ["b"])
+            key = d.submit([1.0], ["x"], 1)[1]
+            assert d.wait(key, 20)[0] == 0
+            drivers.append(d)
+        print(json.dumps([pid for d in drivers for pid in d.worker_pids()]), flush=True)
+        if how == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        # how == "exit": leave without finalize; the exit hook must stop the workers.
+
+    if __name__ == "__main__":
+        main()
+""")
+
+
+class ParentExitTest(unittest.TestCase):
+    def run_child(self, how):
+        with tempfile.TemporaryDirectory() as tmp:
+            script = os.path.join(tmp, "child.py")
+            with open(script, "w") as handle:
+                handle.write(CHILD_SCRIPT)
+            env = dict(os.environ)
+            env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+            proc = subprocess.run([sys.executable, script, how], capture_output=True, text=True,
+                                  timeout=60, env=env)
+        pids = json.loads(proc.stdout.strip().splitlines()[0])
+        self.assertEqual(len(pids), 6, proc.stderr)
+        return proc, pids
+
+    def test_exit_without_finalize(self):
+        proc, pids = self.run_child("exit")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertTrue(wait_until(lambda: not any(map(pid_running, pids)), timeout=10),
+                        [p for p in pids if pid_running(p)])
+
+    def test_parent_killed(self):
+        # No exit hook runs: each worker sees its pipe close and exits on its own.
+        proc, pids = self.run_child("sigkill")
+        self.assertEqual(proc.returncode, -9)
+        self.assertTrue(wait_until(lambda: not any(map(pid_running, pids)), timeout=10),
+                        [p for p in pids if pid_running(p)])
+
+
+class BrokenPoolTest(DriverTestCase):
+    def test_replacement_that_cannot_start(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            marker = os.path.join(tmp, "marker")
+            d = self.make_driver(config=json.dumps({"marker": marker}),
+                                 engine="py4cc_user_engines:FragileInitEngine")
+            [pid] = d.worker_pids()
+            _, running, _ = d.submit([30.0, 0.0], ["a", "b", "c"], 1)
+            _, queued, _ = d.submit([0.0, 0.0], ["a", "b", "c"], 2)
+            open(marker, "w").close()
+            os.kill(pid, 9)
+            flag, _, message = d.wait(running, 10)
+            self.assertEqual(flag, 2)
+            self.assertIn("died", message)
+            flag, _, message = d.wait(queued, 20)
+            self.assertEqual(flag, 2)
+            self.assertIn("no worker process is left", message)
+            self.assertIn("the marker file exists", message)
+            flag, key, message = d.submit([0.0, 0.0], ["a", "b", "c"], 3)
+            self.assertEqual((flag, key), (9, 0))
+            self.assertIn("no working worker process", message)
+
+
+if __name__ == "__main__":
+    unittest.main()
