@@ -84,6 +84,12 @@ impl Gil {
     /// # Ok::<(), rs4py::Error>(())
     /// ```
     pub fn allow_threads<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        self.release_during(work)
+    }
+
+    /// [`allow_threads`](Self::allow_threads) without the `Send` bounds, for work inside rs4py
+    /// known to touch no Python object (such as taking a lock).
+    pub(crate) fn release_during<T>(&self, work: impl FnOnce() -> T) -> T {
         struct Reacquire {
             thread_state: *mut ffi::PyThreadState,
             held: (usize, Option<ffi::PyGILState_STATE>),

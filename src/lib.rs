@@ -34,12 +34,16 @@
 //! built against, rather than mixing two installations.
 
 mod convert;
+mod driver;
 mod error;
 mod gil;
 mod interpreter;
 mod object;
+mod py4cc;
+pub mod workload;
 
 pub use convert::{FromPython, IntoArgs, IntoKwargs, ToPython};
+pub use driver::{Driver, DriverOptions, ResultStatus, StartMethod, SubmitStatus, TaskReceipt, TaskResult};
 pub use error::{Error, PythonException, Result};
 pub use gil::Gil;
 pub use interpreter::{BuildPython, StartOptions, build_python, is_started, start};

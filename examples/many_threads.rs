@@ -1,0 +1,131 @@
+//! The article's test from Rust: many threads share one `Driver`, submit the seeded task list
+//! and check every result against the model computed in Rust.
+//!
+//! ```text
+//! cargo run --release --example many_threads -- [--tasks 1000] [--threads 16] [--workers 0]
+//!     [--seed 42] [--start-method forkserver|fork|spawn] [--mode poll|wait]
+//! ```
+//!
+//! Prints a short summary, then one JSON line with the keys of `python3 -m py4cc.harness`, whose
+//! `digest` matches the harness's for the same seed. Exits non-zero on any wrong or missing
+//! result.
+
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Instant;
+
+use rs4py::workload::{self, Mode, Report};
+use rs4py::{Driver, DriverOptions, StartMethod};
+
+struct Args {
+    tasks: usize,
+    threads: usize,
+    workers: usize,
+    seed: u64,
+    start_method: StartMethod,
+    mode: Mode,
+}
+
+const USAGE: &str = "usage: many_threads [--tasks N] [--threads N] [--workers N (0 = one per CPU)] [--seed N] \
+                     [--start-method fork|forkserver|spawn] [--mode poll|wait]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        tasks: 1000,
+        threads: 16,
+        workers: 0,
+        seed: 42,
+        start_method: StartMethod::Forkserver,
+        mode: Mode::Poll,
+    };
+    let mut words = std::env::args().skip(1);
+    while let Some(flag) = words.next() {
+        if flag == "--help" || flag == "-h" {
+            return Err(USAGE.into());
+        }
+        let value = words.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        fn number<T: FromStr>(flag: &str, value: &str) -> Result<T, String> {
+            value.parse().map_err(|_| format!("{flag}: {value:?} is not a valid number\n{USAGE}"))
+        }
+        match flag.as_str() {
+            "--tasks" => args.tasks = number(&flag, &value)?,
+            "--threads" => args.threads = number(&flag, &value)?,
+            "--workers" => args.workers = number(&flag, &value)?,
+            "--seed" => args.seed = number(&flag, &value)?,
+            "--start-method" => args.start_method = value.parse().map_err(|e| format!("{e}\n{USAGE}"))?,
+            "--mode" => {
+                args.mode = match value.as_str() {
+                    "poll" => Mode::Poll,
+                    "wait" => Mode::Wait,
+                    _ => return Err(format!("--mode: {value:?} is neither poll nor wait\n{USAGE}")),
+                }
+            }
+            _ => return Err(format!("unknown flag {flag:?}\n{USAGE}")),
+        }
+    }
+    if args.threads == 0 {
+        return Err(format!("--threads must be at least 1\n{USAGE}"));
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(report) if report.problems.is_empty() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("many_threads: {error}");
+            if let Some(traceback) = error.traceback() {
+                eprintln!("{traceback}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<Report, rs4py::Error> {
+    let tasks = workload::make_tasks(args.tasks, args.seed);
+    let driver = Driver::new(DriverOptions {
+        n_subprocesses: args.workers,
+        start_method: args.start_method,
+        ..DriverOptions::default()
+    })?;
+    driver.initialize(r#"{"model": "big_model"}"#, &["f0", "f1"], &["name", "sentence", "uuid"])?;
+    let workers = driver.n_workers()?;
+
+    let started = Instant::now();
+    let outcomes = workload::run(&driver, &tasks, args.threads, args.mode);
+    let elapsed = started.elapsed();
+    driver.finalize();
+
+    let report = Report::new(&tasks, args.threads, workers, args.mode, elapsed, &outcomes);
+    println!(
+        "rs4py many_threads: {} tasks, {} threads, {} workers ({}), mode {}: {:.3} s, {:.1} tasks/s, \
+         p50 {:.2} ms, p99 {:.2} ms, limit {:.3} s (efficiency {:.2}), {} verified, {} errors",
+        report.tasks,
+        report.threads,
+        report.workers,
+        args.start_method.as_str(),
+        report.mode.as_str(),
+        report.seconds,
+        report.tasks_per_s(),
+        report.p50_ms,
+        report.p99_ms,
+        report.limit_s,
+        report.efficiency(),
+        report.verified,
+        report.problems.len(),
+    );
+    for problem in report.problems.iter().take(10) {
+        println!("  {problem}");
+    }
+    println!("{}", report.to_json());
+    Ok(report)
+}

@@ -1,0 +1,357 @@
+//! The safe Driver: `py4cc.driver.Driver` (a pool of worker processes running an Engine)
+//! behind a typed, `Send + Sync` Rust face whose task calls never fail with `Err`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+use crate::gil::Gil;
+use crate::interpreter::{self, StartOptions};
+use crate::object::{Handle, Object};
+
+/// How `multiprocessing` starts the worker processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartMethod {
+    /// Fork the embedding process (fast; the child inherits its memory).
+    Fork,
+    /// Fork from a clean server process started once (the default).
+    #[default]
+    Forkserver,
+    /// Start a fresh interpreter per worker (slowest, most isolated).
+    Spawn,
+}
+
+impl StartMethod {
+    /// The name `multiprocessing` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartMethod::Fork => "fork",
+            StartMethod::Forkserver => "forkserver",
+            StartMethod::Spawn => "spawn",
+        }
+    }
+}
+
+impl std::str::FromStr for StartMethod {
+    type Err = Error;
+
+    /// ```
+    /// use rs4py::StartMethod;
+    /// assert_eq!("spawn".parse::<StartMethod>()?, StartMethod::Spawn);
+    /// assert!("thread".parse::<StartMethod>().is_err());
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    fn from_str(name: &str) -> Result<Self> {
+        [StartMethod::Fork, StartMethod::Forkserver, StartMethod::Spawn]
+            .into_iter()
+            .find(|method| method.as_str() == name)
+            .ok_or_else(|| Error::InvalidArgument(format!("unknown start method {name:?} (fork, forkserver or spawn)")))
+    }
+}
+
+/// How to build a [`Driver`].
+#[derive(Debug, Clone)]
+pub struct DriverOptions {
+    /// How many tasks the driver holds at once (queued, running, finished but not retrieved).
+    pub max_tasks: usize,
+    /// Worker processes; 0 means one per CPU.
+    pub n_subprocesses: usize,
+    /// How workers are started.
+    pub start_method: StartMethod,
+    /// The Engine class, `"module:Class"`; the demo Engine by default.
+    pub engine: String,
+    /// A task running longer is stopped (its worker killed and replaced) and answers `Failed`.
+    pub task_timeout: Option<Duration>,
+    /// Directories put at the front of `sys.path`, for the user's own Engine module; every
+    /// worker process sees them too, whatever the start method.
+    pub python_path: Vec<PathBuf>,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        DriverOptions {
+            max_tasks: 64,
+            n_subprocesses: 0,
+            start_method: StartMethod::default(),
+            engine: "py4cc.engine:Engine".into(),
+            task_timeout: None,
+            python_path: Vec::new(),
+        }
+    }
+}
+
+/// The answer to [`Driver::submit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitStatus {
+    /// Accepted: come back with the key.
+    Accepted,
+    /// The driver holds `max_tasks` tasks: try again later.
+    AtCapacity,
+    /// Refused (wrong number of features, not initialised, finalized, ...): see the message.
+    Error,
+}
+
+/// The answer to [`Driver::retrieve`] and [`Driver::wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultStatus {
+    /// Done: `value` is the model's answer (positive). The task is removed.
+    Done,
+    /// Not finished yet: ask again. The task is kept.
+    NotReady,
+    /// The model failed or answered a value `<= 0`, its worker died, or it timed out; the
+    /// message says which (with the traceback). The task is removed.
+    Failed,
+    /// Unknown key or another error; nothing changed.
+    Error,
+}
+
+impl SubmitStatus {
+    /// The flag of the protocol: 0, 1 or 9.
+    pub fn code(self) -> i64 {
+        match self {
+            SubmitStatus::Accepted => 0,
+            SubmitStatus::AtCapacity => 1,
+            SubmitStatus::Error => 9,
+        }
+    }
+
+    /// The status for a flag, if it is one of the protocol's.
+    pub fn from_code(code: i64) -> Option<Self> {
+        [SubmitStatus::Accepted, SubmitStatus::AtCapacity, SubmitStatus::Error].into_iter().find(|s| s.code() == code)
+    }
+}
+
+impl ResultStatus {
+    /// The flag of the protocol: 0, 1, 2 or 9.
+    pub fn code(self) -> i64 {
+        match self {
+            ResultStatus::Done => 0,
+            ResultStatus::NotReady => 1,
+            ResultStatus::Failed => 2,
+            ResultStatus::Error => 9,
+        }
+    }
+
+    /// The status for a flag, if it is one of the protocol's.
+    pub fn from_code(code: i64) -> Option<Self> {
+        [ResultStatus::Done, ResultStatus::NotReady, ResultStatus::Failed, ResultStatus::Error]
+            .into_iter()
+            .find(|s| s.code() == code)
+    }
+}
+
+/// The answer to [`Driver::submit`]: a status, the task's key (0 unless accepted) and a
+/// message (empty when accepted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskReceipt {
+    /// What became of the task.
+    pub status: SubmitStatus,
+    /// The key to retrieve the result with; 0 unless accepted.
+    pub key: i64,
+    /// Why, when not accepted.
+    pub message: String,
+}
+
+/// The answer to [`Driver::retrieve`] and [`Driver::wait`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskResult {
+    /// Where the task stands.
+    pub status: ResultStatus,
+    /// The key asked about.
+    pub key: i64,
+    /// The model's answer when `Done`.
+    pub value: i64,
+    /// The traceback or cause when `Failed`, the reason when `Error`.
+    pub message: String,
+}
+
+/// The Python driver object and its bound methods, looked up once.
+struct PythonDriver {
+    driver: Handle,
+    submit: Handle,
+    retrieve: Handle,
+    wait: Handle,
+}
+
+/// Runs an Engine in a pool of Python worker processes; shared by many threads.
+///
+/// `submit`, `retrieve` and `wait` never panic and never return `Err`: every failure, in
+/// Python or in Rust, comes back as a status and a message. A mutex serialises the calls into
+/// Python; `wait` does not hold it (nor the GIL) while it waits, so other threads keep
+/// submitting and retrieving. A thread that holds a [`Gil`] may call in too: the driver lets
+/// the GIL go while it waits for its mutex.
+///
+/// ```
+/// use rs4py::{Driver, DriverOptions, ResultStatus, SubmitStatus};
+/// use std::time::Duration;
+///
+/// let driver = Driver::new(DriverOptions { n_subprocesses: 1, ..Default::default() })?;
+/// driver.initialize("{}", &["a", "b"], &["name"])?;
+/// let receipt = driver.submit(&[1.5, -2.5], &["Zoë"], 7);
+/// assert_eq!(receipt.status, SubmitStatus::Accepted);
+/// let result = driver.wait(receipt.key, Duration::from_secs(10));
+/// assert_eq!((result.status, result.value), (ResultStatus::Done, 4 + 3 + 7));
+/// let wrong = driver.submit(&[1.0], &["x"], 0);
+/// assert_eq!(wrong.status, SubmitStatus::Error);
+/// driver.finalize();
+/// # Ok::<(), rs4py::Error>(())
+/// ```
+pub struct Driver {
+    calls: Mutex<()>,
+    python: PythonDriver,
+    finalized: AtomicBool,
+}
+
+impl Driver {
+    /// Starts the interpreter if needed (with rs4py's own `py4cc` and `options.python_path`
+    /// on `sys.path`) and builds the Python driver. Nothing runs until [`initialize`](Self::initialize).
+    pub fn new(options: DriverOptions) -> Result<Driver> {
+        let mut python_path = vec![crate::py4cc::package_parent_dir()?.to_path_buf()];
+        python_path.extend(options.python_path);
+        interpreter::start(&StartOptions { python_path })?;
+        let gil = Gil::acquire()?;
+        let class = gil.import("py4cc.driver")?.getattr("Driver")?;
+        let driver = class.call(
+            (),
+            [
+                ("max_tasks", &options.max_tasks as &dyn crate::ToPython),
+                ("n_subprocesses", &options.n_subprocesses),
+                ("start_method", &options.start_method.as_str()),
+                ("engine", &options.engine),
+                ("task_timeout", &options.task_timeout.map(|timeout| timeout.as_secs_f64())),
+            ],
+        )?;
+        let method = |name| driver.getattr(name).map(Object::unbind);
+        let python = PythonDriver {
+            submit: method("submit")?,
+            retrieve: method("retrieve")?,
+            wait: method("wait")?,
+            driver: driver.clone().unbind(),
+        };
+        Ok(Driver { calls: Mutex::new(()), python, finalized: AtomicBool::new(false) })
+    }
+
+    /// Parses the JSON config and starts the workers, each building the Engine from it and
+    /// the feature names; returns when all are ready. Fails with the Python exception (bad
+    /// JSON, unknown Engine, a worker whose Engine failed to initialise, called twice, ...).
+    pub fn initialize(
+        &self,
+        config_json: &str,
+        float_feature_names: &[impl AsRef<str>],
+        str_feature_names: &[impl AsRef<str>],
+    ) -> Result<()> {
+        let float_names: Vec<&str> = float_feature_names.iter().map(AsRef::as_ref).collect();
+        let str_names: Vec<&str> = str_feature_names.iter().map(AsRef::as_ref).collect();
+        let _serial = self.lock_calls();
+        let gil = Gil::acquire()?;
+        self.python.driver.bind(&gil).call_method("initialize", (config_json, float_names, str_names), ())?;
+        Ok(())
+    }
+
+    /// Submits one task. Never fails: a refusal is a status and a message.
+    pub fn submit(&self, float_features: &[f64], str_features: &[impl AsRef<str>], int_feature: i64) -> TaskReceipt {
+        let str_features: Vec<&str> = str_features.iter().map(AsRef::as_ref).collect();
+        let answer = {
+            let _serial = self.lock_calls();
+            self.call_python(&self.python.submit, (float_features, str_features, int_feature))
+        };
+        match answer {
+            Ok((code, key, message)) => match SubmitStatus::from_code(code) {
+                Some(status) => TaskReceipt { status, key, message },
+                None => TaskReceipt { status: SubmitStatus::Error, key: 0, message: unknown_flag(code, &message) },
+            },
+            Err(error) => {
+                TaskReceipt { status: SubmitStatus::Error, key: 0, message: format!("submit failed: {error}") }
+            }
+        }
+    }
+
+    /// Asks for a task's result without waiting. Never fails: see [`ResultStatus`].
+    pub fn retrieve(&self, key: i64) -> TaskResult {
+        let answer = {
+            let _serial = self.lock_calls();
+            self.call_python(&self.python.retrieve, (key,))
+        };
+        task_result(key, answer, "retrieve")
+    }
+
+    /// Waits up to `timeout` for the task to finish, then answers as [`retrieve`](Self::retrieve)
+    /// (`NotReady` if it still is not). Holds neither the driver's mutex nor the GIL while it
+    /// waits.
+    pub fn wait(&self, key: i64, timeout: Duration) -> TaskResult {
+        // Python's wait blocks on an Event, which releases the GIL; the py4cc driver is
+        // thread-safe, so this call does not take the mutex at all.
+        let answer = self.call_python(&self.python.wait, (key, timeout.as_secs_f64()));
+        task_result(key, answer, "wait")
+    }
+
+    /// Stops the workers (terminated and joined; no process is left behind). Tasks not
+    /// finished answer `Failed`; later submits answer `Error` ("finalized"). Safe to call
+    /// any number of times; `Drop` calls it too.
+    pub fn finalize(&self) {
+        if self.finalized.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let _serial = self.lock_calls();
+        if let Ok(gil) = Gil::acquire() {
+            // py4cc's finalize never raises; were it to, there is nothing left to undo.
+            let _ = self.python.driver.bind(&gil).call_method("finalize", (), ());
+        }
+    }
+
+    /// The process ids of the current worker processes (empty before `initialize` and after
+    /// `finalize`).
+    pub fn worker_pids(&self) -> Result<Vec<u32>> {
+        let gil = Gil::acquire()?;
+        self.python.driver.bind(&gil).call_method("worker_pids", (), ())?.extract()
+    }
+
+    /// How many worker processes run (resolved from `n_subprocesses`; 0 before `initialize`).
+    pub fn n_workers(&self) -> Result<usize> {
+        let gil = Gil::acquire()?;
+        self.python.driver.bind(&gil).getattr("n_workers")?.extract()
+    }
+
+    /// Calls one of the Python driver's methods and reads its `(flag, int, message)` answer.
+    fn call_python(&self, method: &Handle, args: impl crate::IntoArgs) -> Result<(i64, i64, String)> {
+        let gil = Gil::acquire()?;
+        method.bind(&gil).call(args, ())?.extract()
+    }
+
+    /// Takes the mutex that serialises calls into Python. A thread that holds the GIL lets
+    /// it go while it waits, or the thread holding the mutex could never get the GIL.
+    fn lock_calls(&self) -> MutexGuard<'_, ()> {
+        if let Some(guard) = self.calls.try_lock() {
+            return guard;
+        }
+        if !Gil::is_held() {
+            return self.calls.lock();
+        }
+        Gil::acquire_started().release_during(|| self.calls.lock())
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.finalize();
+    }
+}
+
+fn task_result(key: i64, answer: Result<(i64, i64, String)>, call: &str) -> TaskResult {
+    match answer {
+        Ok((code, value, message)) => match ResultStatus::from_code(code) {
+            Some(status) => TaskResult { status, key, value, message },
+            None => TaskResult { status: ResultStatus::Error, key, value: 0, message: unknown_flag(code, &message) },
+        },
+        Err(error) => {
+            TaskResult { status: ResultStatus::Error, key, value: 0, message: format!("{call} failed: {error}") }
+        }
+    }
+}
+
+fn unknown_flag(code: i64, message: &str) -> String {
+    format!("py4cc answered flag {code}, which the protocol does not have: {message}")
+}

@@ -1,0 +1,100 @@
+//! rs4py's own copy of the `py4cc` Python package, compiled into the binary and written out
+//! once to a directory that the interpreter and every worker process can import from, so that
+//! neither a user nor a deployment needs `PYTHONPATH`.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use once_cell::sync::OnceCell;
+
+use crate::error::{Error, Result};
+use crate::workload::fnv1a64;
+
+/// The package's files (its tests stay in the source tree).
+const FILES: &[(&str, &str)] = &[
+    ("__init__.py", include_str!("../py4cc/__init__.py")),
+    ("driver.py", include_str!("../py4cc/driver.py")),
+    ("engine.py", include_str!("../py4cc/engine.py")),
+    ("harness.py", include_str!("../py4cc/harness.py")),
+    ("taskgen.py", include_str!("../py4cc/taskgen.py")),
+    ("words.txt", include_str!("../py4cc/words.txt")),
+];
+
+/// `py4cc/words.txt`, the word lists of the reference workload's task generator.
+pub(crate) fn words_txt() -> &'static str {
+    FILES.iter().find(|(name, _)| *name == "words.txt").map(|(_, text)| *text).unwrap_or_default()
+}
+
+/// The directory to put on `sys.path` for `import py4cc`: written on first use, checked on
+/// every process start, rewritten file by file if anything differs.
+///
+/// It lives under `$XDG_CACHE_HOME/rs4py`, else `$HOME/.cache/rs4py`, else the temporary
+/// directory, in a folder named after this crate's version and a hash of the files, so that
+/// binaries built from different versions never share one.
+pub(crate) fn package_parent_dir() -> Result<&'static Path> {
+    static DIR: OnceCell<PathBuf> = OnceCell::new();
+    DIR.get_or_try_init(|| {
+        let parent = cache_root().join(format!("py4cc-{}-{:016x}", env!("CARGO_PKG_VERSION"), files_hash()));
+        write_package(&parent.join("py4cc"))
+            .map_err(|e| Error::Start(format!("could not write the py4cc package under {}: {e}", parent.display())))?;
+        Ok(parent)
+    })
+    .map(PathBuf::as_path)
+}
+
+fn cache_root() -> PathBuf {
+    let non_empty = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty()).map(PathBuf::from);
+    let base = non_empty("XDG_CACHE_HOME")
+        .or_else(|| non_empty("HOME").map(|home| home.join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("rs4py")
+}
+
+fn files_hash() -> u64 {
+    FILES.iter().fold(0xcbf2_9ce4_8422_2325, |hash, (name, text)| {
+        fnv1a64(text.as_bytes(), fnv1a64(&[0], fnv1a64(name.as_bytes(), hash)))
+    })
+}
+
+/// Writes each file whose content differs, through a uniquely named temporary file and a
+/// rename, so that processes racing to do the same never see a half-written file.
+fn write_package(dir: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    for (name, text) in FILES {
+        let path = dir.join(name);
+        if fs::read(&path).is_ok_and(|current| current == text.as_bytes()) {
+            continue;
+        }
+        let temporary = dir.join(format!(".{name}.{}.{:?}.tmp", std::process::id(), std::thread::current().id()));
+        let mut file = fs::File::create(&temporary)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&temporary, &path)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_package_is_written_and_repaired() {
+        let dir = std::env::temp_dir().join(format!("rs4py-py4cc-test-{}", std::process::id()));
+        let package = dir.join("py4cc");
+        write_package(&package).unwrap();
+        for (name, text) in FILES {
+            assert_eq!(fs::read_to_string(package.join(name)).unwrap(), *text);
+        }
+        fs::write(package.join("driver.py"), "raise SystemExit('tampered')\n").unwrap();
+        write_package(&package).unwrap();
+        assert_eq!(fs::read_to_string(package.join("driver.py")).unwrap(), FILES[1].1);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_word_lists_are_embedded() {
+        assert!(words_txt().starts_with("[first]"));
+    }
+}
