@@ -310,7 +310,8 @@ impl Report {
             sleep_total += expected.map(task_sleep).unwrap_or_default();
             if outcome.status != ResultStatus::Done || Some(outcome.value) != expected {
                 let message = outcome.message.trim();
-                let tail = &message[message.floor_char_boundary(message.len().saturating_sub(300))..];
+                let tail_start = message.char_indices().rev().nth(299).map_or(0, |(index, _)| index);
+                let tail = &message[tail_start..];
                 problems.push(format!(
                     "task {index}: {:?}, value {}, expected {expected:?}: {tail}",
                     outcome.status, outcome.value
