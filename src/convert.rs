@@ -54,8 +54,11 @@ pub trait FromPython<'py>: Sized {
 /// The positional arguments of a call: `()` or a tuple of [`ToPython`] values (or a slice or
 /// `Vec` of one type, for a count known only at run time).
 pub trait IntoArgs {
-    /// The arguments as a Python tuple.
-    fn into_args<'py>(self, gil: &'py Gil) -> Result<Object<'py>>;
+    /// The converted arguments, in order: an array for a tuple, a `Vec` for a slice.
+    type Objects<'py>: AsRef<[Object<'py>]>;
+
+    /// Converts every argument.
+    fn into_objects<'py>(self, gil: &'py Gil) -> Result<Self::Objects<'py>>;
 }
 
 /// The keyword arguments of a call: `()` for none, or `(name, value)` pairs as an array, a
@@ -275,8 +278,7 @@ impl FromPython<'_> for String {
 
 impl<T: ToPython> ToPython for [T] {
     fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
-        let items = self.iter().map(|item| item.to_python(gil)).collect::<Result<Vec<_>>>()?;
-        Object::new_list(gil, items)
+        Object::new_list(gil, self.iter().map(|item| item.to_python(gil)))
     }
 }
 
@@ -300,13 +302,14 @@ impl<'py, T: FromPython<'py>> FromPython<'py> for Vec<T> {
             if ffi::PyList_Check(object.as_ptr()) == 0 && ffi::PyTuple_Check(object.as_ptr()) == 0 {
                 return Err(wrong_type("list or tuple", object));
             }
-            let snapshot = Object::from_owned_ptr(object.gil(), ffi::PySequence_Tuple(object.as_ptr()))?;
-            snapshot.tuple_items()?
+            Object::from_owned_ptr(object.gil(), ffi::PySequence_Tuple(object.as_ptr()))?
         };
-        items
-            .iter()
-            .enumerate()
-            .map(|(index, item)| T::from_python(item).map_err(|e| in_item(e, &format!("item {index}"))))
+        // SAFETY: `items` is a tuple (PySequence_Tuple's result) and every index is below its length.
+        (0..unsafe { items.tuple_len() })
+            .map(|index| {
+                let item = unsafe { items.tuple_item(index) }?;
+                T::from_python(&item).map_err(|e| in_item(e, &format!("item {index}")))
+            })
             .collect()
     }
 }
@@ -382,21 +385,26 @@ impl<'py, V: FromPython<'py>, S: BuildHasher + Default> FromPython<'py> for Hash
 }
 
 impl IntoArgs for () {
-    fn into_args<'py>(self, gil: &'py Gil) -> Result<Object<'py>> {
-        Object::new_tuple(gil, Vec::new())
+    type Objects<'py> = [Object<'py>; 0];
+
+    fn into_objects<'py>(self, _gil: &'py Gil) -> Result<Self::Objects<'py>> {
+        Ok([])
     }
 }
 
 impl<T: ToPython> IntoArgs for &[T] {
-    fn into_args<'py>(self, gil: &'py Gil) -> Result<Object<'py>> {
-        let items = self.iter().map(|item| item.to_python(gil)).collect::<Result<Vec<_>>>()?;
-        Object::new_tuple(gil, items)
+    type Objects<'py> = Vec<Object<'py>>;
+
+    fn into_objects<'py>(self, gil: &'py Gil) -> Result<Self::Objects<'py>> {
+        self.iter().map(|item| item.to_python(gil)).collect()
     }
 }
 
 impl<T: ToPython> IntoArgs for Vec<T> {
-    fn into_args<'py>(self, gil: &'py Gil) -> Result<Object<'py>> {
-        self.as_slice().into_args(gil)
+    type Objects<'py> = Vec<Object<'py>>;
+
+    fn into_objects<'py>(self, gil: &'py Gil) -> Result<Self::Objects<'py>> {
+        self.as_slice().into_objects(gil)
     }
 }
 
@@ -405,35 +413,35 @@ macro_rules! tuples {
     ($($len:literal: ($($name:ident $index:tt),+);)*) => {$(
         impl<$($name: ToPython),+> ToPython for ($($name,)+) {
             fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
-                Object::new_tuple(gil, vec![$(self.$index.to_python(gil)?),+])
+                Object::new_tuple(gil, [$(self.$index.to_python(gil)),+])
             }
         }
 
         impl<$($name: ToPython),+> IntoArgs for ($($name,)+) {
-            fn into_args<'py>(self, gil: &'py Gil) -> Result<Object<'py>> {
-                self.to_python(gil)
+            type Objects<'py> = [Object<'py>; $len];
+
+            fn into_objects<'py>(self, gil: &'py Gil) -> Result<Self::Objects<'py>> {
+                Ok([$(self.$index.to_python(gil)?),+])
             }
         }
 
         impl<'py, $($name: FromPython<'py>),+> FromPython<'py> for ($($name,)+) {
             fn from_python(object: &Object<'py>) -> Result<Self> {
-                // SAFETY: GIL held (object); PyTuple_Check reads the type; tuple_items is
-                // called on a tuple only.
-                let items = unsafe {
+                // SAFETY: GIL held (object); PyTuple_Check reads the type, and the tuple's
+                // items are read only after its length is checked.
+                unsafe {
                     if ffi::PyTuple_Check(object.as_ptr()) == 0 {
                         return Err(wrong_type("tuple", object));
                     }
-                    object.tuple_items()?
-                };
-                if items.len() != $len {
-                    return Err(Error::Conversion(format!(
-                        "expected a tuple of length {}, got length {}", $len, items.len()
-                    )));
+                    let len = object.tuple_len();
+                    if len != $len {
+                        return Err(Error::Conversion(format!("expected a tuple of length {}, got length {len}", $len)));
+                    }
+                    Ok(($(
+                        $name::from_python(&object.tuple_item($index)?)
+                            .map_err(|e| in_item(e, &format!("item {}", $index)))?,
+                    )+))
                 }
-                Ok(($(
-                    $name::from_python(&items[$index])
-                        .map_err(|e| in_item(e, &format!("item {}", $index)))?,
-                )+))
             }
         }
     )*};

@@ -4,6 +4,7 @@
 //! away; everything else borrows them through [`Object::as_ptr`].
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::ptr::NonNull;
 
 use pyo3_ffi as ffi;
@@ -27,10 +28,14 @@ use crate::gil::Gil;
 /// assert_eq!(list.refcount(), before);
 /// # Ok::<(), rs4py::Error>(())
 /// ```
+#[repr(transparent)]
 pub struct Object<'py> {
     ptr: NonNull<ffi::PyObject>,
-    gil: &'py Gil,
+    held: PhantomData<&'py Gil>,
 }
+
+// `Object::gil` hands out a `&Gil` made from nothing, which is sound only for a zero-sized type.
+const _: () = assert!(std::mem::size_of::<Gil>() == 0);
 
 impl<'py> Object<'py> {
     /// Takes ownership of a new reference, or fetches the pending exception if `ptr` is NULL.
@@ -40,7 +45,7 @@ impl<'py> Object<'py> {
     /// current thread holds the GIL (which `gil` proves).
     pub(crate) unsafe fn from_owned_ptr(gil: &'py Gil, ptr: *mut ffi::PyObject) -> Result<Self> {
         match NonNull::new(ptr) {
-            Some(ptr) => Ok(Object { ptr, gil }),
+            Some(ptr) => Ok(Object::from_non_null(gil, ptr)),
             None => Err(Error::fetch(gil)),
         }
     }
@@ -51,7 +56,11 @@ impl<'py> Object<'py> {
     /// # Safety
     /// As for `from_owned_ptr`.
     pub(crate) unsafe fn from_owned_ptr_or_none(gil: &'py Gil, ptr: *mut ffi::PyObject) -> Option<Self> {
-        NonNull::new(ptr).map(|ptr| Object { ptr, gil })
+        NonNull::new(ptr).map(|ptr| Object::from_non_null(gil, ptr))
+    }
+
+    fn from_non_null(_gil: &'py Gil, ptr: NonNull<ffi::PyObject>) -> Self {
+        Object { ptr, held: PhantomData }
     }
 
     /// Takes a new reference to a borrowed one, or fetches the pending exception if `ptr` is
@@ -61,11 +70,11 @@ impl<'py> Object<'py> {
     /// `ptr` is NULL or a borrowed reference that stays valid until the incref here, and the
     /// current thread holds the GIL.
     pub(crate) unsafe fn from_borrowed_ptr(gil: &'py Gil, ptr: *mut ffi::PyObject) -> Result<Self> {
-        // SAFETY: per this function's contract; Py_IncRef turns the borrowed reference into
+        // SAFETY: per this function's contract; Py_INCREF turns the borrowed reference into
         // the owned one the guard will release.
         unsafe {
             let object = Self::from_owned_ptr(gil, ptr)?;
-            ffi::Py_IncRef(ptr);
+            ffi::Py_INCREF(ptr);
             Ok(object)
         }
     }
@@ -84,12 +93,15 @@ impl<'py> Object<'py> {
 
     /// The `Gil` this object is tied to.
     pub fn gil(&self) -> &'py Gil {
-        self.gil
+        // SAFETY: Gil is zero-sized (asserted above) with its state in a thread-local, so a
+        // reference to it is valid at any aligned non-null address; and an Object<'py> exists
+        // only while this thread holds the GIL for 'py, which is all a &'py Gil asserts.
+        unsafe { NonNull::<Gil>::dangling().as_ref() }
     }
 
     /// The object's current reference count (`sys.getrefcount` minus its own argument).
     pub fn refcount(&self) -> isize {
-        // SAFETY: GIL held (self.gil); the pointer is a live owned reference.
+        // SAFETY: GIL held (self.gil()); the pointer is a live owned reference.
         unsafe { ffi::Py_REFCNT(self.as_ptr()) }
     }
 
@@ -112,16 +124,16 @@ impl<'py> Object<'py> {
     /// # Ok::<(), rs4py::Error>(())
     /// ```
     pub fn getattr(&self, name: &str) -> Result<Object<'py>> {
-        let name = Object::from_str(self.gil, name)?;
+        let name = Object::from_str(self.gil(), name)?;
         // SAFETY: GIL held; both pointers are live and borrowed for the call, which returns a
         // new reference or NULL with an exception set.
-        unsafe { Object::from_owned_ptr(self.gil, ffi::PyObject_GetAttr(self.as_ptr(), name.as_ptr())) }
+        unsafe { Object::from_owned_ptr(self.gil(), ffi::PyObject_GetAttr(self.as_ptr(), name.as_ptr())) }
     }
 
     /// `setattr(self, name, value)`.
     pub fn setattr(&self, name: &str, value: impl ToPython) -> Result<()> {
-        let name = Object::from_str(self.gil, name)?;
-        let value = value.to_python(self.gil)?;
+        let name = Object::from_str(self.gil(), name)?;
+        let value = value.to_python(self.gil())?;
         // SAFETY: GIL held; all three pointers are borrowed for the call (it increfs what it
         // keeps), which returns -1 with an exception set on failure.
         let status = unsafe { ffi::PyObject_SetAttr(self.as_ptr(), name.as_ptr(), value.as_ptr()) };
@@ -141,12 +153,9 @@ impl<'py> Object<'py> {
     /// # Ok::<(), rs4py::Error>(())
     /// ```
     pub fn call(&self, args: impl IntoArgs, kwargs: impl IntoKwargs) -> Result<Object<'py>> {
-        let args = args.into_args(self.gil)?;
-        let kwargs = kwargs.into_kwargs(self.gil)?;
-        let kwargs_ptr = kwargs.as_ref().map_or(std::ptr::null_mut(), Object::as_ptr);
-        // SAFETY: GIL held; callable, args tuple and kwargs dict (or NULL) are borrowed for the
-        // call, which returns a new reference or NULL with an exception set.
-        unsafe { Object::from_owned_ptr(self.gil, ffi::PyObject_Call(self.as_ptr(), args.as_ptr(), kwargs_ptr)) }
+        let args = args.into_objects(self.gil())?;
+        let kwargs = kwargs.into_kwargs(self.gil())?;
+        self.vectorcall(args.as_ref(), kwargs.as_ref())
     }
 
     /// Calls a method: `self.name(*args, **kwargs)`.
@@ -159,7 +168,49 @@ impl<'py> Object<'py> {
     /// # Ok::<(), rs4py::Error>(())
     /// ```
     pub fn call_method(&self, name: &str, args: impl IntoArgs, kwargs: impl IntoKwargs) -> Result<Object<'py>> {
-        self.getattr(name)?.call(args, kwargs)
+        let args = args.into_objects(self.gil())?;
+        let args = args.as_ref();
+        if let Some(kwargs) = kwargs.into_kwargs(self.gil())? {
+            return self.getattr(name)?.vectorcall(args, Some(&kwargs));
+        }
+        // Without keywords, PyObject_VectorcallMethod skips making a bound method. It takes
+        // the receiver as the first argument: copy the pointers, on the stack when few.
+        const ON_STACK: usize = 8;
+        let mut stack = [std::ptr::null_mut(); ON_STACK];
+        let mut heap = Vec::new();
+        let receiver_and_args = if args.len() < ON_STACK {
+            &mut stack[..=args.len()]
+        } else {
+            heap.resize(args.len() + 1, std::ptr::null_mut());
+            &mut heap[..]
+        };
+        receiver_and_args[0] = self.as_ptr();
+        for (slot, arg) in receiver_and_args[1..].iter_mut().zip(args) {
+            *slot = arg.as_ptr();
+        }
+        let name = Object::from_str(self.gil(), name)?;
+        // SAFETY: GIL held; the name, the receiver and the arguments are borrowed references
+        // kept alive by their guards for the call; returns a new reference or NULL.
+        unsafe {
+            let result = ffi::PyObject_VectorcallMethod(
+                name.as_ptr(),
+                receiver_and_args.as_ptr(),
+                receiver_and_args.len(),
+                std::ptr::null_mut(),
+            );
+            Object::from_owned_ptr(self.gil(), result)
+        }
+    }
+
+    fn vectorcall(&self, args: &[Object<'_>], kwargs: Option<&Object<'_>>) -> Result<Object<'py>> {
+        let kwargs = kwargs.map_or(std::ptr::null_mut(), Object::as_ptr);
+        // SAFETY: GIL held. Object is repr(transparent) over a non-null PyObject pointer, so
+        // `args` is an array of borrowed references, alive for the call; the dict (or NULL) is
+        // borrowed too. Returns a new reference or NULL with an exception set.
+        unsafe {
+            let result = ffi::PyObject_VectorcallDict(self.as_ptr(), args.as_ptr().cast(), args.len(), kwargs);
+            Object::from_owned_ptr(self.gil(), result)
+        }
     }
 
     /// Converts to a Rust value.
@@ -177,13 +228,13 @@ impl<'py> Object<'py> {
     /// `str(self)`.
     pub fn str(&self) -> Result<String> {
         // SAFETY: GIL held; PyObject_Str borrows self and returns a new reference or NULL.
-        unsafe { Object::from_owned_ptr(self.gil, ffi::PyObject_Str(self.as_ptr())) }?.extract()
+        unsafe { Object::from_owned_ptr(self.gil(), ffi::PyObject_Str(self.as_ptr())) }?.extract()
     }
 
     /// `repr(self)`.
     pub fn repr(&self) -> Result<String> {
         // SAFETY: GIL held; PyObject_Repr borrows self and returns a new reference or NULL.
-        unsafe { Object::from_owned_ptr(self.gil, ffi::PyObject_Repr(self.as_ptr())) }?.extract()
+        unsafe { Object::from_owned_ptr(self.gil(), ffi::PyObject_Repr(self.as_ptr())) }?.extract()
     }
 
     /// The name of the object's type (`type(self).__name__`), for messages.
@@ -250,9 +301,9 @@ impl<'py> Object<'py> {
 
     /// `self[key]`.
     pub fn get_item(&self, key: impl ToPython) -> Result<Object<'py>> {
-        let key = key.to_python(self.gil)?;
+        let key = key.to_python(self.gil())?;
         // SAFETY: GIL held; both borrowed; returns a new reference or NULL with an exception.
-        unsafe { Object::from_owned_ptr(self.gil, ffi::PyObject_GetItem(self.as_ptr(), key.as_ptr())) }
+        unsafe { Object::from_owned_ptr(self.gil(), ffi::PyObject_GetItem(self.as_ptr(), key.as_ptr())) }
     }
 
     /// Turns this reference into a [`Handle`] that can be stored and sent to other threads.
@@ -262,46 +313,69 @@ impl<'py> Object<'py> {
 
     /// A C-API status (`-1` with an exception set means failure) as a `Result`.
     pub(crate) fn check_status<N: PartialEq + From<i8>>(&self, status: N) -> Result<N> {
-        if status == N::from(-1) { Err(Error::fetch(self.gil)) } else { Ok(status) }
+        if status == N::from(-1) { Err(Error::fetch(self.gil())) } else { Ok(status) }
     }
 
-    /// A new tuple holding `items`.
-    pub(crate) fn new_tuple(gil: &'py Gil, items: Vec<Object<'py>>) -> Result<Self> {
-        // SAFETY: GIL held; PyTuple_New returns a new reference or NULL.
-        let tuple = unsafe { Object::from_owned_ptr(gil, ffi::PyTuple_New(items.len() as isize)) }?;
-        for (index, item) in items.into_iter().enumerate() {
-            // SAFETY: the tuple is new and ours alone, index is in range; PyTuple_SetItem
-            // steals the item's reference (into_ptr gives it up), even on failure.
-            unsafe { ffi::PyTuple_SetItem(tuple.as_ptr(), index as isize, item.into_ptr()) };
+    /// A new tuple of the converted `items`; the first failed conversion fails it all.
+    pub(crate) fn new_tuple<I>(gil: &'py Gil, items: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = Result<Object<'py>>>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        Self::new_sequence(gil, items, ffi::PyTuple_New, ffi::PyTuple_SetItem)
+    }
+
+    /// A new list of the converted `items`; the first failed conversion fails it all.
+    pub(crate) fn new_list<I>(gil: &'py Gil, items: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = Result<Object<'py>>>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        Self::new_sequence(gil, items, ffi::PyList_New, ffi::PyList_SetItem)
+    }
+
+    fn new_sequence<I>(
+        gil: &'py Gil,
+        items: I,
+        new: unsafe extern "C" fn(ffi::Py_ssize_t) -> *mut ffi::PyObject,
+        set_item: unsafe extern "C" fn(*mut ffi::PyObject, ffi::Py_ssize_t, *mut ffi::PyObject) -> libc::c_int,
+    ) -> Result<Self>
+    where
+        I: IntoIterator<Item = Result<Object<'py>>>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let items = items.into_iter();
+        let len = ffi::Py_ssize_t::try_from(items.len()).map_err(|_| Error::Conversion("too many items".into()))?;
+        // SAFETY: GIL held; PyTuple_New / PyList_New return a new reference or NULL.
+        let sequence = unsafe { Object::from_owned_ptr(gil, new(len)) }?;
+        for (index, item) in items.enumerate() {
+            // On an early return the unfilled slots are NULL, which tuple and list
+            // deallocation skip.
+            let item = item?;
+            // SAFETY: the sequence is new and ours alone and index < len; PyTuple_SetItem and
+            // PyList_SetItem steal the item's reference (into_ptr gives it up), even on failure.
+            unsafe { set_item(sequence.as_ptr(), index as ffi::Py_ssize_t, item.into_ptr()) };
         }
-        Ok(tuple)
+        Ok(sequence)
     }
 
-    /// A new list holding `items`.
-    pub(crate) fn new_list(gil: &'py Gil, items: Vec<Object<'py>>) -> Result<Self> {
-        // SAFETY: GIL held; PyList_New returns a new reference or NULL.
-        let list = unsafe { Object::from_owned_ptr(gil, ffi::PyList_New(items.len() as isize)) }?;
-        for (index, item) in items.into_iter().enumerate() {
-            // SAFETY: the list is new and ours alone, index is in range; PyList_SetItem steals
-            // the item's reference (into_ptr gives it up).
-            unsafe { ffi::PyList_SetItem(list.as_ptr(), index as isize, item.into_ptr()) };
-        }
-        Ok(list)
+    /// Item `index` of a tuple, as a new reference.
+    ///
+    /// # Safety
+    /// `self` is a tuple (`PyTuple_Check`) and `index` is below its length.
+    pub(crate) unsafe fn tuple_item(&self, index: usize) -> Result<Object<'py>> {
+        // SAFETY: per the contract; PyTuple_GetItem returns a borrowed reference that the
+        // immutable tuple keeps alive until from_borrowed_ptr increfs it.
+        unsafe { Object::from_borrowed_ptr(self.gil(), ffi::PyTuple_GetItem(self.as_ptr(), index as ffi::Py_ssize_t)) }
     }
 
-    /// The items of a tuple, each as a new reference.
+    /// The length of a tuple.
     ///
     /// # Safety
     /// `self` is a tuple (`PyTuple_Check`).
-    pub(crate) unsafe fn tuple_items(&self) -> Result<Vec<Object<'py>>> {
-        // SAFETY: self is a tuple (caller), so its size is known and every index below it
-        // holds a borrowed reference that the immutable tuple keeps alive until we incref.
-        unsafe {
-            let len = ffi::PyTuple_Size(self.as_ptr());
-            (0..len)
-                .map(|index| Object::from_borrowed_ptr(self.gil, ffi::PyTuple_GetItem(self.as_ptr(), index)))
-                .collect()
-        }
+    pub(crate) unsafe fn tuple_len(&self) -> usize {
+        // SAFETY: per the contract; PyTuple_Size cannot fail on a tuple.
+        unsafe { ffi::PyTuple_Size(self.as_ptr()) as usize }
     }
 }
 
@@ -318,15 +392,15 @@ unsafe fn type_object_name(ty: *mut ffi::PyTypeObject) -> String {
 impl Clone for Object<'_> {
     fn clone(&self) -> Self {
         // SAFETY: GIL held; the incref makes the new guard's reference its own.
-        unsafe { ffi::Py_IncRef(self.as_ptr()) };
-        Object { ptr: self.ptr, gil: self.gil }
+        unsafe { ffi::Py_INCREF(self.as_ptr()) };
+        Object { ptr: self.ptr, held: PhantomData }
     }
 }
 
 impl Drop for Object<'_> {
     fn drop(&mut self) {
         // SAFETY: GIL held (the Gil outlives 'py); this guard owns exactly one reference.
-        unsafe { ffi::Py_DecRef(self.as_ptr()) };
+        unsafe { ffi::Py_DECREF(self.as_ptr()) };
     }
 }
 
@@ -370,15 +444,15 @@ impl Handle {
     pub fn bind<'py>(&self, gil: &'py Gil) -> Object<'py> {
         // SAFETY: GIL held (gil); the handle's own reference keeps the object alive until the
         // incref gives the Object one of its own.
-        unsafe { ffi::Py_IncRef(self.ptr.as_ptr()) };
-        Object { ptr: self.ptr, gil }
+        unsafe { ffi::Py_INCREF(self.ptr.as_ptr()) };
+        Object::from_non_null(gil, self.ptr)
     }
 
     /// Turns the handle back into an `Object` without touching the reference count.
     pub fn into_object(self, gil: &Gil) -> Object<'_> {
         let ptr = self.ptr;
         std::mem::forget(self);
-        Object { ptr, gil }
+        Object::from_non_null(gil, ptr)
     }
 
     /// A second handle to the same object (an incref; needs the GIL, which `gil` proves).
@@ -392,7 +466,7 @@ impl Drop for Handle {
         // A Handle exists only once Python runs, so acquiring cannot fail; if it ever did, the
         // reference is leaked rather than released without the GIL.
         if let Ok(gil) = Gil::acquire() {
-            drop(Object { ptr: self.ptr, gil: &gil });
+            drop(Object::from_non_null(&gil, self.ptr));
         }
     }
 }

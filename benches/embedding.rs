@@ -1,0 +1,134 @@
+//! The embedding layer's overhead against its anchors, in one run: the raw C API (the least
+//! work possible: vectorcall, no checks, no guards) and PyO3 doing the same thing.
+//!
+//! `cargo bench --bench embedding`
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use pyo3::prelude::*;
+use pyo3::types::PyAnyMethods;
+use pyo3_ffi as ffi;
+use rs4py::Gil;
+
+const ROUNDS: usize = 5;
+
+/// The best of several timed rounds of `iterations` calls, in nanoseconds per call.
+fn nanos_per_call(iterations: usize, mut body: impl FnMut()) -> f64 {
+    (0..ROUNDS)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..iterations {
+                body();
+            }
+            start.elapsed().as_nanos() as f64 / iterations as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn report(case: &str, raw: f64, rs4py: f64, pyo3: f64) {
+    println!(
+        "{case:<44} raw C API {raw:>8.1} ns | rs4py {rs4py:>8.1} ns ({:>4.2}x raw) | PyO3 {pyo3:>8.1} ns ({:>4.2}x raw) | rs4py/PyO3 {:>4.2}",
+        rs4py / raw,
+        pyo3 / raw,
+        rs4py / pyo3
+    );
+}
+
+fn main() {
+    {
+        let gil = Gil::acquire().expect("Python starts");
+        gil.run(
+            "def three_args(a, b, c):\n    return 1\n\ndef submit_shaped(floats, strs, n):\n    return (0, n, '')\n",
+        )
+        .expect("definitions run");
+    }
+    println!("rs4py embedding benchmark (best of {ROUNDS} rounds; lower is better)");
+
+    let iterations = 200_000;
+    let raw = nanos_per_call(iterations, || {
+        // SAFETY: Python is initialised; Ensure/Release pair up on this thread.
+        unsafe {
+            let state = ffi::PyGILState_Ensure();
+            ffi::PyGILState_Release(state);
+        }
+    });
+    let ours = nanos_per_call(iterations, || drop(black_box(Gil::acquire().unwrap())));
+    let theirs = nanos_per_call(iterations, || Python::attach(|py| _ = black_box(py)));
+    report("take and release the GIL", raw, ours, theirs);
+
+    let gil = Gil::acquire().unwrap();
+    let three_args = gil.eval("three_args").unwrap();
+    let submit_shaped = gil.eval("submit_shaped").unwrap();
+    let function = three_args.as_ptr();
+    let raw = nanos_per_call(iterations, || {
+        // SAFETY: GIL held (gil); every new reference made here is released here. No error checks: this is the floor, not production code.
+        unsafe {
+            let args = [
+                ffi::PyLong_FromLongLong(1),
+                ffi::PyFloat_FromDouble(2.5),
+                ffi::PyUnicode_FromStringAndSize(c"x".as_ptr(), 1),
+            ];
+            let result = ffi::PyObject_Vectorcall(function, args.as_ptr(), 3, std::ptr::null_mut());
+            black_box(ffi::PyLong_AsLongLong(result));
+            ffi::Py_DECREF(result);
+            for arg in args {
+                ffi::Py_DECREF(arg);
+            }
+        }
+    });
+    let ours = nanos_per_call(iterations, || {
+        black_box(three_args.call((1, 2.5, "x"), ()).unwrap().extract::<i64>().unwrap());
+    });
+    let theirs = Python::attach(|py| {
+        let three_args = py.eval(c"three_args", None, None).unwrap();
+        nanos_per_call(iterations, || {
+            black_box(three_args.call1((1, 2.5, "x")).unwrap().extract::<i64>().unwrap());
+        })
+    });
+    report("call f(1, 2.5, 'x'), extract the int", raw, ours, theirs);
+
+    let floats = [12.5, -3.25];
+    let strs = ["Zoë Ødegaard", "a naïve façade of straße.", "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"];
+    let function = submit_shaped.as_ptr();
+    let raw = nanos_per_call(iterations, || {
+        // SAFETY: as above; PyList_SetItem steals the items; PyTuple_GetItem borrows from `result`,
+        // which outlives every use of the borrowed items; the UTF-8 buffer is copied at once.
+        unsafe {
+            let float_list = ffi::PyList_New(2);
+            for (index, value) in floats.iter().enumerate() {
+                ffi::PyList_SetItem(float_list, index as isize, ffi::PyFloat_FromDouble(*value));
+            }
+            let str_list = ffi::PyList_New(3);
+            for (index, text) in strs.iter().enumerate() {
+                let item = ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast(), text.len() as isize);
+                ffi::PyList_SetItem(str_list, index as isize, item);
+            }
+            let args = [float_list, str_list, ffi::PyLong_FromLongLong(7)];
+            let result = ffi::PyObject_Vectorcall(function, args.as_ptr(), 3, std::ptr::null_mut());
+            let flag = ffi::PyLong_AsLongLong(ffi::PyTuple_GetItem(result, 0));
+            let key = ffi::PyLong_AsLongLong(ffi::PyTuple_GetItem(result, 1));
+            let mut len = 0;
+            let data = ffi::PyUnicode_AsUTF8AndSize(ffi::PyTuple_GetItem(result, 2), &mut len);
+            let message =
+                String::from_utf8_lossy(std::slice::from_raw_parts(data.cast::<u8>(), len as usize)).into_owned();
+            black_box((flag, key, message));
+            ffi::Py_DECREF(result);
+            for arg in args {
+                ffi::Py_DECREF(arg);
+            }
+        }
+    });
+    let ours = nanos_per_call(iterations, || {
+        let answer = submit_shaped.call((&floats[..], &strs[..], 7), ()).unwrap();
+        black_box(answer.extract::<(i64, i64, String)>().unwrap());
+    });
+    let theirs = Python::attach(|py| {
+        let submit_shaped = py.eval(c"submit_shaped", None, None).unwrap();
+        nanos_per_call(iterations, || {
+            let answer = submit_shaped.call1((floats.to_vec(), strs.to_vec(), 7)).unwrap();
+            black_box(answer.extract::<(i64, i64, String)>().unwrap());
+        })
+    });
+    report("submit-shaped call: 2 floats, 3 strs, an int", raw, ours, theirs);
+}

@@ -1,0 +1,124 @@
+//! The reference workload (1000 tasks, 16 threads) from Rust against its anchors, in one run:
+//! the same workload in pure Python (`python3 -m py4cc.harness`, same seed, same digest) and the
+//! theoretical limit (every task's sleep, summed, divided by the workers).
+//!
+//! `cargo bench --bench workload [-- --tasks N --threads N --workers N]` (workers default 2 and 8)
+
+use std::process::Command;
+use std::time::Instant;
+
+use rs4py::workload::{self, Mode, Report};
+use rs4py::{Driver, DriverOptions};
+
+struct Row {
+    seconds: f64,
+    tasks_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: usize,
+    digest: String,
+}
+
+fn rust_run(tasks: usize, threads: usize, workers: usize, mode: Mode) -> Row {
+    let task_list = workload::make_tasks(tasks, 42);
+    let driver = Driver::new(DriverOptions { n_subprocesses: workers, ..Default::default() }).expect("driver");
+    driver.initialize("{}", &["f0", "f1"], &["name", "sentence", "uuid"]).expect("initialize");
+    let started = Instant::now();
+    let outcomes = workload::run(&driver, &task_list, threads, mode);
+    let elapsed = started.elapsed();
+    driver.finalize();
+    let report = Report::new(&task_list, threads, workers, mode, elapsed, &outcomes);
+    Row {
+        seconds: report.seconds,
+        tasks_per_s: report.tasks_per_s(),
+        p50_ms: report.p50_ms,
+        p99_ms: report.p99_ms,
+        errors: report.problems.len(),
+        digest: report.digest,
+    }
+}
+
+/// Runs the pure-Python harness and reads the figures from its JSON line.
+fn python_run(tasks: usize, threads: usize, workers: usize, mode: Mode) -> Row {
+    let output = Command::new(rs4py::build_python().executable)
+        .args(["-m", "py4cc.harness", "--seed", "42", "--mode", mode.as_str()])
+        .args(["--tasks", &tasks.to_string(), "--threads", &threads.to_string(), "--workers", &workers.to_string()])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the harness runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let field = |key: &str| -> String {
+        let start = line.find(&format!("\"{key}\": ")).map(|at| at + key.len() + 4).unwrap_or(line.len());
+        line[start..].split([',', '}']).next().unwrap_or_default().trim().trim_matches('"').to_string()
+    };
+    let number = |key: &str| field(key).parse::<f64>().unwrap_or(f64::NAN);
+    Row {
+        seconds: number("seconds"),
+        tasks_per_s: number("tasks_per_s"),
+        p50_ms: number("p50_ms"),
+        p99_ms: number("p99_ms"),
+        errors: field("errors").parse().unwrap_or(usize::MAX),
+        digest: field("digest"),
+    }
+}
+
+fn main() {
+    let mut tasks = 1000;
+    let mut threads = 16;
+    let mut worker_counts = vec![2, 8];
+    let args: Vec<String> = std::env::args().skip(1).filter(|arg| arg != "--bench").collect();
+    for pair in args.chunks(2) {
+        let value = pair.get(1).and_then(|value| value.parse().ok());
+        match (pair[0].as_str(), value) {
+            ("--tasks", Some(value)) => tasks = value,
+            ("--threads", Some(value)) => threads = value,
+            ("--workers", Some(value)) => worker_counts = vec![value],
+            _ => {}
+        }
+    }
+    let limit_for = |workers: usize| {
+        let task_list = workload::make_tasks(tasks, 42);
+        let sleep: f64 = task_list
+            .iter()
+            .filter_map(|t| workload::big_model(&t.float_features, &t.str_features, t.int_feature))
+            .map(|z| workload::task_sleep(z).as_secs_f64())
+            .sum();
+        sleep / workers as f64
+    };
+    println!("rs4py workload benchmark: {tasks} tasks, {threads} threads, seed 42, forkserver");
+    println!(
+        "{:<8} {:<5} {:<18} {:>8} {:>9} {:>8} {:>8} {:>7} {:>10} {:>10}",
+        "workers", "mode", "run", "seconds", "tasks/s", "p50 ms", "p99 ms", "errors", "vs python", "vs limit"
+    );
+    for &workers in &worker_counts {
+        let limit = limit_for(workers);
+        for mode in [Mode::Poll, Mode::Wait] {
+            let rust = rust_run(tasks, threads, workers, mode);
+            let python = python_run(tasks, threads, workers, mode);
+            assert_eq!(rust.digest, python.digest, "the two runs did different work");
+            for (name, row) in [("rs4py (Rust)", &rust), ("py4cc.harness", &python)] {
+                println!(
+                    "{workers:<8} {:<5} {name:<18} {:>8.3} {:>9.1} {:>8.2} {:>8.2} {:>7} {:>9.2}x {:>9.2}x",
+                    mode.as_str(),
+                    row.seconds,
+                    row.tasks_per_s,
+                    row.p50_ms,
+                    row.p99_ms,
+                    row.errors,
+                    python.seconds / row.seconds,
+                    limit / row.seconds,
+                );
+            }
+            println!(
+                "{workers:<8} {:<5} {:<18} {limit:>8.3} {:>9.1}",
+                mode.as_str(),
+                "theoretical limit",
+                tasks as f64 / limit
+            );
+        }
+    }
+    println!(
+        "(vs python: harness seconds / these seconds, >1 is faster; vs limit: limit / seconds, 1.0 is the ceiling)"
+    );
+}
