@@ -33,6 +33,8 @@
 //! At run time rs4py refuses (with [`Error::Start`]) a libpython other than the one it was
 //! built against, rather than mixing two installations.
 
+#![warn(missing_docs)]
+
 mod convert;
 mod driver;
 mod error;

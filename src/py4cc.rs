@@ -29,26 +29,32 @@ pub(crate) fn words_txt() -> &'static str {
 /// The directory to put on `sys.path` for `import py4cc`: written on first use, checked on
 /// every process start, rewritten file by file if anything differs.
 ///
-/// It lives under `$XDG_CACHE_HOME/rs4py`, else `$HOME/.cache/rs4py`, else the temporary
-/// directory, in a folder named after this crate's version and a hash of the files, so that
+/// It lives under `$XDG_CACHE_HOME/rs4py`, else `$HOME/.cache/rs4py`, else (also when those
+/// cannot be written) the temporary directory's `rs4py`, in a folder named after this crate's version and a hash of the files, so that
 /// binaries built from different versions never share one.
 pub(crate) fn package_parent_dir() -> Result<&'static Path> {
     static DIR: OnceCell<PathBuf> = OnceCell::new();
     DIR.get_or_try_init(|| {
-        let parent = cache_root().join(format!("py4cc-{}-{:016x}", env!("CARGO_PKG_VERSION"), files_hash()));
-        write_package(&parent.join("py4cc"))
-            .map_err(|e| Error::Start(format!("could not write the py4cc package under {}: {e}", parent.display())))?;
-        Ok(parent)
+        let folder = format!("py4cc-{}-{:016x}", env!("CARGO_PKG_VERSION"), files_hash());
+        let mut failures = Vec::new();
+        for root in cache_roots() {
+            let parent = root.join("rs4py").join(&folder);
+            match write_package(&parent.join("py4cc")) {
+                Ok(()) => return Ok(parent),
+                Err(e) => failures.push(format!("{}: {e}", parent.display())),
+            }
+        }
+        Err(Error::Start(format!("could not write the py4cc package anywhere: {}", failures.join("; "))))
     })
     .map(PathBuf::as_path)
 }
 
-fn cache_root() -> PathBuf {
+/// Where the package may go, in order of preference: the user's cache, else the temporary
+/// directory (for a service whose home is read-only).
+fn cache_roots() -> Vec<PathBuf> {
     let non_empty = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty()).map(PathBuf::from);
-    let base = non_empty("XDG_CACHE_HOME")
-        .or_else(|| non_empty("HOME").map(|home| home.join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("rs4py")
+    let user_cache = non_empty("XDG_CACHE_HOME").or_else(|| non_empty("HOME").map(|home| home.join(".cache")));
+    user_cache.into_iter().chain([std::env::temp_dir()]).collect()
 }
 
 fn files_hash() -> u64 {

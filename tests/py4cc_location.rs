@@ -1,0 +1,63 @@
+//! rs4py finds its own py4cc without help: no PYTHONPATH, no install, whatever the working
+//! directory, for the interpreter and for workers of every start method.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use rs4py::{Driver, DriverOptions, Gil, ResultStatus, StartMethod};
+
+/// Runs one task through a fresh driver and checks its answer against the Rust model.
+fn one_task_through(start_method: StartMethod) {
+    let driver = Driver::new(DriverOptions { n_subprocesses: 1, start_method, ..Default::default() }).unwrap();
+    driver.initialize("{}", &["x"], &["s"]).unwrap();
+    let receipt = driver.submit(&[2.5], &["ﬁx"], 3);
+    let result = driver.wait(receipt.key, Duration::from_secs(60));
+    assert_eq!(result.status, ResultStatus::Done, "{}", result.message);
+    assert_eq!(Some(result.value), rs4py::workload::big_model(&[2.5], &["ﬁx"], 3));
+}
+
+#[test]
+fn the_driver_imports_the_copy_inside_the_binary() {
+    assert!(std::env::var_os("PYTHONPATH").is_none(), "run without PYTHONPATH");
+    let _driver = Driver::new(DriverOptions::default()).unwrap();
+    let gil = Gil::acquire().unwrap();
+    let file: String = gil.import("py4cc.driver").unwrap().getattr("__file__").unwrap().extract().unwrap();
+    let file = Path::new(&file);
+    assert!(!file.starts_with(env!("CARGO_MANIFEST_DIR")), "{}", file.display());
+    let source_tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("py4cc");
+    for name in ["__init__.py", "driver.py", "engine.py", "harness.py", "taskgen.py", "words.txt"] {
+        let written = std::fs::read(file.with_file_name(name)).unwrap();
+        assert_eq!(written, std::fs::read(source_tree.join(name)).unwrap(), "{name} differs from the source tree");
+    }
+}
+
+#[test]
+fn workers_of_every_start_method_import_it() {
+    for method in [StartMethod::Fork, StartMethod::Forkserver, StartMethod::Spawn] {
+        one_task_through(method);
+    }
+}
+
+#[test]
+fn an_unwritable_home_falls_back_to_the_temporary_directory() {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_with_an_unwritable_home", "--ignored", "--nocapture"])
+        .env("HOME", "/proc/rs4py-cannot-write-here")
+        .env_remove("XDG_CACHE_HOME")
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("1 passed"), "{stdout}");
+}
+
+#[test]
+#[ignore = "run by an_unwritable_home_falls_back_to_the_temporary_directory in a child process"]
+fn child_with_an_unwritable_home() {
+    one_task_through(StartMethod::Spawn);
+    let gil = Gil::acquire().unwrap();
+    let file: String = gil.import("py4cc").unwrap().getattr("__file__").unwrap().extract().unwrap();
+    assert!(Path::new(&file).starts_with(std::env::temp_dir()), "{file}");
+}
