@@ -123,3 +123,32 @@ fn child_start_with_a_broken_home() {
     assert_eq!(rs4py::start(&Default::default()).unwrap_err(), first);
     assert!(!rs4py::is_started());
 }
+
+#[test]
+fn another_libpython_at_run_time_is_refused() {
+    // Debian's libpython has the same file name as the build interpreter's on this kind of
+    // machine; LD_LIBRARY_PATH overrides the rpath (RUNPATH) and makes the loader pick it.
+    let build = build_python();
+    let other_dir = "/usr/lib/x86_64-linux-gnu";
+    let library = std::path::Path::new(other_dir).join("libpython3.11.so.1.0");
+    if build.lib_dir == other_dir || !library.exists() || !build.version.starts_with("3.11") {
+        println!("no other libpython3.11 on this machine: nothing to mix up");
+        return;
+    }
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_start_with_another_libpython", "--ignored", "--nocapture"])
+        .env("LD_LIBRARY_PATH", other_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("1 passed"), "{stdout}");
+}
+
+#[test]
+#[ignore = "run by another_libpython_at_run_time_is_refused in a child process"]
+fn child_start_with_another_libpython() {
+    let err = Gil::acquire().err().expect("a different libpython is refused");
+    let Error::Start(message) = &err else { panic!("expected Error::Start, got {err:?}") };
+    assert!(message.contains("rpath") && message.contains(build_python().version), "{message}");
+}
