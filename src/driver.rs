@@ -292,10 +292,12 @@ impl Driver {
     /// finished answer `Failed`; later submits answer `Error` ("finalized"). Safe to call
     /// any number of times; `Drop` calls it too.
     pub fn finalize(&self) {
+        // The mutex first: a second caller waits for the first to finish stopping the
+        // workers, instead of returning while they still run.
+        let _serial = self.lock_calls();
         if self.finalized.swap(true, Ordering::SeqCst) {
             return;
         }
-        let _serial = self.lock_calls();
         if let Ok(gil) = Gil::acquire() {
             // py4cc's finalize never raises; were it to, there is nothing left to undo.
             let _ = self.python.driver.bind(&gil).call_method("finalize", (), ());
