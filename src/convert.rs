@@ -217,8 +217,9 @@ macro_rules! int_through {
         }
     )*};
 }
-int_through!(i64: i8, i16, i32, isize);
-int_through!(u64: u8, u16, u32, usize);
+// Narrow unsigned types go through i64 too, so that a negative int is reported as itself.
+int_through!(i64: i8, i16, i32, isize, u8, u16, u32);
+int_through!(u64: usize);
 
 impl ToPython for f64 {
     fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
@@ -278,7 +279,8 @@ impl FromPython<'_> for String {
 
 impl<T: ToPython> ToPython for [T] {
     fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
-        Object::new_list(gil, self.iter().map(|item| item.to_python(gil)))
+        let items = self.iter().map(|item| item.to_python(gil)).collect::<Result<Vec<_>>>()?;
+        Object::new_list(gil, items)
     }
 }
 
@@ -413,7 +415,7 @@ macro_rules! tuples {
     ($($len:literal: ($($name:ident $index:tt),+);)*) => {$(
         impl<$($name: ToPython),+> ToPython for ($($name,)+) {
             fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
-                Object::new_tuple(gil, [$(self.$index.to_python(gil)),+])
+                Object::new_tuple(gil, [$(self.$index.to_python(gil)?),+])
             }
         }
 

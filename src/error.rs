@@ -124,16 +124,26 @@ impl PythonException {
             };
         };
         if let (Some(value), Some(traceback)) = (&pvalue, &ptraceback) {
-            // SAFETY: GIL held; both borrowed; the exception increfs the traceback it keeps.
-            unsafe { ffi::PyException_SetTraceback(value.as_ptr(), traceback.as_ptr()) };
+            // SAFETY: GIL held; both borrowed; the check makes sure `value` really is an
+            // exception (a C extension may raise anything); it increfs the traceback it keeps.
+            unsafe {
+                if ffi::PyExceptionInstance_Check(value.as_ptr()) != 0 {
+                    ffi::PyException_SetTraceback(value.as_ptr(), traceback.as_ptr());
+                }
+            }
         }
         if FETCHING.with(|fetching| fetching.replace(true)) {
             // Describing an exception failed: report that one plainly, without Python calls.
             return PythonException { type_name: ptype.class_name(), message: String::new(), traceback: String::new() };
         }
-        let described = describe(gil, &ptype, pvalue.as_ref(), ptraceback.as_ref());
-        FETCHING.with(|fetching| fetching.set(false));
-        described
+        struct DoneFetching;
+        impl Drop for DoneFetching {
+            fn drop(&mut self) {
+                FETCHING.with(|fetching| fetching.set(false));
+            }
+        }
+        let _done = DoneFetching;
+        describe(gil, &ptype, pvalue.as_ref(), ptraceback.as_ref())
     }
 }
 
@@ -151,7 +161,7 @@ fn describe(
         _ => ptype.class_name(),
     };
     let message = match value {
-        Some(value) => value.str().unwrap_or_else(|_| format!("<unprintable {type_name} object>")),
+        Some(value) => lossy_text(value).unwrap_or_else(|_| format!("<unprintable {type_name} object>")),
         None => String::new(),
     };
     let traceback = format_traceback(gil, ptype, value, traceback).unwrap_or_default();
@@ -170,6 +180,24 @@ fn format_traceback(
         (ptype, value.unwrap_or(&none), traceback.unwrap_or(&none)),
         (),
     )?;
-    let lines: Vec<String> = lines.extract()?;
-    Ok(lines.concat())
+    lossy_text(&Object::from_str(gil, "")?.call_method("join", (lines,), ())?)
+}
+
+/// `str(object)` as Rust text, whatever it holds: a lone surrogate (say, from bytes decoded
+/// with `surrogateescape`) becomes a `\udc80`-style escape instead of failing the whole text.
+fn lossy_text(object: &Object<'_>) -> Result<String> {
+    // SAFETY: GIL held (object); PyObject_Str and PyUnicode_AsEncodedString borrow their
+    // argument and return a new reference or NULL; the bytes object owns the buffer
+    // PyBytes_AsString points to (of PyBytes_Size bytes), copied before it goes.
+    unsafe {
+        let text = Object::from_owned_ptr(object.gil(), ffi::PyObject_Str(object.as_ptr()))?;
+        let encoded = ffi::PyUnicode_AsEncodedString(text.as_ptr(), c"utf-8".as_ptr(), c"backslashreplace".as_ptr());
+        let bytes = Object::from_owned_ptr(object.gil(), encoded)?;
+        let data = ffi::PyBytes_AsString(bytes.as_ptr());
+        let len = ffi::PyBytes_Size(bytes.as_ptr());
+        if data.is_null() || len < 0 {
+            return Err(Error::fetch(object.gil()));
+        }
+        Ok(String::from_utf8_lossy(std::slice::from_raw_parts(data.cast::<u8>(), len as usize)).into_owned())
+    }
 }

@@ -73,22 +73,12 @@ impl Gil {
         interpreter::is_started() && unsafe { ffi::PyGILState_Check() } != 0
     }
 
-    /// Runs `work` with the GIL released, so that other threads (including Python's own)
-    /// can run meanwhile, then takes it back. `work` cannot touch this thread's `Object`s:
-    /// it must be `Send`, which they are not.
+    /// Runs `work` with the GIL released, then takes it back: for work inside rs4py known to
+    /// touch no Python object and to leave the guard count as it found it (taking a lock).
     ///
-    /// ```
-    /// let gil = rs4py::Gil::acquire()?;
-    /// let sum = gil.allow_threads(|| (1..=10).sum::<i32>());
-    /// assert_eq!(sum, 55);
-    /// # Ok::<(), rs4py::Error>(())
-    /// ```
-    pub fn allow_threads<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
-        self.release_during(work)
-    }
-
-    /// [`allow_threads`](Self::allow_threads) without the `Send` bounds, for work inside rs4py
-    /// known to touch no Python object (such as taking a lock).
+    /// Not public: with owned guards, safe code could smuggle an `Object` into `work` (a leaked
+    /// `'static` guard and a thread-local) and use it without the GIL. A user lets the GIL go
+    /// by dropping the guard.
     pub(crate) fn release_during<T>(&self, work: impl FnOnce() -> T) -> T {
         struct Reacquire {
             thread_state: *mut ffi::PyThreadState,
@@ -97,7 +87,8 @@ impl Gil {
         impl Drop for Reacquire {
             fn drop(&mut self) {
                 // SAFETY: thread_state is the one PyEval_SaveThread returned on this thread;
-                // restoring it takes the GIL back, also while unwinding from a panic in work.
+                // restoring it takes the GIL back, also while unwinding from a panic in work
+                // (which, inside rs4py, takes no guard of its own).
                 unsafe { ffi::PyEval_RestoreThread(self.thread_state) };
                 HELD.with(|held| held.set(self.held));
             }

@@ -65,6 +65,11 @@ static STARTED: OnceCell<Result<()>> = OnceCell::new();
 /// once: exactly one of them starts Python, the others wait for it. Afterwards no thread holds
 /// the GIL, so any thread can take it with [`Gil::acquire`].
 ///
+/// The thread that starts Python becomes Python's main thread (`threading.main_thread()`,
+/// and the only one allowed `signal.signal`): start it from the program's main thread if
+/// Python code you run cares. If the host program started Python itself, rs4py uses that
+/// interpreter as it is; the host must have released the GIL.
+///
 /// Fails with [`Error::Start`] if Python cannot start, or if the libpython loaded at run time
 /// is not the one rs4py was built against (a binary without rpath picking up another Python);
 /// a failed start is remembered and reported to every later caller.
@@ -116,6 +121,21 @@ unsafe fn initialize() -> Result<()> {
     let executable = c_string(build.executable)?;
     let sigint_before = current_sigint_action();
 
+    let mut preconfig = MaybeUninit::<ffi::PyPreConfig>::uninit();
+    // SAFETY: PyPreConfig_InitPythonConfig fully initialises the plain struct; Py_PreInitialize
+    // reads it. Locale coercion stays off: it would setenv("LC_CTYPE") in a process whose other
+    // threads may be reading the environment (UTF-8 mode still covers the C locale).
+    unsafe {
+        ffi::PyPreConfig_InitPythonConfig(preconfig.as_mut_ptr());
+        let preconfig = preconfig.assume_init_mut();
+        preconfig.coerce_c_locale = 0;
+        preconfig.coerce_c_locale_warn = 0;
+        let status = ffi::Py_PreInitialize(preconfig);
+        if ffi::PyStatus_Exception(status) != 0 {
+            return Err(Error::Start(status_message(&status)));
+        }
+    }
+
     let mut config = MaybeUninit::<ffi::PyConfig>::uninit();
     // SAFETY: PyConfig_InitPythonConfig fully initialises the struct; every exit path below
     // calls PyConfig_Clear on it exactly once. Strings are copied by PyConfig_SetBytesString.
@@ -139,8 +159,8 @@ unsafe fn initialize() -> Result<()> {
         // thread can take it. The thread state stays registered for this thread's later use.
         ffi::PyEval_SaveThread();
     }
-    let gil = Gil::acquire_started();
-    restore_sigint(&gil, &sigint_before)
+    restore_sigint(&sigint_before);
+    Ok(())
 }
 
 fn current_sigint_action() -> libc::sigaction {
@@ -155,18 +175,23 @@ fn current_sigint_action() -> libc::sigaction {
 /// Importing `signal` installs Python's SIGINT handler even with signal handlers turned off
 /// (and `multiprocessing`, among others, imports it). Import it now, once, then give SIGINT
 /// back to the Rust program exactly as it was, telling Python too where it can know.
-fn restore_sigint(gil: &Gil, before: &libc::sigaction) -> Result<()> {
-    let signal = gil.import("signal")?;
-    let python_name = match before.sa_sigaction {
-        libc::SIG_DFL => Some("SIG_DFL"),
-        libc::SIG_IGN => Some("SIG_IGN"),
-        _ => None,
-    };
-    if let Some(name) = python_name {
-        signal.call_method("signal", (signal.getattr("SIGINT")?, signal.getattr(name)?), ())?;
-    }
+fn restore_sigint(before: &libc::sigaction) {
+    let gil = Gil::acquire_started();
+    // Telling Python is a courtesy (so that `signal.getsignal` is truthful): if it fails, the
+    // error is fetched and dropped, and the handler is restored all the same.
+    let _ = tell_python_about_sigint(&gil, before.sa_sigaction);
     // SAFETY: `before` is the action sigaction reported for SIGINT before Python started.
     unsafe { libc::sigaction(libc::SIGINT, before, std::ptr::null_mut()) };
+}
+
+fn tell_python_about_sigint(gil: &Gil, handler: libc::sighandler_t) -> Result<()> {
+    let signal = gil.import("signal")?;
+    let name = match handler {
+        libc::SIG_DFL => "SIG_DFL",
+        libc::SIG_IGN => "SIG_IGN",
+        _ => return Ok(()),
+    };
+    signal.call_method("signal", (signal.getattr("SIGINT")?, signal.getattr(name)?), ())?;
     Ok(())
 }
 

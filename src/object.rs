@@ -316,24 +316,26 @@ impl<'py> Object<'py> {
         if status == N::from(-1) { Err(Error::fetch(self.gil())) } else { Ok(status) }
     }
 
-    /// A new tuple of the converted `items`; the first failed conversion fails it all.
+    /// A new tuple holding `items`.
     pub(crate) fn new_tuple<I>(gil: &'py Gil, items: I) -> Result<Self>
     where
-        I: IntoIterator<Item = Result<Object<'py>>>,
+        I: IntoIterator<Item = Object<'py>>,
         I::IntoIter: ExactSizeIterator,
     {
         Self::new_sequence(gil, items, ffi::PyTuple_New, ffi::PyTuple_SetItem)
     }
 
-    /// A new list of the converted `items`; the first failed conversion fails it all.
+    /// A new list holding `items`.
     pub(crate) fn new_list<I>(gil: &'py Gil, items: I) -> Result<Self>
     where
-        I: IntoIterator<Item = Result<Object<'py>>>,
+        I: IntoIterator<Item = Object<'py>>,
         I::IntoIter: ExactSizeIterator,
     {
         Self::new_sequence(gil, items, ffi::PyList_New, ffi::PyList_SetItem)
     }
 
+    /// Makes the sequence and fills it with no Python code running in between: the items
+    /// are converted already, so nothing can see the sequence while it has empty slots.
     fn new_sequence<I>(
         gil: &'py Gil,
         items: I,
@@ -341,20 +343,23 @@ impl<'py> Object<'py> {
         set_item: unsafe extern "C" fn(*mut ffi::PyObject, ffi::Py_ssize_t, *mut ffi::PyObject) -> libc::c_int,
     ) -> Result<Self>
     where
-        I: IntoIterator<Item = Result<Object<'py>>>,
+        I: IntoIterator<Item = Object<'py>>,
         I::IntoIter: ExactSizeIterator,
     {
         let items = items.into_iter();
         let len = ffi::Py_ssize_t::try_from(items.len()).map_err(|_| Error::Conversion("too many items".into()))?;
         // SAFETY: GIL held; PyTuple_New / PyList_New return a new reference or NULL.
         let sequence = unsafe { Object::from_owned_ptr(gil, new(len)) }?;
-        for (index, item) in items.enumerate() {
-            // On an early return the unfilled slots are NULL, which tuple and list
-            // deallocation skip.
-            let item = item?;
-            // SAFETY: the sequence is new and ours alone and index < len; PyTuple_SetItem and
+        let mut filled = 0;
+        for item in items.take(len as usize) {
+            // SAFETY: the sequence is new and ours alone and filled < len; PyTuple_SetItem and
             // PyList_SetItem steal the item's reference (into_ptr gives it up), even on failure.
-            unsafe { set_item(sequence.as_ptr(), index as ffi::Py_ssize_t, item.into_ptr()) };
+            let status = unsafe { set_item(sequence.as_ptr(), filled, item.into_ptr()) };
+            sequence.check_status(status)?;
+            filled += 1;
+        }
+        if filled != len {
+            return Err(Error::Conversion(format!("expected {len} items, got {filled}")));
         }
         Ok(sequence)
     }

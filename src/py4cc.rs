@@ -30,16 +30,16 @@ pub(crate) fn words_txt() -> &'static str {
 /// every process start, rewritten file by file if anything differs.
 ///
 /// It lives under `$XDG_CACHE_HOME/rs4py`, else `$HOME/.cache/rs4py`, else (also when those
-/// cannot be written) the temporary directory's `rs4py`, in a folder named after this crate's version and a hash of the files, so that
+/// cannot be written) `rs4py-<uid>` in the temporary directory, in a folder named after this crate's version and a hash of the files, so that
 /// binaries built from different versions never share one.
 pub(crate) fn package_parent_dir() -> Result<&'static Path> {
     static DIR: OnceCell<PathBuf> = OnceCell::new();
     DIR.get_or_try_init(|| {
         let folder = format!("py4cc-{}-{:016x}", env!("CARGO_PKG_VERSION"), files_hash());
         let mut failures = Vec::new();
-        for root in cache_roots() {
-            let parent = root.join("rs4py").join(&folder);
-            match write_package(&parent.join("py4cc")) {
+        for root in package_roots() {
+            let parent = root.join(&folder);
+            match ensure_private(&root).and_then(|()| write_package(&parent.join("py4cc"))) {
                 Ok(()) => return Ok(parent),
                 Err(e) => failures.push(format!("{}: {e}", parent.display())),
             }
@@ -49,12 +49,46 @@ pub(crate) fn package_parent_dir() -> Result<&'static Path> {
     .map(PathBuf::as_path)
 }
 
-/// Where the package may go, in order of preference: the user's cache, else the temporary
-/// directory (for a service whose home is read-only).
-fn cache_roots() -> Vec<PathBuf> {
+/// Where the package may go, in order of preference: the user's cache, else (for a service
+/// whose home is read-only) a directory of this user's own in the temporary directory.
+fn package_roots() -> Vec<PathBuf> {
     let non_empty = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty()).map(PathBuf::from);
     let user_cache = non_empty("XDG_CACHE_HOME").or_else(|| non_empty("HOME").map(|home| home.join(".cache")));
-    user_cache.into_iter().chain([std::env::temp_dir()]).collect()
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let user = unsafe { libc::geteuid() };
+    user_cache
+        .map(|cache| cache.join("rs4py"))
+        .into_iter()
+        .chain([std::env::temp_dir().join(format!("rs4py-{user}"))])
+        .collect()
+}
+
+/// Creates `root` (private to this user when new) and refuses it unless this user owns it and
+/// nobody else can write to it: its contents go first on `sys.path`, so whoever could add a
+/// module there could run code in this process.
+fn ensure_private(root: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if let Some(parent) = root.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(root) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    let metadata = fs::symlink_metadata(root)?;
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let user = unsafe { libc::geteuid() };
+    if !metadata.is_dir() || metadata.uid() != user || metadata.mode() & 0o022 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "not a directory of this user's that only they can write (uid {}, mode {:o})",
+                metadata.uid(),
+                metadata.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn files_hash() -> u64 {
@@ -97,6 +131,20 @@ mod tests {
         write_package(&package).unwrap();
         assert_eq!(fs::read_to_string(package.join("driver.py")).unwrap(), FILES[1].1);
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_root_others_can_write_to_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = std::env::temp_dir().join(format!("rs4py-root-test-{}", std::process::id()));
+        ensure_private(&root).unwrap();
+        let mode = fs::metadata(&root).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "a new root is private");
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = ensure_private(&root).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+        fs::remove_dir(&root).unwrap();
+        assert!(ensure_private(Path::new("/proc/rs4py-cannot-be-made")).is_err());
     }
 
     #[test]

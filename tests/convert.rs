@@ -102,6 +102,7 @@ fn numbers_that_do_not_fit_are_refused() {
     let negative = gil.eval("-1").unwrap();
     assert!(conversion_error::<u64>(&negative).starts_with("int does not fit in u64: OverflowError"));
     assert_eq!(conversion_error::<u8>(&gil.eval("256").unwrap()), "int 256 does not fit in u8");
+    assert_eq!(conversion_error::<u32>(&gil.eval("-1").unwrap()), "int -1 does not fit in u32");
     assert_eq!(conversion_error::<i32>(&gil.eval("2**31").unwrap()), "int 2147483648 does not fit in i32");
     let huge = gil.eval("10 ** 400").unwrap();
     assert!(conversion_error::<f64>(&huge).starts_with("number does not fit in f64: OverflowError"));
@@ -158,4 +159,24 @@ fn a_sequence_mutated_by_an_items_conversion_is_read_as_a_snapshot() {
     let values: Vec<f64> = gil.eval("victim").unwrap().extract().unwrap();
     assert_eq!(values, [1.0, 1.0, 2.0]);
     assert!(gil.eval("victim").unwrap().is_empty().unwrap(), "the conversion really ran __float__");
+}
+
+/// A value whose conversion runs Python code that looks at every list alive.
+struct ListSnooper;
+
+impl ToPython for ListSnooper {
+    fn to_python<'py>(&self, gil: &'py Gil) -> rs4py::Result<Object<'py>> {
+        gil.eval("sum(len(list(o)) for o in __import__('gc').get_objects() if type(o) is list)")
+    }
+}
+
+#[test]
+fn a_list_under_construction_is_never_visible_to_python() {
+    // Were the list made before its items, the snooper would find it with empty slots and
+    // crash the process reading them.
+    let gil = Gil::acquire().unwrap();
+    let list = vec![ListSnooper, ListSnooper, ListSnooper].to_python(&gil).unwrap();
+    assert_eq!(list.len().unwrap(), 3);
+    let tuple = (ListSnooper, ListSnooper).to_python(&gil).unwrap();
+    assert_eq!(tuple.len().unwrap(), 2);
 }

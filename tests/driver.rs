@@ -824,7 +824,7 @@ fn a_thread_holding_the_gil_uses_the_driver_while_other_threads_do() {
             .collect();
         // This thread takes the GIL and keeps it across every driver call; it lets it go
         // only while it sleeps, as any thread must not sleep holding the GIL.
-        let gil = Gil::acquire().unwrap();
+        let mut gil = Gil::acquire().unwrap();
         let mut count = 0;
         for (index, task) in tasks.iter().enumerate().skip(OTHERS).step_by(OTHERS + 1) {
             let key = loop {
@@ -833,7 +833,7 @@ fn a_thread_holding_the_gil_uses_the_driver_while_other_threads_do() {
                     break receipt.key;
                 }
                 assert_eq!(receipt.status, SubmitStatus::AtCapacity, "{receipt:?}");
-                gil.allow_threads(|| thread::sleep(Duration::from_millis(1)));
+                gil = sleep_without_gil(gil);
             };
             let result = if index % 2 == 0 {
                 driver.wait(key, PATIENCE)
@@ -843,7 +843,7 @@ fn a_thread_holding_the_gil_uses_the_driver_while_other_threads_do() {
                     if result.status != ResultStatus::NotReady {
                         break result;
                     }
-                    gil.allow_threads(|| thread::sleep(Duration::from_millis(1)));
+                    gil = sleep_without_gil(gil);
                 }
             };
             assert_done(&result, expected(task));
@@ -866,14 +866,19 @@ fn a_thread_holding_the_gil_uses_the_driver_while_other_threads_do() {
         drop(second);
         assert!(Gil::is_held());
         // Joining blocks: not with the GIL held, or the others could never finish.
-        gil.allow_threads(|| {
-            for other in others {
-                other.join().unwrap();
-            }
-        });
         drop(gil);
+        for other in others {
+            other.join().unwrap();
+        }
         assert_gone(&second_pids);
     });
+}
+
+/// Lets the GIL go for a 1 ms sleep (no thread should sleep holding it), then takes it back.
+fn sleep_without_gil(gil: Gil) -> Gil {
+    drop(gil);
+    thread::sleep(Duration::from_millis(1));
+    Gil::acquire().unwrap()
 }
 
 // --------------------------------------------------------------------------- initialize errors

@@ -110,3 +110,13 @@ fn errors_are_std_errors_and_send() {
     let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(gil.eval("1/0").unwrap_err());
     assert_eq!(boxed.to_string(), "ZeroDivisionError: division by zero");
 }
+
+#[test]
+fn a_message_with_a_lone_surrogate_keeps_its_text_escaped() {
+    let gil = Gil::acquire().unwrap();
+    let err = gil.run("raise ValueError(b'bad \\x80 byte'.decode('utf-8', 'surrogateescape'))").unwrap_err();
+    assert_eq!(err.to_string(), "ValueError: bad \\udc80 byte");
+    let traceback = err.traceback().unwrap();
+    assert!(traceback.trim_end().ends_with("ValueError: bad \\udc80 byte"), "{traceback}");
+    assert_no_pending_exception(&gil);
+}

@@ -45,8 +45,14 @@ fn handles_own_one_reference_and_release_it_on_any_thread() {
     drop(bound);
     let second = handle.clone_ref(&gil);
     assert_eq!(list.refcount(), 3);
-    // Dropped on another thread, which must take the GIL itself: let go of ours meanwhile.
-    gil.allow_threads(move || std::thread::spawn(move || drop(second)).join().unwrap());
+    // Dropped on another thread, which must take the GIL itself: this thread waits for it
+    // without the GIL (a Python thread may run while this one sleeps in `join`).
+    let dropper = std::thread::spawn(move || drop(second));
+    let waited = gil.eval("__import__('time').sleep").unwrap();
+    while !dropper.is_finished() {
+        waited.call((0.001,), ()).unwrap(); // time.sleep releases the GIL while it sleeps
+    }
+    dropper.join().unwrap();
     assert_eq!(list.refcount(), 2);
     let back = handle.into_object(&gil);
     assert_eq!(list.refcount(), 2);
@@ -58,19 +64,26 @@ fn handles_own_one_reference_and_release_it_on_any_thread() {
 fn getattr_call_and_call_method_leave_arguments_as_they_were() {
     let gil = Gil::acquire().unwrap();
     let list = fresh(&gil);
-    let builtins = gil.import("builtins").unwrap();
-    let len = builtins.getattr("len").unwrap();
-    let len_count = len.refcount();
+    // Only objects of this test's own: Python code may let other test threads run between
+    // two statements here, and they may hold references to anything shared (builtins, ...).
+    gil.run("class Namespace:\n    pass\n").unwrap();
+    let namespace = gil.eval("Namespace()").unwrap();
+    let counter = gil.eval("lambda items: len(items)").unwrap();
+    namespace.setattr("counter", &counter).unwrap();
+    let counter_count = counter.refcount();
     for _ in 0..100 {
-        let n: usize = len.call((&list,), ()).unwrap().extract().unwrap();
+        let n: usize = counter.call((&list,), ()).unwrap().extract().unwrap();
         assert_eq!(n, 1);
         let copy = list.call_method("copy", (), ()).unwrap();
         assert_eq!(copy.refcount(), 1, "a call's result is a new reference we own alone");
-        let _ = builtins.getattr("len").unwrap();
-        gil.eval("sorted").unwrap().call((&list,), [("key", &builtins.getattr("id").unwrap())]).unwrap();
+        let _ = namespace.getattr("counter").unwrap();
+        let by_method: usize = namespace.call_method("counter", (&list,), ()).unwrap().extract().unwrap();
+        assert_eq!(by_method, 1);
+        let key = gil.eval("lambda item: 0").unwrap();
+        gil.eval("sorted").unwrap().call((&list,), [("key", &key)]).unwrap();
     }
     assert_eq!(list.refcount(), 1);
-    assert_eq!(len.refcount(), len_count);
+    assert_eq!(counter.refcount(), counter_count);
 }
 
 #[test]
@@ -137,7 +150,8 @@ fn extracting_containers_leaves_the_source_untouched() {
 #[test]
 fn failed_extraction_leaks_nothing() {
     let gil = Gil::acquire().unwrap();
-    let source = gil.eval("[object(), 'text', 2 ** 70]").unwrap();
+    // Fresh objects only: a literal like 'text' is shared (deep-frozen) with other threads' code.
+    let source = gil.eval("[object(), ''.join(['te', 'xt ', str(id(object()))]), 2 ** 70 + 1]").unwrap();
     let items: Vec<Object<'_>> = source.extract().unwrap();
     let counts: Vec<isize> = items.iter().map(Object::refcount).collect();
     for _ in 0..50 {

@@ -152,3 +152,29 @@ fn child_start_with_another_libpython() {
     let Error::Start(message) = &err else { panic!("expected Error::Start, got {err:?}") };
     assert!(message.contains("rpath") && message.contains(build_python().version), "{message}");
 }
+
+#[test]
+fn starting_under_the_c_locale_leaves_the_environment_alone() {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_start_under_the_c_locale", "--ignored", "--nocapture"])
+        .env_clear()
+        .env("LANG", "C")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("1 passed"), "{stdout}");
+}
+
+#[test]
+#[ignore = "run by starting_under_the_c_locale_leaves_the_environment_alone in a child process"]
+fn child_start_under_the_c_locale() {
+    assert!(std::env::var_os("LC_CTYPE").is_none());
+    let gil = Gil::acquire().unwrap();
+    // CPython's locale coercion would have set LC_CTYPE, racing other threads' getenv.
+    assert_eq!(std::env::var_os("LC_CTYPE"), None);
+    let utf8_mode: i64 = gil.eval("__import__('sys').flags.utf8_mode").unwrap().extract().unwrap();
+    assert_eq!(utf8_mode, 1, "UTF-8 mode still covers the C locale");
+    let text: String = gil.eval("'Zoë ' + '🦀'").unwrap().extract().unwrap();
+    assert_eq!(text, "Zoë 🦀");
+}
