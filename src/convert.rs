@@ -92,12 +92,14 @@ fn wrong_type(expected: &str, object: &Object<'_>) -> Error {
 }
 
 impl<T: ToPython + ?Sized> ToPython for &T {
+    #[inline]
     fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
         (**self).to_python(gil)
     }
 }
 
 impl ToPython for Object<'_> {
+    #[inline]
     fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
         // SAFETY: GIL held (gil, on this thread like self's); self is a live reference, the
         // borrowed pointer is incref'd into a new guard.
@@ -106,30 +108,35 @@ impl ToPython for Object<'_> {
 }
 
 impl<'py> FromPython<'py> for Object<'py> {
+    #[inline]
     fn from_python(object: &Object<'py>) -> Result<Self> {
         Ok(object.clone())
     }
 }
 
 impl ToPython for Handle {
+    #[inline]
     fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
         Ok(self.bind(gil))
     }
 }
 
 impl ToPython for () {
+    #[inline]
     fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
         Ok(gil.none())
     }
 }
 
 impl FromPython<'_> for () {
+    #[inline]
     fn from_python(object: &Object<'_>) -> Result<Self> {
         if object.is_none() { Ok(()) } else { Err(wrong_type("None", object)) }
     }
 }
 
 impl ToPython for bool {
+    #[inline]
     fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
         // SAFETY: GIL held; PyBool_FromLong returns a new reference to True or False.
         unsafe { Object::from_owned_ptr(gil, ffi::PyBool_FromLong(libc::c_long::from(*self))) }
@@ -137,6 +144,7 @@ impl ToPython for bool {
 }
 
 impl FromPython<'_> for bool {
+    #[inline]
     fn from_python(object: &Object<'_>) -> Result<Self> {
         // SAFETY: GIL held (object); the checks read the type, Py_True is compared by address.
         unsafe {
@@ -149,6 +157,7 @@ impl FromPython<'_> for bool {
 }
 
 impl ToPython for i64 {
+    #[inline]
     fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
         // SAFETY: GIL held; returns a new reference or NULL with an exception set.
         unsafe { Object::from_owned_ptr(gil, ffi::PyLong_FromLongLong(*self)) }
@@ -156,6 +165,7 @@ impl ToPython for i64 {
 }
 
 impl FromPython<'_> for i64 {
+    #[inline]
     fn from_python(object: &Object<'_>) -> Result<Self> {
         // SAFETY: GIL held; PyLong_Check reads the type; PyLong_AsLongLong borrows an int and
         // returns -1 with an exception set when it does not fit.
@@ -173,6 +183,7 @@ impl FromPython<'_> for i64 {
 }
 
 impl ToPython for u64 {
+    #[inline]
     fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
         // SAFETY: GIL held; returns a new reference or NULL with an exception set.
         unsafe { Object::from_owned_ptr(gil, ffi::PyLong_FromUnsignedLongLong(*self)) }
@@ -180,6 +191,7 @@ impl ToPython for u64 {
 }
 
 impl FromPython<'_> for u64 {
+    #[inline]
     fn from_python(object: &Object<'_>) -> Result<Self> {
         // SAFETY: GIL held; PyLong_Check reads the type; PyLong_AsUnsignedLongLong borrows an
         // int and returns u64::MAX with an exception set when it does not fit.
@@ -200,6 +212,7 @@ impl FromPython<'_> for u64 {
 macro_rules! int_through {
     ($wide:ty: $($narrow:ty),*) => {$(
         impl ToPython for $narrow {
+            #[inline]
             fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
                 <$wide>::try_from(*self)
                     .map_err(|_| Error::Conversion(format!("{} does not fit in a Python int", self)))?
@@ -208,6 +221,7 @@ macro_rules! int_through {
         }
 
         impl FromPython<'_> for $narrow {
+            #[inline]
             fn from_python(object: &Object<'_>) -> Result<Self> {
                 let wide = <$wide>::from_python(object)?;
                 <$narrow>::try_from(wide).map_err(|_| {
@@ -222,6 +236,7 @@ int_through!(i64: i8, i16, i32, isize, u8, u16, u32);
 int_through!(u64: usize);
 
 impl ToPython for f64 {
+    #[inline]
     fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
         // SAFETY: GIL held; returns a new reference or NULL with an exception set.
         unsafe { Object::from_owned_ptr(gil, ffi::PyFloat_FromDouble(*self)) }
@@ -229,6 +244,7 @@ impl ToPython for f64 {
 }
 
 impl FromPython<'_> for f64 {
+    #[inline]
     fn from_python(object: &Object<'_>) -> Result<Self> {
         // SAFETY: GIL held; the checks read the type; PyFloat_AsDouble borrows a float or int
         // and returns -1.0 with an exception set on failure (an int too large).
@@ -246,23 +262,26 @@ impl FromPython<'_> for f64 {
 }
 
 impl ToPython for str {
+    #[inline]
     fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
         Object::from_str(gil, self)
     }
 }
 
 impl ToPython for String {
+    #[inline]
     fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
         Object::from_str(gil, self)
     }
 }
 
 impl FromPython<'_> for String {
+    #[inline]
     fn from_python(object: &Object<'_>) -> Result<Self> {
         let mut len: ffi::Py_ssize_t = 0;
         // SAFETY: GIL held; PyUnicode_Check reads the type. PyUnicode_AsUTF8AndSize returns a
-        // buffer owned by the str (alive while `object` is) of `len` bytes, or NULL with an
-        // exception set (a lone surrogate cannot be UTF-8). The bytes are copied at once.
+        // buffer owned by the str (alive while `object` is) of `len` bytes of valid UTF-8, or
+        // NULL with an exception set (a lone surrogate cannot be UTF-8). Copied at once.
         unsafe {
             if ffi::PyUnicode_Check(object.as_ptr()) == 0 {
                 return Err(wrong_type("str", object));
@@ -272,31 +291,36 @@ impl FromPython<'_> for String {
                 return Err(conversion_failure(Error::fetch(object.gil()), "str is not valid UTF-8"));
             }
             let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
-            String::from_utf8(bytes.to_vec()).map_err(|e| Error::Conversion(format!("str is not valid UTF-8: {e}")))
+            // CPython's UTF-8 encoder produced these bytes (it fails rather than emit invalid
+            // UTF-8), so they need no second validation.
+            Ok(std::str::from_utf8_unchecked(bytes).to_owned())
         }
     }
 }
 
 impl<T: ToPython> ToPython for [T] {
+    #[inline]
     fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
-        let items = self.iter().map(|item| item.to_python(gil)).collect::<Result<Vec<_>>>()?;
-        Object::new_list(gil, items)
+        Object::new_list(gil, self.iter().map(|item| item.to_python(gil)))
     }
 }
 
 impl<T: ToPython, const N: usize> ToPython for [T; N] {
+    #[inline]
     fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
         self.as_slice().to_python(gil)
     }
 }
 
 impl<T: ToPython> ToPython for Vec<T> {
+    #[inline]
     fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
         self.as_slice().to_python(gil)
     }
 }
 
 impl<'py, T: FromPython<'py>> FromPython<'py> for Vec<T> {
+    #[inline]
     fn from_python(object: &Object<'py>) -> Result<Self> {
         // SAFETY: GIL held; the checks read the type. PySequence_Tuple returns a new reference
         // (a snapshot that item conversions running Python code cannot change) or NULL.
@@ -325,6 +349,7 @@ fn in_item(error: Error, place: &str) -> Error {
 }
 
 impl<T: ToPython> ToPython for Option<T> {
+    #[inline]
     fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
         match self {
             Some(value) => value.to_python(gil),
@@ -334,6 +359,7 @@ impl<T: ToPython> ToPython for Option<T> {
 }
 
 impl<'py, T: FromPython<'py>> FromPython<'py> for Option<T> {
+    #[inline]
     fn from_python(object: &Object<'py>) -> Result<Self> {
         if object.is_none() { Ok(None) } else { T::from_python(object).map(Some) }
     }
@@ -358,6 +384,7 @@ fn dict_from_pairs<'py, K: AsRef<str>, V: ToPython>(gil: &'py Gil, pairs: &[(K, 
 }
 
 impl<K: AsRef<str>, V: ToPython, S: BuildHasher> ToPython for HashMap<K, V, S> {
+    #[inline]
     fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
         let pairs: Vec<(&str, &V)> = self.iter().map(|(key, value)| (key.as_ref(), value)).collect();
         dict_from_pairs(gil, &pairs)
@@ -365,6 +392,7 @@ impl<K: AsRef<str>, V: ToPython, S: BuildHasher> ToPython for HashMap<K, V, S> {
 }
 
 impl<'py, V: FromPython<'py>, S: BuildHasher + Default> FromPython<'py> for HashMap<String, V, S> {
+    #[inline]
     fn from_python(object: &Object<'py>) -> Result<Self> {
         // SAFETY: GIL held; PyDict_Check reads the type; PyDict_Items returns a new list of
         // (key, value) tuples, a snapshot that conversions cannot disturb, or NULL.
@@ -389,6 +417,7 @@ impl<'py, V: FromPython<'py>, S: BuildHasher + Default> FromPython<'py> for Hash
 impl IntoArgs for () {
     type Objects<'py> = [Object<'py>; 0];
 
+    #[inline]
     fn into_objects<'py>(self, _gil: &'py Gil) -> Result<Self::Objects<'py>> {
         Ok([])
     }
@@ -397,6 +426,7 @@ impl IntoArgs for () {
 impl<T: ToPython> IntoArgs for &[T] {
     type Objects<'py> = Vec<Object<'py>>;
 
+    #[inline]
     fn into_objects<'py>(self, gil: &'py Gil) -> Result<Self::Objects<'py>> {
         self.iter().map(|item| item.to_python(gil)).collect()
     }
@@ -405,6 +435,7 @@ impl<T: ToPython> IntoArgs for &[T] {
 impl<T: ToPython> IntoArgs for Vec<T> {
     type Objects<'py> = Vec<Object<'py>>;
 
+    #[inline]
     fn into_objects<'py>(self, gil: &'py Gil) -> Result<Self::Objects<'py>> {
         self.as_slice().into_objects(gil)
     }
@@ -414,20 +445,24 @@ impl<T: ToPython> IntoArgs for Vec<T> {
 macro_rules! tuples {
     ($($len:literal: ($($name:ident $index:tt),+);)*) => {$(
         impl<$($name: ToPython),+> ToPython for ($($name,)+) {
+            #[inline]
             fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
-                Object::new_tuple(gil, [$(self.$index.to_python(gil)?),+])
+                Object::new_tuple(gil, [$(self.$index.to_python(gil)),+])
             }
         }
 
         impl<$($name: ToPython),+> IntoArgs for ($($name,)+) {
             type Objects<'py> = [Object<'py>; $len];
 
+
+            #[inline]
             fn into_objects<'py>(self, gil: &'py Gil) -> Result<Self::Objects<'py>> {
                 Ok([$(self.$index.to_python(gil)?),+])
             }
         }
 
         impl<'py, $($name: FromPython<'py>),+> FromPython<'py> for ($($name,)+) {
+            #[inline]
             fn from_python(object: &Object<'py>) -> Result<Self> {
                 // SAFETY: GIL held (object); PyTuple_Check reads the type, and the tuple's
                 // items are read only after its length is checked.
@@ -460,24 +495,28 @@ tuples! {
 }
 
 impl IntoKwargs for () {
+    #[inline]
     fn into_kwargs<'py>(self, _gil: &'py Gil) -> Result<Option<Object<'py>>> {
         Ok(None)
     }
 }
 
 impl<K: AsRef<str>, V: ToPython> IntoKwargs for &[(K, V)] {
+    #[inline]
     fn into_kwargs<'py>(self, gil: &'py Gil) -> Result<Option<Object<'py>>> {
         dict_from_pairs(gil, self).map(Some).map_err(keyword_error)
     }
 }
 
 impl<K: AsRef<str>, V: ToPython, const N: usize> IntoKwargs for [(K, V); N] {
+    #[inline]
     fn into_kwargs<'py>(self, gil: &'py Gil) -> Result<Option<Object<'py>>> {
         self.as_slice().into_kwargs(gil)
     }
 }
 
 impl<K: AsRef<str>, V: ToPython> IntoKwargs for Vec<(K, V)> {
+    #[inline]
     fn into_kwargs<'py>(self, gil: &'py Gil) -> Result<Option<Object<'py>>> {
         self.as_slice().into_kwargs(gil)
     }

@@ -37,8 +37,8 @@ pub struct PythonException {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
-    /// Python raised an exception.
-    Python(PythonException),
+    /// Python raised an exception (boxed, so that results stay small on the fast path).
+    Python(Box<PythonException>),
     /// A value could not be converted between Rust and Python: a wrong type, a number out of
     /// range, a sequence of the wrong length.
     Conversion(String),
@@ -93,9 +93,11 @@ thread_local! {
 
 impl Error {
     /// Fetches (and clears) the pending Python exception. Called right after a C-API call
-    /// reported failure.
+    /// reported failure (kept out of line: the calls' fast paths stay small).
+    #[cold]
+    #[inline(never)]
     pub(crate) fn fetch(gil: &Gil) -> Error {
-        Error::Python(PythonException::fetch(gil))
+        Error::Python(Box::new(PythonException::fetch(gil)))
     }
 }
 

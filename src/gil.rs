@@ -45,12 +45,14 @@ impl Gil {
     /// Takes the GIL for the current thread, starting the interpreter with default
     /// [`StartOptions`](crate::StartOptions) if it is not running yet. Blocks while another
     /// thread holds the GIL.
+    #[inline]
     pub fn acquire() -> Result<Gil> {
         interpreter::ensure_started()?;
         Ok(Gil::acquire_started())
     }
 
     /// Takes the GIL, knowing that the interpreter runs (during its start, say).
+    #[inline]
     pub(crate) fn acquire_started() -> Gil {
         HELD.with(|held| {
             let (depth, state) = held.get();
@@ -170,6 +172,7 @@ impl Gil {
 }
 
 impl Drop for Gil {
+    #[inline]
     fn drop(&mut self) {
         HELD.with(|held| match held.get() {
             (1, Some(state)) => {

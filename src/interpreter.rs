@@ -92,6 +92,7 @@ pub fn start(options: &StartOptions) -> Result<()> {
 }
 
 /// Starts the interpreter with default options unless it already runs.
+#[inline]
 pub(crate) fn ensure_started() -> Result<()> {
     STARTED
         .get_or_init(|| {

@@ -43,6 +43,7 @@ impl<'py> Object<'py> {
     /// # Safety
     /// `ptr` is NULL or a new (owned) reference that nothing else will decref, and the
     /// current thread holds the GIL (which `gil` proves).
+    #[inline]
     pub(crate) unsafe fn from_owned_ptr(gil: &'py Gil, ptr: *mut ffi::PyObject) -> Result<Self> {
         match NonNull::new(ptr) {
             Some(ptr) => Ok(Object::from_non_null(gil, ptr)),
@@ -55,10 +56,12 @@ impl<'py> Object<'py> {
     ///
     /// # Safety
     /// As for `from_owned_ptr`.
+    #[inline]
     pub(crate) unsafe fn from_owned_ptr_or_none(gil: &'py Gil, ptr: *mut ffi::PyObject) -> Option<Self> {
         NonNull::new(ptr).map(|ptr| Object::from_non_null(gil, ptr))
     }
 
+    #[inline]
     fn from_non_null(_gil: &'py Gil, ptr: NonNull<ffi::PyObject>) -> Self {
         Object { ptr, held: PhantomData }
     }
@@ -69,6 +72,7 @@ impl<'py> Object<'py> {
     /// # Safety
     /// `ptr` is NULL or a borrowed reference that stays valid until the incref here, and the
     /// current thread holds the GIL.
+    #[inline]
     pub(crate) unsafe fn from_borrowed_ptr(gil: &'py Gil, ptr: *mut ffi::PyObject) -> Result<Self> {
         // SAFETY: per this function's contract; Py_INCREF turns the borrowed reference into
         // the owned one the guard will release.
@@ -80,6 +84,7 @@ impl<'py> Object<'py> {
     }
 
     /// Hands the reference over to a C-API function that steals it.
+    #[inline]
     fn into_ptr(self) -> *mut ffi::PyObject {
         let ptr = self.ptr.as_ptr();
         std::mem::forget(self);
@@ -87,11 +92,13 @@ impl<'py> Object<'py> {
     }
 
     /// The raw pointer, borrowed: valid while `self` lives; never decref it.
+    #[inline]
     pub fn as_ptr(&self) -> *mut ffi::PyObject {
         self.ptr.as_ptr()
     }
 
     /// The `Gil` this object is tied to.
+    #[inline]
     pub fn gil(&self) -> &'py Gil {
         // SAFETY: Gil is zero-sized (asserted above) with its state in a thread-local, so a
         // reference to it is valid at any aligned non-null address; and an Object<'py> exists
@@ -100,12 +107,14 @@ impl<'py> Object<'py> {
     }
 
     /// The object's current reference count (`sys.getrefcount` minus its own argument).
+    #[inline]
     pub fn refcount(&self) -> isize {
         // SAFETY: GIL held (self.gil()); the pointer is a live owned reference.
         unsafe { ffi::Py_REFCNT(self.as_ptr()) }
     }
 
     /// A Python `str` from Rust text; any Unicode, embedded NUL included.
+    #[inline]
     pub fn from_str(gil: &'py Gil, text: &str) -> Result<Self> {
         let len = isize::try_from(text.len()).map_err(|_| Error::Conversion("str too long for Python".into()))?;
         // SAFETY: GIL held (gil); reads `len` bytes of valid UTF-8 and returns a new
@@ -203,12 +212,15 @@ impl<'py> Object<'py> {
     }
 
     fn vectorcall(&self, args: &[Object<'_>], kwargs: Option<&Object<'_>>) -> Result<Object<'py>> {
-        let kwargs = kwargs.map_or(std::ptr::null_mut(), Object::as_ptr);
+        let (callable, argv, nargs) = (self.as_ptr(), args.as_ptr().cast::<*mut ffi::PyObject>(), args.len());
         // SAFETY: GIL held. Object is repr(transparent) over a non-null PyObject pointer, so
-        // `args` is an array of borrowed references, alive for the call; the dict (or NULL) is
-        // borrowed too. Returns a new reference or NULL with an exception set.
+        // `args` is an array of borrowed references, alive for the call; the dict is borrowed
+        // too. Both calls return a new reference or NULL with an exception set.
         unsafe {
-            let result = ffi::PyObject_VectorcallDict(self.as_ptr(), args.as_ptr().cast(), args.len(), kwargs);
+            let result = match kwargs {
+                None => ffi::PyObject_Vectorcall(callable, argv, nargs, std::ptr::null_mut()),
+                Some(kwargs) => ffi::PyObject_VectorcallDict(callable, argv, nargs, kwargs.as_ptr()),
+            };
             Object::from_owned_ptr(self.gil(), result)
         }
     }
@@ -221,6 +233,7 @@ impl<'py> Object<'py> {
     /// assert!(gil.eval("2 ** 64")?.extract::<i64>().is_err());
     /// # Ok::<(), rs4py::Error>(())
     /// ```
+    #[inline]
     pub fn extract<T: FromPython<'py>>(&self) -> Result<T> {
         T::from_python(self)
     }
@@ -257,6 +270,7 @@ impl<'py> Object<'py> {
     }
 
     /// Whether this is Python's `None`.
+    #[inline]
     pub fn is_none(&self) -> bool {
         // SAFETY: GIL held; Py_None is a static object, compared by address only.
         self.as_ptr() == unsafe { ffi::Py_None() }
@@ -276,6 +290,7 @@ impl<'py> Object<'py> {
     }
 
     /// `self is other`: the same object.
+    #[inline]
     pub fn is(&self, other: &Object<'_>) -> bool {
         self.as_ptr() == other.as_ptr()
     }
@@ -312,55 +327,65 @@ impl<'py> Object<'py> {
     }
 
     /// A C-API status (`-1` with an exception set means failure) as a `Result`.
+    #[inline]
     pub(crate) fn check_status<N: PartialEq + From<i8>>(&self, status: N) -> Result<N> {
         if status == N::from(-1) { Err(Error::fetch(self.gil())) } else { Ok(status) }
     }
 
-    /// A new tuple holding `items`.
+    /// A new tuple of the converted `items`; the first failed conversion fails it all.
     pub(crate) fn new_tuple<I>(gil: &'py Gil, items: I) -> Result<Self>
     where
-        I: IntoIterator<Item = Object<'py>>,
+        I: IntoIterator<Item = Result<Object<'py>>>,
         I::IntoIter: ExactSizeIterator,
     {
-        Self::new_sequence(gil, items, ffi::PyTuple_New, ffi::PyTuple_SetItem)
+        Self::new_sequence(gil, items, ffi::PyTuple_New, ffi::PyTuple_SET_ITEM)
     }
 
-    /// A new list holding `items`.
+    /// A new list of the converted `items`; the first failed conversion fails it all.
     pub(crate) fn new_list<I>(gil: &'py Gil, items: I) -> Result<Self>
     where
-        I: IntoIterator<Item = Object<'py>>,
+        I: IntoIterator<Item = Result<Object<'py>>>,
         I::IntoIter: ExactSizeIterator,
     {
-        Self::new_sequence(gil, items, ffi::PyList_New, ffi::PyList_SetItem)
+        Self::new_sequence(gil, items, ffi::PyList_New, ffi::PyList_SET_ITEM)
     }
 
-    /// Makes the sequence and fills it with no Python code running in between: the items
-    /// are converted already, so nothing can see the sequence while it has empty slots.
+    /// Makes the sequence, then fills it as the items convert. Conversions may run Python
+    /// code; while the sequence has empty slots it is untracked by the garbage collector and
+    /// referenced by nothing else, so no Python code can find it.
     fn new_sequence<I>(
         gil: &'py Gil,
         items: I,
         new: unsafe extern "C" fn(ffi::Py_ssize_t) -> *mut ffi::PyObject,
-        set_item: unsafe extern "C" fn(*mut ffi::PyObject, ffi::Py_ssize_t, *mut ffi::PyObject) -> libc::c_int,
+        set_item: unsafe fn(*mut ffi::PyObject, ffi::Py_ssize_t, *mut ffi::PyObject),
     ) -> Result<Self>
     where
-        I: IntoIterator<Item = Object<'py>>,
+        I: IntoIterator<Item = Result<Object<'py>>>,
         I::IntoIter: ExactSizeIterator,
     {
         let items = items.into_iter();
         let len = ffi::Py_ssize_t::try_from(items.len()).map_err(|_| Error::Conversion("too many items".into()))?;
         // SAFETY: GIL held; PyTuple_New / PyList_New return a new reference or NULL.
         let sequence = unsafe { Object::from_owned_ptr(gil, new(len)) }?;
+        if len == 0 {
+            return Ok(sequence); // possibly a shared empty singleton: leave its tracking alone
+        }
+        // SAFETY: a new tuple or list with items is GC-tracked; untracking it is allowed, and
+        // its deallocation (on an early return below) handles both untracked and NULL slots.
+        unsafe { ffi::PyObject_GC_UnTrack(sequence.as_ptr().cast()) };
         let mut filled = 0;
         for item in items.take(len as usize) {
-            // SAFETY: the sequence is new and ours alone and filled < len; PyTuple_SetItem and
-            // PyList_SetItem steal the item's reference (into_ptr gives it up), even on failure.
-            let status = unsafe { set_item(sequence.as_ptr(), filled, item.into_ptr()) };
-            sequence.check_status(status)?;
+            let item = item?;
+            // SAFETY: the sequence is new, ours alone, and its slot `filled` < len is empty;
+            // the SET_ITEM macros store the item's reference there (into_ptr gives it up).
+            unsafe { set_item(sequence.as_ptr(), filled, item.into_ptr()) };
             filled += 1;
         }
         if filled != len {
             return Err(Error::Conversion(format!("expected {len} items, got {filled}")));
         }
+        // SAFETY: full now, and untracked since the untrack above.
+        unsafe { ffi::PyObject_GC_Track(sequence.as_ptr().cast()) };
         Ok(sequence)
     }
 
@@ -368,6 +393,7 @@ impl<'py> Object<'py> {
     ///
     /// # Safety
     /// `self` is a tuple (`PyTuple_Check`) and `index` is below its length.
+    #[inline]
     pub(crate) unsafe fn tuple_item(&self, index: usize) -> Result<Object<'py>> {
         // SAFETY: per the contract; PyTuple_GetItem returns a borrowed reference that the
         // immutable tuple keeps alive until from_borrowed_ptr increfs it.
@@ -378,6 +404,7 @@ impl<'py> Object<'py> {
     ///
     /// # Safety
     /// `self` is a tuple (`PyTuple_Check`).
+    #[inline]
     pub(crate) unsafe fn tuple_len(&self) -> usize {
         // SAFETY: per the contract; PyTuple_Size cannot fail on a tuple.
         unsafe { ffi::PyTuple_Size(self.as_ptr()) as usize }
@@ -395,6 +422,7 @@ unsafe fn type_object_name(ty: *mut ffi::PyTypeObject) -> String {
 }
 
 impl Clone for Object<'_> {
+    #[inline]
     fn clone(&self) -> Self {
         // SAFETY: GIL held; the incref makes the new guard's reference its own.
         unsafe { ffi::Py_INCREF(self.as_ptr()) };
@@ -403,6 +431,7 @@ impl Clone for Object<'_> {
 }
 
 impl Drop for Object<'_> {
+    #[inline]
     fn drop(&mut self) {
         // SAFETY: GIL held (the Gil outlives 'py); this guard owns exactly one reference.
         unsafe { ffi::Py_DECREF(self.as_ptr()) };
@@ -446,6 +475,7 @@ unsafe impl Sync for Handle {}
 
 impl Handle {
     /// A new `Object` reference to the same object, tied to `gil`.
+    #[inline]
     pub fn bind<'py>(&self, gil: &'py Gil) -> Object<'py> {
         // SAFETY: GIL held (gil); the handle's own reference keeps the object alive until the
         // incref gives the Object one of its own.

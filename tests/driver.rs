@@ -888,7 +888,7 @@ fn python_error(error: Error, type_name: &str) -> rs4py::PythonException {
     match error {
         Error::Python(exception) => {
             assert_eq!(exception.type_name, type_name, "{exception:?}");
-            exception
+            *exception
         }
         other => panic!("expected a Python {type_name}, got {other:?}"),
     }
