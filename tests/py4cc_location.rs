@@ -2,8 +2,9 @@
 //! directory, for the interpreter and for workers of every start method.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
+
+mod common;
 
 use rs4py::{Driver, DriverOptions, Gil, ResultStatus, StartMethod};
 
@@ -41,16 +42,9 @@ fn workers_of_every_start_method_import_it() {
 
 #[test]
 fn an_unwritable_home_falls_back_to_the_temporary_directory() {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_with_an_unwritable_home", "--ignored", "--nocapture"])
-        .env("HOME", "/proc/rs4py-cannot-write-here")
-        .env_remove("XDG_CACHE_HOME")
-        .current_dir("/")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("1 passed"), "{stdout}");
+    common::run_in_child_process("child_with_an_unwritable_home", |child| {
+        child.env("HOME", "/proc/rs4py-cannot-write-here").env_remove("XDG_CACHE_HOME").current_dir("/")
+    });
 }
 
 #[test]

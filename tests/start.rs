@@ -1,7 +1,7 @@
 //! The embedded interpreter is the build interpreter, in the parent and in `multiprocessing`
 //! workers of every start method; a start that cannot succeed is an error, not an abort.
 
-use std::process::Command;
+mod common;
 
 use rs4py::{Error, Gil, build_python};
 
@@ -99,18 +99,9 @@ fn a_venv_built_binary_sees_the_venv() {
 #[test]
 fn an_interpreter_that_cannot_start_is_an_error() {
     // In a child process, so that this process's interpreter is unaffected.
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_start_with_a_broken_home", "--ignored", "--nocapture"])
-        .env("PYTHONHOME", "/nonexistent/python/home")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the child must not crash or abort:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(stdout.contains("1 passed"), "{stdout}");
+    common::run_in_child_process("child_start_with_a_broken_home", |child| {
+        child.env("PYTHONHOME", "/nonexistent/python/home")
+    });
 }
 
 #[test]
@@ -135,14 +126,7 @@ fn another_libpython_at_run_time_is_refused() {
         println!("no other libpython3.11 on this machine: nothing to mix up");
         return;
     }
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_start_with_another_libpython", "--ignored", "--nocapture"])
-        .env("LD_LIBRARY_PATH", other_dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("1 passed"), "{stdout}");
+    common::run_in_child_process("child_start_with_another_libpython", |child| child.env("LD_LIBRARY_PATH", other_dir));
 }
 
 #[test]
@@ -155,15 +139,7 @@ fn child_start_with_another_libpython() {
 
 #[test]
 fn starting_under_the_c_locale_leaves_the_environment_alone() {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_start_under_the_c_locale", "--ignored", "--nocapture"])
-        .env_clear()
-        .env("LANG", "C")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("1 passed"), "{stdout}");
+    common::run_in_child_process("child_start_under_the_c_locale", |child| child.env_clear().env("LANG", "C"));
 }
 
 #[test]
