@@ -82,7 +82,7 @@ fn main() {
         let sleep: f64 = task_list
             .iter()
             .filter_map(|t| workload::big_model(&t.float_features, &t.str_features, t.int_feature))
-            .map(|z| workload::task_sleep(z).as_secs_f64())
+            .map(workload::task_sleep_seconds)
             .sum();
         sleep / workers as f64
     };

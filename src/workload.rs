@@ -156,9 +156,14 @@ pub fn big_model(float_features: &[f64], str_features: &[impl AsRef<str>], int_f
     Some(total.trunc() as i64 + upper_len as i64 + int_feature.max(0))
 }
 
-/// How long the demo Engine sleeps for a task whose answer is `z`: `(z % 100 + 1) * 0.1 ms`.
-pub fn task_sleep(z: i64) -> Duration {
-    Duration::from_micros(100 * (z.rem_euclid(100) as u64 + 1))
+/// How long, in seconds, the demo Engine sleeps for a task whose answer is `z`:
+/// `(z % 100 + 1) * 0.1 ms`, computed as `py4cc.engine.task_sleep_seconds` does.
+///
+/// ```
+/// assert_eq!(rs4py::workload::task_sleep_seconds(199), 100.0 * 0.0001);
+/// ```
+pub fn task_sleep_seconds(z: i64) -> f64 {
+    (z.rem_euclid(100) + 1) as f64 * 0.0001
 }
 
 /// How each thread waits for its results.
@@ -304,10 +309,10 @@ impl Report {
         outcomes: &[Outcome],
     ) -> Report {
         let mut problems = Vec::new();
-        let mut sleep_total = Duration::ZERO;
+        let mut sleep_total = 0.0;
         for (index, (task, outcome)) in tasks.iter().zip(outcomes).enumerate() {
             let expected = big_model(&task.float_features, &task.str_features, task.int_feature);
-            sleep_total += expected.map(task_sleep).unwrap_or_default();
+            sleep_total += expected.map(task_sleep_seconds).unwrap_or_default();
             if outcome.status != ResultStatus::Done || Some(outcome.value) != expected {
                 let message = outcome.message.trim();
                 let tail_start = message.char_indices().rev().nth(299).map_or(0, |(index, _)| index);
@@ -330,7 +335,7 @@ impl Report {
             p99_ms: percentile(&latencies, 99.0),
             verified: tasks.len() - problems.len(),
             problems,
-            limit_s: sleep_total.as_secs_f64() / workers.max(1) as f64,
+            limit_s: sleep_total / workers.max(1) as f64,
             digest: task_digest(tasks),
         }
     }
@@ -380,9 +385,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank - 1]
 }
 
-fn round(value: f64, digits: i32) -> f64 {
-    let scale = 10f64.powi(digits);
-    (value * scale).round() / scale
+/// Python's `round(value, digits)`: the exact binary value rounded to that many decimals
+/// (Rust's formatting does the same), so that both sides print the same figures.
+fn round(value: f64, digits: usize) -> f64 {
+    format!("{value:.digits$}").parse().unwrap_or(value)
 }
 
 #[cfg(test)]
@@ -396,6 +402,14 @@ mod tests {
             [rng.next_u64(), rng.next_u64(), rng.next_u64()],
             [0xe220a8397b1dcdaf, 0x6e789e6aa1b965f4, 0x06c45d188009454f]
         );
+    }
+
+    #[test]
+    fn rounding_follows_the_exact_binary_value_as_python_does() {
+        // 0.10825 is stored as 0.108249999..., which Python's round(x, 4) makes 0.1082.
+        assert_eq!(round(0.10825, 4), 0.1082);
+        assert_eq!(round(2.675, 2), 2.67);
+        assert_eq!(round(1457.04, 1), 1457.0);
     }
 
     #[test]

@@ -1016,3 +1016,11 @@ fn the_workload_task_list_and_digest_equal_py4cc_taskgen() {
         assert_eq!(Some(python), big_model(&floats, &strs, int_feature), "{floats:?} {strs:?} {int_feature}");
     }
 }
+
+#[test]
+fn the_driver_handles_and_errors_can_be_shared_across_threads() {
+    fn shared_across_threads<T: Send + Sync>() {}
+    shared_across_threads::<Driver>();
+    shared_across_threads::<rs4py::Handle>();
+    shared_across_threads::<Error>();
+}
