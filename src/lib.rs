@@ -50,3 +50,8 @@ pub use error::{Error, PythonException, Result};
 pub use gil::Gil;
 pub use interpreter::{BuildPython, StartOptions, build_python, is_started, start};
 pub use object::{Handle, Object};
+
+/// The README's Rust examples, compiled (and run where they can be) as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
