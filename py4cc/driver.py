@@ -492,12 +492,15 @@ class _Pool:
             exited: List[_Worker] = []
             for obj in ready:
                 if isinstance(obj, int) and obj == self.wake_r:
-                    with self.lock:
-                        self.wake_pending = False
+                    # Drain first, then clear the flag: clearing first would let a wake()
+                    # in between write a byte that this read swallows, leaving the flag
+                    # set with the pipe empty, and every later wake() a no-op.
                     try:
                         os.read(self.wake_r, 4096)
                     except OSError:
                         pass
+                    with self.lock:
+                        self.wake_pending = False
                     continue
                 kind, w = watch[obj]
                 if kind == "conn":

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 import unittest
+import unittest.mock
 import warnings
 
 from py4cc.driver import Driver
@@ -150,6 +151,39 @@ class TimeoutTest(DriverTestCase):
         # Tasks within the limit are untouched.
         _, key, _ = d.submit(*task(0.1, 5))
         self.assertEqual(d.wait(key, 10), (0, 5, "slept"))
+
+    def test_wake_between_flag_clear_and_pipe_read_is_not_lost(self):
+        # Regression: the dispatcher cleared its "wake pending" flag before draining the
+        # wake-up pipe, so a submit in between wrote a byte that the drain swallowed; the
+        # flag then stayed set with the pipe empty, every later wake-up was skipped, and a
+        # task started on an idle worker never had its task_timeout enforced (and finalize
+        # waited 10 s for the dispatcher). Force that interleaving once.
+        d = self.make_driver(engine=f"{ENGINES}:SleepEngine", task_timeout=0.5)
+        pool = d._pool
+        real_read = os.read
+        injected = []
+
+        def read(fd, n):
+            if fd == pool.wake_r and not injected:
+                injected.append(True)
+                with pool.lock:
+                    pool.wake()  # another thread's submit, just before the drain
+            return real_read(fd, n)
+
+        with unittest.mock.patch("os.read", read):
+            _, key, _ = d.submit(*task(0.0, 1))  # starts on the idle worker: wakes the dispatcher
+            self.assertEqual(d.wait(key, 10), (0, 1, "slept"))
+            self.assertTrue(wait_until(lambda: bool(injected)))
+        time.sleep(0.1)
+        start = time.monotonic()
+        _, slow, _ = d.submit(*task(30.0, 2))
+        flag, _, message = d.wait(slow, 5)
+        self.assertEqual(flag, 2, message)
+        self.assertIn("timed out", message)
+        self.assertLess(time.monotonic() - start, 4)
+        start = time.monotonic()
+        d.finalize()
+        self.assertLess(time.monotonic() - start, 5)
 
 
 class NoPrefetchTest(DriverTestCase):
