@@ -53,6 +53,7 @@ from __future__ import annotations
 import atexit
 import importlib
 import importlib.util
+import itertools
 import json
 import math
 import multiprocessing
@@ -103,6 +104,22 @@ _MSG_RESULT = "result"  # worker -> parent: (RESULT, key, flag, value, message)
 
 _STOP_GRACE_S = 1.0
 """How long finalize waits for idle workers to exit before killing them."""
+
+_PREFETCH_BYTES = 32 * 1024
+"""At most this many (estimated) bytes of tasks wait in a busy worker's pipe. Tasks are
+sent with the lock held; a send into a full pipe would block until the worker reads, that
+is for the rest of its current task, or for ever if that task hangs (and the dispatcher,
+needing the lock, could then never enforce task_timeout). A Linux socket pair holds about
+208 KiB by default; a larger task waits for an idle worker instead."""
+
+
+def _wire_size(payload: tuple) -> int:
+    """A generous estimate of the kernel memory one task message takes in a pipe."""
+    floats, strs, n = payload
+    data = 64 + 9 * len(floats) + n.bit_length() // 8
+    for s in strs:
+        data += 8 + (len(s) if s.isascii() else 4 * len(s))
+    return 2 * data + 1024
 
 
 # --------------------------------------------------------------------------- worker side
@@ -209,11 +226,13 @@ def _worker_main(
 
 
 class _Task:
-    __slots__ = ("key", "payload", "done", "flag", "value", "message", "event", "worker", "deadline")
+    __slots__ = ("key", "payload", "size", "done", "flag", "value", "message", "event", "worker",
+                 "deadline")
 
-    def __init__(self, key: int, payload: tuple) -> None:
+    def __init__(self, key: int, payload: tuple, size: int) -> None:
         self.key = key
         self.payload = payload
+        self.size = size  # _wire_size(payload)
         self.done = False
         self.flag = NOT_FINISHED
         self.value = 0
@@ -391,13 +410,14 @@ class _Pool:
         else:
             self.avg_run_s += 0.1 * (seconds - self.avg_run_s)
 
-    def prefetch_target(self, now: float) -> Optional[_Worker]:
-        """The busy worker that should get one more task queued behind its current one.
+    def prefetch_target(self, now: float, task: _Task) -> Optional[_Worker]:
+        """The busy worker that should get ``task`` queued behind its current one.
 
-        Only workers holding at most ``prefetch`` tasks qualify, and not one whose
-        current task has already run much longer than usual (it may be a long one:
-        a task queued behind it could not move to a worker that frees up sooner).
-        Among the rest, the one whose current task started first.
+        Only workers holding at most ``prefetch`` tasks qualify, whose pipe keeps room
+        for ``task`` (``_PREFETCH_BYTES``), and not one whose current task has already
+        run much longer than usual (it may be a long one: a task queued behind it could
+        not move to a worker that frees up sooner). Among the rest, the one whose
+        current task started first.
         """
         if not self.prefetch:
             return None
@@ -408,6 +428,8 @@ class _Pool:
             if not w.usable() or not w.queue or len(w.queue) > self.prefetch:
                 continue
             if now - w.head_started > limit:
+                continue
+            if sum(t.size for t in itertools.islice(w.queue, 1, None)) + task.size > _PREFETCH_BYTES:
                 continue
             if best is None or w.head_started < best.head_started:
                 best = w
@@ -427,7 +449,7 @@ class _Pool:
                     target = w
                     break
             if target is None:
-                target = self.prefetch_target(now)
+                target = self.prefetch_target(now, self.pending[0])
                 if target is None:
                     break
             task = self.pending.popleft()
@@ -957,6 +979,7 @@ class Driver:
         problem, payload = self._validate(float_features, str_features, int_feature)
         if problem is not None:
             return ERROR, 0, problem
+        size = _wire_size(payload)
         with pool.lock:
             if pool.closed:
                 return ERROR, 0, "the driver is finalized; submit is no longer accepted"
@@ -966,7 +989,7 @@ class Driver:
                 return AT_CAPACITY, 0, CAPACITY_MESSAGE
             key = pool.next_key
             pool.next_key += 1
-            task = _Task(key, payload)
+            task = _Task(key, payload, size)
             pool.tasks[key] = task
             pool.pending.append(task)
             if pool.dispatch():

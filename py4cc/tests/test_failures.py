@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 import signal
+import threading
 import time
 import unittest
 import unittest.mock
@@ -184,6 +185,31 @@ class TimeoutTest(DriverTestCase):
         start = time.monotonic()
         d.finalize()
         self.assertLess(time.monotonic() - start, 5)
+
+    def test_large_task_is_not_sent_into_a_busy_workers_full_pipe(self):
+        # Regression: a task larger than the pipe's buffer was prefetched behind a busy
+        # worker's task; the send blocked with the driver's lock held until the worker
+        # read it, so with a hanging task every call (and task_timeout itself) froze.
+        d = self.make_driver(engine=f"{ENGINES}:SleepEngine", task_timeout=1.0)
+        [pid] = d.worker_pids()
+        _, key, _ = d.submit(*task(0.3, 1))  # a known run time, so prefetching is allowed
+        self.assertEqual(d.wait(key, 10), (0, 1, "slept"))
+        _, slow, _ = d.submit(*task(30.0, 2))
+        answer = []
+        big = ([0.0, 0.0], ["x" * 1_000_000, "b", "c"], 3)
+        sender = threading.Thread(target=lambda: answer.append(d.submit(*big)), daemon=True)
+        sender.start()
+        sender.join(3)
+        if sender.is_alive():  # unblock the driver so that the test can clean up
+            os.kill(pid, signal.SIGKILL)
+            sender.join(5)
+            self.fail("submit of a large task blocked behind a busy worker")
+        flag, big_key, _ = answer[0]
+        self.assertEqual(flag, 0)
+        flag, _, message = d.wait(slow, 10)
+        self.assertEqual(flag, 2, message)
+        self.assertIn("timed out", message)
+        self.assertEqual(d.wait(big_key, 20), (0, 3, "slept"))
 
 
 class NoPrefetchTest(DriverTestCase):
