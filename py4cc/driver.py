@@ -135,7 +135,10 @@ def _load_engine_class(engine: str) -> Any:
 
 
 def _describe(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception as exc:  # a user's __repr__ may raise; so may a huge int's
+        text = f"<repr() raised {type(exc).__name__}>"
     if len(text) > 200:
         text = text[:200] + "..."
     return f"{text} (type {type(value).__name__})"
@@ -217,7 +220,12 @@ def _worker_main(
             if msg is None:
                 return
             key, ff, sf, n = msg
-            conn.send(_run_task(obj, key, ff, sf, n))
+            try:
+                answer = _run_task(obj, key, ff, sf, n)
+            except Exception:  # checking a strange answer failed: fail the task, not the worker
+                answer = (_MSG_RESULT, key, FAILED, -1,
+                          "the engine's answer could not be checked:\n" + traceback.format_exc())
+            conn.send(answer)
     except (EOFError, OSError):
         return  # the parent has gone away
 

@@ -77,6 +77,23 @@ class UserEngineTest(DriverTestCase):
         _, key, _ = d.submit(*task(n=6))
         self.assertEqual(d.wait(key, 10), (2, -5, "the model said no"))
 
+    def test_answers_that_cannot_be_checked_fail_the_task_not_the_worker(self):
+        # Regression: describing an answer whose repr raises (or comparing a value whose
+        # ">" raises) crashed the worker: flag 2 said only "died with exit code 1", and
+        # the worker (its Engine) had to be rebuilt.
+        d = self.make_driver(engine=f"{ENGINES}:StrangeAnswerEngine")
+        [pid] = d.worker_pids()
+        for n, needle in ((1, "<repr() raised RuntimeError>"), (2, "<repr() raised RuntimeError>"),
+                          (3, "no comparisons for you")):
+            with self.subTest(n=n):
+                _, key, _ = d.submit(*task(n=n))
+                flag, value, message = d.wait(key, 10)
+                self.assertEqual((flag, value), (2, -1), message)
+                self.assertIn(needle, message)
+        _, key, _ = d.submit(*task(n=4))
+        self.assertEqual(d.wait(key, 10), (0, 4, ""))
+        self.assertEqual(d.worker_pids(), [pid])
+
     def test_initialize_failure_raises_with_worker_traceback(self):
         add_engines_dir()
         d = Driver(n_subprocesses=2, engine=f"{ENGINES}:FailingInitEngine")

@@ -74,6 +74,33 @@ class BadReturnEngine:
         return answers[int_feature]
 
 
+class _Unrepresentable:
+    def __repr__(self):
+        raise RuntimeError("no repr for you")
+
+
+class _ShiftyInt(int):
+    def __gt__(self, other):
+        raise RuntimeError("no comparisons for you")
+
+
+class StrangeAnswerEngine:
+    """Answers values whose checking raises: 1 an object whose repr raises, 2 a tuple
+    holding one, 3 an int whose ``>`` raises; anything else ``(int_feature, "")``."""
+
+    def initialize(self, **kwargs):
+        pass
+
+    def run(self, float_features, str_features, int_feature):
+        if int_feature == 1:
+            return _Unrepresentable()
+        if int_feature == 2:
+            return (_Unrepresentable(), "")
+        if int_feature == 3:
+            return (_ShiftyInt(5), "")
+        return int_feature, ""
+
+
 class FailingInitEngine:
     """Its ``initialize`` raises."""
 
