@@ -105,6 +105,11 @@ _MSG_RESULT = "result"  # worker -> parent: (RESULT, key, flag, value, message)
 _STOP_GRACE_S = 1.0
 """How long finalize waits for idle workers to exit before killing them."""
 
+_STARTUP_RETRIES = 3
+"""How many replacement workers in a row may die before they are ready (killed, crashed,
+without reporting an Engine failure) and still be replaced; past that the pool gives up
+on that slot. A replacement whose Engine.initialize raises is never retried."""
+
 _PREFETCH_BYTES = 32 * 1024
 """At most this many (estimated) bytes of tasks wait in a busy worker's pipe. Tasks are
 sent with the lock held; a send into a full pipe would block until the worker reads, that
@@ -259,7 +264,7 @@ class _Worker:
     """
 
     __slots__ = ("process", "conn", "pid", "ready", "queue", "head_started", "dead", "eof",
-                 "timed_out")
+                 "timed_out", "init_failed")
 
     def __init__(self, process: Any, conn: Any) -> None:
         self.process = process
@@ -271,6 +276,7 @@ class _Worker:
         self.dead = False  # must not be given tasks (killed, broken pipe, exited)
         self.eof = False  # its pipe reported EOF: stop watching it
         self.timed_out = False
+        self.init_failed = False  # reported INIT_FAILED (its Engine.initialize raised)
 
     def usable(self) -> bool:
         return self.ready and not self.dead
@@ -310,6 +316,7 @@ class _Pool:
         self.closed = False  # finalize has begun: refuse new tasks
         self.finished = False  # finalize has completed
         self.broken: Optional[str] = None  # no worker can be started any more
+        self.startup_deaths = 0  # replacements in a row that died before they were ready
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
         self.wake_pending = False
@@ -569,6 +576,7 @@ class _Pool:
             with self.lock:
                 if msg[0] == _MSG_READY:
                     w.ready = True
+                    self.startup_deaths = 0
                 elif msg[0] == _MSG_RESULT:
                     _, key, flag, value, message = msg
                     if w.queue and w.queue[0].key == key:
@@ -579,6 +587,7 @@ class _Pool:
                             self.start_head(w, now)
                 elif msg[0] == _MSG_INIT_FAILED:
                     w.dead = True
+                    w.init_failed = True
                     self.note_replacement_failure(
                         f"a replacement worker process (pid {w.pid}) failed to initialise "
                         f"its engine:\n{msg[1]}")
@@ -606,11 +615,18 @@ class _Pool:
                     f"the worker process (pid {w.pid}) running this task died with "
                     f"{_exit_text(exitcode)}; it is being replaced",
                 )
-            if not was_ready and not w.timed_out:
-                self.note_replacement_failure(
-                    f"a replacement worker process (pid {w.pid}) exited before it was ready, "
-                    f"with {_exit_text(exitcode)}")
-            replace = not self.closed and was_ready
+            retry = False
+            if not was_ready and not w.init_failed:
+                # Killed or crashed while starting (an Engine failure was noted already):
+                # try again, unless it keeps happening.
+                self.startup_deaths += 1
+                if self.startup_deaths <= _STARTUP_RETRIES:
+                    retry = True
+                else:
+                    self.note_replacement_failure(
+                        f"a replacement worker process (pid {w.pid}) exited before it was "
+                        f"ready, with {_exit_text(exitcode)} ({self.startup_deaths} in a row)")
+            replace = not self.closed and (was_ready or retry)
             self.dispatch()
         try:
             w.conn.close()

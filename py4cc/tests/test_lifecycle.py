@@ -87,6 +87,48 @@ class BrokenPoolTest(DriverTestCase):
             flag, key, message = d.submit([0.0, 0.0], ["a", "b", "c"], 3)
             self.assertEqual((flag, key), (9, 0))
             self.assertIn("no working worker process", message)
+            self.assertIn("the marker file exists", message)  # the cause, not just "exited"
+
+    def test_replacement_killed_before_ready_is_replaced(self):
+        # Regression: a replacement that died before it was ready (here: killed while its
+        # Engine initialises) was never replaced; with one worker the driver then refused
+        # every task for good ("no working worker process").
+        with tempfile.TemporaryDirectory() as tmp:
+            marker = os.path.join(tmp, "marker")
+            d = self.make_driver(config=json.dumps({"marker": marker}),
+                                 engine="py4cc_user_engines:StartupTroubleEngine")
+            [first] = d.worker_pids()
+            with open(marker, "w") as handle:
+                handle.write("sleep")
+            os.kill(first, 9)
+            self.assertTrue(wait_until(lambda: d.worker_pids() not in ([], [first])))
+            [second] = d.worker_pids()  # sleeping in Engine.initialize: not ready
+            os.remove(marker)
+            os.kill(second, 9)
+            self.assertTrue(wait_until(lambda: d.worker_pids() not in ([], [second])))
+            flag, key, message = d.submit([0.0, 0.0], ["a", "b", "c"], 5)
+            self.assertEqual(flag, 0, message)
+            self.assertEqual(d.wait(key, 20), (0, 5, ""))
+
+    def test_replacements_that_keep_dying_before_ready(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            marker = os.path.join(tmp, "marker")
+            d = self.make_driver(config=json.dumps({"marker": marker}),
+                                 engine="py4cc_user_engines:StartupTroubleEngine")
+            [pid] = d.worker_pids()
+            with open(marker, "w") as handle:
+                handle.write("exit")
+            os.kill(pid, 9)
+            # Each retry leaves worker_pids() empty for a moment: poll submit instead.
+            answers = []
+            self.assertTrue(wait_until(
+                lambda: answers.append(d.submit([0.0, 0.0], ["a", "b", "c"], 5)) or answers[-1][0] == 9,
+                timeout=20, step=0.05))
+            flag, key, message = answers[-1]
+            self.assertEqual((flag, key), (9, 0))
+            self.assertEqual(d.worker_pids(), [])
+            self.assertIn("no working worker process", message)
+            self.assertIn("exited before it was ready, with exit code 4", message)
 
 
 if __name__ == "__main__":

@@ -133,3 +133,23 @@ class FragileInitEngine:
     def run(self, float_features, str_features, int_feature):
         time.sleep(float_features[0])
         return int_feature, ""
+
+
+class StartupTroubleEngine:
+    """While the file named by ``config["marker"]`` exists, ``initialize`` misbehaves as
+    the file says: ``sleep`` (30 s, so that a test can kill it before it is ready) or
+    ``exit`` (the process exits at once with code 4)."""
+
+    def initialize(self, config, **kwargs):
+        try:
+            with open(config["marker"]) as handle:
+                what = handle.read().strip()
+        except OSError:
+            return
+        if what == "sleep":
+            time.sleep(30)
+        elif what == "exit":
+            os._exit(4)
+
+    def run(self, float_features, str_features, int_feature):
+        return int_feature, ""
