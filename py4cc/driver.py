@@ -762,6 +762,26 @@ def _stop_workers(workers: List[_Worker]) -> None:
 _LIVE_POOLS: "set[_Pool]" = set()
 
 
+def _collect_pool(pool: _Pool) -> None:
+    """The Driver's garbage-collection finalizer.
+
+    A collection runs it on whichever thread allocates, possibly the dispatcher while it
+    holds ``pool.lock`` (a Driver in a reference cycle): shutting down right there would
+    deadlock on that lock, so the dispatcher hands the work to a new thread. If a
+    shutdown is already under way (e.g. the exit hook's, on this very thread), it is left
+    to finish.
+    """
+    if pool.shutdown_lock.locked():
+        return
+    if threading.current_thread() is pool.thread:
+        try:
+            threading.Thread(target=pool.shutdown, name="py4cc-collect", daemon=True).start()
+        except RuntimeError:
+            pass  # interpreter shutting down: the exit hook stops the pool
+        return
+    pool.shutdown()
+
+
 def _shutdown_all_pools() -> None:
     for pool in list(_LIVE_POOLS):
         pool.shutdown()
@@ -909,7 +929,7 @@ class Driver:
             self.str_feature_names = str_names
             self.n_workers = n_workers
             self._pool = pool
-            self._finalizer = weakref.finalize(self, pool.shutdown)
+            self._finalizer = weakref.finalize(self, _collect_pool, pool)
             self._finalizer.atexit = False  # the module's own exit hook covers that case
             return self
 

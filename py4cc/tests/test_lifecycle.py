@@ -66,6 +66,58 @@ class ParentExitTest(unittest.TestCase):
                         [p for p in pids if pid_running(p)])
 
 
+GC_CHILD_SCRIPT = textwrap.dedent("""
+    import gc, json, time
+    from py4cc.driver import Driver
+
+    def main():
+        d = Driver(n_subprocesses=1).initialize("{}", ["a"], ["b"])
+        pool = d._pool
+        pids = d.worker_pids()
+        real = pool.note_run_time
+
+        def note_run_time(seconds):  # runs on the dispatcher thread, with pool.lock held
+            real(seconds)
+            gc.collect()  # as a collection triggered by any allocation there would
+
+        pool.note_run_time = note_run_time
+        gc.disable()  # only the dispatcher collects
+        d.submit([1.0], ["x"], 1)
+        d.cycle = d  # garbage only for the cycle collector
+        del d
+        deadline = time.monotonic() + 10
+        while not pool.finished and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print(json.dumps({"finished": pool.finished, "pids": pids}), flush=True)
+
+    if __name__ == "__main__":
+        main()
+""")
+
+
+class CollectedDriverTest(unittest.TestCase):
+    def test_collected_on_the_dispatcher_thread_holding_the_lock(self):
+        # Regression: a Driver in a reference cycle may be collected by a GC that runs on
+        # the dispatcher thread while it holds the pool's lock; its finalizer called
+        # shutdown() right there and deadlocked on that lock: the workers kept running and
+        # the exit hook hung for ever. (Run in a child, which is killed if it hangs.)
+        with tempfile.TemporaryDirectory() as tmp:
+            script = os.path.join(tmp, "child.py")
+            with open(script, "w") as handle:
+                handle.write(GC_CHILD_SCRIPT)
+            env = dict(os.environ)
+            env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+            try:
+                proc = subprocess.run([sys.executable, script], capture_output=True, text=True,
+                                      timeout=30, env=env)
+            except subprocess.TimeoutExpired as exc:
+                self.fail(f"the child hung (at exit?); its output: {exc.stdout!r}")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        report = json.loads(proc.stdout.strip().splitlines()[0])
+        self.assertTrue(report["finished"], proc.stderr)
+        self.assertTrue(wait_until(lambda: not any(map(pid_running, report["pids"])), timeout=10))
+
+
 class BrokenPoolTest(DriverTestCase):
     def test_replacement_that_cannot_start(self):
         with tempfile.TemporaryDirectory() as tmp:
