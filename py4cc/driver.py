@@ -139,14 +139,19 @@ def _load_engine_class(engine: str) -> Any:
     return obj
 
 
-def _describe(value: Any) -> str:
+def _short_repr(value: Any) -> str:
+    """repr(value), cut at 200 characters; never raises."""
     try:
         text = repr(value)
     except Exception as exc:  # a user's __repr__ may raise; so may a huge int's
         text = f"<repr() raised {type(exc).__name__}>"
     if len(text) > 200:
         text = text[:200] + "..."
-    return f"{text} (type {type(value).__name__})"
+    return text
+
+
+def _describe(value: Any) -> str:
+    return f"{_short_repr(value)} (type {type(value).__name__})"
 
 
 def _run_task(engine: Any, key: int, ff: list, sf: list, n: int) -> tuple:
@@ -1075,15 +1080,15 @@ class Driver:
         return None, (floats, strs, int(int_feature))
 
     def _lookup_error(self, key: Any) -> str:
-        return (f"unknown key {key!r}: it was never issued, was already retrieved, "
+        return (f"unknown key {_short_repr(key)}: it was never issued, was already retrieved, "
                 f"or is not a positive int")
 
     def _retrieve(self, key: Any) -> Tuple[int, int, str]:
         pool = self._pool
         if pool is None:
             if self._finalized:
-                return ERROR, 0, f"unknown key {key!r}: the driver is finalized and holds no tasks"
-            return ERROR, 0, f"unknown key {key!r}: the driver is not initialized"
+                return ERROR, 0, f"unknown key {_short_repr(key)}: the driver is finalized and holds no tasks"
+            return ERROR, 0, f"unknown key {_short_repr(key)}: the driver is not initialized"
         if not _is_int(key) or key <= 0:
             return ERROR, 0, self._lookup_error(key)
         with pool.lock:
@@ -1109,7 +1114,10 @@ class Driver:
         if timeout is None:
             limit = None
         else:
-            limit = float(timeout)
+            try:
+                limit = float(timeout)
+            except OverflowError:  # an int beyond float's range: no limit, or none at all
+                limit = math.inf if timeout > 0 else -math.inf
             if math.isnan(limit) or limit <= 0:
                 return self._retrieve(key)
             if math.isinf(limit):

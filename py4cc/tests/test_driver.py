@@ -129,6 +129,21 @@ class SubmitRetrieveTest(DriverTestCase):
         self.assertEqual(flag, 0)
         self.assertEqual(d.wait(key, 10), (0, 7 + 1 + 2 + 2, ""))
 
+    def test_huge_int_key_and_timeout(self):
+        # Regression: repr() of an int past the int-to-str digit limit raised, and float()
+        # of an int past float's range: flag 9 "... failed unexpectedly: ValueError ...".
+        d = self.shared
+        huge = 10 ** 5000
+        for answer in (d.retrieve(huge), d.wait(huge, 0.01)):
+            flag, value, message = answer
+            self.assertEqual((flag, value), (9, 0))
+            self.assertIn("unknown key", message)
+        _, key, _ = d.submit(*TASK)
+        self.assertEqual(d.wait(key, 10 ** 400), (0, big_model(*TASK), ""))
+        _, key, _ = d.submit(*TASK)
+        self.assertIn(d.wait(key, -10 ** 400)[0], (0, 1))  # does not block
+        d.wait(key, 10)
+
     def test_bad_wait_timeout(self):
         d = self.shared
         _, key, _ = d.submit(*TASK)
