@@ -326,6 +326,7 @@ class _Pool:
         os.set_blocking(self.wake_w, False)
         self.wake_pending = False
         self.thread: Optional[threading.Thread] = None
+        self.owner_pid = os.getpid()  # a forked copy of this process must not stop the workers
 
     # -- workers ------------------------------------------------------------------
 
@@ -694,7 +695,13 @@ class _Pool:
     # -- shutdown -------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Stop everything; never raises; safe to call many times and from many threads."""
+        """Stop everything; never raises; safe to call many times and from many threads.
+
+        Does nothing in a forked child of the process that started the pool (its exit
+        hook, a collected Driver, or finalize there): the workers are not its own.
+        """
+        if os.getpid() != self.owner_pid:
+            return
         try:
             self._shutdown()
         except Exception:

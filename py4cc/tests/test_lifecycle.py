@@ -8,7 +8,9 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import unittest
+import warnings
 
 from .support import DriverTestCase, pid_running, wait_until
 
@@ -116,6 +118,34 @@ class CollectedDriverTest(unittest.TestCase):
         report = json.loads(proc.stdout.strip().splitlines()[0])
         self.assertTrue(report["finished"], proc.stderr)
         self.assertTrue(wait_until(lambda: not any(map(pid_running, report["pids"])), timeout=10))
+
+
+class ForkedChildTest(DriverTestCase):
+    def test_forked_child_leaves_the_parents_workers_alone(self):
+        # Regression: a plain os.fork() child (a pre-forking server, say) that ended
+        # normally ran the exit hook on its copy of the pool and stopped the parent's
+        # workers: idle ones were told to exit, busy ones got SIGTERM (their tasks failed).
+        import py4cc.driver as driver_module
+        d = self.make_driver(n_subprocesses=2)
+        pids = d.worker_pids()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+            child = os.fork()
+        if child == 0:  # pragma: no cover - the child
+            try:
+                driver_module._shutdown_all_pools()  # what its exit hook runs
+                d.finalize()
+            finally:
+                os._exit(0)
+        if not wait_until(lambda: os.waitpid(child, os.WNOHANG)[0] != 0, timeout=10):
+            os.kill(child, 9)
+            os.waitpid(child, 0)
+            self.fail("the forked child hung")
+        time.sleep(0.3)
+        self.assertTrue(all(map(pid_running, pids)))
+        self.assertEqual(d.worker_pids(), pids)
+        _, key, _ = d.submit([1.0, 2.0], ["a", "b", "c"], 1)
+        self.assertEqual(d.wait(key, 10), (0, 7, ""))
 
 
 class BrokenPoolTest(DriverTestCase):
