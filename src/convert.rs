@@ -156,56 +156,41 @@ impl FromPython<'_> for bool {
     }
 }
 
-impl ToPython for i64 {
-    #[inline]
-    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
-        // SAFETY: GIL held; returns a new reference or NULL with an exception set.
-        unsafe { Object::from_owned_ptr(gil, ffi::PyLong_FromLongLong(*self)) }
-    }
-}
-
-impl FromPython<'_> for i64 {
-    #[inline]
-    fn from_python(object: &Object<'_>) -> Result<Self> {
-        // SAFETY: GIL held; PyLong_Check reads the type; PyLong_AsLongLong borrows an int and
-        // returns -1 with an exception set when it does not fit.
-        unsafe {
-            if ffi::PyLong_Check(object.as_ptr()) == 0 {
-                return Err(wrong_type("int", object));
+/// The two integer types CPython converts natively: its constructor, its extractor, and the
+/// value the extractor returns (with an exception set) when the int does not fit.
+macro_rules! native_int {
+    ($($int:ty: $from:ident, $as:ident, $sentinel:expr;)*) => {$(
+        impl ToPython for $int {
+            #[inline]
+            fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+                // SAFETY: GIL held; returns a new reference or NULL with an exception set.
+                unsafe { Object::from_owned_ptr(gil, ffi::$from(*self)) }
             }
-            let value = ffi::PyLong_AsLongLong(object.as_ptr());
-            if value == -1 && !ffi::PyErr_Occurred().is_null() {
-                return Err(conversion_failure(Error::fetch(object.gil()), "int does not fit in i64"));
-            }
-            Ok(value)
         }
-    }
-}
 
-impl ToPython for u64 {
-    #[inline]
-    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
-        // SAFETY: GIL held; returns a new reference or NULL with an exception set.
-        unsafe { Object::from_owned_ptr(gil, ffi::PyLong_FromUnsignedLongLong(*self)) }
-    }
-}
-
-impl FromPython<'_> for u64 {
-    #[inline]
-    fn from_python(object: &Object<'_>) -> Result<Self> {
-        // SAFETY: GIL held; PyLong_Check reads the type; PyLong_AsUnsignedLongLong borrows an
-        // int and returns u64::MAX with an exception set when it does not fit.
-        unsafe {
-            if ffi::PyLong_Check(object.as_ptr()) == 0 {
-                return Err(wrong_type("int", object));
+        impl FromPython<'_> for $int {
+            #[inline]
+            fn from_python(object: &Object<'_>) -> Result<Self> {
+                // SAFETY: GIL held; PyLong_Check reads the type; the extractor borrows an int
+                // and returns the sentinel with an exception set when it does not fit.
+                unsafe {
+                    if ffi::PyLong_Check(object.as_ptr()) == 0 {
+                        return Err(wrong_type("int", object));
+                    }
+                    let value = ffi::$as(object.as_ptr());
+                    if value == $sentinel && !ffi::PyErr_Occurred().is_null() {
+                        let what = concat!("int does not fit in ", stringify!($int));
+                        return Err(conversion_failure(Error::fetch(object.gil()), what));
+                    }
+                    Ok(value)
+                }
             }
-            let value = ffi::PyLong_AsUnsignedLongLong(object.as_ptr());
-            if value == u64::MAX && !ffi::PyErr_Occurred().is_null() {
-                return Err(conversion_failure(Error::fetch(object.gil()), "int does not fit in u64"));
-            }
-            Ok(value)
         }
-    }
+    )*};
+}
+native_int! {
+    i64: PyLong_FromLongLong, PyLong_AsLongLong, -1;
+    u64: PyLong_FromUnsignedLongLong, PyLong_AsUnsignedLongLong, u64::MAX;
 }
 
 /// Integer types converted through `i64` or `u64`, with a range check on the way back.
