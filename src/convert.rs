@@ -357,12 +357,13 @@ fn dict_from_pairs<'py, K: AsRef<str>, V: ToPython>(gil: &'py Gil, pairs: &[(K, 
     for (name, value) in pairs {
         let key = Object::from_str(gil, name.as_ref())?;
         let value = value.to_python(gil)?;
-        // SAFETY: GIL held; all borrowed; PyDict_Contains returns -1 on error, PyDict_SetItem
-        // increfs what it keeps and returns -1 on error.
+        // SAFETY: GIL held; all borrowed; PyDict_Contains returns -1 on error.
         let present = dict.check_status(unsafe { ffi::PyDict_Contains(dict.as_ptr(), key.as_ptr()) })?;
         if present == 1 {
             return Err(Error::InvalidArgument(format!("key {:?} given twice", name.as_ref())));
         }
+        // SAFETY: GIL held; all borrowed; PyDict_SetItem increfs what it keeps and returns -1
+        // on error.
         dict.check_status(unsafe { ffi::PyDict_SetItem(dict.as_ptr(), key.as_ptr(), value.as_ptr()) })?;
     }
     Ok(dict)
