@@ -3,7 +3,7 @@
 Protocol (every call may come from any thread, concurrently)::
 
     d = Driver(max_tasks=64, n_subprocesses=0, start_method="forkserver",
-               engine="py4cc.engine:Engine", task_timeout=None)
+               engine="py4cc.engine:Engine", task_timeout=None, init_timeout=None)
     d.initialize(config_json, float_feature_names, str_feature_names, **extra)
 
     d.submit(float_features, str_features, int_feature) -> (flag, key, message)
@@ -39,8 +39,9 @@ answers and hands queued tasks to workers (``submit`` hands a task straight to a
 worker itself). Because the driver knows which tasks each worker holds, a worker
 that dies or overruns ``task_timeout`` fails exactly its running task (flag 2), the
 tasks queued behind it go back to the queue, and a replacement worker is started.
-If a replacement cannot be started or cannot initialise its Engine and no worker is
-left, queued tasks fail (flag 2) and ``submit`` answers flag 9 saying why.
+If a replacement cannot be started or cannot initialise its Engine (or, with
+``init_timeout``, does not become ready in time) and no worker is left, queued tasks
+fail (flag 2) and ``submit`` answers flag 9 saying why.
 
 With ``start_method="fork"`` replacement workers are forked from a process that runs
 threads (the dispatcher, the caller's); Python 3.12+ warns about that
@@ -107,8 +108,9 @@ _STOP_GRACE_S = 1.0
 
 _STARTUP_RETRIES = 3
 """How many replacement workers in a row may die before they are ready (killed, crashed,
-without reporting an Engine failure) and still be replaced; past that the pool gives up
-on that slot. A replacement whose Engine.initialize raises is never retried."""
+killed for overrunning ``init_timeout``, without reporting an Engine failure) and still be
+replaced; past that the pool gives up on that slot. A replacement whose Engine.initialize
+raises is never retried."""
 
 _PREFETCH_BYTES = 32 * 1024
 """At most this many (estimated) bytes of tasks wait in a busy worker's pipe. Tasks are
@@ -268,20 +270,22 @@ class _Worker:
     is running (or about to run) and the others have not started.
     """
 
-    __slots__ = ("process", "conn", "pid", "ready", "queue", "head_started", "dead", "eof",
-                 "timed_out", "init_failed")
+    __slots__ = ("process", "conn", "pid", "ready", "started", "queue", "head_started", "dead",
+                 "eof", "timed_out", "init_failed", "init_timed_out")
 
     def __init__(self, process: Any, conn: Any) -> None:
         self.process = process
         self.conn = conn
         self.pid: int = process.pid
         self.ready = False  # reported READY (its Engine is initialised)
+        self.started = time.monotonic()  # when its process was started (for init_timeout)
         self.queue: Deque[_Task] = deque()
         self.head_started = 0.0  # when queue[0] was sent (or its predecessor answered)
         self.dead = False  # must not be given tasks (killed, broken pipe, exited)
         self.eof = False  # its pipe reported EOF: stop watching it
         self.timed_out = False
         self.init_failed = False  # reported INIT_FAILED (its Engine.initialize raised)
+        self.init_timed_out = False  # killed for not being ready within init_timeout
 
     def usable(self) -> bool:
         return self.ready and not self.dead
@@ -303,7 +307,8 @@ class _Pool:
     """Everything the dispatcher thread and the finalizers need; holds no Driver ref."""
 
     def __init__(self, ctx: Any, start_method: str, n_workers: int, max_tasks: int,
-                 task_timeout: Optional[float], prefetch: int, worker_args: tuple) -> None:
+                 task_timeout: Optional[float], init_timeout: Optional[float], prefetch: int,
+                 worker_args: tuple) -> None:
         self.ctx = ctx
         self.prefetch = prefetch
         self.avg_run_s: Optional[float] = None  # moving average of task run times
@@ -311,6 +316,7 @@ class _Pool:
         self.n_workers = n_workers
         self.max_tasks = max_tasks
         self.task_timeout = task_timeout
+        self.init_timeout = init_timeout
         self.worker_args = worker_args  # (engine, config, float_names, str_names, extra)
         self.lock = threading.Lock()
         self.shutdown_lock = threading.Lock()
@@ -354,11 +360,27 @@ class _Pool:
         return _Worker(process, parent_conn)
 
     def wait_ready(self, workers: List[_Worker]) -> None:
-        """Block until every worker has reported ready; raise RuntimeError if one fails."""
+        """Block until every worker has reported ready; raise RuntimeError if one fails
+        or (``init_timeout``) is not ready within ``init_timeout`` seconds of its start."""
         waiting = {w.conn: w for w in workers}
         sentinels = {w.process.sentinel: w for w in workers}
         while waiting:
-            ready = multiprocessing.connection.wait(list(waiting) + list(sentinels))
+            timeout = None
+            if self.init_timeout is not None:
+                now = time.monotonic()
+                late = [w for w in waiting.values()
+                        if now >= w.started + self.init_timeout and not w.conn.poll()]
+                if late:
+                    pids = ", ".join(str(w.pid) for w in late)
+                    raise RuntimeError(
+                        f"Driver.initialize: {len(late)} of {len(workers)} worker processes "
+                        f"(pid {pids}) did not become ready within {self.init_timeout:g} s "
+                        f"(init_timeout): the engine {self.worker_args[0]!r} was not "
+                        f"initialised yet; every worker process was stopped"
+                    )
+                timeout = max(0.0, min(w.started for w in waiting.values())
+                              + self.init_timeout - now)
+            ready = multiprocessing.connection.wait(list(waiting) + list(sentinels), timeout)
             for obj in ready:
                 if obj in waiting:
                     w = waiting[obj]
@@ -526,11 +548,15 @@ class _Pool:
                         watch[w.conn] = ("conn", w)
                     watch[w.process.sentinel] = ("exit", w)
                 timeout = None
+                deadlines: List[float] = []
                 if self.task_timeout is not None:
                     deadlines = [w.queue[0].deadline for w in self.workers
                                  if w.queue and w.queue[0].deadline is not None]
-                    if deadlines:
-                        timeout = max(0.0, min(deadlines) - time.monotonic())
+                if self.init_timeout is not None:
+                    deadlines += [w.started + self.init_timeout for w in self.workers
+                                  if not w.ready and not w.dead]
+                if deadlines:
+                    timeout = max(0.0, min(deadlines) - time.monotonic())
             ready = multiprocessing.connection.wait([self.wake_r] + list(watch), timeout)
             exited: List[_Worker] = []
             for obj in ready:
@@ -554,6 +580,8 @@ class _Pool:
                 self._reap(w)
             if self.task_timeout is not None:
                 self._expire()
+            if self.init_timeout is not None:
+                self._expire_startup()
 
     def _read_worker(self, w: _Worker) -> None:
         while True:
@@ -581,8 +609,9 @@ class _Pool:
                 return
             with self.lock:
                 if msg[0] == _MSG_READY:
-                    w.ready = True
-                    self.startup_deaths = 0
+                    if not w.init_timed_out:  # too late: it has been killed already
+                        w.ready = True
+                        self.startup_deaths = 0
                 elif msg[0] == _MSG_RESULT:
                     _, key, flag, value, message = msg
                     if w.queue and w.queue[0].key == key:
@@ -628,6 +657,12 @@ class _Pool:
                 self.startup_deaths += 1
                 if self.startup_deaths <= _STARTUP_RETRIES:
                     retry = True
+                elif w.init_timed_out:
+                    self.note_replacement_failure(
+                        f"replacement worker processes could not start within the "
+                        f"{self.init_timeout:g} s start-up limit (init_timeout): the last one "
+                        f"(pid {w.pid}) did not become ready in time and was killed "
+                        f"({self.startup_deaths} in a row)")
                 else:
                     self.note_replacement_failure(
                         f"a replacement worker process (pid {w.pid}) exited before it was "
@@ -691,6 +726,24 @@ class _Pool:
                     pass
                 # Its exit shows up on its sentinel; _reap then starts the replacement.
             self.dispatch()
+
+    def _expire_startup(self) -> None:
+        """Kill the replacement workers not ready within ``init_timeout`` of their start;
+        ``_reap`` then counts each as a failed start (and retries, up to a point)."""
+        now = time.monotonic()
+        with self.lock:
+            if self.closed:
+                return
+            for w in self.workers:
+                if w.ready or w.dead or now < w.started + self.init_timeout:
+                    continue
+                w.dead = True
+                w.init_timed_out = True
+                try:
+                    w.process.kill()
+                except Exception:
+                    pass
+                # Its exit shows up on its sentinel; _reap then decides on a replacement.
 
     # -- shutdown -------------------------------------------------------------------
 
@@ -842,8 +895,21 @@ class Driver:
     ``wait`` blocks. A task whose worker process dies, or which runs past
     ``task_timeout`` seconds (measured from when a worker starts it; its worker is then
     killed), answers flag 2 with a message saying so, and a replacement worker is
-    started. The Driver is a context manager; it is also finalized when garbage
-    collected or at interpreter exit, so no worker process is left behind.
+    started.
+
+    ``init_timeout`` (seconds, None = no limit) bounds how long a worker process may take
+    from its start until its Engine is initialised and it reports ready. ``initialize``
+    then raises RuntimeError ("... did not become ready within N s (init_timeout) ...")
+    after stopping every worker it started, instead of hanging. A replacement worker not
+    ready in time is killed and counts as a failed start: it is retried like one that
+    crashed while starting (up to 3 times in a row); past that, if no worker is left,
+    queued tasks answer flag 2 and ``submit`` flag 9, both saying that the workers could
+    not start within the limit. Without it a hanging ``Engine.initialize`` blocks
+    ``initialize`` (and a ``finalize`` from another thread) for ever, and a replacement
+    that hangs keeps its slot, not ready, for ever.
+
+    The Driver is a context manager; it is also finalized when garbage collected or at
+    interpreter exit, so no worker process is left behind.
     """
 
     def __init__(
@@ -853,6 +919,7 @@ class Driver:
         start_method: str = "forkserver",
         engine: str = DEFAULT_ENGINE,
         task_timeout: Optional[float] = None,
+        init_timeout: Optional[float] = None,
         *,
         prefetch: int = 1,
     ) -> None:
@@ -869,6 +936,7 @@ class Driver:
         self.start_method = start_method
         self.engine = engine
         self.task_timeout = task_timeout
+        self.init_timeout = init_timeout
         self.prefetch = prefetch
         self.float_feature_names: List[str] = []
         self.str_feature_names: List[str] = []
@@ -896,7 +964,9 @@ class Driver:
         Returns ``self``. Raises ValueError (bad JSON, start method, engine name or
         option), TypeError (feature names not lists of str), ImportError (engine module
         not found), RuntimeError (called twice or after finalize; a worker failed to
-        start or to initialise its Engine: the message carries its traceback).
+        start or to initialise its Engine: the message carries its traceback; a worker
+        was not ready within ``init_timeout`` seconds). When it raises, every worker
+        process it started has been stopped.
         """
         with self._state_lock:
             if self._finalized:
@@ -909,12 +979,13 @@ class Driver:
             start_method = self._check_start_method(self.start_method)
             max_tasks = self._check_max_tasks(self.max_tasks)
             n_workers = self._check_workers(self.n_subprocesses)
-            task_timeout = self._check_timeout(self.task_timeout)
+            task_timeout = self._check_timeout("task_timeout", self.task_timeout)
+            init_timeout = self._check_timeout("init_timeout", self.init_timeout)
             prefetch = self._check_prefetch(self.prefetch)
             engine = self._check_engine(self.engine)
             ctx = multiprocessing.get_context(start_method)
-            pool = _Pool(ctx, start_method, n_workers, max_tasks, task_timeout, prefetch,
-                         (engine, config, float_names, str_names, dict(extra)))
+            pool = _Pool(ctx, start_method, n_workers, max_tasks, task_timeout, init_timeout,
+                         prefetch, (engine, config, float_names, str_names, dict(extra)))
             _LIVE_POOLS.add(pool)
             try:
                 workers: List[_Worker] = []
@@ -971,7 +1042,8 @@ class Driver:
         state = "finalized" if self._finalized else ("running" if self._pool else "new")
         return (f"Driver(max_tasks={self.max_tasks!r}, n_subprocesses={self.n_subprocesses!r}, "
                 f"start_method={self.start_method!r}, engine={self.engine!r}, "
-                f"task_timeout={self.task_timeout!r}) <{state}>")
+                f"task_timeout={self.task_timeout!r}, init_timeout={self.init_timeout!r}) "
+                f"<{state}>")
 
     # -- the protocol -----------------------------------------------------------------
 
@@ -1188,12 +1260,20 @@ class Driver:
         return value
 
     @staticmethod
-    def _check_timeout(value: Any) -> Optional[float]:
+    def _check_timeout(name: str, value: Any) -> Optional[float]:
         if value is None:
             return None
-        if not _is_real(value) or not (float(value) > 0) or math.isinf(float(value)):
-            raise ValueError(f"task_timeout must be None or a positive number of seconds, got {value!r}")
-        return float(value)
+        problem = ValueError(f"{name} must be None or a positive, finite number of seconds, "
+                             f"got {_short_repr(value)}")
+        if not _is_real(value):
+            raise problem
+        try:
+            seconds = float(value)
+        except (OverflowError, ValueError, TypeError):  # e.g. an int beyond float's range
+            raise problem from None
+        if not (seconds > 0) or math.isinf(seconds):
+            raise problem
+        return seconds
 
     @staticmethod
     def _check_prefetch(value: Any) -> int:

@@ -368,6 +368,9 @@ class InitializeErrorsTest(unittest.TestCase):
         self.check_raises(ValueError, "max_tasks", options={"max_tasks": 0})
         self.check_raises(ValueError, "n_subprocesses", options={"n_subprocesses": "2"})
         self.check_raises(ValueError, "task_timeout", options={"task_timeout": -1})
+        for bad in (0, -1.5, float("nan"), float("inf"), "1", True, 10 ** 400):
+            with self.subTest(init_timeout=bad):
+                self.check_raises(ValueError, "init_timeout", options={"init_timeout": bad})
         self.check_raises(ValueError, "prefetch", options={"prefetch": -1})
 
     def test_initialize_twice(self):

@@ -10,9 +10,14 @@ import tempfile
 import textwrap
 import time
 import unittest
+import unittest.mock
 import warnings
 
-from .support import DriverTestCase, pid_running, wait_until
+from py4cc import driver as driver_module
+from py4cc.driver import Driver
+
+from .support import (FLOAT_NAMES, STR_NAMES, DriverTestCase, add_engines_dir, pid_alive,
+                      pid_running, wait_until)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -211,6 +216,83 @@ class BrokenPoolTest(DriverTestCase):
             self.assertEqual(d.worker_pids(), [])
             self.assertIn("no working worker process", message)
             self.assertIn("exited before it was ready, with exit code 4", message)
+
+
+class InitTimeoutTest(DriverTestCase):
+    def record_worker_pids(self) -> list:
+        """Patch the pool so that the pid of every worker process started lands in a list."""
+        pids: list = []
+        real_start = driver_module._Pool.start_worker
+
+        def start_worker(pool):
+            w = real_start(pool)
+            pids.append(w.pid)
+            return w
+
+        patcher = unittest.mock.patch.object(driver_module._Pool, "start_worker", start_worker)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        return pids
+
+    def test_initialize_raises_when_a_worker_is_not_ready_in_time(self):
+        # Regression: an Engine.initialize that hangs made Driver.initialize hang for ever.
+        add_engines_dir()
+        pids = self.record_worker_pids()
+        with tempfile.TemporaryDirectory() as tmp:
+            marker = os.path.join(tmp, "marker")
+            with open(marker, "w") as handle:
+                handle.write("sleep")  # Engine.initialize sleeps 30 s
+            d = Driver(n_subprocesses=2, engine="py4cc_user_engines:StartupTroubleEngine",
+                       init_timeout=0.5)
+            self.addCleanup(d.finalize)
+            start = time.monotonic()
+            with self.assertRaises(RuntimeError) as caught:
+                d.initialize(json.dumps({"marker": marker}), FLOAT_NAMES, STR_NAMES)
+            self.assertLess(time.monotonic() - start, 5)
+        self.assertIn("did not become ready within 0.5 s", str(caught.exception))
+        self.assertIn("init_timeout", str(caught.exception))
+        self.assertEqual(len(pids), 2)
+        self.assertAllGone(pids)
+        self.assertEqual(d.worker_pids(), [])
+        flag, key, message = d.submit([0.0, 0.0], ["a", "b", "c"], 1)
+        self.assertEqual((flag, key), (9, 0))
+
+    def test_replacement_not_ready_in_time_fails_queued_tasks(self):
+        # Regression: a replacement worker whose Engine.initialize hung kept its slot, not
+        # ready, for ever; with one worker, queued tasks stayed "not finished" for ever.
+        pids = self.record_worker_pids()
+        with tempfile.TemporaryDirectory() as tmp:
+            marker = os.path.join(tmp, "marker")
+            d = self.make_driver(config=json.dumps({"marker": marker}),
+                                 engine="py4cc_user_engines:StartupTroubleEngine",
+                                 init_timeout=0.5)
+            # A replacement that is ready within the limit is left alone.
+            [first] = d.worker_pids()
+            os.kill(first, 9)
+            self.assertTrue(wait_until(lambda: d.worker_pids() not in ([], [first])))
+            flag, key, message = d.submit([0.0, 0.0], ["a", "b", "c"], 5)
+            self.assertEqual(flag, 0, message)
+            self.assertEqual(d.wait(key, 10), (0, 5, ""))
+            # Replacements whose Engine.initialize hangs are killed, retried, then given up.
+            [second] = d.worker_pids()
+            with open(marker, "w") as handle:
+                handle.write("sleep")
+            os.kill(second, 9)
+            self.assertTrue(wait_until(lambda: d.worker_pids() not in ([], [second])))
+            flag, key, message = d.submit([0.0, 0.0], ["a", "b", "c"], 6)
+            self.assertEqual(flag, 0, message)
+            start = time.monotonic()
+            flag, value, message = d.wait(key, 20)
+            self.assertLess(time.monotonic() - start, 15)
+            self.assertEqual((flag, value), (2, -1), message)
+            self.assertIn("no worker process is left", message)
+            self.assertIn("could not start within the 0.5 s start-up limit (init_timeout)", message)
+            flag, key, message = d.submit([0.0, 0.0], ["a", "b", "c"], 7)
+            self.assertEqual((flag, key), (9, 0))
+            self.assertIn("could not start within the 0.5 s start-up limit", message)
+            self.assertEqual(d.worker_pids(), [])
+            self.assertEqual(len(pids), 2 + 1 + driver_module._STARTUP_RETRIES)
+            self.assertTrue(wait_until(lambda: not any(map(pid_alive, pids)), timeout=5))
 
 
 if __name__ == "__main__":
