@@ -482,7 +482,10 @@ class _Pool:
         """Give pending tasks to workers, oldest task first: to an idle worker if there
         is one, else (``prefetch`` > 0) queued behind a busy worker's current task, so that
         it starts without a round trip through this process. Returns True if a task
-        started (so the dispatcher must learn a new deadline)."""
+        started (so the dispatcher must learn a new deadline). Once finalize has begun
+        nothing is sent: its tasks are failed already."""
+        if self.closed:
+            return False
         started = False
         now = time.monotonic()
         while self.pending:
@@ -598,7 +601,7 @@ class _Pool:
                 w.eof = True
                 with self.lock:
                     w.dead = True
-                    if w.queue:
+                    if w.queue and not self.closed:
                         self.requeue_unstarted(w)
                         self.complete(w.queue.popleft(), FAILED, -1,
                                       "the worker's answer could not be read:\n" + traceback.format_exc())
@@ -608,6 +611,8 @@ class _Pool:
                     pass
                 return
             with self.lock:
+                if self.closed:
+                    return  # finalize has begun (and failed every unfinished task)
                 if msg[0] == _MSG_READY:
                     if not w.init_timed_out:  # too late: it has been killed already
                         w.ready = True
@@ -639,6 +644,12 @@ class _Pool:
             pass
         exitcode = w.process.exitcode
         with self.lock:
+            if self.closed:
+                # finalize has begun: it failed every unfinished task (those queued behind
+                # this worker's running one must not be queued again: their payload is
+                # gone) and stops the workers it finds in self.workers, this one included.
+                w.dead = True
+                return
             was_ready = w.ready
             w.dead = True
             if w in self.workers:
@@ -707,6 +718,8 @@ class _Pool:
     def _expire(self) -> None:
         now = time.monotonic()
         with self.lock:
+            if self.closed:
+                return
             for w in self.workers:
                 task = w.queue[0] if w.queue else None
                 if task is None or task.deadline is None or task.deadline > now:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import unittest
 import unittest.mock
@@ -293,6 +294,45 @@ class InitTimeoutTest(DriverTestCase):
             self.assertEqual(d.worker_pids(), [])
             self.assertEqual(len(pids), 2 + 1 + driver_module._STARTUP_RETRIES)
             self.assertTrue(wait_until(lambda: not any(map(pid_alive, pids)), timeout=5))
+
+
+class DeathDuringFinalizeTest(DriverTestCase):
+    def test_worker_death_processed_after_finalize_began(self):
+        # Regression: a worker's death handled by the dispatcher after finalize had
+        # started (and had failed every unfinished task) put the tasks queued behind its
+        # running one back in the queue and sent them to another worker: their payload
+        # was gone, so the dispatcher thread died with a TypeError. Hold the dispatcher
+        # inside the death handling until finalize has begun.
+        d = self.make_driver(n_subprocesses=2, engine="py4cc_user_engines:SleepEngine")
+        pool = d._pool
+        with pool.lock:
+            pool.avg_run_s = 60.0  # tasks are long: prefetching behind a busy worker is fine
+        keys = [d.submit([30.0, 0.0], ["a", "b", "c"], 1)[1],
+                d.submit([30.0, 0.0], ["a", "b", "c"], 2)[1],
+                d.submit([0.0, 0.0], ["a", "b", "c"], 3)[1]]  # queued behind one of them
+        with pool.lock:
+            [victim] = [w for w in pool.workers if len(w.queue) == 2]
+            self.assertTrue(all(len(w.queue) == 1 for w in pool.workers if w is not victim))
+        real_reap = pool._reap
+        entered = threading.Event()
+
+        def reap(w):
+            entered.set()
+            wait_until(lambda: pool.closed, timeout=10)
+            real_reap(w)
+
+        pool._reap = reap
+        os.kill(victim.pid, 9)
+        self.assertTrue(entered.wait(10))
+        start = time.monotonic()
+        d.finalize()
+        self.assertLess(time.monotonic() - start, 5)
+        self.assertIsNone(pool.broken)  # the dispatcher did not crash
+        self.assertFalse(pool.thread.is_alive())
+        for key in keys:
+            flag, _, message = d.retrieve(key)
+            self.assertEqual(flag, 2, message)
+            self.assertIn("finalized before this task finished", message)
 
 
 if __name__ == "__main__":
