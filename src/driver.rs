@@ -65,6 +65,10 @@ pub struct DriverOptions {
     pub engine: String,
     /// A task running longer is stopped (its worker killed and replaced) and answers `Failed`.
     pub task_timeout: Option<Duration>,
+    /// A worker whose Engine is not built and initialised within this is stopped: at
+    /// [`Driver::initialize`], which then fails; later, for a replacement worker, which is
+    /// retried a few times before its tasks answer `Failed`. `None` waits as long as it takes.
+    pub init_timeout: Option<Duration>,
     /// Directories put at the front of `sys.path`, for the user's own Engine module; every
     /// worker process sees them too, whatever the start method.
     pub python_path: Vec<PathBuf>,
@@ -78,6 +82,7 @@ impl Default for DriverOptions {
             start_method: StartMethod::default(),
             engine: "py4cc.engine:Engine".into(),
             task_timeout: None,
+            init_timeout: None,
             python_path: Vec::new(),
         }
     }
@@ -222,6 +227,7 @@ impl Driver {
                 ("start_method", &options.start_method.as_str()),
                 ("engine", &options.engine),
                 ("task_timeout", &options.task_timeout.map(|timeout| timeout.as_secs_f64())),
+                ("init_timeout", &options.init_timeout.map(|timeout| timeout.as_secs_f64())),
             ],
         )?;
         let method = |name| driver.getattr(name).map(Object::unbind);

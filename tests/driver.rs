@@ -76,6 +76,14 @@ class FailingInitEngine:
 
     def run(self, **kwargs):
         return 1, ""
+
+
+class HangingInitEngine:
+    def initialize(self, config, **kwargs):
+        time.sleep(config["init_seconds"])
+
+    def run(self, **kwargs):
+        return 1, ""
 "#;
 
 /// The directory holding `mymodule.py`, written once per test process under a fresh name.
@@ -1023,4 +1031,36 @@ fn the_driver_handles_and_errors_can_be_shared_across_threads() {
     shared_across_threads::<Driver>();
     shared_across_threads::<rs4py::Handle>();
     shared_across_threads::<Error>();
+}
+
+#[test]
+fn an_engine_that_hangs_in_initialize_fails_at_the_start_up_limit() {
+    let driver = Driver::new(DriverOptions {
+        engine: "mymodule:HangingInitEngine".into(),
+        python_path: vec![user_module_dir()],
+        init_timeout: Some(Duration::from_millis(500)),
+        ..options(StartMethod::Forkserver, 2, 4)
+    })
+    .unwrap();
+    let started = std::time::Instant::now();
+    let failed = python_error(
+        driver.initialize(r#"{"init_seconds": 60}"#, &FLOAT_NAMES, &STR_NAMES).unwrap_err(),
+        "RuntimeError",
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert!(failed.message.contains("did not become ready within 0.5 s"), "{failed:?}");
+    assert_eq!(driver.worker_pids().unwrap(), Vec::<u32>::new(), "no worker is left behind");
+
+    // A start within the limit works as usual.
+    let patient = Driver::new(DriverOptions {
+        engine: "mymodule:HangingInitEngine".into(),
+        python_path: vec![user_module_dir()],
+        init_timeout: Some(Duration::from_secs(20)),
+        ..options(StartMethod::Forkserver, 1, 4)
+    })
+    .unwrap();
+    patient.initialize(r#"{"init_seconds": 0.1}"#, &FLOAT_NAMES, &STR_NAMES).unwrap();
+    let receipt = patient.submit(&[1.0, 2.0], &["a", "b", "c"], 0);
+    assert_eq!(receipt.status, SubmitStatus::Accepted, "{receipt:?}");
+    assert_eq!(wait_long(&patient, receipt.key).value, 1);
 }
