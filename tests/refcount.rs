@@ -173,3 +173,35 @@ fn borrowed_none_is_increfed_and_released() {
     drop(many);
     assert_eq!(none.refcount(), before);
 }
+
+#[test]
+fn each_scalar_conversion_hands_over_exactly_one_reference_and_extraction_takes_none() {
+    let gil = Gil::acquire().unwrap();
+    // Values outside CPython's caches (small ints, one-character strings), so that the new
+    // object's count is ours alone.
+    let converted = [
+        123_456_789_i64.to_python(&gil).unwrap(),
+        (u64::MAX - 1).to_python(&gil).unwrap(),
+        (-70_000_i32).to_python(&gil).unwrap(),
+        2.5f64.to_python(&gil).unwrap(),
+        "Straße ﬁnal\0".to_python(&gil).unwrap(),
+        String::from("ключ 🦀").to_python(&gil).unwrap(),
+        vec![1.5, 2.5].to_python(&gil).unwrap(),
+        (1.5, "two").to_python(&gil).unwrap(),
+    ];
+    for object in &converted {
+        assert_eq!(object.refcount(), 1, "{object:?}");
+    }
+    let _: i64 = converted[0].extract().unwrap();
+    let _: u64 = converted[1].extract().unwrap();
+    let _: i32 = converted[2].extract().unwrap();
+    let _: f64 = converted[3].extract().unwrap();
+    let _: String = converted[4].extract().unwrap();
+    let _: String = converted[5].extract().unwrap();
+    let _: Vec<f64> = converted[6].extract().unwrap();
+    let _: (f64, String) = converted[7].extract().unwrap();
+    assert!(converted[4].extract::<i64>().is_err());
+    for object in &converted {
+        assert_eq!(object.refcount(), 1, "extraction left {object:?} as it was");
+    }
+}
