@@ -262,7 +262,9 @@ impl Driver {
         let str_features: Vec<&str> = str_features.iter().map(AsRef::as_ref).collect();
         let answer = {
             let _serial = self.lock_calls();
-            self.call_python(&self.python.submit, (float_features, str_features, int_feature))
+            self.call_python(&self.python.submit, (float_features, str_features, int_feature), |answer| {
+                answer.extract()
+            })
         };
         match answer {
             Ok((code, key, message)) => match SubmitStatus::from_code(code) {
@@ -279,7 +281,7 @@ impl Driver {
     pub fn retrieve(&self, key: i64) -> TaskResult {
         let answer = {
             let _serial = self.lock_calls();
-            self.call_python(&self.python.retrieve, (key,))
+            self.call_python(&self.python.retrieve, (key,), read_result)
         };
         task_result(key, answer, "retrieve")
     }
@@ -290,7 +292,7 @@ impl Driver {
     pub fn wait(&self, key: i64, timeout: Duration) -> TaskResult {
         // Python's wait blocks on an Event, which releases the GIL; the py4cc driver is
         // thread-safe, so this call does not take the mutex at all.
-        let answer = self.call_python(&self.python.wait, (key, timeout.as_secs_f64()));
+        let answer = self.call_python(&self.python.wait, (key, timeout.as_secs_f64()), read_result);
         task_result(key, answer, "wait")
     }
 
@@ -323,10 +325,15 @@ impl Driver {
         self.python.driver.bind(&gil).getattr("n_workers")?.extract()
     }
 
-    /// Calls one of the Python driver's methods and reads its `(flag, int, message)` answer.
-    fn call_python(&self, method: &Handle, args: impl crate::IntoArgs) -> Result<(i64, i64, String)> {
+    /// Calls one of the Python driver's methods and reads its answer with `read`.
+    fn call_python<T>(
+        &self,
+        method: &Handle,
+        args: impl crate::IntoArgs,
+        read: impl for<'py> FnOnce(Object<'py>) -> Result<T>,
+    ) -> Result<T> {
         let gil = Gil::acquire()?;
-        method.bind(&gil).call(args, ())?.extract()
+        read(method.bind(&gil).call(args, ())?)
     }
 
     /// Takes the mutex that serialises calls into Python. A thread that holds the GIL lets
@@ -348,12 +355,29 @@ impl Drop for Driver {
     }
 }
 
-fn task_result(key: i64, answer: Result<(i64, i64, String)>, call: &str) -> TaskResult {
+/// The `(flag, value, message)` answer of `retrieve` or `wait`, with the value read apart: an
+/// Engine may answer an int too large for `i64`, and by then py4cc has removed the task.
+fn read_result(answer: Object<'_>) -> Result<(i64, Result<i64>, String)> {
+    let (code, value, message): (i64, Object<'_>, String) = answer.extract()?;
+    Ok((code, value.extract(), message))
+}
+
+fn task_result(key: i64, answer: Result<(i64, Result<i64>, String)>, call: &str) -> TaskResult {
     match answer {
-        Ok((code, value, message)) => match ResultStatus::from_code(code) {
+        Ok((code, Ok(value), message)) => match ResultStatus::from_code(code) {
             Some(status) => TaskResult { status, key, value, message },
             None => TaskResult { status: ResultStatus::Error, key, value: 0, message: unknown_flag(code, &message) },
         },
+        Ok((code, Err(error), message)) => {
+            // Done or Failed: the task is gone on the Python side, so it must not look
+            // untouched (Error); it failed, for a reason the message gives.
+            let status = match ResultStatus::from_code(code) {
+                Some(ResultStatus::Done | ResultStatus::Failed) => ResultStatus::Failed,
+                _ => ResultStatus::Error,
+            };
+            let message = format!("the model's answer cannot be an i64 value ({error}); {message}");
+            TaskResult { status, key, value: 0, message: message.trim_end_matches("; ").to_owned() }
+        }
         Err(error) => {
             TaskResult { status: ResultStatus::Error, key, value: 0, message: format!("{call} failed: {error}") }
         }

@@ -67,6 +67,8 @@ class ScriptedEngine(Engine):
             raise RuntimeError("the scripted engine raised on purpose")
         elif command == "zero":
             return 0, ""
+        elif command == "huge":
+            return 2 ** 70, ""
         return super().run(float_features, str_features, int_feature)
 
 
@@ -1063,4 +1065,19 @@ fn an_engine_that_hangs_in_initialize_fails_at_the_start_up_limit() {
     let receipt = patient.submit(&[1.0, 2.0], &["a", "b", "c"], 0);
     assert_eq!(receipt.status, SubmitStatus::Accepted, "{receipt:?}");
     assert_eq!(wait_long(&patient, receipt.key).value, 1);
+}
+
+#[test]
+fn an_answer_too_large_for_i64_fails_its_task_with_a_reason() {
+    let driver = scripted_driver(options(StartMethod::Forkserver, 1, 4));
+    let receipt = driver.submit(&[1.0, 2.0], &["huge"], 0);
+    assert_eq!(receipt.status, SubmitStatus::Accepted, "{receipt:?}");
+    let result = wait_long(&driver, receipt.key);
+    assert_eq!((result.status, result.value), (ResultStatus::Failed, 0), "{result:?}");
+    assert!(result.message.starts_with("the model's answer cannot be an i64 value"), "{result:?}");
+    assert!(result.message.contains("int does not fit in i64"), "{result:?}");
+    // The task is gone, as for any failure, and the driver goes on.
+    assert_eq!(driver.retrieve(receipt.key).status, ResultStatus::Error);
+    let next = driver.submit(&[1.0, 2.0], &["fine"], 5);
+    assert_done(&wait_long(&driver, next.key), scripted_value([1.0, 2.0], "fine", 5));
 }
