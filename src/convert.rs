@@ -315,9 +315,10 @@ impl<'py, T: FromPython<'py>> FromPython<'py> for Vec<T> {
             }
             Object::from_owned_ptr(object.gil(), ffi::PySequence_Tuple(object.as_ptr()))?
         };
-        // SAFETY: `items` is a tuple (PySequence_Tuple's result) and every index is below its length.
+        // SAFETY: `items` is a tuple (PySequence_Tuple's result).
         (0..unsafe { items.tuple_len() })
             .map(|index| {
+                // SAFETY: `items` is a tuple and `index` is below its length.
                 let item = unsafe { items.tuple_item(index) }?;
                 T::from_python(&item).map_err(|e| in_item(e, &format!("item {index}")))
             })

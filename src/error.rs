@@ -129,8 +129,11 @@ impl PythonException {
             // SAFETY: GIL held; both borrowed; the check makes sure `value` really is an
             // exception (a C extension may raise anything); it increfs the traceback it keeps.
             unsafe {
-                if ffi::PyExceptionInstance_Check(value.as_ptr()) != 0 {
-                    ffi::PyException_SetTraceback(value.as_ptr(), traceback.as_ptr());
+                if ffi::PyExceptionInstance_Check(value.as_ptr()) != 0
+                    && ffi::PyException_SetTraceback(value.as_ptr(), traceback.as_ptr()) < 0
+                {
+                    // Only a non-traceback object makes it fail; report the exception without.
+                    ffi::PyErr_Clear();
                 }
             }
         }

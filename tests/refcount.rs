@@ -205,3 +205,42 @@ fn each_scalar_conversion_hands_over_exactly_one_reference_and_extraction_takes_
         assert_eq!(object.refcount(), 1, "extraction left {object:?} as it was");
     }
 }
+
+#[test]
+fn import_and_the_object_protocol_calls_leave_counts_as_they_were() {
+    let gil = Gil::acquire().unwrap();
+    // A module of this test's own, so that no other thread holds references to it.
+    let module = gil.import("types").unwrap().call_method("ModuleType", ("rs4py_refcount_probe",), ()).unwrap();
+    gil.import("sys")
+        .unwrap()
+        .getattr("modules")
+        .unwrap()
+        .call_method("__setitem__", ("rs4py_refcount_probe", &module), ())
+        .unwrap();
+    let before = module.refcount();
+    for _ in 0..50 {
+        let again = gil.import("rs4py_refcount_probe").unwrap();
+        assert!(again.is(&module));
+    }
+    assert_eq!(module.refcount(), before, "import hands back one reference per call, released on drop");
+
+    let list = gil.eval("[object(), object()]").unwrap();
+    let item = list.get_item(0).unwrap();
+    let item_count = item.refcount();
+    for _ in 0..50 {
+        assert!(list.contains(&item).unwrap());
+        assert!(item.eq(&item).unwrap());
+        assert!(list.get_item(0).unwrap().is(&item));
+        let _ = (item.str().unwrap(), item.repr().unwrap(), list.len().unwrap());
+        let truth = true.to_python(&gil).unwrap();
+        assert!(truth.extract::<bool>().unwrap());
+    }
+    assert_eq!(item.refcount(), item_count);
+    assert_eq!(list.refcount(), 1);
+    let truth = true.to_python(&gil).unwrap();
+    let true_count = truth.refcount();
+    let more: Vec<_> = (0..10).map(|_| true.to_python(&gil).unwrap()).collect();
+    assert_eq!(truth.refcount(), true_count + 10, "each bool conversion owns one reference to True");
+    drop(more);
+    assert_eq!(truth.refcount(), true_count);
+}
