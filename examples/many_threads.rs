@@ -29,6 +29,10 @@ struct Args {
 const USAGE: &str = "usage: many_threads [--tasks N] [--threads N] [--workers N (0 = one per CPU)] [--seed N] \
                      [--start-method fork|forkserver|spawn] [--mode poll|wait]";
 
+/// Bounds that keep a typo from exhausting memory or threads; far above the reference run.
+const MAX_TASKS: usize = 10_000_000;
+const MAX_THREADS: usize = 4096;
+
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         tasks: 1000,
@@ -39,19 +43,28 @@ fn parse_args() -> Result<Args, String> {
         mode: Mode::Poll,
     };
     let mut words = std::env::args().skip(1);
-    while let Some(flag) = words.next() {
-        if flag == "--help" || flag == "-h" {
+    while let Some(word) = words.next() {
+        if word == "--help" || word == "-h" {
             return Err(USAGE.into());
         }
-        let value = words.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        // Both `--flag value` and `--flag=value`, as the harness's argparse takes them.
+        let (flag, value) = match word.split_once('=') {
+            Some((flag, value)) => (flag.to_string(), value.to_string()),
+            None => {
+                let value = words.next().ok_or_else(|| format!("{word} needs a value\n{USAGE}"))?;
+                (word, value)
+            }
+        };
         fn number<T: FromStr>(flag: &str, value: &str) -> Result<T, String> {
             value.parse().map_err(|_| format!("{flag}: {value:?} is not a valid number\n{USAGE}"))
         }
         match flag.as_str() {
             "--tasks" => args.tasks = number(&flag, &value)?,
             "--threads" => args.threads = number(&flag, &value)?,
-            "--workers" => args.workers = number(&flag, &value)?,
-            "--seed" => args.seed = number(&flag, &value)?,
+            // As the harness: 0 or less means one worker per CPU.
+            "--workers" => args.workers = number::<i64>(&flag, &value)?.max(0) as usize,
+            // As the harness: any integer, taken modulo 2^64 (a negative seed wraps).
+            "--seed" => args.seed = number::<i128>(&flag, &value)? as u64,
             "--start-method" => args.start_method = value.parse().map_err(|e| format!("{e}\n{USAGE}"))?,
             "--mode" => {
                 args.mode = match value.as_str() {
@@ -63,8 +76,11 @@ fn parse_args() -> Result<Args, String> {
             _ => return Err(format!("unknown flag {flag:?}\n{USAGE}")),
         }
     }
-    if args.threads == 0 {
-        return Err(format!("--threads must be at least 1\n{USAGE}"));
+    if args.threads == 0 || args.threads > MAX_THREADS {
+        return Err(format!("--threads must be from 1 to {MAX_THREADS}\n{USAGE}"));
+    }
+    if args.tasks > MAX_TASKS {
+        return Err(format!("--tasks must be at most {MAX_TASKS}\n{USAGE}"));
     }
     Ok(args)
 }

@@ -79,6 +79,7 @@ __all__ = [
     "ERROR",
     "CAPACITY_MESSAGE",
     "NOT_FINISHED_MESSAGE",
+    "MAX_WORKERS",
 ]
 
 OK = 0
@@ -102,6 +103,9 @@ _MSG_READY = "ready"  # worker -> parent: (READY, pid)
 _MSG_INIT_FAILED = "init-failed"  # worker -> parent: (INIT_FAILED, traceback text)
 _MSG_RESULT = "result"  # worker -> parent: (RESULT, key, flag, value, message)
 # parent -> worker: (key, float_features, str_features, int_feature), or None to stop.
+
+MAX_WORKERS = 1024
+"""The most worker processes one Driver starts."""
 
 _STOP_GRACE_S = 1.0
 """How long finalize waits for idle workers to exit before killing them."""
@@ -1268,6 +1272,9 @@ class Driver:
         if not _is_int(value):
             raise ValueError(f"n_subprocesses must be an int (<= 0 means one per CPU), got {value!r}")
         value = int(value)
+        if value > MAX_WORKERS:
+            # A typo (or usize::MAX from Rust) would otherwise fork until the system refuses.
+            raise ValueError(f"n_subprocesses must be at most {MAX_WORKERS}, got {_short_repr(value)}")
         if value <= 0:
             value = os.cpu_count() or 1
         return value

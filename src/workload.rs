@@ -53,8 +53,12 @@ impl SplitMix64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
-    /// An integer in `[0, n)` (plain modulo, as the Python side). `n` must be positive.
+    /// An integer in `[0, n)` (plain modulo, as the Python side).
+    ///
+    /// # Panics
+    /// If `n` is 0, as Python's `below(0)` raises: there is no integer in `[0, 0)`.
     pub fn below(&mut self, n: usize) -> usize {
+        assert!(n > 0, "SplitMix64::below needs a positive bound");
         (self.next_u64() % n as u64) as usize
     }
 }
@@ -140,20 +144,24 @@ pub fn task_digest(tasks: &[Task]) -> String {
 
 /// The demo model, computed in Rust: `int(sum of |v|) + sum of len(s.upper()) +
 /// max(0, int_feature)`, with lengths in code points after full Unicode upper-casing.
-/// `None` where Python's `int()` would raise (a NaN or infinite sum).
+/// `None` where Python's `int()` would raise (a NaN or infinite sum) or the answer does not
+/// fit in an `i64` (Python's would be a larger int).
 ///
 /// ```
 /// use rs4py::workload::big_model;
 /// assert_eq!(big_model(&[-1.5, 2.7], &["straße"], -4), Some(4 + 7));
 /// assert_eq!(big_model(&[f64::NAN], &[] as &[&str], 0), None);
+/// assert_eq!(big_model(&[1e19], &[] as &[&str], 0), None);
+/// assert_eq!(big_model(&[1.0], &[] as &[&str], i64::MAX), None);
 /// ```
 pub fn big_model(float_features: &[f64], str_features: &[impl AsRef<str>], int_feature: i64) -> Option<i64> {
-    let total = float_features.iter().fold(0.0, |total, value| total + value.abs());
-    if !total.is_finite() {
-        return None;
+    let total = float_features.iter().fold(0.0, |total, value| total + value.abs()).trunc();
+    // 2^63 is exact as an f64; anything below it converts to i64 without loss of the integer.
+    if total.is_nan() || total >= 9_223_372_036_854_775_808.0 {
+        return None; // NaN, infinite, or too large
     }
     let upper_len: usize = str_features.iter().map(|text| text.as_ref().to_uppercase().chars().count()).sum();
-    Some(total.trunc() as i64 + upper_len as i64 + int_feature.max(0))
+    (total as i64).checked_add(i64::try_from(upper_len).ok()?)?.checked_add(int_feature.max(0))
 }
 
 /// How long, in seconds, the demo Engine sleeps for a task whose answer is `z`:
@@ -243,15 +251,19 @@ pub fn run(driver: &Driver, tasks: &[Task], threads: usize, mode: Mode) -> Vec<O
     thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|first| {
-                scope.spawn(move || {
-                    (first..tasks.len())
-                        .step_by(threads)
-                        .map(|index| (index, run_one(driver, &tasks[index], mode)))
-                        .collect::<Vec<_>>()
-                })
+                // A thread the system refuses leaves its tasks without a result: reported,
+                // not a panic.
+                thread::Builder::new()
+                    .spawn_scoped(scope, move || {
+                        (first..tasks.len())
+                            .step_by(threads)
+                            .map(|index| (index, run_one(driver, &tasks[index], mode)))
+                            .collect::<Vec<_>>()
+                    })
+                    .ok()
             })
             .collect();
-        for worker in workers {
+        for worker in workers.into_iter().flatten() {
             // run_one never panics; a panicking thread would leave its tasks as missing.
             for (index, outcome) in worker.join().unwrap_or_default() {
                 outcomes[index] = Some(outcome);
@@ -310,9 +322,13 @@ impl Report {
     ) -> Report {
         let mut problems = Vec::new();
         let mut sleep_total = 0.0;
-        for (index, (task, outcome)) in tasks.iter().zip(outcomes).enumerate() {
+        for (index, task) in tasks.iter().enumerate() {
             let expected = big_model(&task.float_features, &task.str_features, task.int_feature);
             sleep_total += expected.map(task_sleep_seconds).unwrap_or_default();
+            let Some(outcome) = outcomes.get(index) else {
+                problems.push(format!("task {index}: no result"));
+                continue;
+            };
             if outcome.status != ResultStatus::Done || Some(outcome.value) != expected {
                 let message = outcome.message.trim();
                 let tail_start = message.char_indices().rev().nth(299).map_or(0, |(index, _)| index);
@@ -410,6 +426,26 @@ mod tests {
         assert_eq!(round(0.10825, 4), 0.1082);
         assert_eq!(round(2.675, 2), 2.67);
         assert_eq!(round(1457.04, 1), 1457.0);
+    }
+
+    #[test]
+    fn a_wrong_failed_or_missing_result_is_a_problem() {
+        let tasks = make_tasks(4, 3);
+        let expected: Vec<i64> =
+            tasks.iter().map(|t| big_model(&t.float_features, &t.str_features, t.int_feature).unwrap()).collect();
+        let outcome = |status, value| Outcome { status, value, message: String::new(), latency: Duration::ZERO };
+        let outcomes = [
+            outcome(ResultStatus::Done, expected[0]),
+            outcome(ResultStatus::Done, expected[1] + 1),
+            outcome(ResultStatus::Failed, expected[2]),
+        ];
+        let report = Report::new(&tasks, 2, 1, Mode::Poll, Duration::from_secs(1), &outcomes);
+        assert_eq!(report.verified, 1);
+        assert_eq!(report.problems.len(), 3, "{:?}", report.problems);
+        assert!(report.problems[0].starts_with("task 1: Done"), "{:?}", report.problems);
+        assert!(report.problems[1].starts_with("task 2: Failed"), "{:?}", report.problems);
+        assert_eq!(report.problems[2], "task 3: no result");
+        assert!(report.to_json().contains("\"verified\": 1, \"errors\": 3"), "{}", report.to_json());
     }
 
     #[test]

@@ -1081,3 +1081,19 @@ fn an_answer_too_large_for_i64_fails_its_task_with_a_reason() {
     let next = driver.submit(&[1.0, 2.0], &["fine"], 5);
     assert_done(&wait_long(&driver, next.key), scripted_value([1.0, 2.0], "fine", 5));
 }
+
+#[test]
+fn absurd_options_are_refused_at_initialize_with_the_reason() {
+    let cases = [
+        (DriverOptions { n_subprocesses: usize::MAX, ..Default::default() }, "at most 1024"),
+        (DriverOptions { max_tasks: 0, ..Default::default() }, "max_tasks"),
+        (DriverOptions { task_timeout: Some(Duration::ZERO), ..Default::default() }, "task_timeout"),
+        (DriverOptions { engine: "not an engine name".into(), ..Default::default() }, "module:Class"),
+    ];
+    for (options, reason) in cases {
+        let driver = Driver::new(options).unwrap();
+        let refused = python_error(driver.initialize("{}", &FLOAT_NAMES, &STR_NAMES).unwrap_err(), "ValueError");
+        assert!(refused.message.contains(reason), "{refused:?}");
+        assert_eq!(driver.worker_pids().unwrap(), Vec::<u32>::new());
+    }
+}

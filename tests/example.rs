@@ -81,6 +81,8 @@ fn bad_flags_get_the_usage_and_exit_code_2() {
         &["--tasks", "many"][..],
         &["--mode", "fast"],
         &["--threads", "0"],
+        &["--threads=100000"],
+        &["--tasks", "18446744073709551615"],
         &["--start-method", "thread"],
         &["--bogus", "1"],
         &["--tasks"],
@@ -91,4 +93,26 @@ fn bad_flags_get_the_usage_and_exit_code_2() {
         assert!(stderr.contains("usage: many_threads"), "{args:?}: {stderr}");
         assert!(output.stdout.is_empty(), "{args:?}");
     }
+}
+
+#[test]
+fn flags_are_read_as_the_harness_reads_them() {
+    // `--flag=value`, a negative seed (taken modulo 2^64) and workers <= 0 (one per CPU).
+    let flags = ["--tasks=6", "--threads=2", "--workers=-1", "--seed=-1", "--mode=poll"];
+    let example = Command::new(example_binary()).args(flags).output().unwrap();
+    assert!(example.status.success(), "{}", String::from_utf8_lossy(&example.stderr));
+    let harness = Command::new(rs4py::build_python().executable)
+        .args(["-m", "py4cc.harness"])
+        .args(flags)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(harness.status.success(), "{}", String::from_utf8_lossy(&harness.stderr));
+    let field = |output: &Output, key: &str| {
+        json_fields(&last_line(output)).into_iter().find(|(k, _)| k == key).map(|(_, v)| v).unwrap()
+    };
+    for key in ["tasks", "threads", "workers", "digest"] {
+        assert_eq!(field(&example, key), field(&harness, key), "{key}");
+    }
+    assert_eq!(rs4py::workload::task_digest(&rs4py::workload::make_tasks(6, u64::MAX)), field(&example, "digest"));
 }

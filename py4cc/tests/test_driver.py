@@ -367,6 +367,7 @@ class InitializeErrorsTest(unittest.TestCase):
     def test_bad_options(self):
         self.check_raises(ValueError, "max_tasks", options={"max_tasks": 0})
         self.check_raises(ValueError, "n_subprocesses", options={"n_subprocesses": "2"})
+        self.check_raises(ValueError, "at most 1024", options={"n_subprocesses": 2 ** 64 - 1})
         self.check_raises(ValueError, "task_timeout", options={"task_timeout": -1})
         for bad in (0, -1.5, float("nan"), float("inf"), "1", True, 10 ** 400):
             with self.subTest(init_timeout=bad):
