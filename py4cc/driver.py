@@ -994,11 +994,11 @@ class Driver:
             float_names = self._check_names("float_feature_names", float_feature_names)
             str_names = self._check_names("str_feature_names", str_feature_names)
             start_method = self._check_start_method(self.start_method)
-            max_tasks = self._check_max_tasks(self.max_tasks)
+            max_tasks = self._check_int_at_least("max_tasks", self.max_tasks, 1)
             n_workers = self._check_workers(self.n_subprocesses)
             task_timeout = self._check_timeout("task_timeout", self.task_timeout)
             init_timeout = self._check_timeout("init_timeout", self.init_timeout)
-            prefetch = self._check_prefetch(self.prefetch)
+            prefetch = self._check_int_at_least("prefetch", self.prefetch, 0)
             engine = self._check_engine(self.engine)
             ctx = multiprocessing.get_context(start_method)
             pool = _Pool(ctx, start_method, n_workers, max_tasks, task_timeout, init_timeout,
@@ -1262,9 +1262,9 @@ class Driver:
         return method
 
     @staticmethod
-    def _check_max_tasks(value: Any) -> int:
-        if not _is_int(value) or value < 1:
-            raise ValueError(f"max_tasks must be a positive int, got {value!r}")
+    def _check_int_at_least(name: str, value: Any, minimum: int) -> int:
+        if not _is_int(value) or value < minimum:
+            raise ValueError(f"{name} must be an int >= {minimum}, got {_short_repr(value)}")
         return int(value)
 
     @staticmethod
@@ -1294,12 +1294,6 @@ class Driver:
         if not (seconds > 0) or math.isinf(seconds):
             raise problem
         return seconds
-
-    @staticmethod
-    def _check_prefetch(value: Any) -> int:
-        if not _is_int(value) or value < 0:
-            raise ValueError(f"prefetch must be an int >= 0, got {value!r}")
-        return int(value)
 
     @staticmethod
     def _check_engine(engine: Any) -> str:
