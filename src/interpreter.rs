@@ -131,10 +131,7 @@ unsafe fn initialize() -> Result<()> {
         let preconfig = preconfig.assume_init_mut();
         preconfig.coerce_c_locale = 0;
         preconfig.coerce_c_locale_warn = 0;
-        let status = ffi::Py_PreInitialize(preconfig);
-        if ffi::PyStatus_Exception(status) != 0 {
-            return Err(Error::Start(status_message(&status)));
-        }
+        start_status(ffi::Py_PreInitialize(preconfig))?;
     }
 
     let mut config = MaybeUninit::<ffi::PyConfig>::uninit();
@@ -153,9 +150,7 @@ unsafe fn initialize() -> Result<()> {
             status = ffi::Py_InitializeFromConfig(config);
         }
         ffi::PyConfig_Clear(config);
-        if ffi::PyStatus_Exception(status) != 0 {
-            return Err(Error::Start(status_message(&status)));
-        }
+        start_status(status)?;
         // Py_InitializeFromConfig leaves this thread holding the GIL; hand it back so that any
         // thread can take it. The thread state stays registered for this thread's later use.
         ffi::PyEval_SaveThread();
@@ -210,6 +205,12 @@ fn check_loaded_library(loaded: &CStr) -> Result<()> {
          rs4py README) or set LD_LIBRARY_PATH",
         build.version, build.executable, build.lib_dir
     )))
+}
+
+/// A start step's status: fine, or the error it describes.
+fn start_status(status: ffi::PyStatus) -> Result<()> {
+    // SAFETY: PyStatus_Exception only reads the struct, and may be called before Python runs.
+    if unsafe { ffi::PyStatus_Exception(status) } == 0 { Ok(()) } else { Err(Error::Start(status_message(&status))) }
 }
 
 fn status_message(status: &ffi::PyStatus) -> String {
