@@ -291,6 +291,14 @@ class _Worker:
         self.init_failed = False  # reported INIT_FAILED (its Engine.initialize raised)
         self.init_timed_out = False  # killed for not being ready within init_timeout
 
+    def release(self) -> None:
+        """Close this worker's pipe end and process handle (it has exited); never raises."""
+        for close in (self.conn.close, self.process.close):
+            try:
+                close()
+            except Exception:
+                pass
+
     def usable(self) -> bool:
         return self.ready and not self.dead
 
@@ -684,14 +692,7 @@ class _Pool:
                         f"ready, with {_exit_text(exitcode)} ({self.startup_deaths} in a row)")
             replace = not self.closed and (was_ready or retry)
             self.dispatch()
-        try:
-            w.conn.close()
-        except Exception:
-            pass
-        try:
-            w.process.close()
-        except Exception:
-            pass
+        w.release()
         if replace:
             self._replace()
 
@@ -831,14 +832,7 @@ def _stop_workers(workers: List[_Worker]) -> None:
                 w.process.join(5.0)
         except Exception:
             pass
-        try:
-            w.conn.close()
-        except Exception:
-            pass
-        try:
-            w.process.close()
-        except Exception:
-            pass
+        w.release()
 
 
 _LIVE_POOLS: "set[_Pool]" = set()
