@@ -20,7 +20,7 @@ use std::hash::BuildHasher;
 use pyo3_ffi as ffi;
 
 use crate::error::{Error, Result};
-use crate::gil::Gil;
+use crate::gil::GilToken;
 use crate::object::{Handle, Object};
 
 /// A Rust value that can become a Python object.
@@ -28,13 +28,13 @@ use crate::object::{Handle, Object};
 /// ```
 /// use rs4py::ToPython;
 /// let gil = rs4py::Gil::acquire()?;
-/// let text = "nul\0inside, and ✓".to_python(&gil)?;
+/// let text = "nul\0inside, and ✓".to_python(gil.token())?;
 /// assert_eq!(text.call_method("__len__", (), ())?.extract::<usize>()?, 17);
 /// # Ok::<(), rs4py::Error>(())
 /// ```
 pub trait ToPython {
     /// A new Python object for this value.
-    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>>;
+    fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>>;
 }
 
 /// A Rust value that can be made from a Python object. A Python value of the wrong type, or a
@@ -58,7 +58,7 @@ pub trait IntoArgs {
     type Objects<'py>: AsRef<[Object<'py>]>;
 
     /// Converts every argument.
-    fn into_objects<'py>(self, gil: &'py Gil) -> Result<Self::Objects<'py>>;
+    fn into_objects<'py>(self, gil: GilToken<'py>) -> Result<Self::Objects<'py>>;
 }
 
 /// The keyword arguments of a call: `()` for none, or `(name, value)` pairs as an array, a
@@ -76,7 +76,7 @@ pub trait IntoArgs {
 /// ```
 pub trait IntoKwargs {
     /// The keyword arguments as a Python dict, or `None` for no keyword arguments.
-    fn into_kwargs<'py>(self, gil: &'py Gil) -> Result<Option<Object<'py>>>;
+    fn into_kwargs<'py>(self, gil: GilToken<'py>) -> Result<Option<Object<'py>>>;
 }
 
 /// A Python error met while converting, reported as a conversion failure.
@@ -93,14 +93,14 @@ fn wrong_type(expected: &str, object: &Object<'_>) -> Error {
 
 impl<T: ToPython + ?Sized> ToPython for &T {
     #[inline]
-    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+    fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
         (**self).to_python(gil)
     }
 }
 
 impl ToPython for Object<'_> {
     #[inline]
-    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+    fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
         // SAFETY: GIL held (gil, on this thread like self's); self is a live reference, the
         // borrowed pointer is incref'd into a new guard.
         unsafe { Object::from_borrowed_ptr(gil, self.as_ptr()) }
@@ -116,14 +116,14 @@ impl<'py> FromPython<'py> for Object<'py> {
 
 impl ToPython for Handle {
     #[inline]
-    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+    fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
         Ok(self.bind(gil))
     }
 }
 
 impl ToPython for () {
     #[inline]
-    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+    fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
         Ok(gil.none())
     }
 }
@@ -137,7 +137,7 @@ impl FromPython<'_> for () {
 
 impl ToPython for bool {
     #[inline]
-    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+    fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
         // SAFETY: GIL held; PyBool_FromLong returns a new reference to True or False.
         unsafe { Object::from_owned_ptr(gil, ffi::PyBool_FromLong(libc::c_long::from(*self))) }
     }
@@ -162,7 +162,7 @@ macro_rules! native_int {
     ($($int:ty: $from:ident, $as:ident, $sentinel:expr;)*) => {$(
         impl ToPython for $int {
             #[inline]
-            fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+            fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
                 // SAFETY: GIL held; returns a new reference or NULL with an exception set.
                 unsafe { Object::from_owned_ptr(gil, ffi::$from(*self)) }
             }
@@ -198,7 +198,7 @@ macro_rules! int_through {
     ($wide:ty: $($narrow:ty),*) => {$(
         impl ToPython for $narrow {
             #[inline]
-            fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+            fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
                 <$wide>::try_from(*self)
                     .map_err(|_| Error::Conversion(format!("{} does not fit in a Python int", self)))?
                     .to_python(gil)
@@ -222,7 +222,7 @@ int_through!(u64: usize);
 
 impl ToPython for f64 {
     #[inline]
-    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+    fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
         // SAFETY: GIL held; returns a new reference or NULL with an exception set.
         unsafe { Object::from_owned_ptr(gil, ffi::PyFloat_FromDouble(*self)) }
     }
@@ -248,14 +248,14 @@ impl FromPython<'_> for f64 {
 
 impl ToPython for str {
     #[inline]
-    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+    fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
         Object::from_str(gil, self)
     }
 }
 
 impl ToPython for String {
     #[inline]
-    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+    fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
         Object::from_str(gil, self)
     }
 }
@@ -285,21 +285,21 @@ impl FromPython<'_> for String {
 
 impl<T: ToPython> ToPython for [T] {
     #[inline]
-    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+    fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
         Object::new_list(gil, self.iter().map(|item| item.to_python(gil)))
     }
 }
 
 impl<T: ToPython, const N: usize> ToPython for [T; N] {
     #[inline]
-    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+    fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
         self.as_slice().to_python(gil)
     }
 }
 
 impl<T: ToPython> ToPython for Vec<T> {
     #[inline]
-    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+    fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
         self.as_slice().to_python(gil)
     }
 }
@@ -336,7 +336,7 @@ fn in_item(error: Error, place: &str) -> Error {
 
 impl<T: ToPython> ToPython for Option<T> {
     #[inline]
-    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+    fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
         match self {
             Some(value) => value.to_python(gil),
             None => Ok(gil.none()),
@@ -352,7 +352,7 @@ impl<'py, T: FromPython<'py>> FromPython<'py> for Option<T> {
 }
 
 /// A new dict from `(name, value)` pairs; a name given twice is an error.
-fn dict_from_pairs<'py, K: AsRef<str>, V: ToPython>(gil: &'py Gil, pairs: &[(K, V)]) -> Result<Object<'py>> {
+fn dict_from_pairs<'py, K: AsRef<str>, V: ToPython>(gil: GilToken<'py>, pairs: &[(K, V)]) -> Result<Object<'py>> {
     // SAFETY: GIL held; PyDict_New returns a new reference or NULL.
     let dict = unsafe { Object::from_owned_ptr(gil, ffi::PyDict_New()) }?;
     for (name, value) in pairs {
@@ -372,7 +372,7 @@ fn dict_from_pairs<'py, K: AsRef<str>, V: ToPython>(gil: &'py Gil, pairs: &[(K, 
 
 impl<K: AsRef<str>, V: ToPython, S: BuildHasher> ToPython for HashMap<K, V, S> {
     #[inline]
-    fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+    fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
         let pairs: Vec<(&str, &V)> = self.iter().map(|(key, value)| (key.as_ref(), value)).collect();
         dict_from_pairs(gil, &pairs)
     }
@@ -405,7 +405,7 @@ impl IntoArgs for () {
     type Objects<'py> = [Object<'py>; 0];
 
     #[inline]
-    fn into_objects<'py>(self, _gil: &'py Gil) -> Result<Self::Objects<'py>> {
+    fn into_objects<'py>(self, _gil: GilToken<'py>) -> Result<Self::Objects<'py>> {
         Ok([])
     }
 }
@@ -414,7 +414,7 @@ impl<T: ToPython> IntoArgs for &[T] {
     type Objects<'py> = Vec<Object<'py>>;
 
     #[inline]
-    fn into_objects<'py>(self, gil: &'py Gil) -> Result<Self::Objects<'py>> {
+    fn into_objects<'py>(self, gil: GilToken<'py>) -> Result<Self::Objects<'py>> {
         self.iter().map(|item| item.to_python(gil)).collect()
     }
 }
@@ -423,7 +423,7 @@ impl<T: ToPython> IntoArgs for Vec<T> {
     type Objects<'py> = Vec<Object<'py>>;
 
     #[inline]
-    fn into_objects<'py>(self, gil: &'py Gil) -> Result<Self::Objects<'py>> {
+    fn into_objects<'py>(self, gil: GilToken<'py>) -> Result<Self::Objects<'py>> {
         self.as_slice().into_objects(gil)
     }
 }
@@ -433,7 +433,7 @@ macro_rules! tuples {
     ($($len:literal: ($($name:ident $index:tt),+);)*) => {$(
         impl<$($name: ToPython),+> ToPython for ($($name,)+) {
             #[inline]
-            fn to_python<'py>(&self, gil: &'py Gil) -> Result<Object<'py>> {
+            fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
                 Object::new_tuple(gil, [$(self.$index.to_python(gil)),+])
             }
         }
@@ -443,7 +443,7 @@ macro_rules! tuples {
 
 
             #[inline]
-            fn into_objects<'py>(self, gil: &'py Gil) -> Result<Self::Objects<'py>> {
+            fn into_objects<'py>(self, gil: GilToken<'py>) -> Result<Self::Objects<'py>> {
                 Ok([$(self.$index.to_python(gil)?),+])
             }
         }
@@ -483,28 +483,28 @@ tuples! {
 
 impl IntoKwargs for () {
     #[inline]
-    fn into_kwargs<'py>(self, _gil: &'py Gil) -> Result<Option<Object<'py>>> {
+    fn into_kwargs<'py>(self, _gil: GilToken<'py>) -> Result<Option<Object<'py>>> {
         Ok(None)
     }
 }
 
 impl<K: AsRef<str>, V: ToPython> IntoKwargs for &[(K, V)] {
     #[inline]
-    fn into_kwargs<'py>(self, gil: &'py Gil) -> Result<Option<Object<'py>>> {
+    fn into_kwargs<'py>(self, gil: GilToken<'py>) -> Result<Option<Object<'py>>> {
         dict_from_pairs(gil, self).map(Some).map_err(keyword_error)
     }
 }
 
 impl<K: AsRef<str>, V: ToPython, const N: usize> IntoKwargs for [(K, V); N] {
     #[inline]
-    fn into_kwargs<'py>(self, gil: &'py Gil) -> Result<Option<Object<'py>>> {
+    fn into_kwargs<'py>(self, gil: GilToken<'py>) -> Result<Option<Object<'py>>> {
         self.as_slice().into_kwargs(gil)
     }
 }
 
 impl<K: AsRef<str>, V: ToPython> IntoKwargs for Vec<(K, V)> {
     #[inline]
-    fn into_kwargs<'py>(self, gil: &'py Gil) -> Result<Option<Object<'py>>> {
+    fn into_kwargs<'py>(self, gil: GilToken<'py>) -> Result<Option<Object<'py>>> {
         self.as_slice().into_kwargs(gil)
     }
 }

@@ -5,7 +5,7 @@ use std::ptr::null_mut;
 
 use pyo3_ffi as ffi;
 
-use crate::gil::Gil;
+use crate::gil::GilToken;
 use crate::object::Object;
 
 /// A Python exception, fetched from the interpreter and turned into plain Rust data.
@@ -96,13 +96,13 @@ impl Error {
     /// reported failure (kept out of line: the calls' fast paths stay small).
     #[cold]
     #[inline(never)]
-    pub(crate) fn fetch(gil: &Gil) -> Error {
+    pub(crate) fn fetch(gil: GilToken<'_>) -> Error {
         Error::Python(Box::new(PythonException::fetch(gil)))
     }
 }
 
 impl PythonException {
-    fn fetch(gil: &Gil) -> PythonException {
+    fn fetch(gil: GilToken<'_>) -> PythonException {
         let (mut ptype, mut pvalue, mut ptraceback) = (null_mut(), null_mut(), null_mut());
         // SAFETY: GIL held (gil). PyErr_Fetch hands over new references (or NULL) and clears
         // the indicator; PyErr_NormalizeException replaces them in place, still owned.
@@ -153,7 +153,7 @@ impl PythonException {
 }
 
 fn describe(
-    gil: &Gil,
+    gil: GilToken<'_>,
     ptype: &Object<'_>,
     value: Option<&Object<'_>>,
     traceback: Option<&Object<'_>>,
@@ -174,7 +174,7 @@ fn describe(
 }
 
 fn format_traceback(
-    gil: &Gil,
+    gil: GilToken<'_>,
     ptype: &Object<'_>,
     value: Option<&Object<'_>>,
     traceback: Option<&Object<'_>>,

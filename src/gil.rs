@@ -103,6 +103,21 @@ impl Gil {
         work()
     }
 
+    /// The token that proves, by value, that this thread holds the GIL for as long as `self`
+    /// is borrowed: what [`ToPython`](crate::ToPython) and the other conversions take.
+    ///
+    /// ```
+    /// use rs4py::ToPython;
+    /// let gil = rs4py::Gil::acquire()?;
+    /// let list = vec![1, 2].to_python(gil.token())?;
+    /// assert_eq!(list.repr()?, "[1, 2]");
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    #[inline]
+    pub fn token(&self) -> GilToken<'_> {
+        GilToken { _held: PhantomData }
+    }
+
     /// Imports a module by its dotted name (`PyImport_Import`, which honours import hooks).
     ///
     /// ```
@@ -115,10 +130,7 @@ impl Gil {
     /// # Ok::<(), rs4py::Error>(())
     /// ```
     pub fn import(&self, name: &str) -> Result<Object<'_>> {
-        let name = Object::from_str(self, name)?;
-        // SAFETY: GIL held (self); PyImport_Import borrows `name` and returns a new reference
-        // or NULL with an exception set.
-        unsafe { Object::from_owned_ptr(self, ffi::PyImport_Import(name.as_ptr())) }
+        self.token().import(name)
     }
 
     /// Evaluates one Python expression in the namespace of `__main__` and returns its value.
@@ -130,7 +142,7 @@ impl Gil {
     /// # Ok::<(), rs4py::Error>(())
     /// ```
     pub fn eval(&self, expression: &str) -> Result<Object<'_>> {
-        self.run_source(expression, ffi::Py_eval_input)
+        self.token().eval(expression)
     }
 
     /// Runs Python statements in the namespace of `__main__` (what they define stays there,
@@ -143,10 +155,84 @@ impl Gil {
     /// # Ok::<(), rs4py::Error>(())
     /// ```
     pub fn run(&self, statements: &str) -> Result<()> {
+        self.token().run(statements)
+    }
+
+    /// Python's `None`.
+    pub fn none(&self) -> Object<'_> {
+        self.token().none()
+    }
+}
+
+impl Drop for Gil {
+    #[inline]
+    fn drop(&mut self) {
+        HELD.with(|held| match held.get() {
+            (1, Some(state)) => {
+                held.set((0, None));
+                // SAFETY: this is the outermost guard of this thread; `state` came from its
+                // PyGILState_Ensure, so this is the matching release.
+                unsafe { ffi::PyGILState_Release(state) };
+            }
+            (depth, state) => held.set((depth.saturating_sub(1), state)),
+        });
+    }
+}
+
+/// Proof that the current thread holds the GIL for `'py`, passed by value: a zero-sized,
+/// `Copy` marker made only from a borrowed [`Gil`] ([`Gil::token`]), and carried by every
+/// [`Object<'py>`](Object) ([`Object::gil`]).
+///
+/// It offers what needs nothing but the GIL (`import`, `eval`, `run`, `none`), like the
+/// `Gil` it came from. Like a `Gil`, it cannot leave its thread, and it cannot outlive the
+/// borrow of the guard it came from:
+///
+/// ```compile_fail
+/// let gil = rs4py::Gil::acquire().unwrap();
+/// let token = gil.token();
+/// std::thread::spawn(move || drop(token));
+/// ```
+///
+/// ```compile_fail
+/// let token = {
+///     let gil = rs4py::Gil::acquire().unwrap();
+///     gil.token()
+/// };
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct GilToken<'py> {
+    // Borrows a guard in name only: no pointer is kept. `&Gil` is neither `Send` nor `Sync`
+    // (a `Gil` is not `Sync`), and so neither is the token.
+    _held: PhantomData<&'py Gil>,
+}
+
+impl<'py> From<&'py Gil> for GilToken<'py> {
+    #[inline]
+    fn from(gil: &'py Gil) -> Self {
+        gil.token()
+    }
+}
+
+impl<'py> GilToken<'py> {
+    /// Imports a module by its dotted name; see [`Gil::import`].
+    pub fn import(self, name: &str) -> Result<Object<'py>> {
+        let name = Object::from_str(self, name)?;
+        // SAFETY: GIL held (self); PyImport_Import borrows `name` and returns a new reference
+        // or NULL with an exception set.
+        unsafe { Object::from_owned_ptr(self, ffi::PyImport_Import(name.as_ptr())) }
+    }
+
+    /// Evaluates one Python expression in the namespace of `__main__`; see [`Gil::eval`].
+    pub fn eval(self, expression: &str) -> Result<Object<'py>> {
+        self.run_source(expression, ffi::Py_eval_input)
+    }
+
+    /// Runs Python statements in the namespace of `__main__`; see [`Gil::run`].
+    pub fn run(self, statements: &str) -> Result<()> {
         self.run_source(statements, ffi::Py_file_input).map(drop)
     }
 
-    fn run_source(&self, source: &str, start: libc::c_int) -> Result<Object<'_>> {
+    fn run_source(self, source: &str, start: libc::c_int) -> Result<Object<'py>> {
         let source = CString::new(source).map_err(|e| {
             Error::InvalidArgument(format!("Python source contains a NUL byte at offset {}", e.nul_position()))
         })?;
@@ -164,24 +250,9 @@ impl Gil {
     }
 
     /// Python's `None`.
-    pub fn none(&self) -> Object<'_> {
+    pub fn none(self) -> Object<'py> {
         // SAFETY: GIL held (self); Py_None is a borrowed reference to a static object that is
         // never NULL, so from_borrowed_ptr cannot fail.
         unsafe { Object::from_borrowed_ptr(self, ffi::Py_None()) }.expect("Py_None is never NULL")
-    }
-}
-
-impl Drop for Gil {
-    #[inline]
-    fn drop(&mut self) {
-        HELD.with(|held| match held.get() {
-            (1, Some(state)) => {
-                held.set((0, None));
-                // SAFETY: this is the outermost guard of this thread; `state` came from its
-                // PyGILState_Ensure, so this is the matching release.
-                unsafe { ffi::PyGILState_Release(state) };
-            }
-            (depth, state) => held.set((depth.saturating_sub(1), state)),
-        });
     }
 }

@@ -17,7 +17,7 @@ use once_cell::sync::OnceCell;
 use pyo3_ffi as ffi;
 
 use crate::error::{Error, Result};
-use crate::gil::Gil;
+use crate::gil::{Gil, GilToken};
 use crate::object::Object;
 
 /// The interpreter rs4py was built against, as `build.rs` found it.
@@ -237,7 +237,7 @@ fn c_string(text: &str) -> Result<CString> {
 pub(crate) fn prepend_sys_path(gil: &Gil, dirs: &[PathBuf]) -> Result<()> {
     let sys_path = gil.import("sys")?.getattr("path")?;
     for (position, dir) in dirs.iter().enumerate() {
-        let entry = path_to_python(gil, dir)?;
+        let entry = path_to_python(gil.token(), dir)?;
         if !sys_path.contains(&entry)? {
             sys_path.call_method("insert", (position, entry), ())?;
         }
@@ -246,7 +246,7 @@ pub(crate) fn prepend_sys_path(gil: &Gil, dirs: &[PathBuf]) -> Result<()> {
 }
 
 /// A path as Python's `os.fsdecode` would give it (undecodable bytes as surrogate escapes).
-pub(crate) fn path_to_python<'py>(gil: &'py Gil, path: &Path) -> Result<Object<'py>> {
+pub(crate) fn path_to_python<'py>(gil: GilToken<'py>, path: &Path) -> Result<Object<'py>> {
     let bytes = OsStr::as_bytes(path.as_os_str());
     let len = isize::try_from(bytes.len()).map_err(|_| Error::InvalidArgument("path too long".into()))?;
     // SAFETY: the GIL is held (gil); the function reads `len` bytes from a live slice and

@@ -3,8 +3,9 @@
 //! - [`start`] starts the interpreter once per process (any thread, races included) with the
 //!   very Python the crate was built against, then releases the GIL.
 //! - [`Gil`] takes the GIL for the current thread; guards nest.
-//! - [`Object`] owns one reference, tied to a `Gil`; [`Handle`] is its storable, `Send + Sync`
-//!   twin. Reference counts stay right by construction.
+//! - [`Object`] owns one reference, tied to a `Gil` by the zero-sized [`GilToken`] it carries;
+//!   [`Handle`] is its storable, `Send + Sync` twin. Reference counts stay right by
+//!   construction.
 //! - Every failing C-API call becomes an [`Error`]; a Python exception carries its type,
 //!   message and traceback.
 //! - [`ToPython`] and [`FromPython`] convert values both ways.
@@ -47,7 +48,7 @@ pub mod workload;
 pub use convert::{FromPython, IntoArgs, IntoKwargs, ToPython};
 pub use driver::{Driver, DriverOptions, ResultStatus, StartMethod, SubmitStatus, TaskReceipt, TaskResult};
 pub use error::{Error, PythonException, Result};
-pub use gil::Gil;
+pub use gil::{Gil, GilToken};
 pub use interpreter::{BuildPython, StartOptions, build_python, is_started, start};
 pub use object::{Handle, Object};
 

@@ -1,21 +1,22 @@
-//! Owned references: [`Object`] (tied to a [`Gil`]) and [`Handle`] (storable, any thread).
+//! Owned references: [`Object`] (tied to the GIL by a [`GilToken`]) and [`Handle`] (storable,
+//! any thread).
 //!
 //! This is the one room where raw `PyObject*` pointers are taken into ownership or given
 //! away; everything else borrows them through [`Object::as_ptr`].
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::ptr::NonNull;
 
 use pyo3_ffi as ffi;
 
 use crate::convert::{FromPython, IntoArgs, IntoKwargs, ToPython};
 use crate::error::{Error, Result};
-use crate::gil::Gil;
+use crate::gil::{Gil, GilToken};
 
 /// One owned reference to a Python object, valid while the [`Gil`] it is tied to is held.
 ///
-/// Dropping it decrefs; cloning increfs. It cannot leave its thread or outlive its `Gil`;
+/// Dropping it decrefs; cloning increfs. It carries the [`GilToken`] of that `Gil` (zero-sized:
+/// an `Object` is one pointer), so it cannot leave its thread or outlive the guard's borrow;
 /// for that, [`unbind`](Object::unbind) it into a [`Handle`].
 ///
 /// ```
@@ -31,11 +32,8 @@ use crate::gil::Gil;
 #[repr(transparent)]
 pub struct Object<'py> {
     ptr: NonNull<ffi::PyObject>,
-    held: PhantomData<&'py Gil>,
+    gil: GilToken<'py>,
 }
-
-// `Object::gil` hands out a `&Gil` made from nothing, which is sound only for a zero-sized type.
-const _: () = assert!(std::mem::size_of::<Gil>() == 0);
 
 impl<'py> Object<'py> {
     /// Takes ownership of a new reference, or fetches the pending exception if `ptr` is NULL.
@@ -44,7 +42,7 @@ impl<'py> Object<'py> {
     /// `ptr` is NULL or a new (owned) reference that nothing else will decref, and the
     /// current thread holds the GIL (which `gil` proves).
     #[inline]
-    pub(crate) unsafe fn from_owned_ptr(gil: &'py Gil, ptr: *mut ffi::PyObject) -> Result<Self> {
+    pub(crate) unsafe fn from_owned_ptr(gil: GilToken<'py>, ptr: *mut ffi::PyObject) -> Result<Self> {
         match NonNull::new(ptr) {
             Some(ptr) => Ok(Object::from_non_null(gil, ptr)),
             None => Err(Error::fetch(gil)),
@@ -57,13 +55,13 @@ impl<'py> Object<'py> {
     /// # Safety
     /// As for `from_owned_ptr`.
     #[inline]
-    pub(crate) unsafe fn from_owned_ptr_or_none(gil: &'py Gil, ptr: *mut ffi::PyObject) -> Option<Self> {
+    pub(crate) unsafe fn from_owned_ptr_or_none(gil: GilToken<'py>, ptr: *mut ffi::PyObject) -> Option<Self> {
         NonNull::new(ptr).map(|ptr| Object::from_non_null(gil, ptr))
     }
 
     #[inline]
-    fn from_non_null(_gil: &'py Gil, ptr: NonNull<ffi::PyObject>) -> Self {
-        Object { ptr, held: PhantomData }
+    fn from_non_null(gil: GilToken<'py>, ptr: NonNull<ffi::PyObject>) -> Self {
+        Object { ptr, gil }
     }
 
     /// Takes a new reference to a borrowed one, or fetches the pending exception if `ptr` is
@@ -73,7 +71,7 @@ impl<'py> Object<'py> {
     /// `ptr` is NULL or a borrowed reference that stays valid until the incref here, and the
     /// current thread holds the GIL.
     #[inline]
-    pub(crate) unsafe fn from_borrowed_ptr(gil: &'py Gil, ptr: *mut ffi::PyObject) -> Result<Self> {
+    pub(crate) unsafe fn from_borrowed_ptr(gil: GilToken<'py>, ptr: *mut ffi::PyObject) -> Result<Self> {
         // SAFETY: per this function's contract; Py_INCREF turns the borrowed reference into
         // the owned one the guard will release.
         unsafe {
@@ -97,13 +95,20 @@ impl<'py> Object<'py> {
         self.ptr.as_ptr()
     }
 
-    /// The `Gil` this object is tied to.
+    /// The token of the `Gil` this object is tied to: for converting values and making new
+    /// objects alongside this one.
+    ///
+    /// ```
+    /// use rs4py::ToPython;
+    /// let gil = rs4py::Gil::acquire()?;
+    /// let list = gil.eval("[1]")?;
+    /// list.call_method("append", (2.to_python(list.gil())?,), ())?;
+    /// assert_eq!(list.gil().eval("sum")?.call((&list,), ())?.extract::<i64>()?, 3);
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
     #[inline]
-    pub fn gil(&self) -> &'py Gil {
-        // SAFETY: Gil is zero-sized (asserted above) with its state in a thread-local, so a
-        // reference to it is valid at any aligned non-null address; and an Object<'py> exists
-        // only while this thread holds the GIL for 'py, which is all a &'py Gil asserts.
-        unsafe { NonNull::<Gil>::dangling().as_ref() }
+    pub fn gil(&self) -> GilToken<'py> {
+        self.gil
     }
 
     /// The object's current reference count (`sys.getrefcount` minus its own argument).
@@ -113,9 +118,11 @@ impl<'py> Object<'py> {
         unsafe { ffi::Py_REFCNT(self.as_ptr()) }
     }
 
-    /// A Python `str` from Rust text; any Unicode, embedded NUL included.
+    /// A Python `str` from Rust text; any Unicode, embedded NUL included. `gil` is a `&Gil` or
+    /// a [`GilToken`].
     #[inline]
-    pub fn from_str(gil: &'py Gil, text: &str) -> Result<Self> {
+    pub fn from_str(gil: impl Into<GilToken<'py>>, text: &str) -> Result<Self> {
+        let gil = gil.into();
         let len = isize::try_from(text.len()).map_err(|_| Error::Conversion("str too long for Python".into()))?;
         // SAFETY: GIL held (gil); reads `len` bytes of valid UTF-8 and returns a new
         // reference or NULL with an exception set.
@@ -333,7 +340,7 @@ impl<'py> Object<'py> {
     }
 
     /// A new tuple of the converted `items`; the first failed conversion fails it all.
-    pub(crate) fn new_tuple<I>(gil: &'py Gil, items: I) -> Result<Self>
+    pub(crate) fn new_tuple<I>(gil: GilToken<'py>, items: I) -> Result<Self>
     where
         I: IntoIterator<Item = Result<Object<'py>>>,
         I::IntoIter: ExactSizeIterator,
@@ -342,7 +349,7 @@ impl<'py> Object<'py> {
     }
 
     /// A new list of the converted `items`; the first failed conversion fails it all.
-    pub(crate) fn new_list<I>(gil: &'py Gil, items: I) -> Result<Self>
+    pub(crate) fn new_list<I>(gil: GilToken<'py>, items: I) -> Result<Self>
     where
         I: IntoIterator<Item = Result<Object<'py>>>,
         I::IntoIter: ExactSizeIterator,
@@ -354,7 +361,7 @@ impl<'py> Object<'py> {
     /// code; while the sequence has empty slots it is untracked by the garbage collector and
     /// referenced by nothing else, so no Python code can find it.
     fn new_sequence<I>(
-        gil: &'py Gil,
+        gil: GilToken<'py>,
         items: I,
         new: unsafe extern "C" fn(ffi::Py_ssize_t) -> *mut ffi::PyObject,
         set_item: unsafe fn(*mut ffi::PyObject, ffi::Py_ssize_t, *mut ffi::PyObject),
@@ -426,14 +433,14 @@ impl Clone for Object<'_> {
     fn clone(&self) -> Self {
         // SAFETY: GIL held; the incref makes the new guard's reference its own.
         unsafe { ffi::Py_INCREF(self.as_ptr()) };
-        Object { ptr: self.ptr, held: PhantomData }
+        Object { ptr: self.ptr, gil: self.gil }
     }
 }
 
 impl Drop for Object<'_> {
     #[inline]
     fn drop(&mut self) {
-        // SAFETY: GIL held (the Gil outlives 'py); this guard owns exactly one reference.
+        // SAFETY: GIL held (the token's Gil outlives 'py); this guard owns exactly one reference.
         unsafe { ffi::Py_DECREF(self.as_ptr()) };
     }
 }
@@ -463,6 +470,8 @@ impl fmt::Debug for Object<'_> {
 /// .unwrap();
 /// # Ok::<(), rs4py::Error>(())
 /// ```
+///
+/// Functions that need proof of the GIL take a `&Gil` or a [`GilToken`] alike.
 pub struct Handle {
     ptr: NonNull<ffi::PyObject>,
 }
@@ -474,24 +483,25 @@ unsafe impl Send for Handle {}
 unsafe impl Sync for Handle {}
 
 impl Handle {
-    /// A new `Object` reference to the same object, tied to `gil`.
+    /// A new `Object` reference to the same object, tied to `gil` (a `&Gil` or a
+    /// [`GilToken`]).
     #[inline]
-    pub fn bind<'py>(&self, gil: &'py Gil) -> Object<'py> {
+    pub fn bind<'py>(&self, gil: impl Into<GilToken<'py>>) -> Object<'py> {
         // SAFETY: GIL held (gil); the handle's own reference keeps the object alive until the
         // incref gives the Object one of its own.
         unsafe { ffi::Py_INCREF(self.ptr.as_ptr()) };
-        Object::from_non_null(gil, self.ptr)
+        Object::from_non_null(gil.into(), self.ptr)
     }
 
     /// Turns the handle back into an `Object` without touching the reference count.
-    pub fn into_object(self, gil: &Gil) -> Object<'_> {
+    pub fn into_object<'py>(self, gil: impl Into<GilToken<'py>>) -> Object<'py> {
         let ptr = self.ptr;
         std::mem::forget(self);
-        Object::from_non_null(gil, ptr)
+        Object::from_non_null(gil.into(), ptr)
     }
 
     /// A second handle to the same object (an incref; needs the GIL, which `gil` proves).
-    pub fn clone_ref(&self, gil: &Gil) -> Handle {
+    pub fn clone_ref<'py>(&self, gil: impl Into<GilToken<'py>>) -> Handle {
         self.bind(gil).unbind()
     }
 }
@@ -501,7 +511,7 @@ impl Drop for Handle {
         // A Handle exists only once Python runs, so acquiring cannot fail; if it ever did, the
         // reference is leaked rather than released without the GIL.
         if let Ok(gil) = Gil::acquire() {
-            drop(Object::from_non_null(&gil, self.ptr));
+            drop(Object::from_non_null(gil.token(), self.ptr));
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use rs4py::{Error, FromPython, Gil, Object, ToPython};
+use rs4py::{Error, FromPython, Gil, GilToken, Object, ToPython};
 
 /// Converts `value` to Python and checks it equals the Python `literal`, type included; then
 /// converts the literal back and checks it equals `value`.
@@ -11,7 +11,7 @@ fn round_trip<T>(gil: &Gil, value: T, literal: &str)
 where
     T: ToPython + for<'py> FromPython<'py> + PartialEq + std::fmt::Debug,
 {
-    let converted = value.to_python(gil).unwrap();
+    let converted = value.to_python(gil.token()).unwrap();
     let expected = gil.eval(literal).unwrap();
     let same = gil.eval("lambda a, b: type(a) is type(b) and a == b").unwrap();
     let equal: bool = same.call((&converted, &expected), ()).unwrap().extract().unwrap();
@@ -48,7 +48,7 @@ fn scalars_round_trip() {
 #[test]
 fn nan_goes_through_as_nan() {
     let gil = Gil::acquire().unwrap();
-    let nan = f64::NAN.to_python(&gil).unwrap();
+    let nan = f64::NAN.to_python(gil.token()).unwrap();
     assert!(gil.eval("__import__('math').isnan").unwrap().call((&nan,), ()).unwrap().extract::<bool>().unwrap());
     assert!(gil.eval("float('nan')").unwrap().extract::<f64>().unwrap().is_nan());
 }
@@ -82,9 +82,9 @@ fn containers_round_trip() {
     round_trip(&gil, Some(vec![Some(1i32), None]), "[1, None]");
     round_trip(&gil, HashMap::from([("ключ".to_string(), vec![1i64]), ("b".into(), vec![])]), "{'ключ': [1], 'b': []}");
     let slice: &[i64] = &[4, 5];
-    let list = slice.to_python(&gil).unwrap();
+    let list = slice.to_python(gil.token()).unwrap();
     assert_eq!(list.repr().unwrap(), "[4, 5]");
-    assert_eq!(["x", "y"].to_python(&gil).unwrap().repr().unwrap(), "['x', 'y']");
+    assert_eq!(["x", "y"].to_python(gil.token()).unwrap().repr().unwrap(), "['x', 'y']");
 }
 
 #[test]
@@ -165,7 +165,7 @@ fn a_sequence_mutated_by_an_items_conversion_is_read_as_a_snapshot() {
 struct ListSnooper;
 
 impl ToPython for ListSnooper {
-    fn to_python<'py>(&self, gil: &'py Gil) -> rs4py::Result<Object<'py>> {
+    fn to_python<'py>(&self, gil: GilToken<'py>) -> rs4py::Result<Object<'py>> {
         gil.eval("sum(len(list(o)) for o in __import__('gc').get_objects() if type(o) is list)")
     }
 }
@@ -175,8 +175,8 @@ fn a_list_under_construction_is_never_visible_to_python() {
     // Were the list made before its items, the snooper would find it with empty slots and
     // crash the process reading them.
     let gil = Gil::acquire().unwrap();
-    let list = vec![ListSnooper, ListSnooper, ListSnooper].to_python(&gil).unwrap();
+    let list = vec![ListSnooper, ListSnooper, ListSnooper].to_python(gil.token()).unwrap();
     assert_eq!(list.len().unwrap(), 3);
-    let tuple = (ListSnooper, ListSnooper).to_python(&gil).unwrap();
+    let tuple = (ListSnooper, ListSnooper).to_python(gil.token()).unwrap();
     assert_eq!(tuple.len().unwrap(), 2);
 }

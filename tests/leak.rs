@@ -23,11 +23,11 @@ fn one_round(gil: &Gil, shared: &Object<'_>, round: usize) {
     assert_eq!(gil.eval("len").unwrap().call((shared,), ()).unwrap().extract::<usize>().unwrap(), 3);
 
     let map = HashMap::from([("round".to_string(), round as i64), ("ключ\0".to_string(), -1)]);
-    let dict = map.to_python(gil).unwrap();
+    let dict = map.to_python(gil.token()).unwrap();
     assert_eq!(dict.extract::<HashMap<String, i64>>().unwrap(), map);
     let nested = (shared, vec![Some(1.5), None], "Straße 🦀", round as u64);
     let (_, floats, text, number): (Object<'_>, Vec<Option<f64>>, String, u64) =
-        nested.to_python(gil).unwrap().extract().unwrap();
+        nested.to_python(gil.token()).unwrap().extract().unwrap();
     assert_eq!((floats.len(), text.as_str(), number), (2, "Straße 🦀", round as u64));
 
     let raised = gil.eval("raiser").unwrap().call((shared, round), ()).unwrap_err();

@@ -115,13 +115,13 @@ fn setattr_keeps_exactly_one_new_reference() {
 fn converting_containers_takes_references_only_for_the_container() {
     let gil = Gil::acquire().unwrap();
     let item = fresh(&gil);
-    let as_list = vec![item.clone(), item.clone()].to_python(&gil).unwrap();
+    let as_list = vec![item.clone(), item.clone()].to_python(gil.token()).unwrap();
     assert_eq!(item.refcount(), 3, "the list holds two references, the clones were stolen");
-    let as_tuple = (&item, 1, "x").to_python(&gil).unwrap();
+    let as_tuple = (&item, 1, "x").to_python(gil.token()).unwrap();
     assert_eq!(item.refcount(), 4);
-    let as_dict = HashMap::from([("k".to_string(), &item)]).to_python(&gil).unwrap();
+    let as_dict = HashMap::from([("k".to_string(), &item)]).to_python(gil.token()).unwrap();
     assert_eq!(item.refcount(), 5);
-    let some = Some(&item).to_python(&gil).unwrap();
+    let some = Some(&item).to_python(gil.token()).unwrap();
     assert_eq!(item.refcount(), 6);
     drop((as_list, as_tuple, as_dict, some));
     assert_eq!(item.refcount(), 1);
@@ -180,14 +180,14 @@ fn each_scalar_conversion_hands_over_exactly_one_reference_and_extraction_takes_
     // Values outside CPython's caches (small ints, one-character strings), so that the new
     // object's count is ours alone.
     let converted = [
-        123_456_789_i64.to_python(&gil).unwrap(),
-        (u64::MAX - 1).to_python(&gil).unwrap(),
-        (-70_000_i32).to_python(&gil).unwrap(),
-        2.5f64.to_python(&gil).unwrap(),
-        "Straße ﬁnal\0".to_python(&gil).unwrap(),
-        String::from("ключ 🦀").to_python(&gil).unwrap(),
-        vec![1.5, 2.5].to_python(&gil).unwrap(),
-        (1.5, "two").to_python(&gil).unwrap(),
+        123_456_789_i64.to_python(gil.token()).unwrap(),
+        (u64::MAX - 1).to_python(gil.token()).unwrap(),
+        (-70_000_i32).to_python(gil.token()).unwrap(),
+        2.5f64.to_python(gil.token()).unwrap(),
+        "Straße ﬁnal\0".to_python(gil.token()).unwrap(),
+        String::from("ключ 🦀").to_python(gil.token()).unwrap(),
+        vec![1.5, 2.5].to_python(gil.token()).unwrap(),
+        (1.5, "two").to_python(gil.token()).unwrap(),
     ];
     for object in &converted {
         assert_eq!(object.refcount(), 1, "{object:?}");
@@ -232,14 +232,14 @@ fn import_and_the_object_protocol_calls_leave_counts_as_they_were() {
         assert!(item.eq(&item).unwrap());
         assert!(list.get_item(0).unwrap().is(&item));
         let _ = (item.str().unwrap(), item.repr().unwrap(), list.len().unwrap());
-        let truth = true.to_python(&gil).unwrap();
+        let truth = true.to_python(gil.token()).unwrap();
         assert!(truth.extract::<bool>().unwrap());
     }
     assert_eq!(item.refcount(), item_count);
     assert_eq!(list.refcount(), 1);
-    let truth = true.to_python(&gil).unwrap();
+    let truth = true.to_python(gil.token()).unwrap();
     let true_count = truth.refcount();
-    let more: Vec<_> = (0..10).map(|_| true.to_python(&gil).unwrap()).collect();
+    let more: Vec<_> = (0..10).map(|_| true.to_python(gil.token()).unwrap()).collect();
     assert_eq!(truth.refcount(), true_count + 10, "each bool conversion owns one reference to True");
     drop(more);
     assert_eq!(truth.refcount(), true_count);
