@@ -11,6 +11,9 @@
 use std::process::exit;
 
 fn main() {
+    // The `Py_3_N` cfgs (and their check-cfg declarations) that `pyo3-ffi` gates its items by,
+    // so that this crate picks the C API of the interpreter it builds against.
+    pyo3_build_config::use_pyo3_cfgs();
     println!("cargo:rerun-if-changed=build.rs");
     for var in ["PYO3_PYTHON", "VIRTUAL_ENV", "CONDA_PREFIX"] {
         println!("cargo:rerun-if-env-changed={var}");

@@ -20,6 +20,7 @@ use std::hash::BuildHasher;
 use pyo3_ffi as ffi;
 
 use crate::error::{Error, Result};
+use crate::exception;
 use crate::gil::GilToken;
 use crate::object::{Handle, Object};
 
@@ -77,14 +78,6 @@ pub trait IntoArgs {
 pub trait IntoKwargs {
     /// The keyword arguments as a Python dict, or `None` for no keyword arguments.
     fn into_kwargs<'py>(self, gil: GilToken<'py>) -> Result<Option<Object<'py>>>;
-}
-
-/// A Python error met while converting, reported as a conversion failure.
-fn conversion_failure(error: Error, what: &str) -> Error {
-    match error {
-        Error::Python(exc) => Error::Conversion(format!("{what}: {}: {}", exc.type_name, exc.message)),
-        other => other,
-    }
 }
 
 fn wrong_type(expected: &str, object: &Object<'_>) -> Error {
@@ -180,7 +173,7 @@ macro_rules! native_int {
                     let value = ffi::$as(object.as_ptr());
                     if value == $sentinel && !ffi::PyErr_Occurred().is_null() {
                         let what = concat!("int does not fit in ", stringify!($int));
-                        return Err(conversion_failure(Error::fetch(object.gil()), what));
+                        return Err(exception::fetch_conversion_error(object.gil(), what));
                     }
                     Ok(value)
                 }
@@ -239,7 +232,7 @@ impl FromPython<'_> for f64 {
             }
             let value = ffi::PyFloat_AsDouble(object.as_ptr());
             if value == -1.0 && !ffi::PyErr_Occurred().is_null() {
-                return Err(conversion_failure(Error::fetch(object.gil()), "number does not fit in f64"));
+                return Err(exception::fetch_conversion_error(object.gil(), "number does not fit in f64"));
             }
             Ok(value)
         }
@@ -273,7 +266,7 @@ impl FromPython<'_> for String {
             }
             let data = ffi::PyUnicode_AsUTF8AndSize(object.as_ptr(), &mut len);
             if data.is_null() {
-                return Err(conversion_failure(Error::fetch(object.gil()), "str is not valid UTF-8"));
+                return Err(exception::fetch_conversion_error(object.gil(), "str is not valid UTF-8"));
             }
             let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
             // CPython's UTF-8 encoder produced these bytes (it fails rather than emit invalid

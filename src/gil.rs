@@ -7,6 +7,7 @@ use std::marker::PhantomData;
 use pyo3_ffi as ffi;
 
 use crate::error::{Error, Result};
+use crate::exception;
 use crate::interpreter;
 use crate::object::Object;
 
@@ -242,7 +243,7 @@ impl<'py> GilToken<'py> {
         unsafe {
             let main = ffi::PyImport_AddModule(c"__main__".as_ptr());
             if main.is_null() {
-                return Err(Error::fetch(self));
+                return Err(exception::fetch_error(self));
             }
             let globals = ffi::PyModule_GetDict(main);
             Object::from_owned_ptr(self, ffi::PyRun_String(source.as_ptr(), start, globals, globals))

@@ -39,6 +39,7 @@
 mod convert;
 mod driver;
 mod error;
+mod exception;
 mod gil;
 mod interpreter;
 mod object;

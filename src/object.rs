@@ -11,6 +11,7 @@ use pyo3_ffi as ffi;
 
 use crate::convert::{FromPython, IntoArgs, IntoKwargs, ToPython};
 use crate::error::{Error, Result};
+use crate::exception;
 use crate::gil::{Gil, GilToken};
 
 /// One owned reference to a Python object, valid while the [`Gil`] it is tied to is held.
@@ -45,12 +46,12 @@ impl<'py> Object<'py> {
     pub(crate) unsafe fn from_owned_ptr(gil: GilToken<'py>, ptr: *mut ffi::PyObject) -> Result<Self> {
         match NonNull::new(ptr) {
             Some(ptr) => Ok(Object::from_non_null(gil, ptr)),
-            None => Err(Error::fetch(gil)),
+            None => Err(exception::fetch_error(gil)),
         }
     }
 
     /// Like [`from_owned_ptr`](Self::from_owned_ptr), but a NULL means "no object", not an
-    /// error (as for the parts `PyErr_Fetch` hands over).
+    /// error (as for the parts of a fetched exception).
     ///
     /// # Safety
     /// As for `from_owned_ptr`.
@@ -336,7 +337,7 @@ impl<'py> Object<'py> {
     /// A C-API status (`-1` with an exception set means failure) as a `Result`.
     #[inline]
     pub(crate) fn check_status<N: PartialEq + From<i8>>(&self, status: N) -> Result<N> {
-        if status == N::from(-1) { Err(Error::fetch(self.gil())) } else { Ok(status) }
+        if status == N::from(-1) { Err(exception::fetch_error(self.gil())) } else { Ok(status) }
     }
 
     /// A new tuple of the converted `items`; the first failed conversion fails it all.
@@ -447,9 +448,9 @@ impl Drop for Object<'_> {
 
 impl fmt::Debug for Object<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.repr() {
-            Ok(repr) => f.write_str(&repr),
-            Err(_) => write!(f, "<{} object at {:p}>", self.type_name(), self.as_ptr()),
+        match exception::lossy_repr(self) {
+            Some(repr) => f.write_str(&repr),
+            None => write!(f, "<{} object at {:p}>", self.type_name(), self.as_ptr()),
         }
     }
 }

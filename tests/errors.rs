@@ -1,5 +1,7 @@
 //! Every failure path returns the right `Error`, and no Python exception is left pending.
 
+mod common;
+
 use rs4py::{Error, Gil};
 
 /// No exception may stay set after an rs4py call returns, failed or not.
@@ -119,4 +121,57 @@ fn a_message_with_a_lone_surrogate_keeps_its_text_escaped() {
     let traceback = err.traceback().unwrap();
     assert!(traceback.trim_end().ends_with("ValueError: bad \\udc80 byte"), "{traceback}");
     assert_no_pending_exception(&gil);
+}
+
+#[test]
+fn a_failure_translated_or_dropped_formats_no_traceback() {
+    // In a process of its own: the probe replaces traceback.format_exception for everyone.
+    common::run_in_child_process("child_counts_formatted_tracebacks", |child| child);
+}
+
+#[test]
+#[ignore = "run by a_failure_translated_or_dropped_formats_no_traceback in a child process"]
+fn child_counts_formatted_tracebacks() {
+    let gil = Gil::acquire().unwrap();
+    gil.run(
+        "import traceback\n\
+         formatted = []\n\
+         _format_exception = traceback.format_exception\n\
+         def counting_format_exception(*args, **kwargs):\n\
+         \x20   formatted.append(args[0])\n\
+         \x20   return _format_exception(*args, **kwargs)\n\
+         traceback.format_exception = counting_format_exception\n\
+         class BadRepr:\n\
+         \x20   def __repr__(self):\n\
+         \x20       raise RuntimeError('no repr')\n",
+    )
+    .unwrap();
+    let formatted = || gil.eval("len(formatted)").unwrap().extract::<usize>().unwrap();
+    let conversion = |result: Result<(), Error>| match result {
+        Err(Error::Conversion(message)) => message,
+        other => panic!("expected a conversion error, got {other:?}"),
+    };
+
+    // Python raised, rs4py translated: the type and message are kept, no traceback is made.
+    let message = conversion(gil.eval("2 ** 70").unwrap().extract::<i64>().map(drop));
+    assert!(message.starts_with("int does not fit in i64: OverflowError: "), "{message}");
+    let message = conversion(gil.eval("-1").unwrap().extract::<u64>().map(drop));
+    assert!(message.starts_with("int does not fit in u64: OverflowError: "), "{message}");
+    let message = conversion(gil.eval("10 ** 400").unwrap().extract::<f64>().map(drop));
+    assert!(message.starts_with("number does not fit in f64: OverflowError: "), "{message}");
+    let message = conversion(gil.eval("'\\udc80'").unwrap().extract::<String>().map(drop));
+    assert!(message.starts_with("str is not valid UTF-8: UnicodeEncodeError: "), "{message}");
+    let message = conversion(gil.eval("[1, 2 ** 64]").unwrap().extract::<Vec<i32>>().map(drop));
+    assert!(message.starts_with("item 1: int does not fit in i64: OverflowError"), "{message}");
+    // Python raised, rs4py dropped it: Debug has no error to give back.
+    let bad = gil.eval("BadRepr()").unwrap();
+    assert!(format!("{bad:?}").starts_with("<BadRepr object at 0x"));
+    assert_eq!(formatted(), 0, "no traceback formatted for a failure that never reached the caller");
+    assert_no_pending_exception(&gil);
+
+    // The counter sees the one that reaches the caller, formatted once.
+    let err = gil.eval("1 / 0").unwrap_err();
+    assert!(err.traceback().unwrap().trim_end().ends_with("ZeroDivisionError: division by zero"));
+    assert_eq!(formatted(), 1);
+    assert_eq!(gil.eval("formatted[0].__name__").unwrap().extract::<String>().unwrap(), "ZeroDivisionError");
 }
