@@ -132,20 +132,21 @@ impl ToPython for bool {
     #[inline]
     fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
         // SAFETY: GIL held; PyBool_FromLong returns a new reference to True or False.
-        unsafe { Object::from_owned_ptr(gil, ffi::PyBool_FromLong(libc::c_long::from(*self))) }
+        let ptr = unsafe { ffi::PyBool_FromLong(libc::c_long::from(*self)) };
+        // SAFETY: a new reference, as just said.
+        unsafe { Object::from_owned_ptr(gil, ptr) }
     }
 }
 
 impl FromPython<'_> for bool {
     #[inline]
     fn from_python(object: &Object<'_>) -> Result<Self> {
-        // SAFETY: GIL held (object); the checks read the type, Py_True is compared by address.
-        unsafe {
-            if ffi::PyBool_Check(object.as_ptr()) == 0 {
-                return Err(wrong_type("bool", object));
-            }
-            Ok(object.as_ptr() == ffi::Py_True())
+        // SAFETY: GIL held (object); the check only reads the type of a live object.
+        if unsafe { ffi::PyBool_Check(object.as_ptr()) } == 0 {
+            return Err(wrong_type("bool", object));
         }
+        // SAFETY: GIL held; reads the address of the static True object, compared by address.
+        Ok(object.as_ptr() == unsafe { ffi::Py_True() })
     }
 }
 
@@ -157,26 +158,28 @@ macro_rules! native_int {
             #[inline]
             fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
                 // SAFETY: GIL held; returns a new reference or NULL with an exception set.
-                unsafe { Object::from_owned_ptr(gil, ffi::$from(*self)) }
+                let ptr = unsafe { ffi::$from(*self) };
+                // SAFETY: a new reference or NULL with an exception set, as just said.
+                unsafe { Object::from_owned_ptr(gil, ptr) }
             }
         }
 
         impl FromPython<'_> for $int {
             #[inline]
             fn from_python(object: &Object<'_>) -> Result<Self> {
-                // SAFETY: GIL held; PyLong_Check reads the type; the extractor borrows an int
-                // and returns the sentinel with an exception set when it does not fit.
-                unsafe {
-                    if ffi::PyLong_Check(object.as_ptr()) == 0 {
-                        return Err(wrong_type("int", object));
-                    }
-                    let value = ffi::$as(object.as_ptr());
-                    if value == $sentinel && !ffi::PyErr_Occurred().is_null() {
-                        let what = concat!("int does not fit in ", stringify!($int));
-                        return Err(exception::fetch_conversion_error(object.gil(), what));
-                    }
-                    Ok(value)
+                // SAFETY: GIL held (object); the check only reads the type of a live object.
+                if unsafe { ffi::PyLong_Check(object.as_ptr()) } == 0 {
+                    return Err(wrong_type("int", object));
                 }
+                // SAFETY: GIL held; the extractor borrows an int and returns the sentinel with
+                // an exception set when it does not fit.
+                let value = unsafe { ffi::$as(object.as_ptr()) };
+                // SAFETY: GIL held; only reads whether an exception is set.
+                if value == $sentinel && !unsafe { ffi::PyErr_Occurred() }.is_null() {
+                    let what = concat!("int does not fit in ", stringify!($int));
+                    return Err(exception::fetch_conversion_error(object.gil(), what));
+                }
+                Ok(value)
             }
         }
     )*};
@@ -217,25 +220,29 @@ impl ToPython for f64 {
     #[inline]
     fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
         // SAFETY: GIL held; returns a new reference or NULL with an exception set.
-        unsafe { Object::from_owned_ptr(gil, ffi::PyFloat_FromDouble(*self)) }
+        let ptr = unsafe { ffi::PyFloat_FromDouble(*self) };
+        // SAFETY: a new reference or NULL with an exception set, as just said.
+        unsafe { Object::from_owned_ptr(gil, ptr) }
     }
 }
 
 impl FromPython<'_> for f64 {
     #[inline]
     fn from_python(object: &Object<'_>) -> Result<Self> {
-        // SAFETY: GIL held; the checks read the type; PyFloat_AsDouble borrows a float or int
-        // and returns -1.0 with an exception set on failure (an int too large).
-        unsafe {
-            if ffi::PyFloat_Check(object.as_ptr()) == 0 && ffi::PyLong_Check(object.as_ptr()) == 0 {
-                return Err(wrong_type("float", object));
-            }
-            let value = ffi::PyFloat_AsDouble(object.as_ptr());
-            if value == -1.0 && !ffi::PyErr_Occurred().is_null() {
-                return Err(exception::fetch_conversion_error(object.gil(), "number does not fit in f64"));
-            }
-            Ok(value)
+        // SAFETY: GIL held (object); the check only reads the type of a live object.
+        let is_float = unsafe { ffi::PyFloat_Check(object.as_ptr()) } != 0;
+        // SAFETY: as above.
+        if !is_float && unsafe { ffi::PyLong_Check(object.as_ptr()) } == 0 {
+            return Err(wrong_type("float", object));
         }
+        // SAFETY: GIL held; PyFloat_AsDouble borrows a float or int and returns -1.0 with an
+        // exception set on failure (an int too large).
+        let value = unsafe { ffi::PyFloat_AsDouble(object.as_ptr()) };
+        // SAFETY: GIL held; only reads whether an exception is set.
+        if value == -1.0 && !unsafe { ffi::PyErr_Occurred() }.is_null() {
+            return Err(exception::fetch_conversion_error(object.gil(), "number does not fit in f64"));
+        }
+        Ok(value)
     }
 }
 
@@ -257,22 +264,22 @@ impl FromPython<'_> for String {
     #[inline]
     fn from_python(object: &Object<'_>) -> Result<Self> {
         let mut len: ffi::Py_ssize_t = 0;
-        // SAFETY: GIL held; PyUnicode_Check reads the type. PyUnicode_AsUTF8AndSize returns a
-        // buffer owned by the str (alive while `object` is) of `len` bytes of valid UTF-8, or
-        // NULL with an exception set (a lone surrogate cannot be UTF-8). Copied at once.
-        unsafe {
-            if ffi::PyUnicode_Check(object.as_ptr()) == 0 {
-                return Err(wrong_type("str", object));
-            }
-            let data = ffi::PyUnicode_AsUTF8AndSize(object.as_ptr(), &mut len);
-            if data.is_null() {
-                return Err(exception::fetch_conversion_error(object.gil(), "str is not valid UTF-8"));
-            }
-            let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
-            // CPython's UTF-8 encoder produced these bytes (it fails rather than emit invalid
-            // UTF-8), so they need no second validation.
-            Ok(std::str::from_utf8_unchecked(bytes).to_owned())
+        // SAFETY: GIL held (object); the check only reads the type of a live object.
+        if unsafe { ffi::PyUnicode_Check(object.as_ptr()) } == 0 {
+            return Err(wrong_type("str", object));
         }
+        // SAFETY: GIL held; borrows a str and returns a buffer it owns (alive while `object`
+        // is) of `len` bytes of valid UTF-8, or NULL with an exception set (a lone surrogate
+        // cannot be UTF-8).
+        let data = unsafe { ffi::PyUnicode_AsUTF8AndSize(object.as_ptr(), &mut len) };
+        if data.is_null() {
+            return Err(exception::fetch_conversion_error(object.gil(), "str is not valid UTF-8"));
+        }
+        // SAFETY: `len` initialised bytes at `data`, owned by the live str; copied at once.
+        let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len as usize) };
+        // SAFETY: CPython's UTF-8 encoder produced these bytes (it fails rather than emit
+        // invalid UTF-8), so they need no second validation.
+        Ok(unsafe { std::str::from_utf8_unchecked(bytes) }.to_owned())
     }
 }
 
@@ -300,14 +307,17 @@ impl<T: ToPython> ToPython for Vec<T> {
 impl<'py, T: FromPython<'py>> FromPython<'py> for Vec<T> {
     #[inline]
     fn from_python(object: &Object<'py>) -> Result<Self> {
-        // SAFETY: GIL held; the checks read the type. PySequence_Tuple returns a new reference
-        // (a snapshot that item conversions running Python code cannot change) or NULL.
-        let items = unsafe {
-            if ffi::PyList_Check(object.as_ptr()) == 0 && ffi::PyTuple_Check(object.as_ptr()) == 0 {
-                return Err(wrong_type("list or tuple", object));
-            }
-            Object::from_owned_ptr(object.gil(), ffi::PySequence_Tuple(object.as_ptr()))?
-        };
+        // SAFETY: GIL held (object); the check only reads the type of a live object.
+        let is_list = unsafe { ffi::PyList_Check(object.as_ptr()) } != 0;
+        // SAFETY: as above.
+        if !is_list && unsafe { ffi::PyTuple_Check(object.as_ptr()) } == 0 {
+            return Err(wrong_type("list or tuple", object));
+        }
+        // SAFETY: GIL held; borrows the sequence and returns a new reference (a snapshot that
+        // item conversions running Python code cannot change) or NULL with an exception set.
+        let items = unsafe { ffi::PySequence_Tuple(object.as_ptr()) };
+        // SAFETY: a new reference or NULL with an exception set, as just said.
+        let items = unsafe { Object::from_owned_ptr(object.gil(), items) }?;
         // SAFETY: `items` is a tuple (PySequence_Tuple's result).
         (0..unsafe { items.tuple_len() })
             .map(|index| {
@@ -347,7 +357,9 @@ impl<'py, T: FromPython<'py>> FromPython<'py> for Option<T> {
 /// A new dict from `(name, value)` pairs; a name given twice is an error.
 fn dict_from_pairs<'py, K: AsRef<str>, V: ToPython>(gil: GilToken<'py>, pairs: &[(K, V)]) -> Result<Object<'py>> {
     // SAFETY: GIL held; PyDict_New returns a new reference or NULL.
-    let dict = unsafe { Object::from_owned_ptr(gil, ffi::PyDict_New()) }?;
+    let dict = unsafe { ffi::PyDict_New() };
+    // SAFETY: a new reference or NULL with an exception set, as just said.
+    let dict = unsafe { Object::from_owned_ptr(gil, dict) }?;
     for (name, value) in pairs {
         let key = Object::from_str(gil, name.as_ref())?;
         let value = value.to_python(gil)?;
@@ -374,14 +386,15 @@ impl<K: AsRef<str>, V: ToPython, S: BuildHasher> ToPython for HashMap<K, V, S> {
 impl<'py, V: FromPython<'py>, S: BuildHasher + Default> FromPython<'py> for HashMap<String, V, S> {
     #[inline]
     fn from_python(object: &Object<'py>) -> Result<Self> {
-        // SAFETY: GIL held; PyDict_Check reads the type; PyDict_Items returns a new list of
-        // (key, value) tuples, a snapshot that conversions cannot disturb, or NULL.
-        let items = unsafe {
-            if ffi::PyDict_Check(object.as_ptr()) == 0 {
-                return Err(wrong_type("dict", object));
-            }
-            Object::from_owned_ptr(object.gil(), ffi::PyDict_Items(object.as_ptr()))?
-        };
+        // SAFETY: GIL held (object); the check only reads the type of a live object.
+        if unsafe { ffi::PyDict_Check(object.as_ptr()) } == 0 {
+            return Err(wrong_type("dict", object));
+        }
+        // SAFETY: GIL held; borrows a dict and returns a new list of (key, value) tuples, a
+        // snapshot that conversions cannot disturb, or NULL with an exception set.
+        let items = unsafe { ffi::PyDict_Items(object.as_ptr()) };
+        // SAFETY: a new reference or NULL with an exception set, as just said.
+        let items = unsafe { Object::from_owned_ptr(object.gil(), items) }?;
         let pairs: Vec<(Object<'py>, Object<'py>)> = items.extract()?;
         pairs
             .iter()
@@ -444,21 +457,21 @@ macro_rules! tuples {
         impl<'py, $($name: FromPython<'py>),+> FromPython<'py> for ($($name,)+) {
             #[inline]
             fn from_python(object: &Object<'py>) -> Result<Self> {
-                // SAFETY: GIL held (object); PyTuple_Check reads the type, and the tuple's
-                // items are read only after its length is checked.
-                unsafe {
-                    if ffi::PyTuple_Check(object.as_ptr()) == 0 {
-                        return Err(wrong_type("tuple", object));
-                    }
-                    let len = object.tuple_len();
-                    if len != $len {
-                        return Err(Error::Conversion(format!("expected a tuple of length {}, got length {len}", $len)));
-                    }
-                    Ok(($(
-                        $name::from_python(&object.tuple_item($index)?)
-                            .map_err(|e| in_item(e, &format!("item {}", $index)))?,
-                    )+))
+                // SAFETY: GIL held (object); the check only reads the type of a live object.
+                if unsafe { ffi::PyTuple_Check(object.as_ptr()) } == 0 {
+                    return Err(wrong_type("tuple", object));
                 }
+                // SAFETY: `object` is a tuple (checked above).
+                let len = unsafe { object.tuple_len() };
+                if len != $len {
+                    return Err(Error::Conversion(format!("expected a tuple of length {}, got length {len}", $len)));
+                }
+                Ok(($({
+                    // SAFETY: `object` is a tuple of the length checked above, which every
+                    // index here is below.
+                    let item = unsafe { object.tuple_item($index) }?;
+                    $name::from_python(&item).map_err(|e| in_item(e, &format!("item {}", $index)))?
+                },)+))
             }
         }
     )*};

@@ -220,7 +220,9 @@ impl<'py> GilToken<'py> {
         let name = Object::from_str(self, name)?;
         // SAFETY: GIL held (self); PyImport_Import borrows `name` and returns a new reference
         // or NULL with an exception set.
-        unsafe { Object::from_owned_ptr(self, ffi::PyImport_Import(name.as_ptr())) }
+        let module = unsafe { ffi::PyImport_Import(name.as_ptr()) };
+        // SAFETY: a new reference or NULL with an exception set, as just said.
+        unsafe { Object::from_owned_ptr(self, module) }
     }
 
     /// Evaluates one Python expression in the namespace of `__main__`; see [`Gil::eval`].
@@ -237,23 +239,28 @@ impl<'py> GilToken<'py> {
         let source = CString::new(source).map_err(|e| {
             Error::InvalidArgument(format!("Python source contains a NUL byte at offset {}", e.nul_position()))
         })?;
-        // SAFETY: GIL held (self). PyImport_AddModule returns a borrowed reference to
-        // __main__, kept alive by sys.modules; PyModule_GetDict borrows from it. PyRun_String
-        // borrows globals and returns a new reference or NULL with an exception set.
-        unsafe {
-            let main = ffi::PyImport_AddModule(c"__main__".as_ptr());
-            if main.is_null() {
-                return Err(exception::fetch_error(self));
-            }
-            let globals = ffi::PyModule_GetDict(main);
-            Object::from_owned_ptr(self, ffi::PyRun_String(source.as_ptr(), start, globals, globals))
+        // SAFETY: GIL held (self); returns a borrowed reference to __main__, kept alive by
+        // sys.modules, or NULL with an exception set.
+        let main = unsafe { ffi::PyImport_AddModule(c"__main__".as_ptr()) };
+        if main.is_null() {
+            return Err(exception::fetch_error(self));
         }
+        // SAFETY: GIL held; `main` is a module (what PyImport_AddModule returns); its dict is
+        // a borrowed reference that the module keeps alive.
+        let globals = unsafe { ffi::PyModule_GetDict(main) };
+        // SAFETY: GIL held; borrows the source and the globals, returns a new reference or
+        // NULL with an exception set.
+        let result = unsafe { ffi::PyRun_String(source.as_ptr(), start, globals, globals) };
+        // SAFETY: a new reference or NULL with an exception set, as just said.
+        unsafe { Object::from_owned_ptr(self, result) }
     }
 
     /// Python's `None`.
     pub fn none(self) -> Object<'py> {
-        // SAFETY: GIL held (self); Py_None is a borrowed reference to a static object that is
-        // never NULL, so from_borrowed_ptr cannot fail.
-        unsafe { Object::from_borrowed_ptr(self, ffi::Py_None()) }.expect("Py_None is never NULL")
+        // SAFETY: GIL held (self); reads the address of the static None object.
+        let none = unsafe { ffi::Py_None() };
+        // SAFETY: a borrowed reference to a static object that is never NULL, so
+        // from_borrowed_ptr cannot fail.
+        unsafe { Object::from_borrowed_ptr(self, none) }.expect("Py_None is never NULL")
     }
 }

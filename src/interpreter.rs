@@ -109,63 +109,83 @@ pub fn is_started() -> bool {
 }
 
 unsafe fn initialize() -> Result<()> {
-    // SAFETY: the caller guarantees no concurrent initialisation; these two functions may be
-    // called before Py_Initialize.
-    unsafe {
-        if ffi::Py_IsInitialized() != 0 {
-            // Someone else (the host program) started Python; it keeps managing it.
-            return Ok(());
-        }
-        check_loaded_library(CStr::from_ptr(ffi::Py_GetVersion()))?;
+    if is_started() {
+        // Someone else (the host program) started Python; it keeps managing it.
+        return Ok(());
     }
+    // SAFETY: may be called before Py_Initialize; returns a static NUL-terminated string.
+    let version = unsafe { ffi::Py_GetVersion() };
+    // SAFETY: as just said, a static C string: valid for the whole run.
+    check_loaded_library(unsafe { CStr::from_ptr(version) })?;
     let build = build_python();
     let executable = c_string(build.executable)?;
     let sigint_before = current_sigint_action();
 
     let mut preconfig = MaybeUninit::<ffi::PyPreConfig>::uninit();
-    // SAFETY: PyPreConfig_InitPythonConfig fully initialises the plain struct; Py_PreInitialize
-    // reads it. Locale coercion stays off: it would setenv("LC_CTYPE") in a process whose other
-    // threads may be reading the environment (UTF-8 mode still covers the C locale).
-    unsafe {
-        ffi::PyPreConfig_InitPythonConfig(preconfig.as_mut_ptr());
-        let preconfig = preconfig.assume_init_mut();
-        preconfig.coerce_c_locale = 0;
-        preconfig.coerce_c_locale_warn = 0;
-        start_status(ffi::Py_PreInitialize(preconfig))?;
-    }
+    // SAFETY: fully initialises the plain struct; may be called before Python runs.
+    unsafe { ffi::PyPreConfig_InitPythonConfig(preconfig.as_mut_ptr()) };
+    // SAFETY: initialised just above.
+    let preconfig = unsafe { preconfig.assume_init_mut() };
+    // Locale coercion stays off: it would setenv("LC_CTYPE") in a process whose other threads
+    // may be reading the environment (UTF-8 mode still covers the C locale).
+    preconfig.coerce_c_locale = 0;
+    preconfig.coerce_c_locale_warn = 0;
+    // SAFETY: reads the initialised preconfig; Python is not running yet and nothing else
+    // starts it concurrently (the caller's guarantee).
+    start_status(unsafe { ffi::Py_PreInitialize(preconfig) })?;
 
     let mut config = MaybeUninit::<ffi::PyConfig>::uninit();
-    // SAFETY: PyConfig_InitPythonConfig fully initialises the struct; every exit path below
-    // calls PyConfig_Clear on it exactly once. Strings are copied by PyConfig_SetBytesString.
-    unsafe {
-        ffi::PyConfig_InitPythonConfig(config.as_mut_ptr());
-        let config = config.assume_init_mut();
-        config.install_signal_handlers = 0;
-        config.parse_argv = 0;
-        let mut status = ffi::PyConfig_SetBytesString(config, &mut config.executable, executable.as_ptr());
-        if ffi::PyStatus_Exception(status) == 0 {
-            status = ffi::PyConfig_SetBytesString(config, &mut config.program_name, executable.as_ptr());
-        }
-        if ffi::PyStatus_Exception(status) == 0 {
-            status = ffi::Py_InitializeFromConfig(config);
-        }
-        ffi::PyConfig_Clear(config);
-        start_status(status)?;
-        // Py_InitializeFromConfig leaves this thread holding the GIL; hand it back so that any
-        // thread can take it. The thread state stays registered for this thread's later use.
-        ffi::PyEval_SaveThread();
-    }
+    // SAFETY: fully initialises the struct (allocating nothing yet); may be called before
+    // Python runs.
+    unsafe { ffi::PyConfig_InitPythonConfig(config.as_mut_ptr()) };
+    // SAFETY: initialised just above.
+    let config = unsafe { config.assume_init_mut() };
+    config.install_signal_handlers = 0;
+    config.parse_argv = 0;
+    // SAFETY: `config` is initialised; Python is not running yet and nothing else starts it
+    // concurrently (the caller's guarantee).
+    let status = unsafe { configure_and_start(config, &executable) };
+    // SAFETY: frees what the configuration allocated, exactly once: configure_and_start
+    // returns on every path, never early from here.
+    unsafe { ffi::PyConfig_Clear(config) };
+    start_status(status)?;
+    // SAFETY: Py_InitializeFromConfig left this thread holding the GIL; hand it back so that
+    // any thread can take it. The thread state stays registered for this thread's later use.
+    unsafe { ffi::PyEval_SaveThread() };
     restore_sigint(&sigint_before);
     Ok(())
 }
 
+/// Sets the executable and program name in `config`, then starts Python from it: the status
+/// of the first step that fails, or of the start.
+///
+/// # Safety
+/// `config` was initialised by `PyConfig_InitPythonConfig`; Python is not running and nothing
+/// else starts it concurrently.
+unsafe fn configure_and_start(config: &mut ffi::PyConfig, executable: &CStr) -> ffi::PyStatus {
+    // SAFETY: per the contract; the string is copied into the config.
+    let status = unsafe { ffi::PyConfig_SetBytesString(config, &mut config.executable, executable.as_ptr()) };
+    // SAFETY: only reads the struct.
+    if unsafe { ffi::PyStatus_Exception(status) } != 0 {
+        return status;
+    }
+    // SAFETY: as for the executable.
+    let status = unsafe { ffi::PyConfig_SetBytesString(config, &mut config.program_name, executable.as_ptr()) };
+    // SAFETY: only reads the struct.
+    if unsafe { ffi::PyStatus_Exception(status) } != 0 {
+        return status;
+    }
+    // SAFETY: per the contract; reads the config, which the caller clears afterwards.
+    unsafe { ffi::Py_InitializeFromConfig(config) }
+}
+
 fn current_sigint_action() -> libc::sigaction {
     let mut action = MaybeUninit::<libc::sigaction>::zeroed();
-    // SAFETY: a null new action only queries; sigaction fills `action` (zeroed if it fails).
-    unsafe {
-        libc::sigaction(libc::SIGINT, std::ptr::null(), action.as_mut_ptr());
-        action.assume_init()
-    }
+    // SAFETY: a null new action only queries; sigaction fills `action` (left zeroed if it
+    // fails).
+    unsafe { libc::sigaction(libc::SIGINT, std::ptr::null(), action.as_mut_ptr()) };
+    // SAFETY: zeroed or filled by sigaction: either way a valid plain C struct.
+    unsafe { action.assume_init() }
 }
 
 /// Importing `signal` installs Python's SIGINT handler even with signal handlers turned off
@@ -250,8 +270,10 @@ pub(crate) fn path_to_python<'py>(gil: GilToken<'py>, path: &Path) -> Result<Obj
     let bytes = OsStr::as_bytes(path.as_os_str());
     let len = isize::try_from(bytes.len()).map_err(|_| Error::InvalidArgument("path too long".into()))?;
     // SAFETY: the GIL is held (gil); the function reads `len` bytes from a live slice and
-    // returns a new reference or NULL with an exception set, which from_owned_ptr handles.
-    unsafe { Object::from_owned_ptr(gil, ffi::PyUnicode_DecodeFSDefaultAndSize(bytes.as_ptr().cast(), len)) }
+    // returns a new reference or NULL with an exception set.
+    let ptr = unsafe { ffi::PyUnicode_DecodeFSDefaultAndSize(bytes.as_ptr().cast(), len) };
+    // SAFETY: a new reference or NULL with an exception set, as just said.
+    unsafe { Object::from_owned_ptr(gil, ptr) }
 }
 
 #[cfg(test)]

@@ -73,13 +73,12 @@ impl<'py> Object<'py> {
     /// current thread holds the GIL.
     #[inline]
     pub(crate) unsafe fn from_borrowed_ptr(gil: GilToken<'py>, ptr: *mut ffi::PyObject) -> Result<Self> {
-        // SAFETY: per this function's contract; Py_INCREF turns the borrowed reference into
-        // the owned one the guard will release.
-        unsafe {
-            let object = Self::from_owned_ptr(gil, ptr)?;
-            ffi::Py_INCREF(ptr);
-            Ok(object)
-        }
+        // SAFETY: per this function's contract; the guard made here owns the reference once
+        // the incref below has made one for it (nothing runs in between).
+        let object = unsafe { Self::from_owned_ptr(gil, ptr) }?;
+        // SAFETY: GIL held; `ptr` is live (borrowed, per the contract) and not NULL here.
+        unsafe { ffi::Py_INCREF(ptr) };
+        Ok(object)
     }
 
     /// Hands the reference over to a C-API function that steals it.
@@ -127,7 +126,9 @@ impl<'py> Object<'py> {
         let len = isize::try_from(text.len()).map_err(|_| Error::Conversion("str too long for Python".into()))?;
         // SAFETY: GIL held (gil); reads `len` bytes of valid UTF-8 and returns a new
         // reference or NULL with an exception set.
-        unsafe { Self::from_owned_ptr(gil, ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast(), len)) }
+        let ptr = unsafe { ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast(), len) };
+        // SAFETY: a new reference or NULL with an exception set, as just said.
+        unsafe { Self::from_owned_ptr(gil, ptr) }
     }
 
     /// `getattr(self, name)`.
@@ -144,7 +145,9 @@ impl<'py> Object<'py> {
         let name = Object::from_str(self.gil(), name)?;
         // SAFETY: GIL held; both pointers are live and borrowed for the call, which returns a
         // new reference or NULL with an exception set.
-        unsafe { Object::from_owned_ptr(self.gil(), ffi::PyObject_GetAttr(self.as_ptr(), name.as_ptr())) }
+        let ptr = unsafe { ffi::PyObject_GetAttr(self.as_ptr(), name.as_ptr()) };
+        // SAFETY: a new reference or NULL with an exception set, as just said.
+        unsafe { Object::from_owned_ptr(self.gil(), ptr) }
     }
 
     /// `setattr(self, name, value)`.
@@ -208,29 +211,31 @@ impl<'py> Object<'py> {
         let name = Object::from_str(self.gil(), name)?;
         // SAFETY: GIL held; the name, the receiver and the arguments are borrowed references
         // kept alive by their guards for the call; returns a new reference or NULL.
-        unsafe {
-            let result = ffi::PyObject_VectorcallMethod(
+        let result = unsafe {
+            ffi::PyObject_VectorcallMethod(
                 name.as_ptr(),
                 receiver_and_args.as_ptr(),
                 receiver_and_args.len(),
                 std::ptr::null_mut(),
-            );
-            Object::from_owned_ptr(self.gil(), result)
-        }
+            )
+        };
+        // SAFETY: a new reference or NULL with an exception set, as just said.
+        unsafe { Object::from_owned_ptr(self.gil(), result) }
     }
 
     fn vectorcall(&self, args: &[Object<'_>], kwargs: Option<&Object<'_>>) -> Result<Object<'py>> {
         let (callable, argv, nargs) = (self.as_ptr(), args.as_ptr().cast::<*mut ffi::PyObject>(), args.len());
-        // SAFETY: GIL held. Object is repr(transparent) over a non-null PyObject pointer, so
-        // `args` is an array of borrowed references, alive for the call; the dict is borrowed
-        // too. Both calls return a new reference or NULL with an exception set.
-        unsafe {
-            let result = match kwargs {
-                None => ffi::PyObject_Vectorcall(callable, argv, nargs, std::ptr::null_mut()),
-                Some(kwargs) => ffi::PyObject_VectorcallDict(callable, argv, nargs, kwargs.as_ptr()),
-            };
-            Object::from_owned_ptr(self.gil(), result)
-        }
+        // Object is repr(transparent) over a non-null PyObject pointer, so `argv` is an array
+        // of `nargs` borrowed references, alive for the call.
+        let result = match kwargs {
+            // SAFETY: GIL held; the callable and the arguments are borrowed for the call, which
+            // returns a new reference or NULL with an exception set.
+            None => unsafe { ffi::PyObject_Vectorcall(callable, argv, nargs, std::ptr::null_mut()) },
+            // SAFETY: as above; the dict is borrowed too.
+            Some(kwargs) => unsafe { ffi::PyObject_VectorcallDict(callable, argv, nargs, kwargs.as_ptr()) },
+        };
+        // SAFETY: a new reference or NULL with an exception set, as just said.
+        unsafe { Object::from_owned_ptr(self.gil(), result) }
     }
 
     /// Converts to a Rust value.
@@ -249,31 +254,36 @@ impl<'py> Object<'py> {
     /// `str(self)`.
     pub fn str(&self) -> Result<String> {
         // SAFETY: GIL held; PyObject_Str borrows self and returns a new reference or NULL.
-        unsafe { Object::from_owned_ptr(self.gil(), ffi::PyObject_Str(self.as_ptr())) }?.extract()
+        let ptr = unsafe { ffi::PyObject_Str(self.as_ptr()) };
+        // SAFETY: a new reference or NULL with an exception set, as just said.
+        unsafe { Object::from_owned_ptr(self.gil(), ptr) }?.extract()
     }
 
     /// `repr(self)`.
     pub fn repr(&self) -> Result<String> {
         // SAFETY: GIL held; PyObject_Repr borrows self and returns a new reference or NULL.
-        unsafe { Object::from_owned_ptr(self.gil(), ffi::PyObject_Repr(self.as_ptr())) }?.extract()
+        let ptr = unsafe { ffi::PyObject_Repr(self.as_ptr()) };
+        // SAFETY: a new reference or NULL with an exception set, as just said.
+        unsafe { Object::from_owned_ptr(self.gil(), ptr) }?.extract()
     }
 
     /// The name of the object's type (`type(self).__name__`), for messages.
     pub fn type_name(&self) -> String {
+        // SAFETY: GIL held; reads the type of a live object.
+        let ty = unsafe { ffi::Py_TYPE(self.as_ptr()) };
         // SAFETY: GIL held; every object has a type, which self keeps alive.
-        unsafe { type_object_name(ffi::Py_TYPE(self.as_ptr())) }
+        unsafe { type_object_name(ty) }
     }
 
     /// The name of the class this object is, if it is a type; else of its type.
     pub(crate) fn class_name(&self) -> String {
-        // SAFETY: GIL held; PyType_Check only reads the type's flags; a type object may be
-        // viewed as a PyTypeObject, and self keeps it alive.
-        unsafe {
-            if ffi::PyType_Check(self.as_ptr()) != 0 {
-                type_object_name(self.as_ptr().cast())
-            } else {
-                self.type_name()
-            }
+        // SAFETY: GIL held; PyType_Check only reads the type's flags.
+        if unsafe { ffi::PyType_Check(self.as_ptr()) } != 0 {
+            // SAFETY: GIL held; a type object may be viewed as a PyTypeObject, and self keeps
+            // it alive.
+            unsafe { type_object_name(self.as_ptr().cast()) }
+        } else {
+            self.type_name()
         }
     }
 
@@ -326,7 +336,9 @@ impl<'py> Object<'py> {
     pub fn get_item(&self, key: impl ToPython) -> Result<Object<'py>> {
         let key = key.to_python(self.gil())?;
         // SAFETY: GIL held; both borrowed; returns a new reference or NULL with an exception.
-        unsafe { Object::from_owned_ptr(self.gil(), ffi::PyObject_GetItem(self.as_ptr(), key.as_ptr())) }
+        let ptr = unsafe { ffi::PyObject_GetItem(self.as_ptr(), key.as_ptr()) };
+        // SAFETY: a new reference or NULL with an exception set, as just said.
+        unsafe { Object::from_owned_ptr(self.gil(), ptr) }
     }
 
     /// Turns this reference into a [`Handle`] that can be stored and sent to other threads.
@@ -374,7 +386,9 @@ impl<'py> Object<'py> {
         let items = items.into_iter();
         let len = ffi::Py_ssize_t::try_from(items.len()).map_err(|_| Error::Conversion("too many items".into()))?;
         // SAFETY: GIL held; PyTuple_New / PyList_New return a new reference or NULL.
-        let sequence = unsafe { Object::from_owned_ptr(gil, new(len)) }?;
+        let sequence = unsafe { new(len) };
+        // SAFETY: a new reference or NULL with an exception set, as just said.
+        let sequence = unsafe { Object::from_owned_ptr(gil, sequence) }?;
         if len == 0 {
             return Ok(sequence); // possibly a shared empty singleton: leave its tracking alone
         }
@@ -403,9 +417,10 @@ impl<'py> Object<'py> {
     /// `self` is a tuple (`PyTuple_Check`) and `index` is below its length.
     #[inline]
     pub(crate) unsafe fn tuple_item(&self, index: usize) -> Result<Object<'py>> {
-        // SAFETY: per the contract; PyTuple_GetItem returns a borrowed reference that the
-        // immutable tuple keeps alive until from_borrowed_ptr increfs it.
-        unsafe { Object::from_borrowed_ptr(self.gil(), ffi::PyTuple_GetItem(self.as_ptr(), index as ffi::Py_ssize_t)) }
+        // SAFETY: per the contract (a tuple, `index` in range); returns a borrowed reference.
+        let item = unsafe { ffi::PyTuple_GetItem(self.as_ptr(), index as ffi::Py_ssize_t) };
+        // SAFETY: the immutable tuple keeps the borrowed item alive until the incref here.
+        unsafe { Object::from_borrowed_ptr(self.gil(), item) }
     }
 
     /// The length of a tuple.
@@ -424,8 +439,10 @@ impl<'py> Object<'py> {
 /// # Safety
 /// The GIL is held and `ty` is a live type object.
 unsafe fn type_object_name(ty: *mut ffi::PyTypeObject) -> String {
-    // SAFETY: per the contract; tp_name is a NUL-terminated C string owned by the type.
-    let full = unsafe { std::ffi::CStr::from_ptr((*ty).tp_name) }.to_string_lossy();
+    // SAFETY: per the contract, `ty` points to a live type object.
+    let name = unsafe { (*ty).tp_name };
+    // SAFETY: tp_name is a NUL-terminated C string owned by the type, alive while it is.
+    let full = unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy();
     full.rsplit('.').next().unwrap_or_default().to_owned()
 }
 
