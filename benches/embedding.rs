@@ -134,4 +134,23 @@ fn main() {
         })
     });
     report("submit-shaped call: 2 floats, 3 strs, an int", raw, ours, theirs);
+
+    // A failure that is translated and dropped: no traceback is worth making for it.
+    let big = gil.eval("2 ** 70").unwrap();
+    let number = big.as_ptr();
+    let iterations = 100_000;
+    let raw = nanos_per_call(iterations, || {
+        // SAFETY: GIL held (gil); `number` is a live int; the OverflowError it raises is cleared.
+        unsafe {
+            black_box(ffi::PyLong_AsLongLong(number));
+            black_box(ffi::PyErr_Occurred());
+            ffi::PyErr_Clear();
+        }
+    });
+    let ours = nanos_per_call(iterations, || _ = black_box(big.extract::<i64>().is_err()));
+    let theirs = Python::attach(|py| {
+        let big = py.eval(c"2 ** 70", None, None).unwrap();
+        nanos_per_call(iterations, || _ = black_box(big.extract::<i64>().is_err()))
+    });
+    report("extract an int out of range (error dropped)", raw, ours, theirs);
 }

@@ -179,11 +179,33 @@ impl<'py> PendingException<'py> {
 /// The type's qualified name, prefixed by its module unless that is `builtins`; the bare
 /// `tp_name` if the attributes cannot be read.
 fn type_name(ptype: &Object<'_>) -> String {
+    if let Some(name) = static_type_name(ptype) {
+        return name;
+    }
     match (str_attribute(ptype, c"__module__"), str_attribute(ptype, c"__qualname__")) {
         (Some(module), Some(qualname)) if module != "builtins" => format!("{module}.{qualname}"),
         (_, Some(qualname)) => qualname,
         _ => ptype.class_name(),
     }
+}
+
+/// The name of a static (C) type, such as every built-in exception: Python derives its
+/// `__module__` and `__qualname__` from its `tp_name`, split at the last dot (`builtins` when
+/// there is none), so `tp_name` is the name, read without a call. `None` for other objects.
+fn static_type_name(ptype: &Object<'_>) -> Option<String> {
+    // SAFETY: GIL held (ptype); the check only reads the type of a live object.
+    if unsafe { ffi::PyType_Check(ptype.as_ptr()) } == 0 {
+        return None;
+    }
+    let ty = ptype.as_ptr().cast::<ffi::PyTypeObject>();
+    // SAFETY: GIL held; reads the flags of a live type object.
+    if unsafe { ffi::PyType_HasFeature(ty, ffi::Py_TPFLAGS_HEAPTYPE) } != 0 {
+        return None;
+    }
+    // SAFETY: `ty` is a live type object (checked above), kept alive by `ptype`.
+    let name = unsafe { (*ty).tp_name };
+    // SAFETY: tp_name is a NUL-terminated C string owned by the type, alive while it is.
+    Some(unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned())
 }
 
 /// The attribute `name` of `object` if it is a `str`; `None` if it is not, or reading it fails
@@ -223,6 +245,17 @@ fn lossy_text(
     let text = unsafe { to_text(object.as_ptr()) };
     // SAFETY: a new reference or NULL, as just said.
     let text = unsafe { owned_or_discard(gil, text) }?;
+    let mut len: ffi::Py_ssize_t = 0;
+    // SAFETY: GIL held; `text` is a str (what str() and repr() return), borrowed; returns a
+    // buffer it owns of `len` bytes of UTF-8, or NULL with an exception set (a lone surrogate).
+    let data = unsafe { ffi::PyUnicode_AsUTF8AndSize(text.as_ptr(), &mut len) };
+    if let (false, Ok(len)) = (data.is_null(), usize::try_from(len)) {
+        // SAFETY: `len` initialised bytes owned by `text`, alive until the copy here.
+        let data = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) };
+        return Some(String::from_utf8_lossy(data).into_owned());
+    }
+    // Not UTF-8 as it is: escape what cannot be.
+    discard_failure(gil);
     // SAFETY: GIL held; borrows the str, returns a new bytes reference or NULL.
     let encoded =
         unsafe { ffi::PyUnicode_AsEncodedString(text.as_ptr(), c"utf-8".as_ptr(), c"backslashreplace".as_ptr()) };
