@@ -1,7 +1,7 @@
 //! The flags of the Rust–Python contract agree: `SubmitStatus` and `ResultStatus` carry the
 //! codes `py4cc.protocol` defines, in the copy of py4cc the Driver and its workers run.
-//! (The method names the Driver looks up are checked beside their constants, in
-//! `src/driver/protocol.rs`.)
+//! (The names the Driver uses in Python are checked against `py4cc.protocol.DRIVER_CONTRACT`
+//! beside their private constants, in `src/driver/protocol.rs`.)
 
 use std::path::Path;
 

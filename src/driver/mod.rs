@@ -16,7 +16,7 @@ use crate::interpreter::{self, StartOptions};
 use crate::object::{Handle, Object};
 
 pub use options::{DriverOptions, StartMethod};
-use protocol::{DRIVER_CLASS, DRIVER_MODULE, N_SUBPROCESSES, method};
+use protocol::{DRIVER_CLASS, DRIVER_MODULE, N_SUBPROCESSES, method, option};
 pub use protocol::{ResultStatus, SubmitStatus};
 
 /// The answer to [`Driver::submit`]: a status, the task's key (0 unless accepted) and a
@@ -93,12 +93,12 @@ impl Driver {
         let driver = class.call(
             (),
             [
-                ("max_tasks", &options.max_tasks as &dyn crate::ToPython),
-                ("n_subprocesses", &options.n_subprocesses),
-                ("start_method", &options.start_method.as_str()),
-                ("engine", &options.engine),
-                ("task_timeout", &options.task_timeout.map(|timeout| timeout.as_secs_f64())),
-                ("init_timeout", &options.init_timeout.map(|timeout| timeout.as_secs_f64())),
+                (option::MAX_TASKS, &options.max_tasks as &dyn crate::ToPython),
+                (option::N_SUBPROCESSES, &options.n_subprocesses),
+                (option::START_METHOD, &options.start_method.as_str()),
+                (option::ENGINE, &options.engine),
+                (option::TASK_TIMEOUT, &options.task_timeout.map(|timeout| timeout.as_secs_f64())),
+                (option::INIT_TIMEOUT, &options.init_timeout.map(|timeout| timeout.as_secs_f64())),
             ],
         )?;
         let bound = |name| driver.getattr(name).map(Object::unbind);

@@ -1,6 +1,7 @@
 //! The contract between the Rust [`Driver`](super::Driver) and `py4cc`, in one place on this
 //! side: the flags that `submit`, `retrieve` and `wait` answer with, and the names the Driver
-//! looks up in Python. `py4cc/protocol.py` is the other side; tests check that both agree.
+//! uses in Python. `py4cc/protocol.py` is the other side (its flags and `DRIVER_CONTRACT`);
+//! tests check that both agree.
 
 /// `py4cc.protocol.OK`: submit accepted, or retrieve done.
 const OK: i64 = 0;
@@ -17,6 +18,27 @@ const ERROR: i64 = 9;
 pub(super) const DRIVER_MODULE: &str = "py4cc.driver";
 /// See [`DRIVER_MODULE`].
 pub(super) const DRIVER_CLASS: &str = "Driver";
+
+/// The Python driver's constructor keywords, one per [`DriverOptions`](super::DriverOptions)
+/// field passed on.
+pub(super) mod option {
+    /// `max_tasks: int`.
+    pub(in crate::driver) const MAX_TASKS: &str = "max_tasks";
+    /// `n_subprocesses: int`, 0 for one per CPU.
+    pub(in crate::driver) const N_SUBPROCESSES: &str = "n_subprocesses";
+    /// `start_method: str`.
+    pub(in crate::driver) const START_METHOD: &str = "start_method";
+    /// `engine: str`, `"module:Class"`.
+    pub(in crate::driver) const ENGINE: &str = "engine";
+    /// `task_timeout: float | None`, in seconds.
+    pub(in crate::driver) const TASK_TIMEOUT: &str = "task_timeout";
+    /// `init_timeout: float | None`, in seconds.
+    pub(in crate::driver) const INIT_TIMEOUT: &str = "init_timeout";
+    /// All of the above, as `py4cc.protocol` lists them.
+    #[cfg(test)]
+    pub(in crate::driver) const ALL: [&str; 6] =
+        [MAX_TASKS, N_SUBPROCESSES, START_METHOD, ENGINE, TASK_TIMEOUT, INIT_TIMEOUT];
+}
 
 /// The Python driver's methods that the Rust Driver calls, by name.
 pub(super) mod method {
@@ -37,7 +59,7 @@ pub(super) mod method {
     pub(in crate::driver) const ALL: [&str; 6] = [INITIALIZE, SUBMIT, RETRIEVE, WAIT, FINALIZE, WORKER_PIDS];
 }
 
-/// The Python driver's attribute holding how many worker processes run.
+/// The Python driver's attribute holding how many worker processes run (the only one read).
 pub(super) const N_SUBPROCESSES: &str = "n_subprocesses";
 
 /// The answer to [`Driver::submit`](super::Driver::submit).
@@ -103,49 +125,67 @@ impl ResultStatus {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use crate::gil::Gil;
     use crate::interpreter::{self, StartOptions};
 
-    /// `py4cc.protocol` from the copy of the package this binary carries, what every worker runs.
-    fn with_python_protocol(check: impl FnOnce(&crate::Object<'_>)) {
+    /// `py4cc.protocol.DRIVER_CONTRACT[key]`, from the copy of the package this binary carries
+    /// (what the Driver and every worker run).
+    fn contract<T: for<'py> crate::FromPython<'py>>(key: &str) -> T {
         let package = super::super::package::package_parent_dir().unwrap().to_path_buf();
         interpreter::start(&StartOptions { python_path: vec![package.clone()] }).unwrap();
         let gil = Gil::acquire().unwrap();
         let protocol = gil.import("py4cc.protocol").unwrap();
         let file: String = protocol.getattr("__file__").unwrap().extract().unwrap();
         assert!(std::path::Path::new(&file).starts_with(&package), "{file} is not the embedded copy");
-        check(&protocol);
+        let value = protocol.getattr("DRIVER_CONTRACT").unwrap().call_method("__getitem__", (key,), ()).unwrap();
+        value.extract().unwrap_or_else(|e| panic!("DRIVER_CONTRACT[{key:?}]: {e}"))
+    }
+
+    fn sorted(names: &[&str]) -> Vec<String> {
+        let mut names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+        names.sort();
+        names
     }
 
     #[test]
     fn the_flags_are_py4cc_protocols() {
-        with_python_protocol(|protocol| {
-            let flag = |name: &str| -> i64 { protocol.getattr(name).unwrap().extract().unwrap() };
-            for (name, ours) in [("OK", OK), ("AT_CAPACITY", AT_CAPACITY), ("NOT_FINISHED", NOT_FINISHED)] {
-                assert_eq!(flag(name), ours, "{name}");
-            }
-            assert_eq!((flag("FAILED"), flag("ERROR")), (FAILED, ERROR));
-        });
+        let theirs: HashMap<String, i64> = contract("flags");
+        let ours = [("OK", OK), ("AT_CAPACITY", AT_CAPACITY), ("NOT_FINISHED", NOT_FINISHED), ("FAILED", FAILED)];
+        let ours: HashMap<String, i64> =
+            ours.into_iter().chain([("ERROR", ERROR)]).map(|(name, flag)| (name.to_owned(), flag)).collect();
+        assert_eq!(theirs, ours);
     }
 
     #[test]
-    fn the_method_names_are_the_ones_py4cc_protocol_lists_and_its_driver_has() {
-        with_python_protocol(|protocol| {
-            let mut theirs: Vec<String> = protocol.getattr("DRIVER_METHODS").unwrap().extract().unwrap();
-            theirs.sort();
-            let mut ours = method::ALL.to_vec();
-            ours.sort_unstable();
-            assert_eq!(theirs, ours);
-            let gil = Gil::acquire().unwrap();
-            let callable = gil.eval("callable").unwrap();
-            let driver = gil.import(DRIVER_MODULE).unwrap().getattr(DRIVER_CLASS).unwrap().call((), ()).unwrap();
-            for name in ours {
-                let is_method: bool = callable.call((driver.getattr(name).unwrap(),), ()).unwrap().extract().unwrap();
-                assert!(is_method, "py4cc.driver.Driver.{name} is not a method");
-            }
-            let count: usize = driver.getattr(N_SUBPROCESSES).unwrap().extract().unwrap();
-            assert_eq!(count, 0, "a driver not yet initialized runs no worker");
-        });
+    fn the_names_are_the_ones_py4cc_protocol_lists() {
+        assert_eq!(contract::<String>("module"), DRIVER_MODULE);
+        assert_eq!(contract::<String>("class"), DRIVER_CLASS);
+        let names = |key| -> Vec<String> {
+            let mut names: Vec<String> = contract(key);
+            names.sort();
+            names
+        };
+        assert_eq!(names("options"), sorted(&option::ALL));
+        assert_eq!(names("methods"), sorted(&method::ALL));
+        assert_eq!(names("attributes"), sorted(&[N_SUBPROCESSES]));
+    }
+
+    #[test]
+    fn the_python_driver_has_those_methods_and_attribute() {
+        // Python's own list is checked against its Driver by py4cc's tests; this checks ours.
+        let package = super::super::package::package_parent_dir().unwrap().to_path_buf();
+        interpreter::start(&StartOptions { python_path: vec![package] }).unwrap();
+        let gil = Gil::acquire().unwrap();
+        let callable = gil.eval("callable").unwrap();
+        let driver = gil.import(DRIVER_MODULE).unwrap().getattr(DRIVER_CLASS).unwrap().call((), ()).unwrap();
+        for name in method::ALL {
+            let is_method: bool = callable.call((driver.getattr(name).unwrap(),), ()).unwrap().extract().unwrap();
+            assert!(is_method, "py4cc.driver.Driver.{name} is not a method");
+        }
+        let count: usize = driver.getattr(N_SUBPROCESSES).unwrap().extract().unwrap();
+        assert_eq!(count, 0, "a driver not yet initialized runs no worker");
     }
 }
