@@ -6,8 +6,12 @@
 //!   interpreter's library directory, so they load the libpython they were built against;
 //! - records the interpreter's executable, prefix and version for run time, so that the
 //!   embedded interpreter reports and spawns the very Python found here;
-//! - publishes the library directory to dependent build scripts as `DEP_RS4PY_LIBDIR`.
+//! - publishes the library directory to dependent build scripts as `DEP_RS4PY_LIBDIR`;
+//! - lists the `py4cc` package's modules for the copy compiled into the binary, so that the
+//!   copy cannot miss one.
 
+use std::fmt::Write as _;
+use std::path::Path;
 use std::process::exit;
 
 fn main() {
@@ -15,6 +19,7 @@ fn main() {
     // so that this crate picks the C API of the interpreter it builds against.
     pyo3_build_config::use_pyo3_cfgs();
     println!("cargo:rerun-if-changed=build.rs");
+    embed_py4cc();
     for var in ["PYO3_PYTHON", "VIRTUAL_ENV", "CONDA_PREFIX"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -50,4 +55,38 @@ fn main() {
 fn fail(message: &str) -> ! {
     eprintln!("rs4py build: {message}");
     exit(1)
+}
+
+/// Writes `$OUT_DIR/py4cc_files.rs`: the `(name, contents)` table of every top-level `*.py` of
+/// `py4cc/`, read by `src/driver/package.rs`. Its subdirectories stay out: `tests/` runs from
+/// the source tree, `workload/` is the benchmark side, not the library's.
+fn embed_py4cc() {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| fail("CARGO_MANIFEST_DIR is not set"));
+    let package = Path::new(&manifest_dir).join("py4cc");
+    // The directory itself, so that a module added or removed is seen too.
+    println!("cargo:rerun-if-changed={}", package.display());
+    let entries =
+        std::fs::read_dir(&package).unwrap_or_else(|e| fail(&format!("cannot list {}: {e}", package.display())));
+    let mut modules = Vec::new();
+    for entry in entries {
+        let path = entry.unwrap_or_else(|e| fail(&format!("cannot list {}: {e}", package.display()))).path();
+        if path.is_file() && path.extension().is_some_and(|extension| extension == "py") {
+            let (Some(name), Some(full)) = (path.file_name().and_then(|name| name.to_str()), path.to_str()) else {
+                fail(&format!("{} is not a UTF-8 path", path.display()));
+            };
+            println!("cargo:rerun-if-changed={full}");
+            modules.push((name.to_owned(), full.to_owned()));
+        }
+    }
+    modules.sort();
+    let mut table = String::from("// Written by build.rs from the listing of py4cc/.\n&[\n");
+    for (name, full) in &modules {
+        let _ = writeln!(table, "    ({name:?}, include_str!({full:?})),");
+    }
+    table.push_str("]\n");
+    let out_dir = std::env::var("OUT_DIR").unwrap_or_else(|_| fail("OUT_DIR is not set"));
+    let target = Path::new(&out_dir).join("py4cc_files.rs");
+    if let Err(e) = std::fs::write(&target, table) {
+        fail(&format!("cannot write {}: {e}", target.display()));
+    }
 }

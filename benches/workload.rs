@@ -1,14 +1,14 @@
 //! The reference workload (1000 tasks, 16 threads) from Rust against its anchors, in one run:
-//! the same workload in pure Python (`python3 -m py4cc.harness`, same seed, same digest) and the
-//! theoretical limit (every task's sleep, summed, divided by the workers).
+//! the same workload in pure Python (`python3 -m py4cc.workload.harness`, same seed, same
+//! digest) and the theoretical limit (every task's sleep, summed, divided by the workers).
 //!
 //! `cargo bench --bench workload [-- --tasks N --threads N --workers N]` (workers default 2 and 8)
 
 use std::process::Command;
 use std::time::Instant;
 
-use rs4py::workload::{self, Mode, Report};
 use rs4py::{Driver, DriverOptions};
+use rs4py_workload::{self as workload, Mode, Report};
 
 struct Row {
     seconds: f64,
@@ -41,7 +41,7 @@ fn rust_run(tasks: usize, threads: usize, workers: usize, mode: Mode) -> Row {
 /// Runs the pure-Python harness and reads the figures from its JSON line.
 fn python_run(tasks: usize, threads: usize, workers: usize, mode: Mode) -> Row {
     let output = Command::new(rs4py::build_python().executable)
-        .args(["-m", "py4cc.harness", "--seed", "42", "--mode", mode.as_str()])
+        .args(["-m", "py4cc.workload.harness", "--seed", "42", "--mode", mode.as_str()])
         .args(["--tasks", &tasks.to_string(), "--threads", &threads.to_string(), "--workers", &workers.to_string()])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -97,7 +97,7 @@ fn main() {
             let rust = rust_run(tasks, threads, workers, mode);
             let python = python_run(tasks, threads, workers, mode);
             assert_eq!(rust.digest, python.digest, "the two runs did different work");
-            for (name, row) in [("rs4py (Rust)", &rust), ("py4cc.harness", &python)] {
+            for (name, row) in [("rs4py (Rust)", &rust), ("py4cc harness", &python)] {
                 println!(
                     "{workers:<8} {:<5} {name:<18} {:>8.3} {:>9.1} {:>8.2} {:>8.2} {:>7} {:>9.2}x {:>9.2}x",
                     mode.as_str(),

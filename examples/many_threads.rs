@@ -1,21 +1,21 @@
-//! The article's test from Rust: many threads share one `Driver`, submit the seeded task list
-//! and check every result against the model computed in Rust.
+//! The reference workload from Rust: many threads share one `Driver`, submit the seeded task
+//! list and check every result against the model computed in Rust.
 //!
 //! ```text
 //! cargo run --release --example many_threads -- [--tasks 1000] [--threads 16] [--workers 0]
 //!     [--seed 42] [--start-method forkserver|fork|spawn] [--mode poll|wait]
 //! ```
 //!
-//! Prints a short summary, then one JSON line with the keys of `python3 -m py4cc.harness`, whose
-//! `digest` matches the harness's for the same seed. Exits non-zero on any wrong or missing
-//! result.
+//! Prints a short summary, then one JSON line with the keys of
+//! `python3 -m py4cc.workload.harness`, whose `digest` matches the harness's for the same seed.
+//! Exits non-zero on any wrong or missing result.
 
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Instant;
 
-use rs4py::workload::{self, Mode, Report};
 use rs4py::{Driver, DriverOptions, StartMethod};
+use rs4py_workload::{self as workload, Mode, Report};
 
 struct Args {
     tasks: usize,
@@ -114,7 +114,7 @@ fn run(args: &Args) -> Result<Report, rs4py::Error> {
         ..DriverOptions::default()
     })?;
     driver.initialize(r#"{"model": "big_model"}"#, &["f0", "f1"], &["name", "sentence", "uuid"])?;
-    let workers = driver.n_workers()?;
+    let workers = driver.n_subprocesses()?;
 
     let started = Instant::now();
     let outcomes = workload::run(&driver, &tasks, args.threads, args.mode);

@@ -43,8 +43,6 @@ mod exception;
 mod gil;
 mod interpreter;
 mod object;
-mod py4cc;
-pub mod workload;
 
 pub use convert::{FromPython, IntoArgs, IntoKwargs, ToPython};
 pub use driver::{Driver, DriverOptions, ResultStatus, StartMethod, SubmitStatus, TaskReceipt, TaskResult};

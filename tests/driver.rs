@@ -1,20 +1,19 @@
 //! The safe `Driver` end to end: many threads on one driver, every status of every call with
 //! its message, capacity, each start method, a user's own Engine found through `python_path`,
 //! `wait` beside other threads, task timeouts and killed workers, `finalize` and `Drop`, calls
-//! from a thread that holds the GIL, `initialize` errors, and the workload's task list and
-//! digest against `py4cc.taskgen`.
+//! from a thread that holds the GIL, `initialize` errors.
 //!
-//! Every result is checked against `rs4py::workload::big_model`, computed in Rust.
+//! Every result is checked against `rs4py_workload::big_model`, computed in Rust.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rs4py::workload::{Task, big_model, make_tasks, task_digest};
 use rs4py::{Driver, DriverOptions, Error, Gil, ResultStatus, StartMethod, SubmitStatus, TaskResult};
+use rs4py_workload::{Task, big_model, make_tasks};
 
 const FLOAT_NAMES: [&str; 2] = ["f0", "f1"];
 /// The demo workload's str features.
@@ -257,7 +256,7 @@ fn many_threads_share_one_driver_and_every_result_is_right() {
     });
     let tasks = Arc::new(tasks);
     let driver = Arc::new(demo_driver(options(StartMethod::Forkserver, 2, 12)));
-    assert_eq!(driver.n_workers().unwrap(), 2);
+    assert_eq!(driver.n_subprocesses().unwrap(), 2);
     let keys = Arc::new(Mutex::new(Vec::new()));
     let barrier = Arc::new(Barrier::new(THREADS));
     let workers: Vec<_> = (0..THREADS)
@@ -335,10 +334,11 @@ fn submit_answers_accepted_at_capacity_and_error_with_their_messages() {
     assert!(early.message.contains("not initialized"), "{early:?}");
     assert_eq!(driver.wait(1, Duration::from_millis(10)).status, ResultStatus::Error);
     assert_eq!(driver.worker_pids().unwrap(), Vec::<u32>::new());
-    assert_eq!(driver.n_workers().unwrap(), 0);
+    assert_eq!(driver.n_subprocesses().unwrap(), 0, "none runs yet");
 
     driver.initialize("{}", &FLOAT_NAMES, &STR_NAMES).unwrap();
     assert_eq!(driver.worker_pids().unwrap().len(), 1);
+    assert_eq!(driver.n_subprocesses().unwrap(), 1);
 
     // Wrong feature counts: the message names the list, the expected and the given count.
     let wrong = driver.submit(&[1.0], &["a", "b", "c"], 0);
@@ -501,7 +501,7 @@ fn runs_real_tasks_with(start_method: StartMethod) {
     let driver = demo_driver(options(start_method, 2, 64));
     let pids = driver.worker_pids().unwrap();
     assert_eq!(pids.len(), 2, "{start_method:?}: {pids:?}");
-    assert_eq!(driver.n_workers().unwrap(), 2);
+    assert_eq!(driver.n_subprocesses().unwrap(), 2);
     assert!(pids.iter().all(|&pid| pid != std::process::id() && process_exists(pid)), "{pids:?}");
     let tasks = make_tasks(40, start_method as u64 + 100);
     let keys: Vec<i64> =
@@ -951,80 +951,6 @@ fn initialize_errors_are_python_exceptions_of_the_right_type() {
     assert_eq!(driver.worker_pids().unwrap(), Vec::<u32>::new());
     let refused = driver.submit(&[1.0, 2.0], &["a", "b", "c"], 1);
     assert_eq!(refused.status, SubmitStatus::Error, "{refused:?}");
-}
-
-// ------------------------------------------------------------------- the workload vs py4cc
-
-/// Imports a module from the Driver's own copy of py4cc (what the example and every worker
-/// use), checking that copy is this repository's.
-fn py4cc_module<'py>(gil: &'py Gil, name: &str, file: &str, source: &str) -> rs4py::Object<'py> {
-    let module = gil.import(name).unwrap();
-    let path: String = module.getattr("__file__").unwrap().extract().unwrap();
-    assert!(Path::new(&path).ends_with(Path::new("py4cc").join(file)), "{path}");
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), source, "{path} differs from the repository's");
-    module
-}
-
-#[test]
-fn the_workload_task_list_and_digest_equal_py4cc_taskgen() {
-    // Driver::new puts rs4py's own py4cc on sys.path.
-    drop(Driver::new(DriverOptions::default()).unwrap());
-    let gil = Gil::acquire().unwrap();
-    let taskgen = py4cc_module(&gil, "py4cc.taskgen", "taskgen.py", include_str!("../py4cc/taskgen.py"));
-    let engine = py4cc_module(&gil, "py4cc.engine", "engine.py", include_str!("../py4cc/engine.py"));
-
-    assert_eq!(task_digest(&[]), "cbf29ce484222325");
-    for seed in [0, 1, 42, 12_345, 2_024, u64::MAX] {
-        let tasks = make_tasks(1000, seed);
-        let python_tasks = taskgen.call_method("make_tasks", (1000, seed), ()).unwrap();
-        let python_digest: String = taskgen.call_method("task_digest", (python_tasks,), ()).unwrap().extract().unwrap();
-        assert_eq!(task_digest(&tasks), python_digest, "seed {seed}");
-    }
-    assert_ne!(task_digest(&make_tasks(1000, 1)), task_digest(&make_tasks(1000, 2)));
-
-    // Field by field, floats bit for bit, and the model's value on both sides.
-    const N: usize = 2000;
-    for seed in [7, 42] {
-        let tasks = make_tasks(N, seed);
-        let python: Vec<(Vec<f64>, Vec<String>, i64)> = gil
-            .eval(&format!(
-                "[(list(t.float_features), list(t.str_features), t.int_feature) \
-                 for t in __import__('py4cc.taskgen').taskgen.make_tasks({N}, {seed})]"
-            ))
-            .unwrap()
-            .extract()
-            .unwrap();
-        assert_eq!(python.len(), N);
-        let python_values: Vec<i64> = gil
-            .eval(&format!(
-                "[__import__('py4cc.engine').engine.big_model(*t) \
-                 for t in __import__('py4cc.taskgen').taskgen.make_tasks({N}, {seed})]"
-            ))
-            .unwrap()
-            .extract()
-            .unwrap();
-        for (index, (task, (floats, strs, int_feature))) in tasks.iter().zip(&python).enumerate() {
-            let bits = |values: &[f64]| values.iter().map(|value| value.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&task.float_features), bits(floats), "seed {seed} task {index}");
-            assert_eq!(&task.str_features, strs, "seed {seed} task {index}");
-            assert_eq!(task.int_feature, *int_feature, "seed {seed} task {index}");
-            assert_eq!(Some(python_values[index]), big_model(floats, strs, *int_feature), "seed {seed} task {index}");
-        }
-    }
-
-    // The model on inputs where upper-casing changes the length, and at the edges.
-    let cases: Vec<(Vec<f64>, Vec<&str>, i64)> = vec![
-        (vec![-1.5, 2.7], vec!["straße"], -4),
-        (vec![0.1, 0.2, 0.3], vec!["ﬁ", "ŉ", "ǆ", "ΐ"], 0),
-        (vec![-0.0, 1e-300], vec!["", "Zoë\0x", "✓"], 999),
-        (vec![999.999_999_999, 0.000_000_001], vec!["İ"], i64::MIN),
-        (vec![1e15, 1e15], vec![], i64::MAX - 10_000_000_000_000_000),
-    ];
-    let big_model_py = engine.getattr("big_model").unwrap();
-    for (floats, strs, int_feature) in cases {
-        let python: i64 = big_model_py.call((&floats, &strs, int_feature), ()).unwrap().extract().unwrap();
-        assert_eq!(Some(python), big_model(&floats, &strs, int_feature), "{floats:?} {strs:?} {int_feature}");
-    }
 }
 
 #[test]

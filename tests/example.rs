@@ -1,5 +1,6 @@
-//! The main job end to end: `examples/many_threads` and `python3 -m py4cc.harness` run the same
-//! workload and print the same JSON line (same keys, in order, and the same task digest).
+//! The main job end to end: `examples/many_threads` and `python3 -m py4cc.workload.harness` run
+//! the same workload and print the same JSON line (same keys, in order, and the same task
+//! digest).
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -53,7 +54,7 @@ fn the_example_and_the_harness_print_the_same_record_for_the_same_work() {
         String::from_utf8_lossy(&example.stderr)
     );
     let harness = Command::new(rs4py::build_python().executable)
-        .args(["-m", "py4cc.harness"])
+        .args(["-m", "py4cc.workload.harness"])
         .args(FLAGS)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -102,7 +103,7 @@ fn flags_are_read_as_the_harness_reads_them() {
     let example = Command::new(example_binary()).args(flags).output().unwrap();
     assert!(example.status.success(), "{}", String::from_utf8_lossy(&example.stderr));
     let harness = Command::new(rs4py::build_python().executable)
-        .args(["-m", "py4cc.harness"])
+        .args(["-m", "py4cc.workload.harness"])
         .args(flags)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -114,5 +115,5 @@ fn flags_are_read_as_the_harness_reads_them() {
     for key in ["tasks", "threads", "workers", "digest"] {
         assert_eq!(field(&example, key), field(&harness, key), "{key}");
     }
-    assert_eq!(rs4py::workload::task_digest(&rs4py::workload::make_tasks(6, u64::MAX)), field(&example, "digest"));
+    assert_eq!(rs4py_workload::task_digest(&rs4py_workload::make_tasks(6, u64::MAX)), field(&example, "digest"));
 }

@@ -1,152 +1,23 @@
 //! The safe Driver: `py4cc.driver.Driver` (a pool of worker processes running an Engine)
 //! behind a typed, `Send + Sync` Rust face whose task calls never fail with `Err`.
 
-use std::path::PathBuf;
+mod options;
+mod package;
+mod protocol;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gil::Gil;
 use crate::interpreter::{self, StartOptions};
 use crate::object::{Handle, Object};
 
-/// How `multiprocessing` starts the worker processes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StartMethod {
-    /// Fork the embedding process (fast; the child inherits its memory).
-    Fork,
-    /// Fork from a clean server process started once (the default).
-    #[default]
-    Forkserver,
-    /// Start a fresh interpreter per worker (slowest, most isolated).
-    Spawn,
-}
-
-impl StartMethod {
-    /// The name `multiprocessing` uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StartMethod::Fork => "fork",
-            StartMethod::Forkserver => "forkserver",
-            StartMethod::Spawn => "spawn",
-        }
-    }
-}
-
-impl std::str::FromStr for StartMethod {
-    type Err = Error;
-
-    /// ```
-    /// use rs4py::StartMethod;
-    /// assert_eq!("spawn".parse::<StartMethod>()?, StartMethod::Spawn);
-    /// assert!("thread".parse::<StartMethod>().is_err());
-    /// # Ok::<(), rs4py::Error>(())
-    /// ```
-    fn from_str(name: &str) -> Result<Self> {
-        [StartMethod::Fork, StartMethod::Forkserver, StartMethod::Spawn]
-            .into_iter()
-            .find(|method| method.as_str() == name)
-            .ok_or_else(|| Error::InvalidArgument(format!("unknown start method {name:?} (fork, forkserver or spawn)")))
-    }
-}
-
-/// How to build a [`Driver`].
-#[derive(Debug, Clone)]
-pub struct DriverOptions {
-    /// How many tasks the driver holds at once (queued, running, finished but not retrieved).
-    pub max_tasks: usize,
-    /// Worker processes; 0 means one per CPU.
-    pub n_subprocesses: usize,
-    /// How workers are started.
-    pub start_method: StartMethod,
-    /// The Engine class, `"module:Class"`; the demo Engine by default.
-    pub engine: String,
-    /// A task running longer is stopped (its worker killed and replaced) and answers `Failed`.
-    pub task_timeout: Option<Duration>,
-    /// A worker whose Engine is not built and initialised within this is stopped: at
-    /// [`Driver::initialize`], which then fails; later, for a replacement worker, which is
-    /// retried a few times before its tasks answer `Failed`. `None` waits as long as it takes.
-    pub init_timeout: Option<Duration>,
-    /// Directories put at the front of `sys.path`, for the user's own Engine module; every
-    /// worker process sees them too, whatever the start method.
-    pub python_path: Vec<PathBuf>,
-}
-
-impl Default for DriverOptions {
-    fn default() -> Self {
-        DriverOptions {
-            max_tasks: 64,
-            n_subprocesses: 0,
-            start_method: StartMethod::default(),
-            engine: "py4cc.engine:Engine".into(),
-            task_timeout: None,
-            init_timeout: None,
-            python_path: Vec::new(),
-        }
-    }
-}
-
-/// The answer to [`Driver::submit`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubmitStatus {
-    /// Accepted: come back with the key.
-    Accepted,
-    /// The driver holds `max_tasks` tasks: try again later.
-    AtCapacity,
-    /// Refused (wrong number of features, not initialised, finalized, ...): see the message.
-    Error,
-}
-
-/// The answer to [`Driver::retrieve`] and [`Driver::wait`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResultStatus {
-    /// Done: `value` is the model's answer (positive). The task is removed.
-    Done,
-    /// Not finished yet: ask again. The task is kept.
-    NotReady,
-    /// The model failed or answered a value `<= 0`, its worker died, or it timed out; the
-    /// message says which (with the traceback). The task is removed.
-    Failed,
-    /// Unknown key or another error; nothing changed.
-    Error,
-}
-
-impl SubmitStatus {
-    /// The flag of the protocol: 0, 1 or 9.
-    pub fn code(self) -> i64 {
-        match self {
-            SubmitStatus::Accepted => 0,
-            SubmitStatus::AtCapacity => 1,
-            SubmitStatus::Error => 9,
-        }
-    }
-
-    /// The status for a flag, if it is one of the protocol's.
-    pub fn from_code(code: i64) -> Option<Self> {
-        [SubmitStatus::Accepted, SubmitStatus::AtCapacity, SubmitStatus::Error].into_iter().find(|s| s.code() == code)
-    }
-}
-
-impl ResultStatus {
-    /// The flag of the protocol: 0, 1, 2 or 9.
-    pub fn code(self) -> i64 {
-        match self {
-            ResultStatus::Done => 0,
-            ResultStatus::NotReady => 1,
-            ResultStatus::Failed => 2,
-            ResultStatus::Error => 9,
-        }
-    }
-
-    /// The status for a flag, if it is one of the protocol's.
-    pub fn from_code(code: i64) -> Option<Self> {
-        [ResultStatus::Done, ResultStatus::NotReady, ResultStatus::Failed, ResultStatus::Error]
-            .into_iter()
-            .find(|s| s.code() == code)
-    }
-}
+pub use options::{DriverOptions, StartMethod};
+use protocol::{DRIVER_CLASS, DRIVER_MODULE, N_SUBPROCESSES, method, option};
+pub use protocol::{ResultStatus, SubmitStatus};
 
 /// The answer to [`Driver::submit`]: a status, the task's key (0 unless accepted) and a
 /// message (empty when accepted).
@@ -214,27 +85,27 @@ impl Driver {
     /// Starts the interpreter if needed (with rs4py's own `py4cc` and `options.python_path`
     /// on `sys.path`) and builds the Python driver. Nothing runs until [`initialize`](Self::initialize).
     pub fn new(options: DriverOptions) -> Result<Driver> {
-        let mut python_path = vec![crate::py4cc::package_parent_dir()?.to_path_buf()];
+        let mut python_path = vec![package::package_parent_dir()?.to_path_buf()];
         python_path.extend(options.python_path);
         interpreter::start(&StartOptions { python_path })?;
         let gil = Gil::acquire()?;
-        let class = gil.import("py4cc.driver")?.getattr("Driver")?;
+        let class = gil.import(DRIVER_MODULE)?.getattr(DRIVER_CLASS)?;
         let driver = class.call(
             (),
             [
-                ("max_tasks", &options.max_tasks as &dyn crate::ToPython),
-                ("n_subprocesses", &options.n_subprocesses),
-                ("start_method", &options.start_method.as_str()),
-                ("engine", &options.engine),
-                ("task_timeout", &options.task_timeout.map(|timeout| timeout.as_secs_f64())),
-                ("init_timeout", &options.init_timeout.map(|timeout| timeout.as_secs_f64())),
+                (option::MAX_TASKS, &options.max_tasks as &dyn crate::ToPython),
+                (option::N_SUBPROCESSES, &options.n_subprocesses),
+                (option::START_METHOD, &options.start_method.as_str()),
+                (option::ENGINE, &options.engine),
+                (option::TASK_TIMEOUT, &options.task_timeout.map(|timeout| timeout.as_secs_f64())),
+                (option::INIT_TIMEOUT, &options.init_timeout.map(|timeout| timeout.as_secs_f64())),
             ],
         )?;
-        let method = |name| driver.getattr(name).map(Object::unbind);
+        let bound = |name| driver.getattr(name).map(Object::unbind);
         let python = PythonDriver {
-            submit: method("submit")?,
-            retrieve: method("retrieve")?,
-            wait: method("wait")?,
+            submit: bound(method::SUBMIT)?,
+            retrieve: bound(method::RETRIEVE)?,
+            wait: bound(method::WAIT)?,
             driver: driver.clone().unbind(),
         };
         Ok(Driver { calls: Mutex::new(()), python, finalized: AtomicBool::new(false) })
@@ -253,7 +124,7 @@ impl Driver {
         let str_names: Vec<&str> = str_feature_names.iter().map(AsRef::as_ref).collect();
         let _serial = self.lock_calls();
         let gil = Gil::acquire()?;
-        self.python.driver.bind(&gil).call_method("initialize", (config_json, float_names, str_names), ())?;
+        self.python.driver.bind(&gil).call_method(method::INITIALIZE, (config_json, float_names, str_names), ())?;
         Ok(())
     }
 
@@ -283,7 +154,7 @@ impl Driver {
             let _serial = self.lock_calls();
             self.call_python(&self.python.retrieve, (key,), read_result)
         };
-        task_result(key, answer, "retrieve")
+        task_result(key, answer, method::RETRIEVE)
     }
 
     /// Waits up to `timeout` for the task to finish, then answers as [`retrieve`](Self::retrieve)
@@ -293,7 +164,7 @@ impl Driver {
         // Python's wait blocks on an Event, which releases the GIL; the py4cc driver is
         // thread-safe, so this call does not take the mutex at all.
         let answer = self.call_python(&self.python.wait, (key, timeout.as_secs_f64()), read_result);
-        task_result(key, answer, "wait")
+        task_result(key, answer, method::WAIT)
     }
 
     /// Stops the workers (terminated and joined; no process is left behind). Tasks not
@@ -308,7 +179,7 @@ impl Driver {
         }
         if let Ok(gil) = Gil::acquire() {
             // py4cc's finalize never raises; were it to, there is nothing left to undo.
-            let _ = self.python.driver.bind(&gil).call_method("finalize", (), ());
+            let _ = self.python.driver.bind(&gil).call_method(method::FINALIZE, (), ());
         }
     }
 
@@ -316,13 +187,14 @@ impl Driver {
     /// `finalize`).
     pub fn worker_pids(&self) -> Result<Vec<u32>> {
         let gil = Gil::acquire()?;
-        self.python.driver.bind(&gil).call_method("worker_pids", (), ())?.extract()
+        self.python.driver.bind(&gil).call_method(method::WORKER_PIDS, (), ())?.extract()
     }
 
-    /// How many worker processes run (resolved from `n_subprocesses`; 0 before `initialize`).
-    pub fn n_workers(&self) -> Result<usize> {
+    /// How many worker processes run: [`DriverOptions::n_subprocesses`] resolved (0 is one
+    /// per CPU) once [`initialize`](Self::initialize) has started them; 0 before.
+    pub fn n_subprocesses(&self) -> Result<usize> {
         let gil = Gil::acquire()?;
-        self.python.driver.bind(&gil).getattr("n_workers")?.extract()
+        self.python.driver.bind(&gil).getattr(N_SUBPROCESSES)?.extract()
     }
 
     /// Calls one of the Python driver's methods and reads its answer with `read`.

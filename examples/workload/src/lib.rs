@@ -1,15 +1,18 @@
-//! The reference workload (the article's test), shared by `examples/many_threads.rs`, the
-//! benchmarks and the tests: the same seeded task list as `py4cc.taskgen`, the model's formula
+//! The reference workload, shared by rs4py's `many_threads` example, its benchmarks and its
+//! tests: the same seeded task list as `py4cc.workload.taskgen`, the demo model's formula
 //! computed in Rust independently of Python, the threaded submit/retrieve loop, and the report
-//! whose JSON line has the keys and meaning of `py4cc.harness`'s.
+//! whose JSON line has the keys and meaning of `python3 -m py4cc.workload.harness`'s.
+//!
+//! Not part of rs4py: an unpublished crate of its workspace, a dev-dependency only.
+
+#![warn(missing_docs)]
 
 use std::fmt::Write as _;
+use std::sync::LazyLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use once_cell::sync::Lazy;
-
-use crate::driver::{Driver, ResultStatus, SubmitStatus};
+use rs4py::{Driver, ResultStatus, SubmitStatus};
 
 /// One task: the three arguments of [`Driver::submit`].
 #[derive(Debug, Clone, PartialEq)]
@@ -22,10 +25,10 @@ pub struct Task {
     pub int_feature: i64,
 }
 
-/// The SplitMix64 generator, as `py4cc.taskgen.SplitMix64`.
+/// The SplitMix64 generator, as `py4cc.workload.taskgen.SplitMix64`.
 ///
 /// ```
-/// let mut rng = rs4py::workload::SplitMix64::new(0);
+/// let mut rng = rs4py_workload::SplitMix64::new(0);
 /// assert_eq!(rng.next_u64(), 0xe220a8397b1dcdaf);
 /// ```
 #[derive(Debug, Clone)]
@@ -63,17 +66,20 @@ impl SplitMix64 {
     }
 }
 
-/// The word lists of `py4cc/words.txt`: first names, last names, words.
+/// The word lists of `py4cc/workload/words.txt`: first names, last names, words.
 struct WordLists {
     first: Vec<&'static str>,
     last: Vec<&'static str>,
     words: Vec<&'static str>,
 }
 
-static WORD_LISTS: Lazy<WordLists> = Lazy::new(|| {
+/// `py4cc/workload/words.txt`, shared with the Python task generator.
+const WORDS_TXT: &str = include_str!("../../../py4cc/workload/words.txt");
+
+static WORD_LISTS: LazyLock<WordLists> = LazyLock::new(|| {
     let mut lists = WordLists { first: Vec::new(), last: Vec::new(), words: Vec::new() };
     let mut section = None;
-    for line in crate::py4cc::words_txt().lines().map(str::trim).filter(|line| !line.is_empty()) {
+    for line in WORDS_TXT.lines().map(str::trim).filter(|line| !line.is_empty()) {
         match line.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')) {
             Some(name) => section = Some(name),
             None => match section {
@@ -88,11 +94,11 @@ static WORD_LISTS: Lazy<WordLists> = Lazy::new(|| {
 });
 
 /// The `n` tasks of a run for `seed`: identical, value for value, to
-/// `py4cc.taskgen.make_tasks(n, seed)`.
+/// `py4cc.workload.taskgen.make_tasks(n, seed)`.
 ///
 /// ```
-/// let tasks = rs4py::workload::make_tasks(3, 42);
-/// assert_eq!(tasks, rs4py::workload::make_tasks(3, 42));
+/// let tasks = rs4py_workload::make_tasks(3, 42);
+/// assert_eq!(tasks, rs4py_workload::make_tasks(3, 42));
 /// assert!(tasks.iter().all(|task| (0..1000).contains(&task.int_feature)));
 /// ```
 pub fn make_tasks(n: usize, seed: u64) -> Vec<Task> {
@@ -125,8 +131,9 @@ pub fn fnv1a64(data: &[u8], hash: u64) -> u64 {
     data.iter().fold(hash, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3))
 }
 
-/// The digest of a task list, as `py4cc.taskgen.task_digest`: FNV-1a 64 over each float as a
-/// little-endian double, each string's UTF-8 and a NUL, and the int as a little-endian i64.
+/// The digest of a task list, as `py4cc.workload.taskgen.task_digest`: FNV-1a 64 over each
+/// float as a little-endian double, each string's UTF-8 and a NUL, and the int as a
+/// little-endian i64.
 pub fn task_digest(tasks: &[Task]) -> String {
     let mut hash = 0xcbf2_9ce4_8422_2325;
     for task in tasks {
@@ -148,7 +155,7 @@ pub fn task_digest(tasks: &[Task]) -> String {
 /// fit in an `i64` (Python's would be a larger int).
 ///
 /// ```
-/// use rs4py::workload::big_model;
+/// use rs4py_workload::big_model;
 /// assert_eq!(big_model(&[-1.5, 2.7], &["straße"], -4), Some(4 + 7));
 /// assert_eq!(big_model(&[f64::NAN], &[] as &[&str], 0), None);
 /// assert_eq!(big_model(&[1e19], &[] as &[&str], 0), None);
@@ -168,7 +175,7 @@ pub fn big_model(float_features: &[f64], str_features: &[impl AsRef<str>], int_f
 /// `(z % 100 + 1) * 0.1 ms`, computed as `py4cc.engine.task_sleep_seconds` does.
 ///
 /// ```
-/// assert_eq!(rs4py::workload::task_sleep_seconds(199), 100.0 * 0.0001);
+/// assert_eq!(rs4py_workload::task_sleep_seconds(199), 100.0 * 0.0001);
 /// ```
 pub fn task_sleep_seconds(z: i64) -> f64 {
     (z.rem_euclid(100) + 1) as f64 * 0.0001
@@ -177,7 +184,7 @@ pub fn task_sleep_seconds(z: i64) -> f64 {
 /// How each thread waits for its results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// The article's loop: sleep 1 ms after submitting and between retrieves.
+    /// Sleep 1 ms after submitting and between retrieves (a client without `wait`).
     Poll,
     /// `Driver::wait`, which returns as soon as the task finishes.
     Wait,
@@ -193,7 +200,7 @@ impl Mode {
     }
 }
 
-/// The article's 1 ms sleep (at capacity, after submitting, between retrieves).
+/// The polling client's 1 ms sleep (at capacity, after submitting, between retrieves).
 const POLL_SLEEP: Duration = Duration::from_millis(1);
 /// How long one `wait` call blocks before trying again, in [`Mode::Wait`].
 const WAIT_SLICE: Duration = Duration::from_secs(1);

@@ -9,22 +9,10 @@ use std::path::{Path, PathBuf};
 use once_cell::sync::OnceCell;
 
 use crate::error::{Error, Result};
-use crate::workload::fnv1a64;
 
-/// The package's files (its tests stay in the source tree).
-const FILES: &[(&str, &str)] = &[
-    ("__init__.py", include_str!("../py4cc/__init__.py")),
-    ("driver.py", include_str!("../py4cc/driver.py")),
-    ("engine.py", include_str!("../py4cc/engine.py")),
-    ("harness.py", include_str!("../py4cc/harness.py")),
-    ("taskgen.py", include_str!("../py4cc/taskgen.py")),
-    ("words.txt", include_str!("../py4cc/words.txt")),
-];
-
-/// `py4cc/words.txt`, the word lists of the reference workload's task generator.
-pub(crate) fn words_txt() -> &'static str {
-    FILES.iter().find(|(name, _)| *name == "words.txt").map(|(_, text)| *text).unwrap_or_default()
-}
+/// The package's modules, `(file name, contents)` sorted by name: every top-level `py4cc/*.py`,
+/// as `build.rs` listed them (its `tests/` and `workload/` stay in the source tree).
+const FILES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/py4cc_files.rs"));
 
 /// The directory to put on `sys.path` for `import py4cc`: written on first use, checked on
 /// every process start, rewritten file by file if anything differs.
@@ -91,7 +79,12 @@ fn ensure_private(root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Names the folder after the files' contents. FNV-1a 64 rather than std's `DefaultHasher`,
+/// whose output may change between Rust releases: the same files must give the same folder.
 fn files_hash() -> u64 {
+    fn fnv1a64(data: &[u8], hash: u64) -> u64 {
+        data.iter().fold(hash, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3))
+    }
     FILES.iter().fold(0xcbf2_9ce4_8422_2325, |hash, (name, text)| {
         fnv1a64(text.as_bytes(), fnv1a64(&[0], fnv1a64(name.as_bytes(), hash)))
     })
@@ -129,8 +122,30 @@ mod tests {
         }
         fs::write(package.join("driver.py"), "raise SystemExit('tampered')\n").unwrap();
         write_package(&package).unwrap();
-        assert_eq!(fs::read_to_string(package.join("driver.py")).unwrap(), FILES[1].1);
+        assert_eq!(fs::read_to_string(package.join("driver.py")).unwrap(), include_str!("../../py4cc/driver.py"));
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_table_holds_every_module_of_the_source_tree_and_nothing_else() {
+        let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("py4cc");
+        let mut modules: Vec<String> = fs::read_dir(&source)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.is_file() && path.extension().is_some_and(|extension| extension == "py"))
+            .map(|path| path.file_name().unwrap().to_str().unwrap().to_owned())
+            .collect();
+        modules.sort();
+        let names: Vec<&str> = FILES.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, modules);
+        for (name, text) in FILES {
+            assert_eq!(*text, fs::read_to_string(source.join(name)).unwrap(), "{name}");
+        }
+        // The package's core is there; the workload and the tests are not.
+        for name in ["__init__.py", "driver.py", "engine.py"] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+        assert!(names.iter().all(|name| !name.contains('/')), "{names:?}");
     }
 
     #[test]
@@ -145,10 +160,5 @@ mod tests {
         assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
         fs::remove_dir(&root).unwrap();
         assert!(ensure_private(Path::new("/proc/rs4py-cannot-be-made")).is_err());
-    }
-
-    #[test]
-    fn the_word_lists_are_embedded() {
-        assert!(words_txt().starts_with("[first]"));
     }
 }

@@ -1,0 +1,82 @@
+//! How a [`Driver`](super::Driver) is built: its options and the workers' start method.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// How `multiprocessing` starts the worker processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartMethod {
+    /// Fork the embedding process (fast; the child inherits its memory).
+    Fork,
+    /// Fork from a clean server process started once (the default).
+    #[default]
+    Forkserver,
+    /// Start a fresh interpreter per worker (slowest, most isolated).
+    Spawn,
+}
+
+impl StartMethod {
+    /// The name `multiprocessing` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartMethod::Fork => "fork",
+            StartMethod::Forkserver => "forkserver",
+            StartMethod::Spawn => "spawn",
+        }
+    }
+}
+
+impl std::str::FromStr for StartMethod {
+    type Err = Error;
+
+    /// ```
+    /// use rs4py::StartMethod;
+    /// assert_eq!("spawn".parse::<StartMethod>()?, StartMethod::Spawn);
+    /// assert!("thread".parse::<StartMethod>().is_err());
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    fn from_str(name: &str) -> Result<Self> {
+        [StartMethod::Fork, StartMethod::Forkserver, StartMethod::Spawn]
+            .into_iter()
+            .find(|method| method.as_str() == name)
+            .ok_or_else(|| Error::InvalidArgument(format!("unknown start method {name:?} (fork, forkserver or spawn)")))
+    }
+}
+
+/// How to build a [`Driver`](super::Driver).
+#[derive(Debug, Clone)]
+pub struct DriverOptions {
+    /// How many tasks the driver holds at once (queued, running, finished but not retrieved).
+    pub max_tasks: usize,
+    /// Worker processes; 0 means one per CPU.
+    pub n_subprocesses: usize,
+    /// How workers are started.
+    pub start_method: StartMethod,
+    /// The Engine class, `"module:Class"`; the demo Engine by default.
+    pub engine: String,
+    /// A task running longer is stopped (its worker killed and replaced) and answers `Failed`.
+    pub task_timeout: Option<Duration>,
+    /// A worker whose Engine is not built and initialised within this is stopped: at
+    /// [`Driver::initialize`](super::Driver::initialize), which then fails; later, for a replacement worker, which is
+    /// retried a few times before its tasks answer `Failed`. `None` waits as long as it takes.
+    pub init_timeout: Option<Duration>,
+    /// Directories put at the front of `sys.path`, for the user's own Engine module; every
+    /// worker process sees them too, whatever the start method.
+    pub python_path: Vec<PathBuf>,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        DriverOptions {
+            max_tasks: 64,
+            n_subprocesses: 0,
+            start_method: StartMethod::default(),
+            engine: "py4cc.engine:Engine".into(),
+            task_timeout: None,
+            init_timeout: None,
+            python_path: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The contract between the Rust [`Driver`](super::Driver) and `py4cc`, in one place on this
+//! side: the flags that `submit`, `retrieve` and `wait` answer with, and the names the Driver
+//! uses in Python. `py4cc/protocol.py` is the other side (its flags and `DRIVER_CONTRACT`);
+//! tests check that both agree.
+
+/// `py4cc.protocol.OK`: submit accepted, or retrieve done.
+const OK: i64 = 0;
+/// `py4cc.protocol.AT_CAPACITY`: submit refused for now, the driver is full.
+const AT_CAPACITY: i64 = 1;
+/// `py4cc.protocol.NOT_FINISHED`: retrieve found the task still running.
+const NOT_FINISHED: i64 = 1;
+/// `py4cc.protocol.FAILED`: the task failed; the message says why.
+const FAILED: i64 = 2;
+/// `py4cc.protocol.ERROR`: the call itself was wrong (bad arguments, unknown key, ...).
+const ERROR: i64 = 9;
+
+/// The module and class of the Python driver.
+pub(super) const DRIVER_MODULE: &str = "py4cc.driver";
+/// See [`DRIVER_MODULE`].
+pub(super) const DRIVER_CLASS: &str = "Driver";
+
+/// The Python driver's constructor keywords, one per [`DriverOptions`](super::DriverOptions)
+/// field passed on.
+pub(super) mod option {
+    /// `max_tasks: int`.
+    pub(in crate::driver) const MAX_TASKS: &str = "max_tasks";
+    /// `n_subprocesses: int`, 0 for one per CPU.
+    pub(in crate::driver) const N_SUBPROCESSES: &str = "n_subprocesses";
+    /// `start_method: str`.
+    pub(in crate::driver) const START_METHOD: &str = "start_method";
+    /// `engine: str`, `"module:Class"`.
+    pub(in crate::driver) const ENGINE: &str = "engine";
+    /// `task_timeout: float | None`, in seconds.
+    pub(in crate::driver) const TASK_TIMEOUT: &str = "task_timeout";
+    /// `init_timeout: float | None`, in seconds.
+    pub(in crate::driver) const INIT_TIMEOUT: &str = "init_timeout";
+    /// All of the above, as `py4cc.protocol` lists them.
+    #[cfg(test)]
+    pub(in crate::driver) const ALL: [&str; 6] =
+        [MAX_TASKS, N_SUBPROCESSES, START_METHOD, ENGINE, TASK_TIMEOUT, INIT_TIMEOUT];
+}
+
+/// The Python driver's methods that the Rust Driver calls, by name.
+pub(super) mod method {
+    /// `initialize(config_json, float_feature_names, str_feature_names)`.
+    pub(in crate::driver) const INITIALIZE: &str = "initialize";
+    /// `submit(float_features, str_features, int_feature) -> (flag, key, message)`.
+    pub(in crate::driver) const SUBMIT: &str = "submit";
+    /// `retrieve(key) -> (flag, value, message)`.
+    pub(in crate::driver) const RETRIEVE: &str = "retrieve";
+    /// `wait(key, timeout) -> (flag, value, message)`.
+    pub(in crate::driver) const WAIT: &str = "wait";
+    /// `finalize()`, which never raises.
+    pub(in crate::driver) const FINALIZE: &str = "finalize";
+    /// `worker_pids() -> list[int]`.
+    pub(in crate::driver) const WORKER_PIDS: &str = "worker_pids";
+    /// All of the above, as `py4cc.protocol` lists them.
+    #[cfg(test)]
+    pub(in crate::driver) const ALL: [&str; 6] = [INITIALIZE, SUBMIT, RETRIEVE, WAIT, FINALIZE, WORKER_PIDS];
+}
+
+/// The Python driver's attribute holding how many worker processes run (the only one read).
+pub(super) const N_SUBPROCESSES: &str = "n_subprocesses";
+
+/// The answer to [`Driver::submit`](super::Driver::submit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitStatus {
+    /// Accepted: come back with the key.
+    Accepted,
+    /// The driver holds `max_tasks` tasks: try again later.
+    AtCapacity,
+    /// Refused (wrong number of features, not initialised, finalized, ...): see the message.
+    Error,
+}
+
+/// The answer to [`Driver::retrieve`](super::Driver::retrieve) and
+/// [`Driver::wait`](super::Driver::wait).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultStatus {
+    /// Done: `value` is the model's answer (positive). The task is removed.
+    Done,
+    /// Not finished yet: ask again. The task is kept.
+    NotReady,
+    /// The model failed or answered a value `<= 0`, its worker died, or it timed out; the
+    /// message says which (with the traceback). The task is removed.
+    Failed,
+    /// Unknown key or another error; nothing changed.
+    Error,
+}
+
+impl SubmitStatus {
+    /// The flag of the protocol: 0, 1 or 9.
+    pub fn code(self) -> i64 {
+        match self {
+            SubmitStatus::Accepted => OK,
+            SubmitStatus::AtCapacity => AT_CAPACITY,
+            SubmitStatus::Error => ERROR,
+        }
+    }
+
+    /// The status for a flag, if it is one of the protocol's.
+    pub fn from_code(code: i64) -> Option<Self> {
+        [SubmitStatus::Accepted, SubmitStatus::AtCapacity, SubmitStatus::Error].into_iter().find(|s| s.code() == code)
+    }
+}
+
+impl ResultStatus {
+    /// The flag of the protocol: 0, 1, 2 or 9.
+    pub fn code(self) -> i64 {
+        match self {
+            ResultStatus::Done => OK,
+            ResultStatus::NotReady => NOT_FINISHED,
+            ResultStatus::Failed => FAILED,
+            ResultStatus::Error => ERROR,
+        }
+    }
+
+    /// The status for a flag, if it is one of the protocol's.
+    pub fn from_code(code: i64) -> Option<Self> {
+        [ResultStatus::Done, ResultStatus::NotReady, ResultStatus::Failed, ResultStatus::Error]
+            .into_iter()
+            .find(|s| s.code() == code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::gil::Gil;
+    use crate::interpreter::{self, StartOptions};
+
+    /// `py4cc.protocol.DRIVER_CONTRACT[key]`, from the copy of the package this binary carries
+    /// (what the Driver and every worker run).
+    fn contract<T: for<'py> crate::FromPython<'py>>(key: &str) -> T {
+        let package = super::super::package::package_parent_dir().unwrap().to_path_buf();
+        interpreter::start(&StartOptions { python_path: vec![package.clone()] }).unwrap();
+        let gil = Gil::acquire().unwrap();
+        let protocol = gil.import("py4cc.protocol").unwrap();
+        let file: String = protocol.getattr("__file__").unwrap().extract().unwrap();
+        assert!(std::path::Path::new(&file).starts_with(&package), "{file} is not the embedded copy");
+        let value = protocol.getattr("DRIVER_CONTRACT").unwrap().call_method("__getitem__", (key,), ()).unwrap();
+        value.extract().unwrap_or_else(|e| panic!("DRIVER_CONTRACT[{key:?}]: {e}"))
+    }
+
+    fn sorted(names: &[&str]) -> Vec<String> {
+        let mut names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_flags_are_py4cc_protocols() {
+        let theirs: HashMap<String, i64> = contract("flags");
+        let ours = [("OK", OK), ("AT_CAPACITY", AT_CAPACITY), ("NOT_FINISHED", NOT_FINISHED), ("FAILED", FAILED)];
+        let ours: HashMap<String, i64> =
+            ours.into_iter().chain([("ERROR", ERROR)]).map(|(name, flag)| (name.to_owned(), flag)).collect();
+        assert_eq!(theirs, ours);
+    }
+
+    #[test]
+    fn the_names_are_the_ones_py4cc_protocol_lists() {
+        assert_eq!(contract::<String>("module"), DRIVER_MODULE);
+        assert_eq!(contract::<String>("class"), DRIVER_CLASS);
+        let names = |key| -> Vec<String> {
+            let mut names: Vec<String> = contract(key);
+            names.sort();
+            names
+        };
+        assert_eq!(names("options"), sorted(&option::ALL));
+        assert_eq!(names("methods"), sorted(&method::ALL));
+        assert_eq!(names("attributes"), sorted(&[N_SUBPROCESSES]));
+    }
+
+    #[test]
+    fn the_python_driver_has_those_methods_and_attribute() {
+        // Python's own list is checked against its Driver by py4cc's tests; this checks ours.
+        let package = super::super::package::package_parent_dir().unwrap().to_path_buf();
+        interpreter::start(&StartOptions { python_path: vec![package] }).unwrap();
+        let gil = Gil::acquire().unwrap();
+        let callable = gil.eval("callable").unwrap();
+        let driver = gil.import(DRIVER_MODULE).unwrap().getattr(DRIVER_CLASS).unwrap().call((), ()).unwrap();
+        for name in method::ALL {
+            let is_method: bool = callable.call((driver.getattr(name).unwrap(),), ()).unwrap().extract().unwrap();
+            assert!(is_method, "py4cc.driver.Driver.{name} is not a method");
+        }
+        let count: usize = driver.getattr(N_SUBPROCESSES).unwrap().extract().unwrap();
+        assert_eq!(count, 0, "a driver not yet initialized runs no worker");
+    }
+}
