@@ -33,24 +33,26 @@ fn main() {
                   print(' '.join(sys.version.splitlines()))\n\
                   print(sys.hexversion)\n\
                   print(sysconfig.get_config_var('INSTSONAME') or '')\n\
-                  print(sysconfig.get_config_var('LDLIBRARY') or '')\n";
+                  print(sysconfig.get_config_var('LDLIBRARY') or '')\n\
+                  print(sysconfig.get_config_var('PYTHONFRAMEWORKPREFIX') or '')\n";
     let facts = match config.run_python_script(script) {
         Ok(out) => out,
         Err(e) => fail(&format!("could not ask {executable} for sys.prefix: {e}")),
     };
     let lines: Vec<&str> = facts.lines().collect();
-    let [prefix, version, hexversion, soname, ldlibrary] = lines[..] else {
+    let [prefix, version, hexversion, soname, ldlibrary, framework_prefix] = lines[..] else {
         fail(&format!("unexpected answer from {executable}: {facts:?}"));
     };
     if hexversion.parse::<u32>().is_err() {
         fail(&format!("{executable} reports sys.hexversion {hexversion:?}, not a number"));
     }
     // The file the loader opens: the soname the linker records (libpython3.X.so.1.0), else
-    // the link-time name; resolved, so that symlinks on either side compare equal.
-    let Some(library) = [soname, ldlibrary]
+    // the link-time name (a macOS framework's is relative to the framework prefix); resolved,
+    // so that symlinks on either side compare equal.
+    let Some(library) = [(lib_dir, soname), (lib_dir, ldlibrary), (framework_prefix, soname)]
         .into_iter()
-        .filter(|name| !name.is_empty())
-        .find_map(|name| std::fs::canonicalize(std::path::Path::new(lib_dir).join(name)).ok())
+        .filter(|(dir, name)| !dir.is_empty() && !name.is_empty())
+        .find_map(|(dir, name)| std::fs::canonicalize(std::path::Path::new(dir).join(name)).ok())
     else {
         fail(&format!("no libpython named {soname:?} or {ldlibrary:?} in {lib_dir} (from {executable})"));
     };
