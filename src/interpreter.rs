@@ -26,6 +26,8 @@ use crate::object::Object;
 /// let build = rs4py::build_python();
 /// assert!(std::path::Path::new(build.executable).is_absolute());
 /// assert!(build.version.starts_with('3'));
+/// assert_eq!(build.hexversion >> 24, 3);
+/// assert!(std::path::Path::new(build.library).is_file());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BuildPython {
@@ -33,8 +35,13 @@ pub struct BuildPython {
     pub executable: &'static str,
     /// Its `sys.prefix` (a virtualenv's own prefix when built with a venv's python).
     pub prefix: &'static str,
-    /// Its `sys.version`.
+    /// Its `sys.version`, on one line (3.9 puts the compiler on a second line); for display.
     pub version: &'static str,
+    /// Its `sys.hexversion` (`0x030B07F0` for 3.11.7).
+    pub hexversion: u32,
+    /// Its libpython's real path (symbolic links resolved): the library a binary built here
+    /// must load, as [`start`] checks.
+    pub library: &'static str,
     /// The directory holding its libpython (the rpath of this package's binaries).
     pub lib_dir: &'static str,
 }
@@ -45,9 +52,16 @@ pub fn build_python() -> BuildPython {
         executable: env!("RS4PY_PYTHON_EXECUTABLE"),
         prefix: env!("RS4PY_PYTHON_PREFIX"),
         version: env!("RS4PY_PYTHON_VERSION"),
+        hexversion: BUILD_HEXVERSION,
+        library: env!("RS4PY_PYTHON_LIBRARY"),
         lib_dir: env!("RS4PY_PYTHON_LIBDIR"),
     }
 }
+
+const BUILD_HEXVERSION: u32 = match u32::from_str_radix(env!("RS4PY_PYTHON_HEXVERSION"), 10) {
+    Ok(hexversion) => hexversion,
+    Err(_) => panic!("build.rs records sys.hexversion as a decimal number"),
+};
 
 /// How to start the interpreter. `Default` starts it as `python3` would, with signal handlers
 /// left to the Rust program.
@@ -113,11 +127,8 @@ unsafe fn initialize() -> Result<()> {
         // Someone else (the host program) started Python; it keeps managing it.
         return Ok(());
     }
-    // SAFETY: may be called before Py_Initialize; returns a static NUL-terminated string.
-    let version = unsafe { ffi::Py_GetVersion() };
-    // SAFETY: as just said, a static C string: valid for the whole run.
-    check_loaded_library(unsafe { CStr::from_ptr(version) })?;
     let build = build_python();
+    check_loaded_library(&build)?;
     let executable = c_string(build.executable)?;
     let sigint_before = current_sigint_action();
 
@@ -213,18 +224,64 @@ fn tell_python_about_sigint(gil: &Gil, handler: libc::sighandler_t) -> Result<()
 
 /// Refuses a libpython other than the build interpreter's: same-named libraries of two
 /// installations (pyenv's and the system's) would otherwise mix silently.
-fn check_loaded_library(loaded: &CStr) -> Result<()> {
-    let loaded = loaded.to_string_lossy();
-    let build = build_python();
-    if loaded == build.version {
+fn check_loaded_library(build: &BuildPython) -> Result<()> {
+    // SAFETY: Py_GetVersion may be called before Py_Initialize; it returns a NUL-terminated
+    // buffer owned by libpython, valid for the life of the process.
+    let version = unsafe { ffi::Py_GetVersion() };
+    // SAFETY: as above, a valid C string.
+    let text = unsafe { CStr::from_ptr(version) }.to_string_lossy();
+    // The buffer lies inside the loaded libpython, whatever symbol binding the executable uses.
+    compare_library(build, &text, file_containing(version.cast()).as_deref())
+}
+
+/// The file (symbolic links resolved) of the loaded object holding `address`, if the dynamic
+/// loader knows one.
+fn file_containing(address: *const libc::c_void) -> Option<PathBuf> {
+    let mut info = MaybeUninit::<libc::Dl_info>::zeroed();
+    // SAFETY: dladdr only reads the address and fills `info`; 0 means it found no object.
+    if unsafe { libc::dladdr(address, info.as_mut_ptr()) } == 0 {
+        return None;
+    }
+    // SAFETY: dladdr succeeded, so `info` is filled.
+    let file = unsafe { info.assume_init() }.dli_fname;
+    if file.is_null() {
+        return None;
+    }
+    // SAFETY: dli_fname is a NUL-terminated string owned by the loader, alive while the object
+    // stays loaded (libpython is never unloaded); it is copied at once.
+    let file = Path::new(OsStr::from_bytes(unsafe { CStr::from_ptr(file) }.to_bytes())).to_path_buf();
+    Some(std::fs::canonicalize(&file).unwrap_or(file))
+}
+
+/// Whether the loaded libpython (its `Py_GetVersion` text and file) is `build`'s. The file is
+/// what tells two installations apart; the feature version (3.X) is the ABI that pyo3-ffi was
+/// compiled for. A bugfix release installed in place of the build one (a distribution update)
+/// is the same installation with the same ABI, and is accepted.
+fn compare_library(build: &BuildPython, loaded_version: &str, loaded_file: Option<&Path>) -> Result<()> {
+    let build_feature = (build.hexversion >> 24, (build.hexversion >> 16) & 0xff);
+    let same_file = loaded_file == Some(Path::new(build.library));
+    if same_file && feature_version(loaded_version) == Some(build_feature) {
         return Ok(());
     }
+    let file = loaded_file.map_or_else(|| "an unknown file".to_owned(), |file| file.display().to_string());
     Err(Error::Start(format!(
-        "the libpython loaded at run time reports version {loaded:?}, but rs4py was built \
-         against {:?} ({}, library directory {}); link with rpath to that directory (see the \
-         rs4py README) or set LD_LIBRARY_PATH",
-        build.version, build.executable, build.lib_dir
+        "the libpython loaded at run time is {file}, version {:?}, but rs4py was built against {}, \
+         version {:?} ({}); link with rpath to {} (see the rs4py README) or set LD_LIBRARY_PATH",
+        loaded_version.lines().collect::<Vec<_>>().join(" "),
+        build.library,
+        build.version,
+        build.executable,
+        build.lib_dir
     )))
+}
+
+/// `(major, minor)` from the start of a `sys.version` text (`"3.9.18 (main, ...)"`).
+fn feature_version(version: &str) -> Option<(u32, u32)> {
+    let number = version.split_whitespace().next()?;
+    let mut parts = number.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// A start step's status: fine, or the error it describes.
@@ -280,18 +337,73 @@ pub(crate) fn path_to_python<'py>(gil: GilToken<'py>, path: &Path) -> Result<Obj
 mod tests {
     use super::*;
 
+    /// The build description of a 3.9.18 installed under `/opt/py`.
+    fn build_39() -> BuildPython {
+        BuildPython {
+            executable: "/opt/py/bin/python3.9",
+            prefix: "/opt/py",
+            version: "3.9.18 (main, May  9 2026, 07:33:49)  [GCC 12.2.0]",
+            hexversion: 0x030912f0,
+            library: "/opt/py/lib/libpython3.9.so.1.0",
+            lib_dir: "/opt/py/lib",
+        }
+    }
+
+    /// Python 3.9's own text: the compiler on a second line.
+    const VERSION_39: &str = "3.9.18 (main, May  9 2026, 07:33:49) \n[GCC 12.2.0]";
+
     #[test]
-    fn another_libpython_is_refused_with_the_fix_in_the_message() {
-        let err = check_loaded_library(c"3.11.2 (main, Apr 28 2025, 14:11:48) [GCC 12.2.0]").unwrap_err();
-        let Error::Start(message) = err else { panic!("expected Error::Start") };
-        assert!(message.contains("3.11.2 (main, Apr 28 2025"), "{message}");
-        assert!(message.contains(build_python().executable), "{message}");
-        assert!(message.contains("rpath"), "{message}");
+    fn a_multi_line_version_of_the_build_library_is_accepted() {
+        let library = Path::new("/opt/py/lib/libpython3.9.so.1.0");
+        assert_eq!(compare_library(&build_39(), VERSION_39, Some(library)), Ok(()));
+        // A bugfix update installed in place keeps the file and the ABI.
+        assert_eq!(
+            compare_library(&build_39(), "3.9.19 (main, Jan  1 2027, 00:00:00) \n[GCC 12.2.0]", Some(library)),
+            Ok(())
+        );
     }
 
     #[test]
-    fn the_build_libpython_is_accepted() {
-        let version = CString::new(build_python().version).unwrap();
-        assert_eq!(check_loaded_library(&version), Ok(()));
+    fn another_installation_of_the_same_version_is_refused_with_the_fix_in_the_message() {
+        let other = Path::new("/usr/lib/x86_64-linux-gnu/libpython3.9.so.1.0");
+        let err = compare_library(&build_39(), VERSION_39, Some(other)).unwrap_err();
+        let Error::Start(message) = err else { panic!("expected Error::Start") };
+        for part in [
+            "/usr/lib/x86_64-linux-gnu/libpython3.9.so.1.0",
+            "/opt/py/lib/libpython3.9.so.1.0",
+            "/opt/py/bin/python3.9",
+            "rpath to /opt/py/lib",
+            "3.9.18 (main, May  9 2026, 07:33:49)  [GCC 12.2.0]",
+        ] {
+            assert!(message.contains(part), "{part:?} missing from {message}");
+        }
+        assert!(!message.contains("\\n"), "one line: {message}");
+        assert!(compare_library(&build_39(), VERSION_39, None).is_err(), "a library of unknown file is not trusted");
+    }
+
+    #[test]
+    fn another_feature_version_at_the_same_path_is_refused() {
+        let library = Path::new("/opt/py/lib/libpython3.9.so.1.0");
+        for version in ["3.10.13 (main, May  9 2026, 07:34:36) [GCC 12.2.0]", "4.9.0", "3", "", "garbage 3.9.18"] {
+            assert!(compare_library(&build_39(), version, Some(library)).is_err(), "{version:?} accepted");
+        }
+    }
+
+    #[test]
+    fn the_version_text_gives_the_feature_version() {
+        assert_eq!(feature_version(VERSION_39), Some((3, 9)));
+        assert_eq!(feature_version("3.13.0rc1+ (heads/3.13:abc, Oct 1 2024) [Clang 15]"), Some((3, 13)));
+        assert_eq!(feature_version("3.12.0a1"), Some((3, 12)));
+        assert_eq!(feature_version("three.twelve"), None);
+    }
+
+    #[test]
+    fn the_library_this_process_loaded_is_the_build_library() {
+        let build = build_python();
+        // SAFETY: Py_GetVersion may be called before Py_Initialize and returns a static buffer.
+        let version = unsafe { ffi::Py_GetVersion() };
+        assert_eq!(file_containing(version.cast()).as_deref(), Some(Path::new(build.library)));
+        assert_eq!(check_loaded_library(&build), Ok(()));
+        assert!(Path::new(build.library).is_absolute() && Path::new(build.library).is_file(), "{}", build.library);
     }
 }

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
+
 use rs4py::{Error, Gil, build_python};
 
 /// `(sys.version, sys.prefix, sys.executable)` of the interpreter that evaluates it.
@@ -17,20 +19,62 @@ fn parent_identity() -> (String, String, String) {
 fn the_embedded_interpreter_is_the_build_interpreter() {
     let (version, prefix, executable) = parent_identity();
     let build = build_python();
-    assert_eq!(version, build.version);
+    // 3.9's sys.version has a line break; the build records it on one line.
+    assert_eq!(version.lines().collect::<Vec<_>>().join(" "), build.version);
+    let gil = Gil::acquire().unwrap();
+    let hexversion: u32 = gil.eval("__import__('sys').hexversion").unwrap().extract().unwrap();
+    drop(gil);
+    assert_eq!(hexversion, build.hexversion);
+    // The kernel lists mapped files by their resolved path.
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert!(maps.lines().any(|line| line.ends_with(&format!(" {}", build.library))), "{} not mapped", build.library);
     assert_eq!(prefix, build.prefix);
     assert_eq!(executable, build.executable);
     assert!(!executable.contains("shims"), "a pyenv shim is not an interpreter: {executable}");
     assert_ne!(std::path::Path::new(&executable), std::env::current_exe().unwrap());
+}
+
+#[test]
+fn python_leaves_sigint_as_the_program_had_it() {
+    // In child processes whose dispositions are known: a test run in the background inherits
+    // SIGINT ignored.
+    for (handler, name) in [(libc::SIG_DFL, "SIG_DFL"), (libc::SIG_IGN, "SIG_IGN")] {
+        common::run_in_child_process("child_start_with_sigint_as_set", |child| {
+            // SAFETY: the closure runs between fork and exec and calls only signal(), which is
+            // async-signal-safe; dispositions set to default or ignore survive exec.
+            unsafe {
+                child.pre_exec(move || {
+                    for (signal, handler) in [(libc::SIGINT, handler), (libc::SIGXFSZ, libc::SIG_DFL)] {
+                        if libc::signal(signal, handler) == libc::SIG_ERR {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                })
+            }
+            .env("RS4PY_TEST_SIGINT", name)
+        });
+    }
+}
+
+#[test]
+#[ignore = "run by python_leaves_sigint_as_the_program_had_it in a child process"]
+fn child_start_with_sigint_as_set() {
+    let name = std::env::var("RS4PY_TEST_SIGINT").unwrap();
+    let expected = if name == "SIG_IGN" { libc::SIG_IGN } else { libc::SIG_DFL };
+    assert_eq!(os_signal_handler(libc::SIGINT), expected, "the parent set {name}");
     let gil = Gil::acquire().unwrap();
+    // multiprocessing imports signal, which installs Python's SIGINT handler over a default one.
     gil.import("multiprocessing").unwrap();
-    let python_view: bool =
-        gil.eval("__import__('signal').getsignal(2) == __import__('signal').SIG_DFL").unwrap().extract().unwrap();
+    let python_view: bool = gil
+        .eval(&format!("__import__('signal').getsignal(2) == __import__('signal').{name}"))
+        .unwrap()
+        .extract()
+        .unwrap();
     assert!(python_view, "Python's own view of SIGINT agrees");
     drop(gil);
-    for signal in [libc::SIGINT, libc::SIGXFSZ] {
-        assert_eq!(os_signal_handler(signal), libc::SIG_DFL, "Python left signal {signal} to the Rust program");
-    }
+    assert_eq!(os_signal_handler(libc::SIGINT), expected, "Python left SIGINT to the Rust program");
+    assert_eq!(os_signal_handler(libc::SIGXFSZ), libc::SIG_DFL, "Python left SIGXFSZ to the Rust program");
 }
 
 /// The handler the operating system has for `signal` in this process.
@@ -134,7 +178,10 @@ fn another_libpython_at_run_time_is_refused() {
 fn child_start_with_another_libpython() {
     let err = Gil::acquire().err().expect("a different libpython is refused");
     let Error::Start(message) = &err else { panic!("expected Error::Start, got {err:?}") };
-    assert!(message.contains("rpath") && message.contains(build_python().version), "{message}");
+    let build = build_python();
+    assert!(message.contains("rpath") && message.contains(build.version), "{message}");
+    assert!(message.contains(build.library), "{message}");
+    assert!(message.contains("/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0"), "{message}");
 }
 
 #[test]
