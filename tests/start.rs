@@ -40,19 +40,18 @@ fn python_leaves_sigint_as_the_program_had_it() {
     // SIGINT ignored.
     for (handler, name) in [(libc::SIG_DFL, "SIG_DFL"), (libc::SIG_IGN, "SIG_IGN")] {
         common::run_in_child_process("child_start_with_sigint_as_set", |child| {
-            // SAFETY: the closure runs between fork and exec and calls only signal(), which is
-            // async-signal-safe; dispositions set to default or ignore survive exec.
-            unsafe {
-                child.pre_exec(move || {
-                    for (signal, handler) in [(libc::SIGINT, handler), (libc::SIGXFSZ, libc::SIG_DFL)] {
-                        if libc::signal(signal, handler) == libc::SIG_ERR {
-                            return Err(std::io::Error::last_os_error());
-                        }
+            let set_dispositions = move || {
+                for (signal, handler) in [(libc::SIGINT, handler), (libc::SIGXFSZ, libc::SIG_DFL)] {
+                    // SAFETY: signal() is async-signal-safe, as code between fork and exec must be.
+                    if unsafe { libc::signal(signal, handler) } == libc::SIG_ERR {
+                        return Err(std::io::Error::last_os_error());
                     }
-                    Ok(())
-                })
-            }
-            .env("RS4PY_TEST_SIGINT", name)
+                }
+                Ok(())
+            };
+            // SAFETY: the hook runs between fork and exec and calls only signal(), which is
+            // async-signal-safe; dispositions set to default or ignore survive exec.
+            unsafe { child.pre_exec(set_dispositions) }.env("RS4PY_TEST_SIGINT", name)
         });
     }
 }
