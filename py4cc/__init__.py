@@ -2,8 +2,9 @@
 
 * :mod:`py4cc.engine` — the demo model ``big_model`` and the demo ``Engine``.
 * :mod:`py4cc.driver` — ``Driver``, the pool driver and its flag protocol.
-* :mod:`py4cc.taskgen` — the seeded task generator shared with the Rust example.
-* :mod:`py4cc.harness` — the reference workload (``python3 -m py4cc.harness``).
+
+The reference workload's Python side (task generator, threaded client) lives in
+:mod:`py4cc.workload`, outside the modules rs4py embeds.
 """
 
 from __future__ import annotations

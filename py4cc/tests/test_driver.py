@@ -9,7 +9,7 @@ import unittest
 
 from py4cc.driver import CAPACITY_MESSAGE, NOT_FINISHED_MESSAGE, Driver
 from py4cc.engine import big_model
-from py4cc.taskgen import make_tasks
+from py4cc.workload.taskgen import make_tasks
 
 from .support import FLOAT_NAMES, STR_NAMES, TASK, DriverTestCase, pid_alive, wait_until
 

@@ -8,7 +8,7 @@ import time
 import unittest
 
 from py4cc.engine import Engine, big_model, task_sleep_seconds
-from py4cc.taskgen import make_tasks
+from py4cc.workload.taskgen import make_tasks
 
 
 def reference_model(floats, strs, n):

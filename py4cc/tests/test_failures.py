@@ -248,7 +248,7 @@ class StartMethodTest(DriverTestCase):
 
     def run_tasks(self, d, n=12):
         from py4cc.engine import big_model
-        from py4cc.taskgen import make_tasks
+        from py4cc.workload.taskgen import make_tasks
         tasks = make_tasks(n, 3)
         keys = [d.submit(*t)[1] for t in tasks]
         for key, t in zip(keys, tasks):

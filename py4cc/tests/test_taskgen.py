@@ -6,8 +6,8 @@ import re
 import struct
 import unittest
 
-from py4cc import taskgen
-from py4cc.taskgen import SplitMix64, Task, make_tasks, task_digest
+from py4cc.workload import taskgen
+from py4cc.workload.taskgen import SplitMix64, Task, make_tasks, task_digest
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 

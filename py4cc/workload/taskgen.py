@@ -1,8 +1,8 @@
 """Seeded, reproducible test data for the reference workload.
 
-The Rust example (``examples/many_threads.rs``) reimplements this module and must
-produce the identical task list and digest for the same seed, so every step here is
-specified exactly and nothing depends on Python-specific randomness:
+The Rust side of the workload (the example's and the benchmarks' task lists) reimplements
+this module and must produce the identical task list and digest for the same seed, so
+every step here is specified exactly and nothing depends on Python-specific randomness:
 
 * :class:`SplitMix64` is the 64-bit generator (one per run, seeded with the seed).
 * :func:`make_tasks` draws each task's values in a fixed order (see its docstring).

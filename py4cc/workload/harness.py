@@ -1,9 +1,9 @@
-"""The reference workload (SPEC section 4) in pure Python: ``python3 -m py4cc.harness``.
+"""The reference workload in pure Python: ``python3 -m py4cc.workload.harness``.
 
-Threads share the seeded task list (:mod:`py4cc.taskgen`), strided: thread ``t`` runs
-tasks ``t, t + threads, t + 2 * threads, ...``. Per task, in ``poll`` mode (the
-article's loop): submit (at capacity: sleep 1 ms, submit again); sleep 1 ms; retrieve,
-sleeping 1 ms between tries while it is not finished. In ``wait`` mode: submit the same
+Threads share the seeded task list (:mod:`py4cc.workload.taskgen`), strided: thread ``t``
+runs tasks ``t, t + threads, t + 2 * threads, ...``. Per task, in ``poll`` mode: submit
+(at capacity: sleep 1 ms, submit again); sleep 1 ms; retrieve, sleeping 1 ms between
+tries while it is not finished. In ``wait`` mode: submit the same
 way, then ``Driver.wait(key, timeout)`` until the answer is not "not finished".
 
 Each result is checked against ``big_model`` computed here. The run ends with a short
@@ -22,8 +22,8 @@ import threading
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
-from .driver import AT_CAPACITY, NOT_FINISHED, OK, Driver
-from .engine import big_model, task_sleep_seconds
+from ..driver import AT_CAPACITY, NOT_FINISHED, OK, Driver
+from ..engine import big_model, task_sleep_seconds
 from .taskgen import Task, make_tasks, task_digest
 
 JSON_KEYS = (
@@ -37,7 +37,7 @@ STR_FEATURE_NAMES = ["name", "sentence", "uuid"]
 CONFIG_JSON = '{"model": "big_model"}'
 
 POLL_SLEEP_S = 0.001
-"""The article's 1 ms sleep (at capacity, after submit, and between retrieves)."""
+"""The poll loop's 1 ms sleep (at capacity, after submit, and between retrieves)."""
 WAIT_SLICE_S = 1.0
 """How long one ``Driver.wait`` call blocks in ``wait`` mode before trying again."""
 GIVE_UP_S = 600.0
@@ -203,8 +203,8 @@ def run(tasks_n: int = 1000, threads: int = 16, workers: int = 0, seed: int = 42
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python3 -m py4cc.harness",
-        description="The article's multi-threaded workload against py4cc.Driver.")
+        prog="python3 -m py4cc.workload.harness",
+        description="The reference multi-threaded workload against py4cc.Driver.")
     parser.add_argument("--tasks", type=int, default=1000, help="number of tasks (1000)")
     parser.add_argument("--threads", type=int, default=16, help="client threads (16)")
     parser.add_argument("--workers", type=int, default=0, help="worker processes (0 = one per CPU)")
@@ -212,7 +212,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--start-method", default="forkserver",
                         choices=["fork", "forkserver", "spawn"], help="multiprocessing start method")
     parser.add_argument("--mode", default="poll", choices=["poll", "wait"],
-                        help="poll: the article's 1 ms loop; wait: Driver.wait")
+                        help="poll: submit, then retrieve every 1 ms; wait: Driver.wait")
     args = parser.parse_args(argv)
     if args.tasks < 0:
         parser.error("--tasks must be >= 0")
