@@ -387,7 +387,7 @@ class InitializeErrorsTest(unittest.TestCase):
         d = Driver(n_subprocesses=0)
         self.addCleanup(d.finalize)
         d.initialize("{}", FLOAT_NAMES, STR_NAMES)
-        self.assertEqual(d.n_workers, os.cpu_count())
+        self.assertEqual(d.n_subprocesses, os.cpu_count())
         self.assertEqual(len(d.worker_pids()), os.cpu_count())
 
 

@@ -182,10 +182,10 @@ class TimeoutTest(DriverTestCase):
         injected = []
 
         def read(fd, n):
-            if fd == pool.wake_r and not injected:
+            if fd == pool.wakeup.read_fd and not injected:
                 injected.append(True)
                 with pool.lock:
-                    pool.wake()  # another thread's submit, just before the drain
+                    pool.wakeup.wake()  # another thread's submit, just before the drain
             return real_read(fd, n)
 
         with unittest.mock.patch("os.read", read):

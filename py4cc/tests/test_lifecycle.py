@@ -14,7 +14,8 @@ import unittest
 import unittest.mock
 import warnings
 
-from py4cc import driver as driver_module
+from py4cc import pool as pool_module
+from py4cc.protocol import STARTUP_RETRIES
 from py4cc.driver import Driver
 
 from .support import (FLOAT_NAMES, STR_NAMES, DriverTestCase, add_engines_dir, pid_alive,
@@ -131,7 +132,6 @@ class ForkedChildTest(DriverTestCase):
         # Regression: a plain os.fork() child (a pre-forking server, say) that ended
         # normally ran the exit hook on its copy of the pool and stopped the parent's
         # workers: idle ones were told to exit, busy ones got SIGTERM (their tasks failed).
-        import py4cc.driver as driver_module
         d = self.make_driver(n_subprocesses=2)
         pids = d.worker_pids()
         with warnings.catch_warnings():
@@ -139,7 +139,7 @@ class ForkedChildTest(DriverTestCase):
             child = os.fork()
         if child == 0:  # pragma: no cover - the child
             try:
-                driver_module._shutdown_all_pools()  # what its exit hook runs
+                pool_module.stop_all_pools()  # what its exit hook runs
                 d.finalize()
             finally:
                 os._exit(0)
@@ -223,14 +223,14 @@ class InitTimeoutTest(DriverTestCase):
     def record_worker_pids(self) -> list:
         """Patch the pool so that the pid of every worker process started lands in a list."""
         pids: list = []
-        real_start = driver_module._Pool.start_worker
+        real_start = pool_module.Pool.start_worker
 
         def start_worker(pool):
             w = real_start(pool)
             pids.append(w.pid)
             return w
 
-        patcher = unittest.mock.patch.object(driver_module._Pool, "start_worker", start_worker)
+        patcher = unittest.mock.patch.object(pool_module.Pool, "start_worker", start_worker)
         patcher.start()
         self.addCleanup(patcher.stop)
         return pids
@@ -292,7 +292,7 @@ class InitTimeoutTest(DriverTestCase):
             self.assertEqual((flag, key), (9, 0))
             self.assertIn("could not start within the 0.5 s start-up limit", message)
             self.assertEqual(d.worker_pids(), [])
-            self.assertEqual(len(pids), 2 + 1 + driver_module._STARTUP_RETRIES)
+            self.assertEqual(len(pids), 2 + 1 + STARTUP_RETRIES)
             self.assertTrue(wait_until(lambda: not any(map(pid_alive, pids)), timeout=5))
 
 
@@ -313,7 +313,7 @@ class DeathDuringFinalizeTest(DriverTestCase):
         with pool.lock:
             [victim] = [w for w in pool.workers if len(w.queue) == 2]
             self.assertTrue(all(len(w.queue) == 1 for w in pool.workers if w is not victim))
-        real_reap = pool._reap
+        real_reap = pool.dispatcher._reap
         entered = threading.Event()
 
         def reap(w):
@@ -321,14 +321,14 @@ class DeathDuringFinalizeTest(DriverTestCase):
             wait_until(lambda: pool.closed, timeout=10)
             real_reap(w)
 
-        pool._reap = reap
+        pool.dispatcher._reap = reap
         os.kill(victim.pid, 9)
         self.assertTrue(entered.wait(10))
         start = time.monotonic()
         d.finalize()
         self.assertLess(time.monotonic() - start, 5)
         self.assertIsNone(pool.broken)  # the dispatcher did not crash
-        self.assertFalse(pool.thread.is_alive())
+        self.assertFalse(pool.dispatcher.is_alive())
         for key in keys:
             flag, _, message = d.retrieve(key)
             self.assertEqual(flag, 2, message)
