@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from .processes import stop_workers
 from .protocol import FAILED, STARTUP_RETRIES, Answer, InitFailed, Ready, decode_report, exit_text
@@ -114,7 +114,7 @@ class Dispatcher(threading.Thread):
                     ]
                 if init_timeout is not None:
                     deadlines += [w.started + init_timeout for w in pool.workers if not w.ready and not w.dead]
-                timeout: Optional[float] = None
+                timeout: float | None = None
                 if deadlines:
                     timeout = max(0.0, min(deadlines) - time.monotonic())
             ready = multiprocessing.connection.wait([wake_fd, *watch], timeout)

@@ -79,7 +79,8 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .options import build_options, is_int, is_real
 from .pool import Backend, FlagAnswer, Pool
@@ -173,8 +174,8 @@ class Driver:
         n_subprocesses: int = 0,
         start_method: str = "forkserver",
         engine: str = DEFAULT_ENGINE,
-        task_timeout: Optional[float] = None,
-        init_timeout: Optional[float] = None,
+        task_timeout: float | None = None,
+        init_timeout: float | None = None,
         *,
         prefetch: int = 1,
     ) -> None:
@@ -198,10 +199,10 @@ class Driver:
         self.float_feature_names: list[str] = []
         self.str_feature_names: list[str] = []
         self.config: Any = None
-        self._pool: Optional[Backend] = None
+        self._pool: Backend | None = None
         self._state_lock = threading.Lock()
         self._finalized = False
-        self._finalizer: Optional[weakref.finalize] = None
+        self._finalizer: weakref.finalize | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -306,7 +307,7 @@ class Driver:
         except BaseException as exc:  # never raise, not even KeyboardInterrupt
             return ERROR, 0, _unexpected("retrieve", exc)
 
-    def wait(self, key: int, timeout: Optional[float] = None) -> FlagAnswer:
+    def wait(self, key: int, timeout: float | None = None) -> FlagAnswer:
         """Block up to ``timeout`` seconds for ``key`` to finish, then answer as ``retrieve``.
 
         ``timeout=None`` or ``+inf``: no limit (returns when the task finishes or the
@@ -350,7 +351,7 @@ class Driver:
 
     def _validate(
         self, float_features: Any, str_features: Any, int_feature: Any
-    ) -> tuple[str, Optional[tuple[list[float], list[str], int]]]:
+    ) -> tuple[str, tuple[list[float], list[str], int] | None]:
         """``("", (floats, strs, n))`` converted to exact types, or ``(why, None)``."""
         float_names, str_names = self.float_feature_names, self.str_feature_names
         if not isinstance(float_features, (list, tuple)):
@@ -400,7 +401,7 @@ class Driver:
             return self._retrieve(key)
         if timeout is not None and not is_real(timeout):
             return ERROR, 0, f"wait: timeout must be a number of seconds or None, got {describe(timeout)}"
-        limit: Optional[float]
+        limit: float | None
         if timeout is None:
             limit = None
         else:

@@ -9,7 +9,7 @@ import multiprocessing
 import numbers
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from .protocol import DEFAULT_ENGINE, MAX_WORKERS, describe, short_repr
 from .worker import WorkerSetup
@@ -25,9 +25,9 @@ class Options:
     """The number of worker processes, 1 to MAX_WORKERS (``<= 0`` was resolved to one per CPU)."""
     max_tasks: int
     """The most tasks held at once (queued, running, or finished and not retrieved), >= 1."""
-    task_timeout: Optional[float]
+    task_timeout: float | None
     """Seconds a task may run (None: no limit), positive and finite."""
-    init_timeout: Optional[float]
+    init_timeout: float | None
     """Seconds a worker may take to become ready (None: no limit), positive and finite."""
     prefetch: int
     """How many tasks may wait behind a busy worker's current one, >= 0."""
@@ -128,7 +128,7 @@ def check_workers(value: Any) -> int:
     return count
 
 
-def check_timeout(name: str, value: Any) -> Optional[float]:
+def check_timeout(name: str, value: Any) -> float | None:
     if value is None:
         return None
     problem = ValueError(f"{name} must be None or a positive, finite number of seconds, got {short_repr(value)}")

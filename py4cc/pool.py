@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Optional, Protocol
+from typing import Protocol
 
 from .dispatcher import Dispatcher, WakeUp
 from .options import Options
@@ -62,7 +62,7 @@ class Backend(Protocol):
     def start(self) -> None: ...
     def submit(self, float_features: list[float], str_features: list[str], int_feature: int) -> FlagAnswer: ...
     def collect(self, key: int) -> FlagAnswer: ...
-    def wait(self, key: int, limit: Optional[float]) -> FlagAnswer: ...
+    def wait(self, key: int, limit: float | None) -> FlagAnswer: ...
     def worker_pids(self) -> list[int]: ...
     def held_tasks(self) -> int: ...
     def stop(self) -> None: ...
@@ -76,15 +76,15 @@ class Task:
 
     def __init__(self, call: Call, size: int) -> None:
         self.key = call.key
-        self.call: Optional[Call] = call  # dropped once the task is done
+        self.call: Call | None = call  # dropped once the task is done
         self.size = size  # wire_size of its call
         self.done = False
         self.flag = NOT_FINISHED
         self.value = 0
         self.message = NOT_FINISHED_MESSAGE
-        self.event: Optional[threading.Event] = None  # made by the first wait
-        self.worker: Optional[Worker] = None
-        self.deadline: Optional[float] = None  # task_timeout, once it runs
+        self.event: threading.Event | None = None  # made by the first wait
+        self.worker: Worker | None = None
+        self.deadline: float | None = None  # task_timeout, once it runs
 
 
 class Pool:
@@ -103,13 +103,13 @@ class Pool:
         self.pending: deque[Task] = deque()  # not sent to a worker yet, oldest first
         self.workers: list[Worker] = []
         self.next_key = 1
-        self.avg_run_s: Optional[float] = None  # moving average of task run times
+        self.avg_run_s: float | None = None  # moving average of task run times
         self.closed = False  # stop has begun: refuse new tasks
         self.finished = False  # stop has completed
-        self.broken: Optional[str] = None  # why no worker can be started any more
+        self.broken: str | None = None  # why no worker can be started any more
         self.startup_deaths = 0  # replacements in a row that died before they were ready
         self.wakeup = WakeUp()
-        self.dispatcher: Optional[Dispatcher] = None
+        self.dispatcher: Dispatcher | None = None
         self.owner_pid = os.getpid()  # a forked copy of this process must not stop the workers
 
     # -- the Backend interface ------------------------------------------------------------
@@ -167,7 +167,7 @@ class Pool:
         del self.tasks[key]
         return task.flag, task.value, task.message
 
-    def wait(self, key: int, limit: Optional[float]) -> FlagAnswer:
+    def wait(self, key: int, limit: float | None) -> FlagAnswer:
         with self.lock:
             task = self.tasks.get(key)
             if task is None or task.done:
@@ -242,7 +242,7 @@ class Pool:
         else:
             self.avg_run_s += 0.1 * (seconds - self.avg_run_s)
 
-    def prefetch_target(self, now: float, task: Task) -> Optional[Worker]:
+    def prefetch_target(self, now: float, task: Task) -> Worker | None:
         """The busy worker that should get ``task`` queued behind its current one.
 
         Only workers holding at most ``prefetch`` tasks qualify, whose pipe keeps room

@@ -7,7 +7,7 @@ import multiprocessing
 import multiprocessing.connection
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from .protocol import STOP, STOP_GRACE_S, InitFailed, Ready, decode_report, encode_call, exit_text
 from .worker import WorkerSetup, worker_main
@@ -55,7 +55,7 @@ class Worker:
         return self.ready and not self.dead
 
 
-def start_worker(ctx: Any, setup: WorkerSetup, inherited_fds: Optional[list[int]]) -> Worker:
+def start_worker(ctx: Any, setup: WorkerSetup, inherited_fds: list[int] | None) -> Worker:
     """Start one worker process (not yet ready) in the ``multiprocessing`` context ``ctx``.
 
     ``inherited_fds`` (with "fork", else None): the parent's descriptors that the child
@@ -75,7 +75,7 @@ def start_worker(ctx: Any, setup: WorkerSetup, inherited_fds: Optional[list[int]
     return Worker(process, parent_conn)
 
 
-def wait_ready(workers: list[Worker], engine: str, init_timeout: Optional[float]) -> None:
+def wait_ready(workers: list[Worker], engine: str, init_timeout: float | None) -> None:
     """Block until every worker has reported ready; raise RuntimeError if one fails
     or (``init_timeout``) is not ready within ``init_timeout`` seconds of its start."""
     waiting = {w.conn: w for w in workers}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pickle
 import signal
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Union
 
 # -- the answers' flags and fixed messages ---------------------------------------------
 
@@ -124,12 +124,12 @@ _loads = pickle.loads
 _as_tuple = tuple.__new__
 
 
-def encode_call(call: Optional[Call]) -> bytes:
+def encode_call(call: Call | None) -> bytes:
     """The bytes of a Call (or of STOP) for ``Connection.send_bytes``."""
     return _dumps(None if call is None else call[:], _PROTOCOL)
 
 
-def decode_call(data: bytes) -> Optional[Call]:
+def decode_call(data: bytes) -> Call | None:
     """The Call (or STOP) that :func:`encode_call` made."""
     fields = _loads(data)
     return None if fields is None else _as_tuple(Call, fields)
@@ -166,7 +166,7 @@ def describe(value: Any) -> str:
     return f"{short_repr(value)} (type {type(value).__name__})"
 
 
-def exit_text(exitcode: Optional[int]) -> str:
+def exit_text(exitcode: int | None) -> str:
     """How a worker process ended, from its exit code (negative: killed by a signal)."""
     if exitcode is None:
         return "an unknown exit code"

@@ -80,7 +80,8 @@ class NeverRaisesTest(DriverTestCase):
         self.assertEqual(d.retrieve(key), (1, 0, NOT_FINISHED_MESSAGE))
 
     @unittest.skipUnless(
-        threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler,
         "needs the main thread with Python's own SIGINT handler",
     )
     def test_ctrl_c_while_wait_blocks(self):
