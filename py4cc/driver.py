@@ -90,6 +90,7 @@ from .protocol import (
     DEFAULT_ENGINE,
     ERROR,
     FAILED,
+    FINALIZED_MESSAGE,
     MAX_WORKERS,
     NOT_FINISHED,
     NOT_FINISHED_MESSAGE,
@@ -110,8 +111,6 @@ __all__ = [
     "OK",
     "Driver",
 ]
-
-_FINALIZED = "the driver is finalized; submit is no longer accepted"
 
 
 def _unexpected(call: str, exc: BaseException) -> str:
@@ -340,10 +339,10 @@ class Driver:
         pool = self._pool
         if pool is None:
             if self._finalized:
-                return ERROR, 0, _FINALIZED
+                return ERROR, 0, FINALIZED_MESSAGE
             return ERROR, 0, "the driver is not initialized; call initialize() first"
         if pool.closed:
-            return ERROR, 0, _FINALIZED
+            return ERROR, 0, FINALIZED_MESSAGE
         problem, task = self._validate(float_features, str_features, int_feature)
         if task is None:
             return ERROR, 0, problem

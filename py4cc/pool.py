@@ -3,8 +3,9 @@
 The Driver reaches it only through :class:`Backend`, so that another way of running tasks
 (a cluster's actors, say) can take its place. Behind that interface, ``Pool`` gives each
 task to a worker process (``assign``, ``dispatch``), puts back the tasks a lost worker had
-not started (``requeue_unstarted``), and starts and stops the processes; the dispatcher
-thread (:mod:`py4cc.dispatcher`) feeds it the workers' answers and exits.
+not started (``requeue_unstarted``), and starts and stops the processes
+(:mod:`py4cc.processes`); its dispatcher thread (:mod:`py4cc.dispatcher`) brings in the
+workers' answers and notices their exits.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .protocol import (
     CAPACITY_MESSAGE,
     ERROR,
     FAILED,
+    FINALIZED_MESSAGE,
     NOT_FINISHED,
     NOT_FINISHED_MESSAGE,
     OK,
@@ -140,7 +142,7 @@ class Pool:
         size = wire_size(float_features, str_features, int_feature)
         with self.lock:
             if self.closed:
-                return ERROR, 0, "the driver is finalized; submit is no longer accepted"
+                return ERROR, 0, FINALIZED_MESSAGE
             if self.broken is not None:
                 return ERROR, 0, f"the driver has no working worker process: {self.broken}"
             if len(self.tasks) >= self.options.max_tasks:
@@ -353,7 +355,6 @@ class Pool:
             stop_workers(workers)
             with self.lock:  # only once they are stopped: an interrupted stop finds them again
                 self.workers.clear()
-            with self.lock:
                 self.wakeup.close()
             self.finished = True
             _LIVE_POOLS.discard(self)

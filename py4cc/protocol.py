@@ -28,6 +28,7 @@ ERROR = 9
 
 CAPACITY_MESSAGE = "Model engine is working at capacity. Try again later."
 NOT_FINISHED_MESSAGE = "The requested task is not finished"
+FINALIZED_MESSAGE = "the driver is finalized; submit is no longer accepted"
 
 DEFAULT_ENGINE = "py4cc.engine:Engine"
 
