@@ -36,23 +36,21 @@ binding relies on are in :mod:`py4cc.protocol`.
 
 How a task travels::
 
-    caller's thread          this process                             a worker process
-    ---------------          ------------                             ----------------
-    submit(f, s, n) --> Pool.submit: checked task -> tasks[key], pending queue
-                                   |
-                                   | dispatch: to an idle worker, or queued
-                                   v behind a busy one's current task
-                        Call(key, f, s, n) ---- worker's pipe ---->  serve(): Engine.run
-                                                                           |
-                        dispatcher thread <---- worker's pipe ----- Answer(key, flag,
-                        (waits on the pipes,                          value, message)
-                         process sentinels,
-                         the wake-up pipe)
-                                   |
-                                   | complete(task): held with its answer,
-                                   v its waiters woken
-    retrieve(key) / <-- tasks[key] is done: the answer, and the task is removed
-    wait(key, t)
+    caller's threads       this process                           a worker process
+    ----------------       ------------                           ----------------
+    submit(f, s, n) -----> Pool.submit: a Task in tasks[key],
+                           at the end of the pending queue
+                                |  dispatch: to an idle worker, or
+                                v  behind a busy one's current task
+                           Call(key, f, s, n) ====== pipe =====>  serve(): Engine.run
+                                                                        |
+                           dispatcher thread <====== pipe ======  Answer(key, flag,
+                           (waits on every pipe, every               value, message)
+                           process sentinel, the wake-up pipe)
+                                |  complete(task): its answer is held,
+                                v  its waiters are woken
+    retrieve(key) <------- tasks[key] is done: the answer; the task is removed
+    wait(key, t)  <------- the same, once the task's Event is set (or t runs out)
 
 ``initialize`` starts N worker processes (``multiprocessing`` context of
 ``start_method``), each with its own duplex pipe; each builds the Engine and reports
@@ -64,9 +62,10 @@ in time) and no worker is left, queued tasks fail (flag 2) and ``submit`` answer
 saying why.
 
 The modules: :mod:`~py4cc.protocol` (flags, limits, wire messages), :mod:`~py4cc.options`
-(checked once by ``initialize``), :mod:`~py4cc.pool` (tasks and workers under one lock;
-the ``Backend`` interface this Driver uses), :mod:`~py4cc.dispatcher` (the thread that
-collects answers), :mod:`~py4cc.worker` (the worker process; it imports nothing else).
+(checked once by ``initialize``), :mod:`~py4cc.pool` (tasks and workers under one lock,
+behind the ``Backend`` interface this Driver uses), :mod:`~py4cc.processes` (starting and
+stopping worker processes), :mod:`~py4cc.dispatcher` (the thread that collects answers),
+:mod:`~py4cc.worker` (the worker process's side: with ``protocol``, all it imports).
 
 With ``start_method="fork"`` replacement workers are forked from a process that runs
 threads (the dispatcher, the caller's); Python 3.12+ warns about that
@@ -126,31 +125,21 @@ def _unexpected(call: str, exc: BaseException) -> str:
 class Driver:
     """Runs an Engine (``"module:Class"``) in a pool of worker processes.
 
-    Flag protocol (see the module docstring for the full table):
-
-    * ``submit(float_features, str_features, int_feature) -> (flag, key, message)``:
-      0 accepted (``key`` > 0), 1 at capacity (``CAPACITY_MESSAGE``), 9 error.
-    * ``retrieve(key) -> (flag, value, message)``: 0 done (``value`` > 0; removed),
-      1 not finished (``NOT_FINISHED_MESSAGE``; kept), 2 failed (message holds the
-      traceback or the cause; removed; ``value`` is the model's value if it answered
-      one, else -1), 9 error such as an unknown key (value 0; nothing changes).
-    * ``wait(key, timeout) -> (flag, value, message)``: like ``retrieve`` after blocking
-      up to ``timeout`` seconds for the task to finish. ``timeout`` None (or +inf) waits
-      until the task finishes or the driver is finalized; ``timeout <= 0`` (or NaN) does
-      not block at all. Other threads keep submitting and retrieving meanwhile.
-    * ``finalize()``: stops the pool. Tasks not finished by then answer flag 2 ("the
-      driver was finalized before this task finished"); tasks already finished keep
-      their answers; each can still be retrieved once. Afterwards ``submit`` answers
-      flag 9 ("... finalized ...").
+    ``submit``, ``retrieve``, ``wait`` and ``finalize`` follow the flag protocol of the
+    module docstring: ``retrieve`` and ``wait`` answer flag 2 with ``value`` the model's own
+    value if it answered one, else -1; ``wait(key, None)`` (or +inf) waits until the task
+    finishes or the driver is finalized, ``timeout <= 0`` (or NaN) does not block. After
+    ``finalize``, unfinished tasks answer flag 2 ("the driver was finalized before this task
+    finished"), finished ones keep their answers (each retrieved once), ``submit`` answers
+    flag 9 ("... finalized ...").
 
     ``worker_pids()`` lists the pids of the current worker processes (for tests and
     monitoring); ``held_tasks()`` counts the tasks held; ``n_subprocesses`` is the number
-    of worker processes (as given until ``initialize`` resolves it). Only ``initialize``
-    raises; all other methods answer flags. Every method is thread-safe; an internal lock
-    is held only briefly and never while ``wait`` blocks. A task whose worker process dies,
-    or which runs past ``task_timeout`` seconds (measured from when a worker starts it; its
-    worker is then killed), answers flag 2 with a message saying so, and a replacement
-    worker is started.
+    of worker processes (as given until ``initialize`` resolves it). Every method is
+    thread-safe; an internal lock is held only briefly and never while ``wait`` blocks. A
+    task whose worker process dies, or which runs past ``task_timeout`` seconds (measured
+    from when a worker starts it; its worker is then killed), answers flag 2 with a message
+    saying so, and a replacement worker is started.
 
     ``init_timeout`` (seconds, None = no limit) bounds how long a worker process may take
     from its start until its Engine is initialised and it reports ready. ``initialize``
