@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import Any, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 
 def big_model(float_features: Sequence[float], str_features: Sequence[str], int_feature: int) -> int:
@@ -57,16 +58,16 @@ class Engine:
 
     def __init__(self) -> None:
         self.config: Any = None
-        self.float_feature_names: List[str] = []
-        self.str_feature_names: List[str] = []
+        self.float_feature_names: list[str] = []
+        self.str_feature_names: list[str] = []
         self.extra: dict = {}
         self.tasks_run = 0
 
     def initialize(
         self,
         config: Any = None,
-        float_feature_names: Optional[Sequence[str]] = None,
-        str_feature_names: Optional[Sequence[str]] = None,
+        float_feature_names: Sequence[str] | None = None,
+        str_feature_names: Sequence[str] | None = None,
         **extra: Any,
     ) -> None:
         """Keep the configuration; the demo model needs nothing else."""
@@ -80,7 +81,7 @@ class Engine:
         float_features: Sequence[float] = (),
         str_features: Sequence[str] = (),
         int_feature: int = 0,
-    ) -> Tuple[int, str]:
+    ) -> tuple[int, str]:
         """Compute ``z``, sleep ``task_sleep_seconds(z)``, answer ``(z, "")``.
 
         Any exception answers ``(-1, <traceback text>)`` instead.

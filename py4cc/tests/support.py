@@ -59,8 +59,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, step: float
 class DriverTestCase(unittest.TestCase):
     """Builds initialised Drivers and finalizes them after each test."""
 
-    def make_driver(self, config: str = "{}", float_names: Any = None, str_names: Any = None,
-                    extra: Any = None, **options: Any) -> Driver:
+    def make_driver(
+        self, config: str = "{}", float_names: Any = None, str_names: Any = None, extra: Any = None, **options: Any
+    ) -> Driver:
         options.setdefault("n_subprocesses", 1)
         if "py4cc_user_engines" in str(options.get("engine", "")):
             add_engines_dir()

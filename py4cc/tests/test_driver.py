@@ -9,7 +9,7 @@ import unittest
 
 from py4cc.driver import CAPACITY_MESSAGE, NOT_FINISHED_MESSAGE, Driver
 from py4cc.engine import big_model
-from py4cc.taskgen import make_tasks
+from py4cc.workload.taskgen import make_tasks
 
 from .support import FLOAT_NAMES, STR_NAMES, TASK, DriverTestCase, pid_alive, wait_until
 
@@ -68,8 +68,11 @@ class SubmitRetrieveTest(DriverTestCase):
 
     def test_nan_and_inf_fail_with_traceback(self):
         d = self.shared
-        for bad, exc_name in ((float("nan"), "ValueError"), (float("inf"), "OverflowError"),
-                              (float("-inf"), "OverflowError")):
+        for bad, exc_name in (
+            (float("nan"), "ValueError"),
+            (float("inf"), "OverflowError"),
+            (float("-inf"), "OverflowError"),
+        ):
             with self.subTest(bad=bad):
                 flag, key, _ = d.submit([bad, 1.0], ["a", "b", "c"], 1)
                 self.assertEqual(flag, 0)
@@ -133,15 +136,15 @@ class SubmitRetrieveTest(DriverTestCase):
         # Regression: repr() of an int past the int-to-str digit limit raised, and float()
         # of an int past float's range: flag 9 "... failed unexpectedly: ValueError ...".
         d = self.shared
-        huge = 10 ** 5000
+        huge = 10**5000
         for answer in (d.retrieve(huge), d.wait(huge, 0.01)):
             flag, value, message = answer
             self.assertEqual((flag, value), (9, 0))
             self.assertIn("unknown key", message)
         _, key, _ = d.submit(*TASK)
-        self.assertEqual(d.wait(key, 10 ** 400), (0, big_model(*TASK), ""))
+        self.assertEqual(d.wait(key, 10**400), (0, big_model(*TASK), ""))
         _, key, _ = d.submit(*TASK)
-        self.assertIn(d.wait(key, -10 ** 400)[0], (0, 1))  # does not block
+        self.assertIn(d.wait(key, -(10**400))[0], (0, 1))  # does not block
         d.wait(key, 10)
 
     def test_bad_wait_timeout(self):
@@ -216,7 +219,7 @@ class CapacityTest(DriverTestCase):
         self.assertEqual(flag, 0)
         self.assertEqual(d.submit(*TASK)[0], 1)
         # A failed task frees its place too once retrieved.
-        for k in keys[1:] + [key]:
+        for k in [*keys[1:], key]:
             self.assertEqual(d.wait(k, 10)[0], 0)
         self.assertEqual(d.held_tasks(), 0)
         self.assertEqual(d.submit([float("nan"), 0.0], ["a", "b", "c"], 0)[0], 0)
@@ -306,7 +309,7 @@ class FinalizeTest(DriverTestCase):
         self.assertIn("finalized", message)
         # A finished task keeps its answer; an unfinished one fails.
         self.assertEqual(d.retrieve(done_key), (0, 3, "slept"))
-        flag, value, message = d.retrieve(running_key)
+        flag, _value, message = d.retrieve(running_key)
         self.assertEqual(flag, 2)
         self.assertIn("finalized", message)
         self.assertEqual(d.retrieve(running_key)[0], 9)
@@ -334,8 +337,7 @@ class InitializeErrorsTest(unittest.TestCase):
         d = Driver(**{"n_subprocesses": 1, **(options or {})})
         try:
             with self.assertRaises(exc_type) as caught:
-                d.initialize(config, FLOAT_NAMES if floats is None else floats,
-                             STR_NAMES if strs is None else strs)
+                d.initialize(config, FLOAT_NAMES if floats is None else floats, STR_NAMES if strs is None else strs)
             self.assertIn(needle, str(caught.exception))
             self.assertEqual(d.worker_pids(), [])
         finally:
@@ -354,8 +356,7 @@ class InitializeErrorsTest(unittest.TestCase):
                 self.check_raises(ValueError, "module:Class", options={"engine": name})
 
     def test_engine_module_not_found(self):
-        self.check_raises(ImportError, "no_such_module_xyz",
-                          options={"engine": "no_such_module_xyz:Engine"})
+        self.check_raises(ImportError, "no_such_module_xyz", options={"engine": "no_such_module_xyz:Engine"})
 
     def test_engine_class_missing(self):
         self.check_raises(RuntimeError, "AttributeError", options={"engine": "py4cc.engine:Nope"})
@@ -367,9 +368,9 @@ class InitializeErrorsTest(unittest.TestCase):
     def test_bad_options(self):
         self.check_raises(ValueError, "max_tasks", options={"max_tasks": 0})
         self.check_raises(ValueError, "n_subprocesses", options={"n_subprocesses": "2"})
-        self.check_raises(ValueError, "at most 1024", options={"n_subprocesses": 2 ** 64 - 1})
+        self.check_raises(ValueError, "at most 1024", options={"n_subprocesses": 2**64 - 1})
         self.check_raises(ValueError, "task_timeout", options={"task_timeout": -1})
-        for bad in (0, -1.5, float("nan"), float("inf"), "1", True, 10 ** 400):
+        for bad in (0, -1.5, float("nan"), float("inf"), "1", True, 10**400):
             with self.subTest(init_timeout=bad):
                 self.check_raises(ValueError, "init_timeout", options={"init_timeout": bad})
         self.check_raises(ValueError, "prefetch", options={"prefetch": -1})
@@ -384,10 +385,11 @@ class InitializeErrorsTest(unittest.TestCase):
 
     def test_one_per_cpu(self):
         import os
+
         d = Driver(n_subprocesses=0)
         self.addCleanup(d.finalize)
         d.initialize("{}", FLOAT_NAMES, STR_NAMES)
-        self.assertEqual(d.n_workers, os.cpu_count())
+        self.assertEqual(d.n_subprocesses, os.cpu_count())
         self.assertEqual(len(d.worker_pids()), os.cpu_count())
 
 

@@ -8,7 +8,7 @@ import time
 import unittest
 
 from py4cc.engine import Engine, big_model, task_sleep_seconds
-from py4cc.taskgen import make_tasks
+from py4cc.workload.taskgen import make_tasks
 
 
 def reference_model(floats, strs, n):
@@ -62,8 +62,7 @@ class BigModelTest(unittest.TestCase):
 class DemoEngineTest(unittest.TestCase):
     def setUp(self):
         self.engine = Engine()
-        self.engine.initialize(config={"a": 1}, float_feature_names=["x"],
-                               str_feature_names=["s"], extra_option=True)
+        self.engine.initialize(config={"a": 1}, float_feature_names=["x"], str_feature_names=["s"], extra_option=True)
 
     def test_initialize_keeps_configuration(self):
         self.assertEqual(self.engine.config, {"a": 1})
@@ -78,13 +77,11 @@ class DemoEngineTest(unittest.TestCase):
         self.assertGreaterEqual(elapsed, 0.0099)
 
     def test_run_never_raises(self):
-        value, message = self.engine.run(float_features=[float("nan")], str_features=[],
-                                         int_feature=0)
+        value, message = self.engine.run(float_features=[float("nan")], str_features=[], int_feature=0)
         self.assertEqual(value, -1)
         self.assertIn("Traceback", message)
         self.assertIn("ValueError", message)
-        value, message = self.engine.run(float_features=[1.0], str_features=[None],
-                                         int_feature=0)
+        value, message = self.engine.run(float_features=[1.0], str_features=[None], int_feature=0)
         self.assertEqual(value, -1)
         self.assertIn("AttributeError", message)
 

@@ -25,10 +25,14 @@ def task(seconds: float = 0.0, n: int = 7):
 
 class UserEngineTest(DriverTestCase):
     def test_configuration_reaches_each_worker(self):
-        d = self.make_driver(config='{"add": 100, "nested": [1, "two"]}',
-                             float_names=["x", "y"], str_names=["p", "q", "r"],
-                             extra={"bonus": "yes", "level": 3},
-                             engine=f"{ENGINES}:EchoEngine", n_subprocesses=2)
+        d = self.make_driver(
+            config='{"add": 100, "nested": [1, "two"]}',
+            float_names=["x", "y"],
+            str_names=["p", "q", "r"],
+            extra={"bonus": "yes", "level": 3},
+            engine=f"{ENGINES}:EchoEngine",
+            n_subprocesses=2,
+        )
         seen_pids = set()
         for i in range(6):
             _, key, _ = d.submit([1.0, 2.0], ["s", "ß", ""], i)
@@ -83,8 +87,11 @@ class UserEngineTest(DriverTestCase):
         # the worker (its Engine) had to be rebuilt.
         d = self.make_driver(engine=f"{ENGINES}:StrangeAnswerEngine")
         [pid] = d.worker_pids()
-        for n, needle in ((1, "<repr() raised RuntimeError>"), (2, "<repr() raised RuntimeError>"),
-                          (3, "no comparisons for you")):
+        for n, needle in (
+            (1, "<repr() raised RuntimeError>"),
+            (2, "<repr() raised RuntimeError>"),
+            (3, "no comparisons for you"),
+        ):
             with self.subTest(n=n):
                 _, key, _ = d.submit(*task(n=n))
                 flag, value, message = d.wait(key, 10)
@@ -110,7 +117,7 @@ class UserEngineTest(DriverTestCase):
         d = self.make_driver(engine=f"{ENGINES}:ExitingEngine")
         old = d.worker_pids()
         _, key, _ = d.submit(*task(n=3))
-        flag, value, message = d.wait(key, 10)
+        flag, _value, message = d.wait(key, 10)
         self.assertEqual(flag, 2)
         self.assertIn("died", message)
         self.assertIn("exit code 3", message)
@@ -127,7 +134,7 @@ class KilledWorkerTest(DriverTestCase):
         _, queued, _ = d.submit(*task(0.0, 2))  # may wait in the same worker's pipe
         time.sleep(0.1)
         os.kill(pid, signal.SIGKILL)
-        flag, value, message = d.wait(running, 10)
+        flag, _value, message = d.wait(running, 10)
         self.assertEqual(flag, 2)
         self.assertIn("died", message)
         self.assertIn("SIGKILL", message)
@@ -159,7 +166,7 @@ class TimeoutTest(DriverTestCase):
         start = time.monotonic()
         _, slow, _ = d.submit(*task(30.0, 1))
         _, quick, _ = d.submit(*task(0.0, 2))
-        flag, value, message = d.wait(slow, 10)
+        flag, _value, message = d.wait(slow, 10)
         self.assertLess(time.monotonic() - start, 5)
         self.assertEqual(flag, 2)
         self.assertIn("timed out after 0.3 s", message)
@@ -182,10 +189,10 @@ class TimeoutTest(DriverTestCase):
         injected = []
 
         def read(fd, n):
-            if fd == pool.wake_r and not injected:
+            if fd == pool.wakeup.read_fd and not injected:
                 injected.append(True)
                 with pool.lock:
-                    pool.wake()  # another thread's submit, just before the drain
+                    pool.wakeup.wake()  # another thread's submit, just before the drain
             return real_read(fd, n)
 
         with unittest.mock.patch("os.read", read):
@@ -243,12 +250,12 @@ class StartMethodTest(DriverTestCase):
         catcher = warnings.catch_warnings()
         catcher.__enter__()
         self.addCleanup(catcher.__exit__, None, None, None)
-        warnings.filterwarnings("ignore", message=r"This process .* is multi-threaded",
-                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"This process .* is multi-threaded", category=DeprecationWarning)
 
     def run_tasks(self, d, n=12):
         from py4cc.engine import big_model
-        from py4cc.taskgen import make_tasks
+        from py4cc.workload.taskgen import make_tasks
+
         tasks = make_tasks(n, 3)
         keys = [d.submit(*t)[1] for t in tasks]
         for key, t in zip(keys, tasks):
@@ -265,8 +272,7 @@ class StartMethodTest(DriverTestCase):
 
     def test_user_engine_with_spawn(self):
         # The engines directory reaches spawned workers through sys.path.
-        d = self.make_driver(engine=f"{ENGINES}:EchoEngine", config='{"add": 1}',
-                             start_method="spawn")
+        d = self.make_driver(engine=f"{ENGINES}:EchoEngine", config='{"add": 1}', start_method="spawn")
         _, key, _ = d.submit([1.0, 2.0], ["a", "b", "c"], 5)
         self.assertEqual(d.wait(key, 20)[:2], (0, 7))
 

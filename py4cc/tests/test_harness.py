@@ -9,9 +9,9 @@ import subprocess
 import sys
 import unittest
 
-from py4cc import harness
 from py4cc.engine import big_model, task_sleep_seconds
-from py4cc.taskgen import make_tasks, task_digest
+from py4cc.workload import harness
+from py4cc.workload.taskgen import make_tasks, task_digest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -48,8 +48,10 @@ class PartsTest(unittest.TestCase):
 
     def test_parse_args_defaults(self):
         args = harness.parse_args([])
-        self.assertEqual((args.tasks, args.threads, args.workers, args.seed, args.start_method,
-                          args.mode), (1000, 16, 0, 42, "forkserver", "poll"))
+        self.assertEqual(
+            (args.tasks, args.threads, args.workers, args.seed, args.start_method, args.mode),
+            (1000, 16, 0, 42, "forkserver", "poll"),
+        )
 
 
 class EndToEndTest(unittest.TestCase):
@@ -77,9 +79,25 @@ class EndToEndTest(unittest.TestCase):
 
     def test_command_line(self):
         proc = subprocess.run(
-            [sys.executable, "-m", "py4cc.harness", "--tasks", "40", "--threads", "4",
-             "--workers", "2", "--mode", "wait", "--start-method", "spawn"],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "py4cc.workload.harness",
+                "--tasks",
+                "40",
+                "--threads",
+                "4",
+                "--workers",
+                "2",
+                "--mode",
+                "wait",
+                "--start-method",
+                "spawn",
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         self.assertEqual(proc.returncode, 0, proc.stderr)
         lines = proc.stdout.strip().splitlines()

@@ -14,11 +14,11 @@ import unittest
 import unittest.mock
 import warnings
 
-from py4cc import driver as driver_module
+from py4cc import pool as pool_module
 from py4cc.driver import Driver
+from py4cc.protocol import STARTUP_RETRIES
 
-from .support import (FLOAT_NAMES, STR_NAMES, DriverTestCase, add_engines_dir, pid_alive,
-                      pid_running, wait_until)
+from .support import FLOAT_NAMES, STR_NAMES, DriverTestCase, add_engines_dir, pid_alive, pid_running, wait_until
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -54,8 +54,7 @@ class ParentExitTest(unittest.TestCase):
                 handle.write(CHILD_SCRIPT)
             env = dict(os.environ)
             env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-            proc = subprocess.run([sys.executable, script, how], capture_output=True, text=True,
-                                  timeout=60, env=env)
+            proc = subprocess.run([sys.executable, script, how], capture_output=True, text=True, timeout=60, env=env)
         pids = json.loads(proc.stdout.strip().splitlines()[0])
         self.assertEqual(len(pids), 6, proc.stderr)
         return proc, pids
@@ -63,15 +62,17 @@ class ParentExitTest(unittest.TestCase):
     def test_exit_without_finalize(self):
         proc, pids = self.run_child("exit")
         self.assertEqual(proc.returncode, 0, proc.stderr)
-        self.assertTrue(wait_until(lambda: not any(map(pid_running, pids)), timeout=10),
-                        [p for p in pids if pid_running(p)])
+        self.assertTrue(
+            wait_until(lambda: not any(map(pid_running, pids)), timeout=10), [p for p in pids if pid_running(p)]
+        )
 
     def test_parent_killed(self):
         # No exit hook runs: each worker sees its pipe close and exits on its own.
         proc, pids = self.run_child("sigkill")
         self.assertEqual(proc.returncode, -9)
-        self.assertTrue(wait_until(lambda: not any(map(pid_running, pids)), timeout=10),
-                        [p for p in pids if pid_running(p)])
+        self.assertTrue(
+            wait_until(lambda: not any(map(pid_running, pids)), timeout=10), [p for p in pids if pid_running(p)]
+        )
 
 
 GC_CHILD_SCRIPT = textwrap.dedent("""
@@ -116,8 +117,7 @@ class CollectedDriverTest(unittest.TestCase):
             env = dict(os.environ)
             env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
             try:
-                proc = subprocess.run([sys.executable, script], capture_output=True, text=True,
-                                      timeout=30, env=env)
+                proc = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=30, env=env)
             except subprocess.TimeoutExpired as exc:
                 self.fail(f"the child hung (at exit?); its output: {exc.stdout!r}")
         self.assertEqual(proc.returncode, 0, proc.stderr)
@@ -131,7 +131,6 @@ class ForkedChildTest(DriverTestCase):
         # Regression: a plain os.fork() child (a pre-forking server, say) that ended
         # normally ran the exit hook on its copy of the pool and stopped the parent's
         # workers: idle ones were told to exit, busy ones got SIGTERM (their tasks failed).
-        import py4cc.driver as driver_module
         d = self.make_driver(n_subprocesses=2)
         pids = d.worker_pids()
         with warnings.catch_warnings():
@@ -139,7 +138,7 @@ class ForkedChildTest(DriverTestCase):
             child = os.fork()
         if child == 0:  # pragma: no cover - the child
             try:
-                driver_module._shutdown_all_pools()  # what its exit hook runs
+                pool_module.stop_all_pools()  # what its exit hook runs
                 d.finalize()
             finally:
                 os._exit(0)
@@ -158,8 +157,7 @@ class BrokenPoolTest(DriverTestCase):
     def test_replacement_that_cannot_start(self):
         with tempfile.TemporaryDirectory() as tmp:
             marker = os.path.join(tmp, "marker")
-            d = self.make_driver(config=json.dumps({"marker": marker}),
-                                 engine="py4cc_user_engines:FragileInitEngine")
+            d = self.make_driver(config=json.dumps({"marker": marker}), engine="py4cc_user_engines:FragileInitEngine")
             [pid] = d.worker_pids()
             _, running, _ = d.submit([30.0, 0.0], ["a", "b", "c"], 1)
             _, queued, _ = d.submit([0.0, 0.0], ["a", "b", "c"], 2)
@@ -183,8 +181,9 @@ class BrokenPoolTest(DriverTestCase):
         # every task for good ("no working worker process").
         with tempfile.TemporaryDirectory() as tmp:
             marker = os.path.join(tmp, "marker")
-            d = self.make_driver(config=json.dumps({"marker": marker}),
-                                 engine="py4cc_user_engines:StartupTroubleEngine")
+            d = self.make_driver(
+                config=json.dumps({"marker": marker}), engine="py4cc_user_engines:StartupTroubleEngine"
+            )
             [first] = d.worker_pids()
             with open(marker, "w") as handle:
                 handle.write("sleep")
@@ -201,17 +200,22 @@ class BrokenPoolTest(DriverTestCase):
     def test_replacements_that_keep_dying_before_ready(self):
         with tempfile.TemporaryDirectory() as tmp:
             marker = os.path.join(tmp, "marker")
-            d = self.make_driver(config=json.dumps({"marker": marker}),
-                                 engine="py4cc_user_engines:StartupTroubleEngine")
+            d = self.make_driver(
+                config=json.dumps({"marker": marker}), engine="py4cc_user_engines:StartupTroubleEngine"
+            )
             [pid] = d.worker_pids()
             with open(marker, "w") as handle:
                 handle.write("exit")
             os.kill(pid, 9)
             # Each retry leaves worker_pids() empty for a moment: poll submit instead.
             answers = []
-            self.assertTrue(wait_until(
-                lambda: answers.append(d.submit([0.0, 0.0], ["a", "b", "c"], 5)) or answers[-1][0] == 9,
-                timeout=20, step=0.05))
+            self.assertTrue(
+                wait_until(
+                    lambda: answers.append(d.submit([0.0, 0.0], ["a", "b", "c"], 5)) or answers[-1][0] == 9,
+                    timeout=20,
+                    step=0.05,
+                )
+            )
             flag, key, message = answers[-1]
             self.assertEqual((flag, key), (9, 0))
             self.assertEqual(d.worker_pids(), [])
@@ -223,14 +227,14 @@ class InitTimeoutTest(DriverTestCase):
     def record_worker_pids(self) -> list:
         """Patch the pool so that the pid of every worker process started lands in a list."""
         pids: list = []
-        real_start = driver_module._Pool.start_worker
+        real_start = pool_module.Pool.start_worker
 
         def start_worker(pool):
             w = real_start(pool)
             pids.append(w.pid)
             return w
 
-        patcher = unittest.mock.patch.object(driver_module._Pool, "start_worker", start_worker)
+        patcher = unittest.mock.patch.object(pool_module.Pool, "start_worker", start_worker)
         patcher.start()
         self.addCleanup(patcher.stop)
         return pids
@@ -243,8 +247,7 @@ class InitTimeoutTest(DriverTestCase):
             marker = os.path.join(tmp, "marker")
             with open(marker, "w") as handle:
                 handle.write("sleep")  # Engine.initialize sleeps 30 s
-            d = Driver(n_subprocesses=2, engine="py4cc_user_engines:StartupTroubleEngine",
-                       init_timeout=0.5)
+            d = Driver(n_subprocesses=2, engine="py4cc_user_engines:StartupTroubleEngine", init_timeout=0.5)
             self.addCleanup(d.finalize)
             start = time.monotonic()
             with self.assertRaises(RuntimeError) as caught:
@@ -255,7 +258,7 @@ class InitTimeoutTest(DriverTestCase):
         self.assertEqual(len(pids), 2)
         self.assertAllGone(pids)
         self.assertEqual(d.worker_pids(), [])
-        flag, key, message = d.submit([0.0, 0.0], ["a", "b", "c"], 1)
+        flag, key, _message = d.submit([0.0, 0.0], ["a", "b", "c"], 1)
         self.assertEqual((flag, key), (9, 0))
 
     def test_replacement_not_ready_in_time_fails_queued_tasks(self):
@@ -264,9 +267,11 @@ class InitTimeoutTest(DriverTestCase):
         pids = self.record_worker_pids()
         with tempfile.TemporaryDirectory() as tmp:
             marker = os.path.join(tmp, "marker")
-            d = self.make_driver(config=json.dumps({"marker": marker}),
-                                 engine="py4cc_user_engines:StartupTroubleEngine",
-                                 init_timeout=0.5)
+            d = self.make_driver(
+                config=json.dumps({"marker": marker}),
+                engine="py4cc_user_engines:StartupTroubleEngine",
+                init_timeout=0.5,
+            )
             # A replacement that is ready within the limit is left alone.
             [first] = d.worker_pids()
             os.kill(first, 9)
@@ -292,7 +297,7 @@ class InitTimeoutTest(DriverTestCase):
             self.assertEqual((flag, key), (9, 0))
             self.assertIn("could not start within the 0.5 s start-up limit", message)
             self.assertEqual(d.worker_pids(), [])
-            self.assertEqual(len(pids), 2 + 1 + driver_module._STARTUP_RETRIES)
+            self.assertEqual(len(pids), 2 + 1 + STARTUP_RETRIES)
             self.assertTrue(wait_until(lambda: not any(map(pid_alive, pids)), timeout=5))
 
 
@@ -307,13 +312,15 @@ class DeathDuringFinalizeTest(DriverTestCase):
         pool = d._pool
         with pool.lock:
             pool.avg_run_s = 60.0  # tasks are long: prefetching behind a busy worker is fine
-        keys = [d.submit([30.0, 0.0], ["a", "b", "c"], 1)[1],
-                d.submit([30.0, 0.0], ["a", "b", "c"], 2)[1],
-                d.submit([0.0, 0.0], ["a", "b", "c"], 3)[1]]  # queued behind one of them
+        keys = [
+            d.submit([30.0, 0.0], ["a", "b", "c"], 1)[1],
+            d.submit([30.0, 0.0], ["a", "b", "c"], 2)[1],
+            d.submit([0.0, 0.0], ["a", "b", "c"], 3)[1],
+        ]  # queued behind one of them
         with pool.lock:
             [victim] = [w for w in pool.workers if len(w.queue) == 2]
             self.assertTrue(all(len(w.queue) == 1 for w in pool.workers if w is not victim))
-        real_reap = pool._reap
+        real_reap = pool.dispatcher._reap
         entered = threading.Event()
 
         def reap(w):
@@ -321,14 +328,14 @@ class DeathDuringFinalizeTest(DriverTestCase):
             wait_until(lambda: pool.closed, timeout=10)
             real_reap(w)
 
-        pool._reap = reap
+        pool.dispatcher._reap = reap
         os.kill(victim.pid, 9)
         self.assertTrue(entered.wait(10))
         start = time.monotonic()
         d.finalize()
         self.assertLess(time.monotonic() - start, 5)
         self.assertIsNone(pool.broken)  # the dispatcher did not crash
-        self.assertFalse(pool.thread.is_alive())
+        self.assertFalse(pool.dispatcher.is_alive())
         for key in keys:
             flag, _, message = d.retrieve(key)
             self.assertEqual(flag, 2, message)

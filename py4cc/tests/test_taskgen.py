@@ -6,8 +6,8 @@ import re
 import struct
 import unittest
 
-from py4cc import taskgen
-from py4cc.taskgen import SplitMix64, Task, make_tasks, task_digest
+from py4cc.workload import taskgen
+from py4cc.workload.taskgen import SplitMix64, Task, make_tasks, task_digest
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -72,13 +72,11 @@ class MakeTasksTest(unittest.TestCase):
         lists = taskgen.word_lists()
         f0 = rng.uniform() * 2000.0 - 1000.0
         f1 = rng.uniform() * 2000.0 - 1000.0
-        name = lists["first"][rng.below(len(lists["first"]))] + " " + \
-            lists["last"][rng.below(len(lists["last"]))]
+        name = lists["first"][rng.below(len(lists["first"]))] + " " + lists["last"][rng.below(len(lists["last"]))]
         n = 4 + rng.below(6)
         words = [lists["words"][rng.below(len(lists["words"]))] for _ in range(n)]
-        h = "%016x%016x" % (rng.next_u64(), rng.next_u64())
-        uuid = "-".join([h[:8], h[8:12], "4" + h[13:16], "89ab"[int(h[16], 16) % 4] + h[17:20],
-                         h[20:]])
+        h = f"{rng.next_u64():016x}{rng.next_u64():016x}"
+        uuid = "-".join([h[:8], h[8:12], "4" + h[13:16], "89ab"[int(h[16], 16) % 4] + h[17:20], h[20:]])
         n_int = rng.below(1000)
         self.assertEqual(make_tasks(1, 42)[0], Task([f0, f1], [name, " ".join(words) + ".", uuid], n_int))
 
@@ -86,8 +84,9 @@ class MakeTasksTest(unittest.TestCase):
 class DigestTest(unittest.TestCase):
     def test_encoding(self):
         task = Task([1.0, -2.5], ["a", "ß"], -3)
-        want = (struct.pack("<d", 1.0) + struct.pack("<d", -2.5) + b"a\x00" + "ß".encode() + b"\x00"
-                + struct.pack("<q", -3))
+        want = (
+            struct.pack("<d", 1.0) + struct.pack("<d", -2.5) + b"a\x00" + "ß".encode() + b"\x00" + struct.pack("<q", -3)
+        )
         self.assertEqual(taskgen.task_bytes(task), want)
 
     def test_fnv1a_reference_values(self):
@@ -99,7 +98,7 @@ class DigestTest(unittest.TestCase):
     def test_digest_is_hash_of_concatenation(self):
         tasks = make_tasks(5, 1)
         blob = b"".join(taskgen.task_bytes(t) for t in tasks)
-        self.assertEqual(task_digest(tasks), "%016x" % taskgen.fnv1a64(blob))
+        self.assertEqual(task_digest(tasks), f"{taskgen.fnv1a64(blob):016x}")
         self.assertEqual(task_digest([]), "cbf29ce484222325")
 
 

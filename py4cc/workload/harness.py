@@ -1,9 +1,9 @@
-"""The reference workload (SPEC section 4) in pure Python: ``python3 -m py4cc.harness``.
+"""The reference workload in pure Python: ``python3 -m py4cc.workload.harness``.
 
-Threads share the seeded task list (:mod:`py4cc.taskgen`), strided: thread ``t`` runs
-tasks ``t, t + threads, t + 2 * threads, ...``. Per task, in ``poll`` mode (the
-article's loop): submit (at capacity: sleep 1 ms, submit again); sleep 1 ms; retrieve,
-sleeping 1 ms between tries while it is not finished. In ``wait`` mode: submit the same
+Threads share the seeded task list (:mod:`py4cc.workload.taskgen`), strided: thread ``t``
+runs tasks ``t, t + threads, t + 2 * threads, ...``. Per task, in ``poll`` mode: submit
+(at capacity: sleep 1 ms, submit again); sleep 1 ms; retrieve, sleeping 1 ms between
+tries while it is not finished. In ``wait`` mode: submit the same
 way, then ``Driver.wait(key, timeout)`` until the answer is not "not finished".
 
 Each result is checked against ``big_model`` computed here. The run ends with a short
@@ -20,15 +20,27 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
-from .driver import AT_CAPACITY, NOT_FINISHED, OK, Driver
-from .engine import big_model, task_sleep_seconds
+from ..driver import AT_CAPACITY, NOT_FINISHED, OK, Driver
+from ..engine import big_model, task_sleep_seconds
 from .taskgen import Task, make_tasks, task_digest
 
 JSON_KEYS = (
-    "tasks", "threads", "workers", "mode", "seconds", "tasks_per_s", "p50_ms", "p99_ms",
-    "verified", "errors", "limit_s", "efficiency", "digest",
+    "tasks",
+    "threads",
+    "workers",
+    "mode",
+    "seconds",
+    "tasks_per_s",
+    "p50_ms",
+    "p99_ms",
+    "verified",
+    "errors",
+    "limit_s",
+    "efficiency",
+    "digest",
 )
 """The keys of the final JSON line, in their order."""
 
@@ -37,7 +49,7 @@ STR_FEATURE_NAMES = ["name", "sentence", "uuid"]
 CONFIG_JSON = '{"model": "big_model"}'
 
 POLL_SLEEP_S = 0.001
-"""The article's 1 ms sleep (at capacity, after submit, and between retrieves)."""
+"""The poll loop's 1 ms sleep (at capacity, after submit, and between retrieves)."""
 WAIT_SLICE_S = 1.0
 """How long one ``Driver.wait`` call blocks in ``wait`` mode before trying again."""
 GIVE_UP_S = 600.0
@@ -58,7 +70,7 @@ def resolve_workers(workers: int) -> int:
     return workers if workers > 0 else (os.cpu_count() or 1)
 
 
-def expected_values(tasks: Sequence[Task]) -> List[int]:
+def expected_values(tasks: Sequence[Task]) -> list[int]:
     """The model's answer for every task, computed in this process."""
     return [big_model(t.float_features, t.str_features, t.int_feature) for t in tasks]
 
@@ -111,11 +123,11 @@ def run_one(driver: Driver, task: Task, mode: str) -> Outcome:
     return Outcome(flag, value, message, time.perf_counter() - start)
 
 
-def run_workload(driver: Driver, tasks: Sequence[Task], threads: int, mode: str) -> List[Optional[Outcome]]:
+def run_workload(driver: Driver, tasks: Sequence[Task], threads: int, mode: str) -> list[Outcome | None]:
     """Run every task on ``threads`` threads (strided split); outcomes in task order."""
     if mode not in ("poll", "wait"):
         raise ValueError(f"mode must be 'poll' or 'wait', got {mode!r}")
-    outcomes: List[Optional[Outcome]] = [None] * len(tasks)
+    outcomes: list[Outcome | None] = [None] * len(tasks)
 
     def body(t: int) -> None:
         for i in range(t, len(tasks), threads):
@@ -132,20 +144,22 @@ def run_workload(driver: Driver, tasks: Sequence[Task], threads: int, mode: str)
     return outcomes
 
 
-def check_outcomes(outcomes: Sequence[Optional[Outcome]], expected: Sequence[int]) -> List[str]:
+def check_outcomes(outcomes: Sequence[Outcome | None], expected: Sequence[int]) -> list[str]:
     """One line per wrong or missing result (empty when everything is right)."""
     problems = []
     for i, (out, want) in enumerate(zip(outcomes, expected)):
         if out is None:
             problems.append(f"task {i}: no result")
         elif out.flag != OK or out.value != want:
-            problems.append(f"task {i}: flag {out.flag}, value {out.value}, expected {want}: "
-                            f"{out.message.strip()[-300:]}")
+            problems.append(
+                f"task {i}: flag {out.flag}, value {out.value}, expected {want}: {out.message.strip()[-300:]}"
+            )
     return problems
 
 
-def summarize(tasks: Sequence[Task], threads: int, workers: int, mode: str, seconds: float,
-              outcomes: Sequence[Optional[Outcome]]) -> Dict[str, Any]:
+def summarize(
+    tasks: Sequence[Task], threads: int, workers: int, mode: str, seconds: float, outcomes: Sequence[Outcome | None]
+) -> dict[str, Any]:
     """The JSON record of a run (keys in :data:`JSON_KEYS` order)."""
     expected = expected_values(tasks)
     problems = check_outcomes(outcomes, expected)
@@ -169,9 +183,15 @@ def summarize(tasks: Sequence[Task], threads: int, workers: int, mode: str, seco
     }
 
 
-def run(tasks_n: int = 1000, threads: int = 16, workers: int = 0, seed: int = 42,
-        start_method: str = "forkserver", mode: str = "poll",
-        stream: Any = None) -> Dict[str, Any]:
+def run(
+    tasks_n: int = 1000,
+    threads: int = 16,
+    workers: int = 0,
+    seed: int = 42,
+    start_method: str = "forkserver",
+    mode: str = "poll",
+    stream: Any = None,
+) -> dict[str, Any]:
     """Build the tasks, start a Driver, run the workload, return the JSON record.
 
     A human summary (and the first few problems, if any) goes to ``stream``
@@ -201,18 +221,27 @@ def run(tasks_n: int = 1000, threads: int = 16, workers: int = 0, seed: int = 42
     return record
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python3 -m py4cc.harness",
-        description="The article's multi-threaded workload against py4cc.Driver.")
+        prog="python3 -m py4cc.workload.harness",
+        description="The reference multi-threaded workload against py4cc.Driver.",
+    )
     parser.add_argument("--tasks", type=int, default=1000, help="number of tasks (1000)")
     parser.add_argument("--threads", type=int, default=16, help="client threads (16)")
     parser.add_argument("--workers", type=int, default=0, help="worker processes (0 = one per CPU)")
     parser.add_argument("--seed", type=int, default=42, help="task generator seed (42)")
-    parser.add_argument("--start-method", default="forkserver",
-                        choices=["fork", "forkserver", "spawn"], help="multiprocessing start method")
-    parser.add_argument("--mode", default="poll", choices=["poll", "wait"],
-                        help="poll: the article's 1 ms loop; wait: Driver.wait")
+    parser.add_argument(
+        "--start-method",
+        default="forkserver",
+        choices=["fork", "forkserver", "spawn"],
+        help="multiprocessing start method",
+    )
+    parser.add_argument(
+        "--mode",
+        default="poll",
+        choices=["poll", "wait"],
+        help="poll: submit, then retrieve every 1 ms; wait: Driver.wait",
+    )
     args = parser.parse_args(argv)
     if args.tasks < 0:
         parser.error("--tasks must be >= 0")
@@ -221,7 +250,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     record = run(args.tasks, args.threads, args.workers, args.seed, args.start_method, args.mode)
     print(json.dumps(record), flush=True)

@@ -1,8 +1,8 @@
 """Seeded, reproducible test data for the reference workload.
 
-The Rust example (``examples/many_threads.rs``) reimplements this module and must
-produce the identical task list and digest for the same seed, so every step here is
-specified exactly and nothing depends on Python-specific randomness:
+The Rust side of the workload (the example's and the benchmarks' task lists) reimplements
+this module and must produce the identical task list and digest for the same seed, so
+every step here is specified exactly and nothing depends on Python-specific randomness:
 
 * :class:`SplitMix64` is the 64-bit generator (one per run, seeded with the seed).
 * :func:`make_tasks` draws each task's values in a fixed order (see its docstring).
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Dict, Iterable, List, NamedTuple, Sequence
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 MASK64 = (1 << 64) - 1
 """All SplitMix64 arithmetic is modulo 2**64."""
@@ -50,7 +51,7 @@ class SplitMix64:
 
     def uniform(self) -> float:
         """A float in [0, 1): the top 53 bits of one output, scaled by 2**-53."""
-        return (self.next_u64() >> 11) * 2.0 ** -53
+        return (self.next_u64() >> 11) * 2.0**-53
 
     def below(self, n: int) -> int:
         """An integer in [0, n) (plain modulo; the tiny bias is part of the spec)."""
@@ -62,18 +63,18 @@ class SplitMix64:
 class Task(NamedTuple):
     """One task of the workload: the three arguments of ``Driver.submit``."""
 
-    float_features: List[float]
-    str_features: List[str]
+    float_features: list[float]
+    str_features: list[str]
     int_feature: int
 
 
-def load_word_lists(path: str = WORDS_FILE) -> Dict[str, List[str]]:
+def load_word_lists(path: str = WORDS_FILE) -> dict[str, list[str]]:
     """Read ``words.txt``: returns ``{"first": [...], "last": [...], "words": [...]}``.
 
     A line ``[name]`` starts a section; every other non-empty line (stripped of
     surrounding whitespace) is one entry of the current section.
     """
-    sections: Dict[str, List[str]] = {}
+    sections: dict[str, list[str]] = {}
     current = None
     with open(path, encoding="utf-8") as handle:
         for lineno, raw in enumerate(handle, start=1):
@@ -93,10 +94,10 @@ def load_word_lists(path: str = WORDS_FILE) -> Dict[str, List[str]]:
     return sections
 
 
-_WORD_LISTS: Dict[str, List[str]] = {}
+_WORD_LISTS: dict[str, list[str]] = {}
 
 
-def word_lists() -> Dict[str, List[str]]:
+def word_lists() -> dict[str, list[str]]:
     """The word lists of ``words.txt``, read once and cached."""
     if not _WORD_LISTS:
         _WORD_LISTS.update(load_word_lists())
@@ -112,7 +113,7 @@ def make_uuid(rng: SplitMix64) -> str:
     return f"{h[0:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
 
 
-def make_task(rng: SplitMix64, lists: Dict[str, List[str]]) -> Task:
+def make_task(rng: SplitMix64, lists: dict[str, list[str]]) -> Task:
     """Draw one task; the order of the draws is part of the specification."""
     first, last, words = lists["first"], lists["last"], lists["words"]
     f0 = rng.uniform() * 2000.0 - 1000.0
@@ -128,7 +129,7 @@ def make_task(rng: SplitMix64, lists: Dict[str, List[str]]) -> Task:
     return Task([f0, f1], [name, sentence, uuid], int_feature)
 
 
-def make_tasks(n: int, seed: int) -> List[Task]:
+def make_tasks(n: int, seed: int) -> list[Task]:
     """The ``n`` tasks of a run, drawn in order from one ``SplitMix64(seed)``.
 
     Per task, in this order: ``f0`` and ``f1`` (``uniform() * 2000 - 1000``), the first

@@ -153,3 +153,16 @@ class StartupTroubleEngine:
 
     def run(self, float_features, str_features, int_feature):
         return int_feature, ""
+
+
+class ModulesEngine:
+    """Answers ``(1, <the py4cc modules its worker process has imported, as JSON>)``."""
+
+    def initialize(self, **kwargs):
+        pass
+
+    def run(self, float_features, str_features, int_feature):
+        import sys
+
+        names = sorted(name for name in sys.modules if name == "py4cc" or name.startswith("py4cc."))
+        return 1, json.dumps(names)

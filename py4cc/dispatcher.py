@@ -1,0 +1,310 @@
+"""The dispatcher thread, and the wake-up pipe that interrupts its wait.
+
+One thread per pool waits (``multiprocessing.connection.wait``, no polling) on every
+worker's pipe, every worker's process sentinel and the wake-up pipe, with a timeout set
+by the nearest deadline (``task_timeout``, ``init_timeout``). It records the workers'
+answers, hands queued tasks on, and deals with workers that die, overrun a deadline or
+fail to start: their running task fails, the tasks queued behind it go back to the
+queue, and a replacement is started.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.connection
+import os
+import threading
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from .processes import stop_workers
+from .protocol import FAILED, STARTUP_RETRIES, Answer, InitFailed, Ready, decode_report, exit_text
+
+if TYPE_CHECKING:
+    from .pool import Pool
+    from .processes import Worker
+
+
+class WakeUp:
+    """A pipe the dispatcher watches, so that another thread can interrupt its wait (a
+    task started with a new deadline, or stop has begun).
+
+    ``pending`` says a byte is in the pipe already: a wake then costs no write. ``wake``
+    and ``close`` are called with the pool's lock held; ``drain`` takes it.
+    """
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.write_fd, False)
+        self.pending = False
+        self.closed = False
+
+    def fds(self) -> tuple[int, int]:
+        return self.read_fd, self.write_fd
+
+    def wake(self) -> None:
+        if self.pending or self.closed:
+            return
+        self.pending = True
+        try:
+            os.write(self.write_fd, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def drain(self, lock: Any) -> None:
+        """Empty the pipe, then clear ``pending``, in that order: clearing first would let
+        a ``wake`` in between write a byte that this read swallows, leaving ``pending`` set
+        with the pipe empty, and every later ``wake`` a no-op."""
+        try:
+            os.read(self.read_fd, 4096)
+        except OSError:
+            pass
+        with lock:
+            self.pending = False
+
+    def close(self) -> None:
+        """Close the pipe, once; later wakes do nothing (its numbers may be reused)."""
+        if self.closed:
+            return
+        self.closed = True
+        for fd in (self.read_fd, self.write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class Dispatcher(threading.Thread):
+    """The pool's dispatcher thread; it exits once the pool's stop has begun."""
+
+    def __init__(self, pool: Pool) -> None:
+        super().__init__(name="py4cc-dispatcher", daemon=True)
+        self.pool = pool
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:  # a bug; do not leave waiters hanging
+            pool = self.pool
+            text = traceback.format_exc()
+            with pool.lock:
+                pool.broken = f"the driver's dispatcher thread crashed:\n{text}"
+                for task in list(pool.tasks.values()):
+                    pool.complete(task, FAILED, -1, pool.broken)
+                pool.pending.clear()
+
+    def _loop(self) -> None:
+        pool = self.pool
+        wake_fd = pool.wakeup.read_fd
+        task_timeout = pool.options.task_timeout
+        init_timeout = pool.options.init_timeout
+        while True:
+            with pool.lock:
+                if pool.closed:
+                    return
+                watch: dict[Any, tuple[bool, Worker]] = {}  # object -> (is its pipe, worker)
+                for w in pool.workers:
+                    if not w.eof:
+                        watch[w.conn] = (True, w)
+                    watch[w.process.sentinel] = (False, w)
+                deadlines: list[float] = []
+                if task_timeout is not None:
+                    deadlines = [
+                        w.queue[0].deadline for w in pool.workers if w.queue and w.queue[0].deadline is not None
+                    ]
+                if init_timeout is not None:
+                    deadlines += [w.started + init_timeout for w in pool.workers if not w.ready and not w.dead]
+                timeout: float | None = None
+                if deadlines:
+                    timeout = max(0.0, min(deadlines) - time.monotonic())
+            ready = multiprocessing.connection.wait([wake_fd, *watch], timeout)
+            exited: list[Worker] = []
+            for obj in ready:
+                if isinstance(obj, int) and obj == wake_fd:
+                    pool.wakeup.drain(pool.lock)
+                    continue
+                is_pipe, w = watch[obj]
+                if is_pipe:
+                    self._read_worker(w)
+                else:
+                    exited.append(w)
+            for w in exited:
+                self._reap(w)
+            if task_timeout is not None:
+                self._expire(task_timeout)
+            if init_timeout is not None:
+                self._expire_startup(init_timeout)
+
+    def _read_worker(self, w: Worker) -> None:
+        """Take in everything ``w`` has sent so far."""
+        pool = self.pool
+        while True:
+            try:
+                if not w.conn.poll():
+                    return
+                report = decode_report(w.conn.recv_bytes())
+            except (EOFError, OSError, ValueError):
+                w.eof = True
+                with pool.lock:
+                    w.dead = True
+                return
+            except Exception:  # an unpicklable message: treat as a broken worker
+                w.eof = True
+                with pool.lock:
+                    w.dead = True
+                    if w.queue and not pool.closed:
+                        pool.requeue_unstarted(w)
+                        pool.complete(
+                            w.queue.popleft(),
+                            FAILED,
+                            -1,
+                            "the worker's answer could not be read:\n" + traceback.format_exc(),
+                        )
+                try:
+                    w.process.kill()
+                except Exception:
+                    pass
+                return
+            with pool.lock:
+                if pool.closed:
+                    return  # stop has begun (and failed every unfinished task)
+                if isinstance(report, Answer):
+                    if w.queue and w.queue[0].key == report.key:
+                        now = time.monotonic()
+                        pool.note_run_time(now - w.head_started)
+                        pool.complete(w.queue.popleft(), report.flag, report.value, report.message)
+                        if w.queue:
+                            pool.start_head(w, now)
+                elif isinstance(report, Ready):
+                    if not w.init_timed_out:  # too late: it has been killed already
+                        w.ready = True
+                        pool.startup_deaths = 0
+                elif isinstance(report, InitFailed):
+                    w.dead = True
+                    w.init_failed = True
+                    pool.note_replacement_failure(
+                        f"a replacement worker process (pid {w.pid}) failed to initialise "
+                        f"its engine:\n{report.traceback}"
+                    )
+                pool.dispatch()
+
+    def _reap(self, w: Worker) -> None:
+        """A worker process has exited: fail its task, drop it, start a replacement."""
+        pool = self.pool
+        # Read whatever it managed to send before it exited.
+        if not w.eof:
+            self._read_worker(w)
+        try:
+            w.process.join(1.0)
+        except Exception:
+            pass
+        exitcode = w.process.exitcode
+        with pool.lock:
+            if pool.closed:
+                # stop has begun: it failed every unfinished task (those queued behind
+                # this worker's running one must not be queued again: their call is
+                # gone) and stops the workers it finds in pool.workers, this one included.
+                w.dead = True
+                return
+            was_ready = w.ready
+            w.dead = True
+            if w in pool.workers:
+                pool.workers.remove(w)
+            pool.requeue_unstarted(w)
+            if w.queue:
+                pool.complete(
+                    w.queue.popleft(),
+                    FAILED,
+                    -1,
+                    f"the worker process (pid {w.pid}) running this task died with "
+                    f"{exit_text(exitcode)}; it is being replaced",
+                )
+            retry = False
+            if not was_ready and not w.init_failed:
+                # Killed or crashed while starting (an Engine failure was noted already):
+                # try again, unless it keeps happening.
+                pool.startup_deaths += 1
+                if pool.startup_deaths <= STARTUP_RETRIES:
+                    retry = True
+                elif w.init_timed_out:
+                    pool.note_replacement_failure(
+                        f"replacement worker processes could not start within the "
+                        f"{pool.options.init_timeout:g} s start-up limit (init_timeout): the last one "
+                        f"(pid {w.pid}) did not become ready in time and was killed "
+                        f"({pool.startup_deaths} in a row)"
+                    )
+                else:
+                    pool.note_replacement_failure(
+                        f"a replacement worker process (pid {w.pid}) exited before it was "
+                        f"ready, with {exit_text(exitcode)} ({pool.startup_deaths} in a row)"
+                    )
+            replace = not pool.closed and (was_ready or retry)
+            pool.dispatch()
+        w.release()
+        if replace:
+            self._replace()
+
+    def _replace(self) -> None:
+        pool = self.pool
+        try:
+            new = pool.start_worker()
+        except Exception:
+            with pool.lock:
+                pool.note_replacement_failure(
+                    "a replacement worker process could not be started:\n" + traceback.format_exc()
+                )
+            return
+        with pool.lock:
+            stop = pool.closed
+            if not stop:
+                pool.workers.append(new)
+        if stop:
+            stop_workers([new])
+
+    def _expire(self, task_timeout: float) -> None:
+        """Fail each task that has run past ``task_timeout`` and kill its worker."""
+        pool = self.pool
+        now = time.monotonic()
+        with pool.lock:
+            if pool.closed:
+                return
+            for w in pool.workers:
+                task = w.queue[0] if w.queue else None
+                if task is None or task.deadline is None or task.deadline > now:
+                    continue
+                pool.requeue_unstarted(w)
+                w.queue.clear()
+                w.dead = True
+                w.timed_out = True
+                pool.complete(
+                    task,
+                    FAILED,
+                    -1,
+                    f"the task timed out after {task_timeout:g} s; its worker process "
+                    f"(pid {w.pid}) was killed and is being replaced",
+                )
+                try:
+                    w.process.kill()
+                except Exception:
+                    pass
+                # Its exit shows up on its sentinel; _reap then starts the replacement.
+            pool.dispatch()
+
+    def _expire_startup(self, init_timeout: float) -> None:
+        """Kill the replacement workers not ready within ``init_timeout`` of their start;
+        ``_reap`` then counts each as a failed start (and retries, up to a point)."""
+        pool = self.pool
+        now = time.monotonic()
+        with pool.lock:
+            if pool.closed:
+                return
+            for w in pool.workers:
+                if w.ready or w.dead or now < w.started + init_timeout:
+                    continue
+                w.dead = True
+                w.init_timed_out = True
+                try:
+                    w.process.kill()
+                except Exception:
+                    pass
+                # Its exit shows up on its sentinel; _reap then decides on a replacement.

@@ -1,0 +1,161 @@
+"""A Driver's options, checked once by ``initialize`` into one frozen :class:`Options`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import multiprocessing
+import numbers
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .protocol import DEFAULT_ENGINE, MAX_WORKERS, describe, short_repr
+from .worker import WorkerSetup
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything a pool is started with, each value checked and resolved."""
+
+    start_method: str
+    """A ``multiprocessing`` start method this platform has."""
+    n_subprocesses: int
+    """The number of worker processes, 1 to MAX_WORKERS (``<= 0`` was resolved to one per CPU)."""
+    max_tasks: int
+    """The most tasks held at once (queued, running, or finished and not retrieved), >= 1."""
+    task_timeout: float | None
+    """Seconds a task may run (None: no limit), positive and finite."""
+    init_timeout: float | None
+    """Seconds a worker may take to become ready (None: no limit), positive and finite."""
+    prefetch: int
+    """How many tasks may wait behind a busy worker's current one, >= 0."""
+    setup: WorkerSetup
+    """What each worker builds its Engine from."""
+
+
+def build_options(
+    *,
+    config_json: Any,
+    float_feature_names: Any,
+    str_feature_names: Any,
+    extra: dict[str, Any],
+    start_method: Any,
+    max_tasks: Any,
+    n_subprocesses: Any,
+    task_timeout: Any,
+    init_timeout: Any,
+    prefetch: Any,
+    engine: Any,
+) -> Options:
+    """Check every option (in this order) and resolve ``n_subprocesses``.
+
+    Raises ValueError (bad JSON, start method, engine name or option), TypeError (config
+    not text, feature names not lists of str) or ImportError (engine module not found).
+    """
+    config = parse_config(config_json)
+    float_names = check_names("float_feature_names", float_feature_names)
+    str_names = check_names("str_feature_names", str_feature_names)
+    method = check_start_method(start_method)
+    tasks = check_int_at_least("max_tasks", max_tasks, 1)
+    workers = check_workers(n_subprocesses)
+    run_limit = check_timeout("task_timeout", task_timeout)
+    start_limit = check_timeout("init_timeout", init_timeout)
+    ahead = check_int_at_least("prefetch", prefetch, 0)
+    engine = check_engine(engine)
+    return Options(
+        start_method=method,
+        n_subprocesses=workers,
+        max_tasks=tasks,
+        task_timeout=run_limit,
+        init_timeout=start_limit,
+        prefetch=ahead,
+        setup=WorkerSetup(engine, config, float_names, str_names, dict(extra)),
+    )
+
+
+def is_real(value: Any) -> bool:
+    """A real number that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_int(value: Any) -> bool:
+    """An integral number that is not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def parse_config(config_json: Any) -> Any:
+    if not isinstance(config_json, (str, bytes, bytearray)):
+        raise TypeError(f"config_json must be a JSON text (str), got {describe(config_json)}")
+    try:
+        return json.loads(config_json)
+    except ValueError as exc:
+        raise ValueError(f"config_json is not valid JSON: {exc}") from None
+
+
+def check_names(what: str, names: Any) -> list[str]:
+    if not isinstance(names, (list, tuple)):
+        raise TypeError(f"{what} must be a list of str, got {describe(names)}")
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise TypeError(f"{what}[{i}] must be a str, got {describe(name)}")
+    return [str(n) for n in names]
+
+
+def check_start_method(method: Any) -> str:
+    valid = multiprocessing.get_all_start_methods()
+    if not isinstance(method, str) or method not in valid:
+        raise ValueError(f"start_method must be one of {', '.join(map(repr, valid))}; got {method!r}")
+    return method
+
+
+def check_int_at_least(name: str, value: Any, minimum: int) -> int:
+    if not is_int(value) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {short_repr(value)}")
+    return int(value)
+
+
+def check_workers(value: Any) -> int:
+    if not is_int(value):
+        raise ValueError(f"n_subprocesses must be an int (<= 0 means one per CPU), got {value!r}")
+    count = int(value)
+    if count > MAX_WORKERS:
+        # A typo (or usize::MAX from Rust) would otherwise fork until the system refuses.
+        raise ValueError(f"n_subprocesses must be at most {MAX_WORKERS}, got {short_repr(count)}")
+    if count <= 0:
+        count = os.cpu_count() or 1
+    return count
+
+
+def check_timeout(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    problem = ValueError(f"{name} must be None or a positive, finite number of seconds, got {short_repr(value)}")
+    if not is_real(value):
+        raise problem
+    try:
+        seconds = float(value)
+    except (OverflowError, ValueError, TypeError):  # e.g. an int beyond float's range
+        raise problem from None
+    if not (seconds > 0) or math.isinf(seconds):
+        raise problem
+    return seconds
+
+
+def check_engine(engine: Any) -> str:
+    if not isinstance(engine, str):
+        raise ValueError(f"engine must be a 'module:Class' string, got {describe(engine)}")
+    module_name, sep, class_name = engine.partition(":")
+    parts_ok = all(p.isidentifier() for p in module_name.split(".")) and all(
+        p.isidentifier() for p in class_name.split(".")
+    )
+    if not sep or ":" in class_name or not parts_ok:
+        raise ValueError(f"engine must be named 'module:Class' (e.g. {DEFAULT_ENGINE!r}), got {engine!r}")
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError) as exc:
+        raise ImportError(f"engine module {module_name!r} cannot be imported: {exc}") from exc
+    if spec is None:
+        raise ImportError(f"engine module {module_name!r} was not found on sys.path")
+    return engine

@@ -1,0 +1,393 @@
+"""The pool: the tasks, the worker processes and their state, all under one lock.
+
+The Driver reaches it only through :class:`Backend`, so that another way of running tasks
+(a cluster's actors, say) can take its place. Behind that interface, ``Pool`` gives each
+task to a worker process (``assign``, ``dispatch``), puts back the tasks a lost worker had
+not started (``requeue_unstarted``), and starts and stops the processes
+(:mod:`py4cc.processes`); its dispatcher thread (:mod:`py4cc.dispatcher`) brings in the
+workers' answers and notices their exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import multiprocessing
+import multiprocessing.util  # imported before our exit hook is registered, so that ours runs first
+import os
+import threading
+import time
+from collections import deque
+from typing import Protocol
+
+from .dispatcher import Dispatcher, WakeUp
+from .options import Options
+from .processes import Worker, start_worker, stop_workers, wait_ready
+from .protocol import (
+    AT_CAPACITY,
+    CAPACITY_MESSAGE,
+    ERROR,
+    FAILED,
+    FINALIZED_MESSAGE,
+    NOT_FINISHED,
+    NOT_FINISHED_MESSAGE,
+    OK,
+    PREFETCH_BYTES,
+    Call,
+    encode_call,
+    unknown_key,
+    wire_size,
+)
+
+FlagAnswer = tuple[int, int, str]
+"""``(flag, key or value, message)``, as the Driver's calls answer."""
+
+
+class Backend(Protocol):
+    """What the Driver needs of whatever runs its tasks. Every method may be called from
+    any thread; only ``start`` raises.
+
+    * ``start()``: start the workers; return once they are ready, or raise RuntimeError
+      (having stopped what it started).
+    * ``submit(floats, strs, n)``: take a checked task: ``(OK, key, "")``, ``(AT_CAPACITY,
+      0, CAPACITY_MESSAGE)`` or ``(ERROR, 0, why)`` (stopping, or no worker can run it).
+    * ``collect(key)``: a task's answer without blocking, as ``Driver.retrieve`` gives it.
+    * ``wait(key, limit)``: block up to ``limit`` seconds (None: no limit) until the task is
+      finished or the backend stops, then answer as ``collect``.
+    * ``worker_pids()``, ``held_tasks()``: for tests and monitoring.
+    * ``stop()``: fail the unfinished tasks, stop every worker; idempotent. ``closed`` turns
+      True when it begins. ``stop_when_collected()``: the same, from a garbage collection.
+    """
+
+    closed: bool
+
+    def start(self) -> None: ...
+    def submit(self, float_features: list[float], str_features: list[str], int_feature: int) -> FlagAnswer: ...
+    def collect(self, key: int) -> FlagAnswer: ...
+    def wait(self, key: int, limit: float | None) -> FlagAnswer: ...
+    def worker_pids(self) -> list[int]: ...
+    def held_tasks(self) -> int: ...
+    def stop(self) -> None: ...
+    def stop_when_collected(self) -> None: ...
+
+
+class Task:
+    """One task the pool holds, from submit until its answer is retrieved."""
+
+    __slots__ = ("call", "deadline", "done", "event", "flag", "key", "message", "size", "value", "worker")
+
+    def __init__(self, call: Call, size: int) -> None:
+        self.key = call.key
+        self.call: Call | None = call  # dropped once the task is done
+        self.size = size  # wire_size of its call
+        self.done = False
+        self.flag = NOT_FINISHED
+        self.value = 0
+        self.message = NOT_FINISHED_MESSAGE
+        self.event: threading.Event | None = None  # made by the first wait
+        self.worker: Worker | None = None
+        self.deadline: float | None = None  # task_timeout, once it runs
+
+
+class Pool:
+    """Worker processes running an Engine, and the tasks they hold; one per Driver.
+
+    Holds no reference to its Driver, so that a Driver nobody uses is collected (and its
+    finalizer stops the pool). Everything below ``lock`` is read and written with it held.
+    """
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.ctx = multiprocessing.get_context(options.start_method)
+        self.lock = threading.Lock()
+        self.stop_lock = threading.Lock()  # one stop at a time
+        self.tasks: dict[int, Task] = {}
+        self.pending: deque[Task] = deque()  # not sent to a worker yet, oldest first
+        self.workers: list[Worker] = []
+        self.next_key = 1
+        self.avg_run_s: float | None = None  # moving average of task run times
+        self.closed = False  # stop has begun: refuse new tasks
+        self.finished = False  # stop has completed
+        self.broken: str | None = None  # why no worker can be started any more
+        self.startup_deaths = 0  # replacements in a row that died before they were ready
+        self.wakeup = WakeUp()
+        self.dispatcher: Dispatcher | None = None
+        self.owner_pid = os.getpid()  # a forked copy of this process must not stop the workers
+
+    # -- the Backend interface ------------------------------------------------------------
+
+    def start(self) -> None:
+        _LIVE_POOLS.add(self)
+        try:
+            workers: list[Worker] = []
+            try:
+                for _ in range(self.options.n_subprocesses):
+                    w = self.start_worker()
+                    workers.append(w)
+                    with self.lock:
+                        self.workers.append(w)
+            except Exception as exc:
+                raise RuntimeError(
+                    f"Driver.initialize: could not start a worker process "
+                    f"(start method {self.options.start_method!r}): {type(exc).__name__}: {exc}"
+                ) from exc
+            wait_ready(workers, self.options.setup.engine, self.options.init_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.dispatcher = Dispatcher(self)
+        self.dispatcher.start()
+
+    def submit(self, float_features: list[float], str_features: list[str], int_feature: int) -> FlagAnswer:
+        size = wire_size(float_features, str_features, int_feature)
+        with self.lock:
+            if self.closed:
+                return ERROR, 0, FINALIZED_MESSAGE
+            if self.broken is not None:
+                return ERROR, 0, f"the driver has no working worker process: {self.broken}"
+            if len(self.tasks) >= self.options.max_tasks:
+                return AT_CAPACITY, 0, CAPACITY_MESSAGE
+            key = self.next_key
+            self.next_key += 1
+            task = Task(Call(key, float_features, str_features, int_feature), size)
+            self.tasks[key] = task
+            self.pending.append(task)
+            if self.dispatch():
+                self.wakeup.wake()  # the dispatcher must learn the new deadline
+            return OK, key, ""
+
+    def collect(self, key: int) -> FlagAnswer:
+        with self.lock:
+            return self._collect(key)
+
+    def _collect(self, key: int) -> FlagAnswer:
+        task = self.tasks.get(key)
+        if task is None:
+            return ERROR, 0, unknown_key(key)
+        if not task.done:
+            return NOT_FINISHED, 0, NOT_FINISHED_MESSAGE
+        del self.tasks[key]
+        return task.flag, task.value, task.message
+
+    def wait(self, key: int, limit: float | None) -> FlagAnswer:
+        with self.lock:
+            task = self.tasks.get(key)
+            if task is None or task.done:
+                return self._collect(key)
+            if task.event is None:
+                task.event = threading.Event()
+            event = task.event
+        if limit is None:
+            while not event.wait(threading.TIMEOUT_MAX):
+                pass
+        else:
+            event.wait(min(limit, threading.TIMEOUT_MAX))
+        return self.collect(key)
+
+    def worker_pids(self) -> list[int]:
+        with self.lock:
+            return [w.pid for w in self.workers]
+
+    def held_tasks(self) -> int:
+        with self.lock:
+            return len(self.tasks)
+
+    # -- starting workers -----------------------------------------------------------------
+
+    def start_worker(self) -> Worker:
+        """Start one worker process (not yet ready). Raises on failure."""
+        inherited_fds = None
+        if self.options.start_method == "fork":
+            with self.lock:
+                inherited_fds = [w.conn.fileno() for w in self.workers if not w.conn.closed]
+            inherited_fds += self.wakeup.fds()
+        return start_worker(self.ctx, self.options.setup, inherited_fds)
+
+    # -- tasks (all called with self.lock held) --------------------------------------------
+
+    def complete(self, task: Task, flag: int, value: int, message: str) -> None:
+        """Record a task's answer and wake its waiters (once; later answers are ignored)."""
+        if task.done:
+            return
+        task.done = True
+        task.flag = flag
+        task.value = value
+        task.message = message
+        task.worker = None
+        task.deadline = None
+        task.call = None
+        if task.event is not None:
+            task.event.set()
+
+    def assign(self, worker: Worker, task: Task) -> bool:
+        """Send ``task`` to ``worker``; False (task untouched) if the pipe is broken."""
+        try:
+            worker.conn.send_bytes(encode_call(task.call))
+        except (OSError, ValueError):
+            worker.dead = True
+            return False
+        worker.queue.append(task)
+        task.worker = worker
+        if len(worker.queue) == 1:
+            self.start_head(worker, time.monotonic())
+        return True
+
+    def start_head(self, worker: Worker, now: float) -> None:
+        """``worker.queue[0]`` starts (about) now: note it, and set its deadline."""
+        worker.head_started = now
+        if self.options.task_timeout is not None:
+            worker.queue[0].deadline = now + self.options.task_timeout
+
+    def note_run_time(self, seconds: float) -> None:
+        if self.avg_run_s is None:
+            self.avg_run_s = seconds
+        else:
+            self.avg_run_s += 0.1 * (seconds - self.avg_run_s)
+
+    def prefetch_target(self, now: float, task: Task) -> Worker | None:
+        """The busy worker that should get ``task`` queued behind its current one.
+
+        Only workers holding at most ``prefetch`` tasks qualify, whose pipe keeps room
+        for ``task`` (``PREFETCH_BYTES``), and not one whose current task has already
+        run much longer than usual (it may be a long one: a task queued behind it could
+        not move to a worker that frees up sooner). Among the rest, the one whose
+        current task started first.
+        """
+        prefetch = self.options.prefetch
+        if not prefetch:
+            return None
+        typical = self.avg_run_s if self.avg_run_s is not None else 0.0
+        limit = max(0.002, 4.0 * typical)
+        best = None
+        for w in self.workers:
+            if not w.usable() or not w.queue or len(w.queue) > prefetch:
+                continue
+            if now - w.head_started > limit:
+                continue
+            if sum(t.size for t in itertools.islice(w.queue, 1, None)) + task.size > PREFETCH_BYTES:
+                continue
+            if best is None or w.head_started < best.head_started:
+                best = w
+        return best
+
+    def dispatch(self) -> bool:
+        """Give pending tasks to workers, oldest task first: to an idle worker if there
+        is one, else (``prefetch`` > 0) queued behind a busy worker's current task, so that
+        it starts without a round trip through this process. Returns True if a task
+        started and has a deadline (the dispatcher must learn it). Once stop has begun
+        nothing is sent: its tasks are failed already."""
+        if self.closed:
+            return False
+        started = False
+        now = time.monotonic()
+        while self.pending:
+            target = None
+            for w in self.workers:
+                if w.usable() and not w.queue:
+                    target = w
+                    break
+            if target is None:
+                target = self.prefetch_target(now, self.pending[0])
+                if target is None:
+                    break
+            task = self.pending.popleft()
+            if self.assign(target, task):
+                started = started or len(target.queue) == 1
+            else:
+                self.pending.appendleft(task)
+        return started and self.options.task_timeout is not None
+
+    def requeue_unstarted(self, w: Worker) -> None:
+        """Put the tasks queued behind ``w``'s running one back at the head of pending."""
+        while len(w.queue) > 1:
+            task = w.queue.pop()
+            task.worker = None
+            task.deadline = None
+            self.pending.appendleft(task)
+
+    def fail_all_pending(self, message: str) -> None:
+        while self.pending:
+            self.complete(self.pending.popleft(), FAILED, -1, message)
+
+    def note_replacement_failure(self, message: str) -> None:
+        """A replacement worker could not start; if no usable worker is left, the pool is
+        broken: queued tasks fail and submit refuses, both saying why."""
+        alive = [w for w in self.workers if not w.dead]
+        if not alive:
+            self.broken = message
+            self.fail_all_pending(f"no worker process is left to run this task: {message}")
+
+    # -- stopping ----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Fail the unfinished tasks, stop the dispatcher and every worker; never raises an
+        Exception; safe to call many times and from many threads.
+
+        Does nothing in a forked child of the process that started the pool (its exit
+        hook, a collected Driver, or finalize there): the workers are not its own.
+
+        An interruption (KeyboardInterrupt while it joins a process, say) propagates and
+        leaves the rest to the next call: each step can be taken again.
+        """
+        if os.getpid() != self.owner_pid:
+            return
+        try:
+            self._stop()
+        except Exception:
+            pass
+
+    def _stop(self) -> None:
+        with self.stop_lock:
+            if self.finished:
+                return
+            with self.lock:
+                self.closed = True
+                for task in self.tasks.values():
+                    if not task.done:
+                        self.complete(task, FAILED, -1, "the driver was finalized before this task finished")
+                self.pending.clear()
+                self.wakeup.wake()
+            thread = self.dispatcher
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(10.0)
+            with self.lock:
+                workers = list(self.workers)
+            stop_workers(workers)
+            with self.lock:  # only once they are stopped: an interrupted stop finds them again
+                self.workers.clear()
+                self.wakeup.close()
+            self.finished = True
+            _LIVE_POOLS.discard(self)
+
+    def stop_when_collected(self) -> None:
+        """The Driver's garbage-collection finalizer.
+
+        A collection runs it on whichever thread allocates, possibly the dispatcher while it
+        holds ``lock`` (a Driver in a reference cycle): stopping right there would deadlock
+        on that lock, so the dispatcher hands the work to a new thread. If a stop is
+        already under way (e.g. the exit hook's, on this very thread), it is left to finish.
+        """
+        if self.stop_lock.locked():
+            return
+        if threading.current_thread() is self.dispatcher:
+            try:
+                threading.Thread(target=self.stop, name="py4cc-collect", daemon=True).start()
+            except RuntimeError:
+                pass  # interpreter shutting down: the exit hook stops the pool
+            return
+        self.stop()
+
+
+_LIVE_POOLS: set[Pool] = set()
+"""The pools started and not stopped yet, for the exit hook."""
+
+
+def stop_all_pools() -> None:
+    """The exit hook: stop every pool still running, so that no worker outlives us."""
+    for pool in list(_LIVE_POOLS):
+        pool.stop()
+
+
+# Registered after multiprocessing.util's own exit hook, so (atexit being LIFO) our
+# workers are stopped before multiprocessing would try to join them.
+atexit.register(stop_all_pools)

@@ -1,0 +1,185 @@
+"""What py4cc's parts agree on: the answers' flags and fixed messages, the limits, and the
+messages between the parent process and its workers.
+
+Callers of ``Driver`` (the Rust side among them) rely on the flags, the fixed messages and
+the names in :data:`DRIVER_CONTRACT`; the parent and its workers on the wire messages. A
+worker process imports this module and :mod:`py4cc.worker` only, so it stays small and
+imports nothing of the parent's machinery.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+from typing import Any, NamedTuple, Union
+
+# -- the answers' flags and fixed messages ---------------------------------------------
+
+OK = 0
+"""submit: accepted. retrieve/wait: done, value > 0."""
+AT_CAPACITY = 1
+"""submit: ``max_tasks`` tasks held."""
+NOT_FINISHED = 1
+"""retrieve/wait: the task is not finished yet (it is kept)."""
+FAILED = 2
+"""retrieve/wait: the model failed, its worker died, or it timed out (it is removed)."""
+ERROR = 9
+"""any call: a usage error; the message says what."""
+
+CAPACITY_MESSAGE = "Model engine is working at capacity. Try again later."
+NOT_FINISHED_MESSAGE = "The requested task is not finished"
+FINALIZED_MESSAGE = "the driver is finalized; submit is no longer accepted"
+
+DEFAULT_ENGINE = "py4cc.engine:Engine"
+
+DRIVER_CONTRACT: dict[str, Any] = {
+    "module": "py4cc.driver",
+    "class": "Driver",
+    "options": ["max_tasks", "n_subprocesses", "start_method", "engine", "task_timeout", "init_timeout"],
+    "methods": ["initialize", "submit", "retrieve", "wait", "finalize", "worker_pids"],
+    "attributes": ["n_subprocesses"],
+    "flags": {"OK": OK, "AT_CAPACITY": AT_CAPACITY, "NOT_FINISHED": NOT_FINISHED, "FAILED": FAILED, "ERROR": ERROR},
+    "messages": {"CAPACITY_MESSAGE": CAPACITY_MESSAGE, "NOT_FINISHED_MESSAGE": NOT_FINISHED_MESSAGE},
+}
+"""Everything another language's binding reads off ``py4cc``: the module and class it
+imports, the constructor's keyword options, the methods it calls, the attribute it reads,
+and the flags and fixed messages of the answers. A binding checks its own copy against
+this one; py4cc's tests check this one against the Driver."""
+
+# -- limits ------------------------------------------------------------------------------
+
+MAX_WORKERS = 1024
+"""The most worker processes one Driver starts."""
+
+STOP_GRACE_S = 1.0
+"""How long finalize waits for idle workers to exit before killing them."""
+
+STARTUP_RETRIES = 3
+"""How many replacement workers in a row may die before they are ready (killed, crashed,
+killed for overrunning ``init_timeout``, without reporting an Engine failure) and still be
+replaced; past that the pool gives up on that slot. A replacement whose Engine.initialize
+raises is never retried."""
+
+PREFETCH_BYTES = 32 * 1024
+"""At most this many (estimated) bytes of tasks wait in a busy worker's pipe. Tasks are
+sent with the pool's lock held; a send into a full pipe would block until the worker reads,
+that is for the rest of its current task, or for ever if that task hangs (and the
+dispatcher, needing the lock, could then never enforce task_timeout). A Linux socket pair
+holds about 208 KiB by default; a larger task waits for an idle worker instead."""
+
+
+def wire_size(float_features: list[float], str_features: list[str], int_feature: int) -> int:
+    """A generous estimate of the kernel memory one task's message takes in a pipe."""
+    data = 64 + 9 * len(float_features) + int_feature.bit_length() // 8
+    for s in str_features:
+        data += 8 + (len(s) if s.isascii() else 4 * len(s))
+    return 2 * data + 1024
+
+
+# -- messages between the parent and a worker ------------------------------------------
+
+
+class Call(NamedTuple):
+    """parent -> worker: run one task and answer it."""
+
+    key: int
+    float_features: list[float]
+    str_features: list[str]
+    int_feature: int
+
+
+STOP = None
+"""parent -> worker: exit now (sent only to an idle worker)."""
+
+
+class Ready(NamedTuple):
+    """worker -> parent: its Engine is initialised; tasks may come."""
+
+    pid: int
+
+
+class InitFailed(NamedTuple):
+    """worker -> parent: building or initialising the Engine raised (the worker then exits)."""
+
+    traceback: str
+
+
+class Answer(NamedTuple):
+    """worker -> parent: how task ``key`` ended (``flag`` OK or FAILED)."""
+
+    key: int
+    flag: int
+    value: int
+    message: str
+
+
+Report = Union[Ready, InitFailed, Answer]
+"""What a worker sends."""
+
+# A Call or an Answer, one per task each way, travels as a plain tuple of its fields: a
+# named tuple would carry its class's module and name, which pickle looks up on both ends
+# for every message. Ready and InitFailed, once per worker, travel as themselves.
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+_dumps = pickle.dumps
+_loads = pickle.loads
+_as_tuple = tuple.__new__
+
+
+def encode_call(call: Call | None) -> bytes:
+    """The bytes of a Call (or of STOP) for ``Connection.send_bytes``."""
+    return _dumps(None if call is None else call[:], _PROTOCOL)
+
+
+def decode_call(data: bytes) -> Call | None:
+    """The Call (or STOP) that :func:`encode_call` made."""
+    fields = _loads(data)
+    return None if fields is None else _as_tuple(Call, fields)
+
+
+def encode_report(report: Report) -> bytes:
+    """The bytes of what a worker sends, for ``Connection.send_bytes``."""
+    return _dumps(report[:] if type(report) is Answer else report, _PROTOCOL)
+
+
+def decode_report(data: bytes) -> Any:
+    """What :func:`encode_report` made: a Ready, InitFailed or Answer (anything else is
+    the worker's mistake, and is returned as is)."""
+    report = _loads(data)
+    return _as_tuple(Answer, report) if type(report) is tuple and len(report) == 4 else report
+
+
+# -- describing values and exits in messages -------------------------------------------
+
+
+def short_repr(value: Any) -> str:
+    """repr(value), cut at 200 characters; never raises."""
+    try:
+        text = repr(value)
+    except Exception as exc:  # a user's __repr__ may raise; so may a huge int's
+        text = f"<repr() raised {type(exc).__name__}>"
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return text
+
+
+def describe(value: Any) -> str:
+    """``short_repr(value)`` and its type's name, for a message about a wrong value."""
+    return f"{short_repr(value)} (type {type(value).__name__})"
+
+
+def exit_text(exitcode: int | None) -> str:
+    """How a worker process ended, from its exit code (negative: killed by a signal)."""
+    if exitcode is None:
+        return "an unknown exit code"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"exit code {exitcode} (killed by {name})"
+    return f"exit code {exitcode}"
+
+
+def unknown_key(key: Any) -> str:
+    """The message of retrieve/wait for a key the driver does not hold."""
+    return f"unknown key {short_repr(key)}: it was never issued, was already retrieved, or is not a positive int"

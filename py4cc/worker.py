@@ -1,0 +1,131 @@
+"""The worker process: builds the Engine, reports ready, then runs tasks one at a time.
+
+This module is what a worker process imports (with :mod:`py4cc.protocol`); it must not
+import the parent's machinery (the pool, the dispatcher, the Driver and its exit hook).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import traceback
+from typing import Any, NamedTuple
+
+from .protocol import (
+    FAILED,
+    OK,
+    Answer,
+    Call,
+    InitFailed,
+    Ready,
+    decode_call,
+    describe,
+    encode_report,
+)
+
+
+class WorkerSetup(NamedTuple):
+    """What every worker process of a pool is started with."""
+
+    engine: str
+    """``"module:Class"``, the Engine to build."""
+    config: Any
+    """The parsed JSON config, given to ``Engine.initialize``."""
+    float_feature_names: list[str]
+    str_feature_names: list[str]
+    extra: dict[str, Any]
+    """The extra keyword arguments of ``Driver.initialize``, passed on."""
+
+
+def load_engine_class(engine: str) -> Any:
+    """The object named by ``"module:Class"`` (``Class`` may be dotted); raises if it is not there."""
+    module_name, _, class_name = engine.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in class_name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def run_task(engine: Any, call: Call) -> Answer:
+    """Run one task and check the Engine's answer; never raises what ``run`` raises."""
+    key = call.key
+    try:
+        answer = engine.run(
+            float_features=call.float_features, str_features=call.str_features, int_feature=call.int_feature
+        )
+    except BaseException:  # a user's run may raise anything, even SystemExit
+        return Answer(key, FAILED, -1, traceback.format_exc())
+    return check_answer(key, answer)
+
+
+def check_answer(key: int, answer: Any) -> Answer:
+    """The Answer for what ``Engine.run`` returned: a ``(value: int, message: str)`` pair,
+    ``value > 0`` for a result. May raise when a strange answer's checks do (a user's int
+    subclass whose comparison raises, say)."""
+    pair = "Engine.run must return a (value: int, message: str) pair"
+    if not (isinstance(answer, tuple) and len(answer) == 2):
+        return Answer(key, FAILED, -1, f"{pair}; it returned {describe(answer)}")
+    value, message = answer
+    if not isinstance(value, int) or isinstance(value, bool):
+        return Answer(key, FAILED, -1, f"{pair}; its value was {describe(value)}")
+    if not isinstance(message, str):
+        return Answer(key, FAILED, -1, f"{pair}; its message was {describe(message)}")
+    if value > 0:
+        return Answer(key, OK, int(value), str(message))
+    if not message:
+        message = f"the model answered {value} (a value <= 0 means the model failed)"
+    return Answer(key, FAILED, int(value), str(message))
+
+
+def worker_main(conn: Any, setup: WorkerSetup, close_fds: list[int]) -> None:
+    """Body of one worker process: build the Engine, report ready, then serve tasks
+    until told to stop or until the parent goes away (its pipe end closes)."""
+    # With "fork" the child inherits the parent's ends of every worker pipe; closing
+    # them lets this worker see EOF (and exit) when the parent goes away.
+    for fd in close_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    # Ctrl-C reaches the whole process group: the parent decides when workers stop.
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (ValueError, OSError):
+        pass
+    try:
+        engine = load_engine_class(setup.engine)()
+        engine.initialize(
+            config=setup.config,
+            float_feature_names=list(setup.float_feature_names),
+            str_feature_names=list(setup.str_feature_names),
+            **setup.extra,
+        )
+    except BaseException:
+        try:
+            conn.send_bytes(encode_report(InitFailed(traceback.format_exc())))
+        except Exception:
+            pass
+        return
+    try:
+        conn.send_bytes(encode_report(Ready(os.getpid())))
+        serve(conn, engine)
+    except (EOFError, OSError):
+        return  # the parent has gone away
+
+
+def serve(conn: Any, engine: Any) -> None:
+    """Answer tasks one at a time, in the order they come, until STOP or EOF."""
+    while True:
+        try:
+            call = decode_call(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        if call is None:
+            return
+        try:
+            answer = run_task(engine, call)
+        except Exception:  # checking a strange answer failed: fail the task, not the worker
+            text = "the engine's answer could not be checked:\n" + traceback.format_exc()
+            answer = Answer(call.key, FAILED, -1, text)
+        conn.send_bytes(encode_report(answer))
