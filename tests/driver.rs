@@ -334,7 +334,7 @@ fn submit_answers_accepted_at_capacity_and_error_with_their_messages() {
     assert!(early.message.contains("not initialized"), "{early:?}");
     assert_eq!(driver.wait(1, Duration::from_millis(10)).status, ResultStatus::Error);
     assert_eq!(driver.worker_pids().unwrap(), Vec::<u32>::new());
-    assert_eq!(driver.n_subprocesses().unwrap(), 0, "none runs yet");
+    assert_eq!(driver.n_subprocesses().unwrap(), 1, "as given, before any runs");
 
     driver.initialize("{}", &FLOAT_NAMES, &STR_NAMES).unwrap();
     assert_eq!(driver.worker_pids().unwrap().len(), 1);

@@ -190,8 +190,8 @@ impl Driver {
         self.python.driver.bind(&gil).call_method(method::WORKER_PIDS, (), ())?.extract()
     }
 
-    /// How many worker processes run: [`DriverOptions::n_subprocesses`] resolved (0 is one
-    /// per CPU) once [`initialize`](Self::initialize) has started them; 0 before.
+    /// How many worker processes the driver runs: [`DriverOptions::n_subprocesses`] as given
+    /// until [`initialize`](Self::initialize), then resolved (0 becomes one per CPU).
     pub fn n_subprocesses(&self) -> Result<usize> {
         let gil = Gil::acquire()?;
         self.python.driver.bind(&gil).getattr(N_SUBPROCESSES)?.extract()
