@@ -1,24 +1,27 @@
 """The dispatcher thread, and the wake-up pipe that interrupts its wait.
 
 One thread per pool waits (``multiprocessing.connection.wait``, no polling) on every
-worker's pipe, every worker's process sentinel and the wake-up pipe, with a timeout set
-by the nearest deadline (``task_timeout``, ``init_timeout``). It records the workers'
-answers, hands queued tasks on, and deals with workers that die, overrun a deadline or
-fail to start: their running task fails, the tasks queued behind it go back to the
-queue, and a replacement is started.
+worker's pipe, every worker's own process (its pidfd: see :mod:`py4cc.processes`) and
+the wake-up pipe, with a timeout set by the nearest deadline (``task_timeout``,
+``init_timeout``, a slot's next restart). It records the workers' answers, hands queued
+tasks on, and deals with workers that die, overrun a deadline or fail to start: their
+running task fails, the tasks queued behind it go back to the queue, and their slot starts
+a replacement (:mod:`py4cc.recovery`).
 """
 
 from __future__ import annotations
 
 import multiprocessing.connection
 import os
+import signal
 import threading
 import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from .processes import stop_workers
-from .protocol import FAILED, STARTUP_RETRIES, Answer, InitFailed, Ready, decode_report, exit_text
+from . import recovery
+from .processes import wait_exited
+from .protocol import FAILED, Answer, InitFailed, Ready, decode_report, exit_text
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -106,7 +109,7 @@ class Dispatcher(threading.Thread):
                 for w in pool.workers:
                     if not w.eof:
                         watch[w.conn] = (True, w)
-                    watch[w.process.sentinel] = (False, w)
+                    watch[w.watch()] = (False, w)
                 deadlines: list[float] = []
                 if task_timeout is not None:
                     deadlines = [
@@ -114,6 +117,9 @@ class Dispatcher(threading.Thread):
                     ]
                 if init_timeout is not None:
                     deadlines += [w.started + init_timeout for w in pool.workers if not w.ready and not w.dead]
+                restart = recovery.next_restart(pool)
+                if restart is not None:
+                    deadlines.append(restart)
                 timeout: float | None = None
                 if deadlines:
                     timeout = max(0.0, min(deadlines) - time.monotonic())
@@ -134,6 +140,7 @@ class Dispatcher(threading.Thread):
                 self._expire(task_timeout)
             if init_timeout is not None:
                 self._expire_startup(init_timeout)
+            recovery.restart_due(pool)
 
     def _read_worker(self, w: Worker) -> None:
         """Take in everything ``w`` has sent so far."""
@@ -147,6 +154,7 @@ class Dispatcher(threading.Thread):
                 w.eof = True
                 with pool.lock:
                     w.dead = True
+                w.signal(signal.SIGKILL)  # its pipe is closed: of no use, and dead once reaped
                 return
             except Exception:  # an unpicklable message: treat as a broken worker
                 w.eof = True
@@ -160,10 +168,7 @@ class Dispatcher(threading.Thread):
                             -1,
                             "the worker's answer could not be read:\n" + traceback.format_exc(),
                         )
-                try:
-                    w.process.kill()
-                except Exception:
-                    pass
+                w.signal(signal.SIGKILL)
                 return
             with pool.lock:
                 if pool.closed:
@@ -178,27 +183,22 @@ class Dispatcher(threading.Thread):
                 elif isinstance(report, Ready):
                     if not w.init_timed_out:  # too late: it has been killed already
                         w.ready = True
-                        pool.startup_deaths = 0
+                        recovery.note_ready(w)
                 elif isinstance(report, InitFailed):
-                    w.dead = True
-                    w.init_failed = True
-                    pool.note_replacement_failure(
-                        f"a replacement worker process (pid {w.pid}) failed to initialise "
-                        f"its engine:\n{report.traceback}"
-                    )
+                    w.dead = True  # it exits by itself; its exit is a failed start
+                    w.failure = report.traceback
                 pool.dispatch()
 
     def _reap(self, w: Worker) -> None:
-        """A worker process has exited: fail its task, drop it, start a replacement."""
+        """A worker process has exited: fail its task, drop it, let its slot replace it."""
         pool = self.pool
         # Read whatever it managed to send before it exited.
         if not w.eof:
             self._read_worker(w)
-        try:
-            w.process.join(1.0)
-        except Exception:
-            pass
-        exitcode = w.process.exitcode
+        if not w.has_exited():  # only without a pidfd: its forkserver's pipe closed
+            w.signal(signal.SIGKILL)  # a worker reported dead is dead
+            wait_exited([w], 5.0)
+        exitcode = w.exit_code()
         with pool.lock:
             if pool.closed:
                 # stop has begun: it failed every unfinished task (those queued behind
@@ -206,7 +206,6 @@ class Dispatcher(threading.Thread):
                 # gone) and stops the workers it finds in pool.workers, this one included.
                 w.dead = True
                 return
-            was_ready = w.ready
             w.dead = True
             if w in pool.workers:
                 pool.workers.remove(w)
@@ -219,47 +218,9 @@ class Dispatcher(threading.Thread):
                     f"the worker process (pid {w.pid}) running this task died with "
                     f"{exit_text(exitcode)}; it is being replaced",
                 )
-            retry = False
-            if not was_ready and not w.init_failed:
-                # Killed or crashed while starting (an Engine failure was noted already):
-                # try again, unless it keeps happening.
-                pool.startup_deaths += 1
-                if pool.startup_deaths <= STARTUP_RETRIES:
-                    retry = True
-                elif w.init_timed_out:
-                    pool.note_replacement_failure(
-                        f"replacement worker processes could not start within the "
-                        f"{pool.options.init_timeout:g} s start-up limit (init_timeout): the last one "
-                        f"(pid {w.pid}) did not become ready in time and was killed "
-                        f"({pool.startup_deaths} in a row)"
-                    )
-                else:
-                    pool.note_replacement_failure(
-                        f"a replacement worker process (pid {w.pid}) exited before it was "
-                        f"ready, with {exit_text(exitcode)} ({pool.startup_deaths} in a row)"
-                    )
-            replace = not pool.closed and (was_ready or retry)
+            recovery.note_lost(pool, w, exitcode)
             pool.dispatch()
         w.release()
-        if replace:
-            self._replace()
-
-    def _replace(self) -> None:
-        pool = self.pool
-        try:
-            new = pool.start_worker()
-        except Exception:
-            with pool.lock:
-                pool.note_replacement_failure(
-                    "a replacement worker process could not be started:\n" + traceback.format_exc()
-                )
-            return
-        with pool.lock:
-            stop = pool.closed
-            if not stop:
-                pool.workers.append(new)
-        if stop:
-            stop_workers([new])
 
     def _expire(self, task_timeout: float) -> None:
         """Fail each task that has run past ``task_timeout`` and kill its worker."""
@@ -283,16 +244,13 @@ class Dispatcher(threading.Thread):
                     f"the task timed out after {task_timeout:g} s; its worker process "
                     f"(pid {w.pid}) was killed and is being replaced",
                 )
-                try:
-                    w.process.kill()
-                except Exception:
-                    pass
-                # Its exit shows up on its sentinel; _reap then starts the replacement.
+                w.signal(signal.SIGKILL)
+                # Its exit shows up on its pidfd; _reap then has it replaced.
             pool.dispatch()
 
     def _expire_startup(self, init_timeout: float) -> None:
         """Kill the replacement workers not ready within ``init_timeout`` of their start;
-        ``_reap`` then counts each as a failed start (and retries, up to a point)."""
+        ``_reap`` then counts each as a failed start (retried after a backoff)."""
         pool = self.pool
         now = time.monotonic()
         with pool.lock:
@@ -303,8 +261,5 @@ class Dispatcher(threading.Thread):
                     continue
                 w.dead = True
                 w.init_timed_out = True
-                try:
-                    w.process.kill()
-                except Exception:
-                    pass
-                # Its exit shows up on its sentinel; _reap then decides on a replacement.
+                w.signal(signal.SIGKILL)
+                # Its exit shows up on its pidfd; _reap then notes the failed start.

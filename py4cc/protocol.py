@@ -54,11 +54,13 @@ MAX_WORKERS = 1024
 STOP_GRACE_S = 1.0
 """How long finalize waits for idle workers to exit before killing them."""
 
-STARTUP_RETRIES = 3
-"""How many replacement workers in a row may die before they are ready (killed, crashed,
-killed for overrunning ``init_timeout``, without reporting an Engine failure) and still be
-replaced; past that the pool gives up on that slot. A replacement whose Engine.initialize
-raises is never retried."""
+RESTART_BACKOFF_FIRST_S = 0.1
+"""How long a worker slot waits before it starts a worker again after one failed start
+(a worker that died before it was ready, or could not be started at all)."""
+
+RESTART_BACKOFF_MAX_S = 30.0
+"""The wait doubles with each failed start in a row, up to this many seconds; a slot
+never gives up."""
 
 PREFETCH_BYTES = 32 * 1024
 """At most this many (estimated) bytes of tasks wait in a busy worker's pipe. Tasks are

@@ -12,6 +12,7 @@ import signal
 import traceback
 from typing import Any, NamedTuple
 
+from .lifeline import Lifeline, arm
 from .protocol import (
     FAILED,
     OK,
@@ -78,9 +79,11 @@ def check_answer(key: int, answer: Any) -> Answer:
     return Answer(key, FAILED, int(value), str(message))
 
 
-def worker_main(conn: Any, setup: WorkerSetup, close_fds: list[int]) -> None:
+def worker_main(conn: Any, setup: WorkerSetup, close_fds: list[int], lifeline: Lifeline | None = None) -> None:
     """Body of one worker process: build the Engine, report ready, then serve tasks
-    until told to stop or until the parent goes away (its pipe end closes)."""
+    until told to stop or until the parent goes away (its pipe end closes, and the
+    ``lifeline`` kills this process whatever it is doing)."""
+    arm(lifeline)
     # With "fork" the child inherits the parent's ends of every worker pipe; closing
     # them lets this worker see EOF (and exit) when the parent goes away.
     for fd in close_fds:
