@@ -223,10 +223,14 @@ class Pool:
 
     def drain(self, limit: float | None) -> int:
         deadline = None if limit is None else time.monotonic() + limit
+        with self.lock:
+            already = self.closed  # finalized (or drained): the tasks it failed are not ours
+            self.draining = True
+        if already:
+            self.stop()  # returns once that stop is complete
+            return 0
         try:
             with self.lock:
-                if not self.closed:
-                    self.draining = True
                 while not self.closed and any(not task.done for task in self.tasks.values()):
                     if deadline is None:
                         self.drained.wait(threading.TIMEOUT_MAX)

@@ -57,6 +57,7 @@ class DrainTest(DriverTestCase):
         d, _ = self.gated_driver(max_tasks=10)
         keys = [self.submit(d, n) for n in (1, 2, 3)]
         self.assertEqual(d.drain(0.3), 3)
+        self.assertEqual(d.drain(0.3), 0)  # they were failed by the first one
         for key in keys:
             self.assertEqual(d.retrieve(key), (2, -1, FAILED_BY_FINALIZE))
         self.assertEqual(d.stats()["tasks_failed"], 3)

@@ -2,8 +2,10 @@
 //! behind a typed, `Send + Sync` Rust face whose task calls never fail with `Err`.
 
 mod options;
+mod output;
 mod package;
 mod protocol;
+mod stats;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -16,8 +18,10 @@ use crate::interpreter::{self, StartOptions};
 use crate::object::{Handle, Object};
 
 pub use options::{DriverOptions, StartMethod};
+pub use output::{WorkerLine, WorkerOutput, WorkerStream};
 use protocol::{DRIVER_CLASS, DRIVER_MODULE, N_SUBPROCESSES, method, option};
 pub use protocol::{ResultStatus, SubmitStatus};
+pub use stats::{DriverState, DriverStats};
 
 /// The answer to [`Driver::submit`]: a status, the task's key (0 unless accepted) and a
 /// message (empty when accepted).
@@ -50,6 +54,8 @@ struct PythonDriver {
     submit: Handle,
     retrieve: Handle,
     wait: Handle,
+    stats: Handle,
+    drain: Handle,
 }
 
 /// Runs an Engine in a pool of Python worker processes; shared by many threads.
@@ -90,6 +96,7 @@ impl Driver {
         interpreter::start(&StartOptions { python_path })?;
         let gil = Gil::acquire()?;
         let class = gil.import(DRIVER_MODULE)?.getattr(DRIVER_CLASS)?;
+        let worker_output = options.worker_output.as_ref().map(|output| output.sink(gil.token())).transpose()?;
         let driver = class.call(
             (),
             [
@@ -99,6 +106,8 @@ impl Driver {
                 (option::ENGINE, &options.engine),
                 (option::TASK_TIMEOUT, &options.task_timeout.map(|timeout| timeout.as_secs_f64())),
                 (option::INIT_TIMEOUT, &options.init_timeout.map(|timeout| timeout.as_secs_f64())),
+                (option::WORKER_ENV, &options.worker_env),
+                (option::WORKER_OUTPUT, &worker_output),
             ],
         )?;
         let bound = |name| driver.getattr(name).map(Object::unbind);
@@ -106,6 +115,8 @@ impl Driver {
             submit: bound(method::SUBMIT)?,
             retrieve: bound(method::RETRIEVE)?,
             wait: bound(method::WAIT)?,
+            stats: bound(method::STATS)?,
+            drain: bound(method::DRAIN)?,
             driver: driver.clone().unbind(),
         };
         Ok(Driver { calls: Mutex::new(()), python, finalized: AtomicBool::new(false) })
@@ -181,6 +192,59 @@ impl Driver {
             // py4cc's finalize never raises; were it to, there is nothing left to undo.
             let _ = self.python.driver.bind(&gil).call_method(method::FINALIZE, (), ());
         }
+    }
+
+    /// Stops accepting tasks, lets the held ones finish for up to `timeout`, then finalizes.
+    ///
+    /// From the call on, [`submit`](Self::submit) answers `Error` with a message that says the
+    /// driver is draining (then, once it is finalized, that it is finalized). Queued and
+    /// running tasks go on; [`retrieve`](Self::retrieve) and [`wait`](Self::wait) work as
+    /// usual meanwhile, and answers finished in time can still be retrieved after. When every
+    /// held task has finished, or `timeout` has passed, the driver is finalized: the tasks
+    /// still unfinished answer `Failed`, and their number is returned. Holds neither the
+    /// driver's mutex nor the GIL while it waits. A driver not initialized, or finalized
+    /// already, is (still) finalized, and 0 is returned.
+    ///
+    /// ```
+    /// use rs4py::{Driver, DriverOptions, DriverState, ResultStatus, SubmitStatus};
+    /// use std::time::Duration;
+    ///
+    /// let driver = Driver::new(DriverOptions { n_subprocesses: 1, ..Default::default() })?;
+    /// driver.initialize("{}", &["a", "b"], &["name"])?;
+    /// let receipt = driver.submit(&[1.5, -2.5], &["Zoë"], 7);
+    /// assert_eq!(driver.drain(Duration::from_secs(30)), 0); // it finished in time
+    /// assert_eq!(driver.retrieve(receipt.key).value, 4 + 3 + 7);
+    /// assert_eq!(driver.submit(&[1.0, 2.0], &["x"], 0).status, SubmitStatus::Error);
+    /// assert_eq!(driver.stats()?.state, DriverState::Finalized);
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    pub fn drain(&self, timeout: Duration) -> usize {
+        // py4cc's drain waits on a condition, which releases the GIL; the py4cc driver is
+        // thread-safe, so other threads' calls go on meanwhile without the mutex.
+        let failed = self.call_python(&self.python.drain, (timeout.as_secs_f64(),), |answer| answer.extract());
+        self.finalize(); // marks it finalized here too (py4cc's own finalize has run)
+        failed.unwrap_or(0)
+    }
+
+    /// A snapshot of the driver's tasks, workers and counters (see [`DriverStats`]).
+    ///
+    /// Cheap enough for every metrics scrape: one call into Python that reads everything
+    /// under the pool's lock once, without the driver's mutex. Fails only if Python does
+    /// (or answers a dict without one of the keys this version reads).
+    ///
+    /// ```
+    /// use rs4py::{Driver, DriverOptions, DriverState};
+    ///
+    /// let driver = Driver::new(DriverOptions { n_subprocesses: 2, ..Default::default() })?;
+    /// assert_eq!(driver.stats()?.state, DriverState::New);
+    /// driver.initialize("{}", &["a", "b"], &["name"])?;
+    /// let stats = driver.stats()?;
+    /// assert_eq!((stats.state, stats.workers_wanted, stats.workers_ready), (DriverState::Running, 2, 2));
+    /// assert_eq!((stats.tasks_held, stats.worker_starts, stats.run_time_p50), (0, 2, None));
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    pub fn stats(&self) -> Result<DriverStats> {
+        self.call_python(&self.python.stats, (), |answer| DriverStats::from_dict(&answer))
     }
 
     /// The process ids of the current worker processes (empty before `initialize` and after

@@ -34,10 +34,14 @@ pub(super) mod option {
     pub(in crate::driver) const TASK_TIMEOUT: &str = "task_timeout";
     /// `init_timeout: float | None`, in seconds.
     pub(in crate::driver) const INIT_TIMEOUT: &str = "init_timeout";
+    /// `worker_env: list[tuple[str, str]]`.
+    pub(in crate::driver) const WORKER_ENV: &str = "worker_env";
+    /// `worker_output: Callable[[int, str, str], None] | None`.
+    pub(in crate::driver) const WORKER_OUTPUT: &str = "worker_output";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 6] =
-        [MAX_TASKS, N_SUBPROCESSES, START_METHOD, ENGINE, TASK_TIMEOUT, INIT_TIMEOUT];
+    pub(in crate::driver) const ALL: [&str; 8] =
+        [MAX_TASKS, N_SUBPROCESSES, START_METHOD, ENGINE, TASK_TIMEOUT, INIT_TIMEOUT, WORKER_ENV, WORKER_OUTPUT];
 }
 
 /// The Python driver's methods that the Rust Driver calls, by name.
@@ -54,9 +58,14 @@ pub(super) mod method {
     pub(in crate::driver) const FINALIZE: &str = "finalize";
     /// `worker_pids() -> list[int]`.
     pub(in crate::driver) const WORKER_PIDS: &str = "worker_pids";
+    /// `stats() -> dict`.
+    pub(in crate::driver) const STATS: &str = "stats";
+    /// `drain(timeout) -> int`.
+    pub(in crate::driver) const DRAIN: &str = "drain";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 6] = [INITIALIZE, SUBMIT, RETRIEVE, WAIT, FINALIZE, WORKER_PIDS];
+    pub(in crate::driver) const ALL: [&str; 8] =
+        [INITIALIZE, SUBMIT, RETRIEVE, WAIT, FINALIZE, WORKER_PIDS, STATS, DRAIN];
 }
 
 /// The Python driver's attribute holding how many worker processes run (the only one read).
@@ -171,6 +180,11 @@ mod tests {
         assert_eq!(names("options"), sorted(&option::ALL));
         assert_eq!(names("methods"), sorted(&method::ALL));
         assert_eq!(names("attributes"), sorted(&[N_SUBPROCESSES]));
+        assert_eq!(names("stats"), sorted(&super::super::stats::KEYS));
+        let streams: Vec<String> = contract("output_streams");
+        let ours =
+            [super::super::WorkerStream::Stdout, super::super::WorkerStream::Stderr, super::super::WorkerStream::Event];
+        assert_eq!(streams, ours.map(|stream| stream.as_str().to_owned()));
     }
 
     #[test]
