@@ -83,7 +83,9 @@ The modules: :mod:`~py4cc.protocol` (flags, limits, wire messages), :mod:`~py4cc
 (checked once by ``initialize``), :mod:`~py4cc.pool` (tasks and workers under one lock,
 behind the ``Backend`` interface this Driver uses), :mod:`~py4cc.processes` (starting and
 stopping worker processes), :mod:`~py4cc.dispatcher` (the thread that collects answers),
-:mod:`~py4cc.worker` (the worker process's side: with ``protocol``, all it imports).
+:mod:`~py4cc.output` (the thread that relays the workers' output and events),
+:mod:`~py4cc.stats` (what ``stats`` reports), :mod:`~py4cc.worker` (the worker process's
+side: with ``protocol``, all it imports).
 
 With ``start_method="fork"`` replacement workers are forked from a process that runs
 threads (the dispatcher, the caller's); Python 3.12+ warns about that

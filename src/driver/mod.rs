@@ -140,6 +140,11 @@ impl Driver {
     }
 
     /// Submits one task. Never fails: a refusal is a status and a message.
+    ///
+    /// An accepted task holds one of [`DriverOptions::max_tasks`] slots until its answer is
+    /// retrieved, by [`retrieve`](Self::retrieve) or [`wait`](Self::wait) answering `Done` or
+    /// `Failed` (a finished task whose answer nobody retrieves keeps its slot). When the
+    /// driver holds `max_tasks` tasks, `submit` answers `AtCapacity`.
     pub fn submit(&self, float_features: &[f64], str_features: &[impl AsRef<str>], int_feature: i64) -> TaskReceipt {
         let str_features: Vec<&str> = str_features.iter().map(AsRef::as_ref).collect();
         let answer = {
