@@ -272,6 +272,21 @@ mod tests {
             ]
         );
         assert_eq!(*held.lock(), vec![false, false], "the callback runs without the GIL");
+
+        // The arguments are borrowed: their counts are as before, however often the sink runs
+        // (objects made at run time, which no other code shares).
+        let (pid, stream, text) = (
+            gil.eval("int('1000000')").unwrap(),
+            gil.eval("''.join(['std', 'err'])").unwrap(),
+            gil.eval("'-'.join('xy')").unwrap(),
+        );
+        let before = [pid.refcount(), stream.refcount(), text.refcount(), sink.refcount()];
+        for _ in 0..1000 {
+            sink.call((&pid, &stream, &text), ()).unwrap();
+        }
+        assert_eq!([pid.refcount(), stream.refcount(), text.refcount(), sink.refcount()], before);
+        assert_eq!(lines.lock().len(), 1002);
+        assert_eq!(lines.lock()[1001], WorkerLine { pid: 1_000_000, stream: WorkerStream::Stderr, text: "x-y".into() });
     }
 
     #[test]

@@ -188,7 +188,13 @@ mod tests {
     #[test]
     fn every_field_is_read_and_unknown_keys_are_ignored() {
         let gil = Gil::acquire().unwrap();
-        let stats = DriverStats::from_dict(&gil.eval(A_DICT).unwrap()).unwrap();
+        let dict = gil.eval(A_DICT).unwrap();
+        let list = gil.eval("list").unwrap();
+        let values: Vec<Object<'_>> =
+            list.call((dict.call_method("values", (), ()).unwrap(),), ()).unwrap().extract().unwrap();
+        let counts: Vec<isize> = values.iter().map(Object::refcount).collect();
+        let stats = DriverStats::from_dict(&dict).unwrap();
+        assert_eq!(values.iter().map(Object::refcount).collect::<Vec<_>>(), counts, "every value is as before");
         assert_eq!(
             stats,
             DriverStats {
