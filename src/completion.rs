@@ -25,7 +25,9 @@ use parking_lot::Mutex;
 use pyo3_ffi as ffi;
 
 use crate::error::Result;
+#[cfg(test)]
 use crate::gil::Gil;
+use crate::gil::GilToken;
 use crate::object::Object;
 
 /// What a task's entry knows: whether it has finished, and who waits for it.
@@ -145,7 +147,7 @@ impl Completions {
     /// The notifier to hand to py4cc: a Python callable `notify(key, finished)` that calls
     /// [`finished`](Self::finished) (`finished` true) or [`forget`](Self::forget) (false) on this
     /// table. It keeps the table alive as long as Python keeps the callable.
-    pub(crate) fn notifier<'py>(self: &Arc<Self>, gil: &'py Gil) -> Result<Object<'py>> {
+    pub(crate) fn notifier<'py>(self: &Arc<Self>, gil: GilToken<'py>) -> Result<Object<'py>> {
         let table = Arc::into_raw(Arc::clone(self)).cast_mut().cast::<c_void>();
         // SAFETY: GIL held (gil). PyCapsule_New returns a new reference or NULL; on success the
         // capsule owns `table` (one strong count of the Arc) and its destructor releases it.
@@ -367,7 +369,7 @@ mod tests {
         table.accepted(11);
         table.accepted(12);
         let gil = Gil::acquire()?;
-        let notify = table.notifier(&gil)?;
+        let notify = table.notifier(gil.token())?;
         assert_eq!(Arc::strong_count(&table), 2, "the capsule holds the table");
         assert!(notify.call((11, true), ())?.is_none());
         notify.call((12, false), ())?;
