@@ -151,9 +151,9 @@ impl Completions {
         let table = Arc::into_raw(Arc::clone(self)).cast_mut().cast::<c_void>();
         // SAFETY: GIL held (gil). PyCapsule_New returns a new reference or NULL; on success the
         // capsule owns `table` (one strong count of the Arc) and its destructor releases it.
-        let capsule = unsafe {
-            Object::from_owned_ptr(gil, ffi::PyCapsule_New(table, CAPSULE_NAME.as_ptr(), Some(release_table)))
-        };
+        let capsule = unsafe { ffi::PyCapsule_New(table, CAPSULE_NAME.as_ptr(), Some(release_table)) };
+        // SAFETY: a new reference (or NULL with an exception set), owned by the guard from here.
+        let capsule = unsafe { Object::from_owned_ptr(gil, capsule) };
         let capsule = match capsule {
             Ok(capsule) => capsule,
             Err(error) => {
@@ -163,14 +163,11 @@ impl Completions {
             }
         };
         // SAFETY: GIL held. NOTIFY_DEF is a static that outlives every function made from it;
-        // PyCFunction_NewEx borrows the capsule (it keeps its own reference as `self`) and
+        // PyCFunction_NewEx borrows the capsule (keeping its own reference to it as `self`) and
         // returns a new reference or NULL.
-        unsafe {
-            Object::from_owned_ptr(
-                gil,
-                ffi::PyCFunction_NewEx(NOTIFY_DEF.as_ptr(), capsule.as_ptr(), std::ptr::null_mut()),
-            )
-        }
+        let function = unsafe { ffi::PyCFunction_NewEx(NOTIFY_DEF.as_ptr(), capsule.as_ptr(), std::ptr::null_mut()) };
+        // SAFETY: a new reference (or NULL with an exception set), owned by the guard from here.
+        unsafe { Object::from_owned_ptr(gil, function) }
     }
 }
 
@@ -217,13 +214,13 @@ unsafe extern "C" fn notify(
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
     if nargs != 2 {
-        // SAFETY: GIL held (CPython calls us with it); the exception type is a static object
-        // and the message a NUL-terminated static string.
-        unsafe { ffi::PyErr_SetString(ffi::PyExc_TypeError, c"notify(key, finished) takes 2 arguments".as_ptr()) };
-        return std::ptr::null_mut();
+        // SAFETY: GIL held (CPython calls us with it); reads a static exception type.
+        let type_error = unsafe { ffi::PyExc_TypeError };
+        return raise(type_error, c"notify(key, finished) takes 2 arguments");
     }
-    // SAFETY: CPython passes `nargs` (2) borrowed argument pointers.
-    let (key, finished) = unsafe { (*args, *args.add(1)) };
+    // SAFETY: CPython passes `nargs` (2) borrowed argument pointers in a C array.
+    let args = unsafe { std::slice::from_raw_parts(args, 2) };
+    let (key, finished) = (args[0], args[1]);
     // SAFETY: GIL held; `key` is borrowed. -1 with an exception set means it is not an int
     // that fits, which the check below reports as it is.
     let key = unsafe { ffi::PyLong_AsLongLong(key) };
@@ -253,12 +250,22 @@ unsafe extern "C" fn notify(
         }
     }));
     if outcome.is_err() {
-        // SAFETY: GIL held; a static exception type and a static message.
-        unsafe { ffi::PyErr_SetString(ffi::PyExc_SystemError, c"rs4py: a task's waker panicked".as_ptr()) };
-        return std::ptr::null_mut();
+        // SAFETY: GIL held; reads a static exception type.
+        let system_error = unsafe { ffi::PyExc_SystemError };
+        return raise(system_error, c"rs4py: a task's waker panicked");
     }
+    // SAFETY: GIL held; reads the address of the static None object.
+    let none = unsafe { ffi::Py_None() };
     // SAFETY: GIL held; None is returned as a new reference, as CPython expects.
-    unsafe { ffi::Py_NewRef(ffi::Py_None()) }
+    unsafe { ffi::Py_NewRef(none) }
+}
+
+/// Sets `kind(message)` as the pending exception and answers NULL, as a failing C function does.
+fn raise(kind: *mut ffi::PyObject, message: &CStr) -> *mut ffi::PyObject {
+    // SAFETY: called from `notify`, with the GIL held; `kind` is a static exception type and
+    // `message` a NUL-terminated string that PyErr_SetString copies.
+    unsafe { ffi::PyErr_SetString(kind, message.as_ptr()) };
+    std::ptr::null_mut()
 }
 
 /// The capsule's destructor: gives back the table's strong count.
