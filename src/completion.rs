@@ -216,7 +216,8 @@ unsafe extern "C" fn notify(
     if nargs != 2 {
         // SAFETY: GIL held (CPython calls us with it); reads a static exception type.
         let type_error = unsafe { ffi::PyExc_TypeError };
-        return raise(type_error, c"notify(key, finished) takes 2 arguments");
+        // SAFETY: GIL held; TypeError is an exception type.
+        return unsafe { raise(type_error, c"notify(key, finished) takes 2 arguments") };
     }
     // SAFETY: CPython passes `nargs` (2) borrowed argument pointers in a C array.
     let args = unsafe { std::slice::from_raw_parts(args, 2) };
@@ -252,7 +253,8 @@ unsafe extern "C" fn notify(
     if outcome.is_err() {
         // SAFETY: GIL held; reads a static exception type.
         let system_error = unsafe { ffi::PyExc_SystemError };
-        return raise(system_error, c"rs4py: a task's waker panicked");
+        // SAFETY: GIL held; SystemError is an exception type.
+        return unsafe { raise(system_error, c"rs4py: a task's waker panicked") };
     }
     // SAFETY: GIL held; reads the address of the static None object.
     let none = unsafe { ffi::Py_None() };
@@ -261,9 +263,12 @@ unsafe extern "C" fn notify(
 }
 
 /// Sets `kind(message)` as the pending exception and answers NULL, as a failing C function does.
-fn raise(kind: *mut ffi::PyObject, message: &CStr) -> *mut ffi::PyObject {
-    // SAFETY: called from `notify`, with the GIL held; `kind` is a static exception type and
-    // `message` a NUL-terminated string that PyErr_SetString copies.
+///
+/// # Safety
+/// The GIL is held and `kind` is an exception type.
+unsafe fn raise(kind: *mut ffi::PyObject, message: &CStr) -> *mut ffi::PyObject {
+    // SAFETY: the caller holds the GIL and passes an exception type; PyErr_SetString copies
+    // the NUL-terminated message.
     unsafe { ffi::PyErr_SetString(kind, message.as_ptr()) };
     std::ptr::null_mut()
 }
