@@ -32,11 +32,23 @@ FINALIZED_MESSAGE = "the driver is finalized; submit is no longer accepted"
 
 DEFAULT_ENGINE = "py4cc.engine:Engine"
 
+DEFAULT_RESULT_TTL = 60.0
+"""Seconds a finished result is kept for retrieval unless the Driver is told otherwise."""
+
 DRIVER_CONTRACT: dict[str, Any] = {
     "module": "py4cc.driver",
     "class": "Driver",
-    "options": ["max_tasks", "n_subprocesses", "start_method", "engine", "task_timeout", "init_timeout"],
-    "methods": ["initialize", "submit", "retrieve", "wait", "finalize", "worker_pids"],
+    "options": [
+        "max_tasks",
+        "n_subprocesses",
+        "start_method",
+        "engine",
+        "task_timeout",
+        "init_timeout",
+        "notify",
+        "result_ttl",
+    ],
+    "methods": ["initialize", "submit", "retrieve", "wait", "finalize", "worker_pids", "cancel", "held_tasks"],
     "attributes": ["n_subprocesses"],
     "flags": {"OK": OK, "AT_CAPACITY": AT_CAPACITY, "NOT_FINISHED": NOT_FINISHED, "FAILED": FAILED, "ERROR": ERROR},
     "messages": {"CAPACITY_MESSAGE": CAPACITY_MESSAGE, "NOT_FINISHED_MESSAGE": NOT_FINISHED_MESSAGE},

@@ -36,7 +36,6 @@
 
 #![warn(missing_docs)]
 
-mod completion;
 mod convert;
 mod driver;
 mod error;
@@ -46,7 +45,7 @@ mod interpreter;
 mod object;
 
 pub use convert::{FromPython, IntoArgs, IntoKwargs, ToPython};
-pub use driver::{Driver, DriverOptions, ResultStatus, StartMethod, SubmitStatus, TaskReceipt, TaskResult};
+pub use driver::{Driver, DriverOptions, ResultStatus, StartMethod, SubmitStatus, TaskFuture, TaskReceipt, TaskResult};
 pub use error::{Error, PythonException, Result};
 pub use gil::{Gil, GilToken};
 pub use interpreter::{BuildPython, StartOptions, build_python, is_started, start};

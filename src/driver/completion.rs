@@ -9,12 +9,17 @@
 //! answer has been collected, it was cancelled, or its result expired. So a waiter can tell
 //! "not finished" without asking Python at all.
 //!
+//! Python may drop a key before the submitting thread has recorded it (the task finished and
+//! its result expired while that thread waited for the GIL on its way out of `submit`): the
+//! table then remembers the drop, and the late `accepted` consumes it instead of making an
+//! entry that nothing would ever remove.
+//!
 //! Lock order: the pool calls the notifier with its own lock (and the GIL) held, and the
 //! notifier takes the table's lock; no Rust thread takes the GIL or calls Python while it holds
 //! the table's lock, so the order is always GIL, pool lock, table lock.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, c_void};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
@@ -34,14 +39,28 @@ use crate::object::Object;
 #[derive(Default)]
 struct Entry {
     finished: bool,
+    /// The submitting thread has recorded it (it may finish before that).
+    accepted: bool,
     waiters: Vec<Waker>,
 }
 
 /// The keys the pool holds, whether each has finished, and who waits for which.
 #[derive(Default)]
 pub(crate) struct Completions {
-    entries: Mutex<HashMap<i64, Entry>>,
+    table: Mutex<Table>,
 }
+
+/// The table behind the lock.
+#[derive(Default)]
+struct Table {
+    keys: HashMap<i64, Entry>,
+    /// Keys Python dropped before they were accepted here (see the module's documentation).
+    dropped_early: HashSet<i64>,
+}
+
+/// `dropped_early` only holds keys on their way out of `submit`; past this many something
+/// else put them there (a key dropped that was never going to be accepted), and they go.
+const DROPPED_EARLY_LIMIT: usize = 4096;
 
 /// Where a waited-for task stands, as far as the table knows without asking Python.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,25 +75,47 @@ pub(crate) enum Standing {
 impl Completions {
     /// A task was accepted under `key`.
     pub(crate) fn accepted(&self, key: i64) {
-        self.entries.lock().entry(key).or_default();
+        let mut table = self.table.lock();
+        if !table.dropped_early.remove(&key) {
+            table.keys.entry(key).or_default().accepted = true;
+        }
     }
 
     /// The pool finished the task under `key`: its answer waits to be collected.
     pub(crate) fn finished(&self, key: i64) {
         let waiters = {
-            let mut entries = self.entries.lock();
-            let entry = entries.entry(key).or_default();
+            let mut table = self.table.lock();
+            let entry = table.keys.entry(key).or_default();
             entry.finished = true;
             std::mem::take(&mut entry.waiters)
         };
         waiters.into_iter().for_each(Waker::wake);
     }
 
-    /// The pool dropped the task under `key` without anyone collecting it (its result expired),
-    /// or its answer was collected, or it was cancelled: forget it, waking its waiters so that
-    /// they ask Python what became of it.
+    /// The pool dropped the task under `key` without anyone collecting it (its result expired,
+    /// or it was cancelled): forget it, waking its waiters so that they ask Python what became
+    /// of it. A key not accepted yet is remembered, so that its `accepted` makes no entry.
     pub(crate) fn forget(&self, key: i64) {
-        let entry = self.entries.lock().remove(&key);
+        let entry = {
+            let mut table = self.table.lock();
+            let entry = table.keys.remove(&key);
+            if !entry.as_ref().is_some_and(|entry| entry.accepted) {
+                if table.dropped_early.len() >= DROPPED_EARLY_LIMIT {
+                    table.dropped_early.clear();
+                }
+                table.dropped_early.insert(key);
+            }
+            entry
+        };
+        if let Some(entry) = entry {
+            entry.waiters.into_iter().for_each(Waker::wake);
+        }
+    }
+
+    /// The Rust side is done with `key` (its answer collected, or it was cancelled from Rust):
+    /// forget it, waking any other waiter so that it asks Python.
+    pub(crate) fn collected(&self, key: i64) {
+        let entry = self.table.lock().keys.remove(&key);
         if let Some(entry) = entry {
             entry.waiters.into_iter().for_each(Waker::wake);
         }
@@ -82,7 +123,7 @@ impl Completions {
 
     /// Where `key` stands now.
     pub(crate) fn standing(&self, key: i64) -> Standing {
-        match self.entries.lock().get(&key) {
+        match self.table.lock().keys.get(&key) {
             Some(Entry { finished: false, .. }) => Standing::Running,
             _ => Standing::AskPython,
         }
@@ -120,8 +161,8 @@ impl Completions {
 
     /// Registers `waker` on `key` unless the task no longer runs.
     fn register(&self, key: i64, waker: &Waker) -> Standing {
-        let mut entries = self.entries.lock();
-        match entries.get_mut(&key) {
+        let mut table = self.table.lock();
+        match table.keys.get_mut(&key) {
             Some(entry) if !entry.finished => {
                 if !entry.waiters.iter().any(|known| known.will_wake(waker)) {
                     entry.waiters.push(waker.clone());
@@ -134,14 +175,20 @@ impl Completions {
 
     /// Takes `waker` off `key` (a thread that timed out, a future dropped while pending).
     pub(crate) fn unregister(&self, key: i64, waker: &Waker) {
-        if let MapEntry::Occupied(mut entry) = self.entries.lock().entry(key) {
+        if let MapEntry::Occupied(mut entry) = self.table.lock().keys.entry(key) {
             entry.get_mut().waiters.retain(|known| !known.will_wake(waker));
         }
     }
 
     /// How many keys the table holds.
     pub(crate) fn len(&self) -> usize {
-        self.entries.lock().len()
+        self.table.lock().keys.len()
+    }
+
+    /// How many keys Python dropped before they were accepted, not accepted yet.
+    #[cfg(test)]
+    fn dropped_early(&self) -> usize {
+        self.table.lock().dropped_early.len()
     }
 
     /// The notifier to hand to py4cc: a Python callable `notify(key, finished)` that calls
@@ -327,7 +374,7 @@ mod tests {
         let started = Instant::now();
         assert_eq!(table.wait(1, Some(started + Duration::from_millis(30))), Standing::Running);
         assert!(started.elapsed() >= Duration::from_millis(30));
-        assert!(table.entries.lock()[&1].waiters.is_empty());
+        assert!(table.table.lock().keys[&1].waiters.is_empty());
         assert_eq!(table.wait(1, Some(Instant::now())), Standing::Running, "a past deadline answers at once");
     }
 
@@ -341,6 +388,27 @@ mod tests {
         table.accepted(6);
         table.forget(6);
         assert_eq!(table.wait(6, None), Standing::AskPython, "expired or cancelled");
+        assert_eq!(table.dropped_early(), 0, "6 was known: nothing to remember");
+    }
+
+    #[test]
+    fn a_key_dropped_before_it_was_accepted_makes_no_entry() {
+        let table = Completions::default();
+        table.finished(8); // finished, then expired, before its submitter recorded it
+        table.forget(8);
+        table.forget(9); // expired without a finish seen (cannot happen, but harmless)
+        assert_eq!((table.len(), table.dropped_early()), (0, 2));
+        table.accepted(8);
+        assert_eq!((table.len(), table.dropped_early()), (0, 1), "consumed, no entry made");
+        assert_eq!(table.standing(8), Standing::AskPython);
+        table.accepted(10);
+        table.collected(10);
+        table.collected(10);
+        assert_eq!((table.len(), table.dropped_early()), (0, 1), "the Rust side's own removal leaves no mark");
+        for key in 100..100 + DROPPED_EARLY_LIMIT as i64 {
+            table.forget(key);
+        }
+        assert!(table.dropped_early() <= DROPPED_EARLY_LIMIT, "bounded");
     }
 
     #[test]
@@ -352,7 +420,7 @@ mod tests {
         let cx = Context::from_waker(&waker);
         assert_eq!(table.poll(3, &cx), Poll::Pending);
         assert_eq!(table.poll(3, &cx), Poll::Pending, "polled twice, registered once");
-        assert_eq!(table.entries.lock()[&3].waiters.len(), 1);
+        assert_eq!(table.table.lock().keys[&3].waiters.len(), 1);
         table.unregister(3, &waker);
         table.finished(3);
         assert_eq!(counter.0.load(Ordering::SeqCst), 0, "an unregistered waker is not woken");
