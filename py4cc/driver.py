@@ -25,6 +25,11 @@ Protocol (every call may come from any thread, concurrently)::
         blocks up to ``timeout`` seconds until the task is finished, then answers
         exactly as ``retrieve`` does (flag 1 if it is still not finished)
 
+    d.cancel(key) -> bool
+        drops a held task: a queued one never runs, a running one's answer is
+        discarded, a finished one is removed; True if the driver held it. Retrieving
+        it then answers flag 9, saying it was cancelled
+
     d.finalize()
         stops the pool; safe to call twice; afterwards submit answers flag 9
         ("... finalized ...")
@@ -36,7 +41,12 @@ Protocol (every call may come from any thread, concurrently)::
 
     d.stats() -> dict
         the counters of :mod:`py4cc.stats` (tasks held, queued, running, finished;
-        workers; deaths; the Engine's run-time percentiles), one lock, cheap
+        workers; deaths; cancels and expiries; the Engine's run-time percentiles), one
+        lock, cheap
+
+A finished result not retrieved within ``result_ttl`` seconds (60 by default; None keeps
+it until retrieved) is dropped, freeing its place among ``max_tasks``; retrieving it
+then answers flag 9, saying it expired.
 
 Only ``initialize`` ever raises (and ``drain``, for a timeout that is not a number);
 every other failure comes back as a flag and a message, even a KeyboardInterrupt (or any
@@ -102,12 +112,14 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 from . import stats as stats_module
+from .completion import NotifyCallback
 from .options import build_options, is_int, is_real
 from .pool import Backend, FlagAnswer, Pool
 from .protocol import (
     AT_CAPACITY,
     CAPACITY_MESSAGE,
     DEFAULT_ENGINE,
+    DEFAULT_RESULT_TTL,
     ERROR,
     FAILED,
     FINALIZED_MESSAGE,
@@ -187,6 +199,8 @@ class Driver:
         init_timeout: float | None = None,
         *,
         prefetch: int = 1,
+        notify: NotifyCallback | None = None,
+        result_ttl: float | None = DEFAULT_RESULT_TTL,
         worker_env: Any = None,
         worker_output: Callable[[int, str, str], None] | None = None,
     ) -> None:
@@ -197,6 +211,15 @@ class Driver:
         through the parent. 1 (the default) removes that gap from the throughput; 0
         hands a task only to an idle worker (best when tasks are long and uneven:
         a prefetched task cannot move to another worker that frees up sooner).
+
+        ``notify`` (keyword only): a callable ``notify(key, finished)``, called with the
+        pool's lock held (so it must be quick and must not call the driver) whenever a task
+        becomes finished (``True``) or a held task is dropped unretrieved (``False``: its
+        result expired, or it was cancelled); see :mod:`py4cc.completion`. What it raises
+        is counted and ignored.
+
+        ``result_ttl`` (keyword only, seconds or None): how long a finished result is kept
+        for retrieval; None keeps it until retrieved.
 
         ``worker_env`` (keyword only): environment variables set in every worker process
         before its Engine's module is imported, e.g. ``{"OMP_NUM_THREADS": "1"}`` so that
@@ -214,6 +237,8 @@ class Driver:
         self.task_timeout = task_timeout
         self.init_timeout = init_timeout
         self.prefetch = prefetch
+        self.notify = notify
+        self.result_ttl = result_ttl
         self.worker_env = worker_env
         self.worker_output = worker_output
         self.float_feature_names: list[str] = []
@@ -261,6 +286,8 @@ class Driver:
                 init_timeout=self.init_timeout,
                 prefetch=self.prefetch,
                 engine=self.engine,
+                notify=self.notify,
+                result_ttl=self.result_ttl,
                 worker_env=self.worker_env,
                 worker_output=self.worker_output,
             )
@@ -397,6 +424,21 @@ class Driver:
             return self._wait(key, timeout)
         except BaseException as exc:  # never raise, not even KeyboardInterrupt
             return ERROR, 0, _unexpected("wait", exc)
+
+    def cancel(self, key: int) -> bool:
+        """Drop the task under ``key`` whatever its state; True if the driver held it.
+
+        A queued task never runs; a running one is left to finish (``task_timeout`` still
+        bounds it) and its answer is discarded; a finished one is removed. Its place among
+        ``max_tasks`` is freed at once. Never raises (a wrong key answers False).
+        """
+        try:
+            pool = self._pool
+            if pool is None or not is_int(key) or key <= 0:
+                return False
+            return pool.cancel(int(key))
+        except BaseException:  # never raise, not even KeyboardInterrupt
+            return False
 
     def worker_pids(self) -> list[int]:
         """The pids of the current worker processes (empty before initialize / after finalize).

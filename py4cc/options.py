@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .completion import NotifyCallback
 from .protocol import DEFAULT_ENGINE, MAX_WORKERS, describe, short_repr
 from .worker import WorkerSetup
 
@@ -33,6 +34,11 @@ class Options:
     """How many tasks may wait behind a busy worker's current one, >= 0."""
     setup: WorkerSetup
     """What each worker builds its Engine from (and its environment)."""
+    notify: NotifyCallback | None = None
+    """Called as ``notify(key, finished)`` when a task finishes or is dropped (see
+    :mod:`py4cc.completion`); None: nobody is told."""
+    result_ttl: float | None = None
+    """Seconds a finished result is kept for retrieval (None: until retrieved), positive."""
     worker_output: Callable[[int, str, str], None] | None = None
     """Where the workers' output lines and events go (None: the host's stderr)."""
 
@@ -50,6 +56,8 @@ def build_options(
     init_timeout: Any,
     prefetch: Any,
     engine: Any,
+    notify: Any = None,
+    result_ttl: Any = None,
     worker_env: Any = None,
     worker_output: Any = None,
 ) -> Options:
@@ -70,6 +78,9 @@ def build_options(
     start_limit = check_timeout("init_timeout", init_timeout)
     ahead = check_int_at_least("prefetch", prefetch, 0)
     engine = check_engine(engine)
+    if notify is not None and not callable(notify):
+        raise ValueError(f"notify must be None or a callable notify(key, finished), got {describe(notify)}")
+    keep_for = check_timeout("result_ttl", result_ttl)
     env = check_env(worker_env)
     if worker_output is not None and not callable(worker_output):
         raise TypeError(f"worker_output must be None or a callable (pid, stream, line), got {describe(worker_output)}")
@@ -81,6 +92,8 @@ def build_options(
         init_timeout=start_limit,
         prefetch=ahead,
         setup=WorkerSetup(engine, config, float_names, str_names, dict(extra), env),
+        notify=notify,
+        result_ttl=keep_for,
         worker_output=worker_output,
     )
 

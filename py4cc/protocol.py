@@ -35,9 +35,14 @@ DEFAULT_ENGINE = "py4cc.engine:Engine"
 
 OPTION_NAMES = (
     "max_tasks", "n_subprocesses", "start_method", "engine", "task_timeout", "init_timeout",
-    "worker_env", "worker_output",
+    "notify", "result_ttl", "worker_env", "worker_output",
 )  # fmt: skip
 """The Driver's keyword options another language's binding passes."""
+
+METHOD_NAMES = (
+    "initialize", "submit", "retrieve", "wait", "finalize", "worker_pids", "cancel", "held_tasks", "stats", "drain",
+)  # fmt: skip
+"""The Driver's methods another language's binding calls."""
 
 STAT_NAMES = (
     "state", "tasks_held", "tasks_queued", "tasks_running", "tasks_finished",
@@ -48,11 +53,14 @@ STAT_NAMES = (
 )  # fmt: skip
 """The keys of ``Driver.stats()``, in order (see :mod:`py4cc.stats`)."""
 
+DEFAULT_RESULT_TTL = 60.0
+"""Seconds a finished result is kept for retrieval unless the Driver is told otherwise."""
+
 DRIVER_CONTRACT: dict[str, Any] = {
     "module": "py4cc.driver",
     "class": "Driver",
     "options": [*OPTION_NAMES],
-    "methods": ["initialize", "submit", "retrieve", "wait", "finalize", "worker_pids", "stats", "drain"],
+    "methods": [*METHOD_NAMES],
     "attributes": ["n_subprocesses"],
     "flags": {"OK": OK, "AT_CAPACITY": AT_CAPACITY, "NOT_FINISHED": NOT_FINISHED, "FAILED": FAILED, "ERROR": ERROR},
     "messages": {"CAPACITY_MESSAGE": CAPACITY_MESSAGE, "NOT_FINISHED_MESSAGE": NOT_FINISHED_MESSAGE},

@@ -77,16 +77,19 @@ class RunTimes:
 
 
 def snapshot(pool: Pool, state: str) -> dict[str, Any]:
-    """The stats of ``pool`` (called with its lock held). Cancelled and expired tasks are
-    counted by the pool when it has those counters (``cancelled``, ``expired``)."""
+    """The stats of ``pool`` (called with its lock held)."""
     running = 0
     queued_in_workers = 0
     alive = 0
     ready = 0
     for w in pool.workers:
-        if w.queue:
-            running += 1
-            queued_in_workers += len(w.queue) - 1
+        # A cancelled task a worker still holds is no longer the pool's: not counted.
+        for position, task in enumerate(w.queue):
+            if not task.cancelled:
+                if position == 0:
+                    running += 1
+                else:
+                    queued_in_workers += 1
         if not w.dead:
             alive += 1
             if w.ready:
@@ -109,8 +112,8 @@ def snapshot(pool: Pool, state: str) -> dict[str, Any]:
         "tasks_done": counters.tasks_done,
         "tasks_failed": counters.tasks_failed,
         "tasks_timed_out": counters.tasks_timed_out,
-        "tasks_cancelled": getattr(pool, "cancelled", 0),
-        "tasks_expired": getattr(pool, "expired", 0),
+        "tasks_cancelled": pool.cancelled,
+        "tasks_expired": pool.expired,
         "run_time_p50": run_times.percentile(50.0),
         "run_time_p99": run_times.percentile(99.0),
         "run_time_samples": len(run_times),

@@ -46,8 +46,8 @@ mod object;
 
 pub use convert::{FromPython, IntoArgs, IntoKwargs, ToPython};
 pub use driver::{
-    Driver, DriverOptions, DriverState, DriverStats, ResultStatus, StartMethod, SubmitStatus, TaskReceipt, TaskResult,
-    WorkerLine, WorkerOutput, WorkerStream,
+    Driver, DriverOptions, DriverState, DriverStats, ResultStatus, StartMethod, SubmitStatus, TaskFuture, TaskReceipt,
+    TaskResult, WorkerLine, WorkerOutput, WorkerStream,
 };
 pub use error::{Error, PythonException, Result};
 pub use gil::{Gil, GilToken};

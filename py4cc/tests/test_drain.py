@@ -62,6 +62,19 @@ class DrainTest(DriverTestCase):
             self.assertEqual(d.retrieve(key), (2, -1, FAILED_BY_FINALIZE))
         self.assertEqual(d.stats()["tasks_failed"], 3)
 
+    def test_a_cancelled_task_is_not_waited_for(self):
+        d, _ = self.gated_driver()
+        key = self.submit(d, 1)
+        outcome = []
+        drainer = threading.Thread(target=lambda: outcome.append(d.drain(None)))
+        drainer.start()
+        self.assertTrue(wait_until(lambda: d.stats()["state"] == "draining"))
+        self.assertTrue(d.cancel(key))
+        drainer.join(30)
+        self.assertFalse(drainer.is_alive(), "drain still waits for a cancelled task")
+        self.assertEqual(outcome, [0])
+        self.assertEqual(d.retrieve(key)[0], 9)
+
     def test_finished_tasks_do_not_count_as_unfinished(self):
         d = self.make_driver(n_subprocesses=1)
         _, key, _ = d.submit(*TASK)

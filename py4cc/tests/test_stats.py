@@ -106,6 +106,44 @@ class StatsTest(DriverTestCase):
         # Nothing the other helpers count yet has happened.
         self.assertEqual((stats["tasks_cancelled"], stats["tasks_expired"], stats["worker_deaths"]), (0, 0, 0))
 
+    def test_cancelled_and_expired_tasks_leave_the_counts(self):
+        gate = self.gate()
+        d = self.make_driver(
+            config=f'{{"gate": "{gate}"}}',
+            engine=f"{ENGINES}:GateEngine",
+            n_subprocesses=1,
+            prefetch=1,
+            max_tasks=10,
+            result_ttl=0.3,
+        )
+        running, prefetched, pending = (d.submit([0.0, 0.0], ["a", "b", "c"], n)[1] for n in (1, 2, 3))
+        self.assertTrue(wait_until(lambda: d.stats()["tasks_running"] == 1))
+
+        def counts():
+            stats = d.stats()
+            keys = ("tasks_held", "tasks_queued", "tasks_running", "tasks_finished", "tasks_cancelled", "tasks_expired")
+            return tuple(stats[k] for k in keys)
+
+        self.assertEqual(counts(), (3, 2, 1, 0, 0, 0))
+        self.assertTrue(d.cancel(running))  # its worker still runs it, but it is no longer held
+        self.assertEqual(counts(), (2, 2, 0, 0, 1, 0))
+        self.assertTrue(d.cancel(pending))
+        self.assertEqual(counts(), (1, 1, 0, 0, 2, 0))
+        open(gate, "w").close()
+        self.assertTrue(wait_until(lambda: counts()[3] == 1))
+        self.assertEqual(counts(), (1, 0, 0, 1, 2, 0))
+        self.assertTrue(wait_until(lambda: counts()[5] == 1))  # nobody retrieved it within 0.3 s
+        self.assertEqual(counts(), (0, 0, 0, 0, 2, 1))
+        self.assertEqual(d.retrieve(prefetched)[0], 9)
+        _, done, _ = d.submit([0.0, 0.0], ["a", "b", "c"], 4)
+        self.assertTrue(wait_until(lambda: counts()[3] == 1))
+        self.assertTrue(d.cancel(done))  # a finished one
+        self.assertEqual(counts(), (0, 0, 0, 0, 3, 1))
+        stats = d.stats()
+        self.assertEqual(
+            (stats["tasks_done"], stats["tasks_failed"]), (2, 0)
+        )  # the cancelled running one never answered
+
     def test_prefetched_tasks_count_as_queued(self):
         gate = self.gate()
         d = self.make_driver(
