@@ -231,6 +231,44 @@ fn stats_count_tasks_in_every_state() {
 }
 
 #[test]
+fn cancelled_expired_and_dropped_futures_show_in_stats() {
+    let gate = gate_path();
+    let driver =
+        Driver::new(DriverOptions { result_ttl: Some(Duration::from_millis(300)), ..engine_options("GateEngine", 1) })
+            .unwrap();
+    driver.initialize(&format!(r#"{{"gate": "{}"}}"#, gate.display()), &FLOAT_NAMES, &ONE_STR).unwrap();
+    let counts = |stats: &DriverStats| {
+        (
+            stats.tasks_held,
+            stats.tasks_queued,
+            stats.tasks_running,
+            stats.tasks_finished,
+            stats.tasks_cancelled,
+            stats.tasks_expired,
+        )
+    };
+    let [running, prefetched, queued] = [1, 2, 3].map(|n| accepted(&driver, &[0.0, 0.0], &["gated"], n));
+    let stats = stats_when(&driver, |stats| stats.tasks_running == 1);
+    assert_eq!(counts(&stats), (3, 2, 1, 0, 0, 0));
+    assert!(driver.cancel(running), "its worker still runs it, but it is no longer held");
+    assert_eq!(counts(&driver.stats().unwrap()), (2, 2, 0, 0, 1, 0));
+    // A future dropped before it answers cancels its task too.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let timed_out =
+        runtime.block_on(async { tokio::time::timeout(Duration::from_millis(20), driver.wait_async(queued)).await });
+    assert!(timed_out.is_err(), "a gated task cannot have finished: {timed_out:?}");
+    assert_eq!(counts(&driver.stats().unwrap()), (1, 1, 0, 0, 2, 0));
+    std::fs::write(&gate, "").unwrap();
+    let stats = stats_when(&driver, |stats| stats.tasks_finished == 1);
+    assert_eq!(counts(&stats), (1, 0, 0, 1, 2, 0));
+    let stats = stats_when(&driver, |stats| stats.tasks_expired == 1); // nobody retrieved it in 300 ms
+    assert_eq!(counts(&stats), (0, 0, 0, 0, 2, 1));
+    assert_eq!(driver.retrieve(prefetched).status, ResultStatus::Error);
+    // The cancelled running task's answer was discarded, not counted.
+    assert_eq!((stats.tasks_done, stats.tasks_failed), (1, 0));
+}
+
+#[test]
 fn run_time_percentiles_are_at_least_the_models_sleeps() {
     // Every demo task sleeps (z % 100 + 1) * 0.1 ms: each run time is at least its task's
     // sleep, so each percentile of run times is at least the same percentile of sleeps.
@@ -444,6 +482,26 @@ fn drain_lets_held_tasks_finish_and_refuses_new_ones() {
     assert_eq!(refused.message, "the driver is finalized; submit is no longer accepted");
     assert_eq!(driver.stats().unwrap().state, DriverState::Finalized);
     assert!(pids.iter().all(|&pid| !process_exists(pid)), "workers left behind");
+}
+
+#[test]
+fn drain_does_not_wait_for_a_cancelled_task() {
+    let (driver, _gate) = gated_driver(1);
+    let driver = Arc::new(driver);
+    let key = accepted(&driver, &[0.0, 0.0], &["gated"], 1);
+    let drainer = {
+        let driver = Arc::clone(&driver);
+        thread::spawn(move || driver.drain(Duration::from_secs(3600)))
+    };
+    stats_when(&driver, |stats| stats.state == DriverState::Draining);
+    assert!(driver.cancel(key));
+    let start = Instant::now();
+    while !drainer.is_finished() {
+        assert!(start.elapsed() < PATIENCE, "drain still waits for a cancelled task");
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(drainer.join().unwrap(), 0);
+    assert_eq!(driver.stats().unwrap().state, DriverState::Finalized);
 }
 
 #[test]

@@ -157,10 +157,15 @@ impl Driver {
 
     /// Submits one task. Never fails: a refusal is a status and a message.
     ///
-    /// An accepted task holds one of [`DriverOptions::max_tasks`] slots until its answer is
-    /// retrieved, by [`retrieve`](Self::retrieve) or [`wait`](Self::wait) answering `Done` or
-    /// `Failed` (a finished task whose answer nobody retrieves keeps its slot). When the
-    /// driver holds `max_tasks` tasks, `submit` answers `AtCapacity`.
+    /// An accepted task holds one of [`DriverOptions::max_tasks`] slots until one of these:
+    /// its answer is retrieved ([`retrieve`](Self::retrieve), [`wait`](Self::wait) or
+    /// [`wait_async`](Self::wait_async) answering `Done` or `Failed`); it is cancelled
+    /// ([`cancel`](Self::cancel), or its `wait_async` future dropped unanswered); or, once
+    /// finished, nobody retrieves it within [`DriverOptions::result_ttl`] (it expires). So a
+    /// key that is abandoned (a request that timed out, a handler that panicked) frees its
+    /// slot at the latest `result_ttl` after its task finishes; with `result_ttl: None` it
+    /// keeps it until retrieved. When the driver holds `max_tasks` tasks, `submit` answers
+    /// `AtCapacity`.
     pub fn submit(&self, float_features: &[f64], str_features: &[impl AsRef<str>], int_feature: i64) -> TaskReceipt {
         let str_features: Vec<&str> = str_features.iter().map(AsRef::as_ref).collect();
         let answer = {

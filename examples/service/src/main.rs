@@ -150,26 +150,23 @@ async fn score(
         // The features were checked above: the driver is draining, finalized or broken.
         SubmitStatus::Error => return error(StatusCode::SERVICE_UNAVAILABLE, receipt.message),
     }
-    let key = receipt.key;
-    let driver = Arc::clone(&app.driver);
-    let waited = tokio::task::spawn_blocking(move || driver.wait(key, timeout)).await;
-    let result = match waited {
-        Ok(result) => result,
-        Err(join_error) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("waiting failed: {join_error}")),
+    // Woken by the task's completion, holding no thread while it waits. If the time runs
+    // out (or the client goes away and axum drops this handler), the future is dropped,
+    // which cancels the task: its slot is free at once.
+    let Ok(result) = tokio::time::timeout(timeout, app.driver.wait_async(receipt.key)).await else {
+        return error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("the model did not answer within {} ms", timeout.as_millis()),
+        );
     };
     match result.status {
         ResultStatus::Done => (StatusCode::OK, Json(json!({ "value": result.value }))).into_response(),
-        ResultStatus::NotReady => {
-            // Nobody will retrieve this answer: collect it when it comes, so that the task
-            // does not hold its slot for ever.
-            let driver = Arc::clone(&app.driver);
-            tokio::task::spawn_blocking(move || driver.wait(key, Duration::from_secs(24 * 3600)));
-            error(StatusCode::GATEWAY_TIMEOUT, format!("the model did not answer within {} ms", timeout.as_millis()))
-        }
         ResultStatus::Failed => {
             error(StatusCode::INTERNAL_SERVER_ERROR, format!("the model failed: {}", result.message))
         }
-        ResultStatus::Error => error(StatusCode::INTERNAL_SERVER_ERROR, result.message),
+        // wait_async answers once the task is finished: NotReady cannot come, and Error would
+        // be a bug (the key was just issued to this request alone).
+        ResultStatus::NotReady | ResultStatus::Error => error(StatusCode::INTERNAL_SERVER_ERROR, result.message),
     }
 }
 
