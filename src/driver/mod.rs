@@ -323,8 +323,10 @@ impl Driver {
     ///
     /// From the call on, [`submit`](Self::submit) answers `Error` with a message that says the
     /// driver is draining (then, once it is finalized, that it is finalized). Queued and
-    /// running tasks go on; [`retrieve`](Self::retrieve) and [`wait`](Self::wait) work as
-    /// usual meanwhile, and answers finished in time can still be retrieved after. When every
+    /// running tasks go on; [`retrieve`](Self::retrieve), [`wait`](Self::wait),
+    /// [`wait_async`](Self::wait_async) and [`cancel`](Self::cancel) work as usual meanwhile
+    /// (a cancelled task is not waited for), and answers finished in time can still be
+    /// retrieved after (within `result_ttl`). When every
     /// held task has finished, or `timeout` has passed, the driver is finalized: the tasks
     /// still unfinished answer `Failed`, and their number is returned. Holds neither the
     /// driver's mutex nor the GIL while it waits. A driver not initialized, or finalized

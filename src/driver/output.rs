@@ -65,11 +65,13 @@ pub struct WorkerLine {
 ///
 /// It is called on the driver's output thread (a Python thread, with the GIL released), one
 /// line at a time, in the order the lines were read; events come after the output their
-/// worker wrote before them. It should return quickly: while it runs, no other line is
-/// handed on, and a worker whose output pipe fills up waits in its next write. It may call
-/// the driver (even `finalize`, which then does not wait for the output thread); it should
-/// not keep the driver alive (hold a `Weak`, not an `Arc`), or the driver never drops. A
-/// panic is caught: the line then goes to stderr, and the first failure is reported there.
+/// worker wrote before them. It should return quickly (log the line, count it): while it
+/// runs, no other line is handed on, and a worker whose output pipe fills up waits in its
+/// next write. It may call the driver; but `finalize` (or `drop`) on another thread waits up
+/// to 3 s for the output thread, so a callback that then calls a method taking the driver's
+/// mutex (`submit`, `cancel`, `finalize`, ...) holds that finalize up as long. It should not
+/// keep the driver alive (hold a `Weak`, not an `Arc`), or the driver never drops. A panic
+/// is caught: the line then goes to stderr, and the first failure is reported there.
 ///
 /// ```
 /// use rs4py::{WorkerOutput, WorkerStream};
