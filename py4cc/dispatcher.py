@@ -6,7 +6,8 @@ the wake-up pipe, with a timeout set by the nearest deadline (``task_timeout``,
 ``init_timeout``, a slot's next restart). It records the workers' answers, hands queued
 tasks on, and deals with workers that die, overrun a deadline or fail to start: their
 running task fails, the tasks queued behind it go back to the queue, and their slot starts
-a replacement (:mod:`py4cc.recovery`).
+a replacement (:mod:`py4cc.recovery`). It also drops the finished results nobody
+retrieved within ``result_ttl``.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class Dispatcher(threading.Thread):
         wake_fd = pool.wakeup.read_fd
         task_timeout = pool.options.task_timeout
         init_timeout = pool.options.init_timeout
+        result_ttl = pool.options.result_ttl
         while True:
             with pool.lock:
                 if pool.closed:
@@ -120,6 +122,10 @@ class Dispatcher(threading.Thread):
                 restart = recovery.next_restart(pool)
                 if restart is not None:
                     deadlines.append(restart)
+                if result_ttl is not None:
+                    next_expiry = pool.expire_results(time.monotonic())
+                    if next_expiry is not None:
+                        deadlines.append(next_expiry)
                 timeout: float | None = None
                 if deadlines:
                     timeout = max(0.0, min(deadlines) - time.monotonic())
@@ -177,6 +183,7 @@ class Dispatcher(threading.Thread):
                     if w.queue and w.queue[0].key == report.key:
                         now = time.monotonic()
                         pool.note_run_time(now - w.head_started)
+                        pool.run_times.add(report.run_s)
                         pool.complete(w.queue.popleft(), report.flag, report.value, report.message)
                         if w.queue:
                             pool.start_head(w, now)
@@ -187,6 +194,7 @@ class Dispatcher(threading.Thread):
                 elif isinstance(report, InitFailed):
                     w.dead = True  # it exits by itself; its exit is a failed start
                     w.failure = report.traceback
+                    pool.event(w.pid, f"failed to initialise its engine:\n{report.traceback}")
                 pool.dispatch()
 
     def _reap(self, w: Worker) -> None:
@@ -206,10 +214,20 @@ class Dispatcher(threading.Thread):
                 # gone) and stops the workers it finds in pool.workers, this one included.
                 w.dead = True
                 return
+            was_ready = w.ready
             w.dead = True
             if w in pool.workers:
                 pool.workers.remove(w)
             pool.requeue_unstarted(w)
+            cause = death_cause(w, exitcode, pool.options.task_timeout, pool.options.init_timeout)
+            pool.counters.worker_deaths += 1
+            pool.counters.last_death_cause = f"worker process {w.pid} {cause}"
+            if w.queue:
+                pool.event(w.pid, f"{cause} while running task {w.queue[0].key}")
+            elif w.timed_out or w.init_timed_out:
+                pool.event(w.pid, cause)
+            elif was_ready or w.failure is None:
+                pool.event(w.pid, f"{cause} {'while idle' if was_ready else 'before it was ready'}")
             if w.queue:
                 pool.complete(
                     w.queue.popleft(),
@@ -237,6 +255,8 @@ class Dispatcher(threading.Thread):
                 w.queue.clear()
                 w.dead = True
                 w.timed_out = True
+                pool.counters.tasks_timed_out += 1
+                pool.event(w.pid, f"task {task.key} ran past task_timeout ({task_timeout:g} s): killing the worker")
                 pool.complete(
                     task,
                     FAILED,
@@ -261,5 +281,18 @@ class Dispatcher(threading.Thread):
                     continue
                 w.dead = True
                 w.init_timed_out = True
+                pool.event(w.pid, f"not ready within init_timeout ({init_timeout:g} s): killing it")
                 w.signal(signal.SIGKILL)
                 # Its exit shows up on its pidfd; _reap then notes the failed start.
+
+
+def death_cause(w: Worker, exitcode: int | None, task_timeout: float | None, init_timeout: float | None) -> str:
+    """How worker ``w`` died, in words, for stats and events."""
+    how = f"exited with {exit_text(exitcode)}"
+    if w.timed_out and task_timeout is not None:
+        return f"{how}, killed because its task ran past task_timeout ({task_timeout:g} s)"
+    if w.init_timed_out and init_timeout is not None:
+        return f"{how}, killed because it was not ready within init_timeout ({init_timeout:g} s)"
+    if w.failure is not None:
+        return f"{how} after its engine failed to initialise"
+    return how

@@ -17,6 +17,7 @@ import os
 import signal
 import time
 from collections import deque
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from .lifeline import Lifeline, host_read_end
@@ -37,13 +38,14 @@ class Worker:
     """
 
     __slots__ = (
-        "conn", "dead", "eof", "failure", "forkserver_pid", "head_started", "init_timed_out", "pid",
+        "conn", "dead", "eof", "failure", "forkserver_pid", "head_started", "init_timed_out", "output_fds", "pid",
         "pidfd", "process", "queue", "ready", "slot", "started", "timed_out",
     )  # fmt: skip
 
-    def __init__(self, process: Any, conn: Any) -> None:
+    def __init__(self, process: Any, conn: Any, output_fds: tuple[int, int] | None = None) -> None:
         self.process = process
         self.conn = conn
+        self.output_fds = output_fds  # the read ends of its stdout and stderr pipes, until handed on
         self.pid: int = process.pid
         self.pidfd = open_pidfd(self.pid)
         self.forkserver_pid = _forkserver_pid() if process._popen.method == "forkserver" else None
@@ -109,6 +111,12 @@ class Worker:
                 close()
             except Exception:
                 pass
+        for fd in self.output_fds or ():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.output_fds = None
 
     def usable(self) -> bool:
         return self.ready and not self.dead
@@ -150,26 +158,38 @@ def _forkserver_pid() -> int | None:
 
 
 def start_worker(ctx: Any, setup: WorkerSetup, inherited_fds: list[int] | None) -> Worker:
-    """Start one worker process (not yet ready) in the ``multiprocessing`` context ``ctx``.
+    """Start one worker process (not yet ready) in the ``multiprocessing`` context ``ctx``,
+    its stdout and stderr going to two new pipes whose read ends are ``output_fds``.
 
     ``inherited_fds`` (with "fork", else None): the parent's descriptors that the child
     inherits and must close, so that it sees EOF when the parent goes away; the parent's
     end of the child's own pipe is added here. Raises on failure.
     """
     parent_conn, child_conn = multiprocessing.Pipe(duplex=True)
-    close_fds = [] if inherited_fds is None else [*inherited_fds, parent_conn.fileno()]
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    writers = (Connection(out_write, readable=False), Connection(err_write, readable=False))
+    close_fds = [] if inherited_fds is None else [*inherited_fds, parent_conn.fileno(), out_read, err_read]
     lifeline = Lifeline(host_read_end())
     process = ctx.Process(
-        target=worker_main, args=(child_conn, setup, close_fds, lifeline), name="py4cc-worker", daemon=False
+        target=worker_main,
+        args=(child_conn, setup, close_fds, writers, lifeline),
+        name="py4cc-worker",
+        daemon=False,
     )
     try:
         process.start()
     except BaseException:
         parent_conn.close()
-        child_conn.close()
+        os.close(out_read)
+        os.close(err_read)
         raise
-    child_conn.close()
-    return Worker(process, parent_conn)
+    finally:
+        # Only the child may hold the write ends: its pipes end when it does.
+        child_conn.close()
+        for writer in writers:
+            writer.close()
+    return Worker(process, parent_conn, (out_read, err_read))
 
 
 def wait_ready(workers: list[Worker], engine: str, init_timeout: float | None) -> None:

@@ -11,9 +11,10 @@ While no worker is ready and a slot has failed to start one, the pool is unavail
 ``submit`` answers ERROR with the last cause, and the tasks that were waiting fail with
 it. As soon as a worker is ready again, ``submit`` accepts: nobody has to call anything.
 
-For monitoring, the pool keeps ``last_worker_failure`` (the text of the last failed
-start, an Engine's traceback included), ``replacement_failures`` (how many starts failed
-since ``initialize``), and each slot's ``degraded`` state.
+For monitoring (``Driver.stats()``), the pool keeps ``last_worker_failure`` (the text of
+the last failed start, an Engine's traceback included), ``counters.replacement_failures``
+(how many starts failed since ``initialize``), and each slot's ``degraded`` state; each
+failed start and each restart is also an event of the workers' output.
 
 Functions named ``note_*`` and ``unavailable`` are called with the pool's lock held.
 """
@@ -24,6 +25,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING
 
+from .processes import stop_workers
 from .protocol import FAILED, RESTART_BACKOFF_FIRST_S, RESTART_BACKOFF_MAX_S, exit_text
 
 if TYPE_CHECKING:
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 class Slot:
     """One of the pool's places for a worker process."""
 
-    __slots__ = ("failures", "index", "last_failure", "restart_at", "worker")
+    __slots__ = ("failures", "index", "last_failure", "last_pid", "restart_at", "worker")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -42,6 +44,7 @@ class Slot:
         self.failures = 0  # failed starts in a row
         self.restart_at: float | None = None  # when to start a worker (monotonic), if due
         self.last_failure: str | None = None  # why its last start failed
+        self.last_pid = 0  # the pid of its latest worker
 
     @property
     def degraded(self) -> bool:
@@ -60,6 +63,7 @@ def attach(pool: Pool, slot: Slot, worker: Worker) -> None:
     """``worker`` (just started) fills ``slot``."""
     slot.worker = worker
     slot.restart_at = None
+    slot.last_pid = worker.pid
     worker.slot = slot
     pool.workers.append(worker)
 
@@ -99,10 +103,12 @@ def note_failed_start(pool: Pool, slot: Slot, cause: str) -> None:
     """A start failed: back off, remember why, and if no worker is ready, fail the tasks
     waiting for one."""
     slot.failures += 1
-    slot.restart_at = time.monotonic() + backoff_delay(slot.failures)
+    delay = backoff_delay(slot.failures)
+    slot.restart_at = time.monotonic() + delay
     slot.last_failure = cause
     pool.last_worker_failure = cause
-    pool.replacement_failures += 1
+    pool.counters.replacement_failures += 1
+    pool.event(0, f"worker slot {slot.index}: start failed ({slot.failures} in a row), next attempt in {delay:g} s")
     if not any(w.usable() for w in pool.workers):
         message = f"no worker process is ready to run this task: {cause}"
         while pool.pending:
@@ -135,10 +141,10 @@ def restart_due(pool: Pool) -> None:
     """Start a worker in every slot whose time has come; called without the lock, by the
     dispatcher (a start that fails is noted and backed off)."""
     with pool.lock:
-        if pool.closed:
-            return
         now = time.monotonic()
         due = [s for s in pool.slots if s.worker is None and s.restart_at is not None and s.restart_at <= now]
+        if pool.closed:
+            due = []
         for slot in due:
             slot.restart_at = None
     for slot in due:
@@ -152,8 +158,9 @@ def restart_due(pool: Pool) -> None:
         with pool.lock:
             stop = pool.closed
             if not stop:
+                replaced = slot.last_pid
                 attach(pool, slot, new)
+                again = f" (after {slot.failures} failed starts)" if slot.failures else ""
+                pool.event(new.pid, f"started, replacing worker process {replaced}{again}")
         if stop:
-            from .processes import stop_workers
-
             stop_workers([new])

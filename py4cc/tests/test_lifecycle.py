@@ -209,7 +209,7 @@ class RestartBeforeReadyTest(DriverTestCase):
             self.assertIn("exited before it was ready, with exit code 4", message)
             self.assertIn("keeps restarting", message)
             # It keeps trying, past the 3 attempts it once gave up after.
-            self.assertTrue(wait_until(lambda: d._pool.replacement_failures >= 5, timeout=30))
+            self.assertTrue(wait_until(lambda: d._pool.counters.replacement_failures >= 5, timeout=30))
 
 
 class InitTimeoutTest(DriverTestCase):
@@ -283,7 +283,7 @@ class InitTimeoutTest(DriverTestCase):
             flag, key, message = d.submit([0.0, 0.0], ["a", "b", "c"], 7)
             self.assertEqual((flag, key), (9, 0))
             self.assertIn("did not become ready within the 0.5 s start-up limit", message)
-            self.assertTrue(wait_until(lambda: d._pool.replacement_failures >= 2, timeout=20))
+            self.assertTrue(wait_until(lambda: d._pool.counters.replacement_failures >= 2, timeout=20))
             # Once Engine.initialize is quick again, the driver serves again by itself.
             os.remove(marker)
             answers = []

@@ -63,7 +63,7 @@ class KillStormTest(DriverTestCase):
         self.assertGreater(len(killed), 4)
         self.assertTrue(wait_until(lambda: ready_workers(d) == 2, timeout=90), d._pool.last_worker_failure)
         pool = d._pool
-        self.assertGreater(pool.replacement_failures, 0)
+        self.assertGreater(pool.counters.replacement_failures, 0)
         self.assertIn("exited before it was ready, with exit code -9 (killed by SIGKILL)", pool.last_worker_failure)
         self.assertFalse(any(slot.degraded for slot in pool.slots))
         answers = [d.submit(*TASK, n) for n in range(100)]
@@ -100,7 +100,7 @@ class FailingRestartTest(DriverTestCase):
             self.assertIn("no worker process is ready to run this task", message)
             self.assertIn("the marker file exists", message)
             # Several restarts fail, each with the Engine's traceback.
-            self.assertTrue(wait_until(lambda: pool.replacement_failures >= 3, timeout=30))
+            self.assertTrue(wait_until(lambda: pool.counters.replacement_failures >= 3, timeout=30))
             flag, key, message = d.submit(*TASK, 3)
             self.assertEqual((flag, key), (9, 0))
             self.assertIn("no worker process is ready", message)
@@ -130,7 +130,7 @@ class FailingRestartTest(DriverTestCase):
             with open(marker, "w") as handle:
                 handle.write("exit")  # Engine.initialize: os._exit(4)
             os.kill(victim, signal.SIGKILL)
-            self.assertTrue(wait_until(lambda: pool.replacement_failures >= 5, timeout=30))
+            self.assertTrue(wait_until(lambda: pool.counters.replacement_failures >= 5, timeout=30))
             self.assertIn("exited before it was ready, with exit code 4", pool.last_worker_failure)
             self.assertEqual(sum(slot.degraded for slot in pool.slots), 1)
             # The other worker serves meanwhile: submit accepts.
