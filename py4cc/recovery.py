@@ -108,7 +108,9 @@ def note_failed_start(pool: Pool, slot: Slot, cause: str) -> None:
     slot.last_failure = cause
     pool.last_worker_failure = cause
     pool.counters.replacement_failures += 1
-    pool.event(0, f"worker slot {slot.index}: start failed ({slot.failures} in a row), next attempt in {delay:g} s")
+    pool.event(
+        0, f"worker slot {slot.index}: start failed ({slot.failures} in a row), next attempt in {delay:g} s: {cause}"
+    )
     if not any(w.usable() for w in pool.workers):
         message = f"no worker process is ready to run this task: {cause}"
         while pool.pending:

@@ -11,9 +11,10 @@ import tempfile
 import time
 import unittest
 
+from py4cc.driver import Driver
 from py4cc.recovery import backoff_delay
 
-from .support import DriverTestCase, pid_running, ready_workers, wait_until
+from .support import FLOAT_NAMES, STR_NAMES, DriverTestCase, add_engines_dir, pid_running, ready_workers, wait_until
 
 ENGINES = "py4cc_user_engines"
 TASK = ([0.0, 0.0], ["a", "b", "c"])
@@ -40,7 +41,9 @@ class KillStormTest(DriverTestCase):
     Before per-slot recovery it gave up after 3 deaths in a row (shared by all slots)."""
 
     def storm(self, method):
+        events = []
         d = self.make_driver(
+            worker_output=lambda pid, stream, line: events.append(line) if stream == "event" else None,
             n_subprocesses=2,
             start_method=method,
             engine=f"{ENGINES}:SlowInitEngine",
@@ -61,16 +64,25 @@ class KillStormTest(DriverTestCase):
                     pass
             time.sleep(0.05)
         self.assertGreater(len(killed), 4)
+        calm = time.monotonic()
         self.assertTrue(wait_until(lambda: ready_workers(d) == 2, timeout=90), d._pool.last_worker_failure)
+        back = time.monotonic() - calm
         pool = d._pool
         self.assertGreater(pool.counters.replacement_failures, 0)
         self.assertIn("exited before it was ready, with exit code -9 (killed by SIGKILL)", pool.last_worker_failure)
         self.assertFalse(any(slot.degraded for slot in pool.slots))
+        # Each failed start was told as an event, with its cause and the next attempt.
+        told = [line for line in events if "start failed" in line]
+        self.assertTrue(told, events)
+        self.assertIn("next attempt in", told[-1])
+        self.assertIn("exited before it was ready", told[-1])
         answers = [d.submit(*TASK, n) for n in range(100)]
         self.assertEqual([flag for flag, _, _ in answers], [0] * 100)
         results = [d.wait(key, 30) for _, key, _ in answers]
         self.assertEqual(results, [(0, 1 + 2 * n, "") for n in range(100)])
         self.assertTrue(wait_until(lambda: not any(map(pid_running, killed)), timeout=10))
+        failed = pool.counters.replacement_failures
+        print(f"\n{method}: {len(killed)} kills, {failed} failed starts, full strength {back:.1f} s after", end=" ")
 
     def test_storm_with_forkserver(self):
         self.storm("forkserver")
@@ -141,6 +153,35 @@ class FailingRestartTest(DriverTestCase):
             os.remove(marker)
             self.assertTrue(wait_until(lambda: ready_workers(d) == 2, timeout=60))
             self.assertFalse(any(slot.degraded for slot in pool.slots))
+
+
+class ExitingEngineTest(DriverTestCase):
+    def test_os_exit_in_initialize_at_the_first_start_fails_initialize(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            marker = os.path.join(tmp, "marker")
+            with open(marker, "w") as handle:
+                handle.write("exit")  # Engine.initialize: os._exit(4)
+            d = Driver(n_subprocesses=2, engine=f"{ENGINES}:StartupTroubleEngine")
+            self.addCleanup(d.finalize)
+            add_engines_dir()
+            with self.assertRaises(RuntimeError) as caught:
+                d.initialize(json.dumps({"marker": marker}), FLOAT_NAMES, STR_NAMES)
+        self.assertIn(
+            "exited before its engine 'py4cc_user_engines:StartupTroubleEngine' was ready", str(caught.exception)
+        )
+        self.assertIn("with exit code 4", str(caught.exception))
+        self.assertEqual(d.worker_pids(), [])
+
+    def test_os_exit_in_run_fails_that_task_and_the_worker_is_replaced(self):
+        d = self.make_driver(engine=f"{ENGINES}:ExitingEngine")
+        [pid] = d.worker_pids()
+        _, key, _ = d.submit(*TASK, 3)  # ExitingEngine: os._exit(3) for 3
+        flag, _, message = d.wait(key, 20)
+        self.assertEqual(flag, 2)
+        self.assertIn(f"(pid {pid}) running this task died with exit code 3", message)
+        self.assertFalse(pid_running(pid))
+        _, key, _ = d.submit(*TASK, 5)
+        self.assertEqual(d.wait(key, 20), (0, 5, ""))
 
 
 class HangingEngineTest(DriverTestCase):
