@@ -92,13 +92,11 @@ fn run_tasks(driver: &Arc<Driver>, from: u64, to: u64, threads: usize, wrong: &A
                         thread::sleep(Duration::from_micros(100));
                     };
                     let result = driver.wait(receipt.key, Duration::from_secs(60));
-                    if receipt.status != SubmitStatus::Accepted
-                        || result.status != ResultStatus::Done
-                        || result.value != int_feature + 1
-                    {
-                        if wrong.fetch_add(1, Ordering::Relaxed) < 5 {
-                            eprintln!("task {n}: {receipt:?} {result:?}");
-                        }
+                    let right = receipt.status == SubmitStatus::Accepted
+                        && result.status == ResultStatus::Done
+                        && result.value == int_feature + 1;
+                    if !right && wrong.fetch_add(1, Ordering::Relaxed) < 5 {
+                        eprintln!("task {n}: {receipt:?} {result:?}");
                     }
                 }
             })
