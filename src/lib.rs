@@ -44,7 +44,7 @@ mod gil;
 mod interpreter;
 mod object;
 
-pub use convert::{FromPython, IntoArgs, IntoKwargs, ToPython};
+pub use convert::{Bytes, FromPython, IntoArgs, IntoKwargs, ToPython};
 pub use driver::{Driver, DriverOptions, ResultStatus, StartMethod, SubmitStatus, TaskReceipt, TaskResult};
 pub use error::{Error, PythonException, Result};
 pub use gil::{Gil, GilToken};
