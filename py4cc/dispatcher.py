@@ -18,7 +18,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from .processes import stop_workers
-from .protocol import FAILED, STARTUP_RETRIES, Answer, InitFailed, Ready, decode_report, exit_text
+from .protocol import FAILED, STARTUP_RETRIES, Answer, InitFailed, Ready, decode_report, exit_text, unpickle_answer
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -165,6 +165,8 @@ class Dispatcher(threading.Thread):
                 except Exception:
                     pass
                 return
+            if type(report) is Answer and report.pickled:
+                report = unpickle_answer(report)  # a general task's answer, not under the lock
             with pool.lock:
                 if pool.closed:
                     return  # stop has begun (and failed every unfinished task)

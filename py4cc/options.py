@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .protocol import DEFAULT_ENGINE, MAX_WORKERS, describe, short_repr
+from .protocol import DEFAULT_CALL_METHOD, DEFAULT_ENGINE, MAX_WORKERS, PRELOAD_CHOICES, describe, short_repr
 from .worker import WorkerSetup
 
 
@@ -33,6 +33,9 @@ class Options:
     """How many tasks may wait behind a busy worker's current one, >= 0."""
     setup: WorkerSetup
     """What each worker builds its Engine from."""
+    preload: str | None = None
+    """None, ``"module"`` or ``"engine"``: what the parent loads before workers start
+    (:mod:`py4cc.preload`); never set with ``spawn``."""
 
 
 def build_options(
@@ -48,6 +51,8 @@ def build_options(
     init_timeout: Any,
     prefetch: Any,
     engine: Any,
+    call_method: Any = DEFAULT_CALL_METHOD,
+    preload: Any = None,
 ) -> Options:
     """Check every option (in this order) and resolve ``n_subprocesses``.
 
@@ -64,6 +69,8 @@ def build_options(
     start_limit = check_timeout("init_timeout", init_timeout)
     ahead = check_int_at_least("prefetch", prefetch, 0)
     engine = check_engine(engine)
+    method_name = check_call_method(call_method)
+    preloaded = check_preload(preload, method)
     return Options(
         start_method=method,
         n_subprocesses=workers,
@@ -71,7 +78,8 @@ def build_options(
         task_timeout=run_limit,
         init_timeout=start_limit,
         prefetch=ahead,
-        setup=WorkerSetup(engine, config, float_names, str_names, dict(extra)),
+        setup=WorkerSetup(engine, config, float_names, str_names, dict(extra), method_name),
+        preload=preloaded,
     )
 
 
@@ -159,3 +167,21 @@ def check_engine(engine: Any) -> str:
     if spec is None:
         raise ImportError(f"engine module {module_name!r} was not found on sys.path")
     return engine
+
+
+def check_call_method(name: Any) -> str:
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"call_method must be the name of the engine's method (an identifier), got {short_repr(name)}")
+    return name
+
+
+def check_preload(preload: Any, start_method: str) -> str | None:
+    if preload not in PRELOAD_CHOICES:
+        choices = ", ".join(map(repr, PRELOAD_CHOICES))
+        raise ValueError(f"preload must be one of {choices}; got {short_repr(preload)}")
+    if preload is not None and start_method == "spawn":
+        raise ValueError(
+            f"preload={preload!r} needs start_method 'fork' or 'forkserver': a spawned worker "
+            f"starts a fresh interpreter and inherits nothing from this process"
+        )
+    return preload

@@ -17,11 +17,13 @@ import multiprocessing.util  # imported before our exit hook is registered, so t
 import os
 import threading
 import time
+import traceback
 from collections import deque
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 from .dispatcher import Dispatcher, WakeUp
 from .options import Options
+from .preload import preload
 from .processes import Worker, start_worker, stop_workers, wait_ready
 from .protocol import (
     AT_CAPACITY,
@@ -34,13 +36,16 @@ from .protocol import (
     OK,
     PREFETCH_BYTES,
     Call,
+    GeneralCall,
+    call_wire_size,
     encode_call,
     unknown_key,
     wire_size,
 )
 
-FlagAnswer = tuple[int, int, str]
-"""``(flag, key or value, message)``, as the Driver's calls answer."""
+FlagAnswer = tuple[int, Any, str]
+"""``(flag, key or value, message)``, as the Driver's calls answer (a general task's value
+may be anything)."""
 
 
 class Backend(Protocol):
@@ -51,6 +56,8 @@ class Backend(Protocol):
       (having stopped what it started).
     * ``submit(floats, strs, n)``: take a checked task: ``(OK, key, "")``, ``(AT_CAPACITY,
       0, CAPACITY_MESSAGE)`` or ``(ERROR, 0, why)`` (stopping, or no worker can run it).
+    * ``submit_call(payload)``: the same for a general task, ``payload`` the pickled
+      ``(args, kwargs)`` of ``Driver.submit_call``; same capacity, keys and answers.
     * ``collect(key)``: a task's answer without blocking, as ``Driver.retrieve`` gives it.
     * ``wait(key, limit)``: block up to ``limit`` seconds (None: no limit) until the task is
       finished or the backend stops, then answer as ``collect``.
@@ -63,6 +70,7 @@ class Backend(Protocol):
 
     def start(self) -> None: ...
     def submit(self, float_features: list[float], str_features: list[str], int_feature: int) -> FlagAnswer: ...
+    def submit_call(self, payload: bytes) -> FlagAnswer: ...
     def collect(self, key: int) -> FlagAnswer: ...
     def wait(self, key: int, limit: float | None) -> FlagAnswer: ...
     def worker_pids(self) -> list[int]: ...
@@ -76,13 +84,13 @@ class Task:
 
     __slots__ = ("call", "deadline", "done", "event", "flag", "key", "message", "size", "value", "worker")
 
-    def __init__(self, call: Call, size: int) -> None:
+    def __init__(self, call: Call | GeneralCall, size: int) -> None:
         self.key = call.key
-        self.call: Call | None = call  # dropped once the task is done
+        self.call: Call | GeneralCall | None = call  # dropped once the task is done
         self.size = size  # wire_size of its call
         self.done = False
         self.flag = NOT_FINISHED
-        self.value = 0
+        self.value: object = 0
         self.message = NOT_FINISHED_MESSAGE
         self.event: threading.Event | None = None  # made by the first wait
         self.worker: Worker | None = None
@@ -113,12 +121,14 @@ class Pool:
         self.wakeup = WakeUp()
         self.dispatcher: Dispatcher | None = None
         self.owner_pid = os.getpid()  # a forked copy of this process must not stop the workers
+        self.preloaded: object = None  # the Engine "fork" workers inherit (preload="engine")
 
     # -- the Backend interface ------------------------------------------------------------
 
     def start(self) -> None:
         _LIVE_POOLS.add(self)
         try:
+            self.preload_engine()
             workers: list[Worker] = []
             try:
                 for _ in range(self.options.n_subprocesses):
@@ -140,6 +150,13 @@ class Pool:
 
     def submit(self, float_features: list[float], str_features: list[str], int_feature: int) -> FlagAnswer:
         size = wire_size(float_features, str_features, int_feature)
+        return self.admit(lambda key: Call(key, float_features, str_features, int_feature), size)
+
+    def submit_call(self, payload: bytes) -> FlagAnswer:
+        return self.admit(lambda key: GeneralCall(key, payload), call_wire_size(payload))
+
+    def admit(self, make_call: Callable[[int], Call | GeneralCall], size: int) -> FlagAnswer:
+        """Take the task ``make_call(key)`` of ``size`` wire bytes, unless stopping, broken or full."""
         with self.lock:
             if self.closed:
                 return ERROR, 0, FINALIZED_MESSAGE
@@ -149,7 +166,7 @@ class Pool:
                 return AT_CAPACITY, 0, CAPACITY_MESSAGE
             key = self.next_key
             self.next_key += 1
-            task = Task(Call(key, float_features, str_features, int_feature), size)
+            task = Task(make_call(key), size)
             self.tasks[key] = task
             self.pending.append(task)
             if self.dispatch():
@@ -194,6 +211,16 @@ class Pool:
 
     # -- starting workers -----------------------------------------------------------------
 
+    def preload_engine(self) -> None:
+        """Load what ``preload`` asks for before the first worker starts (py4cc.preload)."""
+        try:
+            self.preloaded = preload(self.options.setup, self.options.start_method, self.options.preload)
+        except BaseException as exc:
+            raise RuntimeError(
+                f"Driver.initialize: preloading ({self.options.preload!r}) the engine "
+                f"{self.options.setup.engine!r} in this process failed:\n{traceback.format_exc()}"
+            ) from exc
+
     def start_worker(self) -> Worker:
         """Start one worker process (not yet ready). Raises on failure."""
         inherited_fds = None
@@ -201,17 +228,18 @@ class Pool:
             with self.lock:
                 inherited_fds = [w.conn.fileno() for w in self.workers if not w.conn.closed]
             inherited_fds += self.wakeup.fds()
-        return start_worker(self.ctx, self.options.setup, inherited_fds)
+        return start_worker(self.ctx, self.options.setup, inherited_fds, self.preloaded)
 
     # -- tasks (all called with self.lock held) --------------------------------------------
 
-    def complete(self, task: Task, flag: int, value: int, message: str) -> None:
+    def complete(self, task: Task, flag: int, value: object, message: str) -> None:
         """Record a task's answer and wake its waiters (once; later answers are ignored)."""
         if task.done:
             return
         task.done = True
         task.flag = flag
-        task.value = value
+        # A failed general task answers None, whatever failed it (its Engine, a timeout...).
+        task.value = None if flag == FAILED and type(task.call) is GeneralCall else value
         task.message = message
         task.worker = None
         task.deadline = None
@@ -357,6 +385,7 @@ class Pool:
                 self.workers.clear()
                 self.wakeup.close()
             self.finished = True
+            self.preloaded = None
             _LIVE_POOLS.discard(self)
 
     def stop_when_collected(self) -> None:

@@ -55,8 +55,11 @@ class Worker:
         return self.ready and not self.dead
 
 
-def start_worker(ctx: Any, setup: WorkerSetup, inherited_fds: list[int] | None) -> Worker:
+def start_worker(ctx: Any, setup: WorkerSetup, inherited_fds: list[int] | None, engine: Any = None) -> Worker:
     """Start one worker process (not yet ready) in the ``multiprocessing`` context ``ctx``.
+
+    ``engine`` (with "fork" only, else None): an Engine built here that the child inherits
+    and uses instead of building its own (``preload="engine"``).
 
     ``inherited_fds`` (with "fork", else None): the parent's descriptors that the child
     inherits and must close, so that it sees EOF when the parent goes away; the parent's
@@ -64,7 +67,8 @@ def start_worker(ctx: Any, setup: WorkerSetup, inherited_fds: list[int] | None) 
     """
     parent_conn, child_conn = multiprocessing.Pipe(duplex=True)
     close_fds = [] if inherited_fds is None else [*inherited_fds, parent_conn.fileno()]
-    process = ctx.Process(target=worker_main, args=(child_conn, setup, close_fds), name="py4cc-worker", daemon=False)
+    args = (child_conn, setup, close_fds) if engine is None else (child_conn, setup, close_fds, engine)
+    process = ctx.Process(target=worker_main, args=args, name="py4cc-worker", daemon=False)
     try:
         process.start()
     except BaseException:

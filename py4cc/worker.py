@@ -13,15 +13,19 @@ import traceback
 from typing import Any, NamedTuple
 
 from .protocol import (
+    DEFAULT_CALL_METHOD,
     FAILED,
     OK,
     Answer,
     Call,
+    GeneralCall,
     InitFailed,
     Ready,
+    decode_arguments,
     decode_call,
     describe,
     encode_report,
+    pickle_answer,
 )
 
 
@@ -36,6 +40,8 @@ class WorkerSetup(NamedTuple):
     str_feature_names: list[str]
     extra: dict[str, Any]
     """The extra keyword arguments of ``Driver.initialize``, passed on."""
+    call_method: str = DEFAULT_CALL_METHOD
+    """The Engine's method that general tasks call."""
 
 
 def load_engine_class(engine: str) -> Any:
@@ -45,6 +51,35 @@ def load_engine_class(engine: str) -> Any:
     for part in class_name.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def build_engine(setup: WorkerSetup) -> Any:
+    """A new Engine, initialised from ``setup``, with the method general tasks call (checked
+    here, so that a wrong name fails at start rather than task by task)."""
+    engine = load_engine_class(setup.engine)()
+    engine.initialize(
+        config=setup.config,
+        float_feature_names=list(setup.float_feature_names),
+        str_feature_names=list(setup.str_feature_names),
+        **setup.extra,
+    )
+    if not callable(getattr(engine, setup.call_method, None)):
+        raise AttributeError(f"the engine {setup.engine!r} has no method {setup.call_method!r} (call_method)")
+    return engine
+
+
+def run_general(engine: Any, call_method: str, call: GeneralCall) -> Answer:
+    """Run one general task: success is no exception, whatever the answer (pickled here)."""
+    key = call.key
+    try:
+        args, kwargs = decode_arguments(call.payload)
+    except BaseException:
+        return Answer(key, FAILED, None, "the task's arguments could not be unpickled:\n" + traceback.format_exc())
+    try:
+        value = getattr(engine, call_method)(*args, **kwargs)
+    except BaseException:  # a user's method may raise anything, even SystemExit
+        return Answer(key, FAILED, None, traceback.format_exc())
+    return pickle_answer(key, value)
 
 
 def run_task(engine: Any, call: Call) -> Answer:
@@ -78,9 +113,10 @@ def check_answer(key: int, answer: Any) -> Answer:
     return Answer(key, FAILED, int(value), str(message))
 
 
-def worker_main(conn: Any, setup: WorkerSetup, close_fds: list[int]) -> None:
-    """Body of one worker process: build the Engine, report ready, then serve tasks
-    until told to stop or until the parent goes away (its pipe end closes)."""
+def worker_main(conn: Any, setup: WorkerSetup, close_fds: list[int], engine: Any = None) -> None:
+    """Body of one worker process: build the Engine (unless ``engine`` is one the parent
+    built before forking), report ready, then serve tasks until told to stop or until the
+    parent goes away (its pipe end closes)."""
     # With "fork" the child inherits the parent's ends of every worker pipe; closing
     # them lets this worker see EOF (and exit) when the parent goes away.
     for fd in close_fds:
@@ -94,13 +130,8 @@ def worker_main(conn: Any, setup: WorkerSetup, close_fds: list[int]) -> None:
     except (ValueError, OSError):
         pass
     try:
-        engine = load_engine_class(setup.engine)()
-        engine.initialize(
-            config=setup.config,
-            float_feature_names=list(setup.float_feature_names),
-            str_feature_names=list(setup.str_feature_names),
-            **setup.extra,
-        )
+        if engine is None:
+            engine = build_engine(setup)
     except BaseException:
         try:
             conn.send_bytes(encode_report(InitFailed(traceback.format_exc())))
@@ -109,12 +140,12 @@ def worker_main(conn: Any, setup: WorkerSetup, close_fds: list[int]) -> None:
         return
     try:
         conn.send_bytes(encode_report(Ready(os.getpid())))
-        serve(conn, engine)
+        serve(conn, engine, setup.call_method)
     except (EOFError, OSError):
         return  # the parent has gone away
 
 
-def serve(conn: Any, engine: Any) -> None:
+def serve(conn: Any, engine: Any, call_method: str = DEFAULT_CALL_METHOD) -> None:
     """Answer tasks one at a time, in the order they come, until STOP or EOF."""
     while True:
         try:
@@ -124,7 +155,7 @@ def serve(conn: Any, engine: Any) -> None:
         if call is None:
             return
         try:
-            answer = run_task(engine, call)
+            answer = run_general(engine, call_method, call) if isinstance(call, GeneralCall) else run_task(engine, call)
         except Exception:  # checking a strange answer failed: fail the task, not the worker
             text = "the engine's answer could not be checked:\n" + traceback.format_exc()
             answer = Answer(call.key, FAILED, -1, text)

@@ -45,7 +45,9 @@ mod interpreter;
 mod object;
 
 pub use convert::{Bytes, FromPython, IntoArgs, IntoKwargs, ToPython};
-pub use driver::{Driver, DriverOptions, ResultStatus, StartMethod, SubmitStatus, TaskReceipt, TaskResult};
+pub use driver::{
+    Driver, DriverOptions, Key, Preload, ResultStatus, StartMethod, SubmitStatus, TaskKey, TaskReceipt, TaskResult,
+};
 pub use error::{Error, PythonException, Result};
 pub use gil::{Gil, GilToken};
 pub use interpreter::{BuildPython, StartOptions, build_python, is_started, start};

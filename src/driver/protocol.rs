@@ -34,10 +34,14 @@ pub(super) mod option {
     pub(in crate::driver) const TASK_TIMEOUT: &str = "task_timeout";
     /// `init_timeout: float | None`, in seconds.
     pub(in crate::driver) const INIT_TIMEOUT: &str = "init_timeout";
+    /// `call_method: str`, the Engine's method general tasks call.
+    pub(in crate::driver) const CALL_METHOD: &str = "call_method";
+    /// `preload: None | "module" | "engine"`.
+    pub(in crate::driver) const PRELOAD: &str = "preload";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 6] =
-        [MAX_TASKS, N_SUBPROCESSES, START_METHOD, ENGINE, TASK_TIMEOUT, INIT_TIMEOUT];
+    pub(in crate::driver) const ALL: [&str; 8] =
+        [MAX_TASKS, N_SUBPROCESSES, START_METHOD, ENGINE, TASK_TIMEOUT, INIT_TIMEOUT, CALL_METHOD, PRELOAD];
 }
 
 /// The Python driver's methods that the Rust Driver calls, by name.
@@ -54,9 +58,12 @@ pub(super) mod method {
     pub(in crate::driver) const FINALIZE: &str = "finalize";
     /// `worker_pids() -> list[int]`.
     pub(in crate::driver) const WORKER_PIDS: &str = "worker_pids";
+    /// `submit_call(args, kwargs) -> (flag, key, message)`, a general task.
+    pub(in crate::driver) const SUBMIT_CALL: &str = "submit_call";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 6] = [INITIALIZE, SUBMIT, RETRIEVE, WAIT, FINALIZE, WORKER_PIDS];
+    pub(in crate::driver) const ALL: [&str; 7] =
+        [INITIALIZE, SUBMIT, RETRIEVE, WAIT, FINALIZE, WORKER_PIDS, SUBMIT_CALL];
 }
 
 /// The Python driver's attribute holding how many worker processes run (the only one read).
@@ -77,11 +84,13 @@ pub enum SubmitStatus {
 /// [`Driver::wait`](super::Driver::wait).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResultStatus {
-    /// Done: `value` is the model's answer (positive). The task is removed.
+    /// Done: `value` is the model's answer (positive for a demo task; anything for a
+    /// general one). The task is removed.
     Done,
     /// Not finished yet: ask again. The task is kept.
     NotReady,
-    /// The model failed or answered a value `<= 0`, its worker died, or it timed out; the
+    /// The model failed (raised; a demo task: answered a value `<= 0`; a general task: its
+    /// answer does not convert to the key's type), its worker died, or it timed out; the
     /// message says which (with the traceback). The task is removed.
     Failed,
     /// Unknown key or another error; nothing changed.
