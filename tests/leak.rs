@@ -4,11 +4,20 @@
 //! On a debug build of CPython (`PYO3_PYTHON=python3.11-dbg`, as `.ci/run` does) it counts
 //! every reference alive in the process with `sys.gettotalrefcount()`. On any build it checks
 //! that the objects passed through every operation end with the reference counts they began
-//! with, and that the number of objects the garbage collector tracks does not grow.
+//! with, and that the number of objects the garbage collector tracks does not grow. A second
+//! test does the same over a Driver's general and demo tasks, with every answer type.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
 
-use rs4py::{Error, Gil, Object, ToPython};
+use rs4py::{
+    Bytes, Driver, DriverOptions, Error, FromPython, Gil, IntoArgs, Object, ResultStatus, SubmitStatus, ToPython,
+};
+
+/// The tests measure the whole process's references: they take turns.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 const WARM_UP: usize = 2_000;
 const ITERATIONS: usize = 20_000;
@@ -55,6 +64,7 @@ fn tracked_objects(gil: &Gil) -> usize {
 
 #[test]
 fn a_long_mix_of_operations_leaks_no_reference() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let gil = Gil::acquire().unwrap();
     gil.run("def raiser(items, n):\n    raise ValueError(f'round {n} with {len(items)} items')\n").unwrap();
     let shared = gil.eval("[1, 'two', [3.0]]").unwrap();
@@ -86,5 +96,83 @@ fn a_long_mix_of_operations_leaks_no_reference() {
         _ => println!("sys.gettotalrefcount(): not available (not a debug build of CPython)"),
     }
     assert_eq!(shared.refcount(), shared_before);
+    assert!(objects_after <= objects_before + 50, "gc-tracked objects grew from {objects_before} to {objects_after}");
+}
+
+const DRIVER_WARM_UP: usize = 30;
+const DRIVER_ROUNDS: usize = 300;
+
+/// Runs one general task and checks its status, and its value when done.
+fn general<T>(driver: &Driver, args: impl IntoArgs, status: ResultStatus, expected: T)
+where
+    T: for<'py> FromPython<'py> + Default + PartialEq + std::fmt::Debug,
+{
+    let receipt = driver.submit_call::<T>(args, [("unused", ())]);
+    assert_eq!(receipt.status, SubmitStatus::Accepted, "{}", receipt.message);
+    let result = driver.wait(receipt.key, Duration::from_secs(30));
+    assert_eq!(result.status, status, "{}", result.message);
+    assert_eq!(result.value, expected);
+}
+
+/// One round of general tasks of every answer type (and the failures: a wrong type, an
+/// Engine that raises), and a demo task.
+fn driver_round(driver: &Driver, round: usize) {
+    let n = round as i64;
+    general(driver, ("value", -n), ResultStatus::Done, -n);
+    general(driver, ("value", 0), ResultStatus::Done, 0i64);
+    general(driver, ("value", n as f64 / 8.0), ResultStatus::Done, n as f64 / 8.0);
+    general(driver, ("value", format!("round {n} ✓")), ResultStatus::Done, format!("round {n} ✓"));
+    general(driver, ("value", vec![n as f64, -0.5]), ResultStatus::Done, vec![n as f64, -0.5]);
+    let map = HashMap::from([("p".to_string(), 0.25), (format!("k{n}"), -1.0)]);
+    general(driver, ("value", &map), ResultStatus::Done, map.clone());
+    general(driver, ("value", (n, "t", Some(1.5))), ResultStatus::Done, (n, "t".to_string(), Some(1.5)));
+    general(driver, ("value", None::<i64>), ResultStatus::Done, None::<i64>);
+    let data: Vec<u8> = (0..=255).collect();
+    general(driver, ("value", Bytes(&data[..])), ResultStatus::Done, Bytes(data.clone()));
+    general(driver, ("value", "not a number"), ResultStatus::Failed, 0.0f64);
+    general(driver, ("raise", "on purpose"), ResultStatus::Failed, Vec::<f64>::new());
+    // A demo task too: this Engine's run wants a command, so it fails with the traceback.
+    let receipt = driver.submit(&[1.5], &["ab"], 3);
+    let result = driver.wait(receipt.key, Duration::from_secs(30));
+    assert_eq!((result.status, result.value), (ResultStatus::Failed, -1));
+    assert!(result.message.contains("TypeError"), "{}", result.message);
+}
+
+#[test]
+fn general_tasks_of_every_answer_type_leak_no_reference() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let driver = Driver::new(DriverOptions {
+        engine: "py4cc_general_engines:CommandEngine".into(),
+        python_path: vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py4cc/tests/engines")],
+        n_subprocesses: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    driver.initialize_with("{}", &["x"], &["s"], [("extra", Bytes(&[0u8, 255][..]))]).unwrap();
+    for round in 0..DRIVER_WARM_UP {
+        driver_round(&driver, round);
+    }
+    let measure = || {
+        let gil = Gil::acquire().unwrap();
+        gil.run("__import__('gc').collect()").unwrap();
+        (total_refcount(&gil), tracked_objects(&gil))
+    };
+    let (total_before, objects_before) = measure();
+    for round in 0..DRIVER_ROUNDS {
+        driver_round(&driver, round);
+    }
+    let (total_after, objects_after) = measure();
+    driver.finalize();
+
+    println!("driver rounds: {DRIVER_ROUNDS} of 12 tasks (after {DRIVER_WARM_UP} to warm up)");
+    println!("gc-tracked objects: before {objects_before}, after {objects_after}");
+    match (total_before, total_after) {
+        (Some(before), Some(after)) => {
+            println!("sys.gettotalrefcount(): before {before}, after {after}, growth {}", after - before);
+            // One reference leaked per task would grow it by 12 * DRIVER_ROUNDS.
+            assert!(after - before <= 50, "total refcount grew from {before} to {after} over {DRIVER_ROUNDS} rounds");
+        }
+        _ => println!("sys.gettotalrefcount(): not available (not a debug build of CPython)"),
+    }
     assert!(objects_after <= objects_before + 50, "gc-tracked objects grew from {objects_before} to {objects_after}");
 }
