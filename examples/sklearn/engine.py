@@ -3,11 +3,17 @@
     python engine.py train DIR    # fits the model on the iris data shipped inside
                                   # scikit-learn, writes DIR/iris.joblib and DIR/rows.txt
 
-The Engine answers general tasks (``Driver::submit_call``): ``run(rows=[...])`` with the
-features as a flat list of floats, or ``run(packed=b"...")`` with the same floats packed as
-little-endian f64 (read with ``np.frombuffer``, no conversion per number). Either way it
-answers plain Python values, never numpy ones: an answer is unpickled in the service's own
-process (which would then import numpy) and rs4py converts lists, not arrays.
+The Engine answers general tasks (``Driver::submit_call``) in two forms:
+
+* ``run(rows=[...])``, the features as a flat list of floats: it answers
+  ``(labels, probabilities)`` as a list of ints and a flat list of floats;
+* ``run(packed=b"...")``, the same floats packed as little-endian f64 and read with
+  ``np.frombuffer`` (no Python object per number): it answers the same two arrays as bytes
+  (little-endian i64 and f64).
+
+Either way it answers plain Python values, never numpy ones: an answer is unpickled in the
+service's own process (which would then import numpy) and rs4py converts lists and bytes,
+not arrays.
 """
 
 from __future__ import annotations
@@ -34,18 +40,18 @@ class IrisEngine:
         self.n_features = len(float_feature_names)
         if self.n_features != self.model.n_features_in_:
             raise ValueError(f"the model takes {self.model.n_features_in_} features, got names for {self.n_features}")
-        self.class_names = [str(name) for name in config["class_names"]]
 
     def run(self, rows=None, packed=None):
-        """``(labels, class names, probabilities)`` for each row: ``list[int]``, ``list[str]``
-        and the probabilities of every class for every row, flattened (``list[float]``)."""
+        """The predicted labels and every class's probability for each row (flattened)."""
         if packed is not None:
             features = np.frombuffer(packed, dtype="<f8").reshape(-1, self.n_features)
         else:
             features = np.asarray(rows, dtype=np.float64).reshape(-1, self.n_features)
         labels = self.model.predict(features)
         probabilities = self.model.predict_proba(features)
-        return labels.tolist(), [self.class_names[label] for label in labels], probabilities.ravel().tolist()
+        if packed is not None:
+            return labels.astype("<i8").tobytes(), probabilities.astype("<f8").tobytes()
+        return labels.tolist(), probabilities.ravel().tolist()
 
 
 def train(directory: str) -> None:
@@ -58,8 +64,7 @@ def train(directory: str) -> None:
     joblib.dump(model, os.path.join(directory, MODEL_FILE))
     with open(os.path.join(directory, ROWS_FILE), "w") as out:
         out.write("\t".join(iris.feature_names) + "|" + "\t".join(iris.target_names) + "\n")
-        for row in iris.data:
-            out.write(" ".join(repr(float(x)) for x in row) + "\n")
+        out.writelines(" ".join(repr(float(x)) for x in row) + "\n" for row in iris.data)
 
 
 if __name__ == "__main__":
