@@ -185,7 +185,7 @@ fn compare(args: &Args) -> Result<(), String> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     println!(
-        "\n| start method | preload | workers ready (s) | replaced (s) | workers' PSS (MiB) | \
+        "\n| start method | preload | workers ready (s) | replaced (s) | PSS, all processes (MiB) | \
          1 row, bytes: req/s, p50, p99 (ms) | 1 row, list | {} rows, bytes | {} rows, list |",
         args.batch_rows, args.batch_rows
     );
@@ -349,14 +349,29 @@ fn make_requests(data: &[Vec<f64>], count: usize, per_request: usize, salt: usiz
         .collect()
 }
 
-/// Proportional set size of the workers (shared pages counted once among the processes
-/// that share them), from /proc; None where there is no /proc.
-fn workers_pss_mib(driver: &Driver) -> Option<f64> {
-    let mut total_kib = 0u64;
-    for pid in driver.worker_pids().ok()? {
+/// The proportional set size (a shared page counted once among the processes sharing it)
+/// of this process and every process it started (workers, fork server, resource tracker),
+/// from /proc; None where there is no /proc. Preloading moves memory from the workers to
+/// this process and shares it, so only the total compares.
+fn service_pss_mib() -> Option<f64> {
+    fn pss_kib(pid: u32) -> Option<u64> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
         let line = text.lines().find(|line| line.starts_with("Pss:"))?;
-        total_kib += line.split_whitespace().nth(1)?.parse::<u64>().ok()?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+    fn children(pid: u32) -> Vec<u32> {
+        let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+        threads
+            .flatten()
+            .filter_map(|thread| std::fs::read_to_string(thread.path().join("children")).ok())
+            .flat_map(|text| text.split_whitespace().filter_map(|child| child.parse().ok()).collect::<Vec<u32>>())
+            .collect()
+    }
+    let mut pending = vec![std::process::id()];
+    let mut total_kib = 0;
+    while let Some(pid) = pending.pop() {
+        total_kib += pss_kib(pid)?;
+        pending.extend(children(pid));
     }
     Some(total_kib as f64 / 1024.0)
 }
@@ -419,7 +434,7 @@ fn serve_and_check(args: &Args, preload: Preload) -> Result<(), String> {
         .initialize_with("{}", &features, &no_names, [("model_path", model_path.to_string_lossy().as_ref())])
         .map_err(|e| format!("initialize: {e}"))?;
     let ready = started.elapsed().as_secs_f64();
-    let pss = workers_pss_mib(&driver);
+    let pss = service_pss_mib();
 
     let n_features = features.len();
     let phases = [
@@ -439,7 +454,7 @@ fn serve_and_check(args: &Args, preload: Preload) -> Result<(), String> {
         args.start_method.as_str(),
         preload_name(preload),
         args.workers,
-        pss.map(|mib| format!(" (their PSS {mib:.0} MiB)")).unwrap_or_default()
+        pss.map(|mib| format!(" (PSS with this process {mib:.0} MiB)")).unwrap_or_default()
     );
     let pss = pss.map(|mib| format!("{mib:.0}")).unwrap_or_else(|| "-".into());
     let mut figures = vec![format!("{ready:.2}"), format!("{replaced:.2}"), pss];
