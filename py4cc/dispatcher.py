@@ -5,7 +5,8 @@ worker's pipe, every worker's process sentinel and the wake-up pipe, with a time
 by the nearest deadline (``task_timeout``, ``init_timeout``). It records the workers'
 answers, hands queued tasks on, and deals with workers that die, overrun a deadline or
 fail to start: their running task fails, the tasks queued behind it go back to the
-queue, and a replacement is started.
+queue, and a replacement is started. It also drops the finished results nobody retrieved
+within ``result_ttl``.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class Dispatcher(threading.Thread):
         wake_fd = pool.wakeup.read_fd
         task_timeout = pool.options.task_timeout
         init_timeout = pool.options.init_timeout
+        result_ttl = pool.options.result_ttl
         while True:
             with pool.lock:
                 if pool.closed:
@@ -114,6 +116,10 @@ class Dispatcher(threading.Thread):
                     ]
                 if init_timeout is not None:
                     deadlines += [w.started + init_timeout for w in pool.workers if not w.ready and not w.dead]
+                if result_ttl is not None:
+                    next_expiry = pool.expire_results(time.monotonic())
+                    if next_expiry is not None:
+                        deadlines.append(next_expiry)
                 timeout: float | None = None
                 if deadlines:
                     timeout = max(0.0, min(deadlines) - time.monotonic())

@@ -32,9 +32,18 @@ Protocol (every call may come from any thread, concurrently)::
         blocks up to ``timeout`` seconds until the task is finished, then answers
         exactly as ``retrieve`` does (flag 1 if it is still not finished)
 
+    d.cancel(key) -> bool
+        drops a held task: a queued one never runs, a running one's answer is
+        discarded, a finished one is removed; True if the driver held it. Retrieving
+        it then answers flag 9, saying it was cancelled
+
     d.finalize()
         stops the pool; safe to call twice; afterwards submit answers flag 9
         ("... finalized ...")
+
+A finished result not retrieved within ``result_ttl`` seconds (60 by default; None keeps
+it until retrieved) is dropped, freeing its place among ``max_tasks``; retrieving it
+then answers flag 9, saying it expired.
 
 Only ``initialize`` ever raises; every other failure comes back as a flag and a message,
 even a KeyboardInterrupt (or any other exception) raised while the call runs: flag 9,
@@ -89,12 +98,14 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+from .completion import NotifyCallback
 from .options import build_options, is_int, is_real
 from .pool import Backend, FlagAnswer, Pool
 from .protocol import (
     AT_CAPACITY,
     CAPACITY_MESSAGE,
     DEFAULT_ENGINE,
+    DEFAULT_RESULT_TTL,
     ERROR,
     FAILED,
     FINALIZED_MESSAGE,
@@ -177,6 +188,8 @@ class Driver:
         prefetch: int = 1,
         call_method: str = "run",
         preload: str | None = None,
+        notify: NotifyCallback | None = None,
+        result_ttl: float | None = DEFAULT_RESULT_TTL,
     ) -> None:
         """Store the options; nothing is checked or started until ``initialize``.
 
@@ -194,6 +207,15 @@ class Driver:
         Engine here, which ``fork`` workers inherit instead of building their own); see
         :mod:`py4cc.preload` for what it does with ``forkserver`` and its caveats. Refused
         with ``spawn``.
+
+        ``notify`` (keyword only): a callable ``notify(key, finished)``, called with the
+        pool's lock held (so it must be quick and must not call the driver) whenever a task
+        becomes finished (``True``) or a held task is dropped unretrieved (``False``: its
+        result expired, or it was cancelled); see :mod:`py4cc.completion`. What it raises
+        is counted and ignored.
+
+        ``result_ttl`` (keyword only, seconds or None): how long a finished result is kept
+        for retrieval; None keeps it until retrieved.
         """
         self.max_tasks = max_tasks
         self.n_subprocesses = n_subprocesses
@@ -206,6 +228,8 @@ class Driver:
         self.prefetch = prefetch
         self.call_method = call_method
         self.preload = preload
+        self.notify = notify
+        self.result_ttl = result_ttl
         self.float_feature_names: list[str] = []
         self.str_feature_names: list[str] = []
         self.config: Any = None
@@ -253,6 +277,8 @@ class Driver:
                 engine=self.engine,
                 call_method=self.call_method,
                 preload=self.preload,
+                notify=self.notify,
+                result_ttl=self.result_ttl,
             )
             pool = Pool(options)
             pool.start()
@@ -341,6 +367,21 @@ class Driver:
             return self._wait(key, timeout)
         except BaseException as exc:  # never raise, not even KeyboardInterrupt
             return ERROR, 0, _unexpected("wait", exc)
+
+    def cancel(self, key: int) -> bool:
+        """Drop the task under ``key`` whatever its state; True if the driver held it.
+
+        A queued task never runs; a running one is left to finish (``task_timeout`` still
+        bounds it) and its answer is discarded; a finished one is removed. Its place among
+        ``max_tasks`` is freed at once. Never raises (a wrong key answers False).
+        """
+        try:
+            pool = self._pool
+            if pool is None or not is_int(key) or key <= 0:
+                return False
+            return pool.cancel(int(key))
+        except BaseException:  # never raise, not even KeyboardInterrupt
+            return False
 
     def worker_pids(self) -> list[int]:
         """The pids of the current worker processes (empty before initialize / after finalize).

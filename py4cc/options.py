@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from .completion import NotifyCallback
 from .protocol import DEFAULT_CALL_METHOD, DEFAULT_ENGINE, MAX_WORKERS, PRELOAD_CHOICES, describe, short_repr
 from .worker import WorkerSetup
 
@@ -36,6 +37,11 @@ class Options:
     preload: str | None = None
     """None, ``"module"`` or ``"engine"``: what the parent loads before workers start
     (:mod:`py4cc.preload`); never set with ``spawn``."""
+    notify: NotifyCallback | None = None
+    """Called as ``notify(key, finished)`` when a task finishes or is dropped (see
+    :mod:`py4cc.completion`); None: nobody is told."""
+    result_ttl: float | None = None
+    """Seconds a finished result is kept for retrieval (None: until retrieved), positive."""
 
 
 def build_options(
@@ -53,6 +59,8 @@ def build_options(
     engine: Any,
     call_method: Any = DEFAULT_CALL_METHOD,
     preload: Any = None,
+    notify: Any = None,
+    result_ttl: Any = None,
 ) -> Options:
     """Check every option (in this order) and resolve ``n_subprocesses``.
 
@@ -71,6 +79,9 @@ def build_options(
     engine = check_engine(engine)
     method_name = check_call_method(call_method)
     preloaded = check_preload(preload, method)
+    if notify is not None and not callable(notify):
+        raise ValueError(f"notify must be None or a callable notify(key, finished), got {describe(notify)}")
+    keep_for = check_timeout("result_ttl", result_ttl)
     return Options(
         start_method=method,
         n_subprocesses=workers,
@@ -80,6 +91,8 @@ def build_options(
         prefetch=ahead,
         setup=WorkerSetup(engine, config, float_names, str_names, dict(extra), method_name),
         preload=preloaded,
+        notify=notify,
+        result_ttl=keep_for,
     )
 
 

@@ -21,6 +21,7 @@ import traceback
 from collections import deque
 from typing import Any, Callable, Protocol
 
+from .completion import CANCELLED, EXPIRED, Gone, Notifier, cancelled_message, expired_message
 from .dispatcher import Dispatcher, WakeUp
 from .options import Options
 from .preload import preload
@@ -64,6 +65,16 @@ class Backend(Protocol):
     * ``worker_pids()``, ``held_tasks()``: for tests and monitoring.
     * ``stop()``: fail the unfinished tasks, stop every worker; idempotent. ``closed`` turns
       True when it begins. ``stop_when_collected()``: the same, from a garbage collection.
+    * ``cancel(key)``: drop a held task whatever its state (a queued one never runs, a
+      running one's answer is discarded, a finished one is removed); True if it was held.
+      Collecting it then answers ERROR saying it was cancelled.
+
+    And every backend honours two options: ``options.notify`` (see :mod:`py4cc.completion`),
+    called with the backend's lock held when a task becomes finished (``finished=True``,
+    whatever the cause, stop included) or is dropped unretrieved (``finished=False``: expired
+    or cancelled), never raising into the backend; and ``options.result_ttl``: a finished
+    result not collected within it is dropped (collecting it then answers ERROR, expired).
+    Both keep counters: ``cancelled``, ``expired`` (ints).
     """
 
     closed: bool
@@ -77,12 +88,13 @@ class Backend(Protocol):
     def held_tasks(self) -> int: ...
     def stop(self) -> None: ...
     def stop_when_collected(self) -> None: ...
+    def cancel(self, key: int) -> bool: ...
 
 
 class Task:
     """One task the pool holds, from submit until its answer is retrieved."""
 
-    __slots__ = ("call", "deadline", "done", "event", "flag", "key", "message", "size", "value", "worker")
+    __slots__ = ("call", "cancelled", "deadline", "done", "event", "flag", "key", "message", "size", "value", "worker")
 
     def __init__(self, call: Call | GeneralCall, size: int) -> None:
         self.key = call.key
@@ -95,6 +107,7 @@ class Task:
         self.event: threading.Event | None = None  # made by the first wait
         self.worker: Worker | None = None
         self.deadline: float | None = None  # task_timeout, once it runs
+        self.cancelled = False  # dropped while a worker holds it: its answer is discarded
 
 
 class Pool:
@@ -122,6 +135,11 @@ class Pool:
         self.dispatcher: Dispatcher | None = None
         self.owner_pid = os.getpid()  # a forked copy of this process must not stop the workers
         self.preloaded: object = None  # the Engine "fork" workers inherit (preload="engine")
+        self.notify = Notifier(options.notify)
+        self.expiring: dict[int, float] = {}  # finished, not collected: key -> when it expires, oldest first
+        self.gone = Gone()  # recently cancelled or expired keys
+        self.cancelled = 0
+        self.expired = 0
 
     # -- the Backend interface ------------------------------------------------------------
 
@@ -180,10 +198,16 @@ class Pool:
     def _collect(self, key: int) -> FlagAnswer:
         task = self.tasks.get(key)
         if task is None:
+            why = self.gone.why(key)
+            if why == CANCELLED:
+                return ERROR, 0, cancelled_message(key)
+            if why == EXPIRED:
+                return ERROR, 0, expired_message(key, self.options.result_ttl)
             return ERROR, 0, unknown_key(key)
         if not task.done:
             return NOT_FINISHED, 0, NOT_FINISHED_MESSAGE
         del self.tasks[key]
+        self.expiring.pop(key, None)
         return task.flag, task.value, task.message
 
     def wait(self, key: int, limit: float | None) -> FlagAnswer:
@@ -200,6 +224,47 @@ class Pool:
         else:
             event.wait(min(limit, threading.TIMEOUT_MAX))
         return self.collect(key)
+
+    def cancel(self, key: int) -> bool:
+        with self.lock:
+            task = self.tasks.pop(key, None)
+            if task is None:
+                return False
+            self.expiring.pop(key, None)
+            if not task.done:
+                if task.worker is None:
+                    try:
+                        self.pending.remove(task)
+                    except ValueError:
+                        pass
+                else:
+                    # Its worker has it already: let it run (task_timeout still bounds it)
+                    # and discard the answer. Interrupting the worker would cost a new one.
+                    task.cancelled = True
+                    task.done = True
+                    task.call = None
+                if task.event is not None:
+                    task.event.set()
+            self.cancelled += 1
+            self.gone.remember(key, CANCELLED)
+            self.notify(key, False)
+            return True
+
+    def expire_results(self, now: float) -> float | None:
+        """Drop the finished results whose ``result_ttl`` has run out (lock held); return
+        when the next one expires (None: none waits)."""
+        expiring = self.expiring
+        while expiring:
+            key = next(iter(expiring))
+            when = expiring[key]
+            if when > now:
+                return when
+            del expiring[key]
+            if self.tasks.pop(key, None) is not None:
+                self.expired += 1
+                self.gone.remember(key, EXPIRED)
+                self.notify(key, False)
+        return None
 
     def worker_pids(self) -> list[int]:
         with self.lock:
@@ -246,6 +311,9 @@ class Pool:
         task.call = None
         if task.event is not None:
             task.event.set()
+        if self.options.result_ttl is not None and not self.closed:
+            self.expiring[task.key] = time.monotonic() + self.options.result_ttl
+        self.notify(task.key, True)
 
     def assign(self, worker: Worker, task: Task) -> bool:
         """Send ``task`` to ``worker``; False (task untouched) if the pipe is broken."""
@@ -331,7 +399,8 @@ class Pool:
             task = w.queue.pop()
             task.worker = None
             task.deadline = None
-            self.pending.appendleft(task)
+            if not task.cancelled:
+                self.pending.appendleft(task)
 
     def fail_all_pending(self, message: str) -> None:
         while self.pending:

@@ -37,6 +37,9 @@ DEFAULT_CALL_METHOD = "run"
 PRELOAD_CHOICES = (None, "module", "engine")
 """What ``preload`` may name: nothing, the Engine's module, or one initialised Engine."""
 
+DEFAULT_RESULT_TTL = 60.0
+"""Seconds a finished result is kept for retrieval unless the Driver is told otherwise."""
+
 DRIVER_CONTRACT: dict[str, Any] = {
     "module": "py4cc.driver",
     "class": "Driver",
@@ -49,8 +52,20 @@ DRIVER_CONTRACT: dict[str, Any] = {
         "init_timeout",
         "call_method",
         "preload",
+        "notify",
+        "result_ttl",
     ],
-    "methods": ["initialize", "submit", "retrieve", "wait", "finalize", "worker_pids", "submit_call"],
+    "methods": [
+        "initialize",
+        "submit",
+        "retrieve",
+        "wait",
+        "finalize",
+        "worker_pids",
+        "cancel",
+        "held_tasks",
+        "submit_call",
+    ],
     "attributes": ["n_subprocesses"],
     "flags": {"OK": OK, "AT_CAPACITY": AT_CAPACITY, "NOT_FINISHED": NOT_FINISHED, "FAILED": FAILED, "ERROR": ERROR},
     "messages": {"CAPACITY_MESSAGE": CAPACITY_MESSAGE, "NOT_FINISHED_MESSAGE": NOT_FINISHED_MESSAGE},

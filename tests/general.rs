@@ -428,3 +428,47 @@ fn preload_is_refused_with_spawn() {
     assert!(exception.message.starts_with("preload='module' needs start_method 'fork' or 'forkserver'"));
     assert_eq!(Preload::default(), Preload::Nothing);
 }
+
+#[test]
+fn wait_async_and_cancel_take_a_typed_key_too() {
+    let driver = Arc::new(command_driver(DriverOptions { n_subprocesses: 2, ..options(StartMethod::Forkserver) }, &[]));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build().unwrap();
+    let answers = runtime.block_on(async {
+        let tasks: Vec<_> = (0..20i64)
+            .map(|n| {
+                let driver = Arc::clone(&driver);
+                tokio::spawn(async move {
+                    let receipt = driver.submit_call::<(i64, String)>(("value", (-n, format!("n{n}"))), ());
+                    assert_eq!(receipt.status, SubmitStatus::Accepted, "{}", receipt.message);
+                    let result = driver.wait_async(receipt.key).await;
+                    assert_eq!(result.status, ResultStatus::Done, "{}", result.message);
+                    result.value
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.unwrap());
+        }
+        answers
+    });
+    assert_eq!(answers, (0..20i64).map(|n| (-n, format!("n{n}"))).collect::<Vec<_>>());
+
+    // A wrong type fails through the future as through wait.
+    let receipt = driver.submit_call::<Vec<f64>>(("value", "text"), ());
+    let result = runtime.block_on(driver.wait_async(receipt.key));
+    assert_eq!((result.status, result.value), (ResultStatus::Failed, Vec::new()));
+    assert!(result.message.contains("is a Python str, which does not convert to the Rust type"), "{}", result.message);
+
+    // Cancelled while it runs: the key then answers Error, saying so.
+    let running = driver.submit_call::<String>(("sleep", 5.0, "never read"), ());
+    assert!(driver.cancel(running.key));
+    let result = driver.wait(running.key, PATIENCE);
+    assert_eq!((result.status, result.value.as_str()), (ResultStatus::Error, ""));
+    assert!(result.message.contains("cancel"), "{}", result.message);
+    assert!(!driver.cancel(running.key), "cancelled once");
+    // A future dropped before its answer cancels the task, a typed one too.
+    let dropped = driver.submit_call::<f64>(("sleep", 5.0, 1.0), ());
+    drop(driver.wait_async(dropped.key));
+    assert_eq!(driver.retrieve(dropped.key).status, ResultStatus::Error);
+}

@@ -1,13 +1,16 @@
 //! The safe Driver: `py4cc.driver.Driver` (a pool of worker processes running an Engine)
 //! behind a typed, `Send + Sync` Rust face whose task calls never fail with `Err`.
 
+mod completion;
+mod future;
 mod general;
 mod options;
 mod package;
 mod protocol;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 
@@ -17,9 +20,11 @@ use crate::gil::Gil;
 use crate::interpreter::{self, StartOptions};
 use crate::object::{Handle, Object};
 
+use completion::{Completions, Standing};
+pub use future::TaskFuture;
 pub use general::{Key, TaskKey};
 pub use options::{DriverOptions, Preload, StartMethod};
-use protocol::{DRIVER_CLASS, DRIVER_MODULE, N_SUBPROCESSES, method, option};
+use protocol::{DRIVER_CLASS, DRIVER_MODULE, N_SUBPROCESSES, NOT_FINISHED_MESSAGE, method, option};
 pub use protocol::{ResultStatus, SubmitStatus};
 
 /// The answer to [`Driver::submit`] (whose key is an `i64`) and [`Driver::submit_call`]
@@ -56,16 +61,22 @@ struct PythonDriver {
     submit: Handle,
     submit_call: Handle,
     retrieve: Handle,
-    wait: Handle,
+    cancel: Handle,
 }
 
 /// Runs an Engine in a pool of Python worker processes; shared by many threads.
 ///
-/// `submit`, `retrieve` and `wait` never panic and never return `Err`: every failure, in
-/// Python or in Rust, comes back as a status and a message. A mutex serialises the calls into
-/// Python; `wait` does not hold it (nor the GIL) while it waits, so other threads keep
-/// submitting and retrieving. A thread that holds a [`Gil`] may call in too: the driver lets
-/// the GIL go while it waits for its mutex.
+/// `submit`, `retrieve`, `wait`, `wait_async` and `cancel` never panic and never return
+/// `Err`: every failure, in Python or in Rust, comes back as a status and a message. A mutex
+/// serialises the calls into Python. The pool tells the driver directly (a C function it calls)
+/// when a task finishes, so `wait` and [`wait_async`](Self::wait_async) hold neither the mutex
+/// nor the GIL while they wait, and `retrieve` of a task still running answers `NotReady`
+/// without taking either; only collecting a finished answer takes them, briefly. A thread that
+/// holds a [`Gil`] may call in too: the driver lets the GIL go while it waits.
+///
+/// Every accepted task is held (and counts against `max_tasks`) until its answer is collected
+/// by `retrieve`, `wait` or `wait_async`, it is [`cancel`](Self::cancel)led, or, once finished,
+/// [`DriverOptions::result_ttl`] runs out: a caller that gives up on a task should cancel it.
 ///
 /// ```
 /// use rs4py::{Driver, DriverOptions, ResultStatus, SubmitStatus};
@@ -86,6 +97,7 @@ pub struct Driver {
     calls: Mutex<()>,
     python: PythonDriver,
     finalized: AtomicBool,
+    completions: Arc<Completions>,
 }
 
 impl Driver {
@@ -96,6 +108,8 @@ impl Driver {
         python_path.extend(options.python_path);
         interpreter::start(&StartOptions { python_path })?;
         let gil = Gil::acquire()?;
+        let completions = Arc::new(Completions::default());
+        let notify = completions.notifier(gil.token())?;
         let class = gil.import(DRIVER_MODULE)?.getattr(DRIVER_CLASS)?;
         let driver = class.call(
             (),
@@ -106,6 +120,8 @@ impl Driver {
                 (option::ENGINE, &options.engine),
                 (option::TASK_TIMEOUT, &options.task_timeout.map(|timeout| timeout.as_secs_f64())),
                 (option::INIT_TIMEOUT, &options.init_timeout.map(|timeout| timeout.as_secs_f64())),
+                (option::NOTIFY, &notify),
+                (option::RESULT_TTL, &options.result_ttl.map(|ttl| ttl.as_secs_f64())),
                 (option::CALL_METHOD, &options.call_method),
                 (option::PRELOAD, &options.preload.as_python()),
             ],
@@ -115,10 +131,10 @@ impl Driver {
             submit: bound(method::SUBMIT)?,
             submit_call: bound(method::SUBMIT_CALL)?,
             retrieve: bound(method::RETRIEVE)?,
-            wait: bound(method::WAIT)?,
+            cancel: bound(method::CANCEL)?,
             driver: driver.clone().unbind(),
         };
-        Ok(Driver { calls: Mutex::new(()), python, finalized: AtomicBool::new(false) })
+        Ok(Driver { calls: Mutex::new(()), python, finalized: AtomicBool::new(false), completions })
     }
 
     /// Parses the JSON config and starts the workers, each building the Engine from it and
@@ -173,6 +189,10 @@ impl Driver {
         };
         match answer {
             Ok((code, key, message)) => match SubmitStatus::from_code(code) {
+                Some(SubmitStatus::Accepted) => {
+                    self.completions.accepted(key);
+                    TaskReceipt { status: SubmitStatus::Accepted, key, message }
+                }
                 Some(status) => TaskReceipt { status, key, message },
                 None => TaskReceipt { status: SubmitStatus::Error, key: 0, message: unknown_flag(code, &message) },
             },
@@ -223,6 +243,10 @@ impl Driver {
         };
         match answer {
             Ok((code, key, message)) => match SubmitStatus::from_code(code) {
+                Some(SubmitStatus::Accepted) => {
+                    self.completions.accepted(key);
+                    TaskReceipt { status: SubmitStatus::Accepted, key: Key::new(key), message }
+                }
                 Some(status) => TaskReceipt { status, key: Key::new(key), message },
                 None => {
                     TaskReceipt { status: SubmitStatus::Error, key: Key::new(0), message: unknown_flag(code, &message) }
@@ -236,24 +260,121 @@ impl Driver {
         }
     }
 
-    /// Asks for a task's result without waiting. Never fails: see [`ResultStatus`]. An `i64`
-    /// key reads a demo task's answer, a [`Key<T>`] a general task's, as a `T`.
+    /// Asks for a task's result without waiting. Never fails: see [`ResultStatus`]. A task
+    /// still running answers `NotReady` at once, without the GIL or the driver's mutex. An
+    /// `i64` key reads a demo task's answer, a [`Key<T>`] a general task's, as a `T`.
     pub fn retrieve<K: TaskKey>(&self, key: K) -> TaskResult<K::Answer> {
-        let answer = {
-            let _serial = self.lock_calls();
-            self.call_python(&self.python.retrieve, (key.raw(),), read_result::<K>)
-        };
-        task_result(key.raw(), answer, method::RETRIEVE)
+        if self.completions.standing(key.raw()) == Standing::Running {
+            return not_ready(key.raw());
+        }
+        self.collect(key, method::RETRIEVE)
     }
 
     /// Waits up to `timeout` for the task to finish, then answers as [`retrieve`](Self::retrieve)
     /// (`NotReady` if it still is not). Holds neither the driver's mutex nor the GIL while it
-    /// waits.
+    /// waits: the task's completion wakes it.
     pub fn wait<K: TaskKey>(&self, key: K, timeout: Duration) -> TaskResult<K::Answer> {
-        // Python's wait blocks on an Event, which releases the GIL; the py4cc driver is
-        // thread-safe, so this call does not take the mutex at all.
-        let answer = self.call_python(&self.python.wait, (key.raw(), timeout.as_secs_f64()), read_result::<K>);
-        task_result(key.raw(), answer, method::WAIT)
+        let deadline = Instant::now().checked_add(timeout);
+        let standing = if Gil::is_held() {
+            // The pool needs the GIL to finish the task this thread waits for.
+            Gil::acquire_started().release_during(|| self.completions.wait(key.raw(), deadline))
+        } else {
+            self.completions.wait(key.raw(), deadline)
+        };
+        match standing {
+            Standing::Running => not_ready(key.raw()),
+            Standing::AskPython => self.collect(key, method::WAIT),
+        }
+    }
+
+    /// Waits for the task's answer without blocking: a future that any executor can poll
+    /// (it uses nothing but std's `Waker`), woken by the task's completion itself. While it is
+    /// pending it holds neither the GIL nor the driver's mutex; once the task has finished,
+    /// the poll that answers takes both briefly to collect the answer, and so may block its
+    /// executor thread for as long as another thread holds them (one Python call, typically
+    /// tens of microseconds; the README's benchmark section gives figures under contention).
+    ///
+    /// Dropping the future before it answers [`cancel`](Self::cancel)s the task (which takes
+    /// the mutex and the GIL in `drop`), so that a request that times out frees its place.
+    /// One waiter per key: the first to collect the answer removes it.
+    ///
+    /// ```
+    /// use rs4py::{Driver, DriverOptions, ResultStatus};
+    /// # use std::future::Future;
+    /// # fn block_on<F: Future>(future: F) -> F::Output {
+    /// #     struct Unpark(std::thread::Thread);
+    /// #     impl std::task::Wake for Unpark { fn wake(self: std::sync::Arc<Self>) { self.0.unpark() } }
+    /// #     let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    /// #     let mut future = std::pin::pin!(future);
+    /// #     loop {
+    /// #         if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut std::task::Context::from_waker(&waker)) {
+    /// #             return out;
+    /// #         }
+    /// #         std::thread::park();
+    /// #     }
+    /// # }
+    /// let driver = Driver::new(DriverOptions { n_subprocesses: 1, ..Default::default() })?;
+    /// driver.initialize("{}", &["a", "b"], &["name"])?;
+    /// let receipt = driver.submit(&[1.5, -2.5], &["Zoë"], 7);
+    /// let result = block_on(driver.wait_async(receipt.key)); // `.await` in async code
+    /// assert_eq!((result.status, result.value), (ResultStatus::Done, 4 + 3 + 7));
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    pub fn wait_async<K: TaskKey>(&self, key: K) -> TaskFuture<'_, K> {
+        TaskFuture::new(self, key)
+    }
+
+    /// Drops the task under `key`, whatever its state, and answers whether the driver held
+    /// it: a queued task never runs; a running one is left to finish on its worker (not
+    /// interrupted: that would cost a new worker process; `task_timeout` still bounds it) and
+    /// its answer is discarded; a finished one is removed. Its place among `max_tasks` is free
+    /// at once. Retrieving the key afterwards answers `Error`, saying it was cancelled. Never
+    /// fails: a failure to call Python answers `false`.
+    pub fn cancel(&self, key: impl TaskKey) -> bool {
+        let key = key.raw();
+        let found = {
+            let _serial = self.lock_calls();
+            self.call_python(&self.python.cancel, (key,), |answer| answer.extract::<bool>())
+        };
+        match found {
+            Ok(found) => {
+                // The pool told the table already if it held the task; this wakes anyone else
+                // waiting on the key, so that they learn it was cancelled.
+                self.completions.collected(key);
+                found
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// How many tasks the driver holds: queued, running, or finished and not retrieved yet.
+    pub fn held_tasks(&self) -> Result<usize> {
+        let gil = Gil::acquire()?;
+        self.python.driver.bind(&gil).call_method(method::HELD_TASKS, (), ())?.extract()
+    }
+
+    /// How many keys the completion table tracks (tasks held, as the Rust side sees them):
+    /// for tests, which check that it agrees with [`held_tasks`](Self::held_tasks).
+    #[doc(hidden)]
+    pub fn tracked_tasks(&self) -> usize {
+        self.completions.len()
+    }
+
+    /// Collects the task's answer from Python, and forgets the key if Python did.
+    fn collect<K: TaskKey>(&self, key: K, call: &str) -> TaskResult<K::Answer> {
+        let key = key.raw();
+        let answer = {
+            let _serial = self.lock_calls();
+            self.call_python(&self.python.retrieve, (key,), read_result::<K>)
+        };
+        let answered = answer.is_ok();
+        let result = task_result(key, answer, call);
+        // Done, Failed and Error (unknown, cancelled, expired) all mean Python holds no task
+        // under this key; a failed call tells nothing, and the entry stays.
+        if answered && result.status != ResultStatus::NotReady {
+            self.completions.collected(key);
+        }
+        result
     }
 
     /// Stops the workers (terminated and joined; no process is left behind). Tasks not
@@ -355,6 +476,11 @@ fn task_result<T: Default>(key: i64, answer: Result<ReadResult<T>>, call: &str) 
             message: format!("{call} failed: {error}"),
         },
     }
+}
+
+/// The answer for a task still running, as Python would give it.
+fn not_ready<T: Default>(key: i64) -> TaskResult<T> {
+    TaskResult { status: ResultStatus::NotReady, key, value: T::default(), message: NOT_FINISHED_MESSAGE.to_owned() }
 }
 
 fn unknown_flag(code: i64, message: &str) -> String {

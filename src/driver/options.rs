@@ -104,6 +104,12 @@ pub struct DriverOptions {
     /// [`Driver::initialize`](super::Driver::initialize). The module (and Engine) then also
     /// live in this process, and any thread they start here runs in it before the fork.
     pub preload: Preload,
+    /// How long a finished result waits to be retrieved: past it, it is dropped (counted as
+    /// expired) and frees its place among `max_tasks`, so that tasks nobody comes back for
+    /// (a request that timed out, a panicking handler) cannot use up the capacity. Retrieving
+    /// it then answers `Error`, saying it expired. `None` keeps every result until retrieved.
+    /// Default: 60 s.
+    pub result_ttl: Option<Duration>,
 }
 
 impl Default for DriverOptions {
@@ -118,6 +124,7 @@ impl Default for DriverOptions {
             python_path: Vec::new(),
             call_method: "run".into(),
             preload: Preload::Nothing,
+            result_ttl: Some(Duration::from_secs(60)),
         }
     }
 }

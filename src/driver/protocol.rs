@@ -14,6 +14,10 @@ const FAILED: i64 = 2;
 /// `py4cc.protocol.ERROR`: the call itself was wrong (bad arguments, unknown key, ...).
 const ERROR: i64 = 9;
 
+/// `py4cc.protocol.NOT_FINISHED_MESSAGE`: the message of a `NotReady` answer, which the Rust
+/// Driver also gives on its own when its completion table knows the task still runs.
+pub(super) const NOT_FINISHED_MESSAGE: &str = "The requested task is not finished";
+
 /// The module and class of the Python driver.
 pub(super) const DRIVER_MODULE: &str = "py4cc.driver";
 /// See [`DRIVER_MODULE`].
@@ -38,10 +42,24 @@ pub(super) mod option {
     pub(in crate::driver) const CALL_METHOD: &str = "call_method";
     /// `preload: None | "module" | "engine"`.
     pub(in crate::driver) const PRELOAD: &str = "preload";
+    /// `notify: Callable[[int, bool], object] | None`: the completion table's notifier.
+    pub(in crate::driver) const NOTIFY: &str = "notify";
+    /// `result_ttl: float | None`, in seconds.
+    pub(in crate::driver) const RESULT_TTL: &str = "result_ttl";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 8] =
-        [MAX_TASKS, N_SUBPROCESSES, START_METHOD, ENGINE, TASK_TIMEOUT, INIT_TIMEOUT, CALL_METHOD, PRELOAD];
+    pub(in crate::driver) const ALL: [&str; 10] = [
+        MAX_TASKS,
+        N_SUBPROCESSES,
+        START_METHOD,
+        ENGINE,
+        TASK_TIMEOUT,
+        INIT_TIMEOUT,
+        CALL_METHOD,
+        PRELOAD,
+        NOTIFY,
+        RESULT_TTL,
+    ];
 }
 
 /// The Python driver's methods that the Rust Driver calls, by name.
@@ -58,12 +76,16 @@ pub(super) mod method {
     pub(in crate::driver) const FINALIZE: &str = "finalize";
     /// `worker_pids() -> list[int]`.
     pub(in crate::driver) const WORKER_PIDS: &str = "worker_pids";
+    /// `cancel(key) -> bool`, which never raises.
+    pub(in crate::driver) const CANCEL: &str = "cancel";
+    /// `held_tasks() -> int`.
+    pub(in crate::driver) const HELD_TASKS: &str = "held_tasks";
     /// `submit_call(args, kwargs) -> (flag, key, message)`, a general task.
     pub(in crate::driver) const SUBMIT_CALL: &str = "submit_call";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 7] =
-        [INITIALIZE, SUBMIT, RETRIEVE, WAIT, FINALIZE, WORKER_PIDS, SUBMIT_CALL];
+    pub(in crate::driver) const ALL: [&str; 9] =
+        [INITIALIZE, SUBMIT, RETRIEVE, WAIT, FINALIZE, WORKER_PIDS, CANCEL, HELD_TASKS, SUBMIT_CALL];
 }
 
 /// The Python driver's attribute holding how many worker processes run (the only one read).
@@ -166,6 +188,12 @@ mod tests {
         let ours: HashMap<String, i64> =
             ours.into_iter().chain([("ERROR", ERROR)]).map(|(name, flag)| (name.to_owned(), flag)).collect();
         assert_eq!(theirs, ours);
+    }
+
+    #[test]
+    fn the_not_finished_message_is_py4cc_protocols() {
+        let messages: HashMap<String, String> = contract("messages");
+        assert_eq!(messages["NOT_FINISHED_MESSAGE"], NOT_FINISHED_MESSAGE);
     }
 
     #[test]
