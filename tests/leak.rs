@@ -237,7 +237,7 @@ where
 }
 
 /// One round of general tasks of every answer type (and the failures: a wrong type, an
-/// Engine that raises), and a demo task.
+/// Engine that raises; one read through `wait_async`), and a demo task.
 fn driver_round(driver: &Driver, round: usize) {
     let n = round as i64;
     general(driver, ("value", -n), ResultStatus::Done, -n);
@@ -253,6 +253,16 @@ fn driver_round(driver: &Driver, round: usize) {
     general(driver, ("value", Bytes(&data[..])), ResultStatus::Done, Bytes(data.clone()));
     general(driver, ("value", "not a number"), ResultStatus::Failed, 0.0f64);
     general(driver, ("raise", "on purpose"), ResultStatus::Failed, Vec::<f64>::new());
+    // Through a future too.
+    let receipt = driver.submit_call::<String>(("value", "async"), ());
+    let mut future = driver.wait_async(receipt.key);
+    let result = loop {
+        if let Poll::Ready(result) = Pin::new(&mut future).poll(&mut Context::from_waker(Waker::noop())) {
+            break result;
+        }
+        thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!((result.status, result.value.as_str()), (ResultStatus::Done, "async"));
     // A demo task too: this Engine's run wants a command, so it fails with the traceback.
     let receipt = driver.submit(&[1.5], &["ab"], 3);
     let result = driver.wait(receipt.key, Duration::from_secs(30));
@@ -286,12 +296,12 @@ fn general_tasks_of_every_answer_type_leak_no_reference() {
     let (total_after, objects_after) = measure();
     driver.finalize();
 
-    println!("general task rounds: {GENERAL_ROUNDS} of 12 tasks (after {GENERAL_WARM_UP} to warm up)");
+    println!("general task rounds: {GENERAL_ROUNDS} of 13 tasks (after {GENERAL_WARM_UP} to warm up)");
     println!("gc-tracked objects: before {objects_before}, after {objects_after}");
     match (total_before, total_after) {
         (Some(before), Some(after)) => {
             println!("sys.gettotalrefcount(): before {before}, after {after}, growth {}", after - before);
-            // One reference leaked per task would grow it by 12 * GENERAL_ROUNDS.
+            // One reference leaked per task would grow it by 13 * GENERAL_ROUNDS.
             assert!(after - before <= 50, "total refcount grew from {before} to {after} over {GENERAL_ROUNDS} rounds");
         }
         _ => println!("sys.gettotalrefcount(): not available (not a debug build of CPython)"),
