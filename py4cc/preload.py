@@ -20,9 +20,10 @@ work from the process it is forked from:
 Caveats: the parent then holds the module (and, for ``"engine"``, the model) in its own
 memory for as long as the Driver runs; a library that starts threads when imported (BLAS
 thread pools) or in ``initialize`` has done so in the parent before the fork, and only the
-forking thread exists in the child (environment variables meant for the workers, such as
-``OMP_NUM_THREADS``, must then be set before the parent imports it); and Python 3.12+ warns
-about forking a process that runs threads, as ``fork`` always does here.
+forking thread exists in the child (``worker_env``, set in a worker before it imports the
+module, comes too late for a module imported here: variables such as ``OMP_NUM_THREADS`` must
+then be in this process's environment when it starts); and Python 3.12+ warns about forking
+a process that runs threads, as ``fork`` always does here.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ ERROR = 9
 CAPACITY_MESSAGE = "Model engine is working at capacity. Try again later."
 NOT_FINISHED_MESSAGE = "The requested task is not finished"
 FINALIZED_MESSAGE = "the driver is finalized; submit is no longer accepted"
+DRAINING_MESSAGE = "the driver is draining (it finishes the tasks it holds, then stops); submit is no longer accepted"
 
 DEFAULT_ENGINE = "py4cc.engine:Engine"
 DEFAULT_CALL_METHOD = "run"
@@ -37,42 +38,45 @@ DEFAULT_CALL_METHOD = "run"
 PRELOAD_CHOICES = (None, "module", "engine")
 """What ``preload`` may name: nothing, the Engine's module, or one initialised Engine."""
 
+OPTION_NAMES = (
+    "max_tasks", "n_subprocesses", "start_method", "engine", "task_timeout", "init_timeout",
+    "notify", "result_ttl", "worker_env", "worker_output", "call_method", "preload",
+)  # fmt: skip
+"""The Driver's keyword options another language's binding passes."""
+
+METHOD_NAMES = (
+    "initialize", "submit", "retrieve", "wait", "finalize", "worker_pids", "cancel", "held_tasks", "stats", "drain",
+    "submit_call",
+)  # fmt: skip
+"""The Driver's methods another language's binding calls."""
+
+STAT_NAMES = (
+    "state", "tasks_held", "tasks_queued", "tasks_running", "tasks_finished",
+    "workers_wanted", "workers_alive", "workers_ready",
+    "worker_starts", "worker_deaths", "last_death_cause", "replacement_failures",
+    "tasks_done", "tasks_failed", "tasks_timed_out", "tasks_cancelled", "tasks_expired",
+    "run_time_p50", "run_time_p99", "run_time_samples",
+)  # fmt: skip
+"""The keys of ``Driver.stats()``, in order (see :mod:`py4cc.stats`)."""
+
 DEFAULT_RESULT_TTL = 60.0
 """Seconds a finished result is kept for retrieval unless the Driver is told otherwise."""
 
 DRIVER_CONTRACT: dict[str, Any] = {
     "module": "py4cc.driver",
     "class": "Driver",
-    "options": [
-        "max_tasks",
-        "n_subprocesses",
-        "start_method",
-        "engine",
-        "task_timeout",
-        "init_timeout",
-        "call_method",
-        "preload",
-        "notify",
-        "result_ttl",
-    ],
-    "methods": [
-        "initialize",
-        "submit",
-        "retrieve",
-        "wait",
-        "finalize",
-        "worker_pids",
-        "cancel",
-        "held_tasks",
-        "submit_call",
-    ],
+    "options": [*OPTION_NAMES],
+    "methods": [*METHOD_NAMES],
     "attributes": ["n_subprocesses"],
     "flags": {"OK": OK, "AT_CAPACITY": AT_CAPACITY, "NOT_FINISHED": NOT_FINISHED, "FAILED": FAILED, "ERROR": ERROR},
     "messages": {"CAPACITY_MESSAGE": CAPACITY_MESSAGE, "NOT_FINISHED_MESSAGE": NOT_FINISHED_MESSAGE},
+    "stats": [*STAT_NAMES],
+    "output_streams": ["stdout", "stderr", "event"],
 }
 """Everything another language's binding reads off ``py4cc``: the module and class it
 imports, the constructor's keyword options, the methods it calls, the attribute it reads,
-and the flags and fixed messages of the answers. A binding checks its own copy against
+the flags and fixed messages of the answers, the keys of ``Driver.stats()`` and the
+stream names a ``worker_output`` callback receives. A binding checks its own copy against
 this one; py4cc's tests check this one against the Driver."""
 
 # -- limits ------------------------------------------------------------------------------
@@ -82,6 +86,16 @@ MAX_WORKERS = 1024
 
 STOP_GRACE_S = 1.0
 """How long finalize waits for idle workers to exit before killing them."""
+
+OUTPUT_GRACE_S = 2.0
+"""How long finalize, once the workers are gone, waits for the rest of their output (a
+process the Engine started may hold a worker's output pipe open longer)."""
+
+OUTPUT_LINE_MAX = 64 * 1024
+"""A line of worker output longer than this many bytes is handed on in pieces."""
+
+RUN_TIME_WINDOW = 1024
+"""How many of the latest Engine run times ``Driver.stats()`` takes its percentiles over."""
 
 STARTUP_RETRIES = 3
 """How many replacement workers in a row may die before they are ready (killed, crashed,
@@ -151,7 +165,8 @@ class InitFailed(NamedTuple):
 
 
 class Answer(NamedTuple):
-    """worker -> parent: how task ``key`` ended (``flag`` OK or FAILED).
+    """worker -> parent: how task ``key`` ended (``flag`` OK or FAILED), and how many
+    seconds ``Engine.run`` took (0.0 when it did not run to an answer).
 
     A demo task's ``value`` is an int. A general task's is its answer, pickled by the worker
     on its own (``pickled`` True), so that an answer that cannot be pickled fails its task in
@@ -162,6 +177,7 @@ class Answer(NamedTuple):
     flag: int
     value: Any
     message: str
+    run_s: float = 0.0
     pickled: bool = False
 
 
@@ -204,14 +220,15 @@ def decode_arguments(payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return args, kwargs
 
 
-def pickle_answer(key: int, value: Any) -> Answer:
-    """A general task's answer, its value pickled; FAILED with the reason if it cannot be."""
+def pickle_answer(key: int, value: Any, run_s: float = 0.0) -> Answer:
+    """A general task's answer, its value pickled; FAILED with the reason if it cannot be.
+    ``run_s``: how long the Engine took to answer it."""
     try:
         data = _dumps(value, _PROTOCOL)
     except BaseException:  # a user's __reduce__ may raise anything
         text = traceback.format_exc()
-        return Answer(key, FAILED, None, f"the engine's answer {describe(value)} cannot be pickled:\n{text}")
-    return Answer(key, OK, data, "", True)
+        return Answer(key, FAILED, None, f"the engine's answer {describe(value)} cannot be pickled:\n{text}", run_s)
+    return Answer(key, OK, data, "", run_s, True)
 
 
 def unpickle_answer(answer: Answer) -> Answer:
@@ -221,15 +238,16 @@ def unpickle_answer(answer: Answer) -> Answer:
         value = _loads(answer.value)
     except Exception:
         text = traceback.format_exc()
-        return Answer(answer.key, FAILED, None, f"the engine's answer could not be unpickled by the driver:\n{text}")
-    return Answer(answer.key, answer.flag, value, answer.message)
+        message = f"the engine's answer could not be unpickled by the driver:\n{text}"
+        return Answer(answer.key, FAILED, None, message, answer.run_s)
+    return Answer(answer.key, answer.flag, value, answer.message, answer.run_s)
 
 
 def encode_report(report: Report) -> bytes:
     """The bytes of what a worker sends, for ``Connection.send_bytes``. An Answer travels as
-    a tuple of 4 fields, or of 5 when its value is pickled."""
+    a tuple of 5 fields, or of 6 when its value is pickled."""
     if type(report) is Answer:
-        return _dumps(report[:] if report.pickled else report[:4], _PROTOCOL)
+        return _dumps(report[:] if report.pickled else report[:5], _PROTOCOL)
     return _dumps(report, _PROTOCOL)
 
 
@@ -237,9 +255,9 @@ def decode_report(data: bytes) -> Any:
     """What :func:`encode_report` made: a Ready, InitFailed or Answer (anything else is
     the worker's mistake, and is returned as is)."""
     report = _loads(data)
-    if type(report) is tuple and len(report) == 4:
-        return _as_tuple(Answer, (*report, False))
     if type(report) is tuple and len(report) == 5:
+        return _as_tuple(Answer, (*report, False))
+    if type(report) is tuple and len(report) == 6:
         return _as_tuple(Answer, report)
     return report
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+import sys
+import time
 import traceback
 from typing import Any, NamedTuple
 
@@ -40,6 +42,8 @@ class WorkerSetup(NamedTuple):
     str_feature_names: list[str]
     extra: dict[str, Any]
     """The extra keyword arguments of ``Driver.initialize``, passed on."""
+    env: tuple[tuple[str, str], ...] = ()
+    """Environment variables set in the worker before the Engine's module is imported."""
     call_method: str = DEFAULT_CALL_METHOD
     """The Engine's method that general tasks call."""
 
@@ -75,23 +79,26 @@ def run_general(engine: Any, call_method: str, call: GeneralCall) -> Answer:
         args, kwargs = decode_arguments(call.payload)
     except BaseException:
         return Answer(key, FAILED, None, "the task's arguments could not be unpickled:\n" + traceback.format_exc())
+    started = time.perf_counter()
     try:
         value = getattr(engine, call_method)(*args, **kwargs)
     except BaseException:  # a user's method may raise anything, even SystemExit
-        return Answer(key, FAILED, None, traceback.format_exc())
-    return pickle_answer(key, value)
+        return Answer(key, FAILED, None, traceback.format_exc(), time.perf_counter() - started)
+    return pickle_answer(key, value, time.perf_counter() - started)
 
 
 def run_task(engine: Any, call: Call) -> Answer:
     """Run one task and check the Engine's answer; never raises what ``run`` raises."""
     key = call.key
+    started = time.perf_counter()
     try:
         answer = engine.run(
             float_features=call.float_features, str_features=call.str_features, int_feature=call.int_feature
         )
     except BaseException:  # a user's run may raise anything, even SystemExit
-        return Answer(key, FAILED, -1, traceback.format_exc())
-    return check_answer(key, answer)
+        return Answer(key, FAILED, -1, traceback.format_exc(), time.perf_counter() - started)
+    run_s = time.perf_counter() - started
+    return check_answer(key, answer)._replace(run_s=run_s)
 
 
 def check_answer(key: int, answer: Any) -> Answer:
@@ -113,10 +120,64 @@ def check_answer(key: int, answer: Any) -> Answer:
     return Answer(key, FAILED, int(value), str(message))
 
 
-def worker_main(conn: Any, setup: WorkerSetup, close_fds: list[int], engine: Any = None) -> None:
+def redirect_output(stdout_conn: Any, stderr_conn: Any) -> None:
+    """Point this process's fds 1 and 2 at the pipes the parent reads (so that C-level
+    writes are caught too), and make every writer on them line-buffered, so that each
+    line leaves at once and none is lost when the process dies."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+    for conn, fd in ((stdout_conn, 1), (stderr_conn, 2)):
+        os.dup2(conn.fileno(), fd)
+        conn.close()
+    sys.stdout = line_writer(sys.stdout, 1)
+    sys.stderr = line_writer(sys.stderr, 2)
+    line_buffer_c_stdout()
+
+
+def line_writer(stream: Any, fd: int) -> Any:
+    """``stream`` made line-buffered UTF-8 (what the parent decodes), or a new such writer
+    on ``fd`` if it cannot be."""
+    try:
+        if stream is not None and stream.fileno() == fd:
+            stream.reconfigure(encoding="utf-8", errors="backslashreplace", line_buffering=True)
+            return stream
+    except Exception:
+        pass
+    return open(fd, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+
+
+def line_buffer_c_stdout() -> None:
+    """Make C's ``stdout`` line-buffered (it is fully buffered on a pipe), for extensions
+    that ``printf``; C's ``stderr`` is unbuffered already. Best effort: glibc-like libcs."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        c_stdout = ctypes.c_void_p.in_dll(libc, "stdout")
+        libc.setvbuf(c_stdout, None, 1, 0)  # 1: _IOLBF
+    except Exception:
+        pass
+
+
+def apply_env(env: tuple[tuple[str, str], ...]) -> None:
+    """Set ``env`` in this process (``os.environ`` and the C environment)."""
+    for name, value in env:
+        os.environ[name] = value
+
+
+def worker_main(
+    conn: Any, setup: WorkerSetup, close_fds: list[int], output: tuple[Any, Any] | None = None, engine: Any = None
+) -> None:
     """Body of one worker process: build the Engine (unless ``engine`` is one the parent
     built before forking), report ready, then serve tasks until told to stop or until the
-    parent goes away (its pipe end closes)."""
+    parent goes away (its pipe end closes).
+
+    ``output``: the write ends of the pipes the parent reads this worker's stdout and
+    stderr from (None: leave fds 1 and 2 as inherited)."""
     # With "fork" the child inherits the parent's ends of every worker pipe; closing
     # them lets this worker see EOF (and exit) when the parent goes away.
     for fd in close_fds:
@@ -124,12 +185,20 @@ def worker_main(conn: Any, setup: WorkerSetup, close_fds: list[int], engine: Any
             os.close(fd)
         except OSError:
             pass
+    if output is not None:
+        try:
+            redirect_output(*output)
+        except Exception:  # keep the inherited fds 1 and 2 rather than not run at all
+            pass
     # Ctrl-C reaches the whole process group: the parent decides when workers stop.
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     except (ValueError, OSError):
         pass
     try:
+        # Before the Engine's module is imported: libraries read some variables once, at load
+        # (a module preloaded by the parent was imported before them: see py4cc.preload).
+        apply_env(setup.env)
         if engine is None:
             engine = build_engine(setup)
     except BaseException:

@@ -472,3 +472,31 @@ fn wait_async_and_cancel_take_a_typed_key_too() {
     drop(driver.wait_async(dropped.key));
     assert_eq!(driver.retrieve(dropped.key).status, ResultStatus::Error);
 }
+
+#[test]
+fn stats_and_drain_count_general_tasks_as_they_count_demo_ones() {
+    let driver = command_driver(DriverOptions { n_subprocesses: 2, ..options(StartMethod::Forkserver) }, &[]);
+    for n in 0..3i64 {
+        assert_eq!(answer::<i64>(&driver, ("value", -n)), -n);
+    }
+    assert_eq!(call::<f64>(&driver, ("raise", "counted")).status, ResultStatus::Failed);
+    // Python answered this one; only the Rust side finds it the wrong type: done, for py4cc.
+    assert_eq!(call::<f64>(&driver, ("value", "text")).status, ResultStatus::Failed);
+    // Long enough not to answer before the stats are read (its answer would add a run time).
+    let cancelled = driver.submit_call::<f64>(("sleep", 10.0, 1.0), ());
+    assert!(driver.cancel(cancelled.key));
+    let stats = driver.stats().unwrap();
+    assert_eq!((stats.tasks_done, stats.tasks_failed, stats.tasks_cancelled), (4, 1, 1));
+    assert_eq!(stats.run_time_samples, 5, "every general task the Engine ran to an answer");
+    let waiting = driver.submit_call::<String>(("sleep", 0.2, "drained"), ());
+    let waiter = {
+        let key = waiting.key;
+        let driver = &driver;
+        thread::scope(|scope| {
+            let waiter = scope.spawn(move || driver.wait(key, PATIENCE));
+            assert_eq!(driver.drain(PATIENCE), 0, "drain lets the running general task finish");
+            waiter.join().unwrap()
+        })
+    };
+    assert_eq!((waiter.status, waiter.value.as_str()), (ResultStatus::Done, "drained"));
+}

@@ -49,14 +49,17 @@ class WireTest(unittest.TestCase):
         self.assertIs(type(decode_call(encode_call(Call(1, [1.0], ["s"], 2)))), Call)
 
     def test_a_general_answer_is_pickled_apart_and_unpickled_here(self):
-        answer = pickle_answer(3, {"x": (1, None)})
-        self.assertEqual((answer.key, answer.flag, answer.message, answer.pickled), (3, OK, "", True))
+        answer = pickle_answer(3, {"x": (1, None)}, 0.25)
+        self.assertEqual(
+            (answer.key, answer.flag, answer.message, answer.run_s, answer.pickled), (3, OK, "", 0.25, True)
+        )
+        self.assertEqual(len(pickle.loads(encode_report(answer))), 6)
         back = decode_report(encode_report(answer))
         self.assertEqual(back, answer)
-        self.assertEqual(unpickle_answer(back), Answer(3, OK, {"x": (1, None)}, "", False))
-        # A demo answer still travels as its four fields.
-        self.assertEqual(len(pickle.loads(encode_report(Answer(1, OK, 5, "")))), 4)
-        self.assertEqual(decode_report(encode_report(Answer(1, OK, 5, ""))), Answer(1, OK, 5, "", False))
+        self.assertEqual(unpickle_answer(back), Answer(3, OK, {"x": (1, None)}, "", 0.25, False))
+        # A demo answer still travels as its five fields.
+        self.assertEqual(len(pickle.loads(encode_report(Answer(1, OK, 5, "", 0.5)))), 5)
+        self.assertEqual(decode_report(encode_report(Answer(1, OK, 5, "", 0.5))), Answer(1, OK, 5, "", 0.5, False))
 
     def test_an_answer_that_cannot_be_pickled_or_unpickled_is_a_failure_with_the_reason(self):
         failed = pickle_answer(4, threading.Lock())

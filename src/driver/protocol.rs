@@ -46,19 +46,25 @@ pub(super) mod option {
     pub(in crate::driver) const NOTIFY: &str = "notify";
     /// `result_ttl: float | None`, in seconds.
     pub(in crate::driver) const RESULT_TTL: &str = "result_ttl";
+    /// `worker_env: list[tuple[str, str]]`.
+    pub(in crate::driver) const WORKER_ENV: &str = "worker_env";
+    /// `worker_output: Callable[[int, str, str], None] | None`.
+    pub(in crate::driver) const WORKER_OUTPUT: &str = "worker_output";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 10] = [
+    pub(in crate::driver) const ALL: [&str; 12] = [
         MAX_TASKS,
         N_SUBPROCESSES,
         START_METHOD,
         ENGINE,
         TASK_TIMEOUT,
         INIT_TIMEOUT,
-        CALL_METHOD,
-        PRELOAD,
         NOTIFY,
         RESULT_TTL,
+        WORKER_ENV,
+        WORKER_OUTPUT,
+        CALL_METHOD,
+        PRELOAD,
     ];
 }
 
@@ -80,12 +86,16 @@ pub(super) mod method {
     pub(in crate::driver) const CANCEL: &str = "cancel";
     /// `held_tasks() -> int`.
     pub(in crate::driver) const HELD_TASKS: &str = "held_tasks";
+    /// `stats() -> dict`.
+    pub(in crate::driver) const STATS: &str = "stats";
+    /// `drain(timeout) -> int`.
+    pub(in crate::driver) const DRAIN: &str = "drain";
     /// `submit_call(args, kwargs) -> (flag, key, message)`, a general task.
     pub(in crate::driver) const SUBMIT_CALL: &str = "submit_call";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 9] =
-        [INITIALIZE, SUBMIT, RETRIEVE, WAIT, FINALIZE, WORKER_PIDS, CANCEL, HELD_TASKS, SUBMIT_CALL];
+    pub(in crate::driver) const ALL: [&str; 11] =
+        [INITIALIZE, SUBMIT, RETRIEVE, WAIT, FINALIZE, WORKER_PIDS, CANCEL, HELD_TASKS, STATS, DRAIN, SUBMIT_CALL];
 }
 
 /// The Python driver's attribute holding how many worker processes run (the only one read).
@@ -208,6 +218,11 @@ mod tests {
         assert_eq!(names("options"), sorted(&option::ALL));
         assert_eq!(names("methods"), sorted(&method::ALL));
         assert_eq!(names("attributes"), sorted(&[N_SUBPROCESSES]));
+        assert_eq!(names("stats"), sorted(&super::super::stats::KEYS));
+        let streams: Vec<String> = contract("output_streams");
+        let ours =
+            [super::super::WorkerStream::Stdout, super::super::WorkerStream::Stderr, super::super::WorkerStream::Event];
+        assert_eq!(streams, ours.map(|stream| stream.as_str().to_owned()));
     }
 
     #[test]

@@ -38,6 +38,11 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// The Engine, `engine.py` next to this crate's manifest.
 const ENGINE: &str = "engine:IrisEngine";
 
+/// One BLAS thread per worker: N workers of a numpy model would otherwise each start a
+/// thread per core.
+const ONE_THREAD: [(&str, &str); 3] =
+    [("OMP_NUM_THREADS", "1"), ("OPENBLAS_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1")];
+
 struct Args {
     start_method: StartMethod,
     workers: usize,
@@ -172,6 +177,11 @@ fn compare(args: &Args) -> Result<(), String> {
         let mut path = std::env::split_paths(&std::env::var_os("PYTHONPATH").unwrap_or_default()).collect::<Vec<_>>();
         path.insert(0, example_dir().to_path_buf());
         command.env("PYTHONPATH", std::env::join_paths(path).map_err(|e| e.to_string())?);
+        // worker_env reaches a worker before it imports numpy, but a preloaded module was
+        // imported by the service itself, whose BLAS the forked workers inherit: the service
+        // gets the same limit from the start (an environment set here, for the new process,
+        // not with set_var behind running threads).
+        command.envs(ONE_THREAD);
         let output = command.stderr(Stdio::inherit()).output().map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&output.stdout);
         print!("{text}");
@@ -423,6 +433,7 @@ fn serve_and_check(args: &Args, preload: Preload) -> Result<(), String> {
             max_tasks: 2 * args.threads,
             init_timeout: Some(Duration::from_secs(300)),
             task_timeout: Some(PATIENCE),
+            worker_env: ONE_THREAD.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
             preload,
             ..Default::default()
         })
