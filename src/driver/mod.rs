@@ -252,16 +252,15 @@ impl Driver {
     /// # Ok::<(), rs4py::Error>(())
     /// ```
     pub fn submit_call<T>(&self, args: impl IntoArgs, kwargs: impl IntoKwargs) -> TaskReceipt<Key<T>> {
-        let answer = {
-            let _serial = self.lock_calls();
-            Gil::acquire().and_then(|gil| {
-                let token = gil.token();
-                let args = args.into_objects(token)?;
-                let args = Object::new_tuple(token, args.as_ref().iter().map(|arg| Ok(arg.clone())))?;
-                let kwargs = kwargs.into_kwargs(token)?.unwrap_or_else(|| token.none());
-                self.python.submit_call.bind(&gil).call((args, kwargs), ())?.extract::<(i64, i64, String)>()
-            })
-        };
+        let answer = Gil::acquire().and_then(|gil| {
+            // Converted before the mutex is taken: a large argument holds up no other caller.
+            let token = gil.token();
+            let args = args.into_objects(token)?;
+            let args = Object::new_tuple(token, args.as_ref().iter().map(|arg| Ok(arg.clone())))?;
+            let kwargs = kwargs.into_kwargs(token)?.unwrap_or_else(|| token.none());
+            let _serial = self.lock_calls(); // lets the GIL go while it waits
+            self.python.submit_call.bind(&gil).call((args, kwargs), ())?.extract::<(i64, i64, String)>()
+        });
         match answer {
             Ok((code, key, message)) => match SubmitStatus::from_code(code) {
                 Some(SubmitStatus::Accepted) => {
