@@ -221,7 +221,9 @@ fn the_completion_path_leaks_no_reference() {
     driver.finalize();
 }
 
-const GENERAL_WARM_UP: usize = 30;
+/// More tasks than the pool's run-time window keeps (1024), so that it is full before the
+/// count begins.
+const GENERAL_WARM_UP: usize = 100;
 const GENERAL_ROUNDS: usize = 300;
 
 /// Runs one general task and checks its status, and its value when done.
