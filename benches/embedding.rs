@@ -35,6 +35,63 @@ fn report(case: &str, raw: f64, rs4py: f64, pyo3: f64) {
     );
 }
 
+/// Nanoseconds per GIL take-and-release on the current thread, by each party.
+struct GilRoundTrips {
+    /// The raw C API at its best: `PyEval_RestoreThread`/`PyEval_SaveThread` with a thread
+    /// state kept for the whole loop.
+    raw: f64,
+    rs4py: f64,
+    pyo3: f64,
+    /// `PyGILState_Ensure`/`Release`, which, on a thread without a thread state of its own,
+    /// makes and frees one each time.
+    gilstate: f64,
+}
+
+/// Measures taking and releasing the GIL on the calling thread. PyGILState and PyO3 go first,
+/// meeting the thread as they would without rs4py; the raw loop then runs with a thread state
+/// of its own that it frees afterwards, so rs4py meets the thread as it would any other (on
+/// the main thread, the interpreter's own thread state serves all of them).
+fn gil_round_trips(iterations: usize) -> GilRoundTrips {
+    let gilstate = nanos_per_call(iterations, || {
+        // SAFETY: Python is initialised; Ensure/Release pair up on this thread.
+        unsafe {
+            let state = ffi::PyGILState_Ensure();
+            ffi::PyGILState_Release(state);
+        }
+    });
+    let pyo3 = nanos_per_call(iterations, || Python::attach(|py| _ = black_box(py)));
+    // SAFETY: Python is initialised and this thread holds no GIL. PyGILState_Ensure makes a
+    // thread state if the thread has none (and then takes the GIL); PyEval_SaveThread releases
+    // the GIL and returns that thread state, which stays valid until deleted below.
+    let (thread_state, made_here) = unsafe {
+        let made_here = ffi::PyGILState_GetThisThreadState().is_null();
+        ffi::PyGILState_Ensure();
+        (ffi::PyEval_SaveThread(), made_here)
+    };
+    let raw = nanos_per_call(iterations, || {
+        // SAFETY: thread_state is this thread's and not current; the pair takes and releases
+        // the GIL with it.
+        unsafe {
+            ffi::PyEval_RestoreThread(thread_state);
+            black_box(ffi::PyEval_SaveThread());
+        }
+    });
+    // SAFETY: restores this thread's state and takes the GIL. A thread state made here is
+    // cleared and deleted (which releases the GIL); the main thread's is handed back with its
+    // Ensure balanced by a Release.
+    unsafe {
+        ffi::PyEval_RestoreThread(thread_state);
+        if made_here {
+            ffi::PyThreadState_Clear(thread_state);
+            ffi::PyThreadState_DeleteCurrent();
+        } else {
+            ffi::PyGILState_Release(ffi::PyGILState_STATE::PyGILState_UNLOCKED);
+        }
+    }
+    let rs4py = nanos_per_call(iterations, || drop(black_box(Gil::acquire().unwrap())));
+    GilRoundTrips { raw, rs4py, pyo3, gilstate }
+}
+
 fn main() {
     {
         let gil = Gil::acquire().expect("Python starts");
@@ -46,16 +103,20 @@ fn main() {
     println!("rs4py embedding benchmark (best of {ROUNDS} rounds; lower is better)");
 
     let iterations = 200_000;
-    let raw = nanos_per_call(iterations, || {
-        // SAFETY: Python is initialised; Ensure/Release pair up on this thread.
-        unsafe {
-            let state = ffi::PyGILState_Ensure();
-            ffi::PyGILState_Release(state);
-        }
-    });
-    let ours = nanos_per_call(iterations, || drop(black_box(Gil::acquire().unwrap())));
-    let theirs = nanos_per_call(iterations, || Python::attach(|py| _ = black_box(py)));
-    report("take and release the GIL", raw, ours, theirs);
+    let main_thread = gil_round_trips(iterations);
+    report("take and release the GIL, main thread", main_thread.raw, main_thread.rs4py, main_thread.pyo3);
+    // A long-lived thread of the Rust program, as a service's worker threads are.
+    let spawned = std::thread::spawn(move || gil_round_trips(iterations)).join().unwrap();
+    report("take and release the GIL, spawned thread", spawned.raw, spawned.rs4py, spawned.pyo3);
+    println!(
+        "{:<44} raw C API {:>4.2}x | rs4py {:>4.2}x | PyO3 {:>4.2}x   (PyGILState_Ensure/Release: main {:.1} ns, spawned {:.1} ns)",
+        "  spawned thread / main thread",
+        spawned.raw / main_thread.raw,
+        spawned.rs4py / main_thread.rs4py,
+        spawned.pyo3 / main_thread.pyo3,
+        main_thread.gilstate,
+        spawned.gilstate,
+    );
 
     let gil = Gil::acquire().unwrap();
     let three_args = gil.eval("three_args").unwrap();
