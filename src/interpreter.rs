@@ -152,8 +152,8 @@ unsafe fn initialize() -> Result<()> {
         ffi::PyConfig_Clear(config);
         start_status(status)?;
         // Py_InitializeFromConfig leaves this thread holding the GIL; hand it back so that any
-        // thread can take it. The thread state stays registered for this thread's later use.
-        ffi::PyEval_SaveThread();
+        // thread can take it. This thread keeps its thread state for its later guards.
+        crate::gil::keep_thread_state(ffi::PyEval_SaveThread());
     }
     restore_sigint(&sigint_before);
     Ok(())
