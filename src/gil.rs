@@ -402,8 +402,9 @@ mod tests {
 
     #[test]
     fn release_during_inside_a_foreign_pygilstate_ensure() {
+        // Started elsewhere: the thread that starts Python keeps its state from the start.
+        on_new_thread(|| interpreter::ensure_started().unwrap());
         on_new_thread(|| {
-            interpreter::ensure_started().unwrap();
             // SAFETY: Python runs; this Ensure (which makes this thread's state) is paired with
             // the Release below.
             let state = unsafe { ffi::PyGILState_Ensure() };
