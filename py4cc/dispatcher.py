@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import recovery
 from .processes import wait_exited
-from .protocol import FAILED, Answer, InitFailed, Ready, decode_report, exit_text
+from .protocol import FAILED, Answer, InitFailed, Ready, decode_report, exit_text, unpickle_answer
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -176,6 +176,8 @@ class Dispatcher(threading.Thread):
                         )
                 w.signal(signal.SIGKILL)
                 return
+            if type(report) is Answer and report.pickled:
+                report = unpickle_answer(report)  # a general task's answer, not under the lock
             with pool.lock:
                 if pool.closed:
                     return  # stop has begun (and failed every unfinished task)

@@ -157,9 +157,12 @@ def _forkserver_pid() -> int | None:
     return forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
 
 
-def start_worker(ctx: Any, setup: WorkerSetup, inherited_fds: list[int] | None) -> Worker:
+def start_worker(ctx: Any, setup: WorkerSetup, inherited_fds: list[int] | None, engine: Any = None) -> Worker:
     """Start one worker process (not yet ready) in the ``multiprocessing`` context ``ctx``,
     its stdout and stderr going to two new pipes whose read ends are ``output_fds``.
+
+    ``engine`` (with "fork" only, else None): an Engine built here that the child inherits
+    and uses instead of building its own (``preload="engine"``).
 
     ``inherited_fds`` (with "fork", else None): the parent's descriptors that the child
     inherits and must close, so that it sees EOF when the parent goes away; the parent's
@@ -173,7 +176,7 @@ def start_worker(ctx: Any, setup: WorkerSetup, inherited_fds: list[int] | None) 
     lifeline = Lifeline(host_read_end())
     process = ctx.Process(
         target=worker_main,
-        args=(child_conn, setup, close_fds, writers, lifeline),
+        args=(child_conn, setup, close_fds, writers, engine, lifeline),
         name="py4cc-worker",
         daemon=False,
     )
