@@ -168,13 +168,11 @@ class Dispatcher(threading.Thread):
                     w.dead = True
                     if w.queue and not pool.closed:
                         pool.requeue_unstarted(w)
-                        pool.complete(
+                        w.doomed = (
                             w.queue.popleft(),
-                            FAILED,
-                            -1,
                             "the worker's answer could not be read:\n" + traceback.format_exc(),
                         )
-                w.signal(signal.SIGKILL)
+                w.signal(signal.SIGKILL)  # _reap fails the task once the worker is dead
                 return
             if type(report) is Answer and report.pickled:
                 report = unpickle_answer(report)  # a general task's answer, not under the lock
@@ -238,12 +236,16 @@ class Dispatcher(threading.Thread):
                     f"the worker process (pid {w.pid}) running this task died with "
                     f"{exit_text(exitcode)}; it is being replaced",
                 )
+            if w.doomed is not None:  # killed for it: failed now that the worker is dead
+                pool.complete(w.doomed[0], FAILED, -1, w.doomed[1])
+                w.doomed = None
             recovery.note_lost(pool, w, exitcode)
             pool.dispatch()
         w.release()
 
     def _expire(self, task_timeout: float) -> None:
-        """Fail each task that has run past ``task_timeout`` and kill its worker."""
+        """Kill the worker of each task that has run past ``task_timeout``; ``_reap`` fails
+        the task once that worker is dead (so that it cannot still be running it)."""
         pool = self.pool
         now = time.monotonic()
         with pool.lock:
@@ -259,15 +261,13 @@ class Dispatcher(threading.Thread):
                 w.timed_out = True
                 pool.counters.tasks_timed_out += 1
                 pool.event(w.pid, f"task {task.key} ran past task_timeout ({task_timeout:g} s): killing the worker")
-                pool.complete(
+                w.doomed = (
                     task,
-                    FAILED,
-                    -1,
                     f"the task timed out after {task_timeout:g} s; its worker process "
                     f"(pid {w.pid}) was killed and is being replaced",
                 )
                 w.signal(signal.SIGKILL)
-                # Its exit shows up on its pidfd; _reap then has it replaced.
+                # Its exit shows up on its pidfd; _reap then fails the task and has it replaced.
             pool.dispatch()
 
     def _expire_startup(self, init_timeout: float) -> None:

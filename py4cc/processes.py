@@ -38,8 +38,8 @@ class Worker:
     """
 
     __slots__ = (
-        "conn", "dead", "eof", "failure", "forkserver_pid", "head_started", "init_timed_out", "output_fds", "pid",
-        "pidfd", "process", "queue", "ready", "slot", "started", "timed_out",
+        "conn", "dead", "doomed", "eof", "failure", "forkserver_pid", "head_started", "init_timed_out",
+        "output_fds", "pid", "pidfd", "process", "queue", "ready", "slot", "started", "timed_out",
     )  # fmt: skip
 
     def __init__(self, process: Any, conn: Any, output_fds: tuple[int, int] | None = None) -> None:
@@ -59,6 +59,7 @@ class Worker:
         self.timed_out = False
         self.failure: str | None = None  # its InitFailed traceback (Engine.initialize raised)
         self.init_timed_out = False  # killed for not being ready within init_timeout
+        self.doomed: tuple[Task, str] | None = None  # the task it is being killed for, failed once it is dead
 
     def watch(self) -> Any:
         """What becomes readable once this worker's process has exited."""

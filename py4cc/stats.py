@@ -90,6 +90,8 @@ def snapshot(pool: Pool, state: str) -> dict[str, Any]:
                     running += 1
                 else:
                     queued_in_workers += 1
+        if w.doomed is not None and not w.doomed[0].done:
+            running += 1  # its worker is being killed for it; it fails once that one is dead
         if not w.dead:
             alive += 1
             if w.ready:
