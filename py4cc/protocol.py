@@ -95,6 +95,7 @@ RESTART_BACKOFF_FIRST_S = 0.1
 RESTART_BACKOFF_MAX_S = 30.0
 """The wait doubles with each failed start in a row, up to this many seconds; a slot
 never gives up."""
+
 OUTPUT_GRACE_S = 2.0
 """How long finalize, once the workers are gone, waits for the rest of their output (a
 process the Engine started may hold a worker's output pipe open longer)."""
