@@ -4,8 +4,10 @@
 mod completion;
 mod future;
 mod options;
+mod output;
 mod package;
 mod protocol;
+mod stats;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,8 +23,10 @@ use crate::object::{Handle, Object};
 use completion::{Completions, Standing};
 pub use future::TaskFuture;
 pub use options::{DriverOptions, StartMethod};
+pub use output::{WorkerLine, WorkerOutput, WorkerStream};
 use protocol::{DRIVER_CLASS, DRIVER_MODULE, N_SUBPROCESSES, NOT_FINISHED_MESSAGE, method, option};
 pub use protocol::{ResultStatus, SubmitStatus};
+pub use stats::{DriverState, DriverStats};
 
 /// The answer to [`Driver::submit`]: a status, the task's key (0 unless accepted) and a
 /// message (empty when accepted).
@@ -55,6 +59,8 @@ struct PythonDriver {
     submit: Handle,
     retrieve: Handle,
     cancel: Handle,
+    stats: Handle,
+    drain: Handle,
 }
 
 /// Runs an Engine in a pool of Python worker processes; shared by many threads.
@@ -104,6 +110,7 @@ impl Driver {
         let completions = Arc::new(Completions::default());
         let notify = completions.notifier(gil.token())?;
         let class = gil.import(DRIVER_MODULE)?.getattr(DRIVER_CLASS)?;
+        let worker_output = options.worker_output.as_ref().map(|output| output.sink(gil.token())).transpose()?;
         let driver = class.call(
             (),
             [
@@ -115,6 +122,8 @@ impl Driver {
                 (option::INIT_TIMEOUT, &options.init_timeout.map(|timeout| timeout.as_secs_f64())),
                 (option::NOTIFY, &notify),
                 (option::RESULT_TTL, &options.result_ttl.map(|ttl| ttl.as_secs_f64())),
+                (option::WORKER_ENV, &options.worker_env),
+                (option::WORKER_OUTPUT, &worker_output),
             ],
         )?;
         let bound = |name| driver.getattr(name).map(Object::unbind);
@@ -122,6 +131,8 @@ impl Driver {
             submit: bound(method::SUBMIT)?,
             retrieve: bound(method::RETRIEVE)?,
             cancel: bound(method::CANCEL)?,
+            stats: bound(method::STATS)?,
+            drain: bound(method::DRAIN)?,
             driver: driver.clone().unbind(),
         };
         Ok(Driver { calls: Mutex::new(()), python, finalized: AtomicBool::new(false), completions })
@@ -145,6 +156,16 @@ impl Driver {
     }
 
     /// Submits one task. Never fails: a refusal is a status and a message.
+    ///
+    /// An accepted task holds one of [`DriverOptions::max_tasks`] slots until one of these:
+    /// its answer is retrieved ([`retrieve`](Self::retrieve), [`wait`](Self::wait) or
+    /// [`wait_async`](Self::wait_async) answering `Done` or `Failed`); it is cancelled
+    /// ([`cancel`](Self::cancel), or its `wait_async` future dropped unanswered); or, once
+    /// finished, nobody retrieves it within [`DriverOptions::result_ttl`] (it expires). So a
+    /// key that is abandoned (a request that timed out, a handler that panicked) frees its
+    /// slot at the latest `result_ttl` after its task finishes; with `result_ttl: None` it
+    /// keeps it until retrieved. When the driver holds `max_tasks` tasks, `submit` answers
+    /// `AtCapacity`.
     pub fn submit(&self, float_features: &[f64], str_features: &[impl AsRef<str>], int_feature: i64) -> TaskReceipt {
         let str_features: Vec<&str> = str_features.iter().map(AsRef::as_ref).collect();
         let answer = {
@@ -296,6 +317,61 @@ impl Driver {
             // py4cc's finalize never raises; were it to, there is nothing left to undo.
             let _ = self.python.driver.bind(&gil).call_method(method::FINALIZE, (), ());
         }
+    }
+
+    /// Stops accepting tasks, lets the held ones finish for up to `timeout`, then finalizes.
+    ///
+    /// From the call on, [`submit`](Self::submit) answers `Error` with a message that says the
+    /// driver is draining (then, once it is finalized, that it is finalized). Queued and
+    /// running tasks go on; [`retrieve`](Self::retrieve), [`wait`](Self::wait),
+    /// [`wait_async`](Self::wait_async) and [`cancel`](Self::cancel) work as usual meanwhile
+    /// (a cancelled task is not waited for), and answers finished in time can still be
+    /// retrieved after (within `result_ttl`). When every
+    /// held task has finished, or `timeout` has passed, the driver is finalized: the tasks
+    /// still unfinished answer `Failed`, and their number is returned. Holds neither the
+    /// driver's mutex nor the GIL while it waits. A driver not initialized, or finalized
+    /// already, is (still) finalized, and 0 is returned.
+    ///
+    /// ```
+    /// use rs4py::{Driver, DriverOptions, DriverState, ResultStatus, SubmitStatus};
+    /// use std::time::Duration;
+    ///
+    /// let driver = Driver::new(DriverOptions { n_subprocesses: 1, ..Default::default() })?;
+    /// driver.initialize("{}", &["a", "b"], &["name"])?;
+    /// let receipt = driver.submit(&[1.5, -2.5], &["Zoë"], 7);
+    /// assert_eq!(driver.drain(Duration::from_secs(30)), 0); // it finished in time
+    /// assert_eq!(driver.retrieve(receipt.key).value, 4 + 3 + 7);
+    /// assert_eq!(driver.submit(&[1.0, 2.0], &["x"], 0).status, SubmitStatus::Error);
+    /// assert_eq!(driver.stats()?.state, DriverState::Finalized);
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    pub fn drain(&self, timeout: Duration) -> usize {
+        // py4cc's drain waits on a condition, which releases the GIL; the py4cc driver is
+        // thread-safe, so other threads' calls go on meanwhile without the mutex.
+        let failed = self.call_python(&self.python.drain, (timeout.as_secs_f64(),), |answer| answer.extract());
+        self.finalize(); // marks it finalized here too (py4cc's own finalize has run)
+        failed.unwrap_or(0)
+    }
+
+    /// A snapshot of the driver's tasks, workers and counters (see [`DriverStats`]).
+    ///
+    /// Cheap enough for every metrics scrape: one call into Python that reads everything
+    /// under the pool's lock once, without the driver's mutex. Fails only if Python does
+    /// (or answers a dict without one of the keys this version reads).
+    ///
+    /// ```
+    /// use rs4py::{Driver, DriverOptions, DriverState};
+    ///
+    /// let driver = Driver::new(DriverOptions { n_subprocesses: 2, ..Default::default() })?;
+    /// assert_eq!(driver.stats()?.state, DriverState::New);
+    /// driver.initialize("{}", &["a", "b"], &["name"])?;
+    /// let stats = driver.stats()?;
+    /// assert_eq!((stats.state, stats.workers_wanted, stats.workers_ready), (DriverState::Running, 2, 2));
+    /// assert_eq!((stats.tasks_held, stats.worker_starts, stats.run_time_p50), (0, 2, None));
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    pub fn stats(&self) -> Result<DriverStats> {
+        self.call_python(&self.python.stats, (), |answer| DriverStats::from_dict(&answer))
     }
 
     /// The process ids of the current worker processes (empty before `initialize` and after

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::output::WorkerOutput;
 use crate::error::{Error, Result};
 
 /// How `multiprocessing` starts the worker processes.
@@ -71,6 +72,17 @@ pub struct DriverOptions {
     /// it then answers `Error`, saying it expired. `None` keeps every result until retrieved.
     /// Default: 60 s.
     pub result_ttl: Option<Duration>,
+    /// Environment variables set in every worker process before its Engine's module is
+    /// imported, whatever the start method: `("OMP_NUM_THREADS", "1")` and its kin keep N
+    /// workers of a numpy/BLAS model from each starting a thread per core. The rest of a
+    /// worker's environment is inherited (with `Forkserver`, from when its server process
+    /// started). A name must be non-empty without `=` or NUL, a value without NUL, or
+    /// [`Driver::initialize`](super::Driver::initialize) fails.
+    pub worker_env: Vec<(String, String)>,
+    /// Where each line the workers write to stdout or stderr goes, and each event about them
+    /// (a death, a task timeout, a replacement): see [`WorkerOutput`]. `None` writes them to
+    /// this process's stderr as `[py4cc worker <pid> <stream>] <line>`.
+    pub worker_output: Option<WorkerOutput>,
 }
 
 impl Default for DriverOptions {
@@ -84,6 +96,8 @@ impl Default for DriverOptions {
             init_timeout: None,
             python_path: Vec::new(),
             result_ttl: Some(Duration::from_secs(60)),
+            worker_env: Vec::new(),
+            worker_output: None,
         }
     }
 }

@@ -42,10 +42,24 @@ pub(super) mod option {
     pub(in crate::driver) const NOTIFY: &str = "notify";
     /// `result_ttl: float | None`, in seconds.
     pub(in crate::driver) const RESULT_TTL: &str = "result_ttl";
+    /// `worker_env: list[tuple[str, str]]`.
+    pub(in crate::driver) const WORKER_ENV: &str = "worker_env";
+    /// `worker_output: Callable[[int, str, str], None] | None`.
+    pub(in crate::driver) const WORKER_OUTPUT: &str = "worker_output";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 8] =
-        [MAX_TASKS, N_SUBPROCESSES, START_METHOD, ENGINE, TASK_TIMEOUT, INIT_TIMEOUT, NOTIFY, RESULT_TTL];
+    pub(in crate::driver) const ALL: [&str; 10] = [
+        MAX_TASKS,
+        N_SUBPROCESSES,
+        START_METHOD,
+        ENGINE,
+        TASK_TIMEOUT,
+        INIT_TIMEOUT,
+        NOTIFY,
+        RESULT_TTL,
+        WORKER_ENV,
+        WORKER_OUTPUT,
+    ];
 }
 
 /// The Python driver's methods that the Rust Driver calls, by name.
@@ -66,10 +80,14 @@ pub(super) mod method {
     pub(in crate::driver) const CANCEL: &str = "cancel";
     /// `held_tasks() -> int`.
     pub(in crate::driver) const HELD_TASKS: &str = "held_tasks";
+    /// `stats() -> dict`.
+    pub(in crate::driver) const STATS: &str = "stats";
+    /// `drain(timeout) -> int`.
+    pub(in crate::driver) const DRAIN: &str = "drain";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 8] =
-        [INITIALIZE, SUBMIT, RETRIEVE, WAIT, FINALIZE, WORKER_PIDS, CANCEL, HELD_TASKS];
+    pub(in crate::driver) const ALL: [&str; 10] =
+        [INITIALIZE, SUBMIT, RETRIEVE, WAIT, FINALIZE, WORKER_PIDS, CANCEL, HELD_TASKS, STATS, DRAIN];
 }
 
 /// The Python driver's attribute holding how many worker processes run (the only one read).
@@ -190,6 +208,11 @@ mod tests {
         assert_eq!(names("options"), sorted(&option::ALL));
         assert_eq!(names("methods"), sorted(&method::ALL));
         assert_eq!(names("attributes"), sorted(&[N_SUBPROCESSES]));
+        assert_eq!(names("stats"), sorted(&super::super::stats::KEYS));
+        let streams: Vec<String> = contract("output_streams");
+        let ours =
+            [super::super::WorkerStream::Stdout, super::super::WorkerStream::Stderr, super::super::WorkerStream::Event];
+        assert_eq!(streams, ours.map(|stream| stream.as_str().to_owned()));
     }
 
     #[test]
