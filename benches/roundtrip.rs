@@ -140,7 +140,7 @@ fn measure_async(driver: &Arc<Driver>, in_flight: usize, tasks: usize) -> (Row, 
 }
 
 /// The Rust Driver's rows (and the longest poll of its async row).
-fn rust_driver(threads: &[usize], tasks: usize, workers: usize) -> (Vec<Row>, Duration) {
+fn rust_driver(threads: &[usize], tasks: usize, workers: usize, with_async: bool) -> (Vec<Row>, Duration) {
     let driver = Arc::new(
         Driver::new(DriverOptions {
             engine: "roundtrip_engine:NoopEngine".into(),
@@ -162,8 +162,12 @@ fn rust_driver(threads: &[usize], tasks: usize, workers: usize) -> (Vec<Row>, Du
     };
     let mut rows: Vec<Row> =
         threads.iter().map(|&count| measure("Rust Driver (submit, wait)", count, tasks, one)).collect();
-    let (async_row, longest_poll) = measure_async(&driver, threads.iter().copied().max().unwrap_or(1), tasks);
-    rows.push(async_row);
+    let mut longest_poll = Duration::ZERO;
+    if with_async {
+        let async_row;
+        (async_row, longest_poll) = measure_async(&driver, threads.iter().copied().max().unwrap_or(1), tasks);
+        rows.push(async_row);
+    }
     driver.finalize();
     (rows, longest_poll)
 }
@@ -205,6 +209,7 @@ fn main() {
     let mut workers = 2;
     let mut rounds = 3;
     let mut anchors = true;
+    let mut with_async = true;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} wants a value"));
@@ -214,7 +219,8 @@ fn main() {
             "--workers" => workers = value().parse().expect("--workers N"),
             "--rounds" => rounds = value().parse().expect("--rounds N"),
             "--rust-only" => anchors = false, // for profiling
-            _ => {}                           // cargo bench passes --bench
+            "--sync-only" => with_async = false,
+            _ => {} // cargo bench passes --bench
         }
     }
     // (name, threads) -> that row of every round, in the order first met.
@@ -222,7 +228,7 @@ fn main() {
     let mut measured: BTreeMap<(String, usize), Vec<Row>> = BTreeMap::new();
     let mut longest_polls = Vec::new();
     for _ in 0..rounds {
-        let (ours, longest_poll) = rust_driver(&threads, tasks, workers);
+        let (ours, longest_poll) = rust_driver(&threads, tasks, workers, with_async);
         longest_polls.push(longest_poll);
         let theirs = if anchors { python_anchors(&threads, tasks, workers) } else { Vec::new() };
         for row in ours.into_iter().chain(theirs) {
