@@ -140,6 +140,7 @@ class Dispatcher(threading.Thread):
         poller = select.poll()
         poller.register(wake_fd, select.POLLIN)
         watched: dict[int, tuple[bool, Worker]] = {}  # fd -> (is its pipe, worker)
+        wait_readable = pool.options.wait_readable  # the host's, instead of poller.poll
         while True:
             with pool.lock:
                 if pool.closed:
@@ -162,7 +163,7 @@ class Dispatcher(threading.Thread):
                 # Last thing before the GIL is let go in poll: whoever is woken now finds
                 # it free, instead of waiting for this thread's bookkeeping.
                 pool.announce_finished()
-            ready = poller.poll(timeout)
+            ready = poller.poll(timeout) if wait_readable is None else wait_readable([wake_fd, *watched], timeout)
             exited: list[Worker] = []
             for fd, _ in ready:
                 if fd == wake_fd:

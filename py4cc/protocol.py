@@ -35,7 +35,7 @@ DEFAULT_ENGINE = "py4cc.engine:Engine"
 
 OPTION_NAMES = (
     "max_tasks", "n_subprocesses", "start_method", "engine", "task_timeout", "init_timeout",
-    "notify", "result_ttl", "worker_env", "worker_output",
+    "notify", "result_ttl", "worker_env", "worker_output", "wait_readable",
 )  # fmt: skip
 """The Driver's keyword options another language's binding passes."""
 
