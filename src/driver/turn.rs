@@ -15,6 +15,7 @@
 
 use std::ffi::{CStr, c_void};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use pyo3_ffi as ffi;
@@ -22,6 +23,10 @@ use pyo3_ffi as ffi;
 use crate::error::Result;
 use crate::gil::GilToken;
 use crate::object::Object;
+
+/// The longest a Driver call waits for the dispatcher's turn; far longer than taking the GIL
+/// takes after any one call into Python.
+const PATIENCE: Duration = Duration::from_millis(20);
 
 /// Whether the dispatcher is taking the GIL back, and who waits for it to have done so.
 #[derive(Default)]
@@ -31,13 +36,21 @@ pub(crate) struct DispatcherTurn {
 }
 
 impl DispatcherTurn {
-    /// Returns once the dispatcher is not waiting for the GIL (at once, nearly always). The
+    /// Returns once the dispatcher is not waiting for the GIL (at once, nearly always), or
+    /// after [`PATIENCE`] at most: politeness, never a dependency (a dispatcher that never got
+    /// the GIL back, in an interpreter shutting down, must not stop the Driver's callers). The
     /// caller must not hold the GIL.
     pub(crate) fn let_dispatcher_go_first(&self) {
+        self.let_dispatcher_go_first_within(PATIENCE);
+    }
+
+    fn let_dispatcher_go_first_within(&self, patience: Duration) {
         let mut taking = self.taking_gil.lock();
-        while *taking {
-            self.taken.wait(&mut taking);
+        if !*taking {
+            return;
         }
+        let deadline = Instant::now() + patience;
+        while *taking && !self.taken.wait_until(&mut taking, deadline).timed_out() {}
     }
 
     /// The C function to hand to py4cc as its dispatcher's `wait_readable(fds, timeout_ms)`.
@@ -317,12 +330,16 @@ mod tests {
         *turn.taking_gil.lock() = true;
         let waiter = {
             let turn = Arc::clone(&turn);
-            std::thread::spawn(move || turn.let_dispatcher_go_first())
+            std::thread::spawn(move || turn.let_dispatcher_go_first_within(Duration::from_secs(600)))
         };
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(!waiter.is_finished(), "it waits for the dispatcher");
         *turn.taking_gil.lock() = false;
         turn.taken.notify_all();
         waiter.join().unwrap();
+        // A turn never given back delays a caller, never stops it.
+        *turn.taking_gil.lock() = true;
+        turn.let_dispatcher_go_first_within(Duration::from_millis(10));
+        assert!(*turn.taking_gil.lock());
     }
 }
