@@ -264,7 +264,7 @@ unsafe extern "C" fn notify(
         // SAFETY: GIL held (CPython calls us with it); reads a static exception type.
         let type_error = unsafe { ffi::PyExc_TypeError };
         // SAFETY: GIL held; TypeError is an exception type.
-        return unsafe { raise(type_error, c"notify(key, finished) takes 2 arguments") };
+        return unsafe { crate::exception::raise(type_error, c"notify(key, finished) takes 2 arguments") };
     }
     // SAFETY: CPython passes `nargs` (2) borrowed argument pointers in a C array.
     let args = unsafe { std::slice::from_raw_parts(args, 2) };
@@ -301,23 +301,10 @@ unsafe extern "C" fn notify(
         // SAFETY: GIL held; reads a static exception type.
         let system_error = unsafe { ffi::PyExc_SystemError };
         // SAFETY: GIL held; SystemError is an exception type.
-        return unsafe { raise(system_error, c"rs4py: a task's waker panicked") };
+        return unsafe { crate::exception::raise(system_error, c"rs4py: a task's waker panicked") };
     }
-    // SAFETY: GIL held; reads the address of the static None object.
-    let none = unsafe { ffi::Py_None() };
-    // SAFETY: GIL held; None is returned as a new reference, as CPython expects.
-    unsafe { ffi::Py_NewRef(none) }
-}
-
-/// Sets `kind(message)` as the pending exception and answers NULL, as a failing C function does.
-///
-/// # Safety
-/// The GIL is held and `kind` is an exception type.
-unsafe fn raise(kind: *mut ffi::PyObject, message: &CStr) -> *mut ffi::PyObject {
-    // SAFETY: the caller holds the GIL and passes an exception type; PyErr_SetString copies
-    // the NUL-terminated message.
-    unsafe { ffi::PyErr_SetString(kind, message.as_ptr()) };
-    std::ptr::null_mut()
+    // SAFETY: GIL held; None goes back to CPython as the new reference it expects.
+    unsafe { crate::object::new_none_reference() }
 }
 
 /// The capsule's destructor: gives back the table's strong count.

@@ -164,7 +164,7 @@ unsafe extern "C" fn sink(
         // SAFETY: GIL held; reads a static exception type.
         let type_error = unsafe { ffi::PyExc_TypeError };
         // SAFETY: GIL held; TypeError is an exception type.
-        return unsafe { raise(type_error, c"worker_output(pid, stream, line) takes 3 arguments") };
+        return unsafe { crate::exception::raise(type_error, c"worker_output(pid, stream, line) takes 3 arguments") };
     }
     // SAFETY: CPython passes `nargs` (3) borrowed argument pointers in a C array.
     let args = unsafe { std::slice::from_raw_parts(args, 3) };
@@ -175,7 +175,7 @@ unsafe extern "C" fn sink(
             // SAFETY: GIL held; reads a static exception type.
             let value_error = unsafe { ffi::PyExc_ValueError };
             // SAFETY: GIL held; ValueError is an exception type.
-            return unsafe { raise(value_error, &message) };
+            return unsafe { crate::exception::raise(value_error, &message) };
         }
     };
     // SAFETY: GIL held; `capsule` is the `self` this function was made with, so its pointer is
@@ -193,12 +193,10 @@ unsafe extern "C" fn sink(
         // SAFETY: GIL held (taken back); reads a static exception type.
         let runtime_error = unsafe { ffi::PyExc_RuntimeError };
         // SAFETY: GIL held; RuntimeError is an exception type.
-        return unsafe { raise(runtime_error, c"the Rust worker_output callback panicked") };
+        return unsafe { crate::exception::raise(runtime_error, c"the Rust worker_output callback panicked") };
     }
-    // SAFETY: GIL held; reads the address of the static None object.
-    let none = unsafe { ffi::Py_None() };
-    // SAFETY: GIL held; None is returned as a new reference, as CPython expects.
-    unsafe { ffi::Py_NewRef(none) }
+    // SAFETY: GIL held; None goes back to CPython as the new reference it expects.
+    unsafe { crate::object::new_none_reference() }
 }
 
 /// The `(pid, stream, line)` arguments as a [`WorkerLine`].
@@ -213,17 +211,6 @@ fn read_line(gil: GilToken<'_>, args: &[*mut ffi::PyObject]) -> Result<WorkerLin
         .ok_or_else(|| crate::Error::Conversion(format!("unknown stream {stream:?} (stdout, stderr or event)")))?;
     let text: String = argument(2)?.extract()?;
     Ok(WorkerLine { pid, stream, text })
-}
-
-/// Sets `kind(message)` as the pending exception and answers NULL, as a failing C function does.
-///
-/// # Safety
-/// The GIL is held and `kind` is an exception type.
-unsafe fn raise(kind: *mut ffi::PyObject, message: &CStr) -> *mut ffi::PyObject {
-    // SAFETY: the caller holds the GIL and passes an exception type; PyErr_SetString copies
-    // the NUL-terminated message.
-    unsafe { ffi::PyErr_SetString(kind, message.as_ptr()) };
-    std::ptr::null_mut()
 }
 
 /// The capsule's destructor: frees the callback's box.
