@@ -21,6 +21,7 @@ use parking_lot::{Condvar, Mutex};
 use pyo3_ffi as ffi;
 
 use crate::error::Result;
+use crate::exception::raise;
 use crate::gil::GilToken;
 use crate::object::Object;
 
@@ -112,9 +113,8 @@ unsafe extern "C" fn wait_readable(
     if nargs != 2 {
         // SAFETY: GIL held (CPython calls us with it); reads a static exception type.
         let type_error = unsafe { ffi::PyExc_TypeError };
-        // SAFETY: GIL held; TypeError is an exception type; the message is NUL-terminated.
-        unsafe { ffi::PyErr_SetString(type_error, c"wait_readable(fds, timeout_ms) takes 2 arguments".as_ptr()) };
-        return std::ptr::null_mut();
+        // SAFETY: GIL held; TypeError is an exception type.
+        return unsafe { raise(type_error, c"wait_readable(fds, timeout_ms) takes 2 arguments") };
     }
     // SAFETY: CPython passes `nargs` (2) borrowed argument pointers in a C array.
     let args = unsafe { std::slice::from_raw_parts(args, 2) };
@@ -150,9 +150,8 @@ unsafe extern "C" fn wait_readable(
         let Ok(fd) = libc::c_int::try_from(fd) else {
             // SAFETY: GIL held; reads a static exception type.
             let overflow = unsafe { ffi::PyExc_OverflowError };
-            // SAFETY: GIL held; an exception type and a NUL-terminated message.
-            unsafe { ffi::PyErr_SetString(overflow, c"wait_readable: a file descriptor out of range".as_ptr()) };
-            return std::ptr::null_mut();
+            // SAFETY: GIL held; OverflowError is an exception type.
+            return unsafe { raise(overflow, c"wait_readable: a file descriptor out of range") };
         };
         fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
     }
@@ -184,9 +183,8 @@ unsafe extern "C" fn wait_readable(
                 .unwrap_or_default();
         // SAFETY: GIL held; reads a static exception type.
         let os_error = unsafe { ffi::PyExc_OSError };
-        // SAFETY: GIL held; an exception type and a NUL-terminated message (copied).
-        unsafe { ffi::PyErr_SetString(os_error, text.as_ptr()) };
-        return std::ptr::null_mut();
+        // SAFETY: GIL held; OSError is an exception type.
+        return unsafe { raise(os_error, &text) };
     }
     answer(&fds)
 }
