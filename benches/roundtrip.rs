@@ -8,7 +8,7 @@
 //! The whole set is measured `--rounds` times, one after the other (the machine's load
 //! drifts): each figure printed is the median of its rounds.
 //!
-//! `cargo bench --bench roundtrip [-- --tasks N --threads 1,16 --workers 2 --rounds 3]`
+//! `cargo bench --bench roundtrip [-- --tasks 2000 --threads 1,16 --workers 2 --rounds 7]`
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -204,10 +204,10 @@ fn python_anchors(threads: &[usize], tasks: usize, workers: usize) -> Vec<Row> {
 }
 
 fn main() {
-    let mut tasks = 4000;
+    let mut tasks = 2000;
     let mut threads = vec![1, 16];
     let mut workers = 2;
-    let mut rounds = 3;
+    let mut rounds = 7;
     let mut anchors = true;
     let mut with_async = true;
     let mut args = std::env::args().skip(1);
