@@ -20,7 +20,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from .processes import stop_workers
-from .protocol import FAILED, STARTUP_RETRIES, Answer, InitFailed, Ready, decode_report, exit_text
+from .protocol import FAILED, STARTUP_RETRIES, Answer, InitFailed, Ready, decode_report, exit_text, unpickle_answer
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -250,6 +250,8 @@ class Dispatcher(threading.Thread):
             return False
         if not reports:
             return True
+        # General tasks' answers, unpickled outside the lock (it never raises).
+        reports = [unpickle_answer(r) if type(r) is Answer and r.pickled else r for r in reports]
         with pool.lock:
             if pool.closed:
                 return False  # stop has begun (and failed every unfinished task)
