@@ -217,6 +217,7 @@ class Driver:
         result_ttl: float | None = DEFAULT_RESULT_TTL,
         worker_env: Any = None,
         worker_output: Callable[[int, str, str], None] | None = None,
+        wait_readable: Callable[[list[int], float | None], list[tuple[int, int]]] | None = None,
     ) -> None:
         """Store the options; nothing is checked or started until ``initialize``.
 
@@ -250,6 +251,12 @@ class Driver:
         only): ``f(pid, stream, line)``, called on the pool's output thread for each line a
         worker writes (stream "stdout" or "stderr") and each event (stream "event"); if
         it raises, the line goes to stderr and the failure is told once.
+
+        ``wait_readable`` (keyword only): what the dispatcher thread waits on the workers'
+        pipes with, ``wait_readable(fds, timeout_ms) -> [(fd, revents)]`` as
+        ``select.poll().poll`` answers (None: ``select.poll``). A host that embeds Python
+        passes its own to learn when the dispatcher is about to take the GIL back, and let
+        it go first (rs4py does).
         """
         self.max_tasks = max_tasks
         self.n_subprocesses = n_subprocesses
@@ -266,6 +273,7 @@ class Driver:
         self.result_ttl = result_ttl
         self.worker_env = worker_env
         self.worker_output = worker_output
+        self.wait_readable = wait_readable
         self.float_feature_names: list[str] = []
         self.str_feature_names: list[str] = []
         self.config: Any = None
@@ -317,6 +325,7 @@ class Driver:
                 result_ttl=self.result_ttl,
                 worker_env=self.worker_env,
                 worker_output=self.worker_output,
+                wait_readable=self.wait_readable,
             )
             pool = Pool(options)
             pool.start()

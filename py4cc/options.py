@@ -44,6 +44,8 @@ class Options:
     """Seconds a finished result is kept for retrieval (None: until retrieved), positive."""
     worker_output: Callable[[int, str, str], None] | None = None
     """Where the workers' output lines and events go (None: the host's stderr)."""
+    wait_readable: Callable[[list[int], float | None], list[tuple[int, int]]] | None = None
+    """What the dispatcher waits on the workers' pipes with (None: ``select.poll``)."""
 
 
 def build_options(
@@ -65,6 +67,7 @@ def build_options(
     result_ttl: Any = None,
     worker_env: Any = None,
     worker_output: Any = None,
+    wait_readable: Any = None,
 ) -> Options:
     """Check every option (in this order) and resolve ``n_subprocesses``.
 
@@ -91,6 +94,8 @@ def build_options(
     env = check_env(worker_env)
     if worker_output is not None and not callable(worker_output):
         raise TypeError(f"worker_output must be None or a callable (pid, stream, line), got {describe(worker_output)}")
+    if wait_readable is not None and not callable(wait_readable):
+        raise TypeError(f"wait_readable must be None or a callable (fds, timeout_ms), got {describe(wait_readable)}")
     return Options(
         start_method=method,
         n_subprocesses=workers,
@@ -103,6 +108,7 @@ def build_options(
         notify=notify,
         result_ttl=keep_for,
         worker_output=worker_output,
+        wait_readable=wait_readable,
     )
 
 

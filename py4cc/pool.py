@@ -154,6 +154,7 @@ class Pool:
         self.gone = Gone()  # recently cancelled or expired keys
         self.cancelled = 0
         self.expired = 0
+        self.announce: list[Task] = []  # finished, waiters not woken yet (announce_finished)
         self.relay = OutputRelay(options.worker_output)  # the workers' output, and events
         self.counters = Counters()
         self.run_times = RunTimes()  # the Engine's latest run times, as the workers measured them
@@ -227,6 +228,8 @@ class Pool:
             return self._collect(key)
 
     def _collect(self, key: int) -> FlagAnswer:
+        if self.announce:
+            self.announce_finished()
         task = self.tasks.get(key)
         if task is None:
             why = self.gone.why(key)
@@ -259,6 +262,7 @@ class Pool:
 
     def cancel(self, key: int) -> bool:
         with self.lock:
+            self.announce_finished()
             task = self.tasks.pop(key, None)
             if task is None:
                 return False
@@ -289,6 +293,7 @@ class Pool:
     def expire_results(self, now: float) -> float | None:
         """Drop the finished results whose ``result_ttl`` has run out (lock held); return
         when the next one expires (None: none waits)."""
+        self.announce_finished()
         expiring = self.expiring
         while expiring:
             key = next(iter(expiring))
@@ -383,7 +388,8 @@ class Pool:
     # -- tasks (all called with self.lock held) --------------------------------------------
 
     def complete(self, task: Task, flag: int, value: object, message: str) -> None:
-        """Record a task's answer and wake its waiters (once; later answers are ignored)."""
+        """Record a task's answer (once; later answers are ignored); its waiters are woken
+        by the next ``announce_finished``."""
         if task.done:
             return
         task.done = True
@@ -399,13 +405,25 @@ class Pool:
             self.counters.tasks_done += 1
         else:
             self.counters.tasks_failed += 1
-        if task.event is not None:
-            task.event.set()
         if self.options.result_ttl is not None and not self.closed:
             self.expiring[task.key] = time.monotonic() + self.options.result_ttl
-        self.notify(task.key, True)
+        self.announce.append(task)
         if self.draining:
             self.drained.notify_all()
+
+    def announce_finished(self) -> None:
+        """Wake the waiters of the tasks finished since the last call and tell the host
+        (``notify(key, True)``). The dispatcher calls it last before it lets the GIL go;
+        whatever collects or drops a task calls it first, so that the host always hears
+        of a finish before the task is gone."""
+        announce = self.announce
+        if not announce:
+            return
+        self.announce = []
+        for task in announce:
+            if task.event is not None:
+                task.event.set()
+            self.notify(task.key, True)
 
     def assign(self, worker: Worker, task: Task) -> bool:
         """Send ``task`` to ``worker``; False (task untouched) if the pipe is broken."""
@@ -524,6 +542,7 @@ class Pool:
                         self.failed_by_stop += 1
                         self.complete(task, FAILED, -1, "the driver was finalized before this task finished")
                 self.pending.clear()
+                self.announce_finished()
                 self.wakeup.wake()
                 self.drained.notify_all()
             thread = self.dispatcher

@@ -40,7 +40,7 @@ PRELOAD_CHOICES = (None, "module", "engine")
 
 OPTION_NAMES = (
     "max_tasks", "n_subprocesses", "start_method", "engine", "task_timeout", "init_timeout",
-    "notify", "result_ttl", "worker_env", "worker_output", "call_method", "preload",
+    "notify", "result_ttl", "worker_env", "worker_output", "call_method", "preload", "wait_readable",
 )  # fmt: skip
 """The Driver's keyword options another language's binding passes."""
 

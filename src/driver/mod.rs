@@ -9,6 +9,7 @@ mod output;
 mod package;
 mod protocol;
 mod stats;
+mod turn;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +31,7 @@ pub use output::{WorkerLine, WorkerOutput, WorkerStream};
 use protocol::{DRIVER_CLASS, DRIVER_MODULE, N_SUBPROCESSES, NOT_FINISHED_MESSAGE, method, option};
 pub use protocol::{ResultStatus, SubmitStatus};
 pub use stats::{DriverState, DriverStats};
+use turn::DispatcherTurn;
 
 /// The answer to [`Driver::submit`] (whose key is an `i64`) and [`Driver::submit_call`]
 /// (whose key is a [`Key<T>`]): a status, the task's key (0 unless accepted) and a message
@@ -104,6 +106,7 @@ pub struct Driver {
     python: PythonDriver,
     finalized: AtomicBool,
     completions: Arc<Completions>,
+    turn: Arc<DispatcherTurn>,
 }
 
 impl Driver {
@@ -116,6 +119,8 @@ impl Driver {
         let gil = Gil::acquire()?;
         let completions = Arc::new(Completions::default());
         let notify = completions.notifier(gil.token())?;
+        let turn = Arc::new(DispatcherTurn::default());
+        let wait_readable = turn.function(gil.token())?;
         let class = gil.import(DRIVER_MODULE)?.getattr(DRIVER_CLASS)?;
         let worker_output = options.worker_output.as_ref().map(|output| output.sink(gil.token())).transpose()?;
         let driver = class.call(
@@ -128,6 +133,7 @@ impl Driver {
                 (option::TASK_TIMEOUT, &options.task_timeout.map(|timeout| timeout.as_secs_f64())),
                 (option::INIT_TIMEOUT, &options.init_timeout.map(|timeout| timeout.as_secs_f64())),
                 (option::NOTIFY, &notify),
+                (option::WAIT_READABLE, &wait_readable),
                 (option::RESULT_TTL, &options.result_ttl.map(|ttl| ttl.as_secs_f64())),
                 (option::WORKER_ENV, &options.worker_env),
                 (option::WORKER_OUTPUT, &worker_output),
@@ -145,7 +151,7 @@ impl Driver {
             drain: bound(method::DRAIN)?,
             driver: driver.clone().unbind(),
         };
-        Ok(Driver { calls: Mutex::new(()), python, finalized: AtomicBool::new(false), completions })
+        Ok(Driver { calls: Mutex::new(()), python, finalized: AtomicBool::new(false), completions, turn })
     }
 
     /// Parses the JSON config and starts the workers, each building the Engine from it and
@@ -495,14 +501,19 @@ impl Driver {
 
     /// Takes the mutex that serialises calls into Python. A thread that holds the GIL lets
     /// it go while it waits, or the thread holding the mutex could never get the GIL.
+    ///
+    /// Then, unless it holds the GIL, it lets the dispatcher take the GIL first if it is about
+    /// to (see `turn.rs`).
     fn lock_calls(&self) -> MutexGuard<'_, ()> {
-        if let Some(guard) = self.calls.try_lock() {
-            return guard;
+        if Gil::is_held() {
+            if let Some(guard) = self.calls.try_lock() {
+                return guard;
+            }
+            return Gil::acquire_started().release_during(|| self.calls.lock());
         }
-        if !Gil::is_held() {
-            return self.calls.lock();
-        }
-        Gil::acquire_started().release_during(|| self.calls.lock())
+        let guard = self.calls.lock();
+        self.turn.let_dispatcher_go_first();
+        guard
     }
 }
 

@@ -50,9 +50,12 @@ pub(super) mod option {
     pub(in crate::driver) const WORKER_ENV: &str = "worker_env";
     /// `worker_output: Callable[[int, str, str], None] | None`.
     pub(in crate::driver) const WORKER_OUTPUT: &str = "worker_output";
+    /// `wait_readable: Callable[[list[int], float | None], list[tuple[int, int]]] | None`:
+    /// what the dispatcher polls the workers' pipes with (see `turn.rs`).
+    pub(in crate::driver) const WAIT_READABLE: &str = "wait_readable";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 12] = [
+    pub(in crate::driver) const ALL: [&str; 13] = [
         MAX_TASKS,
         N_SUBPROCESSES,
         START_METHOD,
@@ -65,6 +68,7 @@ pub(super) mod option {
         WORKER_OUTPUT,
         CALL_METHOD,
         PRELOAD,
+        WAIT_READABLE,
     ];
 }
 
