@@ -1,7 +1,8 @@
 //! Faults of the Rust host process itself: killed while its workers are busy (no process it
 //! started may outlive it), ending with or without finalizing its drivers (no `pymp-*`
 //! directory may be left), and the thread that initialized a driver ending (its workers must
-//! not go with it). Each host is this test binary run again in a child process.
+//! not go with it). Each host is this test binary run again in a child process. And a driver
+//! whose workers cannot restart for a while, as the Rust side sees it.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -27,6 +28,17 @@ class GilHoldingEngine:
         open(f"{self.marker}.{os.getpid()}", "w").close()
         ctypes.PyDLL(None).sleep(int(float_features[0]))
         return int_feature, "held"
+
+
+class FlakyInitEngine:
+    """Its initialize raises while the file config["marker"] exists."""
+
+    def initialize(self, config, **kwargs):
+        if os.path.exists(config["marker"]):
+            raise RuntimeError("the model store is down")
+
+    def run(self, float_features, str_features, int_feature):
+        return int_feature + 1, ""
 "#;
 
 const METHODS: [StartMethod; 3] = [StartMethod::Fork, StartMethod::Forkserver, StartMethod::Spawn];
@@ -247,4 +259,45 @@ fn workers_outlive_the_thread_that_initialized_their_driver() {
         assert_eq!((result.status, result.value), (ResultStatus::Done, 4 + 3 + 7), "{method:?}: {}", result.message);
         assert_eq!(driver.worker_pids().unwrap(), pids, "{method:?}: no worker was replaced");
     }
+}
+
+#[test]
+fn a_driver_whose_restarts_fail_says_why_and_comes_back_by_itself() {
+    let dir = fresh_dir("flaky");
+    std::fs::write(dir.join("faultengines.py"), ENGINE_MODULE).unwrap();
+    let marker = dir.join("store-down");
+    let driver = Driver::new(DriverOptions {
+        n_subprocesses: 1,
+        engine: "faultengines:FlakyInitEngine".into(),
+        python_path: vec![dir.clone()],
+        ..Default::default()
+    })
+    .unwrap();
+    driver.initialize(&format!(r#"{{"marker": "{}"}}"#, marker.display()), &["x"], &["s"]).unwrap();
+    std::fs::write(&marker, "").unwrap();
+    let [worker] = driver.worker_pids().unwrap()[..] else { panic!("one worker") };
+    // SAFETY: kill has no memory effects; worker is the positive pid of the driver's worker.
+    assert_eq!(unsafe { libc::kill(libc::pid_t::try_from(worker).unwrap(), libc::SIGKILL) }, 0);
+    assert!(within(Duration::from_secs(30), || driver.stats().unwrap().replacement_failures >= 2));
+    let stats = driver.stats().unwrap();
+    assert_eq!((stats.workers_ready, stats.workers_degraded), (0, 1));
+    assert!(stats.last_worker_failure.contains("RuntimeError: the model store is down"), "{stats:?}");
+    let refused = driver.submit(&[0.0], &["s"], 1);
+    assert_eq!(refused.status, SubmitStatus::Error);
+    assert!(refused.message.contains("no worker process is ready"), "{}", refused.message);
+    assert!(refused.message.contains("the model store is down"), "{}", refused.message);
+    std::fs::remove_file(&marker).unwrap();
+    let mut receipt = driver.submit(&[0.0], &["s"], 1);
+    assert!(
+        within(Duration::from_secs(30), || {
+            receipt = driver.submit(&[0.0], &["s"], 1);
+            receipt.status == SubmitStatus::Accepted
+        }),
+        "{receipt:?}"
+    );
+    let result = driver.wait(receipt.key, Duration::from_secs(30));
+    assert_eq!((result.status, result.value), (ResultStatus::Done, 2), "{}", result.message);
+    assert_eq!(driver.stats().unwrap().workers_degraded, 0);
+    driver.finalize();
+    std::fs::remove_dir_all(dir).unwrap();
 }
