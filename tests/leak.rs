@@ -26,6 +26,10 @@ use rs4py::{
     TaskResult, ToPython,
 };
 
+#[path = "common/thread_states.rs"]
+mod thread_states;
+use thread_states::thread_states;
+
 /// The tests read process-wide counts: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -221,22 +225,6 @@ fn the_completion_path_leaks_no_reference() {
     assert!(objects_after <= objects_before + 50, "gc-tracked objects grew from {objects_before} to {objects_after}");
     driver.finalize();
 }
-/// How many thread states the interpreter has (the calling thread holds the GIL).
-fn thread_states(_gil: &Gil) -> usize {
-    let mut count = 0;
-    // SAFETY: the GIL is held (_gil); the walk only reads the interpreter's list of thread
-    // states, which no other thread changes meanwhile (SERIAL; no other thread of this test runs).
-    let interpreter = unsafe { ffi::PyInterpreterState_Main() };
-    // SAFETY: as above; the main interpreter lives as long as the process.
-    let mut state = unsafe { ffi::PyInterpreterState_ThreadHead(interpreter) };
-    while !state.is_null() {
-        count += 1;
-        // SAFETY: as above; `state` is a live entry of the list.
-        state = unsafe { ffi::PyThreadState_Next(state) };
-    }
-    count
-}
-
 /// What one short-lived thread does: guards that reach `shared` and leave a reference to it in
 /// the thread's `threading.local` data (released only when the thread's state is cleared), a
 /// C-style `PyGILState_Ensure` outside and inside a guard, and a handle dropped on the thread.
