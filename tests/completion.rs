@@ -9,7 +9,6 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::task::{Context, Poll, Waker};
 use std::thread;
@@ -17,6 +16,10 @@ use std::time::{Duration, Instant};
 
 use rs4py::{Driver, DriverOptions, Gil, ResultStatus, SubmitStatus, TaskFuture, TaskResult};
 use rs4py_workload::{big_model, make_tasks};
+
+#[path = "common/within.rs"]
+mod within;
+use within::within;
 
 const FLOAT_NAMES: [&str; 2] = ["f0", "f1"];
 const STR_NAMES: [&str; 3] = ["name", "sentence", "uuid"];
@@ -71,22 +74,6 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     while !done() {
         assert!(start.elapsed() < PATIENCE, "{what}: not within {PATIENCE:?}");
         thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Runs `work` on its own thread; fails the test if it has not finished within `limit`.
-fn within<T: Send + 'static>(limit: Duration, what: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let (sender, receiver) = mpsc::channel();
-    let worker = thread::spawn(move || {
-        let _ = sender.send(work());
-    });
-    match receiver.recv_timeout(limit) {
-        Ok(value) => {
-            worker.join().unwrap();
-            value
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what} did not finish within {limit:?} (deadlock?)"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => std::panic::resume_unwind(worker.join().unwrap_err()),
     }
 }
 

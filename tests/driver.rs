@@ -7,13 +7,20 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rs4py::{Driver, DriverOptions, Error, Gil, ResultStatus, StartMethod, SubmitStatus, TaskResult};
 use rs4py_workload::{Task, big_model, make_tasks};
+
+#[path = "common/within.rs"]
+mod within;
+#[path = "common/workers.rs"]
+mod workers;
+use within::within;
+use workers::{kill_worker, module_dir_with, process_exists};
 
 const FLOAT_NAMES: [&str; 2] = ["f0", "f1"];
 /// The demo workload's str features.
@@ -90,14 +97,7 @@ class HangingInitEngine:
 /// The directory holding `mymodule.py`, written once per test process under a fresh name.
 fn user_module_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!("rs4py-driver-test-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("mymodule.py"), USER_MODULE).unwrap();
-        dir
-    })
-    .clone()
+    DIR.get_or_init(|| module_dir_with("rs4py-driver-test", "mymodule.py", USER_MODULE)).clone()
 }
 
 fn options(start_method: StartMethod, n_subprocesses: usize, max_tasks: usize) -> DriverOptions {
@@ -179,48 +179,12 @@ fn assert_done(result: &TaskResult, value: i64) {
     assert_eq!((result.status, result.value, result.message.as_str()), (ResultStatus::Done, value, ""), "{result:?}");
 }
 
-/// Runs `work` on its own thread and fails the test if it has not finished within `limit`
-/// (a deadlock fails instead of hanging); a panic inside `work` is passed on.
-fn within<T: Send + 'static>(limit: Duration, what: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let (sender, receiver) = mpsc::channel();
-    let worker = thread::spawn(move || {
-        let _ = sender.send(work());
-    });
-    match receiver.recv_timeout(limit) {
-        Ok(value) => {
-            worker.join().unwrap();
-            value
-        }
-        Err(RecvTimeoutError::Timeout) => panic!("{what} did not finish within {limit:?} (deadlock?)"),
-        Err(RecvTimeoutError::Disconnected) => std::panic::resume_unwind(worker.join().unwrap_err()),
-    }
-}
-
-/// Whether a process with this pid exists (a zombie counts: it has not been reaped).
-fn process_exists(pid: u32) -> bool {
-    let pid = libc::pid_t::try_from(pid).unwrap();
-    assert!(pid > 1, "not a worker pid: {pid}");
-    // SAFETY: signal 0 sends nothing, it only checks that the process exists; pid is a single
-    // positive process id (never 0 or negative, which would name process groups).
-    let status = unsafe { libc::kill(pid, 0) };
-    status == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
 #[track_caller]
 fn assert_gone(pids: &[u32]) {
     for &pid in pids {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         assert!(!process_exists(pid), "worker {pid} is still there after finalize: {stat}");
     }
-}
-
-fn kill_worker(pid: u32) {
-    let pid = libc::pid_t::try_from(pid).unwrap();
-    assert!(pid > 1 && pid != libc::pid_t::try_from(std::process::id()).unwrap(), "not a worker pid: {pid}");
-    // SAFETY: kill has no memory effects; pid is one positive process id, a worker of the
-    // driver under test (checked above not to be 0, -1, init or this process).
-    let status = unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert_eq!(status, 0, "kill({pid}): {}", std::io::Error::last_os_error());
 }
 
 /// Waits until the driver lists `n` workers, none of them in `old`.

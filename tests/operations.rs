@@ -8,13 +8,17 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rs4py::{
     Driver, DriverOptions, DriverState, DriverStats, Error, Gil, ResultStatus, StartMethod, SubmitStatus, WorkerLine,
     WorkerOutput, WorkerStream,
 };
 use rs4py_workload::{big_model, make_tasks};
+
+#[path = "common/workers.rs"]
+mod workers;
+use workers::{kill_worker, module_dir_with, process_exists};
 
 const FLOAT_NAMES: [&str; 2] = ["f0", "f1"];
 const STR_NAMES: [&str; 3] = ["name", "sentence", "uuid"];
@@ -80,14 +84,7 @@ class EnvEngine:
 /// A fresh directory for this test process, holding the engines' module (`opsmodule.py`).
 fn module_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!("rs4py-operations-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("opsmodule.py"), MODULE).unwrap();
-        dir
-    })
-    .clone()
+    DIR.get_or_init(|| module_dir_with("rs4py-operations", "opsmodule.py", MODULE)).clone()
 }
 
 /// A path whose file, once made, lets GateEngine's tasks finish (a new one per call).
@@ -133,23 +130,6 @@ fn stats_when(driver: &Driver, ready: impl Fn(&DriverStats) -> bool) -> DriverSt
         assert!(start.elapsed() < PATIENCE, "stats never got there: {stats:?}");
         thread::sleep(Duration::from_millis(5));
     }
-}
-
-fn kill(pid: u32) {
-    let pid = libc::pid_t::try_from(pid).unwrap();
-    assert!(pid > 1 && pid != libc::pid_t::try_from(std::process::id()).unwrap(), "not a worker pid: {pid}");
-    // SAFETY: kill has no memory effects; pid is one positive process id, a worker of the
-    // driver under test (checked above not to be 0, -1, init or this process).
-    let status = unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert_eq!(status, 0, "kill({pid}): {}", std::io::Error::last_os_error());
-}
-
-fn process_exists(pid: u32) -> bool {
-    let pid = libc::pid_t::try_from(pid).unwrap();
-    // SAFETY: signal 0 sends nothing, it only checks that the process exists; pid is a single
-    // positive process id.
-    let status = unsafe { libc::kill(pid, 0) };
-    status == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Collects every worker line, noting whether the callback ever ran with the GIL held.
@@ -383,7 +363,7 @@ fn deaths_timeouts_and_replacements_are_events_and_counted() {
 
     // An idle worker killed from outside.
     let third = driver.worker_pids().unwrap()[0];
-    kill(third);
+    kill_worker(third);
     lines.wait_for(third, WorkerStream::Event, "exited with exit code -9 (killed by SIGKILL) while idle");
     let stats = stats_when(&driver, |stats| stats.worker_deaths == 3 && stats.workers_ready == 1);
     assert_eq!((stats.worker_starts, stats.tasks_failed, stats.replacement_failures), (4, 2, 0));
