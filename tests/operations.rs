@@ -14,7 +14,7 @@ use rs4py::{
     Driver, DriverOptions, DriverState, DriverStats, Error, Gil, ResultStatus, StartMethod, SubmitStatus, WorkerLine,
     WorkerOutput, WorkerStream,
 };
-use rs4py_workload::{big_model, make_tasks};
+use rs4py_workload::{big_model, make_tasks, percentile};
 
 #[path = "common/workers.rs"]
 mod workers;
@@ -173,13 +173,6 @@ impl Lines {
     }
 }
 
-/// The nearest-rank percentile of `values`.
-fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let rank = (p / 100.0 * values.len() as f64).ceil() as usize;
-    values[rank.max(1) - 1]
-}
-
 #[test]
 fn stats_count_tasks_in_every_state() {
     let (driver, gate) = gated_driver(1);
@@ -278,16 +271,17 @@ fn run_time_percentiles_are_at_least_the_models_sleeps() {
     threads.into_iter().for_each(|thread| thread.join().unwrap());
     let stats = driver.stats().unwrap();
     assert_eq!((stats.tasks_done, stats.tasks_held, stats.run_time_samples), (200, 0, 200));
-    let sleeps: Vec<f64> = tasks
+    let mut sleeps: Vec<f64> = tasks
         .iter()
         .map(|task| {
             let z = big_model(&task.float_features, &task.str_features, task.int_feature).unwrap();
             (z % 100 + 1) as f64 * 1e-4
         })
         .collect();
+    sleeps.sort_by(f64::total_cmp);
     let (p50, p99) = (stats.run_time_p50.unwrap().as_secs_f64(), stats.run_time_p99.unwrap().as_secs_f64());
-    assert!(p50 >= percentile(sleeps.clone(), 50.0), "p50 {p50} below the sleeps' p50");
-    assert!(p99 >= percentile(sleeps, 99.0), "p99 {p99} below the sleeps' p99");
+    assert!(p50 >= percentile(&sleeps, 50.0), "p50 {p50} below the sleeps' p50");
+    assert!(p99 >= percentile(&sleeps, 99.0), "p99 {p99} below the sleeps' p99");
     assert!(p99 >= p50);
 }
 
