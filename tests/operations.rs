@@ -26,6 +26,9 @@ const ONE_STR: [&str; 1] = ["what"];
 const METHODS: [StartMethod; 3] = [StartMethod::Fork, StartMethod::Forkserver, StartMethod::Spawn];
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// Each task waits until the file `config["gate"]` exists, then answers `int_feature`.
+const GATE_ENGINE: &str = "py4cc_user_engines:GateEngine";
+
 const MODULE: &str = r#"
 """Engines for rs4py's tests/operations.rs."""
 import ctypes
@@ -35,18 +38,6 @@ import time
 
 ENV_NAMES = ("RS4PY_TEST_ENV_A", "RS4PY_TEST_ENV_B", "OMP_NUM_THREADS")
 AT_IMPORT = "|".join(f"{name}={os.environ.get(name)}" for name in ENV_NAMES)
-
-
-class GateEngine:
-    """Each task waits until the file config["gate"] exists, then answers int_feature."""
-
-    def initialize(self, config, **kwargs):
-        self.gate = config["gate"]
-
-    def run(self, float_features, str_features, int_feature):
-        while not os.path.exists(self.gate):
-            time.sleep(0.005)
-        return int_feature, ""
 
 
 class TalkEngine:
@@ -93,10 +84,16 @@ fn gate_path() -> PathBuf {
     module_dir().join(format!("gate-{}", NEXT.fetch_add(1, Ordering::SeqCst)))
 }
 
+/// py4cc's test engines, GateEngine among them.
+fn engines_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py4cc/tests/engines")
+}
+
+/// A driver's options for `engine`, `"module:Class"`, from `opsmodule` or py4cc's test engines.
 fn engine_options(engine: &str, n_subprocesses: usize) -> DriverOptions {
     DriverOptions {
-        engine: format!("opsmodule:{engine}"),
-        python_path: vec![module_dir()],
+        engine: engine.into(),
+        python_path: vec![module_dir(), engines_dir()],
         n_subprocesses,
         max_tasks: 16,
         ..Default::default()
@@ -106,7 +103,7 @@ fn engine_options(engine: &str, n_subprocesses: usize) -> DriverOptions {
 /// A GateEngine driver, initialized, and its gate.
 fn gated_driver(n_subprocesses: usize) -> (Driver, PathBuf) {
     let gate = gate_path();
-    let driver = Driver::new(engine_options("GateEngine", n_subprocesses)).unwrap();
+    let driver = Driver::new(engine_options(GATE_ENGINE, n_subprocesses)).unwrap();
     let config = format!(r#"{{"gate": "{}"}}"#, gate.display());
     driver.initialize(&config, &FLOAT_NAMES, &ONE_STR).unwrap();
     (driver, gate)
@@ -207,7 +204,7 @@ fn stats_count_tasks_in_every_state() {
 fn cancelled_expired_and_dropped_futures_show_in_stats() {
     let gate = gate_path();
     let driver =
-        Driver::new(DriverOptions { result_ttl: Some(Duration::from_millis(300)), ..engine_options("GateEngine", 1) })
+        Driver::new(DriverOptions { result_ttl: Some(Duration::from_millis(300)), ..engine_options(GATE_ENGINE, 1) })
             .unwrap();
     driver.initialize(&format!(r#"{{"gate": "{}"}}"#, gate.display()), &FLOAT_NAMES, &ONE_STR).unwrap();
     let counts = |stats: &DriverStats| {
@@ -292,7 +289,7 @@ fn worker_lines_reach_the_callback_with_their_pid_in_every_start_method() {
         let driver = Driver::new(DriverOptions {
             start_method: method,
             worker_output: Some(lines.output()),
-            ..engine_options("TalkEngine", 1)
+            ..engine_options("opsmodule:TalkEngine", 1)
         })
         .unwrap();
         driver.initialize("{}", &FLOAT_NAMES, &ONE_STR).unwrap();
@@ -313,7 +310,7 @@ fn deaths_timeouts_and_replacements_are_events_and_counted() {
     let driver = Driver::new(DriverOptions {
         worker_output: Some(lines.output()),
         task_timeout: Some(Duration::from_millis(500)),
-        ..engine_options("TalkEngine", 1)
+        ..engine_options("opsmodule:TalkEngine", 1)
     })
     .unwrap();
     driver.initialize("{}", &FLOAT_NAMES, &ONE_STR).unwrap();
@@ -376,7 +373,8 @@ fn the_callback_may_call_the_driver() {
         }
     });
     let driver = Arc::new(
-        Driver::new(DriverOptions { worker_output: Some(output), ..engine_options("TalkEngine", 1) }).unwrap(),
+        Driver::new(DriverOptions { worker_output: Some(output), ..engine_options("opsmodule:TalkEngine", 1) })
+            .unwrap(),
     );
     DRIVER.set(Arc::downgrade(&driver)).unwrap();
     driver.initialize("{}", &FLOAT_NAMES, &ONE_STR).unwrap();
@@ -397,7 +395,7 @@ fn worker_env_is_set_before_the_engine_is_imported_in_every_start_method() {
         let driver = Driver::new(DriverOptions {
             start_method: method,
             worker_env: env.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
-            ..engine_options("EnvEngine", 2)
+            ..engine_options("opsmodule:EnvEngine", 2)
         })
         .unwrap();
         driver.initialize("{}", &FLOAT_NAMES, &ONE_STR).unwrap();
