@@ -15,10 +15,13 @@ use std::time::{Duration, Instant};
 use rs4py::{Driver, DriverOptions, Error, Gil, ResultStatus, StartMethod, SubmitStatus, TaskResult};
 use rs4py_workload::{Task, big_model, make_tasks};
 
+#[path = "common/submit.rs"]
+mod submit;
 #[path = "common/within.rs"]
 mod within;
 #[path = "common/workers.rs"]
 mod workers;
+use submit::{CAPACITY_MESSAGE, submit_retrying};
 use within::within;
 use workers::{kill_worker, module_dir_with, process_exists};
 
@@ -28,7 +31,6 @@ const STR_NAMES: [&str; 3] = ["name", "sentence", "uuid"];
 /// The scripted engine's one str feature, which carries its command.
 const COMMAND: [&str; 1] = ["command"];
 
-const CAPACITY_MESSAGE: &str = "Model engine is working at capacity. Try again later.";
 const NOT_FINISHED_MESSAGE: &str = "The requested task is not finished";
 
 /// Long enough for any single task here; a wait that needs it is a failure.
@@ -130,26 +132,6 @@ fn expected(task: &Task) -> i64 {
 /// What the scripted engine answers for a command (the demo model, command included).
 fn scripted_value(floats: [f64; 2], command: &str, int_feature: i64) -> i64 {
     big_model(&floats, &[command], int_feature).unwrap()
-}
-
-/// Submits, sleeping 1 ms while at capacity; panics on anything but `Accepted`.
-fn submit_retrying(driver: &Driver, floats: &[f64], strs: &[impl AsRef<str>], int_feature: i64) -> i64 {
-    let start = Instant::now();
-    loop {
-        let receipt = driver.submit(floats, strs, int_feature);
-        match receipt.status {
-            SubmitStatus::Accepted => {
-                assert!(receipt.key > 0, "{receipt:?}");
-                assert_eq!(receipt.message, "");
-                return receipt.key;
-            }
-            SubmitStatus::AtCapacity if start.elapsed() < PATIENCE => {
-                assert_eq!((receipt.key, receipt.message.as_str()), (0, CAPACITY_MESSAGE));
-                thread::sleep(Duration::from_millis(1));
-            }
-            _ => panic!("submit answered {receipt:?}"),
-        }
-    }
 }
 
 /// Retrieves every millisecond until the task is no longer `NotReady`.

@@ -26,8 +26,11 @@ use rs4py::{
     TaskResult, ToPython,
 };
 
+#[path = "common/submit.rs"]
+mod submit;
 #[path = "common/thread_states.rs"]
 mod thread_states;
+use submit::submit_retrying;
 use thread_states::thread_states;
 
 /// The tests read process-wide counts: one at a time.
@@ -142,17 +145,7 @@ const REMEMBERED_KEYS: usize = 11_000;
 
 /// Submits a task of py4cc's test SleepEngine (it sleeps `seconds`, answers `value`).
 fn submit(driver: &Driver, seconds: f64, value: i64) -> i64 {
-    let start = Instant::now();
-    loop {
-        let receipt = driver.submit(&[seconds, 0.0], &["a", "b", "c"], value);
-        match receipt.status {
-            SubmitStatus::Accepted => return receipt.key,
-            SubmitStatus::AtCapacity if start.elapsed() < Duration::from_secs(60) => {
-                thread::sleep(Duration::from_millis(1))
-            }
-            _ => panic!("{receipt:?}"),
-        }
-    }
+    submit_retrying(driver, &[seconds, 0.0], &["a", "b", "c"], value)
 }
 
 /// One round of the completion path: collected by wait, answered NotReady by the table,
