@@ -123,9 +123,10 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 from . import stats as stats_module
+from .backend import Backend, FlagAnswer
 from .completion import NotifyCallback
 from .options import build_options, is_int, is_real
-from .pool import Backend, FlagAnswer, Pool
+from .pool import Pool
 from .protocol import (
     AT_CAPACITY,
     CAPACITY_MESSAGE,

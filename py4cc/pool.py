@@ -1,18 +1,19 @@
 """The pool: the tasks, the worker processes and their state, all under one lock.
 
-The Driver reaches it only through :class:`Backend`, so that another way of running tasks
-(a cluster's actors, say) can take its place. Behind that interface, ``Pool`` gives each
-task to a worker process (``assign``, ``dispatch``), puts back the tasks a lost worker had
-not started (``requeue_unstarted``), and starts and stops the processes
-(:mod:`py4cc.processes`), one per slot that restarts it on its own (:mod:`py4cc.recovery`);
-its dispatcher thread (:mod:`py4cc.dispatcher`) brings in the workers' answers and notices
-their exits. The last pool to stop stops the forkserver py4cc started (:mod:`py4cc.cleanup`).
+The Driver reaches it only through :class:`py4cc.backend.Backend`, which ``Pool``
+implements, so that another way of running tasks (a cluster's actors, say) can take its
+place. ``Pool`` is assembled from its parts: the tasks and their answers
+(:class:`py4cc.tasks.TaskBook`), which worker runs which task
+(:class:`py4cc.scheduling.Scheduling`), and here, the Backend's calls, starting and stopping
+the worker processes (:mod:`py4cc.processes`), one per slot that restarts it on its own
+(:mod:`py4cc.recovery`). Its dispatcher thread (:mod:`py4cc.dispatcher`) brings in the
+workers' answers and notices their exits. The last pool to stop stops the forkserver py4cc
+started (:mod:`py4cc.cleanup`).
 """
 
 from __future__ import annotations
 
 import atexit
-import itertools
 import multiprocessing
 import multiprocessing.util  # imported before our exit hook is registered, so that ours runs first
 import os
@@ -20,10 +21,11 @@ import threading
 import time
 import traceback
 from collections import deque
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from . import cleanup, recovery
-from .completion import CANCELLED, EXPIRED, Gone, Notifier, cancelled_message, expired_message
+from .backend import FlagAnswer
+from .completion import Gone, Notifier
 from .dispatcher import Dispatcher, WakeUp
 from .options import Options
 from .output import OutputRelay
@@ -36,93 +38,19 @@ from .protocol import (
     ERROR,
     FAILED,
     FINALIZED_MESSAGE,
-    NOT_FINISHED,
-    NOT_FINISHED_MESSAGE,
     OK,
     OUTPUT_GRACE_S,
-    PREFETCH_BYTES,
     Call,
     GeneralCall,
     call_wire_size,
-    encode_call,
-    unknown_key,
     wire_size,
 )
+from .scheduling import Scheduling
 from .stats import Counters, RunTimes, snapshot
-
-FlagAnswer = tuple[int, Any, str]
-"""``(flag, key or value, message)``, as the Driver's calls answer (a general task's value
-may be anything)."""
+from .tasks import Task, TaskBook
 
 
-class Backend(Protocol):
-    """What the Driver needs of whatever runs its tasks. Every method may be called from
-    any thread; only ``start`` raises.
-
-    * ``start()``: start the workers; return once they are ready, or raise RuntimeError
-      (having stopped what it started).
-    * ``submit(floats, strs, n)``: take a checked task: ``(OK, key, "")``, ``(AT_CAPACITY,
-      0, CAPACITY_MESSAGE)`` or ``(ERROR, 0, why)`` (stopping, or no worker can run it).
-    * ``submit_call(payload)``: the same for a general task, ``payload`` the pickled
-      ``(args, kwargs)`` of ``Driver.submit_call``; same capacity, keys and answers.
-    * ``collect(key)``: a task's answer without blocking, as ``Driver.retrieve`` gives it.
-    * ``wait(key, limit)``: block up to ``limit`` seconds (None: no limit) until the task is
-      finished or the backend stops, then answer as ``collect``.
-    * ``worker_pids()``, ``held_tasks()``: for tests and monitoring.
-    * ``stats(state)``: the dict of ``Driver.stats()`` (``state`` as the Driver sees it).
-    * ``drain(limit)``: refuse new tasks (``DRAINING_MESSAGE``), wait up to ``limit`` seconds
-      (None: no limit) until every held task is finished, then ``stop``; answers how many
-      tasks that stop failed.
-    * ``stop()``: fail the unfinished tasks, stop every worker; idempotent. ``closed`` turns
-      True when it begins. ``stop_when_collected()``: the same, from a garbage collection.
-    * ``cancel(key)``: drop a held task whatever its state (a queued one never runs, a
-      running one's answer is discarded, a finished one is removed); True if it was held.
-      Collecting it then answers ERROR saying it was cancelled.
-
-    And every backend honours two options: ``options.notify`` (see :mod:`py4cc.completion`),
-    called with the backend's lock held when a task becomes finished (``finished=True``,
-    whatever the cause, stop included) or is dropped unretrieved (``finished=False``: expired
-    or cancelled), never raising into the backend; and ``options.result_ttl``: a finished
-    result not collected within it is dropped (collecting it then answers ERROR, expired).
-    Both keep counters: ``cancelled``, ``expired`` (ints).
-    """
-
-    closed: bool
-
-    def start(self) -> None: ...
-    def submit(self, float_features: list[float], str_features: list[str], int_feature: int) -> FlagAnswer: ...
-    def submit_call(self, payload: bytes) -> FlagAnswer: ...
-    def collect(self, key: int) -> FlagAnswer: ...
-    def wait(self, key: int, limit: float | None) -> FlagAnswer: ...
-    def worker_pids(self) -> list[int]: ...
-    def held_tasks(self) -> int: ...
-    def stats(self, state: str) -> dict[str, Any]: ...
-    def drain(self, limit: float | None) -> int: ...
-    def stop(self) -> None: ...
-    def stop_when_collected(self) -> None: ...
-    def cancel(self, key: int) -> bool: ...
-
-
-class Task:
-    """One task the pool holds, from submit until its answer is retrieved."""
-
-    __slots__ = ("call", "cancelled", "deadline", "done", "event", "flag", "key", "message", "size", "value", "worker")
-
-    def __init__(self, call: Call | GeneralCall, size: int) -> None:
-        self.key = call.key
-        self.call: Call | GeneralCall | None = call  # dropped once the task is done
-        self.size = size  # wire_size of its call
-        self.done = False
-        self.flag = NOT_FINISHED
-        self.value: object = 0
-        self.message = NOT_FINISHED_MESSAGE
-        self.event: threading.Event | None = None  # made by the first wait
-        self.worker: Worker | None = None
-        self.deadline: float | None = None  # task_timeout, once it runs
-        self.cancelled = False  # dropped while a worker holds it: its answer is discarded
-
-
-class Pool:
+class Pool(TaskBook, Scheduling):
     """Worker processes running an Engine, and the tasks they hold; one per Driver.
 
     Holds no reference to its Driver, so that a Driver nobody uses is collected (and its
@@ -223,91 +151,6 @@ class Pool:
                 self.wakeup.wake()  # the dispatcher must learn the new deadline
             return OK, key, ""
 
-    def collect(self, key: int) -> FlagAnswer:
-        with self.lock:
-            return self._collect(key)
-
-    def _collect(self, key: int) -> FlagAnswer:
-        if self.announce:
-            self.announce_finished()
-        task = self.tasks.get(key)
-        if task is None:
-            why = self.gone.why(key)
-            if why == CANCELLED:
-                return ERROR, 0, cancelled_message(key)
-            if why == EXPIRED:
-                return ERROR, 0, expired_message(key, self.options.result_ttl)
-            return ERROR, 0, unknown_key(key)
-        if not task.done:
-            return NOT_FINISHED, 0, NOT_FINISHED_MESSAGE
-        del self.tasks[key]
-        self.expiring.pop(key, None)
-        self.finished_held -= 1
-        return task.flag, task.value, task.message
-
-    def wait(self, key: int, limit: float | None) -> FlagAnswer:
-        with self.lock:
-            task = self.tasks.get(key)
-            if task is None or task.done:
-                return self._collect(key)
-            if task.event is None:
-                task.event = threading.Event()
-            event = task.event
-        if limit is None:
-            while not event.wait(threading.TIMEOUT_MAX):
-                pass
-        else:
-            event.wait(min(limit, threading.TIMEOUT_MAX))
-        return self.collect(key)
-
-    def cancel(self, key: int) -> bool:
-        with self.lock:
-            self.announce_finished()
-            task = self.tasks.pop(key, None)
-            if task is None:
-                return False
-            self.expiring.pop(key, None)
-            if task.done:
-                self.finished_held -= 1
-            else:
-                if task.worker is None:
-                    try:
-                        self.pending.remove(task)
-                    except ValueError:
-                        pass
-                else:
-                    # Its worker has it already: let it run (task_timeout still bounds it)
-                    # and discard the answer. Interrupting the worker would cost a new one.
-                    task.cancelled = True
-                    task.done = True
-                    task.call = None
-                if task.event is not None:
-                    task.event.set()
-            self.cancelled += 1
-            self.gone.remember(key, CANCELLED)
-            self.notify(key, False)
-            if self.draining:
-                self.drained.notify_all()  # one task fewer to wait for
-            return True
-
-    def expire_results(self, now: float) -> float | None:
-        """Drop the finished results whose ``result_ttl`` has run out (lock held); return
-        when the next one expires (None: none waits)."""
-        self.announce_finished()
-        expiring = self.expiring
-        while expiring:
-            key = next(iter(expiring))
-            when = expiring[key]
-            if when > now:
-                return when
-            del expiring[key]
-            if self.tasks.pop(key, None) is not None:
-                self.finished_held -= 1
-                self.expired += 1
-                self.gone.remember(key, EXPIRED)
-                self.notify(key, False)
-        return None
-
     def worker_pids(self) -> list[int]:
         with self.lock:
             return [w.pid for w in self.workers]
@@ -384,133 +227,6 @@ class Pool:
     def event(self, pid: int, text: str) -> None:
         """Report what happened to worker ``pid`` to the output sink, as an "event" line."""
         self.relay.event(pid, text)
-
-    # -- tasks (all called with self.lock held) --------------------------------------------
-
-    def complete(self, task: Task, flag: int, value: object, message: str) -> None:
-        """Record a task's answer (once; later answers are ignored); its waiters are woken
-        by the next ``announce_finished``."""
-        if task.done:
-            return
-        task.done = True
-        task.flag = flag
-        # A failed general task answers None, whatever failed it (its Engine, a timeout...).
-        task.value = None if flag == FAILED and type(task.call) is GeneralCall else value
-        task.message = message
-        task.worker = None
-        task.deadline = None
-        task.call = None
-        self.finished_held += 1
-        if flag == OK:
-            self.counters.tasks_done += 1
-        else:
-            self.counters.tasks_failed += 1
-        if self.options.result_ttl is not None and not self.closed:
-            self.expiring[task.key] = time.monotonic() + self.options.result_ttl
-        self.announce.append(task)
-        if self.draining:
-            self.drained.notify_all()
-
-    def announce_finished(self) -> None:
-        """Wake the waiters of the tasks finished since the last call and tell the host
-        (``notify(key, True)``). The dispatcher calls it last before it lets the GIL go;
-        whatever collects or drops a task calls it first, so that the host always hears
-        of a finish before the task is gone."""
-        announce = self.announce
-        if not announce:
-            return
-        self.announce = []
-        for task in announce:
-            if task.event is not None:
-                task.event.set()
-            self.notify(task.key, True)
-
-    def assign(self, worker: Worker, task: Task) -> bool:
-        """Send ``task`` to ``worker``; False (task untouched) if the pipe is broken."""
-        try:
-            worker.conn.send_bytes(encode_call(task.call))
-        except (OSError, ValueError):
-            worker.dead = True
-            return False
-        worker.queue.append(task)
-        task.worker = worker
-        if len(worker.queue) == 1:
-            self.start_head(worker, time.monotonic())
-        return True
-
-    def start_head(self, worker: Worker, now: float) -> None:
-        """``worker.queue[0]`` starts (about) now: note it, and set its deadline."""
-        worker.head_started = now
-        if self.options.task_timeout is not None:
-            worker.queue[0].deadline = now + self.options.task_timeout
-
-    def note_run_time(self, seconds: float) -> None:
-        if self.avg_run_s is None:
-            self.avg_run_s = seconds
-        else:
-            self.avg_run_s += 0.1 * (seconds - self.avg_run_s)
-
-    def prefetch_target(self, now: float, task: Task) -> Worker | None:
-        """The busy worker that should get ``task`` queued behind its current one.
-
-        Only workers holding at most ``prefetch`` tasks qualify, whose pipe keeps room
-        for ``task`` (``PREFETCH_BYTES``), and not one whose current task has already
-        run much longer than usual (it may be a long one: a task queued behind it could
-        not move to a worker that frees up sooner). Among the rest, the one whose
-        current task started first.
-        """
-        prefetch = self.options.prefetch
-        if not prefetch:
-            return None
-        typical = self.avg_run_s if self.avg_run_s is not None else 0.0
-        limit = max(0.002, 4.0 * typical)
-        best = None
-        for w in self.workers:
-            if not w.usable() or not w.queue or len(w.queue) > prefetch:
-                continue
-            if now - w.head_started > limit:
-                continue
-            if sum(t.size for t in itertools.islice(w.queue, 1, None)) + task.size > PREFETCH_BYTES:
-                continue
-            if best is None or w.head_started < best.head_started:
-                best = w
-        return best
-
-    def dispatch(self) -> bool:
-        """Give pending tasks to workers, oldest task first: to an idle worker if there
-        is one, else (``prefetch`` > 0) queued behind a busy worker's current task, so that
-        it starts without a round trip through this process. Returns True if a task
-        started and has a deadline (the dispatcher must learn it). Once stop has begun
-        nothing is sent: its tasks are failed already."""
-        if self.closed:
-            return False
-        started = False
-        now = time.monotonic()
-        while self.pending:
-            target = None
-            for w in self.workers:
-                if w.usable() and not w.queue:
-                    target = w
-                    break
-            if target is None:
-                target = self.prefetch_target(now, self.pending[0])
-                if target is None:
-                    break
-            task = self.pending.popleft()
-            if self.assign(target, task):
-                started = started or len(target.queue) == 1
-            else:
-                self.pending.appendleft(task)
-        return started and self.options.task_timeout is not None
-
-    def requeue_unstarted(self, w: Worker) -> None:
-        """Put the tasks queued behind ``w``'s running one back at the head of pending."""
-        while len(w.queue) > 1:
-            task = w.queue.pop()
-            task.worker = None
-            task.deadline = None
-            if not task.cancelled:
-                self.pending.appendleft(task)
 
     # -- stopping ----------------------------------------------------------------------
 

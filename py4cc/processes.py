@@ -25,8 +25,8 @@ from .protocol import STOP, STOP_GRACE_S, InitFailed, Ready, decode_report, enco
 from .worker import WorkerSetup, worker_main
 
 if TYPE_CHECKING:
-    from .pool import Task
     from .recovery import Slot
+    from .tasks import Task
 
 
 class Worker:
