@@ -1,15 +1,28 @@
 """py4cc: run a Python model in a pool of worker processes, for rs4py.
 
 * :mod:`py4cc.driver` — ``Driver``, the pool driver and its flag protocol (the diagram of
-  a task's trip is in its docstring).
+  a task's trip is in its docstring): its options and lifecycle; :mod:`py4cc.calls`, its
+  calls that never raise; :mod:`py4cc.validate`, their argument checks.
 * :mod:`py4cc.engine` — the demo model ``big_model`` and the demo ``Engine``.
 * :mod:`py4cc.protocol` — the flags, fixed messages, limits and wire messages, and
   ``DRIVER_CONTRACT``, the names another language's binding relies on.
-* :mod:`py4cc.options`, :mod:`py4cc.pool`, :mod:`py4cc.processes`,
-  :mod:`py4cc.dispatcher`, :mod:`py4cc.output` (the workers' output and events),
-  :mod:`py4cc.stats` — the Driver's machinery, in this process.
-* :mod:`py4cc.worker` — the worker process's side; with :mod:`py4cc.protocol`, all that a
-  worker process imports of py4cc.
+* :mod:`py4cc.options` — the Driver's options, checked once by ``initialize``.
+* :mod:`py4cc.backend` — ``Backend``, the interface the Driver runs its tasks through
+  (a cluster's backend implements it too).
+* :mod:`py4cc.pool` — ``Pool``, the Backend of worker processes: tasks and workers under
+  one lock; its parts :mod:`py4cc.tasks` (each task and its answer: collect, wait, cancel,
+  ``result_ttl`` expiry) and :mod:`py4cc.scheduling` (which worker runs which task,
+  prefetch).
+* :mod:`py4cc.processes` (starting and stopping worker processes, tracked by pid),
+  :mod:`py4cc.dispatcher` (the thread that collects answers), :mod:`py4cc.recovery`
+  (restarts with backoff), :mod:`py4cc.completion` (the host's notifier; why a dropped key is gone),
+  :mod:`py4cc.output` (the workers' output and events), :mod:`py4cc.stats` (what
+  ``stats`` reports), :mod:`py4cc.preload` (what the parent loads before forking),
+  :mod:`py4cc.cleanup` (the forkserver and temporary directory) — the pool's machinery,
+  in this process.
+* :mod:`py4cc.worker` — the worker process's side; with :mod:`py4cc.protocol` and
+  :mod:`py4cc.lifeline` (workers die with their host), all that a worker process imports
+  of py4cc.
 
 The names below are loaded on first use, so that a worker process, which imports
 ``py4cc.worker``, does not load the Driver's machinery with the package.

@@ -98,15 +98,10 @@ after a backoff, for as long as the Driver lives (:mod:`~py4cc.recovery`); while
 is ready, queued tasks fail (flag 2) and ``submit`` answers flag 9 with the last cause.
 Every worker dies with the process that runs the Driver (:mod:`~py4cc.lifeline`).
 
-The modules: :mod:`~py4cc.protocol` (flags, limits, wire messages), :mod:`~py4cc.options`
-(checked once by ``initialize``), :mod:`~py4cc.pool` (tasks and workers under one lock,
-behind the ``Backend`` interface this Driver uses), :mod:`~py4cc.processes` (starting and
-stopping worker processes, tracked by pid), :mod:`~py4cc.dispatcher` (the thread that
-collects answers), :mod:`~py4cc.recovery` (restarts with backoff), :mod:`~py4cc.cleanup`
-(the forkserver and temporary directory), :mod:`~py4cc.output` (the thread that relays
-the workers' output and events), :mod:`~py4cc.stats` (what ``stats`` reports),
-:mod:`~py4cc.worker` (the worker process's side: with ``protocol`` and ``lifeline``, all
-it imports).
+The Driver itself is this module (its options and lifecycle), :mod:`~py4cc.calls` (the
+calls that never raise) and :mod:`~py4cc.validate` (their argument checks); it runs its
+tasks through the :class:`~py4cc.backend.Backend` interface, which :mod:`~py4cc.pool`
+implements. The package's docstring (:mod:`py4cc`) lists every module.
 
 With ``start_method="fork"`` replacement workers are forked from a process that runs
 threads (the dispatcher, the caller's); Python 3.12+ warns about that
@@ -116,16 +111,15 @@ threads (the dispatcher, the caller's); Python 3.12+ warns about that
 
 from __future__ import annotations
 
-import math
 import threading
 import weakref
 from collections.abc import Sequence
 from typing import Any, Callable
 
-from . import stats as stats_module
-from .backend import Backend, FlagAnswer
+from .backend import Backend
+from .calls import Calls
 from .completion import NotifyCallback
-from .options import build_options, is_int, is_real
+from .options import build_options
 from .pool import Pool
 from .protocol import (
     AT_CAPACITY,
@@ -134,16 +128,12 @@ from .protocol import (
     DEFAULT_RESULT_TTL,
     ERROR,
     FAILED,
-    FINALIZED_MESSAGE,
     MAX_WORKERS,
     NOT_FINISHED,
     NOT_FINISHED_MESSAGE,
     OK,
-    describe,
-    encode_arguments,
-    short_repr,
-    unknown_key,
 )
+from .validate import drain_limit
 
 __all__ = [
     "AT_CAPACITY",
@@ -158,17 +148,7 @@ __all__ = [
 ]
 
 
-def _unexpected(call: str, exc: BaseException) -> str:
-    """The flag-9 message for an exception that escaped a call; never raises."""
-    how = "failed unexpectedly" if isinstance(exc, Exception) else "was interrupted"
-    try:
-        detail = str(exc)
-    except Exception:
-        detail = "<str() raised>"
-    return f"{call} {how}: {type(exc).__name__}: {detail}" if detail else f"{call} {how}: {type(exc).__name__}"
-
-
-class Driver:
+class Driver(Calls):
     """Runs an Engine (``"module:Class"``) in a pool of worker processes.
 
     ``submit``, ``retrieve``, ``wait`` and ``finalize`` follow the flag protocol of the
@@ -376,18 +356,7 @@ class Driver:
         a NaN counts as 0. Interrupted (KeyboardInterrupt), it still finalizes, then lets
         the interruption through.
         """
-        if timeout is not None and not is_real(timeout):
-            raise TypeError(f"drain: timeout must be a number of seconds or None, got {describe(timeout)}")
-        limit: float | None = None
-        if timeout is not None:
-            try:
-                limit = float(timeout)
-            except OverflowError:  # an int beyond float's range
-                limit = math.inf if timeout > 0 else 0.0
-            if math.isnan(limit) or limit < 0:
-                limit = 0.0
-            if math.isinf(limit):
-                limit = None
+        limit = drain_limit(timeout)
         with self._state_lock:
             pool = self._pool
             if pool is None:
@@ -397,28 +366,6 @@ class Driver:
             return pool.drain(limit)
         finally:
             self.finalize()
-
-    def stats(self) -> dict[str, Any]:
-        """The driver's counters, read under the pool's lock once; never raises.
-
-        Keys (``DRIVER_CONTRACT["stats"]``, documented in :mod:`py4cc.stats`): ``state``
-        ("new", "running", "draining", "finalized"); ``tasks_held`` = ``tasks_queued``
-        (not started: in the pool's queue or behind a worker's current task) +
-        ``tasks_running`` + ``tasks_finished`` (not retrieved yet); ``workers_wanted``,
-        ``workers_alive`` (started, not known dead), ``workers_ready``; ``worker_starts``,
-        ``worker_deaths``, ``last_death_cause`` (text, "" if none),
-        ``replacement_failures``; ``tasks_done``, ``tasks_failed`` (timeouts included),
-        ``tasks_timed_out``, ``tasks_cancelled``, ``tasks_expired``; ``run_time_p50``,
-        ``run_time_p99`` (seconds, as the workers timed ``Engine.run``, over the latest
-        ``RUN_TIME_WINDOW`` tasks; None before any) and ``run_time_samples``;
-        ``workers_degraded`` (slots whose start keeps failing, retried with backoff) and
-        ``last_worker_failure`` (why the latest start failed, a traceback included; "").
-        """
-        pool = self._pool
-        if pool is None:
-            workers = self.n_subprocesses if is_int(self.n_subprocesses) else 0
-            return stats_module.empty("finalized" if self._finalized else "new", workers)
-        return pool.stats("running")
 
     def __enter__(self) -> Driver:
         return self
@@ -434,178 +381,3 @@ class Driver:
             f"task_timeout={self.task_timeout!r}, init_timeout={self.init_timeout!r}) "
             f"<{state}>"
         )
-
-    # -- the protocol -----------------------------------------------------------------
-
-    def submit(self, float_features: Sequence[float], str_features: Sequence[str], int_feature: int) -> FlagAnswer:
-        """Queue one task: ``(0, key, "")``, ``(1, 0, CAPACITY_MESSAGE)`` or ``(9, 0, why)``."""
-        try:
-            return self._submit(float_features, str_features, int_feature)
-        except BaseException as exc:  # never raise, not even KeyboardInterrupt
-            return ERROR, 0, _unexpected("submit", exc)
-
-    def submit_call(self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None) -> FlagAnswer:
-        """Queue one general task, ``engine.<call_method>(*args, **kwargs)``: ``(0, key,
-        "")``, ``(1, 0, CAPACITY_MESSAGE)`` or ``(9, 0, why)``. ``args`` is a tuple or list,
-        ``kwargs`` a dict with str keys (or None); both are pickled here, to reach the
-        worker."""
-        try:
-            return self._submit_call(args, kwargs)
-        except BaseException as exc:  # never raise, not even KeyboardInterrupt
-            return ERROR, 0, _unexpected("submit_call", exc)
-
-    def retrieve(self, key: int) -> FlagAnswer:
-        """Answer for ``key``: flag 0 / 2 (task removed), 1 (kept) or 9 (nothing changes)."""
-        try:
-            return self._retrieve(key)
-        except BaseException as exc:  # never raise, not even KeyboardInterrupt
-            return ERROR, 0, _unexpected("retrieve", exc)
-
-    def wait(self, key: int, timeout: float | None = None) -> FlagAnswer:
-        """Block up to ``timeout`` seconds for ``key`` to finish, then answer as ``retrieve``.
-
-        ``timeout=None`` or ``+inf``: no limit (returns when the task finishes or the
-        driver is finalized). ``timeout <= 0`` or NaN: do not block. A timeout that is
-        not a number answers flag 9. The driver's lock is not held while blocking. A
-        KeyboardInterrupt while it blocks answers flag 9; the task is kept.
-        """
-        try:
-            return self._wait(key, timeout)
-        except BaseException as exc:  # never raise, not even KeyboardInterrupt
-            return ERROR, 0, _unexpected("wait", exc)
-
-    def cancel(self, key: int) -> bool:
-        """Drop the task under ``key`` whatever its state; True if the driver held it.
-
-        A queued task never runs; a running one is left to finish (``task_timeout`` still
-        bounds it) and its answer is discarded; a finished one is removed. Its place among
-        ``max_tasks`` is freed at once. Never raises (a wrong key answers False).
-        """
-        try:
-            pool = self._pool
-            if pool is None or not is_int(key) or key <= 0:
-                return False
-            return pool.cancel(int(key))
-        except BaseException:  # never raise, not even KeyboardInterrupt
-            return False
-
-    def worker_pids(self) -> list[int]:
-        """The pids of the current worker processes (empty before initialize / after finalize).
-
-        A worker that was killed or timed out stays listed until the driver notices
-        its exit and replaces it.
-        """
-        pool = self._pool
-        return [] if pool is None else pool.worker_pids()
-
-    def held_tasks(self) -> int:
-        """How many tasks the driver holds (queued, running, or finished not retrieved)."""
-        pool = self._pool
-        return 0 if pool is None else pool.held_tasks()
-
-    # -- internals --------------------------------------------------------------------
-
-    def _submit(self, float_features: Any, str_features: Any, int_feature: Any) -> FlagAnswer:
-        pool, refusal = self._open_pool()
-        if pool is None:
-            return ERROR, 0, refusal
-        problem, task = self._validate(float_features, str_features, int_feature)
-        if task is None:
-            return ERROR, 0, problem
-        return pool.submit(*task)
-
-    def _submit_call(self, args: Any, kwargs: Any) -> FlagAnswer:
-        pool, refusal = self._open_pool()
-        if pool is None:
-            return ERROR, 0, refusal
-        if not isinstance(args, (tuple, list)):
-            return ERROR, 0, f"submit_call: args must be a tuple or list, got {describe(args)}"
-        if kwargs is None:
-            kwargs = {}
-        if not isinstance(kwargs, dict):
-            return ERROR, 0, f"submit_call: kwargs must be a dict or None, got {describe(kwargs)}"
-        for name in kwargs:
-            if not isinstance(name, str):
-                return ERROR, 0, f"submit_call: keyword names must be str, got {describe(name)}"
-        try:
-            payload = encode_arguments(tuple(args), dict(kwargs))
-        except Exception as exc:
-            return ERROR, 0, f"submit_call: the arguments cannot be pickled: {type(exc).__name__}: {exc}"
-        return pool.submit_call(payload)
-
-    def _open_pool(self) -> tuple[Backend | None, str]:
-        """The pool if it takes tasks, else None and why not."""
-        pool = self._pool
-        if pool is None:
-            if self._finalized:
-                return None, FINALIZED_MESSAGE
-            return None, "the driver is not initialized; call initialize() first"
-        if pool.closed:
-            return None, FINALIZED_MESSAGE
-        return pool, ""
-
-    def _validate(
-        self, float_features: Any, str_features: Any, int_feature: Any
-    ) -> tuple[str, tuple[list[float], list[str], int] | None]:
-        """``("", (floats, strs, n))`` converted to exact types, or ``(why, None)``."""
-        float_names, str_names = self.float_feature_names, self.str_feature_names
-        if not isinstance(float_features, (list, tuple)):
-            return f"float_features must be a list of floats, got {describe(float_features)}", None
-        if not isinstance(str_features, (list, tuple)):
-            return f"str_features must be a list of str, got {describe(str_features)}", None
-        if len(float_features) != len(float_names):
-            return (
-                f"wrong number of float features: expected {len(float_names)} "
-                f"({', '.join(float_names)}), got {len(float_features)}"
-            ), None
-        if len(str_features) != len(str_names):
-            return (
-                f"wrong number of str features: expected {len(str_names)} "
-                f"({', '.join(str_names)}), got {len(str_features)}"
-            ), None
-        floats: list[float] = []
-        for i, v in enumerate(float_features):
-            if not is_real(v):
-                return f"float feature {i} ({float_names[i]}) must be a real number, got {describe(v)}", None
-            try:
-                floats.append(float(v))
-            except (OverflowError, ValueError, TypeError) as exc:
-                return f"float feature {i} ({float_names[i]}) cannot be converted to float: {exc}", None
-        strs: list[str] = []
-        for i, s in enumerate(str_features):
-            if not isinstance(s, str):
-                return f"str feature {i} ({str_names[i]}) must be a str, got {describe(s)}", None
-            strs.append(str(s))
-        if not is_int(int_feature):
-            return f"int_feature must be an int, got {describe(int_feature)}", None
-        return "", (floats, strs, int(int_feature))
-
-    def _retrieve(self, key: Any) -> FlagAnswer:
-        pool = self._pool
-        if pool is None:
-            if self._finalized:
-                return ERROR, 0, f"unknown key {short_repr(key)}: the driver is finalized and holds no tasks"
-            return ERROR, 0, f"unknown key {short_repr(key)}: the driver is not initialized"
-        if not is_int(key) or key <= 0:
-            return ERROR, 0, unknown_key(key)
-        return pool.collect(int(key))
-
-    def _wait(self, key: Any, timeout: Any) -> FlagAnswer:
-        pool = self._pool
-        if pool is None or not is_int(key) or key <= 0:
-            return self._retrieve(key)
-        if timeout is not None and not is_real(timeout):
-            return ERROR, 0, f"wait: timeout must be a number of seconds or None, got {describe(timeout)}"
-        limit: float | None
-        if timeout is None:
-            limit = None
-        else:
-            try:
-                limit = float(timeout)
-            except OverflowError:  # an int beyond float's range: no limit, or none at all
-                limit = math.inf if timeout > 0 else -math.inf
-            if math.isnan(limit) or limit <= 0:
-                return self._retrieve(key)
-            if math.isinf(limit):
-                limit = None
-        return pool.wait(int(key), limit)

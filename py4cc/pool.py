@@ -91,7 +91,7 @@ class Pool(TaskBook, Scheduling):
         self.drained = threading.Condition(self.lock)  # notified when a task finishes while draining
         self.failed_by_stop = 0  # unfinished tasks that stop failed
 
-    # -- the Backend interface ------------------------------------------------------------
+    # -- the Backend interface (collect, wait and cancel are TaskBook's) -------------------
 
     def start(self) -> None:
         _LIVE_POOLS.add(self)
