@@ -36,6 +36,7 @@
 
 #![warn(missing_docs)]
 
+mod callback;
 mod convert;
 mod driver;
 mod error;
@@ -44,10 +45,10 @@ mod gil;
 mod interpreter;
 mod object;
 
-pub use convert::{FromPython, IntoArgs, IntoKwargs, ToPython};
+pub use convert::{Bytes, FromPython, IntoArgs, IntoKwargs, ToPython};
 pub use driver::{
-    Driver, DriverOptions, DriverState, DriverStats, ResultStatus, StartMethod, SubmitStatus, TaskFuture, TaskReceipt,
-    TaskResult, WorkerLine, WorkerOutput, WorkerStream,
+    Driver, DriverOptions, DriverState, DriverStats, Key, Preload, ResultStatus, StartMethod, SubmitStatus, TaskFuture,
+    TaskKey, TaskReceipt, TaskResult, WorkerLine, WorkerOutput, WorkerStream,
 };
 pub use error::{Error, PythonException, Result};
 pub use gil::{Gil, GilToken};
