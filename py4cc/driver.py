@@ -81,7 +81,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from .options import build_options, is_int, is_real
+from .options import Options, build_options, is_int, is_real
 from .pool import Backend, FlagAnswer, Pool
 from .protocol import (
     AT_CAPACITY,
@@ -110,6 +110,15 @@ __all__ = [
     "OK",
     "Driver",
 ]
+
+
+def make_backend(options: Options) -> Backend:
+    """What runs the tasks: the local pool, or (imported only then) the Ray backend."""
+    if options.backend == "ray":
+        from .ray_backend import RayBackend
+
+        return RayBackend(options)
+    return Pool(options)
 
 
 def _unexpected(call: str, exc: BaseException) -> str:
@@ -166,6 +175,8 @@ class Driver:
         init_timeout: float | None = None,
         *,
         prefetch: int = 1,
+        backend: str = "local",
+        ray_address: str | None = None,
     ) -> None:
         """Store the options; nothing is checked or started until ``initialize``.
 
@@ -174,6 +185,13 @@ class Driver:
         through the parent. 1 (the default) removes that gap from the throughput; 0
         hands a task only to an idle worker (best when tasks are long and uneven:
         a prefetched task cannot move to another worker that frees up sooner).
+
+        ``backend`` (keyword only): ``"local"`` runs the Engines in worker processes of
+        this machine; ``"ray"`` runs each as an actor on a Ray cluster
+        (:mod:`py4cc.ray_backend`): ``ray_address`` is the cluster's address
+        (``"host:port"``), or None to start a local Ray instance for this process;
+        ``n_subprocesses`` is then the number of actors (``<= 0``: one per CPU of the
+        cluster). The calls and their answers are the same with either.
         """
         self.max_tasks = max_tasks
         self.n_subprocesses = n_subprocesses
@@ -184,6 +202,8 @@ class Driver:
         self.task_timeout = task_timeout
         self.init_timeout = init_timeout
         self.prefetch = prefetch
+        self.backend = backend
+        self.ray_address = ray_address
         self.float_feature_names: list[str] = []
         self.str_feature_names: list[str] = []
         self.config: Any = None
@@ -229,9 +249,12 @@ class Driver:
                 init_timeout=self.init_timeout,
                 prefetch=self.prefetch,
                 engine=self.engine,
+                backend=self.backend,
+                ray_address=self.ray_address,
             )
-            pool = Pool(options)
+            pool = make_backend(options)
             pool.start()
+            options = pool.options  # as started: n_subprocesses resolved
             self.config = options.setup.config
             self.float_feature_names = options.setup.float_feature_names
             self.str_feature_names = options.setup.str_feature_names

@@ -33,6 +33,11 @@ class Options:
     """How many tasks may wait behind a busy worker's current one, >= 0."""
     setup: WorkerSetup
     """What each worker builds its Engine from."""
+    backend: str = "local"
+    """What runs the Engines: ``"local"`` (worker processes) or ``"ray"`` (actors on a Ray cluster)."""
+    ray_address: str | None = None
+    """The Ray cluster to connect to (``"host:port"`` or ``"auto"``); None: start a local
+    Ray instance for this process. Only for the ``"ray"`` backend."""
 
 
 def build_options(
@@ -48,8 +53,11 @@ def build_options(
     init_timeout: Any,
     prefetch: Any,
     engine: Any,
+    backend: Any = "local",
+    ray_address: Any = None,
 ) -> Options:
-    """Check every option (in this order) and resolve ``n_subprocesses``.
+    """Check every option (in this order) and resolve ``n_subprocesses`` (for the Ray
+    backend, ``<= 0`` stays 0: the backend counts the cluster's CPUs once connected).
 
     Raises ValueError (bad JSON, start method, engine name or option), TypeError (config
     not text, feature names not lists of str) or ImportError (engine module not found).
@@ -59,11 +67,13 @@ def build_options(
     str_names = check_names("str_feature_names", str_feature_names)
     method = check_start_method(start_method)
     tasks = check_int_at_least("max_tasks", max_tasks, 1)
-    workers = check_workers(n_subprocesses)
+    backend = check_backend(backend)
+    workers = check_workers(n_subprocesses, backend)
     run_limit = check_timeout("task_timeout", task_timeout)
     start_limit = check_timeout("init_timeout", init_timeout)
     ahead = check_int_at_least("prefetch", prefetch, 0)
     engine = check_engine(engine)
+    address = check_ray_address(ray_address, backend)
     return Options(
         start_method=method,
         n_subprocesses=workers,
@@ -72,6 +82,8 @@ def build_options(
         init_timeout=start_limit,
         prefetch=ahead,
         setup=WorkerSetup(engine, config, float_names, str_names, dict(extra)),
+        backend=backend,
+        ray_address=address,
     )
 
 
@@ -116,7 +128,7 @@ def check_int_at_least(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-def check_workers(value: Any) -> int:
+def check_workers(value: Any, backend: str = "local") -> int:
     if not is_int(value):
         raise ValueError(f"n_subprocesses must be an int (<= 0 means one per CPU), got {value!r}")
     count = int(value)
@@ -124,7 +136,7 @@ def check_workers(value: Any) -> int:
         # A typo (or usize::MAX from Rust) would otherwise fork until the system refuses.
         raise ValueError(f"n_subprocesses must be at most {MAX_WORKERS}, got {short_repr(count)}")
     if count <= 0:
-        count = os.cpu_count() or 1
+        count = 0 if backend == "ray" else (os.cpu_count() or 1)
     return count
 
 
@@ -141,6 +153,29 @@ def check_timeout(name: str, value: Any) -> float | None:
     if not (seconds > 0) or math.isinf(seconds):
         raise problem
     return seconds
+
+
+BACKENDS = ("local", "ray")
+"""The values of the ``backend`` option."""
+
+
+def check_backend(backend: Any) -> str:
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {short_repr(backend)}")
+    return backend
+
+
+def check_ray_address(address: Any, backend: str) -> str | None:
+    """None, or a non-empty address without surrounding blanks; only with the Ray backend."""
+    if address is None:
+        return None
+    if not isinstance(address, str) or not address.strip() or address != address.strip():
+        raise ValueError(
+            f"ray_address must be None or a cluster address such as '10.0.0.5:6379', got {describe(address)}"
+        )
+    if backend != "ray":
+        raise ValueError(f"ray_address ({address!r}) is only used with backend='ray'; the backend is {backend!r}")
+    return address
 
 
 def check_engine(engine: Any) -> str:

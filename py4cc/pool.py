@@ -55,11 +55,13 @@ class Backend(Protocol):
     * ``wait(key, limit)``: block up to ``limit`` seconds (None: no limit) until the task is
       finished or the backend stops, then answer as ``collect``.
     * ``worker_pids()``, ``held_tasks()``: for tests and monitoring.
+    * ``options``: the options it runs with (``n_subprocesses`` resolved once started).
     * ``stop()``: fail the unfinished tasks, stop every worker; idempotent. ``closed`` turns
       True when it begins. ``stop_when_collected()``: the same, from a garbage collection.
     """
 
     closed: bool
+    options: Options
 
     def start(self) -> None: ...
     def submit(self, float_features: list[float], str_features: list[str], int_feature: int) -> FlagAnswer: ...
