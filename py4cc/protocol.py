@@ -35,7 +35,16 @@ DEFAULT_ENGINE = "py4cc.engine:Engine"
 DRIVER_CONTRACT: dict[str, Any] = {
     "module": "py4cc.driver",
     "class": "Driver",
-    "options": ["max_tasks", "n_subprocesses", "start_method", "engine", "task_timeout", "init_timeout"],
+    "options": [
+        "max_tasks",
+        "n_subprocesses",
+        "start_method",
+        "engine",
+        "task_timeout",
+        "init_timeout",
+        "backend",
+        "ray_address",
+    ],
     "methods": ["initialize", "submit", "retrieve", "wait", "finalize", "worker_pids"],
     "attributes": ["n_subprocesses"],
     "flags": {"OK": OK, "AT_CAPACITY": AT_CAPACITY, "NOT_FINISHED": NOT_FINISHED, "FAILED": FAILED, "ERROR": ERROR},

@@ -15,7 +15,7 @@ use crate::gil::Gil;
 use crate::interpreter::{self, StartOptions};
 use crate::object::{Handle, Object};
 
-pub use options::{DriverOptions, StartMethod};
+pub use options::{Backend, DriverOptions, StartMethod};
 use protocol::{DRIVER_CLASS, DRIVER_MODULE, N_SUBPROCESSES, method, option};
 pub use protocol::{ResultStatus, SubmitStatus};
 
@@ -99,6 +99,8 @@ impl Driver {
                 (option::ENGINE, &options.engine),
                 (option::TASK_TIMEOUT, &options.task_timeout.map(|timeout| timeout.as_secs_f64())),
                 (option::INIT_TIMEOUT, &options.init_timeout.map(|timeout| timeout.as_secs_f64())),
+                (option::BACKEND, &options.backend.name()),
+                (option::RAY_ADDRESS, &options.backend.ray_address()),
             ],
         )?;
         let bound = |name| driver.getattr(name).map(Object::unbind);

@@ -34,10 +34,14 @@ pub(super) mod option {
     pub(in crate::driver) const TASK_TIMEOUT: &str = "task_timeout";
     /// `init_timeout: float | None`, in seconds.
     pub(in crate::driver) const INIT_TIMEOUT: &str = "init_timeout";
+    /// `backend: str`, `"local"` or `"ray"`.
+    pub(in crate::driver) const BACKEND: &str = "backend";
+    /// `ray_address: str | None`, the Ray cluster's address.
+    pub(in crate::driver) const RAY_ADDRESS: &str = "ray_address";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 6] =
-        [MAX_TASKS, N_SUBPROCESSES, START_METHOD, ENGINE, TASK_TIMEOUT, INIT_TIMEOUT];
+    pub(in crate::driver) const ALL: [&str; 8] =
+        [MAX_TASKS, N_SUBPROCESSES, START_METHOD, ENGINE, TASK_TIMEOUT, INIT_TIMEOUT, BACKEND, RAY_ADDRESS];
 }
 
 /// The Python driver's methods that the Rust Driver calls, by name.
