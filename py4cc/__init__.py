@@ -6,7 +6,8 @@
 * :mod:`py4cc.protocol` — the flags, fixed messages, limits and wire messages, and
   ``DRIVER_CONTRACT``, the names another language's binding relies on.
 * :mod:`py4cc.options`, :mod:`py4cc.pool`, :mod:`py4cc.processes`,
-  :mod:`py4cc.dispatcher` — the Driver's machinery, in this process.
+  :mod:`py4cc.dispatcher`, :mod:`py4cc.output` (the workers' output and events),
+  :mod:`py4cc.stats` — the Driver's machinery, in this process.
 * :mod:`py4cc.worker` — the worker process's side; with :mod:`py4cc.protocol`, all that a
   worker process imports of py4cc.
 

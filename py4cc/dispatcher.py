@@ -5,7 +5,8 @@ worker's pipe, every worker's process sentinel and the wake-up pipe, with a time
 by the nearest deadline (``task_timeout``, ``init_timeout``). It records the workers'
 answers, hands queued tasks on, and deals with workers that die, overrun a deadline or
 fail to start: their running task fails, the tasks queued behind it go back to the
-queue, and a replacement is started.
+queue, and a replacement is started. It also drops the finished results nobody retrieved
+within ``result_ttl``.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class Dispatcher(threading.Thread):
         wake_fd = pool.wakeup.read_fd
         task_timeout = pool.options.task_timeout
         init_timeout = pool.options.init_timeout
+        result_ttl = pool.options.result_ttl
         while True:
             with pool.lock:
                 if pool.closed:
@@ -114,6 +116,10 @@ class Dispatcher(threading.Thread):
                     ]
                 if init_timeout is not None:
                     deadlines += [w.started + init_timeout for w in pool.workers if not w.ready and not w.dead]
+                if result_ttl is not None:
+                    next_expiry = pool.expire_results(time.monotonic())
+                    if next_expiry is not None:
+                        deadlines.append(next_expiry)
                 timeout: float | None = None
                 if deadlines:
                     timeout = max(0.0, min(deadlines) - time.monotonic())
@@ -172,6 +178,7 @@ class Dispatcher(threading.Thread):
                     if w.queue and w.queue[0].key == report.key:
                         now = time.monotonic()
                         pool.note_run_time(now - w.head_started)
+                        pool.run_times.add(report.run_s)
                         pool.complete(w.queue.popleft(), report.flag, report.value, report.message)
                         if w.queue:
                             pool.start_head(w, now)
@@ -182,6 +189,8 @@ class Dispatcher(threading.Thread):
                 elif isinstance(report, InitFailed):
                     w.dead = True
                     w.init_failed = True
+                    pool.counters.replacement_failures += 1
+                    pool.event(w.pid, f"failed to initialise its engine (a replacement):\n{report.traceback}")
                     pool.note_replacement_failure(
                         f"a replacement worker process (pid {w.pid}) failed to initialise "
                         f"its engine:\n{report.traceback}"
@@ -211,6 +220,17 @@ class Dispatcher(threading.Thread):
             if w in pool.workers:
                 pool.workers.remove(w)
             pool.requeue_unstarted(w)
+            cause = death_cause(w, exitcode, pool.options.task_timeout, pool.options.init_timeout)
+            pool.counters.worker_deaths += 1
+            pool.counters.last_death_cause = f"worker process {w.pid} {cause}"
+            if w.queue:
+                pool.event(w.pid, f"{cause} while running task {w.queue[0].key}")
+            elif w.timed_out or w.init_timed_out:
+                pool.event(w.pid, cause)
+            elif was_ready or not w.init_failed:
+                pool.event(w.pid, f"{cause} {'while idle' if was_ready else 'before it was ready'}")
+            if not was_ready and not w.init_failed:
+                pool.counters.replacement_failures += 1
             if w.queue:
                 pool.complete(
                     w.queue.popleft(),
@@ -242,22 +262,24 @@ class Dispatcher(threading.Thread):
             pool.dispatch()
         w.release()
         if replace:
-            self._replace()
+            self._replace(f"worker process {w.pid}")
 
-    def _replace(self) -> None:
+    def _replace(self, replaced: str) -> None:
         pool = self.pool
         try:
             new = pool.start_worker()
         except Exception:
+            text = "a replacement worker process could not be started:\n" + traceback.format_exc()
             with pool.lock:
-                pool.note_replacement_failure(
-                    "a replacement worker process could not be started:\n" + traceback.format_exc()
-                )
+                pool.counters.replacement_failures += 1
+                pool.event(0, text)
+                pool.note_replacement_failure(text)
             return
         with pool.lock:
             stop = pool.closed
             if not stop:
                 pool.workers.append(new)
+                pool.event(new.pid, f"started, replacing {replaced}")
         if stop:
             stop_workers([new])
 
@@ -276,6 +298,8 @@ class Dispatcher(threading.Thread):
                 w.queue.clear()
                 w.dead = True
                 w.timed_out = True
+                pool.counters.tasks_timed_out += 1
+                pool.event(w.pid, f"task {task.key} ran past task_timeout ({task_timeout:g} s): killing the worker")
                 pool.complete(
                     task,
                     FAILED,
@@ -303,8 +327,21 @@ class Dispatcher(threading.Thread):
                     continue
                 w.dead = True
                 w.init_timed_out = True
+                pool.event(w.pid, f"not ready within init_timeout ({init_timeout:g} s): killing it")
                 try:
                     w.process.kill()
                 except Exception:
                     pass
                 # Its exit shows up on its sentinel; _reap then decides on a replacement.
+
+
+def death_cause(w: Worker, exitcode: int | None, task_timeout: float | None, init_timeout: float | None) -> str:
+    """How worker ``w`` died, in words, for stats and events."""
+    how = f"exited with {exit_text(exitcode)}"
+    if w.timed_out and task_timeout is not None:
+        return f"{how}, killed because its task ran past task_timeout ({task_timeout:g} s)"
+    if w.init_timed_out and init_timeout is not None:
+        return f"{how}, killed because it was not ready within init_timeout ({init_timeout:g} s)"
+    if w.init_failed:
+        return f"{how} after its engine failed to initialise"
+    return how

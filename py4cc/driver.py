@@ -25,14 +25,42 @@ Protocol (every call may come from any thread, concurrently)::
         blocks up to ``timeout`` seconds until the task is finished, then answers
         exactly as ``retrieve`` does (flag 1 if it is still not finished)
 
+    d.cancel(key) -> bool
+        drops a held task: a queued one never runs, a running one's answer is
+        discarded, a finished one is removed; True if the driver held it. Retrieving
+        it then answers flag 9, saying it was cancelled
+
     d.finalize()
         stops the pool; safe to call twice; afterwards submit answers flag 9
         ("... finalized ...")
 
-Only ``initialize`` ever raises; every other failure comes back as a flag and a message,
-even a KeyboardInterrupt (or any other exception) raised while the call runs: flag 9,
-and the message names it. The flags, fixed messages and the names another language's
-binding relies on are in :mod:`py4cc.protocol`.
+    d.drain(timeout) -> int
+        submit answers flag 9 ("... draining ...") from now on; the held tasks may
+        finish for up to ``timeout`` seconds (None: no limit); then finalize. Answers
+        how many tasks were still unfinished, and so answer flag 2
+
+    d.stats() -> dict
+        the counters of :mod:`py4cc.stats` (tasks held, queued, running, finished;
+        workers; deaths; cancels and expiries; the Engine's run-time percentiles), one
+        lock, cheap
+
+A finished result not retrieved within ``result_ttl`` seconds (60 by default; None keeps
+it until retrieved) is dropped, freeing its place among ``max_tasks``; retrieving it
+then answers flag 9, saying it expired.
+
+Only ``initialize`` ever raises (and ``drain``, for a timeout that is not a number);
+every other failure comes back as a flag and a message, even a KeyboardInterrupt (or any
+other exception) raised while the call runs: flag 9, and the message names it.
+
+Every line a worker process writes to its stdout or stderr (fds 1 and 2, so C-level
+writes too) reaches ``worker_output(pid, stream, line)`` in this process, or by default
+this process's stderr as ``[py4cc worker <pid> <stream>] <line>``; so does each event the
+pool notices (stream "event": a worker's death, a task timeout, a replacement). See
+:mod:`py4cc.output`. ``worker_env`` (a dict, or (name, value) pairs) is set in every
+worker process before its Engine's module is imported, whatever the start method.
+
+The flags, fixed messages and the names another language's binding relies on are in
+:mod:`py4cc.protocol`.
 
 How a task travels::
 
@@ -65,7 +93,9 @@ The modules: :mod:`~py4cc.protocol` (flags, limits, wire messages), :mod:`~py4cc
 (checked once by ``initialize``), :mod:`~py4cc.pool` (tasks and workers under one lock,
 behind the ``Backend`` interface this Driver uses), :mod:`~py4cc.processes` (starting and
 stopping worker processes), :mod:`~py4cc.dispatcher` (the thread that collects answers),
-:mod:`~py4cc.worker` (the worker process's side: with ``protocol``, all it imports).
+:mod:`~py4cc.output` (the thread that relays the workers' output and events),
+:mod:`~py4cc.stats` (what ``stats`` reports), :mod:`~py4cc.worker` (the worker process's
+side: with ``protocol``, all it imports).
 
 With ``start_method="fork"`` replacement workers are forked from a process that runs
 threads (the dispatcher, the caller's); Python 3.12+ warns about that
@@ -79,14 +109,17 @@ import math
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Callable
 
+from . import stats as stats_module
+from .completion import NotifyCallback
 from .options import Options, build_options, is_int, is_real
 from .pool import Backend, FlagAnswer, Pool
 from .protocol import (
     AT_CAPACITY,
     CAPACITY_MESSAGE,
     DEFAULT_ENGINE,
+    DEFAULT_RESULT_TTL,
     ERROR,
     FAILED,
     FINALIZED_MESSAGE,
@@ -175,6 +208,10 @@ class Driver:
         init_timeout: float | None = None,
         *,
         prefetch: int = 1,
+        notify: NotifyCallback | None = None,
+        result_ttl: float | None = DEFAULT_RESULT_TTL,
+        worker_env: Any = None,
+        worker_output: Callable[[int, str, str], None] | None = None,
         backend: str = "local",
         ray_address: str | None = None,
     ) -> None:
@@ -185,6 +222,22 @@ class Driver:
         through the parent. 1 (the default) removes that gap from the throughput; 0
         hands a task only to an idle worker (best when tasks are long and uneven:
         a prefetched task cannot move to another worker that frees up sooner).
+
+        ``notify`` (keyword only): a callable ``notify(key, finished)``, called with the
+        pool's lock held (so it must be quick and must not call the driver) whenever a task
+        becomes finished (``True``) or a held task is dropped unretrieved (``False``: its
+        result expired, or it was cancelled); see :mod:`py4cc.completion`. What it raises
+        is counted and ignored.
+
+        ``result_ttl`` (keyword only, seconds or None): how long a finished result is kept
+        for retrieval; None keeps it until retrieved.
+
+        ``worker_env`` (keyword only): environment variables set in every worker process
+        before its Engine's module is imported, e.g. ``{"OMP_NUM_THREADS": "1"}`` so that
+        N workers do not each start a BLAS thread per core. ``worker_output`` (keyword
+        only): ``f(pid, stream, line)``, called on the pool's output thread for each line a
+        worker writes (stream "stdout" or "stderr") and each event (stream "event"); if
+        it raises, the line goes to stderr and the failure is told once.
 
         ``backend`` (keyword only): ``"local"`` runs the Engines in worker processes of
         this machine; ``"ray"`` runs each as an actor on a Ray cluster
@@ -202,6 +255,10 @@ class Driver:
         self.task_timeout = task_timeout
         self.init_timeout = init_timeout
         self.prefetch = prefetch
+        self.notify = notify
+        self.result_ttl = result_ttl
+        self.worker_env = worker_env
+        self.worker_output = worker_output
         self.backend = backend
         self.ray_address = ray_address
         self.float_feature_names: list[str] = []
@@ -249,6 +306,10 @@ class Driver:
                 init_timeout=self.init_timeout,
                 prefetch=self.prefetch,
                 engine=self.engine,
+                notify=self.notify,
+                result_ttl=self.result_ttl,
+                worker_env=self.worker_env,
+                worker_output=self.worker_output,
                 backend=self.backend,
                 ray_address=self.ray_address,
             )
@@ -286,6 +347,62 @@ class Driver:
                     self._pool.stop()
             except BaseException:
                 pass
+
+    def drain(self, timeout: float | None = None) -> int:
+        """Stop accepting tasks, let the held ones finish, then finalize.
+
+        From now on ``submit`` answers flag 9 with ``DRAINING_MESSAGE`` ("... draining
+        ..."), then the finalized message. Queued and running tasks may finish for up to
+        ``timeout`` seconds (None or +inf: no limit; ``<= 0``: none); ``retrieve`` and
+        ``wait`` work as usual meanwhile, and finished tasks keep their answers after. Then
+        the driver is finalized: the tasks still unfinished answer flag 2, and their number
+        is returned (0 if it was not initialized or already finalized).
+
+        Raises TypeError, before anything changes, if ``timeout`` is not a number or None;
+        a NaN counts as 0. Interrupted (KeyboardInterrupt), it still finalizes, then lets
+        the interruption through.
+        """
+        if timeout is not None and not is_real(timeout):
+            raise TypeError(f"drain: timeout must be a number of seconds or None, got {describe(timeout)}")
+        limit: float | None = None
+        if timeout is not None:
+            try:
+                limit = float(timeout)
+            except OverflowError:  # an int beyond float's range
+                limit = math.inf if timeout > 0 else 0.0
+            if math.isnan(limit) or limit < 0:
+                limit = 0.0
+            if math.isinf(limit):
+                limit = None
+        with self._state_lock:
+            pool = self._pool
+            if pool is None:
+                self._finalized = True
+                return 0
+        try:
+            return pool.drain(limit)
+        finally:
+            self.finalize()
+
+    def stats(self) -> dict[str, Any]:
+        """The driver's counters, read under the pool's lock once; never raises.
+
+        Keys (``DRIVER_CONTRACT["stats"]``, documented in :mod:`py4cc.stats`): ``state``
+        ("new", "running", "draining", "finalized"); ``tasks_held`` = ``tasks_queued``
+        (not started: in the pool's queue or behind a worker's current task) +
+        ``tasks_running`` + ``tasks_finished`` (not retrieved yet); ``workers_wanted``,
+        ``workers_alive`` (started, not known dead), ``workers_ready``; ``worker_starts``,
+        ``worker_deaths``, ``last_death_cause`` (text, "" if none),
+        ``replacement_failures``; ``tasks_done``, ``tasks_failed`` (timeouts included),
+        ``tasks_timed_out``, ``tasks_cancelled``, ``tasks_expired``; ``run_time_p50``,
+        ``run_time_p99`` (seconds, as the workers timed ``Engine.run``, over the latest
+        ``RUN_TIME_WINDOW`` tasks; None before any) and ``run_time_samples``.
+        """
+        pool = self._pool
+        if pool is None:
+            workers = self.n_subprocesses if is_int(self.n_subprocesses) else 0
+            return stats_module.empty("finalized" if self._finalized else "new", workers)
+        return pool.stats("running")
 
     def __enter__(self) -> Driver:
         return self
@@ -330,6 +447,21 @@ class Driver:
             return self._wait(key, timeout)
         except BaseException as exc:  # never raise, not even KeyboardInterrupt
             return ERROR, 0, _unexpected("wait", exc)
+
+    def cancel(self, key: int) -> bool:
+        """Drop the task under ``key`` whatever its state; True if the driver held it.
+
+        A queued task never runs; a running one is left to finish (``task_timeout`` still
+        bounds it) and its answer is discarded; a finished one is removed. Its place among
+        ``max_tasks`` is freed at once. Never raises (a wrong key answers False).
+        """
+        try:
+            pool = self._pool
+            if pool is None or not is_int(key) or key <= 0:
+                return False
+            return pool.cancel(int(key))
+        except BaseException:  # never raise, not even KeyboardInterrupt
+            return False
 
     def worker_pids(self) -> list[int]:
         """The pids of the current worker processes (empty before initialize / after finalize).

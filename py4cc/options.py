@@ -9,8 +9,9 @@ import multiprocessing
 import numbers
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
+from .completion import NotifyCallback
 from .protocol import DEFAULT_ENGINE, MAX_WORKERS, describe, short_repr
 from .worker import WorkerSetup
 
@@ -32,7 +33,14 @@ class Options:
     prefetch: int
     """How many tasks may wait behind a busy worker's current one, >= 0."""
     setup: WorkerSetup
-    """What each worker builds its Engine from."""
+    """What each worker builds its Engine from (and its environment)."""
+    notify: NotifyCallback | None = None
+    """Called as ``notify(key, finished)`` when a task finishes or is dropped (see
+    :mod:`py4cc.completion`); None: nobody is told."""
+    result_ttl: float | None = None
+    """Seconds a finished result is kept for retrieval (None: until retrieved), positive."""
+    worker_output: Callable[[int, str, str], None] | None = None
+    """Where the workers' output lines and events go (None: the host's stderr)."""
     backend: str = "local"
     """What runs the Engines: ``"local"`` (worker processes) or ``"ray"`` (actors on a Ray cluster)."""
     ray_address: str | None = None
@@ -53,14 +61,20 @@ def build_options(
     init_timeout: Any,
     prefetch: Any,
     engine: Any,
+    notify: Any = None,
+    result_ttl: Any = None,
+    worker_env: Any = None,
+    worker_output: Any = None,
     backend: Any = "local",
     ray_address: Any = None,
 ) -> Options:
     """Check every option (in this order) and resolve ``n_subprocesses`` (for the Ray
     backend, ``<= 0`` stays 0: the backend counts the cluster's CPUs once connected).
 
-    Raises ValueError (bad JSON, start method, engine name or option), TypeError (config
-    not text, feature names not lists of str) or ImportError (engine module not found).
+    Raises ValueError (bad JSON, start method, engine name or option, environment
+    variable), TypeError (config not text, feature names not lists of str, worker_env not
+    a mapping or pairs of str, worker_output not callable) or ImportError (engine module
+    not found).
     """
     config = parse_config(config_json)
     float_names = check_names("float_feature_names", float_feature_names)
@@ -73,6 +87,12 @@ def build_options(
     start_limit = check_timeout("init_timeout", init_timeout)
     ahead = check_int_at_least("prefetch", prefetch, 0)
     engine = check_engine(engine)
+    if notify is not None and not callable(notify):
+        raise ValueError(f"notify must be None or a callable notify(key, finished), got {describe(notify)}")
+    keep_for = check_timeout("result_ttl", result_ttl)
+    env = check_env(worker_env)
+    if worker_output is not None and not callable(worker_output):
+        raise TypeError(f"worker_output must be None or a callable (pid, stream, line), got {describe(worker_output)}")
     address = check_ray_address(ray_address, backend)
     return Options(
         start_method=method,
@@ -81,7 +101,10 @@ def build_options(
         task_timeout=run_limit,
         init_timeout=start_limit,
         prefetch=ahead,
-        setup=WorkerSetup(engine, config, float_names, str_names, dict(extra)),
+        setup=WorkerSetup(engine, config, float_names, str_names, dict(extra), env),
+        notify=notify,
+        result_ttl=keep_for,
+        worker_output=worker_output,
         backend=backend,
         ray_address=address,
     )
@@ -194,3 +217,24 @@ def check_engine(engine: Any) -> str:
     if spec is None:
         raise ImportError(f"engine module {module_name!r} was not found on sys.path")
     return engine
+
+
+def check_env(env: Any) -> tuple[tuple[str, str], ...]:
+    """``worker_env`` (None, a mapping or pairs of str) as a tuple of pairs, each name
+    non-empty without "=" or NUL, each value without NUL (what ``putenv`` can take)."""
+    if env is None:
+        return ()
+    pairs = list(env.items()) if isinstance(env, dict) else env
+    if not isinstance(pairs, (list, tuple)):
+        raise TypeError(f"worker_env must be a dict or a list of (name, value) pairs of str, got {describe(env)}")
+    checked: list[tuple[str, str]] = []
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise TypeError(f"worker_env[{i}] must be a (name, value) pair of str, got {describe(pair)}")
+        name, value = pair
+        if not name or "=" in name or "\0" in name:
+            raise ValueError(f"worker_env: {name!r} is not an environment variable name (empty, or holds '=' or NUL)")
+        if "\0" in value:
+            raise ValueError(f"worker_env: the value of {name!r} holds a NUL character")
+        checked.append((str(name), str(value)))
+    return tuple(checked)

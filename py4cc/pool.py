@@ -18,26 +18,31 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Protocol
+from typing import Any, Protocol
 
+from .completion import CANCELLED, EXPIRED, Gone, Notifier, cancelled_message, expired_message
 from .dispatcher import Dispatcher, WakeUp
 from .options import Options
+from .output import OutputRelay
 from .processes import Worker, start_worker, stop_workers, wait_ready
 from .protocol import (
     AT_CAPACITY,
     CAPACITY_MESSAGE,
+    DRAINING_MESSAGE,
     ERROR,
     FAILED,
     FINALIZED_MESSAGE,
     NOT_FINISHED,
     NOT_FINISHED_MESSAGE,
     OK,
+    OUTPUT_GRACE_S,
     PREFETCH_BYTES,
     Call,
     encode_call,
     unknown_key,
     wire_size,
 )
+from .stats import Counters, RunTimes, snapshot
 
 FlagAnswer = tuple[int, int, str]
 """``(flag, key or value, message)``, as the Driver's calls answer."""
@@ -56,8 +61,22 @@ class Backend(Protocol):
       finished or the backend stops, then answer as ``collect``.
     * ``worker_pids()``, ``held_tasks()``: for tests and monitoring.
     * ``options``: the options it runs with (``n_subprocesses`` resolved once started).
+    * ``stats(state)``: the dict of ``Driver.stats()`` (``state`` as the Driver sees it).
+    * ``drain(limit)``: refuse new tasks (``DRAINING_MESSAGE``), wait up to ``limit`` seconds
+      (None: no limit) until every held task is finished, then ``stop``; answers how many
+      tasks that stop failed.
     * ``stop()``: fail the unfinished tasks, stop every worker; idempotent. ``closed`` turns
       True when it begins. ``stop_when_collected()``: the same, from a garbage collection.
+    * ``cancel(key)``: drop a held task whatever its state (a queued one never runs, a
+      running one's answer is discarded, a finished one is removed); True if it was held.
+      Collecting it then answers ERROR saying it was cancelled.
+
+    And every backend honours two options: ``options.notify`` (see :mod:`py4cc.completion`),
+    called with the backend's lock held when a task becomes finished (``finished=True``,
+    whatever the cause, stop included) or is dropped unretrieved (``finished=False``: expired
+    or cancelled), never raising into the backend; and ``options.result_ttl``: a finished
+    result not collected within it is dropped (collecting it then answers ERROR, expired).
+    Both keep counters: ``cancelled``, ``expired`` (ints).
     """
 
     closed: bool
@@ -69,14 +88,17 @@ class Backend(Protocol):
     def wait(self, key: int, limit: float | None) -> FlagAnswer: ...
     def worker_pids(self) -> list[int]: ...
     def held_tasks(self) -> int: ...
+    def stats(self, state: str) -> dict[str, Any]: ...
+    def drain(self, limit: float | None) -> int: ...
     def stop(self) -> None: ...
     def stop_when_collected(self) -> None: ...
+    def cancel(self, key: int) -> bool: ...
 
 
 class Task:
     """One task the pool holds, from submit until its answer is retrieved."""
 
-    __slots__ = ("call", "deadline", "done", "event", "flag", "key", "message", "size", "value", "worker")
+    __slots__ = ("call", "cancelled", "deadline", "done", "event", "flag", "key", "message", "size", "value", "worker")
 
     def __init__(self, call: Call, size: int) -> None:
         self.key = call.key
@@ -89,6 +111,7 @@ class Task:
         self.event: threading.Event | None = None  # made by the first wait
         self.worker: Worker | None = None
         self.deadline: float | None = None  # task_timeout, once it runs
+        self.cancelled = False  # dropped while a worker holds it: its answer is discarded
 
 
 class Pool:
@@ -115,12 +138,25 @@ class Pool:
         self.wakeup = WakeUp()
         self.dispatcher: Dispatcher | None = None
         self.owner_pid = os.getpid()  # a forked copy of this process must not stop the workers
+        self.notify = Notifier(options.notify)
+        self.expiring: dict[int, float] = {}  # finished, not collected: key -> when it expires, oldest first
+        self.gone = Gone()  # recently cancelled or expired keys
+        self.cancelled = 0
+        self.expired = 0
+        self.relay = OutputRelay(options.worker_output)  # the workers' output, and events
+        self.counters = Counters()
+        self.run_times = RunTimes()  # the Engine's latest run times, as the workers measured them
+        self.finished_held = 0  # tasks held that are finished (not retrieved yet)
+        self.draining = False  # drain has begun: refuse new tasks, let the held ones finish
+        self.drained = threading.Condition(self.lock)  # notified when a task finishes while draining
+        self.failed_by_stop = 0  # unfinished tasks that stop failed
 
     # -- the Backend interface ------------------------------------------------------------
 
     def start(self) -> None:
         _LIVE_POOLS.add(self)
         try:
+            self.relay.start()
             workers: list[Worker] = []
             try:
                 for _ in range(self.options.n_subprocesses):
@@ -145,6 +181,8 @@ class Pool:
         with self.lock:
             if self.closed:
                 return ERROR, 0, FINALIZED_MESSAGE
+            if self.draining:
+                return ERROR, 0, DRAINING_MESSAGE
             if self.broken is not None:
                 return ERROR, 0, f"the driver has no working worker process: {self.broken}"
             if len(self.tasks) >= self.options.max_tasks:
@@ -165,10 +203,17 @@ class Pool:
     def _collect(self, key: int) -> FlagAnswer:
         task = self.tasks.get(key)
         if task is None:
+            why = self.gone.why(key)
+            if why == CANCELLED:
+                return ERROR, 0, cancelled_message(key)
+            if why == EXPIRED:
+                return ERROR, 0, expired_message(key, self.options.result_ttl)
             return ERROR, 0, unknown_key(key)
         if not task.done:
             return NOT_FINISHED, 0, NOT_FINISHED_MESSAGE
         del self.tasks[key]
+        self.expiring.pop(key, None)
+        self.finished_held -= 1
         return task.flag, task.value, task.message
 
     def wait(self, key: int, limit: float | None) -> FlagAnswer:
@@ -186,6 +231,52 @@ class Pool:
             event.wait(min(limit, threading.TIMEOUT_MAX))
         return self.collect(key)
 
+    def cancel(self, key: int) -> bool:
+        with self.lock:
+            task = self.tasks.pop(key, None)
+            if task is None:
+                return False
+            self.expiring.pop(key, None)
+            if task.done:
+                self.finished_held -= 1
+            else:
+                if task.worker is None:
+                    try:
+                        self.pending.remove(task)
+                    except ValueError:
+                        pass
+                else:
+                    # Its worker has it already: let it run (task_timeout still bounds it)
+                    # and discard the answer. Interrupting the worker would cost a new one.
+                    task.cancelled = True
+                    task.done = True
+                    task.call = None
+                if task.event is not None:
+                    task.event.set()
+            self.cancelled += 1
+            self.gone.remember(key, CANCELLED)
+            self.notify(key, False)
+            if self.draining:
+                self.drained.notify_all()  # one task fewer to wait for
+            return True
+
+    def expire_results(self, now: float) -> float | None:
+        """Drop the finished results whose ``result_ttl`` has run out (lock held); return
+        when the next one expires (None: none waits)."""
+        expiring = self.expiring
+        while expiring:
+            key = next(iter(expiring))
+            when = expiring[key]
+            if when > now:
+                return when
+            del expiring[key]
+            if self.tasks.pop(key, None) is not None:
+                self.finished_held -= 1
+                self.expired += 1
+                self.gone.remember(key, EXPIRED)
+                self.notify(key, False)
+        return None
+
     def worker_pids(self) -> list[int]:
         with self.lock:
             return [w.pid for w in self.workers]
@@ -194,16 +285,62 @@ class Pool:
         with self.lock:
             return len(self.tasks)
 
+    def stats(self, state: str) -> dict[str, Any]:
+        with self.lock:
+            if self.closed:
+                state = "finalized"
+            elif self.draining:
+                state = "draining"
+            return snapshot(self, state)
+
+    def drain(self, limit: float | None) -> int:
+        deadline = None if limit is None else time.monotonic() + limit
+        with self.lock:
+            already = self.closed  # finalized (or drained): the tasks it failed are not ours
+            self.draining = True
+        if already:
+            self.stop()  # returns once that stop is complete
+            return 0
+        try:
+            with self.lock:
+                while not self.closed and any(not task.done for task in self.tasks.values()):
+                    if deadline is None:
+                        self.drained.wait(threading.TIMEOUT_MAX)
+                        continue
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self.drained.wait(min(left, threading.TIMEOUT_MAX))
+        finally:
+            self.stop()  # also when interrupted: drain was asked to end in a stop
+        return self.failed_by_stop
+
     # -- starting workers -----------------------------------------------------------------
 
     def start_worker(self) -> Worker:
-        """Start one worker process (not yet ready). Raises on failure."""
+        """Start one worker process (not yet ready), its output read by the relay. Raises on
+        failure.
+
+        A forked worker also inherits the relay's descriptors (other workers' output pipes'
+        read ends, its wake-up pipe); it keeps them: they are not listed here because the
+        relay thread may close and so free one of those numbers meanwhile, and holding a read
+        end or an unused wake-up pipe changes nothing for anyone."""
         inherited_fds = None
         if self.options.start_method == "fork":
             with self.lock:
                 inherited_fds = [w.conn.fileno() for w in self.workers if not w.conn.closed]
             inherited_fds += self.wakeup.fds()
-        return start_worker(self.ctx, self.options.setup, inherited_fds)
+        w = start_worker(self.ctx, self.options.setup, inherited_fds)
+        if w.output_fds is not None:
+            self.relay.add(w.pid, *w.output_fds)
+            w.output_fds = None
+        with self.lock:
+            self.counters.worker_starts += 1
+        return w
+
+    def event(self, pid: int, text: str) -> None:
+        """Report what happened to worker ``pid`` to the output sink, as an "event" line."""
+        self.relay.event(pid, text)
 
     # -- tasks (all called with self.lock held) --------------------------------------------
 
@@ -218,8 +355,18 @@ class Pool:
         task.worker = None
         task.deadline = None
         task.call = None
+        self.finished_held += 1
+        if flag == OK:
+            self.counters.tasks_done += 1
+        else:
+            self.counters.tasks_failed += 1
         if task.event is not None:
             task.event.set()
+        if self.options.result_ttl is not None and not self.closed:
+            self.expiring[task.key] = time.monotonic() + self.options.result_ttl
+        self.notify(task.key, True)
+        if self.draining:
+            self.drained.notify_all()
 
     def assign(self, worker: Worker, task: Task) -> bool:
         """Send ``task`` to ``worker``; False (task untouched) if the pipe is broken."""
@@ -305,7 +452,8 @@ class Pool:
             task = w.queue.pop()
             task.worker = None
             task.deadline = None
-            self.pending.appendleft(task)
+            if not task.cancelled:
+                self.pending.appendleft(task)
 
     def fail_all_pending(self, message: str) -> None:
         while self.pending:
@@ -346,9 +494,11 @@ class Pool:
                 self.closed = True
                 for task in self.tasks.values():
                     if not task.done:
+                        self.failed_by_stop += 1
                         self.complete(task, FAILED, -1, "the driver was finalized before this task finished")
                 self.pending.clear()
                 self.wakeup.wake()
+                self.drained.notify_all()
             thread = self.dispatcher
             if thread is not None and thread is not threading.current_thread():
                 thread.join(10.0)
@@ -358,6 +508,7 @@ class Pool:
             with self.lock:  # only once they are stopped: an interrupted stop finds them again
                 self.workers.clear()
                 self.wakeup.close()
+            self.relay.stop(OUTPUT_GRACE_S)  # the workers' last words first
             self.finished = True
             _LIVE_POOLS.discard(self)
 

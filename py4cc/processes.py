@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import os
 import time
 from collections import deque
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from .protocol import STOP, STOP_GRACE_S, InitFailed, Ready, decode_report, encode_call, exit_text
@@ -25,13 +27,14 @@ class Worker:
     """
 
     __slots__ = (
-        "conn", "dead", "eof", "head_started", "init_failed", "init_timed_out", "pid", "process",
+        "conn", "dead", "eof", "head_started", "init_failed", "init_timed_out", "output_fds", "pid", "process",
         "queue", "ready", "started", "timed_out",
     )  # fmt: skip
 
-    def __init__(self, process: Any, conn: Any) -> None:
+    def __init__(self, process: Any, conn: Any, output_fds: tuple[int, int] | None = None) -> None:
         self.process = process
         self.conn = conn
+        self.output_fds = output_fds  # the read ends of its stdout and stderr pipes, until handed on
         self.pid: int = process.pid
         self.ready = False  # reported Ready (its Engine is initialised)
         self.started = time.monotonic()  # when its process was started (for init_timeout)
@@ -50,29 +53,46 @@ class Worker:
                 close()
             except Exception:
                 pass
+        for fd in self.output_fds or ():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.output_fds = None
 
     def usable(self) -> bool:
         return self.ready and not self.dead
 
 
 def start_worker(ctx: Any, setup: WorkerSetup, inherited_fds: list[int] | None) -> Worker:
-    """Start one worker process (not yet ready) in the ``multiprocessing`` context ``ctx``.
+    """Start one worker process (not yet ready) in the ``multiprocessing`` context ``ctx``,
+    its stdout and stderr going to two new pipes whose read ends are ``output_fds``.
 
     ``inherited_fds`` (with "fork", else None): the parent's descriptors that the child
     inherits and must close, so that it sees EOF when the parent goes away; the parent's
     end of the child's own pipe is added here. Raises on failure.
     """
     parent_conn, child_conn = multiprocessing.Pipe(duplex=True)
-    close_fds = [] if inherited_fds is None else [*inherited_fds, parent_conn.fileno()]
-    process = ctx.Process(target=worker_main, args=(child_conn, setup, close_fds), name="py4cc-worker", daemon=False)
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    writers = (Connection(out_write, readable=False), Connection(err_write, readable=False))
+    close_fds = [] if inherited_fds is None else [*inherited_fds, parent_conn.fileno(), out_read, err_read]
+    process = ctx.Process(
+        target=worker_main, args=(child_conn, setup, close_fds, writers), name="py4cc-worker", daemon=False
+    )
     try:
         process.start()
     except BaseException:
         parent_conn.close()
-        child_conn.close()
+        os.close(out_read)
+        os.close(err_read)
         raise
-    child_conn.close()
-    return Worker(process, parent_conn)
+    finally:
+        # Only the child may hold the write ends: its pipes end when it does.
+        child_conn.close()
+        for writer in writers:
+            writer.close()
+    return Worker(process, parent_conn, (out_read, err_read))
 
 
 def wait_ready(workers: list[Worker], engine: str, init_timeout: float | None) -> None:

@@ -29,30 +29,49 @@ ERROR = 9
 CAPACITY_MESSAGE = "Model engine is working at capacity. Try again later."
 NOT_FINISHED_MESSAGE = "The requested task is not finished"
 FINALIZED_MESSAGE = "the driver is finalized; submit is no longer accepted"
+DRAINING_MESSAGE = "the driver is draining (it finishes the tasks it holds, then stops); submit is no longer accepted"
 
 DEFAULT_ENGINE = "py4cc.engine:Engine"
+
+OPTION_NAMES = (
+    "max_tasks", "n_subprocesses", "start_method", "engine", "task_timeout", "init_timeout",
+    "notify", "result_ttl", "worker_env", "worker_output", "backend", "ray_address",
+)  # fmt: skip
+"""The Driver's keyword options another language's binding passes."""
+
+METHOD_NAMES = (
+    "initialize", "submit", "retrieve", "wait", "finalize", "worker_pids", "cancel", "held_tasks", "stats", "drain",
+)  # fmt: skip
+"""The Driver's methods another language's binding calls."""
+
+STAT_NAMES = (
+    "state", "tasks_held", "tasks_queued", "tasks_running", "tasks_finished",
+    "workers_wanted", "workers_alive", "workers_ready",
+    "worker_starts", "worker_deaths", "last_death_cause", "replacement_failures",
+    "tasks_done", "tasks_failed", "tasks_timed_out", "tasks_cancelled", "tasks_expired",
+    "run_time_p50", "run_time_p99", "run_time_samples",
+    "cluster", "cluster_lost",
+)  # fmt: skip
+"""The keys of ``Driver.stats()``, in order (see :mod:`py4cc.stats`)."""
+
+DEFAULT_RESULT_TTL = 60.0
+"""Seconds a finished result is kept for retrieval unless the Driver is told otherwise."""
 
 DRIVER_CONTRACT: dict[str, Any] = {
     "module": "py4cc.driver",
     "class": "Driver",
-    "options": [
-        "max_tasks",
-        "n_subprocesses",
-        "start_method",
-        "engine",
-        "task_timeout",
-        "init_timeout",
-        "backend",
-        "ray_address",
-    ],
-    "methods": ["initialize", "submit", "retrieve", "wait", "finalize", "worker_pids"],
+    "options": [*OPTION_NAMES],
+    "methods": [*METHOD_NAMES],
     "attributes": ["n_subprocesses"],
     "flags": {"OK": OK, "AT_CAPACITY": AT_CAPACITY, "NOT_FINISHED": NOT_FINISHED, "FAILED": FAILED, "ERROR": ERROR},
     "messages": {"CAPACITY_MESSAGE": CAPACITY_MESSAGE, "NOT_FINISHED_MESSAGE": NOT_FINISHED_MESSAGE},
+    "stats": [*STAT_NAMES],
+    "output_streams": ["stdout", "stderr", "event"],
 }
 """Everything another language's binding reads off ``py4cc``: the module and class it
 imports, the constructor's keyword options, the methods it calls, the attribute it reads,
-and the flags and fixed messages of the answers. A binding checks its own copy against
+the flags and fixed messages of the answers, the keys of ``Driver.stats()`` and the
+stream names a ``worker_output`` callback receives. A binding checks its own copy against
 this one; py4cc's tests check this one against the Driver."""
 
 # -- limits ------------------------------------------------------------------------------
@@ -62,6 +81,16 @@ MAX_WORKERS = 1024
 
 STOP_GRACE_S = 1.0
 """How long finalize waits for idle workers to exit before killing them."""
+
+OUTPUT_GRACE_S = 2.0
+"""How long finalize, once the workers are gone, waits for the rest of their output (a
+process the Engine started may hold a worker's output pipe open longer)."""
+
+OUTPUT_LINE_MAX = 64 * 1024
+"""A line of worker output longer than this many bytes is handed on in pieces."""
+
+RUN_TIME_WINDOW = 1024
+"""How many of the latest Engine run times ``Driver.stats()`` takes its percentiles over."""
 
 STARTUP_RETRIES = 3
 """How many replacement workers in a row may die before they are ready (killed, crashed,
@@ -114,12 +143,14 @@ class InitFailed(NamedTuple):
 
 
 class Answer(NamedTuple):
-    """worker -> parent: how task ``key`` ended (``flag`` OK or FAILED)."""
+    """worker -> parent: how task ``key`` ended (``flag`` OK or FAILED), and how many
+    seconds ``Engine.run`` took (0.0 when it did not run to an answer)."""
 
     key: int
     flag: int
     value: int
     message: str
+    run_s: float = 0.0
 
 
 Report = Union[Ready, InitFailed, Answer]
@@ -154,7 +185,7 @@ def decode_report(data: bytes) -> Any:
     """What :func:`encode_report` made: a Ready, InitFailed or Answer (anything else is
     the worker's mistake, and is returned as is)."""
     report = _loads(data)
-    return _as_tuple(Answer, report) if type(report) is tuple and len(report) == 4 else report
+    return _as_tuple(Answer, report) if type(report) is tuple and len(report) == 5 else report
 
 
 # -- describing values and exits in messages -------------------------------------------

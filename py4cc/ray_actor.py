@@ -53,12 +53,12 @@ class EngineActor:
         return True, os.getpid(), node_id, socket.gethostname()
 
     def run(self, key: int, float_features: list[float], str_features: list[str], int_feature: int) -> tuple:
-        """Run one task: ``(flag, value, message)``, as a local worker answers it."""
+        """Run one task: ``(flag, value, message, run_s)``, as a local worker answers it."""
         try:
             answer = run_task(self.engine, Call(key, float_features, str_features, int_feature))
         except Exception:  # checking a strange answer failed: fail the task, not the actor
-            return FAILED, -1, "the engine's answer could not be checked:\n" + traceback.format_exc()
-        return answer.flag, answer.value, answer.message
+            return FAILED, -1, "the engine's answer could not be checked:\n" + traceback.format_exc(), 0.0
+        return answer.flag, answer.value, answer.message, answer.run_s
 
     def watch(self) -> None:
         """Returns only once the actor is stopped (its call then fails with the actor's death)."""

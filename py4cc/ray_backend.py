@@ -1,319 +1,100 @@
 """The Ray backend: the Driver's Engines as actors on a Ray cluster (``Driver(backend="ray")``).
 
 It takes the place of :class:`py4cc.pool.Pool` behind the :class:`py4cc.pool.Backend`
-interface, so the Driver's calls, answers, capacity, timeouts and retry policy stay the
-same. Each Engine is one actor (:class:`py4cc.ray_actor.EngineActor`, one CPU, Ray's own
-restarts and task retries off, so nothing runs twice behind the Driver's back); this
-backend keeps the queue and hands each actor one task at a time (plus ``prefetch`` queued
-behind it).
+interface, so the Driver's calls and answers, its capacity, timeouts, cancel, result_ttl,
+drain and stats stay the same. Each Engine is one actor (:class:`py4cc.ray_actor.EngineActor`,
+one CPU, Ray's own restarts and task retries off, so that nothing runs twice behind the
+Driver's back); this backend keeps the queue and hands each actor one task at a time (plus
+``prefetch`` queued behind it).
 
 How a task travels::
 
     submit --> tasks[key], pending --dispatch--> actor.run.remote(...) -- Ray --> the actor
-                                                        |
-    retrieve / wait <-- complete(task) <-- the ObjectRef's future callback (a Ray thread)
+                                                                                    |
+    retrieve / wait <-- complete(task) <-- the ObjectRef's future callback <---------+
+                                           (on a Ray thread)
 
-Nothing is polled: an answer arrives through the ObjectRef's future callback, and each
-actor's death through a call (``watch``) that only ends when the actor does. The
-supervisor thread handles what may block: an actor's death (its running task fails, those
-queued behind it go back to the queue, a replacement actor starts), ``task_timeout`` and
-``init_timeout`` (the actor is killed and replaced). The probe thread asks the cluster
-every second whether this process's node is still alive; once it has not answered for
-``LOST_AFTER_S``, the connection counts as lost: unfinished tasks fail and ``submit``
-refuses, saying so.
+Nothing is polled: an answer arrives through its ObjectRef's future callback, and an
+actor's death through a call (``watch``) that ends only with the actor. The supervisor
+thread does what may block or must wait: it sorts out a dead actor's calls (the one it was
+running fails, those queued behind it go back to the queue), enforces ``task_timeout`` and
+``init_timeout`` (the actor is killed), drops expired results, and starts actors. Each
+actor has a slot, which restarts it as the local pool's slots restart their workers
+(:mod:`py4cc.recovery`'s rule): at once after a death, after a doubling wait after a
+failed start, for ever. The probe thread asks the cluster every second whether this
+process's node is alive; after ``LOST_AFTER_S`` without a yes the connection is lost for
+good: unfinished tasks fail, ``submit`` refuses, and ``stats()`` says why.
 
-Ray is imported only here, and only when this backend starts. The Engine's module and
-py4cc itself travel to the cluster in the actors' runtime environment (``py_modules``):
-the cluster's nodes need ``ray`` (the same version as here) and the Engine's own
-dependencies, nothing else.
+Ray is imported only when this backend starts (:mod:`py4cc.ray_connect`).
 """
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
-import importlib
-import importlib.util
 import os
-import signal
-import socket
-import sys
-import sysconfig
 import threading
 import time
 import traceback
 from collections import deque
 from typing import Any
 
+from .completion import CANCELLED, EXPIRED, Gone, Notifier, cancelled_message, expired_message
 from .options import Options
+from .output import stderr_sink
 from .pool import FlagAnswer, Task
 from .protocol import (
     AT_CAPACITY,
     CAPACITY_MESSAGE,
+    DRAINING_MESSAGE,
     ERROR,
     FAILED,
     FINALIZED_MESSAGE,
     NOT_FINISHED,
     NOT_FINISHED_MESSAGE,
     OK,
-    STARTUP_RETRIES,
+    OUTPUT_GRACE_S,
     Call,
     unknown_key,
-    wire_size,
 )
 from .ray_actor import WATCH_GROUP, EngineActor
+from .ray_connect import CONNECTION, LogTap, build_runtime_env, death_reason, import_ray, node_checker
+from .stats import Counters, RunTimes
 
-CONNECT_TIMEOUT_S = 5.0
-"""How long ``initialize`` tries to open a TCP connection to the cluster's address."""
-GCS_CHECK_TIMEOUT_S = 10.0
-"""How long ``initialize`` waits for the address to answer as a Ray cluster."""
 PROBE_INTERVAL_S = 1.0
 """How often the probe thread asks the cluster whether this process's node is alive."""
-PROBE_TIMEOUT_S = 2.0
-"""How long one such question may take."""
 LOST_AFTER_S = 10.0
-"""After this long without an answer (or once the node is reported dead), the connection
-to the cluster is lost for good: unfinished tasks fail and ``submit`` refuses."""
+"""After this long without a yes, the connection to the cluster is lost for good."""
 RESOLVE_S = 30.0
-"""How long the supervisor waits for the calls of a dead actor to resolve (they do at once:
-Ray fails them when it notices the death)."""
+"""How long the supervisor waits for a dead actor's calls to end (Ray ends them as soon as
+it knows of the death; a merely unreachable actor is killed first)."""
 STOP_WAIT_S = 5.0
-"""How long ``stop`` waits for the killed actors' deaths to be confirmed."""
+"""How long ``stop`` waits for Ray to confirm the killed actors' deaths."""
+RESTART_FIRST_S = 0.1
+"""After a failed start, a slot waits this long before the next, doubling each time..."""
+RESTART_MAX_S = 30.0
+"""... up to this; it never gives up."""
 
 
-def import_ray() -> Any:
-    """The ``ray`` module, or ImportError naming the interpreter to install it into."""
-    try:
-        return importlib.import_module("ray")
-    except ImportError as exc:
-        raise ImportError(
-            f"Driver.initialize: backend='ray' needs the ray package, which this Python "
-            f"({sys.executable}) cannot import ({exc}); install it into that interpreter: "
-            f"{sys.executable} -m pip install ray (the version the cluster runs)"
-        ) from exc
+def backoff_delay(failures: int) -> float:
+    """How long a slot waits before its next start after ``failures`` failed ones in a row."""
+    return min(RESTART_MAX_S, RESTART_FIRST_S * 2 ** min(failures - 1, 16))
 
 
-# -- the process's connection to Ray ------------------------------------------------------
+class Actor:
+    """One Engine actor, seen from this process.
 
-
-class Connection:
-    """This process's connection to Ray, shared by its Ray-backed Drivers (``ray.init`` is
-    once per process). The first Driver connects (or starts a local instance); the last one
-    to stop disconnects, unless the program had connected before any Driver did."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.users = 0
-        self.owned = False  # ray.init was ours: ray.shutdown is ours too
-        self.where = ""
-        self.exit_hook = False
-
-    def acquire(self, ray: Any, address: str | None, n_cpus: int) -> str:
-        """Connect (once), count one more user; answer where: "the Ray cluster at X" or "a
-        local Ray instance". Raises RuntimeError when the cluster cannot be reached."""
-        with self.lock:
-            if ray.is_initialized():
-                current = gcs_address(ray)
-                if address not in (None, "auto") and not same_address(address, current):
-                    raise RuntimeError(
-                        f"Driver.initialize: this process is already connected to the Ray cluster at "
-                        f"{current}, not {address}: a process talks to one Ray cluster"
-                    )
-                if self.users == 0:
-                    self.where = f"the Ray cluster at {current}"
-                self.users += 1
-                return self.where
-            if address is not None and address != "auto":
-                check_reachable(ray, address)
-            try:
-                with host_signals_kept():
-                    if address is None:
-                        # "local": a new instance, even if RAY_ADDRESS or a `ray start` on
-                        # this machine names another cluster.
-                        ray.init(address="local", num_cpus=n_cpus or None, include_dashboard=False)
-                    else:
-                        ray.init(address=address)
-            except Exception as exc:
-                try:
-                    ray.shutdown()
-                except Exception:
-                    pass
-                what = "start a local Ray instance" if address is None else f"connect to the Ray cluster at {address}"
-                raise RuntimeError(f"Driver.initialize: could not {what}: {type(exc).__name__}: {exc}") from exc
-            self.owned = True
-            self.users = 1
-            self.where = "a local Ray instance" if address is None else f"the Ray cluster at {gcs_address(ray)}"
-            if not self.exit_hook:
-                # Registered after ray.init registered its own: atexit runs ours first.
-                atexit.register(stop_all_backends)
-                self.exit_hook = True
-            return self.where
-
-    def release(self, ray: Any) -> None:
-        """One user fewer; the last one disconnects (and stops a local instance) if ours."""
-        with self.lock:
-            self.users = max(0, self.users - 1)
-            if self.users or not self.owned:
-                return
-            self.owned = False
-            try:
-                ray.shutdown()
-            except Exception:
-                pass
-
-
-CONNECTION = Connection()
-
-
-class host_signals_kept:
-    """Puts back the SIGTERM handler that ``ray.init`` replaces when called from the main
-    thread: the Driver must not change how the host program reacts to signals."""
-
-    def __enter__(self) -> None:
-        self.saved: Any = None
-        if threading.current_thread() is threading.main_thread():
-            self.saved = signal.getsignal(signal.SIGTERM)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.saved is not None:
-            try:
-                signal.signal(signal.SIGTERM, self.saved)
-            except (ValueError, OSError, TypeError):
-                pass
-
-
-def gcs_address(ray: Any) -> str:
-    try:
-        return str(ray.get_runtime_context().gcs_address)
-    except Exception:
-        return "?"
-
-
-def split_address(address: str) -> tuple[str, int] | None:
-    """``(host, port)`` of ``"host:port"`` (or ``"[v6]:port"``), else None."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        return None
-    return host.strip("[]"), int(port)
-
-
-def same_address(a: str, b: str) -> bool:
-    pa, pb = split_address(a), split_address(b)
-    if pa is None or pb is None:
-        return a == b
-    if pa[1] != pb[1]:
-        return False
-    try:
-        return socket.gethostbyname(pa[0]) == socket.gethostbyname(pb[0])
-    except OSError:
-        return pa[0] == pb[0]
-
-
-def check_reachable(ray: Any, address: str) -> None:
-    """Raise RuntimeError unless ``address`` answers as a Ray cluster, within seconds:
-    ``ray.init`` itself would retry for many minutes."""
-    if address.startswith("ray://"):
-        raise RuntimeError(
-            f"Driver.initialize: {address!r} is a Ray Client address, which the Ray backend does not "
-            f"use: give the cluster's GCS address ('host:port', port 6379 by default) and run this "
-            f"program on a node of the cluster"
-        )
-    parts = split_address(address)
-    if parts is None:
-        raise RuntimeError(f"Driver.initialize: the Ray address {address!r} is not 'host:port' (or 'auto')")
-    try:
-        socket.create_connection(parts, timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as exc:
-        raise RuntimeError(
-            f"Driver.initialize: cannot reach the Ray cluster at {address}: {exc} (is its head node "
-            f"running? `ray start --head` starts one)"
-        ) from exc
-    try:
-        inner = importlib.import_module("ray._raylet").InnerGcsClient
-    except (ImportError, AttributeError):
-        return  # another Ray version: let ray.init find out
-    try:
-        inner.standalone(address, None, int(GCS_CHECK_TIMEOUT_S * 1000))
-    except Exception as exc:
-        raise RuntimeError(
-            f"Driver.initialize: {address} accepts connections but did not answer as a Ray cluster "
-            f"within {GCS_CHECK_TIMEOUT_S:g} s: {type(exc).__name__}: {exc}"
-        ) from exc
-
-
-# -- what the actors are started with --------------------------------------------------------
-
-
-def modules_to_ship(engine: str) -> list[str]:
-    """The paths for the actors' ``py_modules``: the py4cc package, and the Engine's
-    top-level module or package unless it is py4cc's, installed (site-packages) or the
-    standard library's (the cluster has those already, or must)."""
-    py4cc_dir = os.path.dirname(os.path.abspath(__file__))
-    paths = [py4cc_dir]
-    top = engine.partition(":")[0].split(".")[0]
-    if top == "py4cc":
-        return paths
-    spec = importlib.util.find_spec(top)
-    if spec is None or not spec.origin or spec.origin in ("built-in", "frozen"):
-        return paths
-    if spec.submodule_search_locations:
-        locations = list(spec.submodule_search_locations)
-        if len(locations) != 1:
-            return paths  # a namespace package spread over directories: not shippable as one
-        path = os.path.abspath(locations[0])
-    else:
-        path = os.path.abspath(spec.origin)
-        if not path.endswith(".py"):
-            return paths  # an extension module: it must be installed on the nodes
-    installed = {sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")}
-    if any(path.startswith(os.path.abspath(d) + os.sep) for d in installed if d):
-        return paths
-    return [*paths, path]
-
-
-def build_runtime_env(ray: Any, engine: str) -> dict[str, Any]:
-    """The actors' runtime environment, its local paths uploaded to the cluster (a runtime
-    environment given to one actor must name packages the cluster holds, not paths)."""
-    env: dict[str, Any] = {"py_modules": modules_to_ship(engine)}
-    try:
-        upload = importlib.import_module("ray._private.runtime_env.py_modules").upload_py_modules_if_needed
-    except (ImportError, AttributeError) as exc:
-        raise RuntimeError(
-            f"Driver.initialize: this Ray ({getattr(ray, '__version__', '?')}) does not offer the "
-            f"upload of py_modules that the Ray backend uses to ship py4cc and the Engine: {exc}"
-        ) from exc
-    result: dict[str, Any] = upload(env, include_gitignore=False)
-    return result
-
-
-def death_reason(exc: BaseException) -> str:
-    """Ray's explanation of an actor's death, on one line (its field lines left out)."""
-    try:
-        text = str(exc)
-    except Exception:
-        text = type(exc).__name__
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("\t")]
-    reason = " ".join(lines) or type(exc).__name__
-    return reason if len(reason) <= 600 else reason[:600] + "..."
-
-
-# -- the backend ------------------------------------------------------------------------------
-
-
-class Slot:
-    """One actor of the backend, seen from this process.
-
-    ``queue`` holds ``(task, ref)`` for the calls sent to it, in order: the actor runs
-    them one at a time, so ``queue[0]`` is the one it runs (or is about to).
+    ``queue`` holds ``(task, ref)`` for the calls sent to it, in order: the actor runs them
+    one at a time, so ``queue[0]`` is the one it runs (or is about to).
     """
 
     __slots__ = (
-        "actor", "dead", "head_started", "host", "init_failed", "init_timed_out", "node", "pid",
-        "queue", "ready", "started", "watch",
+        "dead", "failure", "handle", "head_started", "host", "init_ref", "init_timed_out", "node", "pid",
+        "queue", "ready", "slot", "started", "timed_out", "watch",
     )  # fmt: skip
 
-    def __init__(self, actor: Any) -> None:
-        self.actor = actor
+    def __init__(self, handle: Any, slot: Slot) -> None:
+        self.handle = handle
+        self.slot = slot
         self.pid = 0
         self.node = ""
         self.host = ""
@@ -322,8 +103,10 @@ class Slot:
         self.started = time.monotonic()  # for init_timeout
         self.queue: deque[tuple[Task, Any]] = deque()
         self.head_started = 0.0
-        self.watch: Any = None
-        self.init_failed = False
+        self.init_ref: Any = None  # the initialize call, until it answers
+        self.watch: Any = None  # the call that ends with the actor
+        self.failure: str | None = None  # its Engine's initialize raised: the traceback
+        self.timed_out = False
         self.init_timed_out = False
 
     def usable(self) -> bool:
@@ -334,12 +117,75 @@ class Slot:
         return f"pid {self.pid} on node {node} ({self.host or '?'})"
 
 
+class Slot:
+    """One of the backend's places for an actor, restarting it as needed."""
+
+    __slots__ = ("actor", "failures", "index", "last_pid", "restart_at")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.actor: Actor | None = None  # ready or starting
+        self.failures = 0  # failed starts in a row
+        self.restart_at: float | None = None  # when to start an actor (monotonic), if due
+        self.last_pid = 0
+
+    @property
+    def degraded(self) -> bool:
+        return self.failures > 0
+
+
+class Relay(threading.Thread):
+    """Hands the actors' output lines and the backend's events to the ``worker_output`` sink,
+    on a thread of its own: neither Ray's threads nor the backend's lock wait for the sink."""
+
+    def __init__(self, sink: Any) -> None:
+        super().__init__(name="py4cc-ray-output", daemon=True)
+        self.sink = stderr_sink if sink is None else sink
+        self.cond = threading.Condition()
+        self.lines: deque[tuple[int, str, str]] = deque()
+        self.stopping = False
+        self.sink_failed = False
+
+    def put(self, pid: int, stream: str, line: str) -> None:
+        with self.cond:
+            self.lines.append((pid, stream, line))
+            self.cond.notify()
+
+    def event(self, pid: int, text: str) -> None:
+        self.put(pid, "event", text)
+
+    def run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.lines and not self.stopping:
+                    self.cond.wait()
+                if not self.lines:
+                    return
+                pid, stream, line = self.lines.popleft()
+            try:
+                self.sink(pid, stream, line)
+            except Exception:
+                if not self.sink_failed:
+                    self.sink_failed = True
+                    stderr_sink(
+                        pid, "event", "the worker_output callback raised (told once):\n" + traceback.format_exc()
+                    )
+                stderr_sink(pid, stream, line)
+
+    def stop(self, grace: float) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(grace)
+
+
 class RayBackend:
     """The Driver's tasks run by Engine actors on a Ray cluster; one per Driver.
 
-    Everything below ``lock`` is read and written with it held. Ray's calls that may
-    block (creating and killing actors, reading a dead actor's outcomes) are made without
-    it, on the supervisor thread or in ``start``/``stop``.
+    Everything below ``lock`` is read and written with it held. Ray's calls that may block
+    (creating and killing actors, reading a dead actor's calls) are made without it. Holds
+    no reference to its Driver, so that a Driver nobody uses is collected.
     """
 
     def __init__(self, options: Options) -> None:
@@ -348,26 +194,38 @@ class RayBackend:
         self.actor_class: Any = None
         self.runtime_env: dict[str, Any] = {}
         self.where = ""
-        self.acquired = False  # holds one use of CONNECTION
+        self.acquired = False  # holds one use of the process's connection
         self.lock = threading.Lock()
         self.wakeup = threading.Condition(self.lock)  # the supervisor waits on it
+        self.drained = threading.Condition(self.lock)  # notified when a task finishes while draining
         self.stop_lock = threading.Lock()
+        self.stop_requested = threading.Event()  # ends the probe's sleep
         self.tasks: dict[int, Task] = {}
-        self.pending: deque[Task] = deque()
+        self.pending: deque[Task] = deque()  # not sent to an actor yet, oldest first
         self.slots: list[Slot] = []
-        self.events: list[tuple[str, Slot, Any]] = []  # for the supervisor
-        self.replacements = 0  # to start, for the supervisor
+        self.actors: list[Actor] = []  # ready or starting
+        self.events: list[tuple[str, Actor, Any]] = []  # for the supervisor
         self.next_key = 1
         self.avg_run_s: float | None = None
         self.closed = False
         self.finished = False
-        self.broken: str | None = None
-        self.lost: str | None = None
-        self.startup_deaths = 0
-        self.n_actors = options.n_subprocesses
+        self.draining = False
+        self.lost: str | None = None  # why the connection to the cluster is gone
+        self.last_worker_failure = ""
+        self.notify = Notifier(options.notify)
+        self.expiring: dict[int, float] = {}  # finished, not collected: key -> when it expires
+        self.gone = Gone()
+        self.cancelled = 0
+        self.expired = 0
+        self.counters = Counters()
+        self.run_times = RunTimes()
+        self.finished_held = 0
+        self.failed_by_stop = 0
+        self.relay = Relay(options.worker_output)
+        self.tap = LogTap(self.relay.put)
+        self.wake_at: float | None = 0.0  # when the supervisor means to wake (None: not before told)
         self.supervisor: threading.Thread | None = None
         self.probe: threading.Thread | None = None
-        self.stop_requested = threading.Event()  # ends the probe thread's sleep
         self.owner_pid = os.getpid()
 
     # -- the Backend interface ------------------------------------------------------------
@@ -375,45 +233,47 @@ class RayBackend:
     def start(self) -> None:
         ray = import_ray()
         _LIVE_BACKENDS.add(self)
+        CONNECTION.on_exit = stop_all_backends
         try:
             self.where = CONNECTION.acquire(ray, self.options.ray_address, self.options.n_subprocesses)
             self.ray = ray
             self.acquired = True
-            self.n_actors = self.count_actors()
-            self.options = dataclasses.replace(self.options, n_subprocesses=self.n_actors)
-            self.runtime_env = build_runtime_env(ray, self.options.setup.engine)
+            n = self.count_actors()
+            self.options = dataclasses.replace(self.options, n_subprocesses=n)
+            self.runtime_env = build_runtime_env(ray, self.options.setup.engine, self.options.setup.env)
             self.actor_class = ray.remote(concurrency_groups={WATCH_GROUP: 1})(EngineActor)
-            slots = []
-            for _ in range(self.n_actors):
-                slot = self.new_slot()
-                slots.append(slot)
-                with self.lock:
-                    self.slots.append(slot)
-            self.wait_ready(slots)
+            self.relay.start()
+            if self.options.worker_output is not None:
+                self.tap.start()
+            self.slots = [Slot(i) for i in range(n)]
+            first = [self.start_actor(slot) for slot in self.slots]
+            self.wait_ready(first)
         except BaseException:
             self.stop()
             raise
-        for slot in slots:
-            self.watch_slot(slot)
+        for actor in first:
+            self.watch(actor)
         self.supervisor = threading.Thread(target=self.supervise, name="py4cc-ray-supervisor", daemon=True)
         self.supervisor.start()
         self.probe = threading.Thread(target=self.probe_connection, name="py4cc-ray-probe", daemon=True)
         self.probe.start()
 
     def submit(self, float_features: list[float], str_features: list[str], int_feature: int) -> FlagAnswer:
-        size = wire_size(float_features, str_features, int_feature)
         with self.lock:
             if self.closed:
                 return ERROR, 0, FINALIZED_MESSAGE
+            if self.draining:
+                return ERROR, 0, DRAINING_MESSAGE
             if self.lost is not None:
                 return ERROR, 0, self.lost
-            if self.broken is not None:
-                return ERROR, 0, f"the driver has no working Ray actor: {self.broken}"
+            why = self.unavailable()
+            if why is not None:
+                return ERROR, 0, why
             if len(self.tasks) >= self.options.max_tasks:
                 return AT_CAPACITY, 0, CAPACITY_MESSAGE
             key = self.next_key
             self.next_key += 1
-            task = Task(Call(key, float_features, str_features, int_feature), size)
+            task = Task(Call(key, float_features, str_features, int_feature), 0)
             self.tasks[key] = task
             self.pending.append(task)
             launched = self.dispatch()
@@ -427,10 +287,17 @@ class RayBackend:
     def _collect(self, key: int) -> FlagAnswer:
         task = self.tasks.get(key)
         if task is None:
+            why = self.gone.why(key)
+            if why == CANCELLED:
+                return ERROR, 0, cancelled_message(key)
+            if why == EXPIRED:
+                return ERROR, 0, expired_message(key, self.options.result_ttl)
             return ERROR, 0, unknown_key(key)
         if not task.done:
             return NOT_FINISHED, 0, NOT_FINISHED_MESSAGE
         del self.tasks[key]
+        self.expiring.pop(key, None)
+        self.finished_held -= 1
         return task.flag, task.value, task.message
 
     def wait(self, key: int, limit: float | None) -> FlagAnswer:
@@ -448,20 +315,73 @@ class RayBackend:
             event.wait(min(limit, threading.TIMEOUT_MAX))
         return self.collect(key)
 
-    def worker_pids(self) -> list[int]:
-        """The pids of the ready actors' processes (on their own nodes)."""
+    def cancel(self, key: int) -> bool:
         with self.lock:
-            return [s.pid for s in self.slots if s.ready]
+            task = self.tasks.pop(key, None)
+            if task is None:
+                return False
+            self.expiring.pop(key, None)
+            if task.done:
+                self.finished_held -= 1
+            else:
+                try:
+                    self.pending.remove(task)
+                except ValueError:
+                    # An actor has it: let it run (task_timeout still bounds it) and discard
+                    # its answer; stopping it would cost a new actor.
+                    task.cancelled = True
+                    task.done = True
+                    task.call = None
+                if task.event is not None:
+                    task.event.set()
+            self.cancelled += 1
+            self.gone.remember(key, CANCELLED)
+            self.notify(key, False)
+            if self.draining:
+                self.drained.notify_all()
+            return True
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the actors' processes, ready or starting (on their own nodes)."""
+        with self.lock:
+            return [a.pid for a in self.actors if a.pid]
 
     def held_tasks(self) -> int:
         with self.lock:
             return len(self.tasks)
 
-    # -- starting actors --------------------------------------------------------------------
+    def stats(self, state: str) -> dict[str, Any]:
+        with self.lock:
+            if self.closed:
+                state = "finalized"
+            elif self.draining:
+                state = "draining"
+            return self.snapshot(state)
+
+    def drain(self, limit: float | None) -> int:
+        deadline = None if limit is None else time.monotonic() + limit
+        with self.lock:
+            already = self.closed
+            self.draining = True
+        if already:
+            self.stop()
+            return 0
+        try:
+            with self.lock:
+                while not self.closed and any(not task.done for task in self.tasks.values()):
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    self.drained.wait(threading.TIMEOUT_MAX if left is None else min(left, threading.TIMEOUT_MAX))
+        finally:
+            self.stop()
+        return self.failed_by_stop
+
+    # -- actors -----------------------------------------------------------------------------
 
     def count_actors(self) -> int:
         """``n_subprocesses``, or the cluster's CPUs for 0; RuntimeError if the cluster has
-        fewer CPUs than actors (each asks for one: the rest would wait for ever)."""
+        fewer CPUs than actors (each asks for one: the others would wait for ever)."""
         try:
             cpus = int(self.ray.cluster_resources().get("CPU", 0))
         except Exception:
@@ -474,63 +394,87 @@ class RayBackend:
             )
         return wanted
 
-    def new_slot(self) -> Slot:
-        """Create one actor and send it ``initialize`` (without waiting). Raises on failure."""
-        actor = self.actor_class.options(
+    def start_actor(self, slot: Slot) -> Actor:
+        """Create an actor for ``slot`` and send it ``initialize`` (without waiting)."""
+        handle = self.actor_class.options(
             num_cpus=1, max_restarts=0, max_task_retries=0, runtime_env=self.runtime_env
         ).remote()
-        slot = Slot(actor)
-        slot.watch = actor.initialize.remote(self.options.setup)  # the init call, until ready
-        return slot
+        actor = Actor(handle, slot)
+        actor.init_ref = handle.initialize.remote(self.options.setup)
+        with self.lock:
+            self.counters.worker_starts += 1
+            slot.actor = actor
+            slot.restart_at = None
+            self.actors.append(actor)
+        return actor
 
-    def wait_ready(self, slots: list[Slot]) -> None:
+    def wait_ready(self, actors: list[Actor]) -> None:
         """Block until every actor is ready; RuntimeError if one fails or (``init_timeout``)
         is not ready in time."""
         ray = self.ray
         engine = self.options.setup.engine
         limit = self.options.init_timeout
-        waiting = {slot.watch: slot for slot in slots}
+        waiting = {a.init_ref: a for a in actors}
         deadline = None if limit is None else time.monotonic() + limit
         while waiting:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready, _ = ray.wait(list(waiting), num_returns=1, timeout=timeout)
             if not ready:
                 raise RuntimeError(
-                    f"Driver.initialize: {len(waiting)} of {len(slots)} Ray actors did not become ready "
+                    f"Driver.initialize: {len(waiting)} of {len(actors)} Ray actors did not become ready "
                     f"within {limit:g} s (init_timeout): the engine {engine!r} was not initialised yet "
                     f"(or no node had a free CPU for it); every actor was stopped"
                 )
             for ref in ready:
-                slot = waiting.pop(ref)
+                actor = waiting.pop(ref)
                 try:
                     ok, pid, node, detail = ray.get(ref)
                 except Exception as exc:
                     raise RuntimeError(
                         f"Driver.initialize: a Ray actor for the engine {engine!r} could not start: {death_reason(exc)}"
                     ) from None
-                slot.pid, slot.node = pid, node
+                self.note_identity(actor, pid, node)
                 if not ok:
                     raise RuntimeError(
-                        f"Ray actor ({slot.describe()}) failed to build and initialise the engine {engine!r}:\n{detail}"
+                        f"Ray actor ({actor.describe()}) failed to build and initialise the engine "
+                        f"{engine!r}:\n{detail}"
                     )
-                slot.host = detail
-                slot.ready = True
+                with self.lock:
+                    actor.host = detail
+                    actor.ready = True
+                    actor.init_ref = None
 
-    def watch_slot(self, slot: Slot) -> None:
+    def note_identity(self, actor: Actor, pid: int, node: str) -> None:
+        with self.lock:
+            actor.pid, actor.node = pid, node
+            actor.slot.last_pid = pid
+            self.tap.pids = frozenset(a.pid for a in self.actors if a.pid)
+
+    def watch(self, actor: Actor) -> None:
         """Start the call that ends only with the actor, and hear of its end."""
-        ref = slot.actor.watch.options(concurrency_group=WATCH_GROUP).remote()
-        slot.watch = ref
-        ref.future().add_done_callback(lambda fut: self.post("died", slot, fut))
+        ref = actor.handle.watch.options(concurrency_group=WATCH_GROUP).remote()
+        actor.watch = ref
+        ref.future().add_done_callback(lambda fut: self.post("died", actor, fut))
 
-    def post(self, kind: str, slot: Slot, detail: Any) -> None:
+    def post(self, kind: str, actor: Actor, detail: Any) -> None:
         """Hand an event to the supervisor (from a Ray callback thread)."""
         with self.lock:
             if self.closed:
                 return
-            self.events.append((kind, slot, detail))
+            self.events.append((kind, actor, detail))
             self.wakeup.notify()
 
-    # -- tasks (dispatch and complete are called with self.lock held) ------------------------
+    def kill(self, actor: Actor) -> None:
+        try:
+            self.ray.kill(actor.handle, no_restart=True)
+        except Exception:
+            pass
+
+    def event(self, pid: int, text: str) -> None:
+        """Report what happened to an actor to the output sink, as an "event" line."""
+        self.relay.event(pid, text)
+
+    # -- tasks (called with self.lock held) -------------------------------------------------
 
     def complete(self, task: Task, flag: int, value: int, message: str) -> None:
         """Record a task's answer and wake its waiters (once; later answers are ignored)."""
@@ -542,41 +486,69 @@ class RayBackend:
         task.message = message
         task.deadline = None
         task.call = None
+        self.finished_held += 1
+        if flag == OK:
+            self.counters.tasks_done += 1
+        else:
+            self.counters.tasks_failed += 1
         if task.event is not None:
             task.event.set()
+        if self.options.result_ttl is not None and not self.closed:
+            when = time.monotonic() + self.options.result_ttl
+            self.expiring[task.key] = when
+            self.tell_supervisor(when)  # it drops the result when its time comes
+        self.notify(task.key, True)
+        if self.draining:
+            self.drained.notify_all()
 
-    def dispatch(self) -> list[tuple[Slot, Task, Any]]:
+    def expire_results(self, now: float) -> float | None:
+        """Drop the finished results whose ``result_ttl`` has run out; return when the next
+        one expires (None: none waits)."""
+        while self.expiring:
+            key = next(iter(self.expiring))
+            when = self.expiring[key]
+            if when > now:
+                return when
+            del self.expiring[key]
+            if self.tasks.pop(key, None) is not None:
+                self.finished_held -= 1
+                self.expired += 1
+                self.gone.remember(key, EXPIRED)
+                self.notify(key, False)
+        return None
+
+    def dispatch(self) -> list[tuple[Actor, Task, Any]]:
         """Send pending tasks, oldest first, to idle actors, else (``prefetch``) behind a busy
         one's current task. Returns the calls made, for :meth:`arm` once the lock is let go
-        (a callback must not run, or be registered, under it)."""
-        launched: list[tuple[Slot, Task, Any]] = []
+        (a callback must not be registered under it: it may run at once)."""
+        launched: list[tuple[Actor, Task, Any]] = []
         if self.closed or self.lost is not None:
             return launched
         now = time.monotonic()
         while self.pending:
-            slot = next((s for s in self.slots if s.usable() and not s.queue), None)
-            if slot is None:
-                slot = self.prefetch_target(now)
-                if slot is None:
+            actor = next((a for a in self.actors if a.usable() and not a.queue), None)
+            if actor is None:
+                actor = self.prefetch_target(now)
+                if actor is None:
                     break
             task = self.pending.popleft()
             call = task.call
-            assert call is not None  # only a done task has none, and it is never pending
+            assert call is not None  # only a finished task has none, and none is pending
             try:
-                ref = slot.actor.run.remote(call.key, call.float_features, call.str_features, call.int_feature)
+                ref = actor.handle.run.remote(call.key, call.float_features, call.str_features, call.int_feature)
             except Exception as exc:
                 self.pending.appendleft(task)
-                slot.dead = True  # the supervisor replaces it
-                self.events.append(("broken", slot, exc))
+                actor.dead = True  # the supervisor sorts it out
+                self.events.append(("died", actor, exc))
                 self.wakeup.notify()
                 continue
-            slot.queue.append((task, ref))
-            if len(slot.queue) == 1:
-                self.start_head(slot, now)
-            launched.append((slot, task, ref))
+            actor.queue.append((task, ref))
+            if len(actor.queue) == 1:
+                self.start_head(actor, now)
+            launched.append((actor, task, ref))
         return launched
 
-    def prefetch_target(self, now: float) -> Slot | None:
+    def prefetch_target(self, now: float) -> Actor | None:
         """The busy actor that should get the next task queued behind its current one:
         holding at most ``prefetch`` tasks, its current one not running much longer than
         usual; among those, the one whose current task started first."""
@@ -586,134 +558,192 @@ class RayBackend:
         typical = self.avg_run_s if self.avg_run_s is not None else 0.0
         limit = max(0.002, 4.0 * typical)
         best = None
-        for s in self.slots:
-            if not s.usable() or not s.queue or len(s.queue) > prefetch or now - s.head_started > limit:
+        for a in self.actors:
+            if not a.usable() or not a.queue or len(a.queue) > prefetch or now - a.head_started > limit:
                 continue
-            if best is None or s.head_started < best.head_started:
-                best = s
+            if best is None or a.head_started < best.head_started:
+                best = a
         return best
 
-    def start_head(self, slot: Slot, now: float) -> None:
-        slot.head_started = now
+    def start_head(self, actor: Actor, now: float) -> None:
+        actor.head_started = now
         if self.options.task_timeout is not None:
-            slot.queue[0][0].deadline = now + self.options.task_timeout
-            self.wakeup.notify()  # the supervisor must learn the new deadline
+            deadline = now + self.options.task_timeout
+            actor.queue[0][0].deadline = deadline
+            self.tell_supervisor(deadline)
 
-    def arm(self, launched: list[tuple[Slot, Task, Any]]) -> None:
-        for slot, task, ref in launched:
-            ref.future().add_done_callback(lambda fut, slot=slot, task=task: self.on_answer(slot, task, fut))
+    def tell_supervisor(self, deadline: float) -> None:
+        """Wake the supervisor if it would sleep past ``deadline`` (lock held)."""
+        if self.wake_at is None or deadline < self.wake_at:
+            self.wake_at = deadline
+            self.wakeup.notify()
 
-    def on_answer(self, slot: Slot, task: Task, fut: Any) -> None:
-        """A call has ended (on a Ray thread): record the answer, send the next task. An
-        actor's death is the supervisor's to sort out."""
+    def take_off(self, actor: Actor, task: Task) -> None:
+        """Remove ``task`` from ``actor``'s queue; if it was the head, the next one starts."""
+        for i, (queued, _) in enumerate(actor.queue):
+            if queued is task:
+                del actor.queue[i]
+                if i == 0:
+                    now = time.monotonic()
+                    run = now - actor.head_started
+                    self.avg_run_s = run if self.avg_run_s is None else self.avg_run_s + 0.1 * (run - self.avg_run_s)
+                    if actor.queue:
+                        self.start_head(actor, now)
+                return
+
+    def unavailable(self) -> str | None:
+        """Why submit must refuse, or None: no actor is ready and a slot failed to start one
+        (an actor merely being replaced after a death does not count)."""
+        if any(a.usable() for a in self.actors):
+            return None
+        failed = [slot for slot in self.slots if slot.degraded]
+        if not failed:
+            return None
+        due = [slot.restart_at for slot in failed if slot.restart_at is not None]
+        when = f"; next attempt in {max(0.0, min(due) - time.monotonic()):.1f} s" if due else ""
+        return (
+            f"no Ray actor is ready: {self.last_worker_failure}\n(the driver keeps restarting its Engine actors{when})"
+        )
+
+    def failed_start(self, slot: Slot, cause: str) -> None:
+        """A start failed: back off, remember why, and if no actor is ready, fail the tasks
+        waiting for one."""
+        slot.failures += 1
+        delay = backoff_delay(slot.failures)
+        slot.restart_at = time.monotonic() + delay
+        self.last_worker_failure = cause
+        self.counters.replacement_failures += 1
+        self.event(0, f"actor slot {slot.index}: start failed ({slot.failures} in a row), next attempt in {delay:g} s")
+        if not any(a.usable() for a in self.actors):
+            message = f"no Ray actor is ready to run this task: {cause}"
+            while self.pending:
+                self.complete(self.pending.popleft(), FAILED, -1, message)
+
+    def lose_actor(self, actor: Actor, cause: str) -> None:
+        """``actor`` is gone (its calls dealt with): count it, and have its slot start another,
+        at once if it had been ready, else after the backoff."""
+        actor.dead = True
+        if actor in self.actors:
+            self.actors.remove(actor)
+        self.tap.pids = frozenset(a.pid for a in self.actors if a.pid)
+        self.counters.worker_deaths += 1
+        self.counters.last_death_cause = f"Ray actor {actor.describe()} {cause}"
+        slot = actor.slot
+        if slot.actor is not actor:
+            return
+        slot.actor = None
+        if actor.ready:
+            slot.restart_at = time.monotonic()
+        elif actor.failure is not None:
+            self.failed_start(
+                slot, f"a Ray actor ({actor.describe()}) failed to initialise its engine:\n{actor.failure}"
+            )
+        elif actor.init_timed_out:
+            self.failed_start(
+                slot,
+                f"a Ray actor ({actor.describe()}) did not become ready within the "
+                f"{self.options.init_timeout:g} s start-up limit (init_timeout) and was killed",
+            )
+        else:
+            self.failed_start(slot, f"a Ray actor ({actor.describe()}) {cause} before it was ready")
+        self.wakeup.notify()
+
+    # -- answers (on Ray's callback threads) ------------------------------------------------
+
+    def arm(self, launched: list[tuple[Actor, Task, Any]]) -> None:
+        for actor, task, ref in launched:
+            ref.future().add_done_callback(lambda fut, actor=actor, task=task: self.on_answer(actor, task, fut))
+
+    def on_answer(self, actor: Actor, task: Task, fut: Any) -> None:
+        """A call has ended: record the answer, send the next task. An actor's death is the
+        supervisor's to sort out."""
         try:
             try:
-                flag, value, message = fut.result()
+                flag, value, message, run_s = fut.result()
             except self.ray.exceptions.RayActorError:
-                self.post("died", slot, fut)
+                self.post("died", actor, fut)
                 return
             except BaseException as exc:  # the call itself failed: only this task is concerned
-                flag, value, message = FAILED, -1, f"the Ray actor could not run this task: {death_reason(exc)}"
+                flag, value, message, run_s = (
+                    FAILED,
+                    -1,
+                    f"the Ray actor could not run this task: {death_reason(exc)}",
+                    0.0,
+                )
             with self.lock:
-                self.take_off(slot, task)
-                if not self.closed:
+                self.take_off(actor, task)
+                if not task.done:
+                    self.run_times.add(run_s)
                     self.complete(task, flag, value, message)
                 launched = self.dispatch()
             self.arm(launched)
         except BaseException:  # a callback must not raise into Ray
             pass
 
-    def take_off(self, slot: Slot, task: Task) -> None:
-        """Remove ``task`` from ``slot``'s queue; if it was the head, the next one starts."""
-        for i, (queued, _) in enumerate(slot.queue):
-            if queued is task:
-                del slot.queue[i]
-                if i == 0:
-                    now = time.monotonic()
-                    run = now - slot.head_started
-                    self.avg_run_s = run if self.avg_run_s is None else self.avg_run_s + 0.1 * (run - self.avg_run_s)
-                    if slot.queue:
-                        self.start_head(slot, now)
-                return
-
-    def stopping(self) -> bool:
-        """Stop has begun or the connection is lost: no task is sent, no actor started."""
-        return self.closed or self.lost is not None
-
-    def fail_all_pending(self, message: str) -> None:
-        while self.pending:
-            self.complete(self.pending.popleft(), FAILED, -1, message)
-
-    def note_replacement_failure(self, message: str) -> None:
-        """A replacement actor could not start; if no live actor is left, the backend is
-        broken: queued tasks fail and submit refuses, both saying why."""
-        if not any(not s.dead for s in self.slots) and not self.replacements:
-            self.broken = message
-            self.fail_all_pending(f"no Ray actor is left to run this task: {message}")
-
     # -- the supervisor thread --------------------------------------------------------------
 
     def supervise(self) -> None:
         try:
-            self._supervise()
+            while self.supervise_once():
+                pass
         except BaseException:
             traceback.print_exc()
 
-    def _supervise(self) -> None:
-        while True:
-            with self.lock:
-                while not self.closed and not self.events and not self.replacements:
-                    timeout = self.next_deadline()
-                    if timeout is not None and timeout <= 0:
-                        break
-                    self.wakeup.wait(timeout)
-                if self.closed:
-                    return
-                events, self.events = self.events, []
-                replacements, self.replacements = self.replacements, 0
-                if self.lost is not None:
-                    replacements = 0
-            for kind, slot, detail in events:
-                if kind == "died" or kind == "broken":
-                    self.on_death(slot, detail)
-                elif kind == "init":
-                    self.on_init(slot, detail)
-            self.expire()
-            for _ in range(replacements):
-                self.replace()
+    def supervise_once(self) -> bool:
+        """One turn: wait for something to do, do it; False once stop has begun."""
+        with self.lock:
+            while not self.closed and not self.events:
+                timeout = self.next_deadline()
+                if timeout is not None and timeout <= 0:
+                    break
+                self.wake_at = None if timeout is None else time.monotonic() + timeout
+                self.wakeup.wait(timeout)
+            self.wake_at = 0.0  # awake: nobody needs to wake it
+            if self.closed:
+                return False
+            events, self.events = self.events, []
+        for kind, actor, detail in events:
+            if kind == "died":
+                self.on_death(actor, detail)
+            elif kind == "init":
+                self.on_init(actor, detail)
+        self.expire()
+        self.restart_due()
+        return True
 
     def next_deadline(self) -> float | None:
-        """Seconds until the nearest task or start-up deadline (None: none)."""
-        deadlines = []
-        if self.options.task_timeout is not None:
-            deadlines = [s.queue[0][0].deadline for s in self.slots if s.queue and s.queue[0][0].deadline is not None]
-        if self.options.init_timeout is not None:
-            deadlines += [s.started + self.options.init_timeout for s in self.slots if not s.ready and not s.dead]
+        """Seconds until the nearest deadline (task, start-up, result, restart), or None."""
+        deadlines: list[float] = []
+        for a in self.actors:
+            if a.queue and a.queue[0][0].deadline is not None:
+                deadlines.append(a.queue[0][0].deadline)
+            if self.options.init_timeout is not None and not a.ready and not a.dead:
+                deadlines.append(a.started + self.options.init_timeout)
+        if self.expiring:
+            deadlines.append(next(iter(self.expiring.values())))
+        if self.lost is None:
+            deadlines += [s.restart_at for s in self.slots if s.actor is None and s.restart_at is not None]
         if not deadlines:
             return None
         return min(deadlines) - time.monotonic()
 
-    def on_death(self, slot: Slot, detail: Any) -> None:
-        """An actor has died (its watch or a call failed): fail its running task, put those
-        queued behind it back, and replace it."""
+    def on_death(self, actor: Actor, detail: Any) -> None:
+        """An actor has died (its watch or a call failed): the call it was running fails, those
+        queued behind it go back to the queue, its slot starts another."""
         with self.lock:
-            if self.stopping() or slot not in self.slots:
-                return  # handled already (timed out, or a second notice), or moot
-            slot.dead = True
-            self.slots.remove(slot)
-            outstanding = list(slot.queue)
-            was_ready = slot.ready
-        self.kill(slot)  # if only unreachable for now: its calls must end, and now
-        reason = "it died"
-        if isinstance(detail, BaseException):
-            reason = death_reason(detail)
-        elif detail is not None:
+            if self.stopping() or actor not in self.actors:
+                return  # dealt with already (timed out, a second notice), or moot
+            actor.dead = True
+            outstanding = list(actor.queue)
+        self.kill(actor)  # if only unreachable for now: its calls must end, and now
+        reason = death_reason(detail) if isinstance(detail, BaseException) else "it died"
+        if not isinstance(detail, BaseException) and detail is not None:
             try:
                 detail.result()
             except BaseException as exc:
                 reason = death_reason(exc)
-        # Each call's own outcome: the first one the death cut short was running; the ones
-        # after it had not started. A call that answered before the death keeps its answer.
+        # Each call's own outcome: the first one the death cut short was running, the ones
+        # after it had not started; one answered before the death keeps its answer.
         outcomes = []
         for _, ref in outstanding:
             try:
@@ -725,150 +755,143 @@ class RayBackend:
         with self.lock:
             if self.stopping():
                 return
-            running_failed = False
+            running: Task | None = None
             requeue = []
             for (task, _), (kind, value) in zip(outstanding, outcomes):
                 if task.done:
                     continue
                 if kind == "answer":
-                    self.complete(task, *value)
+                    self.run_times.add(value[3])
+                    self.complete(task, *value[:3])
                 elif kind == "failed":
                     self.complete(task, FAILED, -1, f"the Ray actor could not run this task: {death_reason(value)}")
-                elif not running_failed:
-                    running_failed = True
+                elif running is None:
+                    running = task
                     self.complete(
                         task,
                         FAILED,
                         -1,
-                        f"the Ray actor running this task ({slot.describe()}) died; it is being replaced. "
+                        f"the Ray actor running this task ({actor.describe()}) died; it is being replaced. "
                         f"Ray says: {reason}",
                     )
                 else:
                     task.deadline = None
                     requeue.append(task)
             self.pending.extendleft(reversed(requeue))
-            slot.queue.clear()
-            self.count_start_failure(slot, was_ready, f"it died before it was ready: {reason}")
+            actor.queue.clear()
+            if running is not None:
+                self.event(actor.pid, f"died while running task {running.key}: {reason}")
+            else:
+                self.event(actor.pid, f"died {'while idle' if actor.ready else 'before it was ready'}: {reason}")
+            self.lose_actor(actor, f"died: {reason}")
             launched = self.dispatch()
         self.arm(launched)
 
-    def count_start_failure(self, slot: Slot, was_ready: bool, why: str) -> None:
-        """Decide on a replacement for a dead actor (with the lock held): always for one that
-        was ready; for one that died starting, up to STARTUP_RETRIES times in a row."""
-        if was_ready:
-            self.replacements += 1
-            return
-        if slot.init_failed:
-            return  # noted already
-        self.startup_deaths += 1
-        if self.startup_deaths <= STARTUP_RETRIES:
-            self.replacements += 1
-        elif slot.init_timed_out:
-            self.note_replacement_failure(
-                f"replacement Ray actors could not start within the {self.options.init_timeout:g} s "
-                f"start-up limit (init_timeout) ({self.startup_deaths} in a row)"
-            )
-        else:
-            self.note_replacement_failure(
-                f"a replacement Ray actor ({slot.describe()}) could not start: {why} ({self.startup_deaths} in a row)"
-            )
-
-    def replace(self) -> None:
-        """Start one replacement actor; it joins once its ``initialize`` answers."""
-        try:
-            slot = self.new_slot()
-        except Exception as exc:
-            with self.lock:
-                self.note_replacement_failure(f"a replacement Ray actor could not be created: {death_reason(exc)}")
-            return
-        with self.lock:
-            stop = self.closed or self.lost is not None
-            if not stop:
-                self.slots.append(slot)
-        if stop:
-            self.kill(slot)
-            return
-        slot.watch.future().add_done_callback(lambda fut: self.post("init", slot, fut))
-
-    def on_init(self, slot: Slot, fut: Any) -> None:
-        """A replacement's ``initialize`` has answered (or it died starting)."""
+    def on_init(self, actor: Actor, fut: Any) -> None:
+        """A new actor's ``initialize`` has answered (or it died starting)."""
         try:
             ok, pid, node, detail = fut.result()
         except BaseException as exc:
-            self.on_death(slot, exc)
+            self.on_death(actor, exc)
             return
+        self.note_identity(actor, pid, node)
         with self.lock:
-            if self.closed or slot not in self.slots:
+            if self.stopping() or actor not in self.actors:
                 return
-            slot.pid, slot.node = pid, node
-            if not ok:
-                slot.dead = True
-                slot.init_failed = True
-                self.slots.remove(slot)
-                self.note_replacement_failure(
-                    f"a replacement Ray actor ({slot.describe()}) failed to initialise its engine:\n{detail}"
-                )
-                dead = True
+            actor.init_ref = None
+            if ok:
+                actor.host = detail
+                actor.ready = True
+                actor.slot.failures = 0
             else:
-                slot.host = detail
-                slot.ready = True
-                self.startup_deaths = 0
-                dead = False
-        if dead:
-            self.kill(slot)
+                actor.failure = detail
+                self.event(pid, f"failed to initialise its engine:\n{detail}")
+                self.lose_actor(actor, "failed to initialise its engine")
+        if not ok:
+            self.kill(actor)
             return
-        self.watch_slot(slot)
+        self.watch(actor)
         with self.lock:
             launched = self.dispatch()
         self.arm(launched)
 
     def expire(self) -> None:
-        """Fail each task that has run past ``task_timeout`` and kill its actor; kill the
-        replacement actors not ready within ``init_timeout``."""
+        """Fail each task that has run past ``task_timeout`` and kill its actor; kill the actors
+        not ready within ``init_timeout``; drop the expired results."""
         now = time.monotonic()
         killed = []
         with self.lock:
             if self.closed:
                 return
-            for slot in list(self.slots):
-                head = slot.queue[0][0] if slot.queue else None
+            if self.options.result_ttl is not None:
+                self.expire_results(now)
+            for actor in list(self.actors):
+                head = actor.queue[0][0] if actor.queue else None
                 if head is not None and head.deadline is not None and head.deadline <= now:
-                    slot.dead = True
-                    self.slots.remove(slot)
-                    unstarted = [task for task, _ in list(slot.queue)[1:]]
+                    unstarted = [task for task, _ in list(actor.queue)[1:] if not task.cancelled]
                     for task in unstarted:
                         task.deadline = None
                     self.pending.extendleft(reversed(unstarted))
-                    slot.queue.clear()
+                    actor.queue.clear()
+                    actor.timed_out = True
+                    self.counters.tasks_timed_out += 1
+                    limit = self.options.task_timeout
+                    self.event(actor.pid, f"task {head.key} ran past task_timeout ({limit:g} s): killing the actor")
                     self.complete(
                         head,
                         FAILED,
                         -1,
-                        f"the task timed out after {self.options.task_timeout:g} s; its Ray actor "
-                        f"({slot.describe()}) was killed and is being replaced",
+                        f"the task timed out after {limit:g} s; its Ray actor ({actor.describe()}) "
+                        f"was killed and is being replaced",
                     )
-                    self.replacements += 1
-                    killed.append(slot)
+                    self.lose_actor(actor, f"was killed: its task ran past task_timeout ({limit:g} s)")
+                    killed.append(actor)
                 elif (
                     self.options.init_timeout is not None
-                    and not slot.ready
-                    and now >= slot.started + self.options.init_timeout
+                    and not actor.ready
+                    and now >= actor.started + self.options.init_timeout
                 ):
-                    slot.dead = True
-                    slot.init_timed_out = True
-                    self.slots.remove(slot)
-                    self.count_start_failure(slot, False, "it was not ready within init_timeout")
-                    killed.append(slot)
+                    actor.init_timed_out = True
+                    self.event(
+                        actor.pid, f"not ready within init_timeout ({self.options.init_timeout:g} s): killing it"
+                    )
+                    self.lose_actor(actor, "was killed: not ready within init_timeout")
+                    killed.append(actor)
             launched = self.dispatch()
         self.arm(launched)
-        for slot in killed:
-            self.kill(slot)
+        for actor in killed:
+            self.kill(actor)
 
-    def kill(self, slot: Slot) -> None:
-        try:
-            self.ray.kill(slot.actor, no_restart=True)
-        except Exception:
-            pass
+    def restart_due(self) -> None:
+        """Start an actor in every slot whose time has come (a failed start backs off)."""
+        with self.lock:
+            now = time.monotonic()
+            if self.stopping():
+                return
+            due = [s for s in self.slots if s.actor is None and s.restart_at is not None and s.restart_at <= now]
+            for slot in due:
+                slot.restart_at = None
+        for slot in due:
+            try:
+                actor = self.start_actor(slot)
+            except Exception as exc:
+                with self.lock:
+                    if not self.stopping():
+                        self.failed_start(slot, f"a Ray actor could not be created: {death_reason(exc)}")
+                continue
+            with self.lock:
+                stop = self.stopping()
+                if not stop:
+                    again = f" (after {slot.failures} failed starts)" if slot.failures else ""
+                    self.event(0, f"actor slot {slot.index}: started a Ray actor{again}")
+            if stop:
+                self.kill(actor)
+                continue
+            actor.init_ref.future().add_done_callback(lambda fut, actor=actor: self.post("init", actor, fut))
+
+    def stopping(self) -> bool:
+        """Stop has begun or the connection is lost: no task is sent, no actor started."""
+        return self.closed or self.lost is not None
 
     # -- the connection ---------------------------------------------------------------------
 
@@ -877,24 +900,23 @@ class RayBackend:
         after LOST_AFTER_S without a yes, the connection is lost."""
         check = node_checker(self.ray)
         if check is None:
-            return  # this Ray offers no way to ask: losses show as actor deaths only
+            return  # this Ray offers no way to ask: a loss shows as the actors' deaths
         last_ok = time.monotonic()
-        problem = ""
-        while True:
-            if self.closed:
-                return
+        problem = "no answer"
+        while not self.stop_requested.wait(PROBE_INTERVAL_S):
             try:
-                alive = check()
-                if alive:
+                if check():
                     last_ok = time.monotonic()
-                else:
-                    problem = "the cluster reports this process's node as dead"
+                    continue
+                problem = "the cluster reports this process's node as dead"
+                last_ok = 0.0
             except Exception as exc:
                 problem = f"{type(exc).__name__}: {exc}"
-            if time.monotonic() - last_ok >= LOST_AFTER_S or problem.startswith("the cluster reports"):
-                self.lose(f"lost the connection to {self.where}: {problem}")
-                return
-            if self.stop_requested.wait(PROBE_INTERVAL_S):
+            if time.monotonic() - last_ok >= LOST_AFTER_S:
+                self.lose(
+                    f"lost the connection to {self.where}: {problem} (for {LOST_AFTER_S:g} s); "
+                    f"the tasks it held failed; a new Driver in a new process is needed"
+                )
                 return
 
     def lose(self, message: str) -> None:
@@ -906,9 +928,50 @@ class RayBackend:
             for task in self.tasks.values():
                 self.complete(task, FAILED, -1, message)
             self.pending.clear()
-            for slot in self.slots:
-                slot.dead = True
-                slot.queue.clear()
+            for actor in self.actors:
+                actor.queue.clear()
+            self.event(0, message)
+
+    # -- stats ------------------------------------------------------------------------------
+
+    def snapshot(self, state: str) -> dict[str, Any]:
+        """The stats (lock held): the keys of the local pool's, the same meanings."""
+        running = queued_in_actors = alive = ready = 0
+        for a in self.actors:
+            for position, (task, _) in enumerate(a.queue):
+                if not task.cancelled:
+                    if position == 0:
+                        running += 1
+                    else:
+                        queued_in_actors += 1
+            if not a.dead:
+                alive += 1
+                ready += a.ready
+        counters = self.counters
+        return {
+            "state": state,
+            "tasks_held": len(self.tasks),
+            "tasks_queued": len(self.pending) + queued_in_actors,
+            "tasks_running": running,
+            "tasks_finished": self.finished_held,
+            "workers_wanted": self.options.n_subprocesses,
+            "workers_alive": alive,
+            "workers_ready": ready,
+            "worker_starts": counters.worker_starts,
+            "worker_deaths": counters.worker_deaths,
+            "last_death_cause": counters.last_death_cause,
+            "replacement_failures": counters.replacement_failures,
+            "tasks_done": counters.tasks_done,
+            "tasks_failed": counters.tasks_failed,
+            "tasks_timed_out": counters.tasks_timed_out,
+            "tasks_cancelled": self.cancelled,
+            "tasks_expired": self.expired,
+            "run_time_p50": self.run_times.percentile(50.0),
+            "run_time_p99": self.run_times.percentile(99.0),
+            "run_time_samples": len(self.run_times),
+            "cluster": self.where,
+            "cluster_lost": self.lost,
+        }
 
     # -- stopping -------------------------------------------------------------------------
 
@@ -931,25 +994,29 @@ class RayBackend:
                 self.closed = True
                 for task in self.tasks.values():
                     if not task.done:
+                        self.failed_by_stop += 1
                         self.complete(task, FAILED, -1, "the driver was finalized before this task finished")
                 self.pending.clear()
                 self.wakeup.notify_all()
-                slots = list(self.slots)
+                self.drained.notify_all()
+                actors = list(self.actors)
             self.stop_requested.set()
             for thread in (self.supervisor, self.probe):
                 if thread is not None and thread is not threading.current_thread():
                     thread.join(10.0)
             if self.ray is not None:
-                for slot in slots:
-                    self.kill(slot)
-                watches = [s.watch for s in slots if s.watch is not None]
-                if watches and self.lost is None:
-                    try:  # each watch fails once its actor is dead
-                        self.ray.wait(watches, num_returns=len(watches), timeout=STOP_WAIT_S)
+                for actor in actors:
+                    self.kill(actor)
+                ends = [a.watch or a.init_ref for a in actors if (a.watch or a.init_ref) is not None]
+                if ends and self.lost is None:
+                    try:  # each fails once its actor is dead
+                        self.ray.wait(ends, num_returns=len(ends), timeout=STOP_WAIT_S)
                     except Exception:
                         pass
             with self.lock:
-                self.slots.clear()
+                self.actors.clear()
+            self.tap.stop()
+            self.relay.stop(OUTPUT_GRACE_S)
             if self.acquired:
                 self.acquired = False
                 CONNECTION.release(self.ray)
@@ -969,22 +1036,6 @@ class RayBackend:
                 pass
             return
         self.stop()
-
-
-def node_checker(ray: Any) -> Any:
-    """A function answering whether this process's node is alive (raising if the cluster
-    does not answer within PROBE_TIMEOUT_S), or None if this Ray offers no way to ask."""
-    try:
-        worker = importlib.import_module("ray._private.worker").global_worker
-        node_id = importlib.import_module("ray._raylet").NodeID.from_hex(ray.get_runtime_context().get_node_id())
-        client = worker.gcs_client
-    except Exception:
-        return None
-
-    def check() -> bool:
-        return bool(client.check_alive([node_id], timeout=PROBE_TIMEOUT_S)[0])
-
-    return check
 
 
 _LIVE_BACKENDS: set[RayBackend] = set()

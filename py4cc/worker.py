@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+import sys
+import time
 import traceback
 from typing import Any, NamedTuple
 
@@ -36,6 +38,8 @@ class WorkerSetup(NamedTuple):
     str_feature_names: list[str]
     extra: dict[str, Any]
     """The extra keyword arguments of ``Driver.initialize``, passed on."""
+    env: tuple[tuple[str, str], ...] = ()
+    """Environment variables set in the worker before the Engine's module is imported."""
 
 
 def load_engine_class(engine: str) -> Any:
@@ -50,13 +54,15 @@ def load_engine_class(engine: str) -> Any:
 def run_task(engine: Any, call: Call) -> Answer:
     """Run one task and check the Engine's answer; never raises what ``run`` raises."""
     key = call.key
+    started = time.perf_counter()
     try:
         answer = engine.run(
             float_features=call.float_features, str_features=call.str_features, int_feature=call.int_feature
         )
     except BaseException:  # a user's run may raise anything, even SystemExit
-        return Answer(key, FAILED, -1, traceback.format_exc())
-    return check_answer(key, answer)
+        return Answer(key, FAILED, -1, traceback.format_exc(), time.perf_counter() - started)
+    run_s = time.perf_counter() - started
+    return check_answer(key, answer)._replace(run_s=run_s)
 
 
 def check_answer(key: int, answer: Any) -> Answer:
@@ -78,9 +84,61 @@ def check_answer(key: int, answer: Any) -> Answer:
     return Answer(key, FAILED, int(value), str(message))
 
 
-def worker_main(conn: Any, setup: WorkerSetup, close_fds: list[int]) -> None:
+def redirect_output(stdout_conn: Any, stderr_conn: Any) -> None:
+    """Point this process's fds 1 and 2 at the pipes the parent reads (so that C-level
+    writes are caught too), and make every writer on them line-buffered, so that each
+    line leaves at once and none is lost when the process dies."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+    for conn, fd in ((stdout_conn, 1), (stderr_conn, 2)):
+        os.dup2(conn.fileno(), fd)
+        conn.close()
+    sys.stdout = line_writer(sys.stdout, 1)
+    sys.stderr = line_writer(sys.stderr, 2)
+    line_buffer_c_stdout()
+
+
+def line_writer(stream: Any, fd: int) -> Any:
+    """``stream`` made line-buffered UTF-8 (what the parent decodes), or a new such writer
+    on ``fd`` if it cannot be."""
+    try:
+        if stream is not None and stream.fileno() == fd:
+            stream.reconfigure(encoding="utf-8", errors="backslashreplace", line_buffering=True)
+            return stream
+    except Exception:
+        pass
+    return open(fd, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+
+
+def line_buffer_c_stdout() -> None:
+    """Make C's ``stdout`` line-buffered (it is fully buffered on a pipe), for extensions
+    that ``printf``; C's ``stderr`` is unbuffered already. Best effort: glibc-like libcs."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        c_stdout = ctypes.c_void_p.in_dll(libc, "stdout")
+        libc.setvbuf(c_stdout, None, 1, 0)  # 1: _IOLBF
+    except Exception:
+        pass
+
+
+def apply_env(env: tuple[tuple[str, str], ...]) -> None:
+    """Set ``env`` in this process (``os.environ`` and the C environment)."""
+    for name, value in env:
+        os.environ[name] = value
+
+
+def worker_main(conn: Any, setup: WorkerSetup, close_fds: list[int], output: tuple[Any, Any] | None = None) -> None:
     """Body of one worker process: build the Engine, report ready, then serve tasks
-    until told to stop or until the parent goes away (its pipe end closes)."""
+    until told to stop or until the parent goes away (its pipe end closes).
+
+    ``output``: the write ends of the pipes the parent reads this worker's stdout and
+    stderr from (None: leave fds 1 and 2 as inherited)."""
     # With "fork" the child inherits the parent's ends of every worker pipe; closing
     # them lets this worker see EOF (and exit) when the parent goes away.
     for fd in close_fds:
@@ -88,12 +146,19 @@ def worker_main(conn: Any, setup: WorkerSetup, close_fds: list[int]) -> None:
             os.close(fd)
         except OSError:
             pass
+    if output is not None:
+        try:
+            redirect_output(*output)
+        except Exception:  # keep the inherited fds 1 and 2 rather than not run at all
+            pass
     # Ctrl-C reaches the whole process group: the parent decides when workers stop.
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     except (ValueError, OSError):
         pass
     try:
+        # Before the Engine's module is imported: libraries read some variables once, at load.
+        apply_env(setup.env)
         engine = load_engine_class(setup.engine)()
         engine.initialize(
             config=setup.config,

@@ -300,3 +300,15 @@ fn discard_failure(_gil: GilToken<'_>) {
     // SAFETY: GIL held (the token proves it); clearing with nothing set is a no-op.
     unsafe { ffi::PyErr_Clear() };
 }
+
+/// Sets `kind(message)` as the pending exception and answers NULL, as a failing C function
+/// made callable from Python does.
+///
+/// # Safety
+/// The GIL is held and `kind` is an exception type.
+pub(crate) unsafe fn raise(kind: *mut ffi::PyObject, message: &CStr) -> *mut ffi::PyObject {
+    // SAFETY: the caller holds the GIL and passes an exception type; PyErr_SetString copies
+    // the NUL-terminated message.
+    unsafe { ffi::PyErr_SetString(kind, message.as_ptr()) };
+    std::ptr::null_mut()
+}

@@ -161,8 +161,8 @@ unsafe fn initialize() -> Result<()> {
     unsafe { ffi::PyConfig_Clear(config) };
     start_status(status)?;
     // SAFETY: Py_InitializeFromConfig left this thread holding the GIL; hand it back so that
-    // any thread can take it. The thread state stays registered for this thread's later use.
-    unsafe { ffi::PyEval_SaveThread() };
+    // any thread can take it. This thread keeps its thread state for its later guards.
+    crate::gil::keep_thread_state(unsafe { ffi::PyEval_SaveThread() });
     restore_sigint(&sigint_before);
     Ok(())
 }

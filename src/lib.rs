@@ -45,7 +45,10 @@ mod interpreter;
 mod object;
 
 pub use convert::{FromPython, IntoArgs, IntoKwargs, ToPython};
-pub use driver::{Backend, Driver, DriverOptions, ResultStatus, StartMethod, SubmitStatus, TaskReceipt, TaskResult};
+pub use driver::{
+    Backend, Driver, DriverOptions, DriverState, DriverStats, ResultStatus, StartMethod, SubmitStatus, TaskFuture, TaskReceipt,
+    TaskResult, WorkerLine, WorkerOutput, WorkerStream,
+};
 pub use error::{Error, PythonException, Result};
 pub use gil::{Gil, GilToken};
 pub use interpreter::{BuildPython, StartOptions, build_python, is_started, start};

@@ -539,3 +539,16 @@ impl fmt::Debug for Handle {
         write!(f, "Handle({:p})", self.ptr.as_ptr())
     }
 }
+
+/// `None` as a new reference, for a C function made callable from Python to return (a
+/// function of this crate's own, so that it also builds on 3.9, which has no `Py_NewRef`).
+///
+/// # Safety
+/// The GIL is held, and the caller hands the reference over to CPython.
+pub(crate) unsafe fn new_none_reference() -> *mut ffi::PyObject {
+    // SAFETY: the caller holds the GIL; reads the address of the static None object.
+    let none = unsafe { ffi::Py_None() };
+    // SAFETY: GIL held; the reference taken here is the one the caller hands over.
+    unsafe { ffi::Py_INCREF(none) };
+    none
+}

@@ -5,10 +5,25 @@
 //! every reference alive in the process with `sys.gettotalrefcount()`. On any build it checks
 //! that the objects passed through every operation end with the reference counts they began
 //! with, and that the number of objects the garbage collector tracks does not grow.
+//!
+//! The Driver's completion path gets the same check: the pool's notifier called from Python,
+//! `retrieve` answered from the completion table, `cancel` in several states, results that
+//! expire, and `wait_async` futures dropped while pending.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::thread;
+use std::time::{Duration, Instant};
 
-use rs4py::{Error, Gil, Object, ToPython};
+use pyo3_ffi as ffi;
+use rs4py::{Driver, DriverOptions, Error, Gil, Handle, Object, ResultStatus, SubmitStatus, TaskResult, ToPython};
+
+/// The tests read process-wide counts: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 const WARM_UP: usize = 2_000;
 const ITERATIONS: usize = 20_000;
@@ -55,6 +70,7 @@ fn tracked_objects(gil: &Gil) -> usize {
 
 #[test]
 fn a_long_mix_of_operations_leaks_no_reference() {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
     let gil = Gil::acquire().unwrap();
     gil.run("def raiser(items, n):\n    raise ValueError(f'round {n} with {len(items)} items')\n").unwrap();
     let shared = gil.eval("[1, 'two', [3.0]]").unwrap();
@@ -86,5 +102,236 @@ fn a_long_mix_of_operations_leaks_no_reference() {
         _ => println!("sys.gettotalrefcount(): not available (not a debug build of CPython)"),
     }
     assert_eq!(shared.refcount(), shared_before);
+    assert!(objects_after <= objects_before + 50, "gc-tracked objects grew from {objects_before} to {objects_after}");
+}
+
+const DRIVER_WARM_UP: usize = 500;
+const DRIVER_ROUNDS: usize = 2_000;
+/// More than the pool remembers of dropped keys (10,000): cancelled before the warm-up, so
+/// that what it remembers is at its fixed size when the count begins.
+const REMEMBERED_KEYS: usize = 11_000;
+
+/// Submits a task of py4cc's test SleepEngine (it sleeps `seconds`, answers `value`).
+fn submit(driver: &Driver, seconds: f64, value: i64) -> i64 {
+    let start = Instant::now();
+    loop {
+        let receipt = driver.submit(&[seconds, 0.0], &["a", "b", "c"], value);
+        match receipt.status {
+            SubmitStatus::Accepted => return receipt.key,
+            SubmitStatus::AtCapacity if start.elapsed() < Duration::from_secs(60) => {
+                thread::sleep(Duration::from_millis(1))
+            }
+            _ => panic!("{receipt:?}"),
+        }
+    }
+}
+
+/// One round of the completion path: collected by wait, answered NotReady by the table,
+/// cancelled (queued or running), a future dropped while pending, a result left to expire
+/// (the pool remembers the last 10,000 dropped keys: a fixed amount once filled).
+fn one_driver_round(driver: &Driver, round: usize) {
+    let value = round as i64 + 1;
+    let waited = submit(driver, 0.0, value);
+    let slow = submit(driver, 0.001, value);
+    let cancelled = submit(driver, 0.0, value);
+    assert!(driver.cancel(cancelled));
+    let dropped = submit(driver, 0.0, value);
+    let mut future = driver.wait_async(dropped);
+    if let Poll::Ready(result) = Pin::new(&mut future).poll(&mut Context::from_waker(Waker::noop())) {
+        check(&result, value);
+    }
+    drop(future);
+    let _abandoned = submit(driver, 0.0, value);
+    check(&driver.wait(waited, Duration::from_secs(60)), value);
+    let early = driver.retrieve(slow);
+    if early.status == ResultStatus::NotReady {
+        check(&driver.wait(slow, Duration::from_secs(60)), value);
+    } else {
+        check(&early, value);
+    }
+}
+
+/// Done with `value`, or (on a machine slow enough to let `result_ttl` pass before the
+/// answer was asked for) expired.
+#[track_caller]
+fn check(result: &TaskResult, value: i64) {
+    let expired = result.status == ResultStatus::Error && result.message.contains("expired");
+    assert!((result.status, result.value) == (ResultStatus::Done, value) || expired, "{result:?}");
+}
+
+/// Waits until the driver holds nothing (the abandoned results have expired), then lets
+/// the pool's threads settle.
+fn quiesce(driver: &Driver) {
+    let start = Instant::now();
+    while driver.held_tasks().unwrap() != 0 || driver.tracked_tasks() != 0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "tasks still held");
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(Duration::from_millis(200));
+}
+
+#[test]
+fn the_completion_path_leaks_no_reference() {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let driver = Driver::new(DriverOptions {
+        engine: "py4cc_user_engines:SleepEngine".into(),
+        python_path: vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py4cc/tests/engines")],
+        n_subprocesses: 1,
+        max_tasks: 1024,
+        result_ttl: Some(Duration::from_millis(250)),
+        ..Default::default()
+    })
+    .unwrap();
+    driver.initialize("{}", &["f0", "f1"], &["a", "b", "c"]).unwrap();
+    for value in 0..REMEMBERED_KEYS {
+        assert!(driver.cancel(submit(&driver, 0.0, value as i64 + 1)));
+    }
+    for round in 0..DRIVER_WARM_UP {
+        one_driver_round(&driver, round);
+    }
+    quiesce(&driver);
+    let (objects_before, total_before) = {
+        let gil = Gil::acquire().unwrap();
+        gil.run("__import__('gc').collect()").unwrap();
+        (tracked_objects(&gil), total_refcount(&gil))
+    };
+    for round in DRIVER_WARM_UP..DRIVER_WARM_UP + DRIVER_ROUNDS {
+        one_driver_round(&driver, round);
+    }
+    quiesce(&driver);
+    let gil = Gil::acquire().unwrap();
+    gil.run("__import__('gc').collect()").unwrap();
+    let (objects_after, total_after) = (tracked_objects(&gil), total_refcount(&gil));
+    drop(gil);
+    println!("driver rounds: {DRIVER_ROUNDS} (after {DRIVER_WARM_UP} to warm up), 5 tasks each");
+    println!("gc-tracked objects: before {objects_before}, after {objects_after}");
+    match (total_before, total_after) {
+        (Some(before), Some(after)) => {
+            println!("sys.gettotalrefcount(): before {before}, after {after}, growth {}", after - before);
+            // One reference per round would be DRIVER_ROUNDS; allow for the pool's own state of
+            // the moment (a worker's moving average, a buffer).
+            assert!(after - before <= 100, "total refcount grew from {before} to {after} over {DRIVER_ROUNDS} rounds");
+        }
+        _ => println!("sys.gettotalrefcount(): not available (not a debug build of CPython)"),
+    }
+    assert!(objects_after <= objects_before + 50, "gc-tracked objects grew from {objects_before} to {objects_after}");
+    driver.finalize();
+}
+/// How many thread states the interpreter has (the calling thread holds the GIL).
+fn thread_states(_gil: &Gil) -> usize {
+    let mut count = 0;
+    // SAFETY: the GIL is held (_gil); the walk only reads the interpreter's list of thread
+    // states, which no other thread changes meanwhile (SERIAL; no other thread of this test runs).
+    let interpreter = unsafe { ffi::PyInterpreterState_Main() };
+    // SAFETY: as above; the main interpreter lives as long as the process.
+    let mut state = unsafe { ffi::PyInterpreterState_ThreadHead(interpreter) };
+    while !state.is_null() {
+        count += 1;
+        // SAFETY: as above; `state` is a live entry of the list.
+        state = unsafe { ffi::PyThreadState_Next(state) };
+    }
+    count
+}
+
+/// What one short-lived thread does: guards that reach `shared` and leave a reference to it in
+/// the thread's `threading.local` data (released only when the thread's state is cleared), a
+/// C-style `PyGILState_Ensure` outside and inside a guard, and a handle dropped on the thread.
+fn churn_thread(shared: &Handle, round: usize) {
+    for step in 0..ACQUISITIONS_PER_THREAD {
+        let gil = Gil::acquire().unwrap();
+        let shared = shared.bind(&gil);
+        gil.eval("per_thread").unwrap().setattr("kept", (&shared, round, step)).unwrap();
+        let raised = gil.eval("raiser").unwrap().call((&shared, round), ()).unwrap_err();
+        assert_eq!(raised.python_type(), Some("ValueError"));
+    }
+    // SAFETY: Python runs; each Ensure is paired with a Release on this thread.
+    let state = unsafe { ffi::PyGILState_Ensure() };
+    {
+        let gil = Gil::acquire().unwrap();
+        // SAFETY: as above; an Ensure inside the guard finds the GIL held.
+        let inner = unsafe { ffi::PyGILState_Ensure() };
+        assert_eq!(shared.bind(&gil).len().unwrap(), 3);
+        // SAFETY: matches the inner Ensure.
+        unsafe { ffi::PyGILState_Release(inner) };
+    }
+    // SAFETY: matches the outer Ensure.
+    unsafe { ffi::PyGILState_Release(state) };
+    let copy = {
+        let gil = Gil::acquire().unwrap();
+        shared.clone_ref(&gil)
+    };
+    drop(copy); // takes the GIL by itself
+}
+
+const THREAD_WARM_UP: usize = 200;
+const THREADS: usize = 2_000;
+const THREADS_AT_ONCE: usize = 8;
+const ACQUISITIONS_PER_THREAD: usize = 5;
+
+fn churn(shared: &Handle, threads: usize) {
+    for batch in 0..threads / THREADS_AT_ONCE {
+        thread::scope(|scope| {
+            let workers: Vec<_> = (0..THREADS_AT_ONCE)
+                .map(|index| scope.spawn(move || churn_thread(shared, batch * THREADS_AT_ONCE + index)))
+                .collect();
+            // An explicit join waits for the thread to exit, its thread-local destructors included.
+            for worker in workers {
+                worker.join().unwrap();
+            }
+        });
+    }
+}
+
+/// (shared list's refcount, gc-tracked objects, total refcount, thread states), measured on a
+/// thread of its own after a collection.
+fn measure(shared: &Handle) -> (isize, usize, Option<isize>, usize) {
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let gil = Gil::acquire().unwrap();
+                gil.run("__import__('gc').collect()").unwrap();
+                let refcount = shared.bind(&gil).refcount();
+                (refcount, tracked_objects(&gil), total_refcount(&gil), thread_states(&gil))
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+#[test]
+fn threads_that_come_and_go_leak_no_reference_and_no_thread_state() {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let shared = thread::spawn(|| {
+        let gil = Gil::acquire().unwrap();
+        gil.run("import threading\nper_thread = threading.local()\n").unwrap();
+        gil.run("def raiser(items, n):\n    raise ValueError(f'round {n} with {len(items)} items')\n").unwrap();
+        gil.eval("[1, 'two', [3.0]]").unwrap().unbind()
+    })
+    .join()
+    .unwrap();
+    churn(&shared, THREAD_WARM_UP);
+    let (shared_before, objects_before, total_before, states_before) = measure(&shared);
+
+    churn(&shared, THREADS);
+    let (shared_after, objects_after, total_after, states_after) = measure(&shared);
+
+    println!(
+        "threads: {THREADS} ({ACQUISITIONS_PER_THREAD} guards and two PyGILState_Ensure each, {THREADS_AT_ONCE} at once; after {THREAD_WARM_UP} to warm up)"
+    );
+    println!("shared object's refcount: before {shared_before}, after {shared_after}");
+    println!("gc-tracked objects: before {objects_before}, after {objects_after}");
+    println!("thread states: before {states_before}, after {states_after}");
+    match (total_before, total_after) {
+        (Some(before), Some(after)) => {
+            println!("sys.gettotalrefcount(): before {before}, after {after}, growth {}", after - before);
+            // One leaked reference per thread would grow it by THREADS.
+            assert!(after - before <= 10, "total refcount grew from {before} to {after} over {THREADS} threads");
+        }
+        _ => println!("sys.gettotalrefcount(): not available (not a debug build of CPython)"),
+    }
+    // Each thread's threading.local data held a reference to `shared` until its state was cleared.
+    assert_eq!(shared_after, shared_before);
+    // Fewer is fine: another test's thread may have exited meanwhile, its thread state with it.
+    assert!(states_after <= states_before, "thread states grew from {states_before} to {states_after}");
     assert!(objects_after <= objects_before + 50, "gc-tracked objects grew from {objects_before} to {objects_after}");
 }

@@ -195,10 +195,13 @@ fn borrowed_references_are_increfed_and_released() {
     assert_eq!(list.refcount(), 1);
 
     // None, borrowed from the interpreter: immortal since 3.12, its count then stays put.
+    // None is shared with other threads: no Python code may run (and so switch threads)
+    // between the two readings, so the expected rise is worked out first.
     let none = gil.none();
+    let rise = expected_rise(&gil, &none, 10);
     let before = none.refcount();
     let many: Vec<_> = (0..10).map(|_| gil.none()).collect();
-    assert_eq!(none.refcount(), before + expected_rise(&gil, &none, 10));
+    assert_eq!(none.refcount(), before + rise);
     drop(many);
     assert_eq!(none.refcount(), before);
 }
@@ -274,10 +277,11 @@ fn import_and_the_object_protocol_calls_leave_counts_as_they_were() {
     }
     assert_eq!(item.refcount(), item_count);
     assert_eq!(list.refcount(), 1);
+    // True is shared with other threads: nothing runs Python code between the readings.
     let truth = true.to_python(gil.token()).unwrap();
+    let rise = expected_rise(&gil, &truth, 10);
     let true_count = truth.refcount();
     let more: Vec<_> = (0..10).map(|_| true.to_python(gil.token()).unwrap()).collect();
-    let rise = expected_rise(&gil, &truth, 10);
     assert_eq!(truth.refcount(), true_count + rise, "each bool conversion owns one reference to True");
     drop(more);
     assert_eq!(truth.refcount(), true_count);

@@ -91,7 +91,7 @@ class WireTest(unittest.TestCase):
         # One per task: the class's module and name would cost a lookup on both ends.
         self.assertNotIn(b"Answer", encode_report(Answer(1, 0, 5, "")))
         self.assertNotIn(b"Call", encode_call(Call(1, [], [], 0)))
-        self.assertEqual(pickle.loads(encode_report(Answer(1, 0, 5, "x"))), (1, 0, 5, "x"))
+        self.assertEqual(pickle.loads(encode_report(Answer(1, 0, 5, "x", 0.25))), (1, 0, 5, "x", 0.25))
 
     def test_something_else_is_left_as_it_is(self):
         self.assertEqual(decode_report(pickle.dumps((1, 2))), (1, 2))

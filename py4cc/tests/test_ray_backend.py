@@ -21,7 +21,7 @@ import unittest
 from typing import Any
 from unittest import mock
 
-from py4cc import ray_backend
+from py4cc import ray_connect
 from py4cc.driver import Driver
 from py4cc.engine import big_model
 from py4cc.options import build_options
@@ -108,12 +108,12 @@ class RayOptionsTest(unittest.TestCase):
         self.assertEqual(driver.submit(*TASK)[0], ERROR)  # nothing started
 
     def test_modules_shipped_to_the_cluster(self) -> None:
-        py4cc_dir = os.path.dirname(os.path.abspath(ray_backend.__file__))
-        self.assertEqual(ray_backend.modules_to_ship("py4cc.engine:Engine"), [py4cc_dir])
-        self.assertEqual(ray_backend.modules_to_ship("json:JSONDecoder"), [py4cc_dir])  # the standard library
+        py4cc_dir = os.path.dirname(os.path.abspath(ray_connect.__file__))
+        self.assertEqual(ray_connect.modules_to_ship("py4cc.engine:Engine"), [py4cc_dir])
+        self.assertEqual(ray_connect.modules_to_ship("json:JSONDecoder"), [py4cc_dir])  # the standard library
         add_engines_dir()
         self.assertEqual(
-            ray_backend.modules_to_ship("py4cc_user_engines:EchoEngine"),
+            ray_connect.modules_to_ship("py4cc_user_engines:EchoEngine"),
             [py4cc_dir, os.path.join(ENGINES_DIR, "py4cc_user_engines.py")],
         )
         with tempfile.TemporaryDirectory() as root:
@@ -123,25 +123,25 @@ class RayOptionsTest(unittest.TestCase):
                 open(os.path.join(package, path), "w").close()
             sys.path.insert(0, root)
             try:
-                self.assertEqual(ray_backend.modules_to_ship("rs4py_test_models.sub:Engine"), [py4cc_dir, package])
+                self.assertEqual(ray_connect.modules_to_ship("rs4py_test_models.sub:Engine"), [py4cc_dir, package])
             finally:
                 sys.path.remove(root)
 
     def test_addresses(self) -> None:
-        self.assertEqual(ray_backend.split_address("10.0.0.5:6379"), ("10.0.0.5", 6379))
-        self.assertEqual(ray_backend.split_address("[::1]:6379"), ("::1", 6379))
-        self.assertIsNone(ray_backend.split_address("auto"))
-        self.assertTrue(ray_backend.same_address("localhost:6379", "127.0.0.1:6379"))
-        self.assertFalse(ray_backend.same_address("127.0.0.1:6379", "127.0.0.1:6380"))
+        self.assertEqual(ray_connect.split_address("10.0.0.5:6379"), ("10.0.0.5", 6379))
+        self.assertEqual(ray_connect.split_address("[::1]:6379"), ("::1", 6379))
+        self.assertIsNone(ray_connect.split_address("auto"))
+        self.assertTrue(ray_connect.same_address("localhost:6379", "127.0.0.1:6379"))
+        self.assertFalse(ray_connect.same_address("127.0.0.1:6379", "127.0.0.1:6380"))
 
     def test_unreachable_cluster_is_a_clear_error(self) -> None:
         with self.assertRaisesRegex(RuntimeError, "Ray Client address"):
-            ray_backend.check_reachable(None, "ray://127.0.0.1:10001")
+            ray_connect.check_reachable(None, "ray://127.0.0.1:10001")
         with self.assertRaisesRegex(RuntimeError, "is not 'host:port'"):
-            ray_backend.check_reachable(None, "somewhere")
+            ray_connect.check_reachable(None, "somewhere")
         port = closed_port()
         with self.assertRaisesRegex(RuntimeError, f"cannot reach the Ray cluster at 127.0.0.1:{port}: .*refused"):
-            ray_backend.check_reachable(None, f"127.0.0.1:{port}")
+            ray_connect.check_reachable(None, f"127.0.0.1:{port}")
 
     def test_death_reason_keeps_ray_s_explanation(self) -> None:
         error = RuntimeError(
@@ -149,7 +149,7 @@ class RayOptionsTest(unittest.TestCase):
             "The actor died because its node has died."
         )
         self.assertEqual(
-            ray_backend.death_reason(error),
+            ray_connect.death_reason(error),
             "The actor died unexpectedly before finishing this task. The actor died because its node has died.",
         )
 
@@ -402,9 +402,9 @@ def running_pid(driver: Driver, key: int) -> int:
     """The pid of the actor whose current call is task ``key`` (0: none), read off the backend."""
     backend: Any = driver._pool
     with backend.lock:
-        for slot in backend.slots:
-            if slot.queue and slot.queue[0][0].key == key:
-                return int(slot.pid)
+        for actor in backend.actors:
+            if actor.queue and actor.queue[0][0].key == key:
+                return int(actor.pid)
     return 0
 
 

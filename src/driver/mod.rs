@@ -1,12 +1,17 @@
 //! The safe Driver: `py4cc.driver.Driver` (a pool of worker processes running an Engine)
 //! behind a typed, `Send + Sync` Rust face whose task calls never fail with `Err`.
 
+mod completion;
+mod future;
 mod options;
+mod output;
 mod package;
 mod protocol;
+mod stats;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 
@@ -15,9 +20,13 @@ use crate::gil::Gil;
 use crate::interpreter::{self, StartOptions};
 use crate::object::{Handle, Object};
 
+use completion::{Completions, Standing};
+pub use future::TaskFuture;
 pub use options::{Backend, DriverOptions, StartMethod};
-use protocol::{DRIVER_CLASS, DRIVER_MODULE, N_SUBPROCESSES, method, option};
+pub use output::{WorkerLine, WorkerOutput, WorkerStream};
+use protocol::{DRIVER_CLASS, DRIVER_MODULE, N_SUBPROCESSES, NOT_FINISHED_MESSAGE, method, option};
 pub use protocol::{ResultStatus, SubmitStatus};
+pub use stats::{DriverState, DriverStats};
 
 /// The answer to [`Driver::submit`]: a status, the task's key (0 unless accepted) and a
 /// message (empty when accepted).
@@ -49,16 +58,24 @@ struct PythonDriver {
     driver: Handle,
     submit: Handle,
     retrieve: Handle,
-    wait: Handle,
+    cancel: Handle,
+    stats: Handle,
+    drain: Handle,
 }
 
 /// Runs an Engine in a pool of Python worker processes; shared by many threads.
 ///
-/// `submit`, `retrieve` and `wait` never panic and never return `Err`: every failure, in
-/// Python or in Rust, comes back as a status and a message. A mutex serialises the calls into
-/// Python; `wait` does not hold it (nor the GIL) while it waits, so other threads keep
-/// submitting and retrieving. A thread that holds a [`Gil`] may call in too: the driver lets
-/// the GIL go while it waits for its mutex.
+/// `submit`, `retrieve`, `wait`, `wait_async` and `cancel` never panic and never return
+/// `Err`: every failure, in Python or in Rust, comes back as a status and a message. A mutex
+/// serialises the calls into Python. The pool tells the driver directly (a C function it calls)
+/// when a task finishes, so `wait` and [`wait_async`](Self::wait_async) hold neither the mutex
+/// nor the GIL while they wait, and `retrieve` of a task still running answers `NotReady`
+/// without taking either; only collecting a finished answer takes them, briefly. A thread that
+/// holds a [`Gil`] may call in too: the driver lets the GIL go while it waits.
+///
+/// Every accepted task is held (and counts against `max_tasks`) until its answer is collected
+/// by `retrieve`, `wait` or `wait_async`, it is [`cancel`](Self::cancel)led, or, once finished,
+/// [`DriverOptions::result_ttl`] runs out: a caller that gives up on a task should cancel it.
 ///
 /// ```
 /// use rs4py::{Driver, DriverOptions, ResultStatus, SubmitStatus};
@@ -79,6 +96,7 @@ pub struct Driver {
     calls: Mutex<()>,
     python: PythonDriver,
     finalized: AtomicBool,
+    completions: Arc<Completions>,
 }
 
 impl Driver {
@@ -89,7 +107,10 @@ impl Driver {
         python_path.extend(options.python_path);
         interpreter::start(&StartOptions { python_path })?;
         let gil = Gil::acquire()?;
+        let completions = Arc::new(Completions::default());
+        let notify = completions.notifier(gil.token())?;
         let class = gil.import(DRIVER_MODULE)?.getattr(DRIVER_CLASS)?;
+        let worker_output = options.worker_output.as_ref().map(|output| output.sink(gil.token())).transpose()?;
         let driver = class.call(
             (),
             [
@@ -99,6 +120,10 @@ impl Driver {
                 (option::ENGINE, &options.engine),
                 (option::TASK_TIMEOUT, &options.task_timeout.map(|timeout| timeout.as_secs_f64())),
                 (option::INIT_TIMEOUT, &options.init_timeout.map(|timeout| timeout.as_secs_f64())),
+                (option::NOTIFY, &notify),
+                (option::RESULT_TTL, &options.result_ttl.map(|ttl| ttl.as_secs_f64())),
+                (option::WORKER_ENV, &options.worker_env),
+                (option::WORKER_OUTPUT, &worker_output),
                 (option::BACKEND, &options.backend.name()),
                 (option::RAY_ADDRESS, &options.backend.ray_address()),
             ],
@@ -107,10 +132,12 @@ impl Driver {
         let python = PythonDriver {
             submit: bound(method::SUBMIT)?,
             retrieve: bound(method::RETRIEVE)?,
-            wait: bound(method::WAIT)?,
+            cancel: bound(method::CANCEL)?,
+            stats: bound(method::STATS)?,
+            drain: bound(method::DRAIN)?,
             driver: driver.clone().unbind(),
         };
-        Ok(Driver { calls: Mutex::new(()), python, finalized: AtomicBool::new(false) })
+        Ok(Driver { calls: Mutex::new(()), python, finalized: AtomicBool::new(false), completions })
     }
 
     /// Parses the JSON config and starts the workers, each building the Engine from it and
@@ -131,6 +158,16 @@ impl Driver {
     }
 
     /// Submits one task. Never fails: a refusal is a status and a message.
+    ///
+    /// An accepted task holds one of [`DriverOptions::max_tasks`] slots until one of these:
+    /// its answer is retrieved ([`retrieve`](Self::retrieve), [`wait`](Self::wait) or
+    /// [`wait_async`](Self::wait_async) answering `Done` or `Failed`); it is cancelled
+    /// ([`cancel`](Self::cancel), or its `wait_async` future dropped unanswered); or, once
+    /// finished, nobody retrieves it within [`DriverOptions::result_ttl`] (it expires). So a
+    /// key that is abandoned (a request that timed out, a handler that panicked) frees its
+    /// slot at the latest `result_ttl` after its task finishes; with `result_ttl: None` it
+    /// keeps it until retrieved. When the driver holds `max_tasks` tasks, `submit` answers
+    /// `AtCapacity`.
     pub fn submit(&self, float_features: &[f64], str_features: &[impl AsRef<str>], int_feature: i64) -> TaskReceipt {
         let str_features: Vec<&str> = str_features.iter().map(AsRef::as_ref).collect();
         let answer = {
@@ -141,6 +178,10 @@ impl Driver {
         };
         match answer {
             Ok((code, key, message)) => match SubmitStatus::from_code(code) {
+                Some(SubmitStatus::Accepted) => {
+                    self.completions.accepted(key);
+                    TaskReceipt { status: SubmitStatus::Accepted, key, message }
+                }
                 Some(status) => TaskReceipt { status, key, message },
                 None => TaskReceipt { status: SubmitStatus::Error, key: 0, message: unknown_flag(code, &message) },
             },
@@ -150,23 +191,118 @@ impl Driver {
         }
     }
 
-    /// Asks for a task's result without waiting. Never fails: see [`ResultStatus`].
+    /// Asks for a task's result without waiting. Never fails: see [`ResultStatus`]. A task
+    /// still running answers `NotReady` at once, without the GIL or the driver's mutex.
     pub fn retrieve(&self, key: i64) -> TaskResult {
-        let answer = {
-            let _serial = self.lock_calls();
-            self.call_python(&self.python.retrieve, (key,), read_result)
-        };
-        task_result(key, answer, method::RETRIEVE)
+        if self.completions.standing(key) == Standing::Running {
+            return not_ready(key);
+        }
+        self.collect(key, method::RETRIEVE)
     }
 
     /// Waits up to `timeout` for the task to finish, then answers as [`retrieve`](Self::retrieve)
     /// (`NotReady` if it still is not). Holds neither the driver's mutex nor the GIL while it
-    /// waits.
+    /// waits: the task's completion wakes it.
     pub fn wait(&self, key: i64, timeout: Duration) -> TaskResult {
-        // Python's wait blocks on an Event, which releases the GIL; the py4cc driver is
-        // thread-safe, so this call does not take the mutex at all.
-        let answer = self.call_python(&self.python.wait, (key, timeout.as_secs_f64()), read_result);
-        task_result(key, answer, method::WAIT)
+        let deadline = Instant::now().checked_add(timeout);
+        let standing = if Gil::is_held() {
+            // The pool needs the GIL to finish the task this thread waits for.
+            Gil::acquire_started().release_during(|| self.completions.wait(key, deadline))
+        } else {
+            self.completions.wait(key, deadline)
+        };
+        match standing {
+            Standing::Running => not_ready(key),
+            Standing::AskPython => self.collect(key, method::WAIT),
+        }
+    }
+
+    /// Waits for the task's answer without blocking: a future that any executor can poll
+    /// (it uses nothing but std's `Waker`), woken by the task's completion itself. While it is
+    /// pending it holds neither the GIL nor the driver's mutex; once the task has finished,
+    /// the poll that answers takes both briefly to collect the answer, and so may block its
+    /// executor thread for as long as another thread holds them (one Python call, typically
+    /// tens of microseconds; the README's benchmark section gives figures under contention).
+    ///
+    /// Dropping the future before it answers [`cancel`](Self::cancel)s the task (which takes
+    /// the mutex and the GIL in `drop`), so that a request that times out frees its place.
+    /// One waiter per key: the first to collect the answer removes it.
+    ///
+    /// ```
+    /// use rs4py::{Driver, DriverOptions, ResultStatus};
+    /// # use std::future::Future;
+    /// # fn block_on<F: Future>(future: F) -> F::Output {
+    /// #     struct Unpark(std::thread::Thread);
+    /// #     impl std::task::Wake for Unpark { fn wake(self: std::sync::Arc<Self>) { self.0.unpark() } }
+    /// #     let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    /// #     let mut future = std::pin::pin!(future);
+    /// #     loop {
+    /// #         if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut std::task::Context::from_waker(&waker)) {
+    /// #             return out;
+    /// #         }
+    /// #         std::thread::park();
+    /// #     }
+    /// # }
+    /// let driver = Driver::new(DriverOptions { n_subprocesses: 1, ..Default::default() })?;
+    /// driver.initialize("{}", &["a", "b"], &["name"])?;
+    /// let receipt = driver.submit(&[1.5, -2.5], &["Zoë"], 7);
+    /// let result = block_on(driver.wait_async(receipt.key)); // `.await` in async code
+    /// assert_eq!((result.status, result.value), (ResultStatus::Done, 4 + 3 + 7));
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    pub fn wait_async(&self, key: i64) -> TaskFuture<'_> {
+        TaskFuture::new(self, key)
+    }
+
+    /// Drops the task under `key`, whatever its state, and answers whether the driver held
+    /// it: a queued task never runs; a running one is left to finish on its worker (not
+    /// interrupted: that would cost a new worker process; `task_timeout` still bounds it) and
+    /// its answer is discarded; a finished one is removed. Its place among `max_tasks` is free
+    /// at once. Retrieving the key afterwards answers `Error`, saying it was cancelled. Never
+    /// fails: a failure to call Python answers `false`.
+    pub fn cancel(&self, key: i64) -> bool {
+        let found = {
+            let _serial = self.lock_calls();
+            self.call_python(&self.python.cancel, (key,), |answer| answer.extract::<bool>())
+        };
+        match found {
+            Ok(found) => {
+                // The pool told the table already if it held the task; this wakes anyone else
+                // waiting on the key, so that they learn it was cancelled.
+                self.completions.collected(key);
+                found
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// How many tasks the driver holds: queued, running, or finished and not retrieved yet.
+    pub fn held_tasks(&self) -> Result<usize> {
+        let gil = Gil::acquire()?;
+        self.python.driver.bind(&gil).call_method(method::HELD_TASKS, (), ())?.extract()
+    }
+
+    /// How many keys the completion table tracks (tasks held, as the Rust side sees them):
+    /// for tests, which check that it agrees with [`held_tasks`](Self::held_tasks).
+    #[doc(hidden)]
+    pub fn tracked_tasks(&self) -> usize {
+        self.completions.len()
+    }
+
+    /// Collects the task's answer from Python, and forgets the key if Python did.
+    fn collect(&self, key: i64, call: &str) -> TaskResult {
+        let answer = {
+            let _serial = self.lock_calls();
+            self.call_python(&self.python.retrieve, (key,), read_result)
+        };
+        let answered = answer.is_ok();
+        let result = task_result(key, answer, call);
+        // Done, Failed and Error (unknown, cancelled, expired) all mean Python holds no task
+        // under this key; a failed call tells nothing, and the entry stays.
+        if answered && result.status != ResultStatus::NotReady {
+            self.completions.collected(key);
+        }
+        result
     }
 
     /// Stops the workers (terminated and joined; no process is left behind). Tasks not
@@ -183,6 +319,61 @@ impl Driver {
             // py4cc's finalize never raises; were it to, there is nothing left to undo.
             let _ = self.python.driver.bind(&gil).call_method(method::FINALIZE, (), ());
         }
+    }
+
+    /// Stops accepting tasks, lets the held ones finish for up to `timeout`, then finalizes.
+    ///
+    /// From the call on, [`submit`](Self::submit) answers `Error` with a message that says the
+    /// driver is draining (then, once it is finalized, that it is finalized). Queued and
+    /// running tasks go on; [`retrieve`](Self::retrieve), [`wait`](Self::wait),
+    /// [`wait_async`](Self::wait_async) and [`cancel`](Self::cancel) work as usual meanwhile
+    /// (a cancelled task is not waited for), and answers finished in time can still be
+    /// retrieved after (within `result_ttl`). When every
+    /// held task has finished, or `timeout` has passed, the driver is finalized: the tasks
+    /// still unfinished answer `Failed`, and their number is returned. Holds neither the
+    /// driver's mutex nor the GIL while it waits. A driver not initialized, or finalized
+    /// already, is (still) finalized, and 0 is returned.
+    ///
+    /// ```
+    /// use rs4py::{Driver, DriverOptions, DriverState, ResultStatus, SubmitStatus};
+    /// use std::time::Duration;
+    ///
+    /// let driver = Driver::new(DriverOptions { n_subprocesses: 1, ..Default::default() })?;
+    /// driver.initialize("{}", &["a", "b"], &["name"])?;
+    /// let receipt = driver.submit(&[1.5, -2.5], &["Zoë"], 7);
+    /// assert_eq!(driver.drain(Duration::from_secs(30)), 0); // it finished in time
+    /// assert_eq!(driver.retrieve(receipt.key).value, 4 + 3 + 7);
+    /// assert_eq!(driver.submit(&[1.0, 2.0], &["x"], 0).status, SubmitStatus::Error);
+    /// assert_eq!(driver.stats()?.state, DriverState::Finalized);
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    pub fn drain(&self, timeout: Duration) -> usize {
+        // py4cc's drain waits on a condition, which releases the GIL; the py4cc driver is
+        // thread-safe, so other threads' calls go on meanwhile without the mutex.
+        let failed = self.call_python(&self.python.drain, (timeout.as_secs_f64(),), |answer| answer.extract());
+        self.finalize(); // marks it finalized here too (py4cc's own finalize has run)
+        failed.unwrap_or(0)
+    }
+
+    /// A snapshot of the driver's tasks, workers and counters (see [`DriverStats`]).
+    ///
+    /// Cheap enough for every metrics scrape: one call into Python that reads everything
+    /// under the pool's lock once, without the driver's mutex. Fails only if Python does
+    /// (or answers a dict without one of the keys this version reads).
+    ///
+    /// ```
+    /// use rs4py::{Driver, DriverOptions, DriverState};
+    ///
+    /// let driver = Driver::new(DriverOptions { n_subprocesses: 2, ..Default::default() })?;
+    /// assert_eq!(driver.stats()?.state, DriverState::New);
+    /// driver.initialize("{}", &["a", "b"], &["name"])?;
+    /// let stats = driver.stats()?;
+    /// assert_eq!((stats.state, stats.workers_wanted, stats.workers_ready), (DriverState::Running, 2, 2));
+    /// assert_eq!((stats.tasks_held, stats.worker_starts, stats.run_time_p50), (0, 2, None));
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    pub fn stats(&self) -> Result<DriverStats> {
+        self.call_python(&self.python.stats, (), |answer| DriverStats::from_dict(&answer))
     }
 
     /// The process ids of the current worker processes (empty before `initialize` and after
@@ -256,6 +447,11 @@ fn task_result(key: i64, answer: Result<(i64, Result<i64>, String)>, call: &str)
             TaskResult { status: ResultStatus::Error, key, value: 0, message: format!("{call} failed: {error}") }
         }
     }
+}
+
+/// The answer for a task still running, as Python would give it.
+fn not_ready(key: i64) -> TaskResult {
+    TaskResult { status: ResultStatus::NotReady, key, value: 0, message: NOT_FINISHED_MESSAGE.to_owned() }
 }
 
 fn unknown_flag(code: i64, message: &str) -> String {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::output::WorkerOutput;
 use crate::error::{Error, Result};
 
 /// How `multiprocessing` starts the worker processes.
@@ -110,6 +111,23 @@ pub struct DriverOptions {
     /// Directories put at the front of `sys.path`, for the user's own Engine module; every
     /// worker process sees them too, whatever the start method.
     pub python_path: Vec<PathBuf>,
+    /// How long a finished result waits to be retrieved: past it, it is dropped (counted as
+    /// expired) and frees its place among `max_tasks`, so that tasks nobody comes back for
+    /// (a request that timed out, a panicking handler) cannot use up the capacity. Retrieving
+    /// it then answers `Error`, saying it expired. `None` keeps every result until retrieved.
+    /// Default: 60 s.
+    pub result_ttl: Option<Duration>,
+    /// Environment variables set in every worker process before its Engine's module is
+    /// imported, whatever the start method: `("OMP_NUM_THREADS", "1")` and its kin keep N
+    /// workers of a numpy/BLAS model from each starting a thread per core. The rest of a
+    /// worker's environment is inherited (with `Forkserver`, from when its server process
+    /// started). A name must be non-empty without `=` or NUL, a value without NUL, or
+    /// [`Driver::initialize`](super::Driver::initialize) fails.
+    pub worker_env: Vec<(String, String)>,
+    /// Where each line the workers write to stdout or stderr goes, and each event about them
+    /// (a death, a task timeout, a replacement): see [`WorkerOutput`]. `None` writes them to
+    /// this process's stderr as `[py4cc worker <pid> <stream>] <line>`.
+    pub worker_output: Option<WorkerOutput>,
     /// What runs the Engines: [`Backend::Local`] (the default) or [`Backend::Ray`], where
     /// `n_subprocesses` is the number of Engine actors (0: one per CPU of the cluster).
     pub backend: Backend,
@@ -125,6 +143,9 @@ impl Default for DriverOptions {
             task_timeout: None,
             init_timeout: None,
             python_path: Vec::new(),
+            result_ttl: Some(Duration::from_secs(60)),
+            worker_env: Vec::new(),
+            worker_output: None,
             backend: Backend::Local,
         }
     }

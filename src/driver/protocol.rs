@@ -14,6 +14,10 @@ const FAILED: i64 = 2;
 /// `py4cc.protocol.ERROR`: the call itself was wrong (bad arguments, unknown key, ...).
 const ERROR: i64 = 9;
 
+/// `py4cc.protocol.NOT_FINISHED_MESSAGE`: the message of a `NotReady` answer, which the Rust
+/// Driver also gives on its own when its completion table knows the task still runs.
+pub(super) const NOT_FINISHED_MESSAGE: &str = "The requested task is not finished";
+
 /// The module and class of the Python driver.
 pub(super) const DRIVER_MODULE: &str = "py4cc.driver";
 /// See [`DRIVER_MODULE`].
@@ -34,14 +38,34 @@ pub(super) mod option {
     pub(in crate::driver) const TASK_TIMEOUT: &str = "task_timeout";
     /// `init_timeout: float | None`, in seconds.
     pub(in crate::driver) const INIT_TIMEOUT: &str = "init_timeout";
+    /// `notify: Callable[[int, bool], object] | None`: the completion table's notifier.
+    pub(in crate::driver) const NOTIFY: &str = "notify";
+    /// `result_ttl: float | None`, in seconds.
+    pub(in crate::driver) const RESULT_TTL: &str = "result_ttl";
+    /// `worker_env: list[tuple[str, str]]`.
+    pub(in crate::driver) const WORKER_ENV: &str = "worker_env";
+    /// `worker_output: Callable[[int, str, str], None] | None`.
+    pub(in crate::driver) const WORKER_OUTPUT: &str = "worker_output";
     /// `backend: str`, `"local"` or `"ray"`.
     pub(in crate::driver) const BACKEND: &str = "backend";
     /// `ray_address: str | None`, the Ray cluster's address.
     pub(in crate::driver) const RAY_ADDRESS: &str = "ray_address";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 8] =
-        [MAX_TASKS, N_SUBPROCESSES, START_METHOD, ENGINE, TASK_TIMEOUT, INIT_TIMEOUT, BACKEND, RAY_ADDRESS];
+    pub(in crate::driver) const ALL: [&str; 12] = [
+        MAX_TASKS,
+        N_SUBPROCESSES,
+        START_METHOD,
+        ENGINE,
+        TASK_TIMEOUT,
+        INIT_TIMEOUT,
+        NOTIFY,
+        RESULT_TTL,
+        WORKER_ENV,
+        WORKER_OUTPUT,
+        BACKEND,
+        RAY_ADDRESS,
+    ];
 }
 
 /// The Python driver's methods that the Rust Driver calls, by name.
@@ -58,9 +82,18 @@ pub(super) mod method {
     pub(in crate::driver) const FINALIZE: &str = "finalize";
     /// `worker_pids() -> list[int]`.
     pub(in crate::driver) const WORKER_PIDS: &str = "worker_pids";
+    /// `cancel(key) -> bool`, which never raises.
+    pub(in crate::driver) const CANCEL: &str = "cancel";
+    /// `held_tasks() -> int`.
+    pub(in crate::driver) const HELD_TASKS: &str = "held_tasks";
+    /// `stats() -> dict`.
+    pub(in crate::driver) const STATS: &str = "stats";
+    /// `drain(timeout) -> int`.
+    pub(in crate::driver) const DRAIN: &str = "drain";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 6] = [INITIALIZE, SUBMIT, RETRIEVE, WAIT, FINALIZE, WORKER_PIDS];
+    pub(in crate::driver) const ALL: [&str; 10] =
+        [INITIALIZE, SUBMIT, RETRIEVE, WAIT, FINALIZE, WORKER_PIDS, CANCEL, HELD_TASKS, STATS, DRAIN];
 }
 
 /// The Python driver's attribute holding how many worker processes run (the only one read).
@@ -164,6 +197,12 @@ mod tests {
     }
 
     #[test]
+    fn the_not_finished_message_is_py4cc_protocols() {
+        let messages: HashMap<String, String> = contract("messages");
+        assert_eq!(messages["NOT_FINISHED_MESSAGE"], NOT_FINISHED_MESSAGE);
+    }
+
+    #[test]
     fn the_names_are_the_ones_py4cc_protocol_lists() {
         assert_eq!(contract::<String>("module"), DRIVER_MODULE);
         assert_eq!(contract::<String>("class"), DRIVER_CLASS);
@@ -175,6 +214,11 @@ mod tests {
         assert_eq!(names("options"), sorted(&option::ALL));
         assert_eq!(names("methods"), sorted(&method::ALL));
         assert_eq!(names("attributes"), sorted(&[N_SUBPROCESSES]));
+        assert_eq!(names("stats"), sorted(&super::super::stats::KEYS));
+        let streams: Vec<String> = contract("output_streams");
+        let ours =
+            [super::super::WorkerStream::Stdout, super::super::WorkerStream::Stderr, super::super::WorkerStream::Event];
+        assert_eq!(streams, ours.map(|stream| stream.as_str().to_owned()));
     }
 
     #[test]

@@ -168,6 +168,60 @@ class ModulesEngine:
         return 1, json.dumps(names)
 
 
+class GateEngine:
+    """Each task waits until the file ``config["gate"]`` exists, then answers
+    ``(int_feature, "")``: a test decides when tasks finish."""
+
+    def initialize(self, config, **kwargs):
+        self.gate = config["gate"]
+
+    def run(self, float_features, str_features, int_feature):
+        while not os.path.exists(self.gate):
+            time.sleep(0.005)
+        return int_feature, ""
+
+
+class TalkativeEngine:
+    """Writes to its stdout and stderr in every way a model might, as ``str_features[0]``
+    says, then answers ``(int_feature, "")``:
+
+    * ``"lines"``: ``print`` to stdout and stderr, C's ``printf`` (via ctypes), a raw
+      ``os.write`` on fd 2 in two pieces, a line of bytes that are not UTF-8, a CRLF line;
+    * ``"long"``: one stdout line of ``int_feature`` bytes;
+    * ``"tail"``: ``os.write(1, b"no newline at the end")``, nothing after it;
+    * ``"die"``: prints a line to each stream, then kills its own process (SIGKILL).
+
+    Its ``initialize`` prints ``engine ready`` on stdout.
+    """
+
+    def initialize(self, **kwargs):
+        print("engine ready")
+
+    def run(self, float_features, str_features, int_feature):
+        import ctypes
+        import signal
+        import sys
+
+        what = str_features[0]
+        if what == "lines":
+            print(f"python stdout {int_feature}")
+            print(f"python stderr {int_feature}", file=sys.stderr)
+            ctypes.CDLL(None).printf(b"C printf %d\n", ctypes.c_int(int_feature))
+            os.write(2, b"raw fd 2, ")
+            os.write(2, b"in two pieces\n")
+            os.write(1, b"not utf-8: \xff\xfe\n")
+            os.write(1, b"crlf line\r\n")
+        elif what == "long":
+            os.write(1, b"x" * int_feature + b"\n")
+        elif what == "tail":
+            os.write(1, b"no newline at the end")
+        elif what == "die":
+            print("last words on stdout")
+            print("last words on stderr", file=sys.stderr)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return int_feature, ""
+
+
 class WhereEngine:
     """Answers ``(1, <where py4cc and this module were imported from, and the py4cc modules
     loaded, as JSON>)``: on a Ray cluster, from the actor's runtime environment."""
