@@ -295,11 +295,11 @@ class LogTap:
     def on_batch(self, data: Any) -> None:
         """One batch of lines from one worker (on Ray's log thread); never raises."""
         try:
-            pid = data.get("pid")
+            pid = int(data.get("pid"))  # Ray gives it as text
             if pid not in self.pids:
                 return
             stream = "stderr" if data.get("is_err") else "stdout"
             for line in data.get("lines", ()):
-                self.deliver(int(pid), stream, str(line))
+                self.deliver(pid, stream, str(line))
         except Exception:
             pass

@@ -342,6 +342,109 @@ class RayClusterTest(DriverTestCase):
         driver.finalize()
         self.assertTrue(wait_until(lambda: not new_processes(before), WAIT_S), new_processes(before))
 
+    def test_cancel_result_ttl_and_notify(self) -> None:
+        told: list[tuple[int, bool]] = []
+        driver = self.ray_driver(
+            engine="py4cc_user_engines:SleepEngine",
+            n_subprocesses=1,
+            prefetch=0,
+            result_ttl=1.0,
+            notify=lambda key, finished: told.append((key, finished)),
+        )
+        running = driver.submit([1.5, 0.0], ["a", "b", "c"], 1)[1]
+        queued = driver.submit([0.0, 0.0], ["a", "b", "c"], 2)[1]
+        self.assertTrue(wait_until(lambda: running_pid(driver, running) != 0, WAIT_S))
+        self.assertTrue(driver.cancel(queued))
+        self.assertTrue(driver.cancel(running))  # its actor runs it on; the answer is dropped
+        self.assertFalse(driver.cancel(running))
+        for key in (running, queued):
+            flag, _, message = driver.retrieve(key)
+            self.assertEqual(flag, ERROR)
+            self.assertIn(f"task {key} was cancelled", message)
+        self.assertEqual(told, [(queued, False), (running, False)])
+        after = driver.submit([0.0, 0.0], ["a", "b", "c"], 3)[1]
+        self.assertTrue(wait_until(lambda: (after, True) in told, WAIT_S))  # behind the cancelled one
+        time.sleep(1.5)  # past result_ttl: the supervisor drops the unretrieved result
+        self.assertTrue(wait_until(lambda: (after, False) in told, WAIT_S))
+        flag, _, message = driver.retrieve(after)
+        self.assertEqual(flag, ERROR)
+        self.assertIn(f"task {after} expired", message)
+        stats = driver.stats()
+        self.assertEqual((stats["tasks_cancelled"], stats["tasks_expired"], stats["tasks_held"]), (2, 1, 0))
+        self.assertEqual((stats["tasks_done"], stats["tasks_failed"]), (1, 0))  # the cancelled answer not counted
+
+    def test_stats(self) -> None:
+        from py4cc import protocol
+
+        driver = self.ray_driver(engine="py4cc_user_engines:SleepEngine")
+        stats = driver.stats()
+        self.assertEqual(list(stats), list(protocol.STAT_NAMES))
+        assert CLUSTER is not None
+        expected = {
+            "state": "running",
+            "workers_wanted": 2,
+            "workers_alive": 2,
+            "workers_ready": 2,
+            "worker_starts": 2,
+            "worker_deaths": 0,
+            "cluster": f"the Ray cluster at {CLUSTER.address}",
+            "cluster_lost": None,
+        }
+        self.assertEqual({k: stats[k] for k in expected}, expected)
+        slow = driver.submit([30.0, 0.0], ["a", "b", "c"], 1)[1]
+        victim = wait_for_running_pid(driver, slow)
+        quick = [driver.submit([0.0, 0.0], ["a", "b", "c"], 2)[1] for _ in range(4)]
+        for key in quick:
+            self.assertEqual(self.answer(driver, key)[0], OK)
+        stats = driver.stats()
+        self.assertEqual((stats["tasks_running"], stats["tasks_finished"], stats["tasks_done"]), (1, 0, 4))
+        self.assertEqual(stats["run_time_samples"], 4)
+        self.assertIsNotNone(stats["run_time_p50"])
+        os.kill(victim, signal.SIGKILL)
+        self.assertEqual(self.answer(driver, slow)[0], FAILED)
+        self.assertTrue(wait_until(lambda: driver.stats()["workers_ready"] == 2, WAIT_S))
+        stats = driver.stats()
+        self.assertEqual((stats["worker_deaths"], stats["worker_starts"], stats["tasks_failed"]), (1, 3, 1))
+        self.assertIn(f"Ray actor pid {victim} on node", stats["last_death_cause"])
+        self.assertIn("died", stats["last_death_cause"])
+        driver.finalize()
+        self.assertEqual(driver.stats()["state"], "finalized")
+
+    def test_worker_env_reaches_the_engine_before_its_import(self) -> None:
+        env = {"PY4CC_TEST_ENV_A": "zoë=1 two", "PY4CC_TEST_ENV_B": "the actor's", "OMP_NUM_THREADS": "1"}
+        driver = self.ray_driver(engine="py4cc_env_engine:EnvEngine", worker_env=env)
+        for n in range(4):
+            flag, value, message = self.answer(driver, driver.submit([0.0, 0.0], ["a", "b", "c"], n)[1])
+            self.assertEqual((flag, value), (OK, 1), message)
+            seen = json.loads(message)
+            self.assertEqual((seen["import"], seen["run"], seen["c"]), (env, env, env))
+
+    def test_worker_output_lines_and_events(self) -> None:
+        lines: list[tuple[int, str, str]] = []
+        driver = self.ray_driver(
+            engine="py4cc_user_engines:TalkativeEngine",
+            n_subprocesses=1,
+            worker_output=lambda *line: lines.append(line),
+        )
+        (pid,) = driver.worker_pids()
+        self.assertEqual(self.answer(driver, driver.submit([0.0, 0.0], ["lines", "b", "c"], 5)[1]), (OK, 5, ""))
+        self.assertTrue(wait_until(lambda: (pid, "stdout", "python stdout 5") in lines, WAIT_S), lines)
+        self.assertTrue(wait_until(lambda: (pid, "stderr", "python stderr 5") in lines, WAIT_S), lines)
+        key = driver.submit([0.0, 0.0], ["die", "b", "c"], 6)[1]
+        self.assertEqual(self.answer(driver, key)[0], FAILED)
+        died = f"died while running task {key}: "
+        self.assertTrue(wait_until(lambda: any(p == pid and t.startswith(died) for p, _, t in lines), WAIT_S), lines)
+        self.assertTrue(wait_until(lambda: (0, "event", "actor slot 0: started a Ray actor") in lines, WAIT_S), lines)
+
+    def test_drain_finishes_the_held_tasks_then_stops(self) -> None:
+        driver = self.ray_driver(engine="py4cc_user_engines:SleepEngine")
+        keys = [driver.submit([0.2, 0.0], ["a", "b", "c"], 10 + i)[1] for i in range(6)]
+        self.assertEqual(driver.drain(WAIT_S), 0)
+        self.assertEqual(driver.stats()["state"], "finalized")
+        for i, key in enumerate(keys):
+            self.assertEqual(driver.retrieve(key), (OK, 10 + i, "slept"))
+        self.assertEqual(driver.submit(*TASK)[0], ERROR)
+
     def test_lost_connection_fails_unfinished_tasks(self) -> None:
         # A cluster of its own, whose loss the other tests must not see, and a process of
         # its own: Ray does not let a process that lost its cluster connect again.
@@ -373,6 +476,9 @@ class RayClusterTest(DriverTestCase):
         flag, _, message = answers["submit"]
         self.assertEqual(flag, ERROR)
         self.assertIn(lost, message)
+        self.assertEqual(answers["stats"]["state"], "running")
+        self.assertEqual(answers["stats"]["cluster"], f"the Ray cluster at {cluster.address}")
+        self.assertIn(lost, answers["stats"]["cluster_lost"])
         self.assertTrue(answers["finalized"])
 
     def address(self) -> str:
@@ -394,8 +500,9 @@ def lose_the_head(address: str, head_pid: str) -> None:
     os.kill(int(head_pid), signal.SIGKILL)
     tasks = [driver.wait(key, WAIT_S) for key in keys]
     answer = driver.submit(*TASK)
+    stats = driver.stats()
     driver.finalize()
-    print(json.dumps({"tasks": tasks, "submit": answer, "finalized": True}), flush=True)
+    print(json.dumps({"tasks": tasks, "submit": answer, "stats": stats, "finalized": True}), flush=True)
 
 
 def running_pid(driver: Driver, key: int) -> int:
