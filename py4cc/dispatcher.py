@@ -11,15 +11,16 @@ within ``result_ttl``.
 
 from __future__ import annotations
 
-import multiprocessing.connection
 import os
+import select
+import struct
 import threading
 import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
 from .processes import stop_workers
-from .protocol import FAILED, STARTUP_RETRIES, Answer, InitFailed, Ready, decode_report, exit_text
+from .protocol import FAILED, STARTUP_RETRIES, Answer, InitFailed, Ready, decode_report, exit_text, unpickle_answer
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -75,12 +76,47 @@ class WakeUp:
                 pass
 
 
+READ_SIZE = 1 << 16
+"""The most one read of a worker's pipe takes in."""
+
+_LENGTH = struct.Struct("!i")
+_LONG_LENGTH = struct.Struct("!Q")
+
+
+def take_messages(inbox: bytearray) -> list[bytes]:
+    """Remove the whole messages at the front of ``inbox`` and return them.
+
+    A worker sends with ``Connection.send_bytes``, whose framing is a 4-byte big-endian
+    length, or -1 and then an 8-byte length for a message over 2 GiB. Reading the pipe
+    ourselves takes in every message waiting with one read, where ``Connection.poll`` and
+    ``recv_bytes`` would cost two reads and two polls per message.
+    """
+    messages = []
+    at = 0
+    end = len(inbox)
+    while end - at >= 4:
+        (size,) = _LENGTH.unpack_from(inbox, at)
+        start = at + 4
+        if size == -1:
+            if end - start < 8:
+                break
+            (size,) = _LONG_LENGTH.unpack_from(inbox, start)
+            start += 8
+        if start + size > end:
+            break
+        messages.append(bytes(inbox[start : start + size]))
+        at = start + size
+    del inbox[:at]
+    return messages
+
+
 class Dispatcher(threading.Thread):
     """The pool's dispatcher thread; it exits once the pool's stop has begun."""
 
     def __init__(self, pool: Pool) -> None:
         super().__init__(name="py4cc-dispatcher", daemon=True)
         self.pool = pool
+        self.inboxes: dict[Worker, bytearray] = {}  # what each worker sent, not yet a whole message
 
     def run(self) -> None:
         try:
@@ -93,6 +129,7 @@ class Dispatcher(threading.Thread):
                 for task in list(pool.tasks.values()):
                     pool.complete(task, FAILED, -1, pool.broken)
                 pool.pending.clear()
+                pool.announce_finished()
 
     def _loop(self) -> None:
         pool = self.pool
@@ -100,15 +137,15 @@ class Dispatcher(threading.Thread):
         task_timeout = pool.options.task_timeout
         init_timeout = pool.options.init_timeout
         result_ttl = pool.options.result_ttl
+        poller = select.poll()
+        poller.register(wake_fd, select.POLLIN)
+        watched: dict[int, tuple[bool, Worker]] = {}  # fd -> (is its pipe, worker)
+        wait_readable = pool.options.wait_readable  # the host's, instead of poller.poll
         while True:
             with pool.lock:
                 if pool.closed:
                     return
-                watch: dict[Any, tuple[bool, Worker]] = {}  # object -> (is its pipe, worker)
-                for w in pool.workers:
-                    if not w.eof:
-                        watch[w.conn] = (True, w)
-                    watch[w.process.sentinel] = (False, w)
+                self._watch(poller, watched)
                 deadlines: list[float] = []
                 if task_timeout is not None:
                     deadlines = [
@@ -122,14 +159,17 @@ class Dispatcher(threading.Thread):
                         deadlines.append(next_expiry)
                 timeout: float | None = None
                 if deadlines:
-                    timeout = max(0.0, min(deadlines) - time.monotonic())
-            ready = multiprocessing.connection.wait([wake_fd, *watch], timeout)
+                    timeout = max(0.0, min(deadlines) - time.monotonic()) * 1000.0
+                # Last thing before the GIL is let go in poll: whoever is woken now finds
+                # it free, instead of waiting for this thread's bookkeeping.
+                pool.announce_finished()
+            ready = poller.poll(timeout) if wait_readable is None else wait_readable([wake_fd, *watched], timeout)
             exited: list[Worker] = []
-            for obj in ready:
-                if isinstance(obj, int) and obj == wake_fd:
+            for fd, _ in ready:
+                if fd == wake_fd:
                     pool.wakeup.drain(pool.lock)
                     continue
-                is_pipe, w = watch[obj]
+                is_pipe, w = watched[fd]
                 if is_pipe:
                     self._read_worker(w)
                 else:
@@ -141,39 +181,81 @@ class Dispatcher(threading.Thread):
             if init_timeout is not None:
                 self._expire_startup(init_timeout)
 
-    def _read_worker(self, w: Worker) -> None:
-        """Take in everything ``w`` has sent so far."""
+    def _watch(self, poller: Any, watched: dict[int, tuple[bool, Worker]]) -> None:
+        """Bring ``poller`` in line with the workers (lock held): each one's pipe until its
+        EOF, and its process sentinel."""
+        wanted: dict[int, tuple[bool, Worker]] = {}
+        for w in self.pool.workers:
+            if not w.eof:
+                wanted[w.conn.fileno()] = (True, w)
+            wanted[w.process.sentinel] = (False, w)
+        if wanted == watched:
+            return
+        for fd, what in list(watched.items()):
+            if wanted.get(fd) != what:
+                poller.unregister(fd)
+                del watched[fd]
+        for fd, what in wanted.items():
+            if fd not in watched:
+                poller.register(fd, select.POLLIN)
+                watched[fd] = what
+
+    def _read_worker(self, w: Worker, to_the_end: bool = False) -> None:
+        """Take in what ``w`` has sent: one read (its pipe is readable), or (``to_the_end``:
+        it has exited) every read that does not block. Whole messages are handled; a
+        partial one waits in its inbox for the rest."""
         pool = self.pool
+        inbox = self.inboxes.setdefault(w, bytearray())
+        fd = w.conn.fileno()
         while True:
             try:
-                if not w.conn.poll():
-                    return
-                report = decode_report(w.conn.recv_bytes())
-            except (EOFError, OSError, ValueError):
+                data = os.read(fd, READ_SIZE)
+            except OSError:
+                data = b""
+            if not data:
                 w.eof = True
                 with pool.lock:
                     w.dead = True
+            else:
+                inbox += data
+            if not self._handle_messages(w, inbox) or w.eof or not to_the_end:
                 return
-            except Exception:  # an unpicklable message: treat as a broken worker
-                w.eof = True
-                with pool.lock:
-                    w.dead = True
-                    if w.queue and not pool.closed:
-                        pool.requeue_unstarted(w)
-                        pool.complete(
-                            w.queue.popleft(),
-                            FAILED,
-                            -1,
-                            "the worker's answer could not be read:\n" + traceback.format_exc(),
-                        )
-                try:
-                    w.process.kill()
-                except Exception:
-                    pass
+            if not select.select([fd], [], [], 0)[0]:
                 return
+
+    def _handle_messages(self, w: Worker, inbox: bytearray) -> bool:
+        """Handle the whole messages at the front of ``inbox``, removing them; False if the
+        worker's messages can no longer be read (it has been killed)."""
+        pool = self.pool
+        reports = []
+        try:
+            for message in take_messages(inbox):
+                reports.append(decode_report(message))
+        except Exception:  # an unpicklable message: treat as a broken worker
+            w.eof = True
             with pool.lock:
-                if pool.closed:
-                    return  # stop has begun (and failed every unfinished task)
+                w.dead = True
+                if w.queue and not pool.closed:
+                    pool.requeue_unstarted(w)
+                    pool.complete(
+                        w.queue.popleft(),
+                        FAILED,
+                        -1,
+                        "the worker's answer could not be read:\n" + traceback.format_exc(),
+                    )
+            try:
+                w.process.kill()
+            except Exception:
+                pass
+            return False
+        if not reports:
+            return True
+        # General tasks' answers, unpickled outside the lock (it never raises).
+        reports = [unpickle_answer(r) if type(r) is Answer and r.pickled else r for r in reports]
+        with pool.lock:
+            if pool.closed:
+                return False  # stop has begun (and failed every unfinished task)
+            for report in reports:
                 if isinstance(report, Answer):
                     if w.queue and w.queue[0].key == report.key:
                         now = time.monotonic()
@@ -195,14 +277,16 @@ class Dispatcher(threading.Thread):
                         f"a replacement worker process (pid {w.pid}) failed to initialise "
                         f"its engine:\n{report.traceback}"
                     )
-                pool.dispatch()
+            pool.dispatch()
+        return True
 
     def _reap(self, w: Worker) -> None:
         """A worker process has exited: fail its task, drop it, start a replacement."""
         pool = self.pool
         # Read whatever it managed to send before it exited.
         if not w.eof:
-            self._read_worker(w)
+            self._read_worker(w, to_the_end=True)
+        self.inboxes.pop(w, None)
         try:
             w.process.join(1.0)
         except Exception:
@@ -260,6 +344,7 @@ class Dispatcher(threading.Thread):
                     )
             replace = not pool.closed and (was_ready or retry)
             pool.dispatch()
+            pool.announce_finished()  # before starting a replacement, which takes a while
         w.release()
         if replace:
             self._replace(f"worker process {w.pid}")

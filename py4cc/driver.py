@@ -13,11 +13,18 @@ Protocol (every call may come from any thread, concurrently)::
         9  error (not initialised, finalized, wrong number of features, wrong type...);
            the message names the cause; key 0
 
+    d.submit_call(args, kwargs) -> (flag, key, message)
+        a general task: the Engine's ``call_method`` (``run`` by default) is called as
+        ``engine.run(*args, **kwargs)``; any picklable arguments; same flags, keys and
+        capacity as submit (flag 9 also for arguments that cannot be pickled)
+
     d.retrieve(key) -> (flag, value, message)
         0  done; ``value > 0`` is the model's answer; the task is removed
+           (a general task: ``value`` is whatever the method returned, 0 and None included)
         1  "The requested task is not finished"; value 0; the task is kept
         2  the model failed or answered ``value <= 0``, its worker died, or the task
            timed out; ``message`` holds the traceback or the cause; the task is removed
+           (a general task: its method raised, or its answer could not be pickled; value None)
         9  error (unknown key: never issued, already retrieved, ``<= 0``, not an int);
            value 0; nothing changes
 
@@ -67,6 +74,7 @@ How a task travels::
     caller's threads       this process                           a worker process
     ----------------       ------------                           ----------------
     submit(f, s, n) -----> Pool.submit: a Task in tasks[key],
+    (or submit_call:       (a GeneralCall: its arguments pickled by submit_call)
                            at the end of the pending queue
                                 |  dispatch: to an idle worker, or
                                 v  behind a busy one's current task
@@ -128,6 +136,7 @@ from .protocol import (
     NOT_FINISHED_MESSAGE,
     OK,
     describe,
+    encode_arguments,
     short_repr,
     unknown_key,
 )
@@ -208,10 +217,13 @@ class Driver:
         init_timeout: float | None = None,
         *,
         prefetch: int = 1,
+        call_method: str = "run",
+        preload: str | None = None,
         notify: NotifyCallback | None = None,
         result_ttl: float | None = DEFAULT_RESULT_TTL,
         worker_env: Any = None,
         worker_output: Callable[[int, str, str], None] | None = None,
+        wait_readable: Callable[[list[int], float | None], list[tuple[int, int]]] | None = None,
         backend: str = "local",
         ray_address: str | None = None,
     ) -> None:
@@ -222,6 +234,15 @@ class Driver:
         through the parent. 1 (the default) removes that gap from the throughput; 0
         hands a task only to an idle worker (best when tasks are long and uneven:
         a prefetched task cannot move to another worker that frees up sooner).
+
+        ``call_method`` (keyword only): the Engine's method that general tasks
+        (``submit_call``) call; checked when each worker builds its Engine.
+
+        ``preload`` (keyword only): None, ``"module"`` (import the Engine's module in this
+        process before forking workers) or ``"engine"`` (also build and initialise one
+        Engine here, which ``fork`` workers inherit instead of building their own); see
+        :mod:`py4cc.preload` for what it does with ``forkserver`` and its caveats. Refused
+        with ``spawn``.
 
         ``notify`` (keyword only): a callable ``notify(key, finished)``, called with the
         pool's lock held (so it must be quick and must not call the driver) whenever a task
@@ -239,6 +260,12 @@ class Driver:
         worker writes (stream "stdout" or "stderr") and each event (stream "event"); if
         it raises, the line goes to stderr and the failure is told once.
 
+        ``wait_readable`` (keyword only): what the dispatcher thread waits on the workers'
+        pipes with, ``wait_readable(fds, timeout_ms) -> [(fd, revents)]`` as
+        ``select.poll().poll`` answers (None: ``select.poll``). A host that embeds Python
+        passes its own to learn when the dispatcher is about to take the GIL back, and let
+        it go first (rs4py does).
+
         ``backend`` (keyword only): ``"local"`` runs the Engines in worker processes of
         this machine; ``"ray"`` runs each as an actor on a Ray cluster
         (:mod:`py4cc.ray_backend`): ``ray_address`` is the cluster's address
@@ -255,10 +282,13 @@ class Driver:
         self.task_timeout = task_timeout
         self.init_timeout = init_timeout
         self.prefetch = prefetch
+        self.call_method = call_method
+        self.preload = preload
         self.notify = notify
         self.result_ttl = result_ttl
         self.worker_env = worker_env
         self.worker_output = worker_output
+        self.wait_readable = wait_readable
         self.backend = backend
         self.ray_address = ray_address
         self.float_feature_names: list[str] = []
@@ -306,10 +336,13 @@ class Driver:
                 init_timeout=self.init_timeout,
                 prefetch=self.prefetch,
                 engine=self.engine,
+                call_method=self.call_method,
+                preload=self.preload,
                 notify=self.notify,
                 result_ttl=self.result_ttl,
                 worker_env=self.worker_env,
                 worker_output=self.worker_output,
+                wait_readable=self.wait_readable,
                 backend=self.backend,
                 ray_address=self.ray_address,
             )
@@ -428,6 +461,16 @@ class Driver:
         except BaseException as exc:  # never raise, not even KeyboardInterrupt
             return ERROR, 0, _unexpected("submit", exc)
 
+    def submit_call(self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None) -> FlagAnswer:
+        """Queue one general task, ``engine.<call_method>(*args, **kwargs)``: ``(0, key,
+        "")``, ``(1, 0, CAPACITY_MESSAGE)`` or ``(9, 0, why)``. ``args`` is a tuple or list,
+        ``kwargs`` a dict with str keys (or None); both are pickled here, to reach the
+        worker."""
+        try:
+            return self._submit_call(args, kwargs)
+        except BaseException as exc:  # never raise, not even KeyboardInterrupt
+            return ERROR, 0, _unexpected("submit_call", exc)
+
     def retrieve(self, key: int) -> FlagAnswer:
         """Answer for ``key``: flag 0 / 2 (task removed), 1 (kept) or 9 (nothing changes)."""
         try:
@@ -480,17 +523,43 @@ class Driver:
     # -- internals --------------------------------------------------------------------
 
     def _submit(self, float_features: Any, str_features: Any, int_feature: Any) -> FlagAnswer:
-        pool = self._pool
+        pool, refusal = self._open_pool()
         if pool is None:
-            if self._finalized:
-                return ERROR, 0, FINALIZED_MESSAGE
-            return ERROR, 0, "the driver is not initialized; call initialize() first"
-        if pool.closed:
-            return ERROR, 0, FINALIZED_MESSAGE
+            return ERROR, 0, refusal
         problem, task = self._validate(float_features, str_features, int_feature)
         if task is None:
             return ERROR, 0, problem
         return pool.submit(*task)
+
+    def _submit_call(self, args: Any, kwargs: Any) -> FlagAnswer:
+        pool, refusal = self._open_pool()
+        if pool is None:
+            return ERROR, 0, refusal
+        if not isinstance(args, (tuple, list)):
+            return ERROR, 0, f"submit_call: args must be a tuple or list, got {describe(args)}"
+        if kwargs is None:
+            kwargs = {}
+        if not isinstance(kwargs, dict):
+            return ERROR, 0, f"submit_call: kwargs must be a dict or None, got {describe(kwargs)}"
+        for name in kwargs:
+            if not isinstance(name, str):
+                return ERROR, 0, f"submit_call: keyword names must be str, got {describe(name)}"
+        try:
+            payload = encode_arguments(tuple(args), dict(kwargs))
+        except Exception as exc:
+            return ERROR, 0, f"submit_call: the arguments cannot be pickled: {type(exc).__name__}: {exc}"
+        return pool.submit_call(payload)
+
+    def _open_pool(self) -> tuple[Backend | None, str]:
+        """The pool if it takes tasks, else None and why not."""
+        pool = self._pool
+        if pool is None:
+            if self._finalized:
+                return None, FINALIZED_MESSAGE
+            return None, "the driver is not initialized; call initialize() first"
+        if pool.closed:
+            return None, FINALIZED_MESSAGE
+        return pool, ""
 
     def _validate(
         self, float_features: Any, str_features: Any, int_feature: Any

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .completion import NotifyCallback
-from .protocol import DEFAULT_ENGINE, MAX_WORKERS, describe, short_repr
+from .protocol import DEFAULT_CALL_METHOD, DEFAULT_ENGINE, MAX_WORKERS, PRELOAD_CHOICES, describe, short_repr
 from .worker import WorkerSetup
 
 
@@ -34,6 +34,9 @@ class Options:
     """How many tasks may wait behind a busy worker's current one, >= 0."""
     setup: WorkerSetup
     """What each worker builds its Engine from (and its environment)."""
+    preload: str | None = None
+    """None, ``"module"`` or ``"engine"``: what the parent loads before workers start
+    (:mod:`py4cc.preload`); never set with ``spawn``."""
     notify: NotifyCallback | None = None
     """Called as ``notify(key, finished)`` when a task finishes or is dropped (see
     :mod:`py4cc.completion`); None: nobody is told."""
@@ -41,6 +44,8 @@ class Options:
     """Seconds a finished result is kept for retrieval (None: until retrieved), positive."""
     worker_output: Callable[[int, str, str], None] | None = None
     """Where the workers' output lines and events go (None: the host's stderr)."""
+    wait_readable: Callable[[list[int], float | None], list[tuple[int, int]]] | None = None
+    """What the dispatcher waits on the workers' pipes with (None: ``select.poll``)."""
     backend: str = "local"
     """What runs the Engines: ``"local"`` (worker processes) or ``"ray"`` (actors on a Ray cluster)."""
     ray_address: str | None = None
@@ -61,10 +66,13 @@ def build_options(
     init_timeout: Any,
     prefetch: Any,
     engine: Any,
+    call_method: Any = DEFAULT_CALL_METHOD,
+    preload: Any = None,
     notify: Any = None,
     result_ttl: Any = None,
     worker_env: Any = None,
     worker_output: Any = None,
+    wait_readable: Any = None,
     backend: Any = "local",
     ray_address: Any = None,
 ) -> Options:
@@ -87,13 +95,22 @@ def build_options(
     start_limit = check_timeout("init_timeout", init_timeout)
     ahead = check_int_at_least("prefetch", prefetch, 0)
     engine = check_engine(engine)
+    method_name = check_call_method(call_method)
+    preloaded = check_preload(preload, method)
     if notify is not None and not callable(notify):
         raise ValueError(f"notify must be None or a callable notify(key, finished), got {describe(notify)}")
     keep_for = check_timeout("result_ttl", result_ttl)
     env = check_env(worker_env)
     if worker_output is not None and not callable(worker_output):
         raise TypeError(f"worker_output must be None or a callable (pid, stream, line), got {describe(worker_output)}")
+    if wait_readable is not None and not callable(wait_readable):
+        raise TypeError(f"wait_readable must be None or a callable (fds, timeout_ms), got {describe(wait_readable)}")
     address = check_ray_address(ray_address, backend)
+    if preloaded is not None and backend == "ray":
+        raise ValueError(
+            f"preload={preloaded!r} is for the local pool's worker processes; with backend='ray' "
+            f"each actor imports the Engine's module and builds its Engine"
+        )
     return Options(
         start_method=method,
         n_subprocesses=workers,
@@ -101,10 +118,12 @@ def build_options(
         task_timeout=run_limit,
         init_timeout=start_limit,
         prefetch=ahead,
-        setup=WorkerSetup(engine, config, float_names, str_names, dict(extra), env),
+        setup=WorkerSetup(engine, config, float_names, str_names, dict(extra), env, call_method=method_name),
+        preload=preloaded,
         notify=notify,
         result_ttl=keep_for,
         worker_output=worker_output,
+        wait_readable=wait_readable,
         backend=backend,
         ray_address=address,
     )
@@ -217,6 +236,24 @@ def check_engine(engine: Any) -> str:
     if spec is None:
         raise ImportError(f"engine module {module_name!r} was not found on sys.path")
     return engine
+
+
+def check_call_method(name: Any) -> str:
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"call_method must be the name of the engine's method (an identifier), got {short_repr(name)}")
+    return name
+
+
+def check_preload(preload: Any, start_method: str) -> str | None:
+    if preload not in PRELOAD_CHOICES:
+        choices = ", ".join(map(repr, PRELOAD_CHOICES))
+        raise ValueError(f"preload must be one of {choices}; got {short_repr(preload)}")
+    if preload is not None and start_method == "spawn":
+        raise ValueError(
+            f"preload={preload!r} needs start_method 'fork' or 'forkserver': a spawned worker "
+            f"starts a fresh interpreter and inherits nothing from this process"
+        )
+    return preload
 
 
 def check_env(env: Any) -> tuple[tuple[str, str], ...]:

@@ -17,13 +17,15 @@ import multiprocessing.util  # imported before our exit hook is registered, so t
 import os
 import threading
 import time
+import traceback
 from collections import deque
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from .completion import CANCELLED, EXPIRED, Gone, Notifier, cancelled_message, expired_message
 from .dispatcher import Dispatcher, WakeUp
 from .options import Options
 from .output import OutputRelay
+from .preload import preload
 from .processes import Worker, start_worker, stop_workers, wait_ready
 from .protocol import (
     AT_CAPACITY,
@@ -38,14 +40,17 @@ from .protocol import (
     OUTPUT_GRACE_S,
     PREFETCH_BYTES,
     Call,
+    GeneralCall,
+    call_wire_size,
     encode_call,
     unknown_key,
     wire_size,
 )
 from .stats import Counters, RunTimes, snapshot
 
-FlagAnswer = tuple[int, int, str]
-"""``(flag, key or value, message)``, as the Driver's calls answer."""
+FlagAnswer = tuple[int, Any, str]
+"""``(flag, key or value, message)``, as the Driver's calls answer (a general task's value
+may be anything)."""
 
 
 class Backend(Protocol):
@@ -56,6 +61,8 @@ class Backend(Protocol):
       (having stopped what it started).
     * ``submit(floats, strs, n)``: take a checked task: ``(OK, key, "")``, ``(AT_CAPACITY,
       0, CAPACITY_MESSAGE)`` or ``(ERROR, 0, why)`` (stopping, or no worker can run it).
+    * ``submit_call(payload)``: the same for a general task, ``payload`` the pickled
+      ``(args, kwargs)`` of ``Driver.submit_call``; same capacity, keys and answers.
     * ``collect(key)``: a task's answer without blocking, as ``Driver.retrieve`` gives it.
     * ``wait(key, limit)``: block up to ``limit`` seconds (None: no limit) until the task is
       finished or the backend stops, then answer as ``collect``.
@@ -84,6 +91,7 @@ class Backend(Protocol):
 
     def start(self) -> None: ...
     def submit(self, float_features: list[float], str_features: list[str], int_feature: int) -> FlagAnswer: ...
+    def submit_call(self, payload: bytes) -> FlagAnswer: ...
     def collect(self, key: int) -> FlagAnswer: ...
     def wait(self, key: int, limit: float | None) -> FlagAnswer: ...
     def worker_pids(self) -> list[int]: ...
@@ -100,13 +108,13 @@ class Task:
 
     __slots__ = ("call", "cancelled", "deadline", "done", "event", "flag", "key", "message", "size", "value", "worker")
 
-    def __init__(self, call: Call, size: int) -> None:
+    def __init__(self, call: Call | GeneralCall, size: int) -> None:
         self.key = call.key
-        self.call: Call | None = call  # dropped once the task is done
+        self.call: Call | GeneralCall | None = call  # dropped once the task is done
         self.size = size  # wire_size of its call
         self.done = False
         self.flag = NOT_FINISHED
-        self.value = 0
+        self.value: object = 0
         self.message = NOT_FINISHED_MESSAGE
         self.event: threading.Event | None = None  # made by the first wait
         self.worker: Worker | None = None
@@ -138,11 +146,13 @@ class Pool:
         self.wakeup = WakeUp()
         self.dispatcher: Dispatcher | None = None
         self.owner_pid = os.getpid()  # a forked copy of this process must not stop the workers
+        self.preloaded: object = None  # the Engine "fork" workers inherit (preload="engine")
         self.notify = Notifier(options.notify)
         self.expiring: dict[int, float] = {}  # finished, not collected: key -> when it expires, oldest first
         self.gone = Gone()  # recently cancelled or expired keys
         self.cancelled = 0
         self.expired = 0
+        self.announce: list[Task] = []  # finished, waiters not woken yet (announce_finished)
         self.relay = OutputRelay(options.worker_output)  # the workers' output, and events
         self.counters = Counters()
         self.run_times = RunTimes()  # the Engine's latest run times, as the workers measured them
@@ -157,6 +167,7 @@ class Pool:
         _LIVE_POOLS.add(self)
         try:
             self.relay.start()
+            self.preload_engine()
             workers: list[Worker] = []
             try:
                 for _ in range(self.options.n_subprocesses):
@@ -178,6 +189,13 @@ class Pool:
 
     def submit(self, float_features: list[float], str_features: list[str], int_feature: int) -> FlagAnswer:
         size = wire_size(float_features, str_features, int_feature)
+        return self.admit(lambda key: Call(key, float_features, str_features, int_feature), size)
+
+    def submit_call(self, payload: bytes) -> FlagAnswer:
+        return self.admit(lambda key: GeneralCall(key, payload), call_wire_size(payload))
+
+    def admit(self, make_call: Callable[[int], Call | GeneralCall], size: int) -> FlagAnswer:
+        """Take the task ``make_call(key)`` of ``size`` wire bytes, unless stopping, broken or full."""
         with self.lock:
             if self.closed:
                 return ERROR, 0, FINALIZED_MESSAGE
@@ -189,7 +207,7 @@ class Pool:
                 return AT_CAPACITY, 0, CAPACITY_MESSAGE
             key = self.next_key
             self.next_key += 1
-            task = Task(Call(key, float_features, str_features, int_feature), size)
+            task = Task(make_call(key), size)
             self.tasks[key] = task
             self.pending.append(task)
             if self.dispatch():
@@ -201,6 +219,8 @@ class Pool:
             return self._collect(key)
 
     def _collect(self, key: int) -> FlagAnswer:
+        if self.announce:
+            self.announce_finished()
         task = self.tasks.get(key)
         if task is None:
             why = self.gone.why(key)
@@ -233,6 +253,7 @@ class Pool:
 
     def cancel(self, key: int) -> bool:
         with self.lock:
+            self.announce_finished()
             task = self.tasks.pop(key, None)
             if task is None:
                 return False
@@ -263,6 +284,7 @@ class Pool:
     def expire_results(self, now: float) -> float | None:
         """Drop the finished results whose ``result_ttl`` has run out (lock held); return
         when the next one expires (None: none waits)."""
+        self.announce_finished()
         expiring = self.expiring
         while expiring:
             key = next(iter(expiring))
@@ -317,6 +339,16 @@ class Pool:
 
     # -- starting workers -----------------------------------------------------------------
 
+    def preload_engine(self) -> None:
+        """Load what ``preload`` asks for before the first worker starts (py4cc.preload)."""
+        try:
+            self.preloaded = preload(self.options.setup, self.options.start_method, self.options.preload)
+        except BaseException as exc:
+            raise RuntimeError(
+                f"Driver.initialize: preloading ({self.options.preload!r}) the engine "
+                f"{self.options.setup.engine!r} in this process failed:\n{traceback.format_exc()}"
+            ) from exc
+
     def start_worker(self) -> Worker:
         """Start one worker process (not yet ready), its output read by the relay. Raises on
         failure.
@@ -330,7 +362,7 @@ class Pool:
             with self.lock:
                 inherited_fds = [w.conn.fileno() for w in self.workers if not w.conn.closed]
             inherited_fds += self.wakeup.fds()
-        w = start_worker(self.ctx, self.options.setup, inherited_fds)
+        w = start_worker(self.ctx, self.options.setup, inherited_fds, self.preloaded)
         if w.output_fds is not None:
             self.relay.add(w.pid, *w.output_fds)
             w.output_fds = None
@@ -344,13 +376,15 @@ class Pool:
 
     # -- tasks (all called with self.lock held) --------------------------------------------
 
-    def complete(self, task: Task, flag: int, value: int, message: str) -> None:
-        """Record a task's answer and wake its waiters (once; later answers are ignored)."""
+    def complete(self, task: Task, flag: int, value: object, message: str) -> None:
+        """Record a task's answer (once; later answers are ignored); its waiters are woken
+        by the next ``announce_finished``."""
         if task.done:
             return
         task.done = True
         task.flag = flag
-        task.value = value
+        # A failed general task answers None, whatever failed it (its Engine, a timeout...).
+        task.value = None if flag == FAILED and type(task.call) is GeneralCall else value
         task.message = message
         task.worker = None
         task.deadline = None
@@ -360,13 +394,25 @@ class Pool:
             self.counters.tasks_done += 1
         else:
             self.counters.tasks_failed += 1
-        if task.event is not None:
-            task.event.set()
         if self.options.result_ttl is not None and not self.closed:
             self.expiring[task.key] = time.monotonic() + self.options.result_ttl
-        self.notify(task.key, True)
+        self.announce.append(task)
         if self.draining:
             self.drained.notify_all()
+
+    def announce_finished(self) -> None:
+        """Wake the waiters of the tasks finished since the last call and tell the host
+        (``notify(key, True)``). The dispatcher calls it last before it lets the GIL go;
+        whatever collects or drops a task calls it first, so that the host always hears
+        of a finish before the task is gone."""
+        announce = self.announce
+        if not announce:
+            return
+        self.announce = []
+        for task in announce:
+            if task.event is not None:
+                task.event.set()
+            self.notify(task.key, True)
 
     def assign(self, worker: Worker, task: Task) -> bool:
         """Send ``task`` to ``worker``; False (task untouched) if the pipe is broken."""
@@ -497,6 +543,7 @@ class Pool:
                         self.failed_by_stop += 1
                         self.complete(task, FAILED, -1, "the driver was finalized before this task finished")
                 self.pending.clear()
+                self.announce_finished()
                 self.wakeup.wake()
                 self.drained.notify_all()
             thread = self.dispatcher
@@ -510,6 +557,7 @@ class Pool:
                 self.wakeup.close()
             self.relay.stop(OUTPUT_GRACE_S)  # the workers' last words first
             self.finished = True
+            self.preloaded = None
             _LIVE_POOLS.discard(self)
 
     def stop_when_collected(self) -> None:

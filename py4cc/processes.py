@@ -64,9 +64,12 @@ class Worker:
         return self.ready and not self.dead
 
 
-def start_worker(ctx: Any, setup: WorkerSetup, inherited_fds: list[int] | None) -> Worker:
+def start_worker(ctx: Any, setup: WorkerSetup, inherited_fds: list[int] | None, engine: Any = None) -> Worker:
     """Start one worker process (not yet ready) in the ``multiprocessing`` context ``ctx``,
     its stdout and stderr going to two new pipes whose read ends are ``output_fds``.
+
+    ``engine`` (with "fork" only, else None): an Engine built here that the child inherits
+    and uses instead of building its own (``preload="engine"``).
 
     ``inherited_fds`` (with "fork", else None): the parent's descriptors that the child
     inherits and must close, so that it sees EOF when the parent goes away; the parent's
@@ -77,9 +80,10 @@ def start_worker(ctx: Any, setup: WorkerSetup, inherited_fds: list[int] | None) 
     err_read, err_write = os.pipe()
     writers = (Connection(out_write, readable=False), Connection(err_write, readable=False))
     close_fds = [] if inherited_fds is None else [*inherited_fds, parent_conn.fileno(), out_read, err_read]
-    process = ctx.Process(
-        target=worker_main, args=(child_conn, setup, close_fds, writers), name="py4cc-worker", daemon=False
-    )
+    args: tuple[Any, ...] = (child_conn, setup, close_fds, writers)
+    if engine is not None:
+        args += (engine,)
+    process = ctx.Process(target=worker_main, args=args, name="py4cc-worker", daemon=False)
     try:
         process.start()
     except BaseException:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import pickle
 import signal
+import traceback
 from typing import Any, NamedTuple, Union
 
 # -- the answers' flags and fixed messages ---------------------------------------------
 
 OK = 0
-"""submit: accepted. retrieve/wait: done, value > 0."""
+"""submit: accepted. retrieve/wait: done, value > 0 (a general task: any value)."""
 AT_CAPACITY = 1
 """submit: ``max_tasks`` tasks held."""
 NOT_FINISHED = 1
@@ -32,15 +33,21 @@ FINALIZED_MESSAGE = "the driver is finalized; submit is no longer accepted"
 DRAINING_MESSAGE = "the driver is draining (it finishes the tasks it holds, then stops); submit is no longer accepted"
 
 DEFAULT_ENGINE = "py4cc.engine:Engine"
+DEFAULT_CALL_METHOD = "run"
+"""The Engine's method that a general task (``submit_call``) calls."""
+PRELOAD_CHOICES = (None, "module", "engine")
+"""What ``preload`` may name: nothing, the Engine's module, or one initialised Engine."""
 
 OPTION_NAMES = (
     "max_tasks", "n_subprocesses", "start_method", "engine", "task_timeout", "init_timeout",
-    "notify", "result_ttl", "worker_env", "worker_output", "backend", "ray_address",
+    "notify", "result_ttl", "worker_env", "worker_output", "call_method", "preload", "wait_readable",
+    "backend", "ray_address",
 )  # fmt: skip
 """The Driver's keyword options another language's binding passes."""
 
 METHOD_NAMES = (
     "initialize", "submit", "retrieve", "wait", "finalize", "worker_pids", "cancel", "held_tasks", "stats", "drain",
+    "submit_call",
 )  # fmt: skip
 """The Driver's methods another language's binding calls."""
 
@@ -106,6 +113,11 @@ dispatcher, needing the lock, could then never enforce task_timeout). A Linux so
 holds about 208 KiB by default; a larger task waits for an idle worker instead."""
 
 
+def call_wire_size(payload: bytes) -> int:
+    """A generous estimate of the kernel memory a general task's message takes in a pipe."""
+    return 2 * (64 + len(payload)) + 1024
+
+
 def wire_size(float_features: list[float], str_features: list[str], int_feature: int) -> int:
     """A generous estimate of the kernel memory one task's message takes in a pipe."""
     data = 64 + 9 * len(float_features) + int_feature.bit_length() // 8
@@ -126,6 +138,18 @@ class Call(NamedTuple):
     int_feature: int
 
 
+class GeneralCall(NamedTuple):
+    """parent -> worker: run one general task, ``engine.<call_method>(*args, **kwargs)``,
+    and answer it.
+
+    ``payload`` is the pickle of ``(args, kwargs)``, made by ``Driver.submit_call`` before
+    the task is taken: arguments that cannot be pickled are refused there and then, and the
+    pool sends the bytes as they are."""
+
+    key: int
+    payload: bytes
+
+
 STOP = None
 """parent -> worker: exit now (sent only to an idle worker)."""
 
@@ -144,48 +168,100 @@ class InitFailed(NamedTuple):
 
 class Answer(NamedTuple):
     """worker -> parent: how task ``key`` ended (``flag`` OK or FAILED), and how many
-    seconds ``Engine.run`` took (0.0 when it did not run to an answer)."""
+    seconds ``Engine.run`` took (0.0 when it did not run to an answer).
+
+    A demo task's ``value`` is an int. A general task's is its answer, pickled by the worker
+    on its own (``pickled`` True), so that an answer that cannot be pickled fails its task in
+    the worker, and one that cannot be unpickled here fails its task, not the worker's pipe
+    (:func:`unpickle_answer`); a failed general task's value is None."""
 
     key: int
     flag: int
-    value: int
+    value: Any
     message: str
     run_s: float = 0.0
+    pickled: bool = False
 
 
 Report = Union[Ready, InitFailed, Answer]
 """What a worker sends."""
 
-# A Call or an Answer, one per task each way, travels as a plain tuple of its fields: a
-# named tuple would carry its class's module and name, which pickle looks up on both ends
-# for every message. Ready and InitFailed, once per worker, travel as themselves.
+# A Call, GeneralCall or Answer, one per task each way, travels as a plain tuple of its
+# fields (a Call has 4, a GeneralCall 2): a named tuple would carry its class's module and
+# name, which pickle looks up on both ends for every message. Ready and InitFailed, once
+# per worker, travel as themselves.
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _dumps = pickle.dumps
 _loads = pickle.loads
 _as_tuple = tuple.__new__
 
 
-def encode_call(call: Call | None) -> bytes:
-    """The bytes of a Call (or of STOP) for ``Connection.send_bytes``."""
+def encode_call(call: Call | GeneralCall | None) -> bytes:
+    """The bytes of a Call or GeneralCall (or of STOP) for ``Connection.send_bytes``."""
     return _dumps(None if call is None else call[:], _PROTOCOL)
 
 
-def decode_call(data: bytes) -> Call | None:
-    """The Call (or STOP) that :func:`encode_call` made."""
+def decode_call(data: bytes) -> Call | GeneralCall | None:
+    """The Call, GeneralCall (or STOP) that :func:`encode_call` made."""
     fields = _loads(data)
-    return None if fields is None else _as_tuple(Call, fields)
+    if fields is None:
+        return None
+    if len(fields) == 2:
+        return _as_tuple(GeneralCall, fields)
+    return _as_tuple(Call, fields)
+
+
+def encode_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """The payload of a GeneralCall; raises what pickle raises."""
+    return _dumps((args, kwargs), _PROTOCOL)
+
+
+def decode_arguments(payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The ``(args, kwargs)`` of a GeneralCall's payload."""
+    args, kwargs = _loads(payload)
+    return args, kwargs
+
+
+def pickle_answer(key: int, value: Any, run_s: float = 0.0) -> Answer:
+    """A general task's answer, its value pickled; FAILED with the reason if it cannot be.
+    ``run_s``: how long the Engine took to answer it."""
+    try:
+        data = _dumps(value, _PROTOCOL)
+    except BaseException:  # a user's __reduce__ may raise anything
+        text = traceback.format_exc()
+        return Answer(key, FAILED, None, f"the engine's answer {describe(value)} cannot be pickled:\n{text}", run_s)
+    return Answer(key, OK, data, "", run_s, True)
+
+
+def unpickle_answer(answer: Answer) -> Answer:
+    """The Answer with a general task's value unpickled; FAILED with the reason if it
+    cannot be (a class this process cannot import, say)."""
+    try:
+        value = _loads(answer.value)
+    except Exception:
+        text = traceback.format_exc()
+        message = f"the engine's answer could not be unpickled by the driver:\n{text}"
+        return Answer(answer.key, FAILED, None, message, answer.run_s)
+    return Answer(answer.key, answer.flag, value, answer.message, answer.run_s)
 
 
 def encode_report(report: Report) -> bytes:
-    """The bytes of what a worker sends, for ``Connection.send_bytes``."""
-    return _dumps(report[:] if type(report) is Answer else report, _PROTOCOL)
+    """The bytes of what a worker sends, for ``Connection.send_bytes``. An Answer travels as
+    a tuple of 5 fields, or of 6 when its value is pickled."""
+    if type(report) is Answer:
+        return _dumps(report[:] if report.pickled else report[:5], _PROTOCOL)
+    return _dumps(report, _PROTOCOL)
 
 
 def decode_report(data: bytes) -> Any:
     """What :func:`encode_report` made: a Ready, InitFailed or Answer (anything else is
     the worker's mistake, and is returned as is)."""
     report = _loads(data)
-    return _as_tuple(Answer, report) if type(report) is tuple and len(report) == 5 else report
+    if type(report) is tuple and len(report) == 5:
+        return _as_tuple(Answer, (*report, False))
+    if type(report) is tuple and len(report) == 6:
+        return _as_tuple(Answer, report)
+    return report
 
 
 # -- describing values and exits in messages -------------------------------------------

@@ -14,8 +14,8 @@ import threading
 import traceback
 from typing import Any
 
-from .protocol import FAILED, Call
-from .worker import WorkerSetup, load_engine_class, run_task
+from .protocol import FAILED, Call, GeneralCall
+from .worker import WorkerSetup, build_engine, run_general, run_task
 
 WATCH_GROUP = "watch"
 """The actor's second concurrency group (one thread), where :meth:`EngineActor.watch` waits,
@@ -27,6 +27,7 @@ class EngineActor:
 
     def __init__(self) -> None:
         self.engine: Any = None
+        self.call_method = ""
         self.stopped = threading.Event()
 
     def initialize(self, setup: WorkerSetup) -> tuple[bool, int, str, str]:
@@ -40,16 +41,11 @@ class EngineActor:
         except Exception:
             pass
         try:
-            engine = load_engine_class(setup.engine)()
-            engine.initialize(
-                config=setup.config,
-                float_feature_names=list(setup.float_feature_names),
-                str_feature_names=list(setup.str_feature_names),
-                **setup.extra,
-            )
+            engine = build_engine(setup)
         except BaseException:  # a user's initialize may raise anything, even SystemExit
             return False, os.getpid(), node_id, traceback.format_exc()
         self.engine = engine
+        self.call_method = setup.call_method
         return True, os.getpid(), node_id, socket.gethostname()
 
     def run(self, key: int, float_features: list[float], str_features: list[str], int_feature: int) -> tuple:
@@ -58,6 +54,12 @@ class EngineActor:
             answer = run_task(self.engine, Call(key, float_features, str_features, int_feature))
         except Exception:  # checking a strange answer failed: fail the task, not the actor
             return FAILED, -1, "the engine's answer could not be checked:\n" + traceback.format_exc(), 0.0
+        return answer.flag, answer.value, answer.message, answer.run_s
+
+    def call(self, key: int, payload: bytes) -> tuple:
+        """Run one general task: ``(flag, value, message, run_s)``, its value pickled here
+        (as a local worker does: an answer that cannot be pickled fails its task)."""
+        answer = run_general(self.engine, self.call_method, GeneralCall(key, payload))
         return answer.flag, answer.value, answer.message, answer.run_s
 
     def watch(self) -> None:

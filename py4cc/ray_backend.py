@@ -53,8 +53,11 @@ from .protocol import (
     NOT_FINISHED_MESSAGE,
     OK,
     OUTPUT_GRACE_S,
+    Answer,
     Call,
+    GeneralCall,
     unknown_key,
+    unpickle_answer,
 )
 from .ray_actor import WATCH_GROUP, EngineActor
 from .ray_connect import CONNECTION, LogTap, build_runtime_env, death_reason, import_ray, node_checker
@@ -259,6 +262,13 @@ class RayBackend:
         self.probe.start()
 
     def submit(self, float_features: list[float], str_features: list[str], int_feature: int) -> FlagAnswer:
+        return self.admit(lambda key: Call(key, float_features, str_features, int_feature))
+
+    def submit_call(self, payload: bytes) -> FlagAnswer:
+        return self.admit(lambda key: GeneralCall(key, payload))
+
+    def admit(self, make_call: Any) -> FlagAnswer:
+        """Take the task ``make_call(key)``, unless stopping, unavailable or full."""
         with self.lock:
             if self.closed:
                 return ERROR, 0, FINALIZED_MESSAGE
@@ -273,7 +283,7 @@ class RayBackend:
                 return AT_CAPACITY, 0, CAPACITY_MESSAGE
             key = self.next_key
             self.next_key += 1
-            task = Task(Call(key, float_features, str_features, int_feature), 0)
+            task = Task(make_call(key), 0)
             self.tasks[key] = task
             self.pending.append(task)
             launched = self.dispatch()
@@ -482,7 +492,8 @@ class RayBackend:
             return
         task.done = True
         task.flag = flag
-        task.value = value
+        # A failed general task answers None, whatever failed it (its Engine, a timeout...).
+        task.value = None if flag == FAILED and type(task.call) is GeneralCall else value
         task.message = message
         task.deadline = None
         task.call = None
@@ -535,7 +546,10 @@ class RayBackend:
             call = task.call
             assert call is not None  # only a finished task has none, and none is pending
             try:
-                ref = actor.handle.run.remote(call.key, call.float_features, call.str_features, call.int_feature)
+                if isinstance(call, GeneralCall):
+                    ref = actor.handle.call.remote(call.key, call.payload)
+                else:
+                    ref = actor.handle.run.remote(call.key, call.float_features, call.str_features, call.int_feature)
             except Exception as exc:
                 self.pending.appendleft(task)
                 actor.dead = True  # the supervisor sorts it out
@@ -659,7 +673,7 @@ class RayBackend:
         supervisor's to sort out."""
         try:
             try:
-                flag, value, message, run_s = fut.result()
+                flag, value, message, run_s = self.answer_of(task, fut.result())
             except self.ray.exceptions.RayActorError:
                 self.post("died", actor, fut)
                 return
@@ -679,6 +693,16 @@ class RayBackend:
             self.arm(launched)
         except BaseException:  # a callback must not raise into Ray
             pass
+
+    @staticmethod
+    def answer_of(task: Task, result: tuple) -> tuple:
+        """``(flag, value, message, run_s)`` of a call's result; a general task's value
+        unpickled here, outside the lock (an answer that cannot be unpickled fails its task)."""
+        flag, value, message, run_s = result
+        if flag == OK and type(task.call) is GeneralCall:
+            answer = unpickle_answer(Answer(task.key, flag, value, message, run_s, True))
+            return answer.flag, answer.value, answer.message, answer.run_s
+        return flag, value, message, run_s
 
     # -- the supervisor thread --------------------------------------------------------------
 
@@ -744,10 +768,10 @@ class RayBackend:
                 reason = death_reason(exc)
         # Each call's own outcome: the first one the death cut short was running, the ones
         # after it had not started; one answered before the death keeps its answer.
-        outcomes = []
-        for _, ref in outstanding:
+        outcomes: list[tuple[str, Any]] = []
+        for task, ref in outstanding:
             try:
-                outcomes.append(("answer", self.ray.get(ref, timeout=RESOLVE_S)))
+                outcomes.append(("answer", self.answer_of(task, self.ray.get(ref, timeout=RESOLVE_S))))
             except self.ray.exceptions.RayActorError:
                 outcomes.append(("died", None))
             except BaseException as exc:

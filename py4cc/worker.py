@@ -15,15 +15,19 @@ import traceback
 from typing import Any, NamedTuple
 
 from .protocol import (
+    DEFAULT_CALL_METHOD,
     FAILED,
     OK,
     Answer,
     Call,
+    GeneralCall,
     InitFailed,
     Ready,
+    decode_arguments,
     decode_call,
     describe,
     encode_report,
+    pickle_answer,
 )
 
 
@@ -40,6 +44,8 @@ class WorkerSetup(NamedTuple):
     """The extra keyword arguments of ``Driver.initialize``, passed on."""
     env: tuple[tuple[str, str], ...] = ()
     """Environment variables set in the worker before the Engine's module is imported."""
+    call_method: str = DEFAULT_CALL_METHOD
+    """The Engine's method that general tasks call."""
 
 
 def load_engine_class(engine: str) -> Any:
@@ -49,6 +55,36 @@ def load_engine_class(engine: str) -> Any:
     for part in class_name.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def build_engine(setup: WorkerSetup) -> Any:
+    """A new Engine, initialised from ``setup``, with the method general tasks call (checked
+    here, so that a wrong name fails at start rather than task by task)."""
+    engine = load_engine_class(setup.engine)()
+    engine.initialize(
+        config=setup.config,
+        float_feature_names=list(setup.float_feature_names),
+        str_feature_names=list(setup.str_feature_names),
+        **setup.extra,
+    )
+    if not callable(getattr(engine, setup.call_method, None)):
+        raise AttributeError(f"the engine {setup.engine!r} has no method {setup.call_method!r} (call_method)")
+    return engine
+
+
+def run_general(engine: Any, call_method: str, call: GeneralCall) -> Answer:
+    """Run one general task: success is no exception, whatever the answer (pickled here)."""
+    key = call.key
+    try:
+        args, kwargs = decode_arguments(call.payload)
+    except BaseException:
+        return Answer(key, FAILED, None, "the task's arguments could not be unpickled:\n" + traceback.format_exc())
+    started = time.perf_counter()
+    try:
+        value = getattr(engine, call_method)(*args, **kwargs)
+    except BaseException:  # a user's method may raise anything, even SystemExit
+        return Answer(key, FAILED, None, traceback.format_exc(), time.perf_counter() - started)
+    return pickle_answer(key, value, time.perf_counter() - started)
 
 
 def run_task(engine: Any, call: Call) -> Answer:
@@ -133,9 +169,12 @@ def apply_env(env: tuple[tuple[str, str], ...]) -> None:
         os.environ[name] = value
 
 
-def worker_main(conn: Any, setup: WorkerSetup, close_fds: list[int], output: tuple[Any, Any] | None = None) -> None:
-    """Body of one worker process: build the Engine, report ready, then serve tasks
-    until told to stop or until the parent goes away (its pipe end closes).
+def worker_main(
+    conn: Any, setup: WorkerSetup, close_fds: list[int], output: tuple[Any, Any] | None = None, engine: Any = None
+) -> None:
+    """Body of one worker process: build the Engine (unless ``engine`` is one the parent
+    built before forking), report ready, then serve tasks until told to stop or until the
+    parent goes away (its pipe end closes).
 
     ``output``: the write ends of the pipes the parent reads this worker's stdout and
     stderr from (None: leave fds 1 and 2 as inherited)."""
@@ -157,15 +196,11 @@ def worker_main(conn: Any, setup: WorkerSetup, close_fds: list[int], output: tup
     except (ValueError, OSError):
         pass
     try:
-        # Before the Engine's module is imported: libraries read some variables once, at load.
+        # Before the Engine's module is imported: libraries read some variables once, at load
+        # (a module preloaded by the parent was imported before them: see py4cc.preload).
         apply_env(setup.env)
-        engine = load_engine_class(setup.engine)()
-        engine.initialize(
-            config=setup.config,
-            float_feature_names=list(setup.float_feature_names),
-            str_feature_names=list(setup.str_feature_names),
-            **setup.extra,
-        )
+        if engine is None:
+            engine = build_engine(setup)
     except BaseException:
         try:
             conn.send_bytes(encode_report(InitFailed(traceback.format_exc())))
@@ -174,12 +209,12 @@ def worker_main(conn: Any, setup: WorkerSetup, close_fds: list[int], output: tup
         return
     try:
         conn.send_bytes(encode_report(Ready(os.getpid())))
-        serve(conn, engine)
+        serve(conn, engine, setup.call_method)
     except (EOFError, OSError):
         return  # the parent has gone away
 
 
-def serve(conn: Any, engine: Any) -> None:
+def serve(conn: Any, engine: Any, call_method: str = DEFAULT_CALL_METHOD) -> None:
     """Answer tasks one at a time, in the order they come, until STOP or EOF."""
     while True:
         try:
@@ -189,7 +224,7 @@ def serve(conn: Any, engine: Any) -> None:
         if call is None:
             return
         try:
-            answer = run_task(engine, call)
+            answer = run_general(engine, call_method, call) if isinstance(call, GeneralCall) else run_task(engine, call)
         except Exception:  # checking a strange answer failed: fail the task, not the worker
             text = "the engine's answer could not be checked:\n" + traceback.format_exc()
             answer = Answer(call.key, FAILED, -1, text)

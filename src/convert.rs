@@ -7,12 +7,16 @@
 //! | `i8`..`i64`, `isize`, `u8`..`u64`, `usize` | `int` (out of range back: an error) |
 //! | `f64` | `float` (`int` converts back too) |
 //! | `&str`, `String` | `str`, any Unicode, embedded NUL included |
+//! | [`Bytes`]`(&[u8])`, `Bytes<Vec<u8>>`, ... | `bytes` (`bytes` or `bytearray` convert back) |
 //! | `Vec<T>`, `[T]`, `[T; N]` | `list` (`list` or `tuple` convert back) |
 //! | tuples of up to 8 | `tuple` of the same length |
 //! | `Option<T>` | `None` or the value |
 //! | `HashMap<String, T>` | `dict` with `str` keys |
 //! | `()` | `None` |
 //! | [`Object`], [`Handle`] | the object itself |
+//!
+//! A byte string is wrapped in [`Bytes`]: a bare `Vec<u8>` or `&[u8]` is a sequence of
+//! numbers like any other `Vec<T>`, and converts to a `list` of ints.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -280,6 +284,79 @@ impl FromPython<'_> for String {
         // SAFETY: CPython's UTF-8 encoder produced these bytes (it fails rather than emit
         // invalid UTF-8), so they need no second validation.
         Ok(unsafe { std::str::from_utf8_unchecked(bytes) }.to_owned())
+    }
+}
+
+/// A byte string: `bytes` in Python, where a bare `Vec<u8>` or `&[u8]` would be a `list` of
+/// ints. `Bytes(&data[..])` (or any `AsRef<[u8]>`) converts to `bytes`; `Bytes<Vec<u8>>`
+/// (the default) is what `bytes` or `bytearray` convert back to.
+///
+/// ```
+/// use rs4py::{Bytes, ToPython};
+/// let gil = rs4py::Gil::acquire()?;
+/// let packed: Vec<u8> = [1.5f64, -2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+/// let numbers = gil.eval("lambda data: list(__import__('struct').unpack('<2d', data))")?;
+/// let back: Vec<f64> = numbers.call((Bytes(&packed[..]),), ())?.extract()?;
+/// assert_eq!(back, [1.5, -2.0]);
+/// let bytes: Bytes = gil.eval("bytearray(b'\\x00\\xff')")?.extract()?;
+/// assert_eq!(bytes.0, [0, 255]);
+/// assert_eq!(vec![0u8, 255].to_python(gil.token())?.repr()?, "[0, 255]");
+/// # Ok::<(), rs4py::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Bytes<B = Vec<u8>>(pub B);
+
+impl<B: AsRef<[u8]>> AsRef<[u8]> for Bytes<B> {
+    #[inline]
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_ref()
+    }
+}
+
+impl<B: AsRef<[u8]>> ToPython for Bytes<B> {
+    #[inline]
+    fn to_python<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
+        let data = self.0.as_ref();
+        let len = ffi::Py_ssize_t::try_from(data.len())
+            .map_err(|_| Error::Conversion(format!("{} bytes do not fit in a Python bytes", data.len())))?;
+        // SAFETY: GIL held; copies `len` bytes from a live slice (a dangling but non-NULL
+        // pointer when empty, which is never read) and returns a new reference or NULL
+        // with an exception set.
+        let ptr = unsafe { ffi::PyBytes_FromStringAndSize(data.as_ptr().cast(), len) };
+        // SAFETY: a new reference or NULL with an exception set, as just said.
+        unsafe { Object::from_owned_ptr(gil, ptr) }
+    }
+}
+
+impl FromPython<'_> for Bytes<Vec<u8>> {
+    #[inline]
+    fn from_python(object: &Object<'_>) -> Result<Self> {
+        let ptr = object.as_ptr();
+        // SAFETY: GIL held (object); the checks only read the type of a live object.
+        let is_bytes = unsafe { ffi::PyBytes_Check(ptr) } != 0;
+        // SAFETY: as above.
+        let is_bytearray = !is_bytes && unsafe { ffi::PyByteArray_Check(ptr) } != 0;
+        let (data, len) = if is_bytes {
+            let mut data: *mut libc::c_char = std::ptr::null_mut();
+            let mut len: ffi::Py_ssize_t = 0;
+            // SAFETY: GIL held; borrows a bytes object and points `data` at its own buffer
+            // (alive while `object` is); returns -1 with an exception set on failure.
+            object.check_status(unsafe { ffi::PyBytes_AsStringAndSize(ptr, &mut data, &mut len) })?;
+            (data, len)
+        } else if is_bytearray {
+            // SAFETY: GIL held; borrows a bytearray and returns its size (no failure for one).
+            let len = unsafe { ffi::PyByteArray_Size(ptr) };
+            // SAFETY: GIL held; borrows a bytearray and returns its buffer, owned by it and
+            // unchanged until Python code runs, which nothing below does before the copy.
+            (unsafe { ffi::PyByteArray_AsString(ptr) }, len)
+        } else {
+            return Err(wrong_type("bytes or bytearray", object));
+        };
+        if len <= 0 || data.is_null() {
+            return Ok(Bytes(Vec::new()));
+        }
+        // SAFETY: `len` initialised bytes at `data`, owned by the live object; copied at once.
+        Ok(Bytes(unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len as usize) }.to_vec()))
     }
 }
 

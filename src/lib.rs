@@ -44,10 +44,10 @@ mod gil;
 mod interpreter;
 mod object;
 
-pub use convert::{FromPython, IntoArgs, IntoKwargs, ToPython};
+pub use convert::{Bytes, FromPython, IntoArgs, IntoKwargs, ToPython};
 pub use driver::{
-    Backend, Driver, DriverOptions, DriverState, DriverStats, ResultStatus, StartMethod, SubmitStatus, TaskFuture, TaskReceipt,
-    TaskResult, WorkerLine, WorkerOutput, WorkerStream,
+    Backend, Driver, DriverOptions, DriverState, DriverStats, Key, Preload, ResultStatus, StartMethod, SubmitStatus, TaskFuture,
+    TaskKey, TaskReceipt, TaskResult, WorkerLine, WorkerOutput, WorkerStream,
 };
 pub use error::{Error, PythonException, Result};
 pub use gil::{Gil, GilToken};

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use rs4py::{Error, FromPython, Gil, GilToken, Object, ToPython};
+use rs4py::{Bytes, Error, FromPython, Gil, GilToken, Object, ToPython};
 
 /// Converts `value` to Python and checks it equals the Python `literal`, type included; then
 /// converts the literal back and checks it equals `value`.
@@ -179,4 +179,51 @@ fn a_list_under_construction_is_never_visible_to_python() {
     assert_eq!(list.len().unwrap(), 3);
     let tuple = (ListSnooper, ListSnooper).to_python(gil.token()).unwrap();
     assert_eq!(tuple.len().unwrap(), 2);
+}
+
+#[test]
+fn bytes_carry_every_byte_value_both_ways() {
+    let gil = Gil::acquire().unwrap();
+    let every: Vec<u8> = (0..=255).collect();
+    let converted = Bytes(&every[..]).to_python(gil.token()).unwrap();
+    let expected = gil.eval("bytes(range(256))").unwrap();
+    assert_eq!(converted.type_name(), "bytes");
+    assert!(converted.eq(&expected).unwrap(), "{converted:?}");
+    assert_eq!(expected.extract::<Bytes>().unwrap(), Bytes(every.clone()));
+    // Each value alone too, so that no byte is special (NUL, 0x80, 0xff...).
+    let single = gil.eval("lambda data: len(data) == 1 and data[0]").unwrap();
+    for byte in 0..=255u8 {
+        let object = Bytes([byte]).to_python(gil.token()).unwrap();
+        assert_eq!(single.call((&object,), ()).unwrap().extract::<i64>().unwrap(), i64::from(byte));
+        assert_eq!(object.extract::<Bytes>().unwrap().0, [byte]);
+    }
+    round_trip(&gil, Bytes(Vec::new()), "b''");
+    round_trip(&gil, Bytes(b"nul\0inside\xff".to_vec()), "b'nul\\x00inside\\xff'");
+    round_trip(&gil, (Bytes(vec![1u8]), vec![2u8]), "(b'\\x01', [2])");
+}
+
+#[test]
+fn a_vec_of_u8_is_a_list_of_ints_not_bytes() {
+    let gil = Gil::acquire().unwrap();
+    round_trip(&gil, vec![0u8, 1, 255], "[0, 1, 255]");
+    let slice: &[u8] = b"ab";
+    assert_eq!(slice.to_python(gil.token()).unwrap().repr().unwrap(), "[97, 98]");
+    assert_eq!(conversion_error::<Vec<u8>>(&gil.eval("b'ab'").unwrap()), "expected list or tuple, got bytes");
+    assert_eq!(conversion_error::<Bytes>(&gil.eval("[97, 98]").unwrap()), "expected bytes or bytearray, got list");
+    assert_eq!(conversion_error::<Bytes>(&gil.eval("'ab'").unwrap()), "expected bytes or bytearray, got str");
+}
+
+#[test]
+fn a_bytearray_and_a_bytes_subclass_convert_to_bytes() {
+    let gil = Gil::acquire().unwrap();
+    let every: Vec<u8> = (0..=255).rev().collect();
+    let array = gil.eval("bytearray(range(255, -1, -1))").unwrap();
+    assert_eq!(array.extract::<Bytes>().unwrap().0, every);
+    assert_eq!(gil.eval("bytearray()").unwrap().extract::<Bytes>().unwrap().0, Vec::<u8>::new());
+    gil.run("class Tagged(bytes):\n    pass\n").unwrap();
+    assert_eq!(gil.eval("Tagged(b'\\x00\\x7f')").unwrap().extract::<Bytes>().unwrap().0, [0, 127]);
+    let packed: Vec<u8> = [0.5f64, -1e300, f64::MIN_POSITIVE].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let unpack = gil.eval("lambda data: list(__import__('struct').unpack('<3d', data))").unwrap();
+    let floats: Vec<f64> = unpack.call((Bytes(packed.as_slice()),), ()).unwrap().extract().unwrap();
+    assert_eq!(floats, [0.5, -1e300, f64::MIN_POSITIVE]);
 }

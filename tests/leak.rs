@@ -8,7 +8,8 @@
 //!
 //! The Driver's completion path gets the same check: the pool's notifier called from Python,
 //! `retrieve` answered from the completion table, `cancel` in several states, results that
-//! expire, and `wait_async` futures dropped while pending.
+//! expire, and `wait_async` futures dropped while pending. So do a Driver's general tasks,
+//! with every answer type.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,7 +21,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use pyo3_ffi as ffi;
-use rs4py::{Driver, DriverOptions, Error, Gil, Handle, Object, ResultStatus, SubmitStatus, TaskResult, ToPython};
+use rs4py::{
+    Bytes, Driver, DriverOptions, Error, FromPython, Gil, Handle, IntoArgs, Object, ResultStatus, SubmitStatus,
+    TaskResult, ToPython,
+};
 
 /// The tests read process-wide counts: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -333,5 +337,95 @@ fn threads_that_come_and_go_leak_no_reference_and_no_thread_state() {
     assert_eq!(shared_after, shared_before);
     // Fewer is fine: another test's thread may have exited meanwhile, its thread state with it.
     assert!(states_after <= states_before, "thread states grew from {states_before} to {states_after}");
+    assert!(objects_after <= objects_before + 50, "gc-tracked objects grew from {objects_before} to {objects_after}");
+}
+
+/// More tasks than the pool's run-time window keeps (1024), so that it is full before the
+/// count begins.
+const GENERAL_WARM_UP: usize = 100;
+const GENERAL_ROUNDS: usize = 300;
+
+/// Runs one general task and checks its status, and its value when done.
+fn general<T>(driver: &Driver, args: impl IntoArgs, status: ResultStatus, expected: T)
+where
+    T: for<'py> FromPython<'py> + Default + PartialEq + std::fmt::Debug,
+{
+    let receipt = driver.submit_call::<T>(args, [("unused", ())]);
+    assert_eq!(receipt.status, SubmitStatus::Accepted, "{}", receipt.message);
+    let result = driver.wait(receipt.key, Duration::from_secs(30));
+    assert_eq!(result.status, status, "{}", result.message);
+    assert_eq!(result.value, expected);
+}
+
+/// One round of general tasks of every answer type (and the failures: a wrong type, an
+/// Engine that raises; one read through `wait_async`), and a demo task.
+fn driver_round(driver: &Driver, round: usize) {
+    let n = round as i64;
+    general(driver, ("value", -n), ResultStatus::Done, -n);
+    general(driver, ("value", 0), ResultStatus::Done, 0i64);
+    general(driver, ("value", n as f64 / 8.0), ResultStatus::Done, n as f64 / 8.0);
+    general(driver, ("value", format!("round {n} ✓")), ResultStatus::Done, format!("round {n} ✓"));
+    general(driver, ("value", vec![n as f64, -0.5]), ResultStatus::Done, vec![n as f64, -0.5]);
+    let map = HashMap::from([("p".to_string(), 0.25), (format!("k{n}"), -1.0)]);
+    general(driver, ("value", &map), ResultStatus::Done, map.clone());
+    general(driver, ("value", (n, "t", Some(1.5))), ResultStatus::Done, (n, "t".to_string(), Some(1.5)));
+    general(driver, ("value", None::<i64>), ResultStatus::Done, None::<i64>);
+    let data: Vec<u8> = (0..=255).collect();
+    general(driver, ("value", Bytes(&data[..])), ResultStatus::Done, Bytes(data.clone()));
+    general(driver, ("value", "not a number"), ResultStatus::Failed, 0.0f64);
+    general(driver, ("raise", "on purpose"), ResultStatus::Failed, Vec::<f64>::new());
+    // Through a future too.
+    let receipt = driver.submit_call::<String>(("value", "async"), ());
+    let mut future = driver.wait_async(receipt.key);
+    let result = loop {
+        if let Poll::Ready(result) = Pin::new(&mut future).poll(&mut Context::from_waker(Waker::noop())) {
+            break result;
+        }
+        thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!((result.status, result.value.as_str()), (ResultStatus::Done, "async"));
+    // A demo task too: this Engine's run wants a command, so it fails with the traceback.
+    let receipt = driver.submit(&[1.5], &["ab"], 3);
+    let result = driver.wait(receipt.key, Duration::from_secs(30));
+    assert_eq!((result.status, result.value), (ResultStatus::Failed, -1));
+    assert!(result.message.contains("TypeError"), "{}", result.message);
+}
+
+#[test]
+fn general_tasks_of_every_answer_type_leak_no_reference() {
+    let _serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let driver = Driver::new(DriverOptions {
+        engine: "py4cc_general_engines:CommandEngine".into(),
+        python_path: vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py4cc/tests/engines")],
+        n_subprocesses: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    driver.initialize_with("{}", &["x"], &["s"], [("extra", Bytes(&[0u8, 255][..]))]).unwrap();
+    for round in 0..GENERAL_WARM_UP {
+        driver_round(&driver, round);
+    }
+    let measure = || {
+        let gil = Gil::acquire().unwrap();
+        gil.run("__import__('gc').collect()").unwrap();
+        (total_refcount(&gil), tracked_objects(&gil))
+    };
+    let (total_before, objects_before) = measure();
+    for round in 0..GENERAL_ROUNDS {
+        driver_round(&driver, round);
+    }
+    let (total_after, objects_after) = measure();
+    driver.finalize();
+
+    println!("general task rounds: {GENERAL_ROUNDS} of 13 tasks (after {GENERAL_WARM_UP} to warm up)");
+    println!("gc-tracked objects: before {objects_before}, after {objects_after}");
+    match (total_before, total_after) {
+        (Some(before), Some(after)) => {
+            println!("sys.gettotalrefcount(): before {before}, after {after}, growth {}", after - before);
+            // One reference leaked per task would grow it by 13 * GENERAL_ROUNDS.
+            assert!(after - before <= 50, "total refcount grew from {before} to {after} over {GENERAL_ROUNDS} rounds");
+        }
+        _ => println!("sys.gettotalrefcount(): not available (not a debug build of CPython)"),
+    }
     assert!(objects_after <= objects_before + 50, "gc-tracked objects grew from {objects_before} to {objects_after}");
 }

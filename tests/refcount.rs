@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use rs4py::{Gil, Handle, Object, ToPython};
+use rs4py::{Bytes, Gil, Handle, Object, ToPython};
 
 /// A fresh list: not shared with anything else, so its count moves only with our guards.
 fn fresh(gil: &Gil) -> Object<'_> {
@@ -177,6 +177,7 @@ fn failed_extraction_leaks_nothing() {
     let counts: Vec<isize> = items.iter().map(Object::refcount).collect();
     for _ in 0..50 {
         assert!(source.extract::<Vec<i64>>().is_err());
+        assert!(source.extract::<Bytes>().is_err());
         assert!(source.extract::<(i64, i64)>().is_err());
         assert!(items[2].extract::<i64>().is_err());
         assert!(items[1].extract::<HashMap<String, i64>>().is_err());
@@ -228,6 +229,7 @@ fn each_scalar_conversion_hands_over_exactly_one_reference_and_extraction_takes_
         String::from("ключ 🦀").to_python(gil.token()).unwrap(),
         vec![1.5, 2.5].to_python(gil.token()).unwrap(),
         (1.5, "two").to_python(gil.token()).unwrap(),
+        Bytes(&b"bytes \0\xff, not shared"[..]).to_python(gil.token()).unwrap(),
     ];
     for object in &converted {
         assert_eq!(object.refcount(), 1, "{object:?}");
@@ -240,6 +242,7 @@ fn each_scalar_conversion_hands_over_exactly_one_reference_and_extraction_takes_
     let _: String = converted[5].extract().unwrap();
     let _: Vec<f64> = converted[6].extract().unwrap();
     let _: (f64, String) = converted[7].extract().unwrap();
+    let _: Bytes = converted[8].extract().unwrap();
     assert!(converted[4].extract::<i64>().is_err());
     for object in &converted {
         assert_eq!(object.refcount(), 1, "extraction left {object:?} as it was");
@@ -285,4 +288,18 @@ fn import_and_the_object_protocol_calls_leave_counts_as_they_were() {
     assert_eq!(truth.refcount(), true_count + rise, "each bool conversion owns one reference to True");
     drop(more);
     assert_eq!(truth.refcount(), true_count);
+}
+
+#[test]
+fn bytes_and_bytearrays_are_copied_out_and_left_as_they_were() {
+    let gil = Gil::acquire().unwrap();
+    let sources = [gil.eval("bytes(range(256)) * 3").unwrap(), gil.eval("bytearray(range(256))").unwrap()];
+    for source in &sources {
+        assert_eq!(source.refcount(), 1);
+        for _ in 0..50 {
+            let copied: Bytes = source.extract().unwrap();
+            assert_eq!(copied.0.len(), source.len().unwrap());
+        }
+        assert_eq!(source.refcount(), 1, "{source:?}");
+    }
 }

@@ -4,6 +4,7 @@ task, ``result_ttl`` and the messages of keys that were cancelled or expired."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import threading
 import time
@@ -244,6 +245,30 @@ class ResultTtlTest(DriverTestCase):
         time.sleep(0.3)
         self.assertEqual(d.retrieve(key), (1, 0, NOT_FINISHED_MESSAGE))
         self.assertEqual(d.wait(key, 10), (0, 3, "slept"))
+
+
+class WaitReadableTest(DriverTestCase):
+    def test_the_dispatcher_waits_with_the_host_s_function(self):
+        calls = []
+
+        def wait_readable(fds, timeout_ms):
+            calls.append((list(fds), timeout_ms))
+            poller = select.poll()
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            return poller.poll(timeout_ms)
+
+        d = self.make_driver(wait_readable=wait_readable, n_subprocesses=2)
+        keys = [d.submit(*TASK)[1] for _ in range(10)]
+        for key in keys:
+            self.assertEqual(d.wait(key, 10), (0, big_model(*TASK), ""))
+        self.assertGreater(len(calls), 1)
+        fds, _ = calls[-1]
+        self.assertEqual(len(fds), 1 + 2 * 2, "the wake-up pipe, each worker's pipe and sentinel")
+
+    def test_it_must_be_callable(self):
+        with self.assertRaisesRegex(TypeError, "wait_readable must be None or a callable"):
+            self.make_driver(wait_readable=3)
 
 
 class GoneTest(unittest.TestCase):

@@ -96,6 +96,10 @@ class RayOptionsTest(unittest.TestCase):
             with self.assertRaisesRegex(ValueError, "ray_address must be None or a cluster address"):
                 self.options(backend="ray", ray_address=bad)
 
+    def test_preload_is_the_local_pool_s(self) -> None:
+        with self.assertRaisesRegex(ValueError, "preload='module' is for the local pool's worker processes"):
+            self.options(backend="ray", preload="module", start_method="forkserver")
+
     def test_missing_ray_names_the_interpreter(self) -> None:
         driver = Driver(n_subprocesses=1, backend="ray")
         self.addCleanup(driver.finalize)
@@ -171,6 +175,7 @@ class RayClusterTest(DriverTestCase):
         assert CLUSTER is not None
         options.setdefault("n_subprocesses", 2)
         options.setdefault("init_timeout", WAIT_S)
+        add_engines_dir()
         return self.make_driver(backend="ray", ray_address=CLUSTER.address, **options)
 
     def answer(self, driver: Driver, key: int) -> tuple:
@@ -444,6 +449,34 @@ class RayClusterTest(DriverTestCase):
         for i, key in enumerate(keys):
             self.assertEqual(driver.retrieve(key), (OK, 10 + i, "slept"))
         self.assertEqual(driver.submit(*TASK)[0], ERROR)
+
+    def test_general_tasks(self) -> None:
+        driver = self.ray_driver(engine="py4cc_general_engines:CommandEngine", float_names=[], str_names=[])
+
+        def call(*args: Any, **kwargs: Any) -> tuple:
+            flag, key, message = driver.submit_call(args, kwargs)
+            self.assertEqual((flag, message), (OK, ""))
+            return self.answer(driver, key)
+
+        for value in (0, -5, None, "Straße 🦀", [1.5, -2.0], {"a": (1, None)}, 2**100, bytes(range(256))):
+            self.assertEqual(call("value", value), (OK, value, ""))
+        self.assertEqual(call("echo", 1, "two", key=None), (OK, ([1, "two"], {"key": None}), ""))
+        flag, value, message = call("raise", "no such model today")
+        self.assertEqual((flag, value), (FAILED, None))
+        self.assertIn("ValueError: no such model today", message)
+        flag, value, message = call("unpicklable")
+        self.assertEqual((flag, value), (FAILED, None))
+        self.assertIn("cannot be pickled", message)
+        flag, value, message = call("unloadable")
+        self.assertEqual((flag, value), (FAILED, None))
+        self.assertIn("could not be unpickled by the driver", message)
+
+    def test_general_tasks_call_the_chosen_method(self) -> None:
+        driver = self.ray_driver(
+            engine="py4cc_general_engines:CommandEngine", float_names=[], str_names=[], call_method="predict"
+        )
+        key = driver.submit_call(([[1.0, 2.0], [3.5]],), {"scale": 2.0})[1]
+        self.assertEqual(self.answer(driver, key), (OK, [6.0, 7.0], ""))
 
     def test_lost_connection_fails_unfinished_tasks(self) -> None:
         # A cluster of its own, whose loss the other tests must not see, and a process of

@@ -4,9 +4,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use super::{Driver, ResultStatus, TaskResult};
+use super::{Driver, ResultStatus, TaskKey, TaskResult};
 
-/// The future [`Driver::wait_async`] returns: it resolves to the task's [`TaskResult`].
+/// The future [`Driver::wait_async`] returns: it resolves to the task's [`TaskResult`]
+/// (`TaskResult<i64>` for a demo task's `i64` key, `TaskResult<T>` for a [`Key<T>`](super::Key)).
 ///
 /// `Send`, and runtime-agnostic: it registers the polling task's `Waker` with the driver's
 /// completion table, which wakes it when the pool reports the task finished (or dropped), and
@@ -14,9 +15,9 @@ use super::{Driver, ResultStatus, TaskResult};
 /// finished collects the answer, taking the mutex and the GIL briefly. Dropped before it
 /// answers, it cancels the task.
 #[must_use = "a TaskFuture does nothing unless polled, and dropping it cancels the task"]
-pub struct TaskFuture<'a> {
+pub struct TaskFuture<'a, K: TaskKey = i64> {
     driver: &'a Driver,
-    key: i64,
+    key: K,
     /// The waker last registered with the table, taken off it when another replaces it or the
     /// future is dropped.
     registered: Option<Waker>,
@@ -24,39 +25,43 @@ pub struct TaskFuture<'a> {
     answered: bool,
 }
 
-impl<'a> TaskFuture<'a> {
-    pub(super) fn new(driver: &'a Driver, key: i64) -> Self {
+impl<'a, K: TaskKey> TaskFuture<'a, K> {
+    pub(super) fn new(driver: &'a Driver, key: K) -> Self {
         TaskFuture { driver, key, registered: None, answered: false }
     }
 
     /// The key of the task this future waits for.
-    pub fn key(&self) -> i64 {
+    pub fn key(&self) -> K {
         self.key
     }
 }
 
-impl Future for TaskFuture<'_> {
-    type Output = TaskResult;
+// Nothing in a TaskFuture is pinned: it may move between polls.
+impl<K: TaskKey> Unpin for TaskFuture<'_, K> {}
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TaskResult> {
+impl<K: TaskKey> Future for TaskFuture<'_, K> {
+    type Output = TaskResult<K::Answer>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TaskResult<K::Answer>> {
         let this = self.get_mut();
         let table = &this.driver.completions;
+        let raw = this.key.raw();
         if this.answered {
             return Poll::Ready(TaskResult {
                 status: ResultStatus::Error,
-                key: this.key,
-                value: 0,
+                key: raw,
+                value: K::Answer::default(),
                 message: "wait_async: this future already gave the task's answer".to_owned(),
             });
         }
-        match table.poll(this.key, cx) {
+        match table.poll(raw, cx) {
             Poll::Pending => {
                 match &this.registered {
                     Some(known) if known.will_wake(cx.waker()) => {}
                     _ => {
                         // Polled from another task than before: the old waker must not linger.
                         if let Some(old) = this.registered.replace(cx.waker().clone()) {
-                            table.unregister(this.key, &old);
+                            table.unregister(raw, &old);
                         }
                     }
                 }
@@ -71,20 +76,20 @@ impl Future for TaskFuture<'_> {
     }
 }
 
-impl Drop for TaskFuture<'_> {
+impl<K: TaskKey> Drop for TaskFuture<'_, K> {
     fn drop(&mut self) {
         if self.answered {
             return;
         }
         if let Some(waker) = self.registered.take() {
-            self.driver.completions.unregister(self.key, &waker);
+            self.driver.completions.unregister(self.key.raw(), &waker);
         }
         self.driver.cancel(self.key);
     }
 }
 
-impl std::fmt::Debug for TaskFuture<'_> {
+impl<K: TaskKey> std::fmt::Debug for TaskFuture<'_, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskFuture").field("key", &self.key).field("answered", &self.answered).finish()
+        f.debug_struct("TaskFuture").field("key", &self.key.raw()).field("answered", &self.answered).finish()
     }
 }

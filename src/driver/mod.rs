@@ -3,11 +3,13 @@
 
 mod completion;
 mod future;
+mod general;
 mod options;
 mod output;
 mod package;
 mod protocol;
 mod stats;
+mod turn;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 
+use crate::convert::{IntoArgs, IntoKwargs};
 use crate::error::Result;
 use crate::gil::Gil;
 use crate::interpreter::{self, StartOptions};
@@ -22,33 +25,38 @@ use crate::object::{Handle, Object};
 
 use completion::{Completions, Standing};
 pub use future::TaskFuture;
-pub use options::{Backend, DriverOptions, StartMethod};
+pub use general::{Key, TaskKey};
+pub use options::{Backend, DriverOptions, Preload, StartMethod};
 pub use output::{WorkerLine, WorkerOutput, WorkerStream};
 use protocol::{DRIVER_CLASS, DRIVER_MODULE, N_SUBPROCESSES, NOT_FINISHED_MESSAGE, method, option};
 pub use protocol::{ResultStatus, SubmitStatus};
 pub use stats::{DriverState, DriverStats};
+use turn::DispatcherTurn;
 
-/// The answer to [`Driver::submit`]: a status, the task's key (0 unless accepted) and a
-/// message (empty when accepted).
+/// The answer to [`Driver::submit`] (whose key is an `i64`) and [`Driver::submit_call`]
+/// (whose key is a [`Key<T>`]): a status, the task's key (0 unless accepted) and a message
+/// (empty when accepted).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskReceipt {
+pub struct TaskReceipt<K = i64> {
     /// What became of the task.
     pub status: SubmitStatus,
     /// The key to retrieve the result with; 0 unless accepted.
-    pub key: i64,
+    pub key: K,
     /// Why, when not accepted.
     pub message: String,
 }
 
-/// The answer to [`Driver::retrieve`] and [`Driver::wait`].
+/// The answer to [`Driver::retrieve`] and [`Driver::wait`]: `TaskResult<i64>` for a
+/// demo-protocol task, `TaskResult<T>` for a general task whose key is a [`Key<T>`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskResult {
+pub struct TaskResult<T = i64> {
     /// Where the task stands.
     pub status: ResultStatus,
-    /// The key asked about.
+    /// The key asked about (its number).
     pub key: i64,
-    /// The model's answer when `Done`.
-    pub value: i64,
+    /// The model's answer when `Done`; `T::default()` otherwise (a demo task that failed:
+    /// the model's own value, if it answered one).
+    pub value: T,
     /// The traceback or cause when `Failed`, the reason when `Error`.
     pub message: String,
 }
@@ -57,6 +65,7 @@ pub struct TaskResult {
 struct PythonDriver {
     driver: Handle,
     submit: Handle,
+    submit_call: Handle,
     retrieve: Handle,
     cancel: Handle,
     stats: Handle,
@@ -97,6 +106,7 @@ pub struct Driver {
     python: PythonDriver,
     finalized: AtomicBool,
     completions: Arc<Completions>,
+    turn: Arc<DispatcherTurn>,
 }
 
 impl Driver {
@@ -109,6 +119,8 @@ impl Driver {
         let gil = Gil::acquire()?;
         let completions = Arc::new(Completions::default());
         let notify = completions.notifier(gil.token())?;
+        let turn = Arc::new(DispatcherTurn::default());
+        let wait_readable = turn.function(gil.token())?;
         let class = gil.import(DRIVER_MODULE)?.getattr(DRIVER_CLASS)?;
         let worker_output = options.worker_output.as_ref().map(|output| output.sink(gil.token())).transpose()?;
         let driver = class.call(
@@ -121,9 +133,12 @@ impl Driver {
                 (option::TASK_TIMEOUT, &options.task_timeout.map(|timeout| timeout.as_secs_f64())),
                 (option::INIT_TIMEOUT, &options.init_timeout.map(|timeout| timeout.as_secs_f64())),
                 (option::NOTIFY, &notify),
+                (option::WAIT_READABLE, &wait_readable),
                 (option::RESULT_TTL, &options.result_ttl.map(|ttl| ttl.as_secs_f64())),
                 (option::WORKER_ENV, &options.worker_env),
                 (option::WORKER_OUTPUT, &worker_output),
+                (option::CALL_METHOD, &options.call_method),
+                (option::PRELOAD, &options.preload.as_python()),
                 (option::BACKEND, &options.backend.name()),
                 (option::RAY_ADDRESS, &options.backend.ray_address()),
             ],
@@ -131,13 +146,14 @@ impl Driver {
         let bound = |name| driver.getattr(name).map(Object::unbind);
         let python = PythonDriver {
             submit: bound(method::SUBMIT)?,
+            submit_call: bound(method::SUBMIT_CALL)?,
             retrieve: bound(method::RETRIEVE)?,
             cancel: bound(method::CANCEL)?,
             stats: bound(method::STATS)?,
             drain: bound(method::DRAIN)?,
             driver: driver.clone().unbind(),
         };
-        Ok(Driver { calls: Mutex::new(()), python, finalized: AtomicBool::new(false), completions })
+        Ok(Driver { calls: Mutex::new(()), python, finalized: AtomicBool::new(false), completions, turn })
     }
 
     /// Parses the JSON config and starts the workers, each building the Engine from it and
@@ -149,11 +165,35 @@ impl Driver {
         float_feature_names: &[impl AsRef<str>],
         str_feature_names: &[impl AsRef<str>],
     ) -> Result<()> {
+        self.initialize_with(config_json, float_feature_names, str_feature_names, ())
+    }
+
+    /// [`initialize`](Self::initialize), with keyword arguments that reach every worker's
+    /// `Engine.initialize(config, float_feature_names, str_feature_names, **extra)` as
+    /// `extra`: any convertible values, such as a model's path or a byte string. With `spawn`
+    /// or `forkserver` they are pickled to each worker.
+    ///
+    /// ```
+    /// use rs4py::{Driver, DriverOptions, ToPython};
+    ///
+    /// let driver = Driver::new(DriverOptions { n_subprocesses: 1, ..Default::default() })?;
+    /// let extra = [("model_path", &"/srv/model.joblib" as &dyn ToPython), ("threshold", &0.5)];
+    /// driver.initialize_with("{}", &["a"], &[] as &[&str], extra)?;
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    pub fn initialize_with(
+        &self,
+        config_json: &str,
+        float_feature_names: &[impl AsRef<str>],
+        str_feature_names: &[impl AsRef<str>],
+        extra: impl IntoKwargs,
+    ) -> Result<()> {
         let float_names: Vec<&str> = float_feature_names.iter().map(AsRef::as_ref).collect();
         let str_names: Vec<&str> = str_feature_names.iter().map(AsRef::as_ref).collect();
         let _serial = self.lock_calls();
         let gil = Gil::acquire()?;
-        self.python.driver.bind(&gil).call_method(method::INITIALIZE, (config_json, float_names, str_names), ())?;
+        let driver = self.python.driver.bind(&gil);
+        driver.call_method(method::INITIALIZE, (config_json, float_names, str_names), extra)?;
         Ok(())
     }
 
@@ -191,11 +231,69 @@ impl Driver {
         }
     }
 
+    /// Submits one general task: the Engine's `call_method` (`run` by default) is called as
+    /// `engine.run(*args, **kwargs)` in a worker, and its answer, whatever it is, is read as
+    /// a `T` by [`retrieve`](Self::retrieve) or [`wait`](Self::wait) with the receipt's
+    /// [`Key<T>`]. Success is "no exception": 0, negative numbers and `None` are answers
+    /// like any other; an exception is `Failed` with its traceback, and so is an answer that
+    /// does not convert to `T` (the message names its Python type and `T`). Capacity,
+    /// timeouts and keys are shared with [`submit`](Self::submit). Never fails: a refusal
+    /// (at capacity, arguments that do not convert, ...) is a status and a message.
+    ///
+    /// ```
+    /// use rs4py::{Driver, DriverOptions, ResultStatus, ToPython};
+    /// use std::time::Duration;
+    ///
+    /// // The demo Engine's run takes keywords, so a general task can call it too; its
+    /// // answer is then the (value, message) pair it returns, read here as a tuple.
+    /// let driver = Driver::new(DriverOptions { n_subprocesses: 1, ..Default::default() })?;
+    /// driver.initialize("{}", &["a"], &["b"])?;
+    /// let kwargs = [("float_features", &[-2.5] as &dyn ToPython), ("str_features", &["xy"]), ("int_feature", &0)];
+    /// let receipt = driver.submit_call::<(i64, String)>((), kwargs);
+    /// let result = driver.wait(receipt.key, Duration::from_secs(10));
+    /// assert_eq!((result.status, result.value), (ResultStatus::Done, (2 + 2, String::new())));
+    ///
+    /// let wrong = driver.submit_call::<f64>((), kwargs);
+    /// let result = driver.wait(wrong.key, Duration::from_secs(10));
+    /// assert_eq!(result.status, ResultStatus::Failed);
+    /// assert!(result.message.contains("is a Python tuple, which does not convert to the Rust type f64"));
+    /// # Ok::<(), rs4py::Error>(())
+    /// ```
+    pub fn submit_call<T>(&self, args: impl IntoArgs, kwargs: impl IntoKwargs) -> TaskReceipt<Key<T>> {
+        let answer = Gil::acquire().and_then(|gil| {
+            // Converted before the mutex is taken: a large argument holds up no other caller.
+            let token = gil.token();
+            let args = args.into_objects(token)?;
+            let args = Object::new_tuple(token, args.as_ref().iter().map(|arg| Ok(arg.clone())))?;
+            let kwargs = kwargs.into_kwargs(token)?.unwrap_or_else(|| token.none());
+            let _serial = self.lock_calls(); // lets the GIL go while it waits
+            self.python.submit_call.bind(&gil).call((args, kwargs), ())?.extract::<(i64, i64, String)>()
+        });
+        match answer {
+            Ok((code, key, message)) => match SubmitStatus::from_code(code) {
+                Some(SubmitStatus::Accepted) => {
+                    self.completions.accepted(key);
+                    TaskReceipt { status: SubmitStatus::Accepted, key: Key::new(key), message }
+                }
+                Some(status) => TaskReceipt { status, key: Key::new(key), message },
+                None => {
+                    TaskReceipt { status: SubmitStatus::Error, key: Key::new(0), message: unknown_flag(code, &message) }
+                }
+            },
+            Err(error) => TaskReceipt {
+                status: SubmitStatus::Error,
+                key: Key::new(0),
+                message: format!("submit_call failed: {error}"),
+            },
+        }
+    }
+
     /// Asks for a task's result without waiting. Never fails: see [`ResultStatus`]. A task
-    /// still running answers `NotReady` at once, without the GIL or the driver's mutex.
-    pub fn retrieve(&self, key: i64) -> TaskResult {
-        if self.completions.standing(key) == Standing::Running {
-            return not_ready(key);
+    /// still running answers `NotReady` at once, without the GIL or the driver's mutex. An
+    /// `i64` key reads a demo task's answer, a [`Key<T>`] a general task's, as a `T`.
+    pub fn retrieve<K: TaskKey>(&self, key: K) -> TaskResult<K::Answer> {
+        if self.completions.standing(key.raw()) == Standing::Running {
+            return not_ready(key.raw());
         }
         self.collect(key, method::RETRIEVE)
     }
@@ -203,16 +301,16 @@ impl Driver {
     /// Waits up to `timeout` for the task to finish, then answers as [`retrieve`](Self::retrieve)
     /// (`NotReady` if it still is not). Holds neither the driver's mutex nor the GIL while it
     /// waits: the task's completion wakes it.
-    pub fn wait(&self, key: i64, timeout: Duration) -> TaskResult {
+    pub fn wait<K: TaskKey>(&self, key: K, timeout: Duration) -> TaskResult<K::Answer> {
         let deadline = Instant::now().checked_add(timeout);
         let standing = if Gil::is_held() {
             // The pool needs the GIL to finish the task this thread waits for.
-            Gil::acquire_started().release_during(|| self.completions.wait(key, deadline))
+            Gil::acquire_started().release_during(|| self.completions.wait(key.raw(), deadline))
         } else {
-            self.completions.wait(key, deadline)
+            self.completions.wait(key.raw(), deadline)
         };
         match standing {
-            Standing::Running => not_ready(key),
+            Standing::Running => not_ready(key.raw()),
             Standing::AskPython => self.collect(key, method::WAIT),
         }
     }
@@ -250,7 +348,7 @@ impl Driver {
     /// assert_eq!((result.status, result.value), (ResultStatus::Done, 4 + 3 + 7));
     /// # Ok::<(), rs4py::Error>(())
     /// ```
-    pub fn wait_async(&self, key: i64) -> TaskFuture<'_> {
+    pub fn wait_async<K: TaskKey>(&self, key: K) -> TaskFuture<'_, K> {
         TaskFuture::new(self, key)
     }
 
@@ -260,7 +358,8 @@ impl Driver {
     /// its answer is discarded; a finished one is removed. Its place among `max_tasks` is free
     /// at once. Retrieving the key afterwards answers `Error`, saying it was cancelled. Never
     /// fails: a failure to call Python answers `false`.
-    pub fn cancel(&self, key: i64) -> bool {
+    pub fn cancel(&self, key: impl TaskKey) -> bool {
+        let key = key.raw();
         let found = {
             let _serial = self.lock_calls();
             self.call_python(&self.python.cancel, (key,), |answer| answer.extract::<bool>())
@@ -290,10 +389,11 @@ impl Driver {
     }
 
     /// Collects the task's answer from Python, and forgets the key if Python did.
-    fn collect(&self, key: i64, call: &str) -> TaskResult {
+    fn collect<K: TaskKey>(&self, key: K, call: &str) -> TaskResult<K::Answer> {
+        let key = key.raw();
         let answer = {
             let _serial = self.lock_calls();
-            self.call_python(&self.python.retrieve, (key,), read_result)
+            self.call_python(&self.python.retrieve, (key,), read_result::<K>)
         };
         let answered = answer.is_ok();
         let result = task_result(key, answer, call);
@@ -403,14 +503,19 @@ impl Driver {
 
     /// Takes the mutex that serialises calls into Python. A thread that holds the GIL lets
     /// it go while it waits, or the thread holding the mutex could never get the GIL.
+    ///
+    /// Then, unless it holds the GIL, it lets the dispatcher take the GIL first if it is about
+    /// to (see `turn.rs`).
     fn lock_calls(&self) -> MutexGuard<'_, ()> {
-        if let Some(guard) = self.calls.try_lock() {
-            return guard;
+        if Gil::is_held() {
+            if let Some(guard) = self.calls.try_lock() {
+                return guard;
+            }
+            return Gil::acquire_started().release_during(|| self.calls.lock());
         }
-        if !Gil::is_held() {
-            return self.calls.lock();
-        }
-        Gil::acquire_started().release_during(|| self.calls.lock())
+        let guard = self.calls.lock();
+        self.turn.let_dispatcher_go_first();
+        guard
     }
 }
 
@@ -420,38 +525,50 @@ impl Drop for Driver {
     }
 }
 
+/// A read `(flag, answer, message)`: the answer apart, as it may not read as the key's type.
+type ReadResult<T> = (i64, std::result::Result<T, String>, String);
+
 /// The `(flag, value, message)` answer of `retrieve` or `wait`, with the value read apart: an
-/// Engine may answer an int too large for `i64`, and by then py4cc has removed the task.
-fn read_result(answer: Object<'_>) -> Result<(i64, Result<i64>, String)> {
+/// Engine may answer a value that does not convert (an int too large for `i64`, a type other
+/// than the one asked for), and by then py4cc has removed the task.
+fn read_result<K: TaskKey>(answer: Object<'_>) -> Result<ReadResult<K::Answer>> {
     let (code, value, message): (i64, Object<'_>, String) = answer.extract()?;
-    Ok((code, value.extract(), message))
+    Ok((code, K::read_answer(code, &value), message))
 }
 
-fn task_result(key: i64, answer: Result<(i64, Result<i64>, String)>, call: &str) -> TaskResult {
+fn task_result<T: Default>(key: i64, answer: Result<ReadResult<T>>, call: &str) -> TaskResult<T> {
     match answer {
         Ok((code, Ok(value), message)) => match ResultStatus::from_code(code) {
             Some(status) => TaskResult { status, key, value, message },
-            None => TaskResult { status: ResultStatus::Error, key, value: 0, message: unknown_flag(code, &message) },
+            None => TaskResult {
+                status: ResultStatus::Error,
+                key,
+                value: T::default(),
+                message: unknown_flag(code, &message),
+            },
         },
-        Ok((code, Err(error), message)) => {
+        Ok((code, Err(reason), message)) => {
             // Done or Failed: the task is gone on the Python side, so it must not look
             // untouched (Error); it failed, for a reason the message gives.
             let status = match ResultStatus::from_code(code) {
                 Some(ResultStatus::Done | ResultStatus::Failed) => ResultStatus::Failed,
                 _ => ResultStatus::Error,
             };
-            let message = format!("the model's answer cannot be an i64 value ({error}); {message}");
-            TaskResult { status, key, value: 0, message: message.trim_end_matches("; ").to_owned() }
+            let message = format!("{reason}; {message}");
+            TaskResult { status, key, value: T::default(), message: message.trim_end_matches("; ").to_owned() }
         }
-        Err(error) => {
-            TaskResult { status: ResultStatus::Error, key, value: 0, message: format!("{call} failed: {error}") }
-        }
+        Err(error) => TaskResult {
+            status: ResultStatus::Error,
+            key,
+            value: T::default(),
+            message: format!("{call} failed: {error}"),
+        },
     }
 }
 
 /// The answer for a task still running, as Python would give it.
-fn not_ready(key: i64) -> TaskResult {
-    TaskResult { status: ResultStatus::NotReady, key, value: 0, message: NOT_FINISHED_MESSAGE.to_owned() }
+fn not_ready<T: Default>(key: i64) -> TaskResult<T> {
+    TaskResult { status: ResultStatus::NotReady, key, value: T::default(), message: NOT_FINISHED_MESSAGE.to_owned() }
 }
 
 fn unknown_flag(code: i64, message: &str) -> String {

@@ -91,6 +91,32 @@ impl Backend {
     }
 }
 
+/// What the embedding process loads before the workers start, for them to inherit (see
+/// [`DriverOptions::preload`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Preload {
+    /// Nothing: each worker imports the Engine's module and builds its Engine (the default).
+    #[default]
+    Nothing,
+    /// The Engine's module: imported once here (`fork`) or by the fork server
+    /// (`forkserver`), so that workers start with it imported.
+    Module,
+    /// With `fork`, one Engine built and initialised here, whose copy every worker uses
+    /// instead of building its own; with `forkserver`, the same as `Module`.
+    Engine,
+}
+
+impl Preload {
+    /// The `preload` value py4cc takes: `None`, `"module"` or `"engine"`.
+    pub fn as_python(self) -> Option<&'static str> {
+        match self {
+            Preload::Nothing => None,
+            Preload::Module => Some("module"),
+            Preload::Engine => Some("engine"),
+        }
+    }
+}
+
 /// How to build a [`Driver`](super::Driver).
 #[derive(Debug, Clone)]
 pub struct DriverOptions {
@@ -111,6 +137,19 @@ pub struct DriverOptions {
     /// Directories put at the front of `sys.path`, for the user's own Engine module; every
     /// worker process sees them too, whatever the start method.
     pub python_path: Vec<PathBuf>,
+    /// The Engine's method that general tasks ([`Driver::submit_call`](super::Driver::submit_call))
+    /// call, `"run"` by default; checked when each worker builds its Engine.
+    pub call_method: String,
+    /// What this process loads before forking the workers, so that they share its pages
+    /// and start faster: nothing (the default), the Engine's module, or one initialised
+    /// Engine. With `fork` the module is imported here (and the Engine built here, its
+    /// `initialize` run once, in this process); with `forkserver` the module is added to
+    /// the fork server's preload list, which the fork server reads when it starts (the
+    /// first forkserver Driver of the process) and can only use for a module it finds
+    /// without `python_path` (one installed in the environment); `spawn` refuses it at
+    /// [`Driver::initialize`](super::Driver::initialize). The module (and Engine) then also
+    /// live in this process, and any thread they start here runs in it before the fork.
+    pub preload: Preload,
     /// How long a finished result waits to be retrieved: past it, it is dropped (counted as
     /// expired) and frees its place among `max_tasks`, so that tasks nobody comes back for
     /// (a request that timed out, a panicking handler) cannot use up the capacity. Retrieving
@@ -143,6 +182,8 @@ impl Default for DriverOptions {
             task_timeout: None,
             init_timeout: None,
             python_path: Vec::new(),
+            call_method: "run".into(),
+            preload: Preload::Nothing,
             result_ttl: Some(Duration::from_secs(60)),
             worker_env: Vec::new(),
             worker_output: None,

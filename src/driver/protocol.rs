@@ -38,6 +38,10 @@ pub(super) mod option {
     pub(in crate::driver) const TASK_TIMEOUT: &str = "task_timeout";
     /// `init_timeout: float | None`, in seconds.
     pub(in crate::driver) const INIT_TIMEOUT: &str = "init_timeout";
+    /// `call_method: str`, the Engine's method general tasks call.
+    pub(in crate::driver) const CALL_METHOD: &str = "call_method";
+    /// `preload: None | "module" | "engine"`.
+    pub(in crate::driver) const PRELOAD: &str = "preload";
     /// `notify: Callable[[int, bool], object] | None`: the completion table's notifier.
     pub(in crate::driver) const NOTIFY: &str = "notify";
     /// `result_ttl: float | None`, in seconds.
@@ -46,13 +50,16 @@ pub(super) mod option {
     pub(in crate::driver) const WORKER_ENV: &str = "worker_env";
     /// `worker_output: Callable[[int, str, str], None] | None`.
     pub(in crate::driver) const WORKER_OUTPUT: &str = "worker_output";
+    /// `wait_readable: Callable[[list[int], float | None], list[tuple[int, int]]] | None`:
+    /// what the dispatcher polls the workers' pipes with (see `turn.rs`).
+    pub(in crate::driver) const WAIT_READABLE: &str = "wait_readable";
     /// `backend: str`, `"local"` or `"ray"`.
     pub(in crate::driver) const BACKEND: &str = "backend";
     /// `ray_address: str | None`, the Ray cluster's address.
     pub(in crate::driver) const RAY_ADDRESS: &str = "ray_address";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 12] = [
+    pub(in crate::driver) const ALL: [&str; 15] = [
         MAX_TASKS,
         N_SUBPROCESSES,
         START_METHOD,
@@ -63,6 +70,9 @@ pub(super) mod option {
         RESULT_TTL,
         WORKER_ENV,
         WORKER_OUTPUT,
+        CALL_METHOD,
+        PRELOAD,
+        WAIT_READABLE,
         BACKEND,
         RAY_ADDRESS,
     ];
@@ -90,10 +100,12 @@ pub(super) mod method {
     pub(in crate::driver) const STATS: &str = "stats";
     /// `drain(timeout) -> int`.
     pub(in crate::driver) const DRAIN: &str = "drain";
+    /// `submit_call(args, kwargs) -> (flag, key, message)`, a general task.
+    pub(in crate::driver) const SUBMIT_CALL: &str = "submit_call";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 10] =
-        [INITIALIZE, SUBMIT, RETRIEVE, WAIT, FINALIZE, WORKER_PIDS, CANCEL, HELD_TASKS, STATS, DRAIN];
+    pub(in crate::driver) const ALL: [&str; 11] =
+        [INITIALIZE, SUBMIT, RETRIEVE, WAIT, FINALIZE, WORKER_PIDS, CANCEL, HELD_TASKS, STATS, DRAIN, SUBMIT_CALL];
 }
 
 /// The Python driver's attribute holding how many worker processes run (the only one read).
@@ -114,11 +126,13 @@ pub enum SubmitStatus {
 /// [`Driver::wait`](super::Driver::wait).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResultStatus {
-    /// Done: `value` is the model's answer (positive). The task is removed.
+    /// Done: `value` is the model's answer (positive for a demo task; anything for a
+    /// general one). The task is removed.
     Done,
     /// Not finished yet: ask again. The task is kept.
     NotReady,
-    /// The model failed or answered a value `<= 0`, its worker died, or it timed out; the
+    /// The model failed (raised; a demo task: answered a value `<= 0`; a general task: its
+    /// answer does not convert to the key's type), its worker died, or it timed out; the
     /// message says which (with the traceback). The task is removed.
     Failed,
     /// Unknown key or another error; nothing changed.

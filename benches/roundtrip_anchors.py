@@ -1,0 +1,162 @@
+"""The Python anchors of ``cargo bench --bench roundtrip``: the same no-op task's round trip
+through py4cc's Driver from Python threads, ``multiprocessing.Pool.apply_async`` (a per-worker
+initializer), ``concurrent.futures.ProcessPoolExecutor``, and the floor: the same tuple to
+one child over a ``multiprocessing.Pipe`` and back.
+
+Puts this directory (the engine) and the repository's root (py4cc) on ``sys.path``; prints
+one line per measurement: ``row<TAB>name<TAB>threads<TAB>tasks<TAB>tasks/s<TAB>p50 us<TAB>p99 us``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the engine, and py4cc from this source tree
+
+import roundtrip_engine  # noqa: E402 (found through the path just set)
+
+FLOATS = [1.5, -2.25]
+STRS = ["abc", "de", "f"]
+
+
+def measure(name: str, threads: int, tasks: int, one: Callable[[int], int], warm_up: int = 200) -> None:
+    """Runs ``tasks`` round trips, ``threads`` threads each doing its share in a loop; each
+    ``one(n)`` must answer n."""
+    for n in range(1, warm_up + 1):
+        assert one(n) == n
+    per_thread = tasks // threads
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    start_line = threading.Barrier(threads + 1)
+
+    def client(index: int) -> None:
+        mine = latencies[index]
+        start_line.wait()
+        for i in range(per_thread):
+            n = index * per_thread + i + 1
+            began = time.perf_counter()
+            answer = one(n)
+            mine.append(time.perf_counter() - began)
+            if answer != n:
+                raise AssertionError(f"{name}: task {n} answered {answer}")
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(threads)]
+    for thread in clients:
+        thread.start()
+    start_line.wait()
+    began = time.perf_counter()
+    for thread in clients:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    every = sorted(x for mine in latencies for x in mine)
+    if len(every) != per_thread * threads:
+        raise AssertionError(f"{name}: a client thread failed")
+    p50 = every[len(every) // 2] * 1e6
+    p99 = every[min(len(every) - 1, (len(every) * 99) // 100)] * 1e6
+    print(f"row\t{name}\t{threads}\t{len(every)}\t{len(every) / elapsed:.1f}\t{p50:.1f}\t{p99:.1f}", flush=True)
+
+
+def py4cc_driver(threads: list[int], tasks: int, workers: int) -> None:
+    from py4cc.driver import Driver
+
+    driver = Driver(
+        n_subprocesses=workers, engine="roundtrip_engine:NoopEngine", start_method="forkserver", max_tasks=1024
+    )
+    driver.initialize("{}", ["f0", "f1"], ["a", "b", "c"])
+
+    def one(n: int) -> int:
+        flag, key, message = driver.submit(FLOATS, STRS, n)
+        if flag != 0:
+            raise AssertionError(message)
+        flag, value, message = driver.wait(key, None)
+        if flag != 0:
+            raise AssertionError(message)
+        return value
+
+    try:
+        for count in threads:
+            measure("py4cc Driver, Python threads", count, tasks, one)
+    finally:
+        driver.finalize()
+
+
+def mp_pool(threads: list[int], tasks: int, workers: int) -> None:
+    ctx = multiprocessing.get_context("forkserver")
+    with ctx.Pool(workers, initializer=roundtrip_engine.init_worker) as pool:
+
+        def one(n: int) -> int:
+            return pool.apply_async(roundtrip_engine.run_task, (FLOATS, STRS, n)).get()[0]
+
+        for count in threads:
+            measure("multiprocessing.Pool.apply_async", count, tasks, one)
+
+
+def process_pool(threads: list[int], tasks: int, workers: int) -> None:
+    ctx = multiprocessing.get_context("forkserver")
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=roundtrip_engine.init_worker
+    ) as executor:
+
+        def one(n: int) -> int:
+            return executor.submit(roundtrip_engine.run_task, FLOATS, STRS, n).result()[0]
+
+        for count in threads:
+            measure("ProcessPoolExecutor", count, tasks, one)
+
+
+def pipe_child(conn) -> None:
+    roundtrip_engine.init_worker()
+    while True:
+        message = conn.recv()
+        if message is None:
+            return
+        _key, floats, strs, n = message
+        conn.send(roundtrip_engine.run_task(floats, strs, n))
+
+
+def pipe_floor(tasks: int) -> None:
+    ctx = multiprocessing.get_context("forkserver")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=pipe_child, args=(child,))
+    process.start()
+    child.close()
+
+    def one(n: int) -> int:
+        parent.send((n, FLOATS, STRS, n))
+        return parent.recv()[0]
+
+    try:
+        measure("Pipe round trip, one child", 1, tasks, one)
+    finally:
+        parent.send(None)
+        process.join(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", default="1,16")
+    parser.add_argument("--tasks", type=int, default=4000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", default="py4cc,pool,executor,pipe")
+    args = parser.parse_args()
+    threads = [int(t) for t in args.threads.split(",")]
+    only = args.only.split(",")
+    if "py4cc" in only:
+        py4cc_driver(threads, args.tasks, args.workers)
+    if "pool" in only:
+        mp_pool(threads, args.tasks, args.workers)
+    if "executor" in only:
+        process_pool(threads, args.tasks, args.workers)
+    if "pipe" in only:
+        pipe_floor(args.tasks)
+
+
+if __name__ == "__main__":
+    main()

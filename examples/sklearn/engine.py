@@ -1,0 +1,73 @@
+"""A scikit-learn model served by rs4py: the Engine each worker process runs, and its training.
+
+    python engine.py train DIR    # fits the model on the iris data shipped inside
+                                  # scikit-learn, writes DIR/iris.joblib and DIR/rows.txt
+
+The Engine answers general tasks (``Driver::submit_call``) in two forms:
+
+* ``run(rows=[...])``, the features as a flat list of floats: it answers
+  ``(labels, probabilities)`` as a list of ints and a flat list of floats;
+* ``run(packed=b"...")``, the same floats packed as little-endian f64 and read with
+  ``np.frombuffer`` (no Python object per number): it answers the same two arrays as bytes
+  (little-endian i64 and f64).
+
+Either way it answers plain Python values, never numpy ones: an answer is unpickled in the
+service's own process (which would then import numpy) and rs4py converts lists and bytes,
+not arrays.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# numpy, scikit-learn and joblib are imported at the top, not in initialize: preloading this
+# module (DriverOptions::preload) then saves every worker the import.
+import joblib
+import numpy as np
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+MODEL_FILE = "iris.joblib"
+ROWS_FILE = "rows.txt"
+
+
+class IrisEngine:
+    """A logistic regression on the iris data, loaded from ``model_path``."""
+
+    def initialize(self, config, float_feature_names, str_feature_names, model_path, **extra):
+        self.model = joblib.load(model_path)
+        self.n_features = len(float_feature_names)
+        if self.n_features != self.model.n_features_in_:
+            raise ValueError(f"the model takes {self.model.n_features_in_} features, got names for {self.n_features}")
+
+    def run(self, rows=None, packed=None):
+        """The predicted labels and every class's probability for each row (flattened)."""
+        if packed is not None:
+            features = np.frombuffer(packed, dtype="<f8").reshape(-1, self.n_features)
+        else:
+            features = np.asarray(rows, dtype=np.float64).reshape(-1, self.n_features)
+        labels = self.model.predict(features)
+        probabilities = self.model.predict_proba(features)
+        if packed is not None:
+            return labels.astype("<i8").tobytes(), probabilities.astype("<f8").tobytes()
+        return labels.tolist(), probabilities.ravel().tolist()
+
+
+def train(directory: str) -> None:
+    """Fits the model and writes it with the data's rows (one per line, ``repr`` of each
+    float, which reads back as the same f64) and, first, a header line: the feature names
+    and the class names, separated by tabs and ``|``."""
+    iris = load_iris()
+    model = LogisticRegression(max_iter=1000, random_state=0).fit(iris.data, iris.target)
+    os.makedirs(directory, exist_ok=True)
+    joblib.dump(model, os.path.join(directory, MODEL_FILE))
+    with open(os.path.join(directory, ROWS_FILE), "w") as out:
+        out.write("\t".join(iris.feature_names) + "|" + "\t".join(iris.target_names) + "\n")
+        out.writelines(" ".join(repr(float(x)) for x in row) + "\n" for row in iris.data)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "train":
+        sys.exit(f"usage: {sys.argv[0]} train DIR")
+    train(sys.argv[2])

@@ -1,0 +1,343 @@
+//! The dispatcher's turn for the GIL.
+//!
+//! py4cc's dispatcher thread blocks in `poll` with the GIL released, and must take the GIL
+//! back to hand each answer on. CPython's GIL is not fair: a thread that releases it wakes one
+//! waiter, but a thread already running takes it first if it asks first, and a waiter asks to
+//! be let in by force only after a whole switch interval (5 ms) without any switch at all. With
+//! many Rust threads calling in one after another, the GIL changes hands all the time, so the
+//! dispatcher can wait for many calls while the answers (and the workers that wait for their
+//! next task) pile up.
+//!
+//! So the Rust Driver waits on the workers' pipes for the dispatcher: py4cc calls
+//! [`DispatcherTurn::wait_readable`]'s C function instead of `select.poll`; when `poll`
+//! returns, it marks the dispatcher's turn before it takes the GIL back, and a Rust thread
+//! about to take the GIL for a Driver call lets the dispatcher go first.
+
+use std::ffi::{CStr, c_void};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use pyo3_ffi as ffi;
+
+use crate::error::Result;
+use crate::exception::raise;
+use crate::gil::GilToken;
+use crate::object::Object;
+
+/// The longest a Driver call waits for the dispatcher's turn; far longer than taking the GIL
+/// takes after any one call into Python.
+const PATIENCE: Duration = Duration::from_millis(20);
+
+/// Whether the dispatcher is taking the GIL back, and who waits for it to have done so.
+#[derive(Default)]
+pub(crate) struct DispatcherTurn {
+    taking_gil: Mutex<bool>,
+    taken: Condvar,
+}
+
+impl DispatcherTurn {
+    /// Returns once the dispatcher is not waiting for the GIL (at once, nearly always), or
+    /// after [`PATIENCE`] at most: politeness, never a dependency (a dispatcher that never got
+    /// the GIL back, in an interpreter shutting down, must not stop the Driver's callers). The
+    /// caller must not hold the GIL.
+    pub(crate) fn let_dispatcher_go_first(&self) {
+        self.let_dispatcher_go_first_within(PATIENCE);
+    }
+
+    fn let_dispatcher_go_first_within(&self, patience: Duration) {
+        let mut taking = self.taking_gil.lock();
+        if !*taking {
+            return;
+        }
+        let deadline = Instant::now() + patience;
+        while *taking && !self.taken.wait_until(&mut taking, deadline).timed_out() {}
+    }
+
+    /// The C function to hand to py4cc as its dispatcher's `wait_readable(fds, timeout_ms)`.
+    pub(crate) fn function<'py>(self: &Arc<Self>, gil: GilToken<'py>) -> Result<Object<'py>> {
+        let turn = Arc::into_raw(Arc::clone(self)).cast_mut().cast::<c_void>();
+        // SAFETY: GIL held (gil). PyCapsule_New returns a new reference or NULL; on success the
+        // capsule owns `turn` (one strong count of the Arc) and its destructor releases it.
+        let capsule = unsafe { ffi::PyCapsule_New(turn, CAPSULE_NAME.as_ptr(), Some(release_turn)) };
+        // SAFETY: a new reference (or NULL with an exception set), owned by the guard from here.
+        let capsule = match unsafe { Object::from_owned_ptr(gil, capsule) } {
+            Ok(capsule) => capsule,
+            Err(error) => {
+                // SAFETY: the capsule was not made, so `turn` still owns the count taken above.
+                drop(unsafe { Arc::from_raw(turn.cast::<DispatcherTurn>()) });
+                return Err(error);
+            }
+        };
+        // SAFETY: GIL held. WAIT_DEF is a static that outlives every function made from it;
+        // PyCFunction_NewEx borrows the capsule (keeping its own reference as `self`) and
+        // returns a new reference or NULL.
+        let function = unsafe { ffi::PyCFunction_NewEx(WAIT_DEF.as_ptr(), capsule.as_ptr(), std::ptr::null_mut()) };
+        // SAFETY: a new reference (or NULL with an exception set), owned by the guard from here.
+        unsafe { Object::from_owned_ptr(gil, function) }
+    }
+}
+
+const CAPSULE_NAME: &CStr = c"rs4py.dispatcher_turn";
+
+/// A `PyMethodDef` in a static: CPython only reads it, from any thread.
+#[repr(transparent)]
+struct MethodDef(ffi::PyMethodDef);
+
+// SAFETY: the definition is never written after its constant initialisation; CPython reads its
+// name, flags, doc and function pointer, all of which are static.
+unsafe impl Sync for MethodDef {}
+
+impl MethodDef {
+    fn as_ptr(&'static self) -> *mut ffi::PyMethodDef {
+        std::ptr::from_ref(&self.0).cast_mut()
+    }
+}
+
+static WAIT_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"wait_readable".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: wait_readable },
+    ml_flags: ffi::METH_FASTCALL,
+    ml_doc: c"wait_readable(fds, timeout_ms): poll(2) the fds for input, the GIL released; [(fd, revents)].".as_ptr(),
+});
+
+/// `wait_readable(fds, timeout_ms)`: `poll(2)` on `fds` (a sequence of ints) for input, up to
+/// `timeout_ms` (a number, or None for no limit), with the GIL released; answers the ready
+/// ones as a list of `(fd, revents)`, as `select.poll().poll` does. Marks the dispatcher's
+/// turn while it takes the GIL back. Never unwinds into C.
+unsafe extern "C" fn wait_readable(
+    capsule: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    if nargs != 2 {
+        // SAFETY: GIL held (CPython calls us with it); reads a static exception type.
+        let type_error = unsafe { ffi::PyExc_TypeError };
+        // SAFETY: GIL held; TypeError is an exception type.
+        return unsafe { raise(type_error, c"wait_readable(fds, timeout_ms) takes 2 arguments") };
+    }
+    // SAFETY: CPython passes `nargs` (2) borrowed argument pointers in a C array.
+    let args = unsafe { std::slice::from_raw_parts(args, 2) };
+    // SAFETY: GIL held; `capsule` is the `self` this function was made with, so its pointer is
+    // a live DispatcherTurn (the capsule holds a strong count until its destructor runs).
+    let turn = unsafe { ffi::PyCapsule_GetPointer(capsule, CAPSULE_NAME.as_ptr()) }.cast::<DispatcherTurn>();
+    if turn.is_null() {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: as above; the capsule (our `self`) stays alive for the whole call.
+    let turn = unsafe { &*turn };
+    // SAFETY: GIL held; args[0] is borrowed.
+    let count = unsafe { ffi::PySequence_Size(args[0]) };
+    if count < 0 {
+        return std::ptr::null_mut();
+    }
+    let mut fds = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        // SAFETY: GIL held; a new reference or NULL with an exception set.
+        let item = unsafe { ffi::PySequence_GetItem(args[0], index) };
+        if item.is_null() {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: GIL held; `item` is the new reference just made; -1 with an exception set
+        // when it is not an int that fits.
+        let fd = unsafe { ffi::PyLong_AsLong(item) };
+        // SAFETY: releases the new reference from PySequence_GetItem, GIL held.
+        unsafe { ffi::Py_DecRef(item) };
+        // SAFETY: GIL held; reads the thread's error indicator.
+        if fd == -1 && !unsafe { ffi::PyErr_Occurred() }.is_null() {
+            return std::ptr::null_mut();
+        }
+        let Ok(fd) = libc::c_int::try_from(fd) else {
+            // SAFETY: GIL held; reads a static exception type.
+            let overflow = unsafe { ffi::PyExc_OverflowError };
+            // SAFETY: GIL held; OverflowError is an exception type.
+            return unsafe { raise(overflow, c"wait_readable: a file descriptor out of range") };
+        };
+        fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+    }
+    // SAFETY: GIL held; reads the address of the static None object (not a reference taken).
+    let none = unsafe { ffi::Py_None() };
+    let timeout_ms = if args[1] == none {
+        -1
+    } else {
+        // SAFETY: GIL held; args[1] is borrowed; -1.0 with an exception set if not a number.
+        let ms = unsafe { ffi::PyFloat_AsDouble(args[1]) };
+        // SAFETY: GIL held; reads the thread's error indicator.
+        if ms == -1.0 && !unsafe { ffi::PyErr_Occurred() }.is_null() {
+            return std::ptr::null_mut();
+        }
+        // Rounded up, as select.poll does: a deadline is never polled for too short a time.
+        ms.max(0.0).ceil().min(libc::c_int::MAX as f64) as libc::c_int
+    };
+    // SAFETY: GIL held by this thread, released here and taken back below on every path.
+    let thread_state = unsafe { ffi::PyEval_SaveThread() };
+    let ready = poll_retrying(&mut fds, timeout_ms);
+    *turn.taking_gil.lock() = true;
+    // SAFETY: the state PyEval_SaveThread returned on this thread; takes the GIL back.
+    unsafe { ffi::PyEval_RestoreThread(thread_state) };
+    *turn.taking_gil.lock() = false;
+    turn.taken.notify_all();
+    if let Err(errno) = ready {
+        let text =
+            std::ffi::CString::new(format!("wait_readable: poll failed: {}", std::io::Error::from_raw_os_error(errno)))
+                .unwrap_or_default();
+        // SAFETY: GIL held; reads a static exception type.
+        let os_error = unsafe { ffi::PyExc_OSError };
+        // SAFETY: GIL held; OSError is an exception type.
+        return unsafe { raise(os_error, &text) };
+    }
+    answer(&fds)
+}
+
+/// `poll(2)` on `fds`, again after an interruption by a signal (with what is left of the
+/// timeout); the errno of any other failure.
+fn poll_retrying(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> std::result::Result<(), libc::c_int> {
+    let deadline =
+        (timeout_ms >= 0).then(|| std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms as u64));
+    let mut left = timeout_ms;
+    loop {
+        // SAFETY: `fds` is a valid array of pollfd of that length, written only by poll.
+        let status = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, left) };
+        if status >= 0 {
+            return Ok(());
+        }
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL);
+        if errno != libc::EINTR {
+            return Err(errno);
+        }
+        if let Some(deadline) = deadline {
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            left = remaining.as_millis().min(libc::c_int::MAX as u128) as libc::c_int;
+        }
+    }
+}
+
+/// The `[(fd, revents)]` list of the ready fds, or NULL with an exception set. GIL held.
+fn answer(fds: &[libc::pollfd]) -> *mut ffi::PyObject {
+    // SAFETY: GIL held (the caller's); a new reference or NULL with an exception set.
+    let list = unsafe { ffi::PyList_New(0) };
+    if list.is_null() {
+        return list;
+    }
+    for ready in fds.iter().filter(|pollfd| pollfd.revents != 0) {
+        // SAFETY: GIL held; new references (or NULL with an exception set).
+        let pair = unsafe { ffi::PyTuple_New(2) };
+        // SAFETY: as above.
+        let fd = unsafe { ffi::PyLong_FromLong(ready.fd.into()) };
+        // SAFETY: as above.
+        let events = unsafe { ffi::PyLong_FromLong(ready.revents.into()) };
+        if pair.is_null() || fd.is_null() || events.is_null() {
+            for made in [pair, fd, events, list] {
+                // SAFETY: GIL held; releases each new reference made (NULL is skipped).
+                unsafe { ffi::Py_XDECREF(made) };
+            }
+            return std::ptr::null_mut();
+        }
+        // SAFETY: GIL held; a fresh tuple of size 2; SetItem steals `fd` and `events`.
+        unsafe { ffi::PyTuple_SetItem(pair, 0, fd) };
+        // SAFETY: as above.
+        unsafe { ffi::PyTuple_SetItem(pair, 1, events) };
+        // SAFETY: GIL held; Append borrows `pair` (taking its own reference).
+        let status = unsafe { ffi::PyList_Append(list, pair) };
+        // SAFETY: GIL held; releases our reference to `pair`.
+        unsafe { ffi::Py_DecRef(pair) };
+        if status != 0 {
+            // SAFETY: GIL held; releases the list.
+            unsafe { ffi::Py_DecRef(list) };
+            return std::ptr::null_mut();
+        }
+    }
+    list
+}
+
+/// The capsule's destructor: gives back the turn's strong count.
+unsafe extern "C" fn release_turn(capsule: *mut ffi::PyObject) {
+    // SAFETY: CPython calls this with the GIL held, once, for a capsule made by `function`
+    // under CAPSULE_NAME, whose pointer came from Arc::into_raw.
+    let turn = unsafe { ffi::PyCapsule_GetPointer(capsule, CAPSULE_NAME.as_ptr()) };
+    if turn.is_null() {
+        // SAFETY: GIL held; a destructor must not leave an exception set.
+        unsafe { ffi::PyErr_Clear() };
+        return;
+    }
+    // SAFETY: the pointer came from Arc::into_raw of an Arc<DispatcherTurn>, released once here.
+    drop(unsafe { Arc::from_raw(turn.cast::<DispatcherTurn>()) });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gil::Gil;
+
+    /// A pipe: (read end, write end).
+    fn pipe() -> (libc::c_int, libc::c_int) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        (fds[0], fds[1])
+    }
+
+    fn close(fd: libc::c_int) {
+        // SAFETY: closes a descriptor this test opened and owns.
+        unsafe { libc::close(fd) };
+    }
+
+    #[test]
+    fn it_polls_like_select_poll_and_leaves_the_turn_open() -> Result<()> {
+        let turn = Arc::new(DispatcherTurn::default());
+        let gil = Gil::acquire()?;
+        let wait = turn.function(gil.token())?;
+        assert_eq!(Arc::strong_count(&turn), 2, "the capsule holds the turn");
+        let (quiet, quiet_writer) = pipe();
+        let (busy, busy_writer) = pipe();
+        // SAFETY: writes one byte from a live buffer to a pipe this test owns.
+        assert_eq!(unsafe { libc::write(busy_writer, b"x".as_ptr().cast(), 1) }, 1);
+        let ready: Vec<(i64, i64)> = wait.call((vec![quiet, busy], 1000.0), ())?.extract()?;
+        assert_eq!(ready, [(i64::from(busy), i64::from(libc::POLLIN))]);
+        let none: Vec<(i64, i64)> = wait.call((vec![quiet], 0), ())?.extract()?;
+        assert!(none.is_empty(), "nothing to read, no waiting");
+        let timed: Vec<(i64, i64)> = wait.call((vec![quiet], 20.5), ())?.extract()?;
+        assert!(timed.is_empty(), "timed out");
+        let forever: Vec<(i64, i64)> = wait.call((vec![busy], gil.none()), ())?.extract()?;
+        assert_eq!(forever.len(), 1, "no limit, ready at once");
+        close(quiet_writer);
+        let hung_up: Vec<(i64, i64)> = wait.call(((quiet,), 1000), ())?.extract()?;
+        assert_eq!(hung_up[0].0, i64::from(quiet));
+        assert_ne!(hung_up[0].1 & i64::from(libc::POLLHUP), 0, "{hung_up:?}");
+        assert!(!*turn.taking_gil.lock(), "the dispatcher's turn ends when it has the GIL");
+        turn.let_dispatcher_go_first();
+        for fd in [quiet, busy, busy_writer] {
+            close(fd);
+        }
+        let wrong = wait.call((vec![0],), ()).unwrap_err();
+        assert_eq!(wrong.python_type(), Some("TypeError"));
+        let not_ints = wait.call((vec!["x"], 0), ()).unwrap_err();
+        assert_eq!(not_ints.python_type(), Some("TypeError"));
+        let huge = wait.call((vec![1_i64 << 40], 0), ()).unwrap_err();
+        assert_eq!(huge.python_type(), Some("OverflowError"));
+        let bad_timeout = wait.call((vec![0], "soon"), ()).unwrap_err();
+        assert_eq!(bad_timeout.python_type(), Some("TypeError"));
+        drop(wait);
+        assert_eq!(Arc::strong_count(&turn), 1, "freeing the function frees the capsule's count");
+        Ok(())
+    }
+
+    #[test]
+    fn a_thread_waits_while_the_dispatcher_takes_the_gil() {
+        let turn = Arc::new(DispatcherTurn::default());
+        *turn.taking_gil.lock() = true;
+        let waiter = {
+            let turn = Arc::clone(&turn);
+            std::thread::spawn(move || turn.let_dispatcher_go_first_within(Duration::from_secs(600)))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "it waits for the dispatcher");
+        *turn.taking_gil.lock() = false;
+        turn.taken.notify_all();
+        waiter.join().unwrap();
+        // A turn never given back delays a caller, never stops it.
+        *turn.taking_gil.lock() = true;
+        turn.let_dispatcher_go_first_within(Duration::from_millis(10));
+        assert!(*turn.taking_gil.lock());
+    }
+}
