@@ -205,10 +205,8 @@ fn killed_actor_costs_exactly_its_running_task() {
 #[test]
 fn cancel_and_task_timeout() {
     let Some((address, _turn)) = cluster("cancel_and_task_timeout") else { return };
-    let driver = ray_driver(
-        &address,
-        DriverOptions { task_timeout: Some(Duration::from_millis(1500)), ..sleep_options(1) },
-    );
+    let driver =
+        ray_driver(&address, DriverOptions { task_timeout: Some(Duration::from_millis(1500)), ..sleep_options(1) });
     let slow = accepted(&driver, 60.0, 1);
     let queued = accepted(&driver, 0.0, 2);
     assert!(driver.cancel(queued));
