@@ -36,6 +36,7 @@
 
 #![warn(missing_docs)]
 
+mod callback;
 mod convert;
 mod driver;
 mod error;

@@ -20,7 +20,6 @@
 
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, HashSet};
-use std::ffi::{CStr, c_void};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
@@ -29,6 +28,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use pyo3_ffi as ffi;
 
+use crate::callback::{MethodDef, bound_state, fastcall_args};
 use crate::error::Result;
 #[cfg(test)]
 use crate::gil::Gil;
@@ -195,26 +195,7 @@ impl Completions {
     /// [`finished`](Self::finished) (`finished` true) or [`forget`](Self::forget) (false) on this
     /// table. It keeps the table alive as long as Python keeps the callable.
     pub(crate) fn notifier<'py>(self: &Arc<Self>, gil: GilToken<'py>) -> Result<Object<'py>> {
-        let table = Arc::into_raw(Arc::clone(self)).cast_mut().cast::<c_void>();
-        // SAFETY: GIL held (gil). PyCapsule_New returns a new reference or NULL; on success the
-        // capsule owns `table` (one strong count of the Arc) and its destructor releases it.
-        let capsule = unsafe { ffi::PyCapsule_New(table, CAPSULE_NAME.as_ptr(), Some(release_table)) };
-        // SAFETY: a new reference (or NULL with an exception set), owned by the guard from here.
-        let capsule = unsafe { Object::from_owned_ptr(gil, capsule) };
-        let capsule = match capsule {
-            Ok(capsule) => capsule,
-            Err(error) => {
-                // SAFETY: the capsule was not made, so `table` still owns the count taken above.
-                drop(unsafe { Arc::from_raw(table.cast::<Completions>()) });
-                return Err(error);
-            }
-        };
-        // SAFETY: GIL held. NOTIFY_DEF is a static that outlives every function made from it;
-        // PyCFunction_NewEx borrows the capsule (keeping its own reference to it as `self`) and
-        // returns a new reference or NULL.
-        let function = unsafe { ffi::PyCFunction_NewEx(NOTIFY_DEF.as_ptr(), capsule.as_ptr(), std::ptr::null_mut()) };
-        // SAFETY: a new reference (or NULL with an exception set), owned by the guard from here.
-        unsafe { Object::from_owned_ptr(gil, function) }
+        NOTIFY_DEF.bind(gil, Arc::clone(self))
     }
 }
 
@@ -231,28 +212,11 @@ impl Wake for Unpark {
     }
 }
 
-const CAPSULE_NAME: &CStr = c"rs4py.completions";
-
-/// A `PyMethodDef` in a static: CPython only reads it, from any thread.
-#[repr(transparent)]
-struct MethodDef(ffi::PyMethodDef);
-
-// SAFETY: the definition is never written after its constant initialisation; CPython reads its
-// name, flags, doc and function pointer, all of which are static.
-unsafe impl Sync for MethodDef {}
-
-impl MethodDef {
-    fn as_ptr(&'static self) -> *mut ffi::PyMethodDef {
-        std::ptr::from_ref(&self.0).cast_mut()
-    }
-}
-
-static NOTIFY_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
-    ml_name: c"notify".as_ptr(),
-    ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: notify },
-    ml_flags: ffi::METH_FASTCALL,
-    ml_doc: c"notify(key, finished): the task under key finished (True) or is gone (False).".as_ptr(),
-});
+static NOTIFY_DEF: MethodDef<Completions> = MethodDef::fastcall(
+    c"notify",
+    notify,
+    c"notify(key, finished): the task under key finished (True) or is gone (False).",
+);
 
 /// `notify(key, finished)`, called by the pool with the GIL held. Never unwinds into C.
 unsafe extern "C" fn notify(
@@ -260,15 +224,11 @@ unsafe extern "C" fn notify(
     args: *mut *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
-    if nargs != 2 {
-        // SAFETY: GIL held (CPython calls us with it); reads a static exception type.
-        let type_error = unsafe { ffi::PyExc_TypeError };
-        // SAFETY: GIL held; TypeError is an exception type.
-        return unsafe { crate::exception::raise(type_error, c"notify(key, finished) takes 2 arguments") };
-    }
-    // SAFETY: CPython passes `nargs` (2) borrowed argument pointers in a C array.
-    let args = unsafe { std::slice::from_raw_parts(args, 2) };
-    let (key, finished) = (args[0], args[1]);
+    // SAFETY: GIL held (CPython calls us with it); these are the call's own arguments.
+    let Some(&[key, finished]) = (unsafe { fastcall_args(args, nargs, 2, c"notify(key, finished) takes 2 arguments") })
+    else {
+        return std::ptr::null_mut();
+    };
     // SAFETY: GIL held; `key` is borrowed. -1 with an exception set means it is not an int
     // that fits, which the check below reports as it is.
     let key = unsafe { ffi::PyLong_AsLongLong(key) };
@@ -281,14 +241,11 @@ unsafe extern "C" fn notify(
         -1 => return std::ptr::null_mut(),
         truth => truth == 1,
     };
-    // SAFETY: GIL held; `capsule` is the `self` this function was made with, so its pointer
-    // is a live `Completions` (the capsule holds a strong count until its destructor runs).
-    let table = unsafe { ffi::PyCapsule_GetPointer(capsule, CAPSULE_NAME.as_ptr()) }.cast::<Completions>();
-    if table.is_null() {
+    // SAFETY: GIL held; `capsule` is the `self` of a function bound by NOTIFY_DEF, a
+    // MethodDef<Completions>; the borrow ends with the call.
+    let Some(table) = (unsafe { bound_state::<Completions>(capsule) }) else {
         return std::ptr::null_mut();
-    }
-    // SAFETY: as above, the capsule keeps the table alive for the whole call.
-    let table = unsafe { &*table };
+    };
     // A waker is foreign code (an executor's): it must not unwind into CPython.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         if finished {
@@ -305,20 +262,6 @@ unsafe extern "C" fn notify(
     }
     // SAFETY: GIL held; None goes back to CPython as the new reference it expects.
     unsafe { crate::object::new_none_reference() }
-}
-
-/// The capsule's destructor: gives back the table's strong count.
-unsafe extern "C" fn release_table(capsule: *mut ffi::PyObject) {
-    // SAFETY: CPython calls this with the GIL held, once, for a capsule made by `notifier`
-    // under CAPSULE_NAME, whose pointer came from Arc::into_raw.
-    let table = unsafe { ffi::PyCapsule_GetPointer(capsule, CAPSULE_NAME.as_ptr()) };
-    if table.is_null() {
-        // SAFETY: GIL held; a destructor must not leave an exception set.
-        unsafe { ffi::PyErr_Clear() };
-        return;
-    }
-    // SAFETY: the pointer came from Arc::into_raw of an Arc<Completions>, released once here.
-    drop(unsafe { Arc::from_raw(table.cast::<Completions>()) });
 }
 
 #[cfg(test)]

@@ -10,12 +10,12 @@
 //! driver, say). Without a callback py4cc writes `[py4cc worker <pid> <stream>] <line>` to the
 //! process's stderr.
 
-use std::ffi::{CStr, c_void};
 use std::fmt;
 use std::sync::Arc;
 
 use pyo3_ffi as ffi;
 
+use crate::callback::{MethodDef, bound_state, fastcall_args};
 use crate::error::Result;
 use crate::gil::{Gil, GilToken};
 use crate::object::Object;
@@ -99,25 +99,7 @@ impl WorkerOutput {
     /// The Python callable `sink(pid, stream, line)` to give py4cc. Python owns a copy of the
     /// callback from here (dropped when py4cc drops the callable).
     pub(super) fn sink<'py>(&self, gil: GilToken<'py>) -> Result<Object<'py>> {
-        let boxed = Box::into_raw(Box::new(self.clone())).cast::<c_void>();
-        // SAFETY: GIL held (gil). PyCapsule_New returns a new reference or NULL; on success
-        // the capsule owns `boxed` and its destructor frees it.
-        let capsule = unsafe { ffi::PyCapsule_New(boxed, CAPSULE_NAME.as_ptr(), Some(release_output)) };
-        // SAFETY: a new reference (or NULL with an exception set), owned by the guard from here.
-        let capsule = match unsafe { Object::from_owned_ptr(gil, capsule) } {
-            Ok(capsule) => capsule,
-            Err(error) => {
-                // SAFETY: no capsule was made, so `boxed` is still ours to free, once.
-                drop(unsafe { Box::from_raw(boxed.cast::<WorkerOutput>()) });
-                return Err(error);
-            }
-        };
-        // SAFETY: GIL held. SINK_DEF is a static that outlives every function made from it;
-        // PyCFunction_NewEx borrows the capsule (keeping its own reference to it as `self`)
-        // and returns a new reference or NULL.
-        let function = unsafe { ffi::PyCFunction_NewEx(SINK_DEF.as_ptr(), capsule.as_ptr(), std::ptr::null_mut()) };
-        // SAFETY: a new reference (or NULL with an exception set), owned by the guard from here.
-        unsafe { Object::from_owned_ptr(gil, function) }
+        SINK_DEF.bind(gil, Arc::new(self.clone()))
     }
 }
 
@@ -127,28 +109,11 @@ impl fmt::Debug for WorkerOutput {
     }
 }
 
-const CAPSULE_NAME: &CStr = c"rs4py.worker_output";
-
-/// A `PyMethodDef` in a static: CPython only reads it, from any thread.
-#[repr(transparent)]
-struct MethodDef(ffi::PyMethodDef);
-
-// SAFETY: the definition is never written after its constant initialisation; CPython reads its
-// name, flags, doc and function pointer, all of which are static.
-unsafe impl Sync for MethodDef {}
-
-impl MethodDef {
-    fn as_ptr(&'static self) -> *mut ffi::PyMethodDef {
-        std::ptr::from_ref(&self.0).cast_mut()
-    }
-}
-
-static SINK_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
-    ml_name: c"worker_output".as_ptr(),
-    ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: sink },
-    ml_flags: ffi::METH_FASTCALL,
-    ml_doc: c"worker_output(pid, stream, line): hands one worker line to rs4py's callback.".as_ptr(),
-});
+static SINK_DEF: MethodDef<WorkerOutput> = MethodDef::fastcall(
+    c"worker_output",
+    sink,
+    c"worker_output(pid, stream, line): hands one worker line to rs4py's callback.",
+);
 
 /// `sink(pid, stream, line)`, called by py4cc's output thread with the GIL held. Never
 /// unwinds into C.
@@ -160,14 +125,11 @@ unsafe extern "C" fn sink(
     // CPython holds the GIL while it calls a C function: taking it again only counts a guard,
     // which lets the callback run with the GIL released below.
     let gil = Gil::acquire_started();
-    if nargs != 3 {
-        // SAFETY: GIL held; reads a static exception type.
-        let type_error = unsafe { ffi::PyExc_TypeError };
-        // SAFETY: GIL held; TypeError is an exception type.
-        return unsafe { crate::exception::raise(type_error, c"worker_output(pid, stream, line) takes 3 arguments") };
-    }
-    // SAFETY: CPython passes `nargs` (3) borrowed argument pointers in a C array.
-    let args = unsafe { std::slice::from_raw_parts(args, 3) };
+    // SAFETY: GIL held (CPython calls us with it); these are the call's own arguments.
+    let Some(args) = (unsafe { fastcall_args(args, nargs, 3, c"worker_output(pid, stream, line) takes 3 arguments") })
+    else {
+        return std::ptr::null_mut();
+    };
     let line = match read_line(gil.token(), args) {
         Ok(line) => line,
         Err(error) => {
@@ -178,15 +140,11 @@ unsafe extern "C" fn sink(
             return unsafe { crate::exception::raise(value_error, &message) };
         }
     };
-    // SAFETY: GIL held; `capsule` is the `self` this function was made with, so its pointer is
-    // a live WorkerOutput (the capsule owns it until its destructor runs, and CPython keeps
-    // the capsule alive for the whole call).
-    let output = unsafe { ffi::PyCapsule_GetPointer(capsule, CAPSULE_NAME.as_ptr()) }.cast::<WorkerOutput>();
-    if output.is_null() {
+    // SAFETY: GIL held; `capsule` is the `self` of a function bound by SINK_DEF, a
+    // MethodDef<WorkerOutput>; the borrow ends with the call (the callback is Fn, Send, Sync).
+    let Some(output) = (unsafe { bound_state::<WorkerOutput>(capsule) }) else {
         return std::ptr::null_mut();
-    }
-    // SAFETY: as above; a shared borrow for the call (the callback is Fn, Send and Sync).
-    let output = unsafe { &*output };
+    };
     // The user's code must not unwind into CPython; without the GIL it may take it freely.
     let outcome = gil.release_during(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| output.call(line))));
     if outcome.is_err() {
@@ -211,20 +169,6 @@ fn read_line(gil: GilToken<'_>, args: &[*mut ffi::PyObject]) -> Result<WorkerLin
         .ok_or_else(|| crate::Error::Conversion(format!("unknown stream {stream:?} (stdout, stderr or event)")))?;
     let text: String = argument(2)?.extract()?;
     Ok(WorkerLine { pid, stream, text })
-}
-
-/// The capsule's destructor: frees the callback's box.
-unsafe extern "C" fn release_output(capsule: *mut ffi::PyObject) {
-    // SAFETY: CPython calls this with the GIL held, once, for a capsule made by `sink` under
-    // CAPSULE_NAME, whose pointer came from Box::into_raw.
-    let output = unsafe { ffi::PyCapsule_GetPointer(capsule, CAPSULE_NAME.as_ptr()) };
-    if output.is_null() {
-        // SAFETY: GIL held; a destructor must not leave an exception set.
-        unsafe { ffi::PyErr_Clear() };
-        return;
-    }
-    // SAFETY: the pointer came from Box::into_raw of a Box<WorkerOutput>, freed once here.
-    drop(unsafe { Box::from_raw(output.cast::<WorkerOutput>()) });
 }
 
 #[cfg(test)]

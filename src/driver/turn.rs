@@ -13,13 +13,13 @@
 //! returns, it marks the dispatcher's turn before it takes the GIL back, and a Rust thread
 //! about to take the GIL for a Driver call lets the dispatcher go first.
 
-use std::ffi::{CStr, c_void};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use pyo3_ffi as ffi;
 
+use crate::callback::{MethodDef, bound_state, fastcall_args};
 use crate::error::Result;
 use crate::exception::raise;
 use crate::gil::GilToken;
@@ -56,50 +56,15 @@ impl DispatcherTurn {
 
     /// The C function to hand to py4cc as its dispatcher's `wait_readable(fds, timeout_ms)`.
     pub(crate) fn function<'py>(self: &Arc<Self>, gil: GilToken<'py>) -> Result<Object<'py>> {
-        let turn = Arc::into_raw(Arc::clone(self)).cast_mut().cast::<c_void>();
-        // SAFETY: GIL held (gil). PyCapsule_New returns a new reference or NULL; on success the
-        // capsule owns `turn` (one strong count of the Arc) and its destructor releases it.
-        let capsule = unsafe { ffi::PyCapsule_New(turn, CAPSULE_NAME.as_ptr(), Some(release_turn)) };
-        // SAFETY: a new reference (or NULL with an exception set), owned by the guard from here.
-        let capsule = match unsafe { Object::from_owned_ptr(gil, capsule) } {
-            Ok(capsule) => capsule,
-            Err(error) => {
-                // SAFETY: the capsule was not made, so `turn` still owns the count taken above.
-                drop(unsafe { Arc::from_raw(turn.cast::<DispatcherTurn>()) });
-                return Err(error);
-            }
-        };
-        // SAFETY: GIL held. WAIT_DEF is a static that outlives every function made from it;
-        // PyCFunction_NewEx borrows the capsule (keeping its own reference as `self`) and
-        // returns a new reference or NULL.
-        let function = unsafe { ffi::PyCFunction_NewEx(WAIT_DEF.as_ptr(), capsule.as_ptr(), std::ptr::null_mut()) };
-        // SAFETY: a new reference (or NULL with an exception set), owned by the guard from here.
-        unsafe { Object::from_owned_ptr(gil, function) }
+        WAIT_DEF.bind(gil, Arc::clone(self))
     }
 }
 
-const CAPSULE_NAME: &CStr = c"rs4py.dispatcher_turn";
-
-/// A `PyMethodDef` in a static: CPython only reads it, from any thread.
-#[repr(transparent)]
-struct MethodDef(ffi::PyMethodDef);
-
-// SAFETY: the definition is never written after its constant initialisation; CPython reads its
-// name, flags, doc and function pointer, all of which are static.
-unsafe impl Sync for MethodDef {}
-
-impl MethodDef {
-    fn as_ptr(&'static self) -> *mut ffi::PyMethodDef {
-        std::ptr::from_ref(&self.0).cast_mut()
-    }
-}
-
-static WAIT_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
-    ml_name: c"wait_readable".as_ptr(),
-    ml_meth: ffi::PyMethodDefPointer { PyCFunctionFast: wait_readable },
-    ml_flags: ffi::METH_FASTCALL,
-    ml_doc: c"wait_readable(fds, timeout_ms): poll(2) the fds for input, the GIL released; [(fd, revents)].".as_ptr(),
-});
+static WAIT_DEF: MethodDef<DispatcherTurn> = MethodDef::fastcall(
+    c"wait_readable",
+    wait_readable,
+    c"wait_readable(fds, timeout_ms): poll(2) the fds for input, the GIL released; [(fd, revents)].",
+);
 
 /// `wait_readable(fds, timeout_ms)`: `poll(2)` on `fds` (a sequence of ints) for input, up to
 /// `timeout_ms` (a number, or None for no limit), with the GIL released; answers the ready
@@ -110,22 +75,16 @@ unsafe extern "C" fn wait_readable(
     args: *mut *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
-    if nargs != 2 {
-        // SAFETY: GIL held (CPython calls us with it); reads a static exception type.
-        let type_error = unsafe { ffi::PyExc_TypeError };
-        // SAFETY: GIL held; TypeError is an exception type.
-        return unsafe { raise(type_error, c"wait_readable(fds, timeout_ms) takes 2 arguments") };
-    }
-    // SAFETY: CPython passes `nargs` (2) borrowed argument pointers in a C array.
-    let args = unsafe { std::slice::from_raw_parts(args, 2) };
-    // SAFETY: GIL held; `capsule` is the `self` this function was made with, so its pointer is
-    // a live DispatcherTurn (the capsule holds a strong count until its destructor runs).
-    let turn = unsafe { ffi::PyCapsule_GetPointer(capsule, CAPSULE_NAME.as_ptr()) }.cast::<DispatcherTurn>();
-    if turn.is_null() {
+    // SAFETY: GIL held (CPython calls us with it); these are the call's own arguments.
+    let Some(args) = (unsafe { fastcall_args(args, nargs, 2, c"wait_readable(fds, timeout_ms) takes 2 arguments") })
+    else {
         return std::ptr::null_mut();
-    }
-    // SAFETY: as above; the capsule (our `self`) stays alive for the whole call.
-    let turn = unsafe { &*turn };
+    };
+    // SAFETY: GIL held; `capsule` is the `self` of a function bound by WAIT_DEF, a
+    // MethodDef<DispatcherTurn>; the borrow ends with the call.
+    let Some(turn) = (unsafe { bound_state::<DispatcherTurn>(capsule) }) else {
+        return std::ptr::null_mut();
+    };
     // SAFETY: GIL held; args[0] is borrowed.
     let count = unsafe { ffi::PySequence_Size(args[0]) };
     if count < 0 {
@@ -248,20 +207,6 @@ fn answer(fds: &[libc::pollfd]) -> *mut ffi::PyObject {
         }
     }
     list
-}
-
-/// The capsule's destructor: gives back the turn's strong count.
-unsafe extern "C" fn release_turn(capsule: *mut ffi::PyObject) {
-    // SAFETY: CPython calls this with the GIL held, once, for a capsule made by `function`
-    // under CAPSULE_NAME, whose pointer came from Arc::into_raw.
-    let turn = unsafe { ffi::PyCapsule_GetPointer(capsule, CAPSULE_NAME.as_ptr()) };
-    if turn.is_null() {
-        // SAFETY: GIL held; a destructor must not leave an exception set.
-        unsafe { ffi::PyErr_Clear() };
-        return;
-    }
-    // SAFETY: the pointer came from Arc::into_raw of an Arc<DispatcherTurn>, released once here.
-    drop(unsafe { Arc::from_raw(turn.cast::<DispatcherTurn>()) });
 }
 
 #[cfg(test)]
