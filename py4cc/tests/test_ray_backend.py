@@ -182,7 +182,9 @@ class RayClusterTest(DriverTestCase):
         return driver.wait(key, WAIT_S)
 
     def test_answers_match_the_model(self) -> None:
+        host_handler = signal.getsignal(signal.SIGTERM)
         driver = self.ray_driver()
+        self.assertIs(signal.getsignal(signal.SIGTERM), host_handler, "ray.init's SIGTERM handler stays out")
         self.assertEqual(driver.n_subprocesses, 2)
         self.assertEqual(len(driver.worker_pids()), 2)
         tasks = [([1.5 * i, -2.25], ["abc", "dé", "f" * i], i) for i in range(60)]
@@ -338,7 +340,9 @@ class RayClusterTest(DriverTestCase):
 
     def test_local_instance(self) -> None:
         before = set(children(os.getpid()))
+        host_handler = signal.getsignal(signal.SIGTERM)
         driver = self.make_driver(backend="ray", n_subprocesses=2, init_timeout=WAIT_S)
+        self.assertIs(signal.getsignal(signal.SIGTERM), host_handler, "ray.init's SIGTERM handler stays out")
         tasks = [([0.5, float(i)], ["x", "yy", "zzz"], i) for i in range(20)]
         keys = [driver.submit(*task)[1] for task in tasks]
         for key, task in zip(keys, tasks):
