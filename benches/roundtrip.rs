@@ -81,13 +81,13 @@ fn measure(name: &str, threads: usize, tasks: usize, one: impl Fn(i64) -> i64 + 
 
 fn row(name: &str, threads: usize, elapsed: Duration, latencies: &mut [Duration]) -> Row {
     latencies.sort();
-    let at = |per_cent: usize| latencies[(latencies.len() * per_cent / 100).min(latencies.len() - 1)];
+    let at = |p: f64| rs4py_workload::percentile(latencies, p);
     Row {
         name: name.to_owned(),
         threads,
         tasks_per_s: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p50_us: at(50).as_secs_f64() * 1e6,
-        p99_us: at(99).as_secs_f64() * 1e6,
+        p50_us: at(50.0).as_secs_f64() * 1e6,
+        p99_us: at(99.0).as_secs_f64() * 1e6,
     }
 }
 

@@ -9,7 +9,6 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::task::{Context, Poll, Waker};
 use std::thread;
@@ -18,10 +17,16 @@ use std::time::{Duration, Instant};
 use rs4py::{Driver, DriverOptions, Gil, ResultStatus, SubmitStatus, TaskFuture, TaskResult};
 use rs4py_workload::{big_model, make_tasks};
 
+#[path = "common/submit.rs"]
+mod submit;
+#[path = "common/within.rs"]
+mod within;
+use submit::{CAPACITY_MESSAGE, submit_retrying};
+use within::within;
+
 const FLOAT_NAMES: [&str; 2] = ["f0", "f1"];
 const STR_NAMES: [&str; 3] = ["name", "sentence", "uuid"];
 const NOT_FINISHED_MESSAGE: &str = "The requested task is not finished";
-const CAPACITY_MESSAGE: &str = "Model engine is working at capacity. Try again later.";
 
 /// Long enough for anything here; needing it is a failure.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -71,22 +76,6 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     while !done() {
         assert!(start.elapsed() < PATIENCE, "{what}: not within {PATIENCE:?}");
         thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Runs `work` on its own thread; fails the test if it has not finished within `limit`.
-fn within<T: Send + 'static>(limit: Duration, what: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let (sender, receiver) = mpsc::channel();
-    let worker = thread::spawn(move || {
-        let _ = sender.send(work());
-    });
-    match receiver.recv_timeout(limit) {
-        Ok(value) => {
-            worker.join().unwrap();
-            value
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what} did not finish within {limit:?} (deadlock?)"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => std::panic::resume_unwind(worker.join().unwrap_err()),
     }
 }
 
@@ -398,17 +387,7 @@ fn thousands_of_abandoned_tasks_from_many_threads_leave_nothing_held() {
                     let seed = (thread_index * PER_THREAD + round) as u64;
                     let value = seed as i64 + 1;
                     let sleep = (seed % 4) as f64 * 0.0005;
-                    let start = Instant::now();
-                    let key = loop {
-                        let receipt = driver.submit(&[sleep, 0.0], &["a", "b", "c"], value);
-                        match receipt.status {
-                            SubmitStatus::Accepted => break receipt.key,
-                            SubmitStatus::AtCapacity if start.elapsed() < PATIENCE => {
-                                thread::sleep(Duration::from_millis(1))
-                            }
-                            _ => panic!("{receipt:?}"),
-                        }
-                    };
+                    let key = submit_retrying(&driver, &[sleep, 0.0], &["a", "b", "c"], value);
                     let fate = match seed % 7 {
                         0 | 1 => Fate::Abandoned,
                         2 => Fate::GaveUp,

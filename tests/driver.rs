@@ -7,13 +7,23 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rs4py::{Driver, DriverOptions, Error, Gil, ResultStatus, StartMethod, SubmitStatus, TaskResult};
 use rs4py_workload::{Task, big_model, make_tasks};
+
+#[path = "common/submit.rs"]
+mod submit;
+#[path = "common/within.rs"]
+mod within;
+#[path = "common/workers.rs"]
+mod workers;
+use submit::{CAPACITY_MESSAGE, submit_retrying};
+use within::within;
+use workers::{kill_worker, module_dir_with, process_exists};
 
 const FLOAT_NAMES: [&str; 2] = ["f0", "f1"];
 /// The demo workload's str features.
@@ -21,7 +31,6 @@ const STR_NAMES: [&str; 3] = ["name", "sentence", "uuid"];
 /// The scripted engine's one str feature, which carries its command.
 const COMMAND: [&str; 1] = ["command"];
 
-const CAPACITY_MESSAGE: &str = "Model engine is working at capacity. Try again later.";
 const NOT_FINISHED_MESSAGE: &str = "The requested task is not finished";
 
 /// Long enough for any single task here; a wait that needs it is a failure.
@@ -90,14 +99,7 @@ class HangingInitEngine:
 /// The directory holding `mymodule.py`, written once per test process under a fresh name.
 fn user_module_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!("rs4py-driver-test-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("mymodule.py"), USER_MODULE).unwrap();
-        dir
-    })
-    .clone()
+    DIR.get_or_init(|| module_dir_with("rs4py-driver-test", "mymodule.py", USER_MODULE)).clone()
 }
 
 fn options(start_method: StartMethod, n_subprocesses: usize, max_tasks: usize) -> DriverOptions {
@@ -132,26 +134,6 @@ fn scripted_value(floats: [f64; 2], command: &str, int_feature: i64) -> i64 {
     big_model(&floats, &[command], int_feature).unwrap()
 }
 
-/// Submits, sleeping 1 ms while at capacity; panics on anything but `Accepted`.
-fn submit_retrying(driver: &Driver, floats: &[f64], strs: &[impl AsRef<str>], int_feature: i64) -> i64 {
-    let start = Instant::now();
-    loop {
-        let receipt = driver.submit(floats, strs, int_feature);
-        match receipt.status {
-            SubmitStatus::Accepted => {
-                assert!(receipt.key > 0, "{receipt:?}");
-                assert_eq!(receipt.message, "");
-                return receipt.key;
-            }
-            SubmitStatus::AtCapacity if start.elapsed() < PATIENCE => {
-                assert_eq!((receipt.key, receipt.message.as_str()), (0, CAPACITY_MESSAGE));
-                thread::sleep(Duration::from_millis(1));
-            }
-            _ => panic!("submit answered {receipt:?}"),
-        }
-    }
-}
-
 /// Retrieves every millisecond until the task is no longer `NotReady`.
 fn poll(driver: &Driver, key: i64) -> TaskResult {
     let start = Instant::now();
@@ -179,48 +161,12 @@ fn assert_done(result: &TaskResult, value: i64) {
     assert_eq!((result.status, result.value, result.message.as_str()), (ResultStatus::Done, value, ""), "{result:?}");
 }
 
-/// Runs `work` on its own thread and fails the test if it has not finished within `limit`
-/// (a deadlock fails instead of hanging); a panic inside `work` is passed on.
-fn within<T: Send + 'static>(limit: Duration, what: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let (sender, receiver) = mpsc::channel();
-    let worker = thread::spawn(move || {
-        let _ = sender.send(work());
-    });
-    match receiver.recv_timeout(limit) {
-        Ok(value) => {
-            worker.join().unwrap();
-            value
-        }
-        Err(RecvTimeoutError::Timeout) => panic!("{what} did not finish within {limit:?} (deadlock?)"),
-        Err(RecvTimeoutError::Disconnected) => std::panic::resume_unwind(worker.join().unwrap_err()),
-    }
-}
-
-/// Whether a process with this pid exists (a zombie counts: it has not been reaped).
-fn process_exists(pid: u32) -> bool {
-    let pid = libc::pid_t::try_from(pid).unwrap();
-    assert!(pid > 1, "not a worker pid: {pid}");
-    // SAFETY: signal 0 sends nothing, it only checks that the process exists; pid is a single
-    // positive process id (never 0 or negative, which would name process groups).
-    let status = unsafe { libc::kill(pid, 0) };
-    status == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
 #[track_caller]
 fn assert_gone(pids: &[u32]) {
     for &pid in pids {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         assert!(!process_exists(pid), "worker {pid} is still there after finalize: {stat}");
     }
-}
-
-fn kill_worker(pid: u32) {
-    let pid = libc::pid_t::try_from(pid).unwrap();
-    assert!(pid > 1 && pid != libc::pid_t::try_from(std::process::id()).unwrap(), "not a worker pid: {pid}");
-    // SAFETY: kill has no memory effects; pid is one positive process id, a worker of the
-    // driver under test (checked above not to be 0, -1, init or this process).
-    let status = unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert_eq!(status, 0, "kill({pid}): {}", std::io::Error::last_os_error());
 }
 
 /// Waits until the driver lists `n` workers, none of them in `old`.

@@ -203,17 +203,13 @@ fn initialize_with_passes_any_convertible_extra_arguments() {
     // An argument the Engine's initialize does not take fails initialize like any error.
     let driver = Driver::new(DriverOptions {
         engine: "py4cc_user_engines:SleepEngine".into(),
-        python_path: vec![engines_dir()],
-        n_subprocesses: 1,
-        ..Default::default()
+        ..options(StartMethod::default())
     })
     .unwrap();
     driver.initialize_with("{}", &NO_NAMES, &NO_NAMES, [("threshold", 0.5)]).unwrap();
     let driver = Driver::new(DriverOptions {
         engine: "py4cc_user_engines:EchoEngine".into(),
-        python_path: vec![engines_dir()],
-        n_subprocesses: 1,
-        ..Default::default()
+        ..options(StartMethod::default())
     })
     .unwrap();
     driver.initialize_with(r#"{"add": 0}"#, &["f"], &NO_NAMES, [("bonus", "yes")]).unwrap();

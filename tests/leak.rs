@@ -26,6 +26,13 @@ use rs4py::{
     TaskResult, ToPython,
 };
 
+#[path = "common/submit.rs"]
+mod submit;
+#[path = "common/thread_states.rs"]
+mod thread_states;
+use submit::submit_retrying;
+use thread_states::thread_states;
+
 /// The tests read process-wide counts: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -72,6 +79,39 @@ fn tracked_objects(gil: &Gil) -> usize {
     gil.eval("len(__import__('gc').get_objects())").unwrap().extract().unwrap()
 }
 
+/// The process-wide counts after a full collection: gc-tracked objects, and the total refcount
+/// on a debug build of CPython.
+#[derive(Clone, Copy)]
+struct Counts {
+    objects: usize,
+    total: Option<isize>,
+}
+
+fn collect_and_count(gil: &Gil) -> Counts {
+    gil.run("__import__('gc').collect()").unwrap();
+    Counts { objects: tracked_objects(gil), total: total_refcount(gil) }
+}
+
+/// Prints the counts before and after `over` (e.g. "2000 rounds") and checks that the total
+/// refcount grew by at most `refcount_slack` and the gc-tracked objects by at most 50.
+#[track_caller]
+fn assert_counts_kept(over: &str, before: Counts, after: Counts, refcount_slack: isize) {
+    println!("gc-tracked objects: before {}, after {}", before.objects, after.objects);
+    match (before.total, after.total) {
+        (Some(before), Some(after)) => {
+            println!("sys.gettotalrefcount(): before {before}, after {after}, growth {}", after - before);
+            assert!(after - before <= refcount_slack, "total refcount grew from {before} to {after} over {over}");
+        }
+        _ => println!("sys.gettotalrefcount(): not available (not a debug build of CPython)"),
+    }
+    assert!(
+        after.objects <= before.objects + 50,
+        "gc-tracked objects grew from {} to {} over {over}",
+        before.objects,
+        after.objects
+    );
+}
+
 #[test]
 fn a_long_mix_of_operations_leaks_no_reference() {
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
@@ -81,32 +121,20 @@ fn a_long_mix_of_operations_leaks_no_reference() {
     for round in 0..WARM_UP {
         one_round(&gil, &shared, round);
     }
-    gil.run("__import__('gc').collect()").unwrap();
+    let before = collect_and_count(&gil);
     let shared_before = shared.refcount();
-    let objects_before = tracked_objects(&gil);
-    let total_before = total_refcount(&gil);
 
     for round in 0..ITERATIONS {
         one_round(&gil, &shared, round);
     }
-    gil.run("__import__('gc').collect()").unwrap();
-    let total_after = total_refcount(&gil);
-    let objects_after = tracked_objects(&gil);
+    let after = collect_and_count(&gil);
 
     println!("iterations: {ITERATIONS} (after {WARM_UP} to warm up)");
     println!("shared object's refcount: before {shared_before}, after {}", shared.refcount());
-    println!("gc-tracked objects: before {objects_before}, after {objects_after}");
-    match (total_before, total_after) {
-        (Some(before), Some(after)) => {
-            println!("sys.gettotalrefcount(): before {before}, after {after}, growth {}", after - before);
-            // A leak of one reference per round would grow it by ITERATIONS; allow only for
-            // the few a cache of Python's own might keep (measured growth: 0).
-            assert!(after - before <= 10, "total refcount grew from {before} to {after} over {ITERATIONS} rounds");
-        }
-        _ => println!("sys.gettotalrefcount(): not available (not a debug build of CPython)"),
-    }
     assert_eq!(shared.refcount(), shared_before);
-    assert!(objects_after <= objects_before + 50, "gc-tracked objects grew from {objects_before} to {objects_after}");
+    // A leak of one reference per round would grow the total by ITERATIONS; allow only for the
+    // few a cache of Python's own might keep (measured growth: 0).
+    assert_counts_kept(&format!("{ITERATIONS} rounds"), before, after, 10);
 }
 
 const DRIVER_WARM_UP: usize = 500;
@@ -117,17 +145,7 @@ const REMEMBERED_KEYS: usize = 11_000;
 
 /// Submits a task of py4cc's test SleepEngine (it sleeps `seconds`, answers `value`).
 fn submit(driver: &Driver, seconds: f64, value: i64) -> i64 {
-    let start = Instant::now();
-    loop {
-        let receipt = driver.submit(&[seconds, 0.0], &["a", "b", "c"], value);
-        match receipt.status {
-            SubmitStatus::Accepted => return receipt.key,
-            SubmitStatus::AtCapacity if start.elapsed() < Duration::from_secs(60) => {
-                thread::sleep(Duration::from_millis(1))
-            }
-            _ => panic!("{receipt:?}"),
-        }
-    }
+    submit_retrying(driver, &[seconds, 0.0], &["a", "b", "c"], value)
 }
 
 /// One round of the completion path: collected by wait, answered NotReady by the table,
@@ -194,49 +212,18 @@ fn the_completion_path_leaks_no_reference() {
         one_driver_round(&driver, round);
     }
     quiesce(&driver);
-    let (objects_before, total_before) = {
-        let gil = Gil::acquire().unwrap();
-        gil.run("__import__('gc').collect()").unwrap();
-        (tracked_objects(&gil), total_refcount(&gil))
-    };
+    let before = collect_and_count(&Gil::acquire().unwrap());
     for round in DRIVER_WARM_UP..DRIVER_WARM_UP + DRIVER_ROUNDS {
         one_driver_round(&driver, round);
     }
     quiesce(&driver);
-    let gil = Gil::acquire().unwrap();
-    gil.run("__import__('gc').collect()").unwrap();
-    let (objects_after, total_after) = (tracked_objects(&gil), total_refcount(&gil));
-    drop(gil);
+    let after = collect_and_count(&Gil::acquire().unwrap());
     println!("driver rounds: {DRIVER_ROUNDS} (after {DRIVER_WARM_UP} to warm up), 5 tasks each");
-    println!("gc-tracked objects: before {objects_before}, after {objects_after}");
-    match (total_before, total_after) {
-        (Some(before), Some(after)) => {
-            println!("sys.gettotalrefcount(): before {before}, after {after}, growth {}", after - before);
-            // One reference per round would be DRIVER_ROUNDS; allow for the pool's own state of
-            // the moment (a worker's moving average, a buffer).
-            assert!(after - before <= 100, "total refcount grew from {before} to {after} over {DRIVER_ROUNDS} rounds");
-        }
-        _ => println!("sys.gettotalrefcount(): not available (not a debug build of CPython)"),
-    }
-    assert!(objects_after <= objects_before + 50, "gc-tracked objects grew from {objects_before} to {objects_after}");
+    // One reference per round would be DRIVER_ROUNDS; allow for the pool's own state of the
+    // moment (a worker's moving average, a buffer).
+    assert_counts_kept(&format!("{DRIVER_ROUNDS} rounds"), before, after, 100);
     driver.finalize();
 }
-/// How many thread states the interpreter has (the calling thread holds the GIL).
-fn thread_states(_gil: &Gil) -> usize {
-    let mut count = 0;
-    // SAFETY: the GIL is held (_gil); the walk only reads the interpreter's list of thread
-    // states, which no other thread changes meanwhile (SERIAL; no other thread of this test runs).
-    let interpreter = unsafe { ffi::PyInterpreterState_Main() };
-    // SAFETY: as above; the main interpreter lives as long as the process.
-    let mut state = unsafe { ffi::PyInterpreterState_ThreadHead(interpreter) };
-    while !state.is_null() {
-        count += 1;
-        // SAFETY: as above; `state` is a live entry of the list.
-        state = unsafe { ffi::PyThreadState_Next(state) };
-    }
-    count
-}
-
 /// What one short-lived thread does: guards that reach `shared` and leave a reference to it in
 /// the thread's `threading.local` data (released only when the thread's state is cleared), a
 /// C-style `PyGILState_Ensure` outside and inside a guard, and a handle dropped on the thread.
@@ -286,16 +273,15 @@ fn churn(shared: &Handle, threads: usize) {
     }
 }
 
-/// (shared list's refcount, gc-tracked objects, total refcount, thread states), measured on a
-/// thread of its own after a collection.
-fn measure(shared: &Handle) -> (isize, usize, Option<isize>, usize) {
+/// (shared list's refcount, the counts after a collection, thread states), measured on a
+/// thread of its own.
+fn measure(shared: &Handle) -> (isize, Counts, usize) {
     thread::scope(|scope| {
         scope
             .spawn(|| {
                 let gil = Gil::acquire().unwrap();
-                gil.run("__import__('gc').collect()").unwrap();
-                let refcount = shared.bind(&gil).refcount();
-                (refcount, tracked_objects(&gil), total_refcount(&gil), thread_states(&gil))
+                let counts = collect_and_count(&gil);
+                (shared.bind(&gil).refcount(), counts, thread_states(&gil))
             })
             .join()
             .unwrap()
@@ -314,30 +300,22 @@ fn threads_that_come_and_go_leak_no_reference_and_no_thread_state() {
     .join()
     .unwrap();
     churn(&shared, THREAD_WARM_UP);
-    let (shared_before, objects_before, total_before, states_before) = measure(&shared);
+    let (shared_before, before, states_before) = measure(&shared);
 
     churn(&shared, THREADS);
-    let (shared_after, objects_after, total_after, states_after) = measure(&shared);
+    let (shared_after, after, states_after) = measure(&shared);
 
     println!(
         "threads: {THREADS} ({ACQUISITIONS_PER_THREAD} guards and two PyGILState_Ensure each, {THREADS_AT_ONCE} at once; after {THREAD_WARM_UP} to warm up)"
     );
     println!("shared object's refcount: before {shared_before}, after {shared_after}");
-    println!("gc-tracked objects: before {objects_before}, after {objects_after}");
     println!("thread states: before {states_before}, after {states_after}");
-    match (total_before, total_after) {
-        (Some(before), Some(after)) => {
-            println!("sys.gettotalrefcount(): before {before}, after {after}, growth {}", after - before);
-            // One leaked reference per thread would grow it by THREADS.
-            assert!(after - before <= 10, "total refcount grew from {before} to {after} over {THREADS} threads");
-        }
-        _ => println!("sys.gettotalrefcount(): not available (not a debug build of CPython)"),
-    }
     // Each thread's threading.local data held a reference to `shared` until its state was cleared.
     assert_eq!(shared_after, shared_before);
     // Fewer is fine: another test's thread may have exited meanwhile, its thread state with it.
     assert!(states_after <= states_before, "thread states grew from {states_before} to {states_after}");
-    assert!(objects_after <= objects_before + 50, "gc-tracked objects grew from {objects_before} to {objects_after}");
+    // One leaked reference per thread would grow the total by THREADS.
+    assert_counts_kept(&format!("{THREADS} threads"), before, after, 10);
 }
 
 /// More tasks than the pool's run-time window keeps (1024), so that it is full before the
@@ -405,27 +383,14 @@ fn general_tasks_of_every_answer_type_leak_no_reference() {
     for round in 0..GENERAL_WARM_UP {
         driver_round(&driver, round);
     }
-    let measure = || {
-        let gil = Gil::acquire().unwrap();
-        gil.run("__import__('gc').collect()").unwrap();
-        (total_refcount(&gil), tracked_objects(&gil))
-    };
-    let (total_before, objects_before) = measure();
+    let before = collect_and_count(&Gil::acquire().unwrap());
     for round in 0..GENERAL_ROUNDS {
         driver_round(&driver, round);
     }
-    let (total_after, objects_after) = measure();
+    let after = collect_and_count(&Gil::acquire().unwrap());
     driver.finalize();
 
     println!("general task rounds: {GENERAL_ROUNDS} of 13 tasks (after {GENERAL_WARM_UP} to warm up)");
-    println!("gc-tracked objects: before {objects_before}, after {objects_after}");
-    match (total_before, total_after) {
-        (Some(before), Some(after)) => {
-            println!("sys.gettotalrefcount(): before {before}, after {after}, growth {}", after - before);
-            // One reference leaked per task would grow it by 13 * GENERAL_ROUNDS.
-            assert!(after - before <= 50, "total refcount grew from {before} to {after} over {GENERAL_ROUNDS} rounds");
-        }
-        _ => println!("sys.gettotalrefcount(): not available (not a debug build of CPython)"),
-    }
-    assert!(objects_after <= objects_before + 50, "gc-tracked objects grew from {objects_before} to {objects_after}");
+    // One reference leaked per task would grow the total by 13 * GENERAL_ROUNDS.
+    assert_counts_kept(&format!("{GENERAL_ROUNDS} rounds"), before, after, 50);
 }

@@ -8,19 +8,26 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rs4py::{
     Driver, DriverOptions, DriverState, DriverStats, Error, Gil, ResultStatus, StartMethod, SubmitStatus, WorkerLine,
     WorkerOutput, WorkerStream,
 };
-use rs4py_workload::{big_model, make_tasks};
+use rs4py_workload::{big_model, make_tasks, percentile};
+
+#[path = "common/workers.rs"]
+mod workers;
+use workers::{kill_worker, module_dir_with, process_exists};
 
 const FLOAT_NAMES: [&str; 2] = ["f0", "f1"];
 const STR_NAMES: [&str; 3] = ["name", "sentence", "uuid"];
 const ONE_STR: [&str; 1] = ["what"];
 const METHODS: [StartMethod; 3] = [StartMethod::Fork, StartMethod::Forkserver, StartMethod::Spawn];
 const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Each task waits until the file `config["gate"]` exists, then answers `int_feature`.
+const GATE_ENGINE: &str = "py4cc_user_engines:GateEngine";
 
 const MODULE: &str = r#"
 """Engines for rs4py's tests/operations.rs."""
@@ -31,18 +38,6 @@ import time
 
 ENV_NAMES = ("RS4PY_TEST_ENV_A", "RS4PY_TEST_ENV_B", "OMP_NUM_THREADS")
 AT_IMPORT = "|".join(f"{name}={os.environ.get(name)}" for name in ENV_NAMES)
-
-
-class GateEngine:
-    """Each task waits until the file config["gate"] exists, then answers int_feature."""
-
-    def initialize(self, config, **kwargs):
-        self.gate = config["gate"]
-
-    def run(self, float_features, str_features, int_feature):
-        while not os.path.exists(self.gate):
-            time.sleep(0.005)
-        return int_feature, ""
 
 
 class TalkEngine:
@@ -80,14 +75,7 @@ class EnvEngine:
 /// A fresh directory for this test process, holding the engines' module (`opsmodule.py`).
 fn module_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!("rs4py-operations-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("opsmodule.py"), MODULE).unwrap();
-        dir
-    })
-    .clone()
+    DIR.get_or_init(|| module_dir_with("rs4py-operations", "opsmodule.py", MODULE)).clone()
 }
 
 /// A path whose file, once made, lets GateEngine's tasks finish (a new one per call).
@@ -96,10 +84,16 @@ fn gate_path() -> PathBuf {
     module_dir().join(format!("gate-{}", NEXT.fetch_add(1, Ordering::SeqCst)))
 }
 
+/// py4cc's test engines, GateEngine among them.
+fn engines_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py4cc/tests/engines")
+}
+
+/// A driver's options for `engine`, `"module:Class"`, from `opsmodule` or py4cc's test engines.
 fn engine_options(engine: &str, n_subprocesses: usize) -> DriverOptions {
     DriverOptions {
-        engine: format!("opsmodule:{engine}"),
-        python_path: vec![module_dir()],
+        engine: engine.into(),
+        python_path: vec![module_dir(), engines_dir()],
         n_subprocesses,
         max_tasks: 16,
         ..Default::default()
@@ -109,7 +103,7 @@ fn engine_options(engine: &str, n_subprocesses: usize) -> DriverOptions {
 /// A GateEngine driver, initialized, and its gate.
 fn gated_driver(n_subprocesses: usize) -> (Driver, PathBuf) {
     let gate = gate_path();
-    let driver = Driver::new(engine_options("GateEngine", n_subprocesses)).unwrap();
+    let driver = Driver::new(engine_options(GATE_ENGINE, n_subprocesses)).unwrap();
     let config = format!(r#"{{"gate": "{}"}}"#, gate.display());
     driver.initialize(&config, &FLOAT_NAMES, &ONE_STR).unwrap();
     (driver, gate)
@@ -133,23 +127,6 @@ fn stats_when(driver: &Driver, ready: impl Fn(&DriverStats) -> bool) -> DriverSt
         assert!(start.elapsed() < PATIENCE, "stats never got there: {stats:?}");
         thread::sleep(Duration::from_millis(5));
     }
-}
-
-fn kill(pid: u32) {
-    let pid = libc::pid_t::try_from(pid).unwrap();
-    assert!(pid > 1 && pid != libc::pid_t::try_from(std::process::id()).unwrap(), "not a worker pid: {pid}");
-    // SAFETY: kill has no memory effects; pid is one positive process id, a worker of the
-    // driver under test (checked above not to be 0, -1, init or this process).
-    let status = unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert_eq!(status, 0, "kill({pid}): {}", std::io::Error::last_os_error());
-}
-
-fn process_exists(pid: u32) -> bool {
-    let pid = libc::pid_t::try_from(pid).unwrap();
-    // SAFETY: signal 0 sends nothing, it only checks that the process exists; pid is a single
-    // positive process id.
-    let status = unsafe { libc::kill(pid, 0) };
-    status == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Collects every worker line, noting whether the callback ever ran with the GIL held.
@@ -193,13 +170,6 @@ impl Lines {
     }
 }
 
-/// The nearest-rank percentile of `values`.
-fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let rank = (p / 100.0 * values.len() as f64).ceil() as usize;
-    values[rank.max(1) - 1]
-}
-
 #[test]
 fn stats_count_tasks_in_every_state() {
     let (driver, gate) = gated_driver(1);
@@ -234,7 +204,7 @@ fn stats_count_tasks_in_every_state() {
 fn cancelled_expired_and_dropped_futures_show_in_stats() {
     let gate = gate_path();
     let driver =
-        Driver::new(DriverOptions { result_ttl: Some(Duration::from_millis(300)), ..engine_options("GateEngine", 1) })
+        Driver::new(DriverOptions { result_ttl: Some(Duration::from_millis(300)), ..engine_options(GATE_ENGINE, 1) })
             .unwrap();
     driver.initialize(&format!(r#"{{"gate": "{}"}}"#, gate.display()), &FLOAT_NAMES, &ONE_STR).unwrap();
     let counts = |stats: &DriverStats| {
@@ -298,16 +268,17 @@ fn run_time_percentiles_are_at_least_the_models_sleeps() {
     threads.into_iter().for_each(|thread| thread.join().unwrap());
     let stats = driver.stats().unwrap();
     assert_eq!((stats.tasks_done, stats.tasks_held, stats.run_time_samples), (200, 0, 200));
-    let sleeps: Vec<f64> = tasks
+    let mut sleeps: Vec<f64> = tasks
         .iter()
         .map(|task| {
             let z = big_model(&task.float_features, &task.str_features, task.int_feature).unwrap();
             (z % 100 + 1) as f64 * 1e-4
         })
         .collect();
+    sleeps.sort_by(f64::total_cmp);
     let (p50, p99) = (stats.run_time_p50.unwrap().as_secs_f64(), stats.run_time_p99.unwrap().as_secs_f64());
-    assert!(p50 >= percentile(sleeps.clone(), 50.0), "p50 {p50} below the sleeps' p50");
-    assert!(p99 >= percentile(sleeps, 99.0), "p99 {p99} below the sleeps' p99");
+    assert!(p50 >= percentile(&sleeps, 50.0), "p50 {p50} below the sleeps' p50");
+    assert!(p99 >= percentile(&sleeps, 99.0), "p99 {p99} below the sleeps' p99");
     assert!(p99 >= p50);
 }
 
@@ -318,7 +289,7 @@ fn worker_lines_reach_the_callback_with_their_pid_in_every_start_method() {
         let driver = Driver::new(DriverOptions {
             start_method: method,
             worker_output: Some(lines.output()),
-            ..engine_options("TalkEngine", 1)
+            ..engine_options("opsmodule:TalkEngine", 1)
         })
         .unwrap();
         driver.initialize("{}", &FLOAT_NAMES, &ONE_STR).unwrap();
@@ -339,7 +310,7 @@ fn deaths_timeouts_and_replacements_are_events_and_counted() {
     let driver = Driver::new(DriverOptions {
         worker_output: Some(lines.output()),
         task_timeout: Some(Duration::from_millis(500)),
-        ..engine_options("TalkEngine", 1)
+        ..engine_options("opsmodule:TalkEngine", 1)
     })
     .unwrap();
     driver.initialize("{}", &FLOAT_NAMES, &ONE_STR).unwrap();
@@ -383,7 +354,7 @@ fn deaths_timeouts_and_replacements_are_events_and_counted() {
 
     // An idle worker killed from outside.
     let third = driver.worker_pids().unwrap()[0];
-    kill(third);
+    kill_worker(third);
     lines.wait_for(third, WorkerStream::Event, "exited with exit code -9 (killed by SIGKILL) while idle");
     let stats = stats_when(&driver, |stats| stats.worker_deaths == 3 && stats.workers_ready == 1);
     assert_eq!((stats.worker_starts, stats.tasks_failed, stats.replacement_failures), (4, 2, 0));
@@ -402,7 +373,8 @@ fn the_callback_may_call_the_driver() {
         }
     });
     let driver = Arc::new(
-        Driver::new(DriverOptions { worker_output: Some(output), ..engine_options("TalkEngine", 1) }).unwrap(),
+        Driver::new(DriverOptions { worker_output: Some(output), ..engine_options("opsmodule:TalkEngine", 1) })
+            .unwrap(),
     );
     DRIVER.set(Arc::downgrade(&driver)).unwrap();
     driver.initialize("{}", &FLOAT_NAMES, &ONE_STR).unwrap();
@@ -423,7 +395,7 @@ fn worker_env_is_set_before_the_engine_is_imported_in_every_start_method() {
         let driver = Driver::new(DriverOptions {
             start_method: method,
             worker_env: env.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
-            ..engine_options("EnvEngine", 2)
+            ..engine_options("opsmodule:EnvEngine", 2)
         })
         .unwrap();
         driver.initialize("{}", &FLOAT_NAMES, &ONE_STR).unwrap();

@@ -15,6 +15,9 @@ use pyo3::prelude::*;
 use pyo3_ffi as ffi;
 use rs4py::{Gil, Handle};
 
+#[path = "common/thread_states.rs"]
+mod thread_states;
+
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
@@ -30,21 +33,7 @@ fn on_new_thread<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -
 /// How many thread states the interpreter has, counted from a thread of its own (so the count
 /// includes that thread's, deleted again before this returns).
 fn thread_states() -> usize {
-    on_new_thread(|| {
-        let _gil = Gil::acquire().unwrap();
-        let mut count = 0;
-        // SAFETY: the GIL is held (_gil); the walk only reads the interpreter's list of thread
-        // states, which no other thread changes meanwhile (SERIAL, and no Python threads run).
-        let interpreter = unsafe { ffi::PyInterpreterState_Main() };
-        // SAFETY: as above; the main interpreter lives as long as the process.
-        let mut state = unsafe { ffi::PyInterpreterState_ThreadHead(interpreter) };
-        while !state.is_null() {
-            count += 1;
-            // SAFETY: as above; `state` is a live entry of the list.
-            state = unsafe { ffi::PyThreadState_Next(state) };
-        }
-        count
-    })
+    on_new_thread(|| thread_states::thread_states(&Gil::acquire().unwrap()))
 }
 
 /// The unique id of the thread state the current thread holds the GIL with.
@@ -65,6 +54,22 @@ fn gilstate_check() -> bool {
 /// Makes sure Python runs, from a thread that then exits.
 fn start_python() {
     on_new_thread(|| drop(Gil::acquire().unwrap()));
+}
+
+/// Runs `body` on a new thread (one test at a time, Python started) and checks that the
+/// thread's state went with the thread.
+fn on_a_thread_leaving_no_thread_state(body: impl FnOnce() + Send + 'static) {
+    let _serial = serial();
+    start_python();
+    let before = thread_states();
+    on_new_thread(body);
+    assert_eq!(thread_states(), before, "the thread's state went with it");
+}
+
+/// The id of the thread state this thread keeps, made by a guard if there is none yet.
+fn kept_thread_state_id() -> i64 {
+    let _gil = Gil::acquire().unwrap();
+    current_thread_state_id()
 }
 
 #[test]
@@ -129,9 +134,7 @@ fn thousands_of_acquisitions_on_threads_that_come_and_go_leave_no_thread_state()
 
 #[test]
 fn pygilstate_check_is_true_exactly_while_a_guard_is_held_on_a_spawned_thread() {
-    let _serial = serial();
-    start_python();
-    on_new_thread(|| {
+    on_a_thread_leaving_no_thread_state(|| {
         assert!(!gilstate_check(), "a new thread holds nothing");
         assert!(!Gil::is_held());
         for _ in 0..3 {
@@ -150,14 +153,8 @@ fn pygilstate_check_is_true_exactly_while_a_guard_is_held_on_a_spawned_thread() 
 
 #[test]
 fn c_style_gilstate_calls_share_the_kept_thread_state_inside_and_outside_a_guard() {
-    let _serial = serial();
-    start_python();
-    let before = thread_states();
-    on_new_thread(|| {
-        let kept = {
-            let _gil = Gil::acquire().unwrap();
-            current_thread_state_id()
-        };
+    on_a_thread_leaving_no_thread_state(|| {
+        let kept = kept_thread_state_id();
 
         // Outside any guard: Ensure takes the GIL with the kept state, and a guard taken
         // inside leaves the GIL to Ensure's Release.
@@ -191,15 +188,11 @@ fn c_style_gilstate_calls_share_the_kept_thread_state_inside_and_outside_a_guard
         let _gil = Gil::acquire().unwrap();
         assert_eq!(current_thread_state_id(), kept);
     });
-    assert_eq!(thread_states(), before);
 }
 
 #[test]
 fn a_thread_state_made_by_pygilstate_ensure_is_used_not_kept() {
-    let _serial = serial();
-    start_python();
-    let before = thread_states();
-    on_new_thread(|| {
+    on_a_thread_leaving_no_thread_state(|| {
         // C code on this thread makes the thread state; a guard inside must not keep it, since
         // the matching Release deletes it.
         // SAFETY: Python runs; Ensure and Release pair up on this thread.
@@ -218,27 +211,17 @@ fn a_thread_state_made_by_pygilstate_ensure_is_used_not_kept() {
         assert!(unsafe { ffi::PyGILState_GetThisThreadState() }.is_null(), "Release deleted it");
 
         // The next guard makes the thread state that this thread keeps.
-        let first = {
-            let _gil = Gil::acquire().unwrap();
-            current_thread_state_id()
-        };
+        let first = kept_thread_state_id();
         assert_ne!(first, theirs);
         let _gil = Gil::acquire().unwrap();
         assert_eq!(current_thread_state_id(), first);
     });
-    assert_eq!(thread_states(), before);
 }
 
 #[test]
 fn pyo3_on_the_same_thread_inside_and_outside_a_guard() {
-    let _serial = serial();
-    start_python();
-    let before = thread_states();
-    on_new_thread(|| {
-        let kept = {
-            let _gil = Gil::acquire().unwrap();
-            current_thread_state_id()
-        };
+    on_a_thread_leaving_no_thread_state(|| {
+        let kept = kept_thread_state_id();
         let doubled = Python::attach(|py| {
             assert_eq!(current_thread_state_id(), kept);
             let gil = Gil::acquire().unwrap();
@@ -260,7 +243,6 @@ fn pyo3_on_the_same_thread_inside_and_outside_a_guard() {
         drop(gil);
         assert!(!gilstate_check());
     });
-    assert_eq!(thread_states(), before);
 }
 
 thread_local! {

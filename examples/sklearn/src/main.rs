@@ -27,6 +27,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rs4py::{Bytes, Driver, DriverOptions, Gil, Preload, ResultStatus, StartMethod, SubmitStatus, TaskReceipt};
+use rs4py_workload::percentile;
 
 const USAGE: &str = "usage: rs4py-sklearn [--start-method fork|forkserver|spawn] [--workers N] [--threads N] \
                      [--requests N] [--batch-rows N] [--batch-requests N] \
@@ -235,8 +236,8 @@ impl Phase {
     fn figures(&self) -> (f64, f64, f64) {
         let mut sorted = self.latencies.clone();
         sorted.sort();
-        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
-        (self.requests.len() as f64 / self.elapsed.as_secs_f64(), at(0.5), at(0.99))
+        let at = |p: f64| percentile(&sorted, p).as_secs_f64() * 1e3;
+        (self.requests.len() as f64 / self.elapsed.as_secs_f64(), at(50.0), at(99.0))
     }
 }
 

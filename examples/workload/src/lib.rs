@@ -399,10 +399,12 @@ impl Report {
     }
 }
 
-/// Nearest rank: `sorted[ceil(p / 100 * n) - 1]`, 0 if empty.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// The `p`th percentile of `sorted` (ascending) by nearest rank: `sorted[ceil(p / 100 * n) - 1]`,
+/// the default (zero) if empty. The one definition the report, the examples, the benchmarks
+/// and the tests use.
+pub fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     if sorted.is_empty() {
-        return 0.0;
+        return T::default();
     }
     let rank = ((p / 100.0 * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
@@ -460,7 +462,7 @@ mod tests {
         let values: Vec<f64> = (1..=10).map(f64::from).collect();
         assert_eq!(percentile(&values, 50.0), 5.0);
         assert_eq!(percentile(&values, 99.0), 10.0);
-        assert_eq!(percentile(&[], 50.0), 0.0);
+        assert_eq!(percentile::<f64>(&[], 50.0), 0.0);
     }
 
     #[test]
