@@ -11,10 +11,13 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rs4py::{Backend, Driver, DriverOptions, Error, Gil, ResultStatus, SubmitStatus};
 use rs4py_workload::{Mode, Report, big_model, make_tasks};
+
+#[path = "common/workers.rs"]
+mod workers;
 
 const FLOAT_NAMES: [&str; 2] = ["f0", "f1"];
 const STR_NAMES: [&str; 3] = ["name", "sentence", "uuid"];
@@ -68,11 +71,7 @@ fn ray_importable() -> bool {
 
 /// A fresh directory holding the engines' module (`raymodule.py`).
 fn module_dir() -> PathBuf {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let dir = std::env::temp_dir().join(format!("rs4py-ray-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("raymodule.py"), MODULE).unwrap();
-    dir
+    workers::module_dir_with("rs4py-ray", "raymodule.py", MODULE)
 }
 
 fn ray_driver(address: &str, options: DriverOptions) -> Driver {
@@ -109,13 +108,6 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         assert!(start.elapsed() < PATIENCE, "{what}: not within {PATIENCE:?}");
         thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn alive(pid: u32) -> bool {
-    // Not a zombie either: a dead actor's process may wait for its raylet to reap it.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| !matches!(stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()), Some("Z" | "X")))
-        .unwrap_or(false)
 }
 
 /// The pid the answer of a SleepEngine task names: the actor that ran it.
@@ -174,8 +166,7 @@ fn killed_actor_costs_exactly_its_running_task() {
         .collect();
     let victim = *pids.iter().find(|pid| !answered.contains(pid)).expect("one actor is busy with the long task");
     assert!(answered.iter().all(|&pid| pid != victim));
-    // SAFETY: kill(2) with a pid this test just read off the driver; no memory is involved.
-    assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
+    workers::kill_worker(victim);
     let failed = driver.wait(long, PATIENCE);
     assert_eq!(failed.status, ResultStatus::Failed, "{failed:?}");
     assert!(failed.message.contains(&format!("the Ray actor running this task (pid {victim} ")), "{failed:?}");
@@ -217,7 +208,7 @@ fn cancel_and_task_timeout() {
     let timed_out = driver.wait(slow, PATIENCE);
     assert_eq!(timed_out.status, ResultStatus::Failed);
     assert!(timed_out.message.contains("the task timed out after 1.5 s; its Ray actor (pid"), "{timed_out:?}");
-    eventually("the timed-out actor's process to end", || !alive(pid));
+    eventually("the timed-out actor's process to end", || !workers::process_exists(pid));
     let after = driver.wait(accepted(&driver, 0.0, 3), PATIENCE);
     assert_eq!((after.status, after.value), (ResultStatus::Done, 3), "{after:?}");
     assert_ne!(ran_on(&after.message), pid);
@@ -235,7 +226,7 @@ fn finalize_leaves_no_actor_behind() {
     let result = driver.retrieve(running);
     assert_eq!(result.status, ResultStatus::Failed);
     assert!(result.message.contains("finalized"), "{result:?}");
-    eventually("every actor's process to end", || pids.iter().all(|&pid| !alive(pid)));
+    eventually("every actor's process to end", || pids.iter().all(|&pid| !workers::process_exists(pid)));
     assert_eq!(driver.submit(&[0.0, 0.0], &["a", "b", "c"], 1).status, SubmitStatus::Error);
 }
 
@@ -258,7 +249,7 @@ fn a_local_ray_instance_for_this_process() {
     assert_eq!(driver.stats().unwrap().cluster, "a local Ray instance");
     let pids = driver.worker_pids().unwrap();
     driver.finalize();
-    eventually("the local instance's actors to end", || pids.iter().all(|&pid| !alive(pid)));
+    eventually("the local instance's actors to end", || pids.iter().all(|&pid| !workers::process_exists(pid)));
 }
 
 #[test]
