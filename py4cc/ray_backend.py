@@ -53,6 +53,7 @@ from .protocol import (
     NOT_FINISHED_MESSAGE,
     OK,
     OUTPUT_GRACE_S,
+    STAT_NAMES,
     Answer,
     Call,
     GeneralCall,
@@ -972,7 +973,7 @@ class RayBackend:
                 alive += 1
                 ready += a.ready
         counters = self.counters
-        return {
+        values = {
             "state": state,
             "tasks_held": len(self.tasks),
             "tasks_queued": len(self.pending) + queued_in_actors,
@@ -995,7 +996,10 @@ class RayBackend:
             "run_time_samples": len(self.run_times),
             "cluster": self.where,
             "cluster_lost": self.lost,
+            "workers_degraded": sum(slot.degraded for slot in self.slots),
+            "last_worker_failure": self.last_worker_failure,
         }
+        return {name: values[name] for name in STAT_NAMES}  # the contract's keys, in its order
 
     # -- stopping -------------------------------------------------------------------------
 

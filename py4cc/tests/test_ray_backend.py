@@ -281,6 +281,26 @@ class RayClusterTest(DriverTestCase):
         self.assertEqual(self.answer(driver, driver.submit([0.0, 0.0], ["a", "b", "c"], 8)[1]), (OK, 8, ""))
         self.assertNotEqual(driver.worker_pids(), before)
 
+    def test_failed_restarts_back_off_until_one_succeeds(self) -> None:
+        marker = os.path.join(tempfile.mkdtemp(prefix="py4cc-ray-marker-"), "refuse")
+        driver = self.ray_driver(
+            engine="py4cc_user_engines:FragileInitEngine", n_subprocesses=1, config=json.dumps({"marker": marker})
+        )
+        (pid,) = driver.worker_pids()
+        open(marker, "w").close()  # from now on, an Engine refuses to start
+        os.kill(pid, signal.SIGKILL)
+        self.assertTrue(wait_until(lambda: driver.stats()["replacement_failures"] >= 2, WAIT_S))
+        flag, _, message = driver.submit([0.0, 0.0], ["a", "b", "c"], 1)
+        self.assertEqual(flag, ERROR)
+        self.assertIn("no Ray actor is ready", message)
+        self.assertIn("the marker file exists: refusing to start", message)
+        self.assertIn("the driver keeps restarting its Engine actors", message)
+        self.assertEqual(driver.stats()["workers_ready"], 0)
+        os.remove(marker)  # the next attempt, after its backoff, succeeds
+        self.assertTrue(wait_until(lambda: driver.stats()["workers_ready"] == 1, WAIT_S))
+        self.assertEqual(self.answer(driver, driver.submit([0.0, 0.0], ["a", "b", "c"], 2)[1]), (OK, 2, ""))
+        self.assertNotIn(pid, driver.worker_pids())
+
     def test_task_timeout_kills_and_replaces_the_actor(self) -> None:
         driver = self.ray_driver(engine="py4cc_user_engines:SleepEngine", task_timeout=1.5)
         slow = driver.submit([60.0, 0.0], ["a", "b", "c"], 5)[1]
