@@ -1,26 +1,29 @@
 """The dispatcher thread, and the wake-up pipe that interrupts its wait.
 
-One thread per pool waits (``multiprocessing.connection.wait``, no polling) on every
-worker's pipe, every worker's process sentinel and the wake-up pipe, with a timeout set
-by the nearest deadline (``task_timeout``, ``init_timeout``). It records the workers'
-answers, hands queued tasks on, and deals with workers that die, overrun a deadline or
-fail to start: their running task fails, the tasks queued behind it go back to the
-queue, and a replacement is started. It also drops the finished results nobody retrieved
-within ``result_ttl``.
+One thread per pool waits (``poll``, no polling loop) on every
+worker's pipe, every worker's own process (its pidfd: see :mod:`py4cc.processes`) and
+the wake-up pipe, with a timeout set by the nearest deadline (``task_timeout``,
+``init_timeout``, a slot's next restart). It records the workers' answers, hands queued
+tasks on, and deals with workers that die, overrun a deadline or fail to start: their
+running task fails, the tasks queued behind it go back to the queue, and their slot starts
+a replacement (:mod:`py4cc.recovery`). It also drops the finished results nobody
+retrieved within ``result_ttl``.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import signal
 import struct
 import threading
 import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from .processes import stop_workers
-from .protocol import FAILED, STARTUP_RETRIES, Answer, InitFailed, Ready, decode_report, exit_text, unpickle_answer
+from . import recovery
+from .processes import wait_exited
+from .protocol import FAILED, Answer, InitFailed, Ready, decode_report, exit_text, unpickle_answer
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -153,6 +156,9 @@ class Dispatcher(threading.Thread):
                     ]
                 if init_timeout is not None:
                     deadlines += [w.started + init_timeout for w in pool.workers if not w.ready and not w.dead]
+                restart = recovery.next_restart(pool)
+                if restart is not None:
+                    deadlines.append(restart)
                 if result_ttl is not None:
                     next_expiry = pool.expire_results(time.monotonic())
                     if next_expiry is not None:
@@ -180,15 +186,16 @@ class Dispatcher(threading.Thread):
                 self._expire(task_timeout)
             if init_timeout is not None:
                 self._expire_startup(init_timeout)
+            recovery.restart_due(pool)
 
     def _watch(self, poller: Any, watched: dict[int, tuple[bool, Worker]]) -> None:
         """Bring ``poller`` in line with the workers (lock held): each one's pipe until its
-        EOF, and its process sentinel."""
+        EOF, and its own process (its pidfd: readable once it has exited)."""
         wanted: dict[int, tuple[bool, Worker]] = {}
         for w in self.pool.workers:
             if not w.eof:
                 wanted[w.conn.fileno()] = (True, w)
-            wanted[w.process.sentinel] = (False, w)
+            wanted[w.watch()] = (False, w)
         if wanted == watched:
             return
         for fd, what in list(watched.items()):
@@ -216,6 +223,7 @@ class Dispatcher(threading.Thread):
                 w.eof = True
                 with pool.lock:
                     w.dead = True
+                w.signal(signal.SIGKILL)  # its pipe is closed: of no use, and dead once reaped
             else:
                 inbox += data
             if not self._handle_messages(w, inbox) or w.eof or not to_the_end:
@@ -237,16 +245,8 @@ class Dispatcher(threading.Thread):
                 w.dead = True
                 if w.queue and not pool.closed:
                     pool.requeue_unstarted(w)
-                    pool.complete(
-                        w.queue.popleft(),
-                        FAILED,
-                        -1,
-                        "the worker's answer could not be read:\n" + traceback.format_exc(),
-                    )
-            try:
-                w.process.kill()
-            except Exception:
-                pass
+                    w.doomed = (w.queue.popleft(), "the worker's answer could not be read:\n" + traceback.format_exc())
+            w.signal(signal.SIGKILL)  # _reap fails the task once the worker is dead
             return False
         if not reports:
             return True
@@ -267,31 +267,25 @@ class Dispatcher(threading.Thread):
                 elif isinstance(report, Ready):
                     if not w.init_timed_out:  # too late: it has been killed already
                         w.ready = True
-                        pool.startup_deaths = 0
+                        recovery.note_ready(w)
                 elif isinstance(report, InitFailed):
-                    w.dead = True
-                    w.init_failed = True
-                    pool.counters.replacement_failures += 1
-                    pool.event(w.pid, f"failed to initialise its engine (a replacement):\n{report.traceback}")
-                    pool.note_replacement_failure(
-                        f"a replacement worker process (pid {w.pid}) failed to initialise "
-                        f"its engine:\n{report.traceback}"
-                    )
+                    w.dead = True  # it exits by itself; its exit is a failed start
+                    w.failure = report.traceback
+                    pool.event(w.pid, f"failed to initialise its engine:\n{report.traceback}")
             pool.dispatch()
         return True
 
     def _reap(self, w: Worker) -> None:
-        """A worker process has exited: fail its task, drop it, start a replacement."""
+        """A worker process has exited: fail its task, drop it, let its slot replace it."""
         pool = self.pool
         # Read whatever it managed to send before it exited.
         if not w.eof:
             self._read_worker(w, to_the_end=True)
         self.inboxes.pop(w, None)
-        try:
-            w.process.join(1.0)
-        except Exception:
-            pass
-        exitcode = w.process.exitcode
+        if not w.has_exited():  # only without a pidfd: its forkserver's pipe closed
+            w.signal(signal.SIGKILL)  # a worker reported dead is dead
+            wait_exited([w], 5.0)
+        exitcode = w.exit_code()
         with pool.lock:
             if pool.closed:
                 # stop has begun: it failed every unfinished task (those queued behind
@@ -311,10 +305,8 @@ class Dispatcher(threading.Thread):
                 pool.event(w.pid, f"{cause} while running task {w.queue[0].key}")
             elif w.timed_out or w.init_timed_out:
                 pool.event(w.pid, cause)
-            elif was_ready or not w.init_failed:
+            elif was_ready or w.failure is None:
                 pool.event(w.pid, f"{cause} {'while idle' if was_ready else 'before it was ready'}")
-            if not was_ready and not w.init_failed:
-                pool.counters.replacement_failures += 1
             if w.queue:
                 pool.complete(
                     w.queue.popleft(),
@@ -323,53 +315,17 @@ class Dispatcher(threading.Thread):
                     f"the worker process (pid {w.pid}) running this task died with "
                     f"{exit_text(exitcode)}; it is being replaced",
                 )
-            retry = False
-            if not was_ready and not w.init_failed:
-                # Killed or crashed while starting (an Engine failure was noted already):
-                # try again, unless it keeps happening.
-                pool.startup_deaths += 1
-                if pool.startup_deaths <= STARTUP_RETRIES:
-                    retry = True
-                elif w.init_timed_out:
-                    pool.note_replacement_failure(
-                        f"replacement worker processes could not start within the "
-                        f"{pool.options.init_timeout:g} s start-up limit (init_timeout): the last one "
-                        f"(pid {w.pid}) did not become ready in time and was killed "
-                        f"({pool.startup_deaths} in a row)"
-                    )
-                else:
-                    pool.note_replacement_failure(
-                        f"a replacement worker process (pid {w.pid}) exited before it was "
-                        f"ready, with {exit_text(exitcode)} ({pool.startup_deaths} in a row)"
-                    )
-            replace = not pool.closed and (was_ready or retry)
+            if w.doomed is not None:  # killed for it: failed now that the worker is dead
+                pool.complete(w.doomed[0], FAILED, -1, w.doomed[1])
+                w.doomed = None
+            recovery.note_lost(pool, w, exitcode)
             pool.dispatch()
             pool.announce_finished()  # before starting a replacement, which takes a while
         w.release()
-        if replace:
-            self._replace(f"worker process {w.pid}")
-
-    def _replace(self, replaced: str) -> None:
-        pool = self.pool
-        try:
-            new = pool.start_worker()
-        except Exception:
-            text = "a replacement worker process could not be started:\n" + traceback.format_exc()
-            with pool.lock:
-                pool.counters.replacement_failures += 1
-                pool.event(0, text)
-                pool.note_replacement_failure(text)
-            return
-        with pool.lock:
-            stop = pool.closed
-            if not stop:
-                pool.workers.append(new)
-                pool.event(new.pid, f"started, replacing {replaced}")
-        if stop:
-            stop_workers([new])
 
     def _expire(self, task_timeout: float) -> None:
-        """Fail each task that has run past ``task_timeout`` and kill its worker."""
+        """Kill the worker of each task that has run past ``task_timeout``; ``_reap`` fails
+        the task once that worker is dead (so that it cannot still be running it)."""
         pool = self.pool
         now = time.monotonic()
         with pool.lock:
@@ -385,23 +341,18 @@ class Dispatcher(threading.Thread):
                 w.timed_out = True
                 pool.counters.tasks_timed_out += 1
                 pool.event(w.pid, f"task {task.key} ran past task_timeout ({task_timeout:g} s): killing the worker")
-                pool.complete(
+                w.doomed = (
                     task,
-                    FAILED,
-                    -1,
                     f"the task timed out after {task_timeout:g} s; its worker process "
                     f"(pid {w.pid}) was killed and is being replaced",
                 )
-                try:
-                    w.process.kill()
-                except Exception:
-                    pass
-                # Its exit shows up on its sentinel; _reap then starts the replacement.
+                w.signal(signal.SIGKILL)
+                # Its exit shows up on its pidfd; _reap then fails the task and has it replaced.
             pool.dispatch()
 
     def _expire_startup(self, init_timeout: float) -> None:
         """Kill the replacement workers not ready within ``init_timeout`` of their start;
-        ``_reap`` then counts each as a failed start (and retries, up to a point)."""
+        ``_reap`` then counts each as a failed start (retried after a backoff)."""
         pool = self.pool
         now = time.monotonic()
         with pool.lock:
@@ -413,11 +364,8 @@ class Dispatcher(threading.Thread):
                 w.dead = True
                 w.init_timed_out = True
                 pool.event(w.pid, f"not ready within init_timeout ({init_timeout:g} s): killing it")
-                try:
-                    w.process.kill()
-                except Exception:
-                    pass
-                # Its exit shows up on its sentinel; _reap then decides on a replacement.
+                w.signal(signal.SIGKILL)
+                # Its exit shows up on its pidfd; _reap then notes the failed start.
 
 
 def death_cause(w: Worker, exitcode: int | None, task_timeout: float | None, init_timeout: float | None) -> str:
@@ -427,6 +375,6 @@ def death_cause(w: Worker, exitcode: int | None, task_timeout: float | None, ini
         return f"{how}, killed because its task ran past task_timeout ({task_timeout:g} s)"
     if w.init_timed_out and init_timeout is not None:
         return f"{how}, killed because it was not ready within init_timeout ({init_timeout:g} s)"
-    if w.init_failed:
+    if w.failure is not None:
         return f"{how} after its engine failed to initialise"
     return how

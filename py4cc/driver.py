@@ -92,18 +92,21 @@ How a task travels::
 ``start_method``), each with its own duplex pipe; each builds the Engine and reports
 ready. Because the pool knows which tasks each worker holds, a worker that dies or
 overruns ``task_timeout`` fails exactly its running task (flag 2), the tasks queued behind
-it go back to the queue, and a replacement worker is started. If a replacement cannot be
-started or cannot initialise its Engine (or, with ``init_timeout``, does not become ready
-in time) and no worker is left, queued tasks fail (flag 2) and ``submit`` answers flag 9
-saying why.
+it go back to the queue, and a replacement worker is started. A replacement that cannot
+be started or initialised (or, with ``init_timeout``, is not ready in time) is retried
+after a backoff, for as long as the Driver lives (:mod:`~py4cc.recovery`); while no worker
+is ready, queued tasks fail (flag 2) and ``submit`` answers flag 9 with the last cause.
+Every worker dies with the process that runs the Driver (:mod:`~py4cc.lifeline`).
 
 The modules: :mod:`~py4cc.protocol` (flags, limits, wire messages), :mod:`~py4cc.options`
 (checked once by ``initialize``), :mod:`~py4cc.pool` (tasks and workers under one lock,
 behind the ``Backend`` interface this Driver uses), :mod:`~py4cc.processes` (starting and
-stopping worker processes), :mod:`~py4cc.dispatcher` (the thread that collects answers),
-:mod:`~py4cc.output` (the thread that relays the workers' output and events),
-:mod:`~py4cc.stats` (what ``stats`` reports), :mod:`~py4cc.worker` (the worker process's
-side: with ``protocol``, all it imports).
+stopping worker processes, tracked by pid), :mod:`~py4cc.dispatcher` (the thread that
+collects answers), :mod:`~py4cc.recovery` (restarts with backoff), :mod:`~py4cc.cleanup`
+(the forkserver and temporary directory), :mod:`~py4cc.output` (the thread that relays
+the workers' output and events), :mod:`~py4cc.stats` (what ``stats`` reports),
+:mod:`~py4cc.worker` (the worker process's side: with ``protocol`` and ``lifeline``, all
+it imports).
 
 With ``start_method="fork"`` replacement workers are forked from a process that runs
 threads (the dispatcher, the caller's); Python 3.12+ warns about that
@@ -197,9 +200,9 @@ class Driver:
     then raises RuntimeError ("... did not become ready within N s (init_timeout) ...")
     after stopping every worker it started, instead of hanging. A replacement worker not
     ready in time is killed and counts as a failed start: it is retried like one that
-    crashed while starting (up to 3 times in a row); past that, if no worker is left,
-    queued tasks answer flag 2 and ``submit`` flag 9, both saying that the workers could
-    not start within the limit. Without it a hanging ``Engine.initialize`` blocks
+    crashed while starting, after a backoff (0.1 s doubling up to 30 s), for ever; while
+    no worker is ready, queued tasks answer flag 2 and ``submit`` flag 9, both saying
+    why. Without it a hanging ``Engine.initialize`` blocks
     ``initialize`` (and a ``finalize`` from another thread) for ever, and a replacement
     that hangs keeps its slot, not ready, for ever.
 
@@ -429,7 +432,9 @@ class Driver:
         ``replacement_failures``; ``tasks_done``, ``tasks_failed`` (timeouts included),
         ``tasks_timed_out``, ``tasks_cancelled``, ``tasks_expired``; ``run_time_p50``,
         ``run_time_p99`` (seconds, as the workers timed ``Engine.run``, over the latest
-        ``RUN_TIME_WINDOW`` tasks; None before any) and ``run_time_samples``.
+        ``RUN_TIME_WINDOW`` tasks; None before any) and ``run_time_samples``;
+        ``workers_degraded`` (slots whose start keeps failing, retried with backoff) and
+        ``last_worker_failure`` (why the latest start failed, a traceback included; "").
         """
         pool = self._pool
         if pool is None:

@@ -4,8 +4,9 @@ The Driver reaches it only through :class:`Backend`, so that another way of runn
 (a cluster's actors, say) can take its place. Behind that interface, ``Pool`` gives each
 task to a worker process (``assign``, ``dispatch``), puts back the tasks a lost worker had
 not started (``requeue_unstarted``), and starts and stops the processes
-(:mod:`py4cc.processes`); its dispatcher thread (:mod:`py4cc.dispatcher`) brings in the
-workers' answers and notices their exits.
+(:mod:`py4cc.processes`), one per slot that restarts it on its own (:mod:`py4cc.recovery`);
+its dispatcher thread (:mod:`py4cc.dispatcher`) brings in the workers' answers and notices
+their exits. The last pool to stop stops the forkserver py4cc started (:mod:`py4cc.cleanup`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import traceback
 from collections import deque
 from typing import Any, Callable, Protocol
 
+from . import cleanup, recovery
 from .completion import CANCELLED, EXPIRED, Gone, Notifier, cancelled_message, expired_message
 from .dispatcher import Dispatcher, WakeUp
 from .options import Options
@@ -141,8 +143,10 @@ class Pool:
         self.avg_run_s: float | None = None  # moving average of task run times
         self.closed = False  # stop has begun: refuse new tasks
         self.finished = False  # stop has completed
-        self.broken: str | None = None  # why no worker can be started any more
-        self.startup_deaths = 0  # replacements in a row that died before they were ready
+        self.broken: str | None = None  # the dispatcher crashed: nothing runs any more
+        self.slots: list[recovery.Slot] = []  # one per worker process to run
+        self.last_worker_failure: str | None = None  # why the last start failed (counted in counters)
+        self.uses_forkserver = False
         self.wakeup = WakeUp()
         self.dispatcher: Dispatcher | None = None
         self.owner_pid = os.getpid()  # a forked copy of this process must not stop the workers
@@ -166,15 +170,19 @@ class Pool:
     def start(self) -> None:
         _LIVE_POOLS.add(self)
         try:
+            if self.options.start_method == "forkserver":
+                cleanup.acquire_forkserver()
+                self.uses_forkserver = True
             self.relay.start()
             self.preload_engine()
             workers: list[Worker] = []
             try:
-                for _ in range(self.options.n_subprocesses):
+                for index in range(self.options.n_subprocesses):
                     w = self.start_worker()
                     workers.append(w)
                     with self.lock:
-                        self.workers.append(w)
+                        self.slots.append(recovery.Slot(index))
+                        recovery.attach(self, self.slots[-1], w)
             except Exception as exc:
                 raise RuntimeError(
                     f"Driver.initialize: could not start a worker process "
@@ -203,6 +211,9 @@ class Pool:
                 return ERROR, 0, DRAINING_MESSAGE
             if self.broken is not None:
                 return ERROR, 0, f"the driver has no working worker process: {self.broken}"
+            why = recovery.unavailable(self)
+            if why is not None:
+                return ERROR, 0, why
             if len(self.tasks) >= self.options.max_tasks:
                 return AT_CAPACITY, 0, CAPACITY_MESSAGE
             key = self.next_key
@@ -366,6 +377,8 @@ class Pool:
         if w.output_fds is not None:
             self.relay.add(w.pid, *w.output_fds)
             w.output_fds = None
+        if self.uses_forkserver:
+            cleanup.note_forkserver()
         with self.lock:
             self.counters.worker_starts += 1
         return w
@@ -501,18 +514,6 @@ class Pool:
             if not task.cancelled:
                 self.pending.appendleft(task)
 
-    def fail_all_pending(self, message: str) -> None:
-        while self.pending:
-            self.complete(self.pending.popleft(), FAILED, -1, message)
-
-    def note_replacement_failure(self, message: str) -> None:
-        """A replacement worker could not start; if no usable worker is left, the pool is
-        broken: queued tasks fail and submit refuses, both saying why."""
-        alive = [w for w in self.workers if not w.dead]
-        if not alive:
-            self.broken = message
-            self.fail_all_pending(f"no worker process is left to run this task: {message}")
-
     # -- stopping ----------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -559,6 +560,9 @@ class Pool:
             self.finished = True
             self.preloaded = None
             _LIVE_POOLS.discard(self)
+            if self.uses_forkserver:
+                self.uses_forkserver = False
+                cleanup.release_forkserver()
 
     def stop_when_collected(self) -> None:
         """The Driver's garbage-collection finalizer.

@@ -1,21 +1,32 @@
 """Worker processes seen from the parent: a handle on each, starting them, waiting until
-they are ready, and stopping them."""
+they are ready, and stopping them.
+
+A worker is tracked by its own process, not by what ``multiprocessing`` says of it: with
+"forkserver" the ``Process`` object learns of an exit from the forkserver's pipe, so a
+killed forkserver makes every worker look dead (exit code 255) while it still runs. Where
+the system has them (Linux 5.3+), each worker is watched through a pidfd, which becomes
+readable only once that very process has exited, and is signalled through it (no pid
+reuse race); elsewhere through its ``Process`` sentinel, checked against its pid.
+"""
 
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import time
 from collections import deque
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from .lifeline import Lifeline, host_read_end
 from .protocol import STOP, STOP_GRACE_S, InitFailed, Ready, decode_report, encode_call, exit_text
 from .worker import WorkerSetup, worker_main
 
 if TYPE_CHECKING:
     from .pool import Task
+    from .recovery import Slot
 
 
 class Worker:
@@ -27,8 +38,8 @@ class Worker:
     """
 
     __slots__ = (
-        "conn", "dead", "eof", "head_started", "init_failed", "init_timed_out", "output_fds", "pid", "process",
-        "queue", "ready", "started", "timed_out",
+        "conn", "dead", "doomed", "eof", "failure", "forkserver_pid", "head_started", "init_timed_out",
+        "output_fds", "pid", "pidfd", "process", "queue", "ready", "slot", "started", "timed_out",
     )  # fmt: skip
 
     def __init__(self, process: Any, conn: Any, output_fds: tuple[int, int] | None = None) -> None:
@@ -36,6 +47,9 @@ class Worker:
         self.conn = conn
         self.output_fds = output_fds  # the read ends of its stdout and stderr pipes, until handed on
         self.pid: int = process.pid
+        self.pidfd = open_pidfd(self.pid)
+        self.forkserver_pid = _forkserver_pid() if process._popen.method == "forkserver" else None
+        self.slot: Slot | None = None  # the pool's slot this worker fills
         self.ready = False  # reported Ready (its Engine is initialised)
         self.started = time.monotonic()  # when its process was started (for init_timeout)
         self.queue: deque[Task] = deque()
@@ -43,11 +57,56 @@ class Worker:
         self.dead = False  # must not be given tasks (killed, broken pipe, exited)
         self.eof = False  # its pipe reported EOF: stop watching it
         self.timed_out = False
-        self.init_failed = False  # reported InitFailed (its Engine.initialize raised)
+        self.failure: str | None = None  # its InitFailed traceback (Engine.initialize raised)
         self.init_timed_out = False  # killed for not being ready within init_timeout
+        self.doomed: tuple[Task, str] | None = None  # the task it is being killed for, failed once it is dead
+
+    def watch(self) -> Any:
+        """What becomes readable once this worker's process has exited."""
+        return self.process.sentinel if self.pidfd is None else self.pidfd
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to this worker's process (not to whatever may reuse its pid)."""
+        try:
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, signum)
+            elif self.process.exitcode is None or self.forkserver_pid is not None:
+                os.kill(self.pid, signum)
+        except (OSError, ValueError):
+            pass  # exited already (or its handle is closed)
+
+    def has_exited(self) -> bool:
+        """True once this worker's process has exited; without a pidfd, once its sentinel
+        says so and its pid is gone too."""
+        if self.pidfd is not None:
+            return bool(multiprocessing.connection.wait([self.pidfd], 0))
+        try:
+            if self.process.exitcode is None:
+                return False
+        except ValueError:  # closed
+            return True
+        return self.forkserver_pid is None or not pid_exists(self.pid)
+
+    def exit_code(self) -> int | None:
+        """The exit code, once it has exited (None: unknown, its forkserver is gone)."""
+        try:
+            # A child of ours is reaped at once; a forkserver's reports it on its pipe.
+            self.process.join(1.0)
+            code = self.process.exitcode
+        except ValueError:
+            return None
+        if code == 255 and self.forkserver_pid is not None and not pid_exists(self.forkserver_pid):
+            return None  # the status pipe's EOF, not an exit code
+        return code
 
     def release(self) -> None:
-        """Close this worker's pipe end and process handle (it has exited); never raises."""
+        """Close this worker's pipe end, pidfd and process handle (it has exited); never raises."""
+        if self.pidfd is not None:
+            try:
+                os.close(self.pidfd)
+            except OSError:
+                pass
+            self.pidfd = None
         for close in (self.conn.close, self.process.close):
             try:
                 close()
@@ -62,6 +121,41 @@ class Worker:
 
     def usable(self) -> bool:
         return self.ready and not self.dead
+
+
+def open_pidfd(pid: int) -> int | None:
+    """A pidfd for ``pid``, or None (no pidfd on this system, or the process is gone:
+    then its sentinel tells)."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None or not hasattr(signal, "pidfd_send_signal"):
+        return None
+    try:
+        fd: int = pidfd_open(pid)
+    except OSError:
+        return None
+    os.set_inheritable(fd, False)
+    return fd
+
+
+def pid_exists(pid: int) -> bool:
+    """True if ``pid`` names a process that has not exited (a zombie has exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def _forkserver_pid() -> int | None:
+    from multiprocessing import forkserver
+
+    return forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
 
 
 def start_worker(ctx: Any, setup: WorkerSetup, inherited_fds: list[int] | None, engine: Any = None) -> Worker:
@@ -80,10 +174,13 @@ def start_worker(ctx: Any, setup: WorkerSetup, inherited_fds: list[int] | None, 
     err_read, err_write = os.pipe()
     writers = (Connection(out_write, readable=False), Connection(err_write, readable=False))
     close_fds = [] if inherited_fds is None else [*inherited_fds, parent_conn.fileno(), out_read, err_read]
-    args: tuple[Any, ...] = (child_conn, setup, close_fds, writers)
-    if engine is not None:
-        args += (engine,)
-    process = ctx.Process(target=worker_main, args=args, name="py4cc-worker", daemon=False)
+    lifeline = Lifeline(host_read_end())
+    process = ctx.Process(
+        target=worker_main,
+        args=(child_conn, setup, close_fds, writers, engine, lifeline),
+        name="py4cc-worker",
+        daemon=False,
+    )
     try:
         process.start()
     except BaseException:
@@ -103,7 +200,7 @@ def wait_ready(workers: list[Worker], engine: str, init_timeout: float | None) -
     """Block until every worker has reported ready; raise RuntimeError if one fails
     or (``init_timeout``) is not ready within ``init_timeout`` seconds of its start."""
     waiting = {w.conn: w for w in workers}
-    sentinels = {w.process.sentinel: w for w in workers}
+    exits = {w.watch(): w for w in workers}
     while waiting:
         timeout = None
         if init_timeout is not None:
@@ -118,7 +215,7 @@ def wait_ready(workers: list[Worker], engine: str, init_timeout: float | None) -
                     f"initialised yet; every worker process was stopped"
                 )
             timeout = max(0.0, min(w.started for w in waiting.values()) + init_timeout - now)
-        for obj in multiprocessing.connection.wait(list(waiting) + list(sentinels), timeout):
+        for obj in multiprocessing.connection.wait(list(waiting) + list(exits), timeout):
             if obj in waiting:
                 w = waiting[obj]
                 try:
@@ -128,51 +225,60 @@ def wait_ready(workers: list[Worker], engine: str, init_timeout: float | None) -
                 if isinstance(report, Ready):
                     w.ready = True
                     del waiting[obj]
-                    sentinels.pop(w.process.sentinel, None)
+                    exits.pop(w.watch(), None)
                     continue
                 if isinstance(report, InitFailed):
                     raise RuntimeError(
                         f"worker process (pid {w.pid}) failed to build and initialise the "
                         f"engine {engine!r}:\n{report.traceback}"
                     )
-            elif obj in sentinels:
-                w = sentinels[obj]
+            elif obj in exits:
+                w = exits[obj]
                 if w.conn.poll():  # its last words may still be in the pipe
                     continue
             else:
-                continue  # the sentinel of a worker that reported ready just now
-            w.process.join(5)
+                continue  # the exit of a worker that reported ready just now
+            # Its pipe closed, or its process exited: whichever, it is dead once killed.
+            w.signal(signal.SIGKILL)
+            wait_exited([w], 5.0)
             raise RuntimeError(
                 f"worker process (pid {w.pid}) exited before its engine "
-                f"{engine!r} was ready, with {exit_text(w.process.exitcode)}"
+                f"{engine!r} was ready, with {exit_text(w.exit_code())}"
             )
 
 
+def wait_exited(workers: list[Worker], timeout: float) -> None:
+    """Block until every one of ``workers`` has exited, or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        running = [w for w in workers if not w.has_exited()]
+        remaining = deadline - time.monotonic()
+        if not running or remaining <= 0:
+            return
+        multiprocessing.connection.wait([w.watch() for w in running], min(remaining, 0.1))
+
+
 def stop_workers(workers: list[Worker]) -> None:
-    """Stop idle workers politely and busy ones at once; kill stragglers; join all; release
-    each. Never raises an Exception; may be called again on the same workers."""
+    """Stop idle workers politely and busy ones at once; kill stragglers, by their own
+    process whether or not their forkserver lives; release each. Never raises an
+    Exception; may be called again on the same workers."""
     for w in workers:
         try:
             if not w.queue and w.ready and not w.dead:
                 w.conn.send_bytes(encode_call(STOP))
             else:
-                w.process.terminate()
+                w.signal(signal.SIGTERM)
         except Exception:
-            try:
-                w.process.terminate()
-            except Exception:
-                pass
-    deadline = time.monotonic() + STOP_GRACE_S
+            w.signal(signal.SIGTERM)
+    try:
+        wait_exited(workers, STOP_GRACE_S)
+        stragglers = [w for w in workers if not w.has_exited()]
+        for w in stragglers:
+            w.signal(signal.SIGKILL)
+        wait_exited(stragglers, 5.0)
+    except Exception:
+        pass
     for w in workers:
-        try:
-            w.process.join(max(0.0, deadline - time.monotonic()))
-        except Exception:
-            pass
-    for w in workers:
-        try:
-            if w.process.exitcode is None:
-                w.process.kill()
-                w.process.join(5.0)
-        except Exception:
-            pass
+        if w.has_exited():
+            w.exit_code()  # reap it, or read its forkserver's report
         w.release()

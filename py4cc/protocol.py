@@ -57,6 +57,7 @@ STAT_NAMES = (
     "worker_starts", "worker_deaths", "last_death_cause", "replacement_failures",
     "tasks_done", "tasks_failed", "tasks_timed_out", "tasks_cancelled", "tasks_expired",
     "run_time_p50", "run_time_p99", "run_time_samples",
+    "workers_degraded", "last_worker_failure",
     "cluster", "cluster_lost",
 )  # fmt: skip
 """The keys of ``Driver.stats()``, in order (see :mod:`py4cc.stats`)."""
@@ -89,6 +90,14 @@ MAX_WORKERS = 1024
 STOP_GRACE_S = 1.0
 """How long finalize waits for idle workers to exit before killing them."""
 
+RESTART_BACKOFF_FIRST_S = 0.1
+"""How long a worker slot waits before it starts a worker again after one failed start
+(a worker that died before it was ready, or could not be started at all)."""
+
+RESTART_BACKOFF_MAX_S = 30.0
+"""The wait doubles with each failed start in a row, up to this many seconds; a slot
+never gives up."""
+
 OUTPUT_GRACE_S = 2.0
 """How long finalize, once the workers are gone, waits for the rest of their output (a
 process the Engine started may hold a worker's output pipe open longer)."""
@@ -98,12 +107,6 @@ OUTPUT_LINE_MAX = 64 * 1024
 
 RUN_TIME_WINDOW = 1024
 """How many of the latest Engine run times ``Driver.stats()`` takes its percentiles over."""
-
-STARTUP_RETRIES = 3
-"""How many replacement workers in a row may die before they are ready (killed, crashed,
-killed for overrunning ``init_timeout``, without reporting an Engine failure) and still be
-replaced; past that the pool gives up on that slot. A replacement whose Engine.initialize
-raises is never retried."""
 
 PREFETCH_BYTES = 32 * 1024
 """At most this many (estimated) bytes of tasks wait in a busy worker's pipe. Tasks are

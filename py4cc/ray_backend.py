@@ -20,8 +20,8 @@ thread does what may block or must wait: it sorts out a dead actor's calls (the 
 running fails, those queued behind it go back to the queue), enforces ``task_timeout`` and
 ``init_timeout`` (the actor is killed), drops expired results, and starts actors. Each
 actor has a slot, which restarts it as the local pool's slots restart their workers
-(:mod:`py4cc.recovery`'s rule): at once after a death, after a doubling wait after a
-failed start, for ever. The probe thread asks the cluster every second whether this
+(:mod:`py4cc.recovery`'s rule and backoff): at once after a death, after a doubling wait
+after a failed start, for ever. The probe thread asks the cluster every second whether this
 process's node is alive; after ``LOST_AFTER_S`` without a yes the connection is lost for
 good: unfinished tasks fail, ``submit`` refuses, and ``stats()`` says why.
 
@@ -62,6 +62,7 @@ from .protocol import (
 )
 from .ray_actor import WATCH_GROUP, EngineActor
 from .ray_connect import CONNECTION, LogTap, build_runtime_env, death_reason, import_ray, node_checker
+from .recovery import backoff_delay
 from .stats import Counters, RunTimes
 
 PROBE_INTERVAL_S = 1.0
@@ -73,15 +74,6 @@ RESOLVE_S = 30.0
 it knows of the death; a merely unreachable actor is killed first)."""
 STOP_WAIT_S = 5.0
 """How long ``stop`` waits for Ray to confirm the killed actors' deaths."""
-RESTART_FIRST_S = 0.1
-"""After a failed start, a slot waits this long before the next, doubling each time..."""
-RESTART_MAX_S = 30.0
-"""... up to this; it never gives up."""
-
-
-def backoff_delay(failures: int) -> float:
-    """How long a slot waits before its next start after ``failures`` failed ones in a row."""
-    return min(RESTART_MAX_S, RESTART_FIRST_S * 2 ** min(failures - 1, 16))
 
 
 class Actor:

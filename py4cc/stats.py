@@ -90,6 +90,8 @@ def snapshot(pool: Pool, state: str) -> dict[str, Any]:
                     running += 1
                 else:
                     queued_in_workers += 1
+        if w.doomed is not None and not w.doomed[0].done:
+            running += 1  # its worker is being killed for it; it fails once that one is dead
         if not w.dead:
             alive += 1
             if w.ready:
@@ -117,6 +119,8 @@ def snapshot(pool: Pool, state: str) -> dict[str, Any]:
         "run_time_p50": run_times.percentile(50.0),
         "run_time_p99": run_times.percentile(99.0),
         "run_time_samples": len(run_times),
+        "workers_degraded": sum(1 for slot in pool.slots if slot.degraded),
+        "last_worker_failure": pool.last_worker_failure or "",
         "cluster": "",
         "cluster_lost": None,
     }
@@ -129,6 +133,7 @@ def empty(state: str, workers_wanted: int) -> dict[str, Any]:
         state=state,
         workers_wanted=workers_wanted,
         last_death_cause="",
+        last_worker_failure="",
         run_time_p50=None,
         run_time_p99=None,
         cluster="",

@@ -14,6 +14,7 @@ import time
 import traceback
 from typing import Any, NamedTuple
 
+from .lifeline import Lifeline, arm
 from .protocol import (
     DEFAULT_CALL_METHOD,
     FAILED,
@@ -170,14 +171,21 @@ def apply_env(env: tuple[tuple[str, str], ...]) -> None:
 
 
 def worker_main(
-    conn: Any, setup: WorkerSetup, close_fds: list[int], output: tuple[Any, Any] | None = None, engine: Any = None
+    conn: Any,
+    setup: WorkerSetup,
+    close_fds: list[int],
+    output: tuple[Any, Any] | None = None,
+    engine: Any = None,
+    lifeline: Lifeline | None = None,
 ) -> None:
     """Body of one worker process: build the Engine (unless ``engine`` is one the parent
     built before forking), report ready, then serve tasks until told to stop or until the
-    parent goes away (its pipe end closes).
+    parent goes away (its pipe end closes, and the ``lifeline`` kills this process whatever
+    it is doing).
 
     ``output``: the write ends of the pipes the parent reads this worker's stdout and
     stderr from (None: leave fds 1 and 2 as inherited)."""
+    arm(lifeline)
     # With "fork" the child inherits the parent's ends of every worker pipe; closing
     # them lets this worker see EOF (and exit) when the parent goes away.
     for fd in close_fds:

@@ -59,6 +59,11 @@ thread_local! {
 /// live thread, and its thread state is never deleted. The process's main thread skips this at
 /// exit: the process is ending, and waiting for the GIL there could only delay it.
 ///
+/// So a thread that has taken the GIL (dropping a [`Handle`](crate::Handle) takes it too)
+/// needs it once more to exit, after its last guard is gone: joining it while holding a guard
+/// (`JoinHandle::join`, the end of a `thread::scope`) waits forever, the join for the exit and
+/// the exit for the GIL. Drop the guard before joining.
+///
 /// ```
 /// let gil = rs4py::Gil::acquire()?;
 /// let inner = rs4py::Gil::acquire()?; // nesting is fine
@@ -294,6 +299,10 @@ pub(crate) fn keep_thread_state(thread_state: *mut ffi::PyThreadState) {
 }
 
 /// Deletes the current thread's kept state when the thread exits.
+///
+/// Waiting for the GIL here cannot be avoided by leaving the state to another thread to
+/// delete: from CPython 3.12 deleting a thread state unbinds the `PyGILState` state of the
+/// thread that deletes it, so only its own thread may.
 struct DeleteAtExit;
 
 impl Drop for DeleteAtExit {

@@ -66,15 +66,15 @@ fn handles_own_one_reference_and_release_it_on_any_thread() {
     drop(bound);
     let second = handle.clone_ref(&gil);
     assert_eq!(list.refcount(), 3);
-    // Dropped on another thread, which must take the GIL itself: this thread waits for it
-    // without the GIL (a Python thread may run while this one sleeps in `join`).
-    let dropper = std::thread::spawn(move || drop(second));
-    let waited = gil.eval("__import__('time').sleep").unwrap();
-    while !dropper.is_finished() {
-        waited.call((0.001,), ()).unwrap(); // time.sleep releases the GIL while it sleeps
-    }
-    dropper.join().unwrap();
-    assert_eq!(list.refcount(), 2);
+    // Dropped on another thread, which must take the GIL itself: this thread lets it go. Not
+    // only until the drop: a thread that has taken the GIL takes it once more as it exits (to
+    // delete its thread state), so a join with the GIL held would wait forever.
+    drop(list);
+    drop(gil);
+    std::thread::spawn(move || drop(second)).join().unwrap();
+    let gil = Gil::acquire().unwrap();
+    let list = handle.bind(&gil);
+    assert_eq!(list.refcount(), 2, "the handle's reference and this one");
     let back = handle.into_object(&gil);
     assert_eq!(list.refcount(), 2);
     drop(back);

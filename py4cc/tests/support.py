@@ -78,3 +78,40 @@ class DriverTestCase(unittest.TestCase):
     def assertAllGone(self, pids: Any) -> None:
         alive = [pid for pid in pids if pid_alive(pid)]
         self.assertEqual(alive, [], f"worker processes still alive: {alive}")
+
+
+def descendants(pid: int) -> list[int]:
+    """The pids of every process below ``pid`` (its children, theirs, ...), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def forkserver_pid() -> int | None:
+    """The pid of this process's multiprocessing forkserver, if it runs."""
+    from multiprocessing import forkserver
+
+    return forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+
+
+def ready_workers(driver: Driver) -> int:
+    """How many of the driver's worker processes are ready (for tests only)."""
+    pool: Any = driver._pool
+    if pool is None:
+        return 0
+    with pool.lock:
+        return sum(1 for w in pool.workers if w.usable())

@@ -133,7 +133,7 @@ class WorkerImportsTest(unittest.TestCase):
         self.assertEqual(proc.returncode, 0, proc.stderr)
         seen = json.loads(proc.stdout.strip().splitlines()[-1])
         for method in ("spawn", "forkserver"):
-            self.assertEqual(seen[method], ["py4cc", "py4cc.protocol", "py4cc.worker"], method)
+            self.assertEqual(seen[method], ["py4cc", "py4cc.lifeline", "py4cc.protocol", "py4cc.worker"], method)
 
 
 if __name__ == "__main__":

@@ -69,11 +69,11 @@ class StatsTest(DriverTestCase):
         stats = d.stats()
         self.assertEqual(stats["state"], "new")
         self.assertEqual(stats["workers_wanted"], 3)
-        self.assertEqual(stats["last_death_cause"], "")
+        self.assertEqual((stats["last_death_cause"], stats["last_worker_failure"]), ("", ""))
         self.assertIsNone(stats["run_time_p50"])
         self.assertIsNone(stats["run_time_p99"])
         self.assertEqual((stats["cluster"], stats["cluster_lost"]), ("", None))  # the local pool's
-        texts = ("state", "workers_wanted", "last_death_cause", "cluster", "cluster_lost")
+        texts = ("state", "workers_wanted", "last_death_cause", "last_worker_failure", "cluster", "cluster_lost")
         numbers = {k: v for k, v in stats.items() if k not in texts}
         self.assertEqual(set(numbers.values()) - {None}, {0}, numbers)
         d.finalize()
@@ -202,13 +202,21 @@ class StatsTest(DriverTestCase):
         d = self.make_driver(config=f'{{"marker": "{marker}"}}', engine=f"{ENGINES}:FragileInitEngine")
         open(marker, "w").close()
         os.kill(d.worker_pids()[0], signal.SIGKILL)
-        self.assertTrue(wait_until(lambda: d.stats()["replacement_failures"] == 1, 30))
-        self.assertTrue(wait_until(lambda: d.stats()["workers_alive"] == 0, 30))
+        # Every restart fails: each is counted, the slot is degraded, the traceback kept.
+        self.assertTrue(wait_until(lambda: d.stats()["replacement_failures"] >= 3, 30))
         stats = d.stats()
-        self.assertEqual((stats["worker_starts"], stats["workers_ready"], stats["state"]), (2, 0, "running"))
+        self.assertGreaterEqual(stats["worker_starts"], 4)
+        self.assertEqual((stats["workers_ready"], stats["workers_degraded"], stats["state"]), (0, 1, "running"))
+        self.assertIn("failed to initialise its engine:\nTraceback", stats["last_worker_failure"])
+        self.assertIn("RuntimeError: the marker file exists: refusing to start", stats["last_worker_failure"])
         flag, _, message = d.submit([0.0, 0.0], ["a", "b", "c"], 1)
         self.assertEqual(flag, 9)
         self.assertIn("failed to initialise its engine", message)
+        os.remove(marker)
+        self.assertTrue(wait_until(lambda: d.stats()["workers_ready"] == 1, 30))
+        stats = d.stats()
+        self.assertEqual(stats["workers_degraded"], 0)
+        self.assertIn("the marker file exists", stats["last_worker_failure"])  # kept for the record
 
     def test_state_follows_drain_and_finalize(self):
         d = self.make_driver()

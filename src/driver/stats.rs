@@ -92,6 +92,12 @@ pub struct DriverStats {
     pub run_time_p99: Option<Duration>,
     /// How many run times the percentiles are taken over.
     pub run_time_samples: usize,
+    /// Worker slots whose latest start failed and that have had no ready worker since; each
+    /// keeps retrying, waiting 0.1 s after a failure, doubling up to 30 s.
+    pub workers_degraded: usize,
+    /// Why the latest failed start failed (the Engine's traceback if its `initialize`
+    /// raised); empty if none did.
+    pub last_worker_failure: String,
     /// Where the Engines run with [`Backend::Ray`](super::Backend::Ray): "the Ray cluster at
     /// 10.0.0.5:6379" or "a local Ray instance"; empty with the local pool.
     pub cluster: String,
@@ -103,7 +109,7 @@ pub struct DriverStats {
 
 /// Every key read from py4cc's dict (its `DRIVER_CONTRACT["stats"]`).
 #[cfg(test)]
-pub(super) const KEYS: [&str; 22] = [
+pub(super) const KEYS: [&str; 24] = [
     "state",
     "tasks_held",
     "tasks_queued",
@@ -124,6 +130,8 @@ pub(super) const KEYS: [&str; 22] = [
     "run_time_p50",
     "run_time_p99",
     "run_time_samples",
+    "workers_degraded",
+    "last_worker_failure",
     "cluster",
     "cluster_lost",
 ];
@@ -168,6 +176,10 @@ impl DriverStats {
             run_time_p50: seconds("run_time_p50")?,
             run_time_p99: seconds("run_time_p99")?,
             run_time_samples: count("run_time_samples")?,
+            workers_degraded: count("workers_degraded")?,
+            last_worker_failure: get("last_worker_failure")?
+                .extract()
+                .map_err(|error| wrong("last_worker_failure", error))?,
             cluster: get("cluster")?.extract().map_err(|error| wrong("cluster", error))?,
             cluster_lost: get("cluster_lost")?.extract().map_err(|error| wrong("cluster_lost", error))?,
         })
@@ -194,8 +206,8 @@ mod tests {
         workers_wanted=3, workers_alive=2, workers_ready=1, worker_starts=4, worker_deaths=1, \
         last_death_cause='worker process 9 exited with exit code 3', replacement_failures=0, tasks_done=10, \
         tasks_failed=3, tasks_timed_out=1, tasks_cancelled=7, tasks_expired=8, run_time_p50=0.0015, \
-        run_time_p99=None, run_time_samples=13, cluster='the Ray cluster at 10.0.0.5:6379', \
-        cluster_lost='lost the connection', something_newer=[1, 2])";
+        run_time_p99=None, run_time_samples=13, workers_degraded=1, last_worker_failure='Traceback ...', \
+        cluster='the Ray cluster at 10.0.0.5:6379', cluster_lost='lost the connection', something_newer=[1, 2])";
 
     #[test]
     fn every_field_is_read_and_unknown_keys_are_ignored() {
@@ -230,6 +242,8 @@ mod tests {
                 run_time_p50: Some(Duration::from_micros(1500)),
                 run_time_p99: None,
                 run_time_samples: 13,
+                workers_degraded: 1,
+                last_worker_failure: "Traceback ...".into(),
                 cluster: "the Ray cluster at 10.0.0.5:6379".into(),
                 cluster_lost: Some("lost the connection".into()),
             }

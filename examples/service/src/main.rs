@@ -193,6 +193,8 @@ fn stats_json(stats: &DriverStats) -> serde_json::Value {
         "run_time_p50_s": seconds(stats.run_time_p50),
         "run_time_p99_s": seconds(stats.run_time_p99),
         "run_time_samples": stats.run_time_samples,
+        "workers_degraded": stats.workers_degraded,
+        "last_worker_failure": stats.last_worker_failure,
     })
 }
 

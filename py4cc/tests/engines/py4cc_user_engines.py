@@ -222,6 +222,34 @@ class TalkativeEngine:
         return int_feature, ""
 
 
+class SlowInitEngine:
+    """Its ``initialize`` takes ``config["init_s"]`` seconds (1 by default), as a real model
+    that loads its weights; answers ``(1 + 2 * int_feature, "")``."""
+
+    def initialize(self, config, **kwargs):
+        time.sleep(config.get("init_s", 1.0))
+
+    def run(self, float_features, str_features, int_feature):
+        return 1 + 2 * int_feature, ""
+
+
+class GilHoldingEngine:
+    """Its ``run`` spends ``float_features[0]`` seconds in one C call that holds the GIL
+    (``ctypes.PyDLL`` does not release it), after creating the file
+    ``config["marker"] + "." + <its pid>`` if ``config`` names a marker."""
+
+    def initialize(self, config, **kwargs):
+        self.marker = config.get("marker") if isinstance(config, dict) else None
+
+    def run(self, float_features, str_features, int_feature):
+        import ctypes
+
+        if self.marker:
+            open(f"{self.marker}.{os.getpid()}", "w").close()
+        ctypes.PyDLL(None).sleep(int(float_features[0]))
+        return int_feature, "held"
+
+
 class WhereEngine:
     """Answers ``(1, <where py4cc and this module were imported from, and the py4cc modules
     loaded, as JSON>)``: on a Ray cluster, from the actor's runtime environment."""
