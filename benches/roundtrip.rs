@@ -8,6 +8,11 @@
 //! The whole set is measured `--rounds` times, one after the other (the machine's load
 //! drifts): each figure printed is the median of its rounds.
 //!
+//! With `RS4PY_RAY_ADDRESS` naming a Ray cluster (and `ray` in the build interpreter), the
+//! Rust Driver's rows are measured again with `Backend::Ray`, one Engine actor per worker
+//! (`python -m py4cc.tests.ray_cluster -- cargo bench --bench roundtrip` starts a loopback
+//! cluster for the run); otherwise a note says why there is no Ray row.
+//!
 //! `cargo bench --bench roundtrip [-- --tasks 2000 --threads 1,16 --workers 2 --rounds 7]`
 
 use std::collections::BTreeMap;
@@ -21,7 +26,7 @@ use std::task::{Context, Poll};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rs4py::{Driver, DriverOptions, ResultStatus, StartMethod, SubmitStatus};
+use rs4py::{Backend, Driver, DriverOptions, Gil, ResultStatus, StartMethod, SubmitStatus};
 
 const FLOATS: [f64; 2] = [1.5, -2.25];
 const STRS: [&str; 3] = ["abc", "de", "f"];
@@ -139,8 +144,35 @@ fn measure_async(driver: &Arc<Driver>, in_flight: usize, tasks: usize) -> (Row, 
     (row, Duration::from_nanos(longest_ns.load(Ordering::Relaxed)))
 }
 
-/// The Rust Driver's rows (and the longest poll of its async row).
-fn rust_driver(threads: &[usize], tasks: usize, workers: usize, with_async: bool) -> (Vec<Row>, Duration) {
+/// The Ray cluster for the Ray rows: `RS4PY_RAY_ADDRESS`, if set and the build interpreter
+/// has `ray`; else None, once a note has said why.
+fn ray_cluster() -> Option<String> {
+    let Ok(address) = std::env::var("RS4PY_RAY_ADDRESS") else {
+        println!("(no Ray row: RS4PY_RAY_ADDRESS does not name a Ray cluster)");
+        return None;
+    };
+    let gil = Gil::acquire().expect("python");
+    let spec = gil.import("importlib.util").and_then(|util| util.call_method("find_spec", ("ray",), ()));
+    if spec.map(|spec| spec.is_none()).unwrap_or(true) {
+        println!("(no Ray row: ray is not installed for {})", rs4py::build_python().executable);
+        return None;
+    }
+    Some(address)
+}
+
+/// The Rust Driver's rows (and the longest poll of its async row), with the local pool or,
+/// given a cluster's address, Ray actors.
+fn rust_driver(
+    threads: &[usize],
+    tasks: usize,
+    workers: usize,
+    with_async: bool,
+    ray: Option<&str>,
+) -> (Vec<Row>, Duration) {
+    let (name, backend) = match ray {
+        None => ("Rust Driver (submit, wait)", Backend::Local),
+        Some(address) => ("Rust Driver on Ray (submit, wait)", Backend::Ray { address: Some(address.into()) }),
+    };
     let driver = Arc::new(
         Driver::new(DriverOptions {
             engine: "roundtrip_engine:NoopEngine".into(),
@@ -148,6 +180,7 @@ fn rust_driver(threads: &[usize], tasks: usize, workers: usize, with_async: bool
             n_subprocesses: workers,
             start_method: StartMethod::Forkserver,
             max_tasks: 1024,
+            backend,
             ..Default::default()
         })
         .expect("driver"),
@@ -160,8 +193,7 @@ fn rust_driver(threads: &[usize], tasks: usize, workers: usize, with_async: bool
         assert_eq!(result.status, ResultStatus::Done, "{result:?}");
         result.value
     };
-    let mut rows: Vec<Row> =
-        threads.iter().map(|&count| measure("Rust Driver (submit, wait)", count, tasks, one)).collect();
+    let mut rows: Vec<Row> = threads.iter().map(|&count| measure(name, count, tasks, one)).collect();
     let mut longest_poll = Duration::ZERO;
     if with_async {
         let async_row;
@@ -227,11 +259,16 @@ fn main() {
     let mut order: Vec<(String, usize)> = Vec::new();
     let mut measured: BTreeMap<(String, usize), Vec<Row>> = BTreeMap::new();
     let mut longest_polls = Vec::new();
+    let ray = ray_cluster();
     for _ in 0..rounds {
-        let (ours, longest_poll) = rust_driver(&threads, tasks, workers, with_async);
+        let (ours, longest_poll) = rust_driver(&threads, tasks, workers, with_async, None);
         longest_polls.push(longest_poll);
+        let on_ray = match &ray {
+            Some(address) => rust_driver(&threads, tasks, workers, false, Some(address)).0,
+            None => Vec::new(),
+        };
         let theirs = if anchors { python_anchors(&threads, tasks, workers) } else { Vec::new() };
-        for row in ours.into_iter().chain(theirs) {
+        for row in ours.into_iter().chain(on_ray).chain(theirs) {
             let id = (row.name.clone(), row.threads);
             if !measured.contains_key(&id) {
                 order.push(id.clone());
@@ -277,6 +314,9 @@ fn main() {
             "{:<36} {:>7} {:>10.0} {:>9.1} {:>9.1} {ratios}",
             row.name, row.threads, row.tasks_per_s, row.p50_us, row.p99_us
         );
+    }
+    if let Some(address) = &ray {
+        println!("(the Ray row: the same Engine as {workers} actors on the Ray cluster at {address})");
     }
     longest_polls.sort();
     println!(

@@ -2,12 +2,17 @@
 //! the same workload in pure Python (`python3 -m py4cc.workload.harness`, same seed, same
 //! digest) and the theoretical limit (every task's sleep, summed, divided by the workers).
 //!
+//! With `RS4PY_RAY_ADDRESS` naming a Ray cluster (and `ray` in the build interpreter), a row
+//! for the Rust run with `Backend::Ray` (one Engine actor per worker) joins them, where the
+//! cluster has a CPU per worker (`python -m py4cc.tests.ray_cluster -- cargo bench --bench
+//! workload -- --workers 2` starts a loopback cluster of two one-CPU nodes for the run).
+//!
 //! `cargo bench --bench workload [-- --tasks N --threads N --workers N]` (workers default 2 and 8)
 
 use std::process::Command;
 use std::time::Instant;
 
-use rs4py::{Driver, DriverOptions};
+use rs4py::{Backend, Driver, DriverOptions, Gil};
 use rs4py_workload::{self as workload, Mode, Report};
 
 struct Row {
@@ -20,22 +25,49 @@ struct Row {
 }
 
 fn rust_run(tasks: usize, threads: usize, workers: usize, mode: Mode) -> Row {
+    rust_run_on(tasks, threads, workers, mode, Backend::Local).expect("initialize")
+}
+
+/// The Rust run with `backend`; Err if the driver could not start (a cluster too small).
+fn rust_run_on(
+    tasks: usize,
+    threads: usize,
+    workers: usize,
+    mode: Mode,
+    backend: Backend,
+) -> Result<Row, rs4py::Error> {
     let task_list = workload::make_tasks(tasks, 42);
-    let driver = Driver::new(DriverOptions { n_subprocesses: workers, ..Default::default() }).expect("driver");
-    driver.initialize("{}", &["f0", "f1"], &["name", "sentence", "uuid"]).expect("initialize");
+    let driver = Driver::new(DriverOptions { n_subprocesses: workers, backend, ..Default::default() }).expect("driver");
+    driver.initialize("{}", &["f0", "f1"], &["name", "sentence", "uuid"])?;
     let started = Instant::now();
     let outcomes = workload::run(&driver, &task_list, threads, mode);
     let elapsed = started.elapsed();
     driver.finalize();
     let report = Report::new(&task_list, threads, workers, mode, elapsed, &outcomes);
-    Row {
+    Ok(Row {
         seconds: report.seconds,
         tasks_per_s: report.tasks_per_s(),
         p50_ms: report.p50_ms,
         p99_ms: report.p99_ms,
         errors: report.problems.len(),
         digest: report.digest,
+    })
+}
+
+/// The Ray cluster for the Ray rows: `RS4PY_RAY_ADDRESS`, if set and the build interpreter
+/// has `ray`; else None, once a note has said why.
+fn ray_cluster() -> Option<String> {
+    let Ok(address) = std::env::var("RS4PY_RAY_ADDRESS") else {
+        println!("(no Ray row: RS4PY_RAY_ADDRESS does not name a Ray cluster)");
+        return None;
+    };
+    let gil = Gil::acquire().expect("python");
+    let spec = gil.import("importlib.util").and_then(|util| util.call_method("find_spec", ("ray",), ()));
+    if spec.map(|spec| spec.is_none()).unwrap_or(true) {
+        println!("(no Ray row: ray is not installed for {})", rs4py::build_python().executable);
+        return None;
     }
+    Some(address)
 }
 
 /// Runs the pure-Python harness and reads the figures from its JSON line.
@@ -86,6 +118,7 @@ fn main() {
             .sum();
         sleep / workers as f64
     };
+    let ray = ray_cluster();
     println!("rs4py workload benchmark: {tasks} tasks, {threads} threads, seed 42, forkserver");
     println!(
         "{:<8} {:<5} {:<18} {:>8} {:>9} {:>8} {:>8} {:>7} {:>10} {:>10}",
@@ -97,7 +130,19 @@ fn main() {
             let rust = rust_run(tasks, threads, workers, mode);
             let python = python_run(tasks, threads, workers, mode);
             assert_eq!(rust.digest, python.digest, "the two runs did different work");
-            for (name, row) in [("rs4py (Rust)", &rust), ("py4cc harness", &python)] {
+            let on_ray = ray.as_ref().and_then(|address| {
+                let backend = Backend::Ray { address: Some(address.clone()) };
+                rust_run_on(tasks, threads, workers, mode, backend)
+                    .inspect_err(|error| println!("(no Ray row for {workers} workers: {error})"))
+                    .ok()
+            });
+            if let Some(row) = &on_ray {
+                assert_eq!(row.digest, python.digest, "the Ray run did different work");
+            }
+            let mut rows = vec![("rs4py (Rust)", &rust)];
+            rows.extend(on_ray.as_ref().map(|row| ("rs4py on Ray", row)));
+            rows.push(("py4cc harness", &python));
+            for (name, row) in rows {
                 println!(
                     "{workers:<8} {:<5} {name:<18} {:>8.3} {:>9.1} {:>8.2} {:>8.2} {:>7} {:>9.2}x {:>9.2}x",
                     mode.as_str(),

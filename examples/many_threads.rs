@@ -4,7 +4,11 @@
 //! ```text
 //! cargo run --release --example many_threads -- [--tasks 1000] [--threads 16] [--workers 0]
 //!     [--seed 42] [--start-method forkserver|fork|spawn] [--mode poll|wait]
+//!     [--backend local|ray] [--ray-address HOST:PORT]
 //! ```
+//!
+//! `--backend ray` runs the Engines as Ray actors: on the cluster at `--ray-address`, or on a
+//! local Ray instance without it (the build interpreter needs the `ray` package).
 //!
 //! Prints a short summary, then one JSON line with the keys of
 //! `python3 -m py4cc.workload.harness`, whose `digest` matches the harness's for the same seed.
@@ -14,7 +18,7 @@ use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Instant;
 
-use rs4py::{Driver, DriverOptions, StartMethod};
+use rs4py::{Backend, Driver, DriverOptions, StartMethod};
 use rs4py_workload::{self as workload, Mode, Report};
 
 struct Args {
@@ -24,10 +28,12 @@ struct Args {
     seed: u64,
     start_method: StartMethod,
     mode: Mode,
+    backend: Backend,
 }
 
 const USAGE: &str = "usage: many_threads [--tasks N] [--threads N] [--workers N (0 = one per CPU)] [--seed N] \
-                     [--start-method fork|forkserver|spawn] [--mode poll|wait]";
+                     [--start-method fork|forkserver|spawn] [--mode poll|wait] [--backend local|ray] \
+                     [--ray-address HOST:PORT]";
 
 /// Bounds that keep a typo from exhausting memory or threads; far above the reference run.
 const MAX_TASKS: usize = 10_000_000;
@@ -41,7 +47,9 @@ fn parse_args() -> Result<Args, String> {
         seed: 42,
         start_method: StartMethod::Forkserver,
         mode: Mode::Poll,
+        backend: Backend::Local,
     };
+    let mut ray_address = None;
     let mut words = std::env::args().skip(1);
     while let Some(word) = words.next() {
         if word == "--help" || word == "-h" {
@@ -73,7 +81,21 @@ fn parse_args() -> Result<Args, String> {
                     _ => return Err(format!("--mode: {value:?} is neither poll nor wait\n{USAGE}")),
                 }
             }
+            "--backend" => {
+                args.backend = match value.as_str() {
+                    "local" => Backend::Local,
+                    "ray" => Backend::Ray { address: None },
+                    _ => return Err(format!("--backend: {value:?} is neither local nor ray\n{USAGE}")),
+                }
+            }
+            "--ray-address" => ray_address = Some(value),
             _ => return Err(format!("unknown flag {flag:?}\n{USAGE}")),
+        }
+    }
+    if let Some(address) = ray_address {
+        match &mut args.backend {
+            Backend::Ray { address: slot } => *slot = Some(address),
+            Backend::Local => return Err(format!("--ray-address needs --backend ray\n{USAGE}")),
         }
     }
     if args.threads == 0 || args.threads > MAX_THREADS {
@@ -111,6 +133,7 @@ fn run(args: &Args) -> Result<Report, rs4py::Error> {
     let driver = Driver::new(DriverOptions {
         n_subprocesses: args.workers,
         start_method: args.start_method,
+        backend: args.backend.clone(),
         ..DriverOptions::default()
     })?;
     driver.initialize(r#"{"model": "big_model"}"#, &["f0", "f1"], &["name", "sentence", "uuid"])?;
@@ -128,7 +151,10 @@ fn run(args: &Args) -> Result<Report, rs4py::Error> {
         report.tasks,
         report.threads,
         report.workers,
-        args.start_method.as_str(),
+        match args.backend {
+            Backend::Local => args.start_method.as_str(),
+            Backend::Ray { .. } => "ray",
+        },
         report.mode.as_str(),
         report.seconds,
         report.tasks_per_s(),

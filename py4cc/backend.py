@@ -7,7 +7,10 @@ say) implements the same methods and answers, and takes its place.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .options import Options
 
 FlagAnswer = tuple[int, Any, str]
 """``(flag, key or value, message)``, as the Driver's calls answer (a general task's value
@@ -28,6 +31,7 @@ class Backend(Protocol):
     * ``wait(key, limit)``: block up to ``limit`` seconds (None: no limit) until the task is
       finished or the backend stops, then answer as ``collect``.
     * ``worker_pids()``, ``held_tasks()``: for tests and monitoring.
+    * ``options``: the options it runs with (``n_subprocesses`` resolved once started).
     * ``stats(state)``: the dict of ``Driver.stats()`` (``state`` as the Driver sees it).
     * ``drain(limit)``: refuse new tasks (``DRAINING_MESSAGE``), wait up to ``limit`` seconds
       (None: no limit) until every held task is finished, then ``stop``; answers how many
@@ -47,6 +51,7 @@ class Backend(Protocol):
     """
 
     closed: bool
+    options: Options
 
     def start(self) -> None: ...
     def submit(self, float_features: list[float], str_features: list[str], int_feature: int) -> FlagAnswer: ...

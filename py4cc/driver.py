@@ -119,7 +119,7 @@ from typing import Any, Callable
 from .backend import Backend
 from .calls import Calls
 from .completion import NotifyCallback
-from .options import build_options
+from .options import Options, build_options
 from .pool import Pool
 from .protocol import (
     AT_CAPACITY,
@@ -146,6 +146,15 @@ __all__ = [
     "OK",
     "Driver",
 ]
+
+
+def make_backend(options: Options) -> Backend:
+    """What runs the tasks: the local pool, or (imported only then) the Ray backend."""
+    if options.backend == "ray":
+        from .ray_backend import RayBackend
+
+        return RayBackend(options)
+    return Pool(options)
 
 
 class Driver(Calls):
@@ -199,6 +208,8 @@ class Driver(Calls):
         worker_env: Any = None,
         worker_output: Callable[[int, str, str], None] | None = None,
         wait_readable: Callable[[list[int], float | None], list[tuple[int, int]]] | None = None,
+        backend: str = "local",
+        ray_address: str | None = None,
     ) -> None:
         """Store the options; nothing is checked or started until ``initialize``.
 
@@ -238,6 +249,13 @@ class Driver(Calls):
         ``select.poll().poll`` answers (None: ``select.poll``). A host that embeds Python
         passes its own to learn when the dispatcher is about to take the GIL back, and let
         it go first (rs4py does).
+
+        ``backend`` (keyword only): ``"local"`` runs the Engines in worker processes of
+        this machine; ``"ray"`` runs each as an actor on a Ray cluster
+        (:mod:`py4cc.ray_backend`): ``ray_address`` is the cluster's address
+        (``"host:port"``), or None to start a local Ray instance for this process;
+        ``n_subprocesses`` is then the number of actors (``<= 0``: one per CPU of the
+        cluster). The calls and their answers are the same with either.
         """
         self.max_tasks = max_tasks
         self.n_subprocesses = n_subprocesses
@@ -255,6 +273,8 @@ class Driver(Calls):
         self.worker_env = worker_env
         self.worker_output = worker_output
         self.wait_readable = wait_readable
+        self.backend = backend
+        self.ray_address = ray_address
         self.float_feature_names: list[str] = []
         self.str_feature_names: list[str] = []
         self.config: Any = None
@@ -307,9 +327,12 @@ class Driver(Calls):
                 worker_env=self.worker_env,
                 worker_output=self.worker_output,
                 wait_readable=self.wait_readable,
+                backend=self.backend,
+                ray_address=self.ray_address,
             )
-            pool = Pool(options)
+            pool = make_backend(options)
             pool.start()
+            options = pool.options  # as started: n_subprocesses resolved
             self.config = options.setup.config
             self.float_feature_names = options.setup.float_feature_names
             self.str_feature_names = options.setup.str_feature_names

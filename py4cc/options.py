@@ -46,6 +46,11 @@ class Options:
     """Where the workers' output lines and events go (None: the host's stderr)."""
     wait_readable: Callable[[list[int], float | None], list[tuple[int, int]]] | None = None
     """What the dispatcher waits on the workers' pipes with (None: ``select.poll``)."""
+    backend: str = "local"
+    """What runs the Engines: ``"local"`` (worker processes) or ``"ray"`` (actors on a Ray cluster)."""
+    ray_address: str | None = None
+    """The Ray cluster to connect to (``"host:port"`` or ``"auto"``); None: start a local
+    Ray instance for this process. Only for the ``"ray"`` backend."""
 
 
 def build_options(
@@ -68,8 +73,11 @@ def build_options(
     worker_env: Any = None,
     worker_output: Any = None,
     wait_readable: Any = None,
+    backend: Any = "local",
+    ray_address: Any = None,
 ) -> Options:
-    """Check every option (in this order) and resolve ``n_subprocesses``.
+    """Check every option (in this order) and resolve ``n_subprocesses`` (for the Ray
+    backend, ``<= 0`` stays 0: the backend counts the cluster's CPUs once connected).
 
     Raises ValueError (bad JSON, start method, engine name or option, environment
     variable), TypeError (config not text, feature names not lists of str, worker_env not
@@ -81,7 +89,8 @@ def build_options(
     str_names = check_names("str_feature_names", str_feature_names)
     method = check_start_method(start_method)
     tasks = check_int_at_least("max_tasks", max_tasks, 1)
-    workers = check_workers(n_subprocesses)
+    backend = check_backend(backend)
+    workers = check_workers(n_subprocesses, backend)
     run_limit = check_timeout("task_timeout", task_timeout)
     start_limit = check_timeout("init_timeout", init_timeout)
     ahead = check_int_at_least("prefetch", prefetch, 0)
@@ -96,6 +105,12 @@ def build_options(
         raise TypeError(f"worker_output must be None or a callable (pid, stream, line), got {describe(worker_output)}")
     if wait_readable is not None and not callable(wait_readable):
         raise TypeError(f"wait_readable must be None or a callable (fds, timeout_ms), got {describe(wait_readable)}")
+    address = check_ray_address(ray_address, backend)
+    if preloaded is not None and backend == "ray":
+        raise ValueError(
+            f"preload={preloaded!r} is for the local pool's worker processes; with backend='ray' "
+            f"each actor imports the Engine's module and builds its Engine"
+        )
     return Options(
         start_method=method,
         n_subprocesses=workers,
@@ -109,6 +124,8 @@ def build_options(
         result_ttl=keep_for,
         worker_output=worker_output,
         wait_readable=wait_readable,
+        backend=backend,
+        ray_address=address,
     )
 
 
@@ -153,7 +170,7 @@ def check_int_at_least(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-def check_workers(value: Any) -> int:
+def check_workers(value: Any, backend: str = "local") -> int:
     if not is_int(value):
         raise ValueError(f"n_subprocesses must be an int (<= 0 means one per CPU), got {value!r}")
     count = int(value)
@@ -161,7 +178,7 @@ def check_workers(value: Any) -> int:
         # A typo (or usize::MAX from Rust) would otherwise fork until the system refuses.
         raise ValueError(f"n_subprocesses must be at most {MAX_WORKERS}, got {short_repr(count)}")
     if count <= 0:
-        count = os.cpu_count() or 1
+        count = 0 if backend == "ray" else (os.cpu_count() or 1)
     return count
 
 
@@ -178,6 +195,29 @@ def check_timeout(name: str, value: Any) -> float | None:
     if not (seconds > 0) or math.isinf(seconds):
         raise problem
     return seconds
+
+
+BACKENDS = ("local", "ray")
+"""The values of the ``backend`` option."""
+
+
+def check_backend(backend: Any) -> str:
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {short_repr(backend)}")
+    return backend
+
+
+def check_ray_address(address: Any, backend: str) -> str | None:
+    """None, or a non-empty address without surrounding blanks; only with the Ray backend."""
+    if address is None:
+        return None
+    if not isinstance(address, str) or not address.strip() or address != address.strip():
+        raise ValueError(
+            f"ray_address must be None or a cluster address such as '10.0.0.5:6379', got {describe(address)}"
+        )
+    if backend != "ray":
+        raise ValueError(f"ray_address ({address!r}) is only used with backend='ray'; the backend is {backend!r}")
+    return address
 
 
 def check_engine(engine: Any) -> str:

@@ -41,6 +41,7 @@ PRELOAD_CHOICES = (None, "module", "engine")
 OPTION_NAMES = (
     "max_tasks", "n_subprocesses", "start_method", "engine", "task_timeout", "init_timeout",
     "notify", "result_ttl", "worker_env", "worker_output", "call_method", "preload", "wait_readable",
+    "backend", "ray_address",
 )  # fmt: skip
 """The Driver's keyword options another language's binding passes."""
 
@@ -57,6 +58,7 @@ STAT_NAMES = (
     "tasks_done", "tasks_failed", "tasks_timed_out", "tasks_cancelled", "tasks_expired",
     "run_time_p50", "run_time_p99", "run_time_samples",
     "workers_degraded", "last_worker_failure",
+    "cluster", "cluster_lost",
 )  # fmt: skip
 """The keys of ``Driver.stats()``, in order (see :mod:`py4cc.stats`)."""
 

@@ -121,6 +121,8 @@ def snapshot(pool: Pool, state: str) -> dict[str, Any]:
         "run_time_samples": len(run_times),
         "workers_degraded": sum(1 for slot in pool.slots if slot.degraded),
         "last_worker_failure": pool.last_worker_failure or "",
+        "cluster": "",
+        "cluster_lost": None,
     }
 
 
@@ -134,6 +136,8 @@ def empty(state: str, workers_wanted: int) -> dict[str, Any]:
         last_worker_failure="",
         run_time_p50=None,
         run_time_p99=None,
+        cluster="",
+        cluster_lost=None,
     )
     return stats
 

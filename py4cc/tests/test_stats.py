@@ -72,7 +72,8 @@ class StatsTest(DriverTestCase):
         self.assertEqual((stats["last_death_cause"], stats["last_worker_failure"]), ("", ""))
         self.assertIsNone(stats["run_time_p50"])
         self.assertIsNone(stats["run_time_p99"])
-        texts = ("state", "workers_wanted", "last_death_cause", "last_worker_failure")
+        self.assertEqual((stats["cluster"], stats["cluster_lost"]), ("", None))  # the local pool's
+        texts = ("state", "workers_wanted", "last_death_cause", "last_worker_failure", "cluster", "cluster_lost")
         numbers = {k: v for k, v in stats.items() if k not in texts}
         self.assertEqual(set(numbers.values()) - {None}, {0}, numbers)
         d.finalize()

@@ -191,17 +191,21 @@ def run(
     start_method: str = "forkserver",
     mode: str = "poll",
     stream: Any = None,
+    backend: str = "local",
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Build the tasks, start a Driver, run the workload, return the JSON record.
 
     A human summary (and the first few problems, if any) goes to ``stream``
-    (default ``sys.stderr``).
+    (default ``sys.stderr``). ``backend`` and ``ray_address`` are the Driver's.
     """
     stream = sys.stderr if stream is None else stream
     n_workers = resolve_workers(workers)
     tasks = make_tasks(tasks_n, seed)
-    with Driver(n_subprocesses=n_workers, start_method=start_method) as driver:
+    options: dict[str, Any] = {} if backend == "local" else {"backend": backend, "ray_address": ray_address}
+    with Driver(n_subprocesses=n_workers, start_method=start_method, **options) as driver:
         driver.initialize(CONFIG_JSON, FLOAT_FEATURE_NAMES, STR_FEATURE_NAMES)
+        n_workers = driver.n_subprocesses
         started = time.perf_counter()
         outcomes = run_workload(driver, tasks, threads, mode)
         seconds = time.perf_counter() - started
@@ -209,7 +213,7 @@ def run(
     problems = check_outcomes(outcomes, expected_values(tasks))
     print(
         f"py4cc harness: {record['tasks']} tasks, {threads} threads, {n_workers} workers "
-        f"({start_method}), mode {mode}: {record['seconds']:.3f} s, "
+        f"({start_method if backend == 'local' else backend}), mode {mode}: {record['seconds']:.3f} s, "
         f"{record['tasks_per_s']:.1f} tasks/s, p50 {record['p50_ms']:.2f} ms, "
         f"p99 {record['p99_ms']:.2f} ms, limit {record['limit_s']:.3f} s "
         f"(efficiency {record['efficiency']:.2f}), {record['verified']} verified, "
@@ -242,7 +246,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=["poll", "wait"],
         help="poll: submit, then retrieve every 1 ms; wait: Driver.wait",
     )
+    parser.add_argument(
+        "--backend",
+        default="local",
+        choices=["local", "ray"],
+        help="local: worker processes; ray: Engine actors on a Ray cluster",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="with --backend ray: the cluster's address (host:port); none: a local Ray instance",
+    )
     args = parser.parse_args(argv)
+    if args.ray_address is not None and args.backend != "ray":
+        parser.error("--ray-address needs --backend ray")
     if args.tasks < 0:
         parser.error("--tasks must be >= 0")
     if args.threads < 1:
@@ -252,7 +269,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    record = run(args.tasks, args.threads, args.workers, args.seed, args.start_method, args.mode)
+    record = run(
+        args.tasks,
+        args.threads,
+        args.workers,
+        args.seed,
+        args.start_method,
+        args.mode,
+        backend=args.backend,
+        ray_address=args.ray_address,
+    )
     print(json.dumps(record), flush=True)
     return 0 if record["errors"] == 0 else 1
 

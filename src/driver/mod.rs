@@ -26,7 +26,7 @@ use crate::object::{Handle, Object};
 use completion::{Completions, Standing};
 pub use future::TaskFuture;
 pub use general::{Key, TaskKey};
-pub use options::{DriverOptions, Preload, StartMethod};
+pub use options::{Backend, DriverOptions, Preload, StartMethod};
 pub use output::{WorkerLine, WorkerOutput, WorkerStream};
 use protocol::{DRIVER_CLASS, DRIVER_MODULE, N_SUBPROCESSES, NOT_FINISHED_MESSAGE, method, option};
 pub use protocol::{ResultStatus, SubmitStatus};
@@ -139,6 +139,8 @@ impl Driver {
                 (option::WORKER_OUTPUT, &worker_output),
                 (option::CALL_METHOD, &options.call_method),
                 (option::PRELOAD, &options.preload.as_python()),
+                (option::BACKEND, &options.backend.name()),
+                (option::RAY_ADDRESS, &options.backend.ray_address()),
             ],
         )?;
         let bound = |name| driver.getattr(name).map(Object::unbind);

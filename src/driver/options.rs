@@ -46,6 +46,51 @@ impl std::str::FromStr for StartMethod {
     }
 }
 
+/// What runs the Engines: worker processes on this machine, or actors on a Ray cluster.
+///
+/// ```
+/// use rs4py::{Backend, DriverOptions};
+/// let options = DriverOptions {
+///     backend: Backend::Ray { address: Some("10.0.0.5:6379".into()) },
+///     n_subprocesses: 8, // eight Engine actors, a CPU each
+///     ..Default::default()
+/// };
+/// assert_eq!(options.backend.name(), "ray");
+/// assert_eq!(DriverOptions::default().backend, Backend::Local);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// A pool of worker processes on this machine (the default).
+    #[default]
+    Local,
+    /// One actor per Engine on a Ray cluster. The build interpreter must have the `ray`
+    /// package, the version the cluster runs; `initialize` says so if it has not.
+    Ray {
+        /// The cluster's address (`"host:port"`, or `"auto"`); this machine must be one of
+        /// its nodes. `None` starts a local Ray instance for this process, stopped with the
+        /// last Driver that uses it.
+        address: Option<String>,
+    },
+}
+
+impl Backend {
+    /// The name py4cc gives it (`"local"` or `"ray"`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Local => "local",
+            Backend::Ray { .. } => "ray",
+        }
+    }
+
+    /// The Ray cluster's address, if any.
+    pub fn ray_address(&self) -> Option<&str> {
+        match self {
+            Backend::Ray { address } => address.as_deref(),
+            Backend::Local => None,
+        }
+    }
+}
+
 /// What the embedding process loads before the workers start, for them to inherit (see
 /// [`DriverOptions::preload`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -122,6 +167,9 @@ pub struct DriverOptions {
     /// (a death, a task timeout, a replacement): see [`WorkerOutput`]. `None` writes them to
     /// this process's stderr as `[py4cc worker <pid> <stream>] <line>`.
     pub worker_output: Option<WorkerOutput>,
+    /// What runs the Engines: [`Backend::Local`] (the default) or [`Backend::Ray`], where
+    /// `n_subprocesses` is the number of Engine actors (0: one per CPU of the cluster).
+    pub backend: Backend,
 }
 
 impl Default for DriverOptions {
@@ -139,6 +187,7 @@ impl Default for DriverOptions {
             result_ttl: Some(Duration::from_secs(60)),
             worker_env: Vec::new(),
             worker_output: None,
+            backend: Backend::Local,
         }
     }
 }

@@ -53,9 +53,13 @@ pub(super) mod option {
     /// `wait_readable: Callable[[list[int], float | None], list[tuple[int, int]]] | None`:
     /// what the dispatcher polls the workers' pipes with (see `turn.rs`).
     pub(in crate::driver) const WAIT_READABLE: &str = "wait_readable";
+    /// `backend: str`, `"local"` or `"ray"`.
+    pub(in crate::driver) const BACKEND: &str = "backend";
+    /// `ray_address: str | None`, the Ray cluster's address.
+    pub(in crate::driver) const RAY_ADDRESS: &str = "ray_address";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 13] = [
+    pub(in crate::driver) const ALL: [&str; 15] = [
         MAX_TASKS,
         N_SUBPROCESSES,
         START_METHOD,
@@ -69,6 +73,8 @@ pub(super) mod option {
         CALL_METHOD,
         PRELOAD,
         WAIT_READABLE,
+        BACKEND,
+        RAY_ADDRESS,
     ];
 }
 

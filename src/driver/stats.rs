@@ -98,11 +98,18 @@ pub struct DriverStats {
     /// Why the latest failed start failed (the Engine's traceback if its `initialize`
     /// raised); empty if none did.
     pub last_worker_failure: String,
+    /// Where the Engines run with [`Backend::Ray`](super::Backend::Ray): "the Ray cluster at
+    /// 10.0.0.5:6379" or "a local Ray instance"; empty with the local pool.
+    pub cluster: String,
+    /// Why the connection to the Ray cluster was lost, once it was (its unfinished tasks
+    /// failed then, and submit refuses since); `None` while connected, and with the local
+    /// pool.
+    pub cluster_lost: Option<String>,
 }
 
 /// Every key read from py4cc's dict (its `DRIVER_CONTRACT["stats"]`).
 #[cfg(test)]
-pub(super) const KEYS: [&str; 22] = [
+pub(super) const KEYS: [&str; 24] = [
     "state",
     "tasks_held",
     "tasks_queued",
@@ -125,6 +132,8 @@ pub(super) const KEYS: [&str; 22] = [
     "run_time_samples",
     "workers_degraded",
     "last_worker_failure",
+    "cluster",
+    "cluster_lost",
 ];
 
 impl DriverStats {
@@ -171,6 +180,8 @@ impl DriverStats {
             last_worker_failure: get("last_worker_failure")?
                 .extract()
                 .map_err(|error| wrong("last_worker_failure", error))?,
+            cluster: get("cluster")?.extract().map_err(|error| wrong("cluster", error))?,
+            cluster_lost: get("cluster_lost")?.extract().map_err(|error| wrong("cluster_lost", error))?,
         })
     }
 }
@@ -196,7 +207,7 @@ mod tests {
         last_death_cause='worker process 9 exited with exit code 3', replacement_failures=0, tasks_done=10, \
         tasks_failed=3, tasks_timed_out=1, tasks_cancelled=7, tasks_expired=8, run_time_p50=0.0015, \
         run_time_p99=None, run_time_samples=13, workers_degraded=1, last_worker_failure='Traceback ...', \
-        something_newer=[1, 2])";
+        cluster='the Ray cluster at 10.0.0.5:6379', cluster_lost='lost the connection', something_newer=[1, 2])";
 
     #[test]
     fn every_field_is_read_and_unknown_keys_are_ignored() {
@@ -233,6 +244,8 @@ mod tests {
                 run_time_samples: 13,
                 workers_degraded: 1,
                 last_worker_failure: "Traceback ...".into(),
+                cluster: "the Ray cluster at 10.0.0.5:6379".into(),
+                cluster_lost: Some("lost the connection".into()),
             }
         );
     }
@@ -255,7 +268,14 @@ mod tests {
             }
         };
         assert_eq!(wrong("state", "'asleep'"), r#"py4cc's stats: unknown state "asleep""#);
-        for (key, value) in [("tasks_held", "-1"), ("run_time_p99", "-0.5"), ("last_death_cause", "None")] {
+        let cases = [
+            ("tasks_held", "-1"),
+            ("run_time_p99", "-0.5"),
+            ("last_death_cause", "None"),
+            ("cluster", "None"),
+            ("cluster_lost", "5"),
+        ];
+        for (key, value) in cases {
             let message = wrong(key, value);
             assert!(message.starts_with(&format!("py4cc's stats: {key:?}: ")), "{message}");
         }

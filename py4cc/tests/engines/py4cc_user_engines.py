@@ -248,3 +248,19 @@ class GilHoldingEngine:
             open(f"{self.marker}.{os.getpid()}", "w").close()
         ctypes.PyDLL(None).sleep(int(float_features[0]))
         return int_feature, "held"
+
+
+class WhereEngine:
+    """Answers ``(1, <where py4cc and this module were imported from, and the py4cc modules
+    loaded, as JSON>)``: on a Ray cluster, from the actor's runtime environment."""
+
+    def initialize(self, **kwargs):
+        pass
+
+    def run(self, float_features, str_features, int_feature):
+        import sys
+
+        import py4cc
+
+        names = sorted(name for name in sys.modules if name == "py4cc" or name.startswith("py4cc."))
+        return 1, json.dumps({"py4cc": py4cc.__file__, "engine": __file__, "modules": names, "pid": os.getpid()})

@@ -1,0 +1,67 @@
+"""The Engine's side of the Ray backend: one actor, on some node of the cluster, per Engine.
+
+:class:`EngineActor` is a plain class; :mod:`py4cc.ray_backend` turns it into a Ray actor
+class. It runs tasks exactly as a local worker process does (:func:`py4cc.worker.run_task`),
+one at a time, so that an Engine cannot tell the two apart. Like :mod:`py4cc.worker`, it
+imports nothing of the Driver's machinery, and not even Ray at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import traceback
+from typing import Any
+
+from .protocol import FAILED, Call, GeneralCall
+from .worker import WorkerSetup, build_engine, run_general, run_task
+
+WATCH_GROUP = "watch"
+"""The actor's second concurrency group (one thread), where :meth:`EngineActor.watch` waits,
+so that the Driver learns of the actor's death even when it runs no task."""
+
+
+class EngineActor:
+    """Builds the Engine once, then answers tasks one at a time, in the order they come."""
+
+    def __init__(self) -> None:
+        self.engine: Any = None
+        self.call_method = ""
+        self.stopped = threading.Event()
+
+    def initialize(self, setup: WorkerSetup) -> tuple[bool, int, str, str]:
+        """Build and initialise the Engine: ``(True, pid, node id, host name)``, or
+        ``(False, pid, node id, traceback)`` when building or initialising it raised."""
+        node_id = ""
+        try:
+            import ray  # here, on the cluster, where it is installed
+
+            node_id = ray.get_runtime_context().get_node_id()
+        except Exception:
+            pass
+        try:
+            engine = build_engine(setup)
+        except BaseException:  # a user's initialize may raise anything, even SystemExit
+            return False, os.getpid(), node_id, traceback.format_exc()
+        self.engine = engine
+        self.call_method = setup.call_method
+        return True, os.getpid(), node_id, socket.gethostname()
+
+    def run(self, key: int, float_features: list[float], str_features: list[str], int_feature: int) -> tuple:
+        """Run one task: ``(flag, value, message, run_s)``, as a local worker answers it."""
+        try:
+            answer = run_task(self.engine, Call(key, float_features, str_features, int_feature))
+        except Exception:  # checking a strange answer failed: fail the task, not the actor
+            return FAILED, -1, "the engine's answer could not be checked:\n" + traceback.format_exc(), 0.0
+        return answer.flag, answer.value, answer.message, answer.run_s
+
+    def call(self, key: int, payload: bytes) -> tuple:
+        """Run one general task: ``(flag, value, message, run_s)``, its value pickled here
+        (as a local worker does: an answer that cannot be pickled fails its task)."""
+        answer = run_general(self.engine, self.call_method, GeneralCall(key, payload))
+        return answer.flag, answer.value, answer.message, answer.run_s
+
+    def watch(self) -> None:
+        """Returns only once the actor is stopped (its call then fails with the actor's death)."""
+        self.stopped.wait()

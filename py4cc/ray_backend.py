@@ -1,0 +1,1069 @@
+"""The Ray backend: the Driver's Engines as actors on a Ray cluster (``Driver(backend="ray")``).
+
+It takes the place of :class:`py4cc.pool.Pool` behind the :class:`py4cc.pool.Backend`
+interface, so the Driver's calls and answers, its capacity, timeouts, cancel, result_ttl,
+drain and stats stay the same. Each Engine is one actor (:class:`py4cc.ray_actor.EngineActor`,
+one CPU, Ray's own restarts and task retries off, so that nothing runs twice behind the
+Driver's back); this backend keeps the queue and hands each actor one task at a time (plus
+``prefetch`` queued behind it).
+
+How a task travels::
+
+    submit --> tasks[key], pending --dispatch--> actor.run.remote(...) -- Ray --> the actor
+                                                                                    |
+    retrieve / wait <-- complete(task) <-- the ObjectRef's future callback <---------+
+                                           (on a Ray thread)
+
+Nothing is polled: an answer arrives through its ObjectRef's future callback, and an
+actor's death through a call (``watch``) that ends only with the actor. The supervisor
+thread does what may block or must wait: it sorts out a dead actor's calls (the one it was
+running fails, those queued behind it go back to the queue), enforces ``task_timeout`` and
+``init_timeout`` (the actor is killed), drops expired results, and starts actors. Each
+actor has a slot, which restarts it as the local pool's slots restart their workers
+(:mod:`py4cc.recovery`'s rule and backoff): at once after a death, after a doubling wait
+after a failed start, for ever. The probe thread asks the cluster every second whether this
+process's node is alive; after ``LOST_AFTER_S`` without a yes the connection is lost for
+good: unfinished tasks fail, ``submit`` refuses, and ``stats()`` says why.
+
+Ray is imported only when this backend starts (:mod:`py4cc.ray_connect`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+import traceback
+from collections import deque
+from typing import Any
+
+from .backend import FlagAnswer
+from .completion import CANCELLED, EXPIRED, Gone, Notifier, cancelled_message, expired_message
+from .options import Options
+from .output import stderr_sink
+from .protocol import (
+    AT_CAPACITY,
+    CAPACITY_MESSAGE,
+    DRAINING_MESSAGE,
+    ERROR,
+    FAILED,
+    FINALIZED_MESSAGE,
+    NOT_FINISHED,
+    NOT_FINISHED_MESSAGE,
+    OK,
+    OUTPUT_GRACE_S,
+    STAT_NAMES,
+    Answer,
+    Call,
+    GeneralCall,
+    unknown_key,
+    unpickle_answer,
+)
+from .ray_actor import WATCH_GROUP, EngineActor
+from .ray_connect import CONNECTION, LogTap, build_runtime_env, death_reason, import_ray, node_checker
+from .recovery import backoff_delay
+from .stats import Counters, RunTimes
+from .tasks import Task
+
+PROBE_INTERVAL_S = 1.0
+"""How often the probe thread asks the cluster whether this process's node is alive."""
+LOST_AFTER_S = 10.0
+"""After this long without a yes, the connection to the cluster is lost for good."""
+RESOLVE_S = 30.0
+"""How long the supervisor waits for a dead actor's calls to end (Ray ends them as soon as
+it knows of the death; a merely unreachable actor is killed first)."""
+STOP_WAIT_S = 5.0
+"""How long ``stop`` waits for Ray to confirm the killed actors' deaths."""
+
+
+class Actor:
+    """One Engine actor, seen from this process.
+
+    ``queue`` holds ``(task, ref)`` for the calls sent to it, in order: the actor runs them
+    one at a time, so ``queue[0]`` is the one it runs (or is about to).
+    """
+
+    __slots__ = (
+        "dead", "failure", "handle", "head_started", "host", "init_ref", "init_timed_out", "node", "pid",
+        "queue", "ready", "slot", "started", "timed_out", "watch",
+    )  # fmt: skip
+
+    def __init__(self, handle: Any, slot: Slot) -> None:
+        self.handle = handle
+        self.slot = slot
+        self.pid = 0
+        self.node = ""
+        self.host = ""
+        self.ready = False
+        self.dead = False
+        self.started = time.monotonic()  # for init_timeout
+        self.queue: deque[tuple[Task, Any]] = deque()
+        self.head_started = 0.0
+        self.init_ref: Any = None  # the initialize call, until it answers
+        self.watch: Any = None  # the call that ends with the actor
+        self.failure: str | None = None  # its Engine's initialize raised: the traceback
+        self.timed_out = False
+        self.init_timed_out = False
+
+    def usable(self) -> bool:
+        return self.ready and not self.dead
+
+    def describe(self) -> str:
+        node = self.node[:12] if self.node else "?"
+        return f"pid {self.pid} on node {node} ({self.host or '?'})"
+
+
+class Slot:
+    """One of the backend's places for an actor, restarting it as needed."""
+
+    __slots__ = ("actor", "failures", "index", "last_pid", "restart_at")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.actor: Actor | None = None  # ready or starting
+        self.failures = 0  # failed starts in a row
+        self.restart_at: float | None = None  # when to start an actor (monotonic), if due
+        self.last_pid = 0
+
+    @property
+    def degraded(self) -> bool:
+        return self.failures > 0
+
+
+class Relay(threading.Thread):
+    """Hands the actors' output lines and the backend's events to the ``worker_output`` sink,
+    on a thread of its own: neither Ray's threads nor the backend's lock wait for the sink."""
+
+    def __init__(self, sink: Any) -> None:
+        super().__init__(name="py4cc-ray-output", daemon=True)
+        self.sink = stderr_sink if sink is None else sink
+        self.cond = threading.Condition()
+        self.lines: deque[tuple[int, str, str]] = deque()
+        self.stopping = False
+        self.sink_failed = False
+
+    def put(self, pid: int, stream: str, line: str) -> None:
+        with self.cond:
+            self.lines.append((pid, stream, line))
+            self.cond.notify()
+
+    def event(self, pid: int, text: str) -> None:
+        self.put(pid, "event", text)
+
+    def run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.lines and not self.stopping:
+                    self.cond.wait()
+                if not self.lines:
+                    return
+                pid, stream, line = self.lines.popleft()
+            try:
+                self.sink(pid, stream, line)
+            except Exception:
+                if not self.sink_failed:
+                    self.sink_failed = True
+                    stderr_sink(
+                        pid, "event", "the worker_output callback raised (told once):\n" + traceback.format_exc()
+                    )
+                stderr_sink(pid, stream, line)
+
+    def stop(self, grace: float) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(grace)
+
+
+class RayBackend:
+    """The Driver's tasks run by Engine actors on a Ray cluster; one per Driver.
+
+    Everything below ``lock`` is read and written with it held. Ray's calls that may block
+    (creating and killing actors, reading a dead actor's calls) are made without it. Holds
+    no reference to its Driver, so that a Driver nobody uses is collected.
+    """
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.ray: Any = None
+        self.actor_class: Any = None
+        self.runtime_env: dict[str, Any] = {}
+        self.where = ""
+        self.acquired = False  # holds one use of the process's connection
+        self.lock = threading.Lock()
+        self.wakeup = threading.Condition(self.lock)  # the supervisor waits on it
+        self.drained = threading.Condition(self.lock)  # notified when a task finishes while draining
+        self.stop_lock = threading.Lock()
+        self.stop_requested = threading.Event()  # ends the probe's sleep
+        self.tasks: dict[int, Task] = {}
+        self.pending: deque[Task] = deque()  # not sent to an actor yet, oldest first
+        self.slots: list[Slot] = []
+        self.actors: list[Actor] = []  # ready or starting
+        self.events: list[tuple[str, Actor, Any]] = []  # for the supervisor
+        self.next_key = 1
+        self.avg_run_s: float | None = None
+        self.closed = False
+        self.finished = False
+        self.draining = False
+        self.lost: str | None = None  # why the connection to the cluster is gone
+        self.last_worker_failure = ""
+        self.notify = Notifier(options.notify)
+        self.expiring: dict[int, float] = {}  # finished, not collected: key -> when it expires
+        self.gone = Gone()
+        self.cancelled = 0
+        self.expired = 0
+        self.counters = Counters()
+        self.run_times = RunTimes()
+        self.finished_held = 0
+        self.failed_by_stop = 0
+        self.relay = Relay(options.worker_output)
+        self.tap = LogTap(self.relay.put)
+        self.wake_at: float | None = 0.0  # when the supervisor means to wake (None: not before told)
+        self.supervisor: threading.Thread | None = None
+        self.probe: threading.Thread | None = None
+        self.owner_pid = os.getpid()
+
+    # -- the Backend interface ------------------------------------------------------------
+
+    def start(self) -> None:
+        ray = import_ray()
+        _LIVE_BACKENDS.add(self)
+        CONNECTION.on_exit = stop_all_backends
+        try:
+            self.where = CONNECTION.acquire(ray, self.options.ray_address, self.options.n_subprocesses)
+            self.ray = ray
+            self.acquired = True
+            n = self.count_actors()
+            self.options = dataclasses.replace(self.options, n_subprocesses=n)
+            self.runtime_env = build_runtime_env(ray, self.options.setup.engine, self.options.setup.env)
+            self.actor_class = ray.remote(concurrency_groups={WATCH_GROUP: 1})(EngineActor)
+            self.relay.start()
+            if self.options.worker_output is not None:
+                self.tap.start()
+            self.slots = [Slot(i) for i in range(n)]
+            first = [self.start_actor(slot) for slot in self.slots]
+            self.wait_ready(first)
+        except BaseException:
+            self.stop()
+            raise
+        for actor in first:
+            self.watch(actor)
+        self.supervisor = threading.Thread(target=self.supervise, name="py4cc-ray-supervisor", daemon=True)
+        self.supervisor.start()
+        self.probe = threading.Thread(target=self.probe_connection, name="py4cc-ray-probe", daemon=True)
+        self.probe.start()
+
+    def submit(self, float_features: list[float], str_features: list[str], int_feature: int) -> FlagAnswer:
+        return self.admit(lambda key: Call(key, float_features, str_features, int_feature))
+
+    def submit_call(self, payload: bytes) -> FlagAnswer:
+        return self.admit(lambda key: GeneralCall(key, payload))
+
+    def admit(self, make_call: Any) -> FlagAnswer:
+        """Take the task ``make_call(key)``, unless stopping, unavailable or full."""
+        with self.lock:
+            if self.closed:
+                return ERROR, 0, FINALIZED_MESSAGE
+            if self.draining:
+                return ERROR, 0, DRAINING_MESSAGE
+            if self.lost is not None:
+                return ERROR, 0, self.lost
+            why = self.unavailable()
+            if why is not None:
+                return ERROR, 0, why
+            if len(self.tasks) >= self.options.max_tasks:
+                return AT_CAPACITY, 0, CAPACITY_MESSAGE
+            key = self.next_key
+            self.next_key += 1
+            task = Task(make_call(key), 0)
+            self.tasks[key] = task
+            self.pending.append(task)
+            launched = self.dispatch()
+        self.arm(launched)
+        return OK, key, ""
+
+    def collect(self, key: int) -> FlagAnswer:
+        with self.lock:
+            return self._collect(key)
+
+    def _collect(self, key: int) -> FlagAnswer:
+        task = self.tasks.get(key)
+        if task is None:
+            why = self.gone.why(key)
+            if why == CANCELLED:
+                return ERROR, 0, cancelled_message(key)
+            if why == EXPIRED:
+                return ERROR, 0, expired_message(key, self.options.result_ttl)
+            return ERROR, 0, unknown_key(key)
+        if not task.done:
+            return NOT_FINISHED, 0, NOT_FINISHED_MESSAGE
+        del self.tasks[key]
+        self.expiring.pop(key, None)
+        self.finished_held -= 1
+        return task.flag, task.value, task.message
+
+    def wait(self, key: int, limit: float | None) -> FlagAnswer:
+        with self.lock:
+            task = self.tasks.get(key)
+            if task is None or task.done:
+                return self._collect(key)
+            if task.event is None:
+                task.event = threading.Event()
+            event = task.event
+        if limit is None:
+            while not event.wait(threading.TIMEOUT_MAX):
+                pass
+        else:
+            event.wait(min(limit, threading.TIMEOUT_MAX))
+        return self.collect(key)
+
+    def cancel(self, key: int) -> bool:
+        with self.lock:
+            task = self.tasks.pop(key, None)
+            if task is None:
+                return False
+            self.expiring.pop(key, None)
+            if task.done:
+                self.finished_held -= 1
+            else:
+                try:
+                    self.pending.remove(task)
+                except ValueError:
+                    # An actor has it: let it run (task_timeout still bounds it) and discard
+                    # its answer; stopping it would cost a new actor.
+                    task.cancelled = True
+                    task.done = True
+                    task.call = None
+                if task.event is not None:
+                    task.event.set()
+            self.cancelled += 1
+            self.gone.remember(key, CANCELLED)
+            self.notify(key, False)
+            if self.draining:
+                self.drained.notify_all()
+            return True
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the actors' processes, ready or starting (on their own nodes)."""
+        with self.lock:
+            return [a.pid for a in self.actors if a.pid]
+
+    def held_tasks(self) -> int:
+        with self.lock:
+            return len(self.tasks)
+
+    def stats(self, state: str) -> dict[str, Any]:
+        with self.lock:
+            if self.closed:
+                state = "finalized"
+            elif self.draining:
+                state = "draining"
+            return self.snapshot(state)
+
+    def drain(self, limit: float | None) -> int:
+        deadline = None if limit is None else time.monotonic() + limit
+        with self.lock:
+            already = self.closed
+            self.draining = True
+        if already:
+            self.stop()
+            return 0
+        try:
+            with self.lock:
+                while not self.closed and any(not task.done for task in self.tasks.values()):
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    self.drained.wait(threading.TIMEOUT_MAX if left is None else min(left, threading.TIMEOUT_MAX))
+        finally:
+            self.stop()
+        return self.failed_by_stop
+
+    # -- actors -----------------------------------------------------------------------------
+
+    def count_actors(self) -> int:
+        """``n_subprocesses``, or the cluster's CPUs for 0; RuntimeError if the cluster has
+        fewer CPUs than actors (each asks for one: the others would wait for ever)."""
+        try:
+            cpus = int(self.ray.cluster_resources().get("CPU", 0))
+        except Exception:
+            cpus = 0
+        wanted = self.options.n_subprocesses or max(1, cpus)
+        if cpus < wanted:
+            raise RuntimeError(
+                f"Driver.initialize: {wanted} Engine actors need a CPU each, and {self.where} has "
+                f"{cpus} CPUs: lower n_subprocesses or add nodes"
+            )
+        return wanted
+
+    def start_actor(self, slot: Slot) -> Actor:
+        """Create an actor for ``slot`` and send it ``initialize`` (without waiting)."""
+        handle = self.actor_class.options(
+            num_cpus=1, max_restarts=0, max_task_retries=0, runtime_env=self.runtime_env
+        ).remote()
+        actor = Actor(handle, slot)
+        actor.init_ref = handle.initialize.remote(self.options.setup)
+        with self.lock:
+            self.counters.worker_starts += 1
+            slot.actor = actor
+            slot.restart_at = None
+            self.actors.append(actor)
+        return actor
+
+    def wait_ready(self, actors: list[Actor]) -> None:
+        """Block until every actor is ready; RuntimeError if one fails or (``init_timeout``)
+        is not ready in time."""
+        ray = self.ray
+        engine = self.options.setup.engine
+        limit = self.options.init_timeout
+        waiting = {a.init_ref: a for a in actors}
+        deadline = None if limit is None else time.monotonic() + limit
+        while waiting:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _ = ray.wait(list(waiting), num_returns=1, timeout=timeout)
+            if not ready:
+                raise RuntimeError(
+                    f"Driver.initialize: {len(waiting)} of {len(actors)} Ray actors did not become ready "
+                    f"within {limit:g} s (init_timeout): the engine {engine!r} was not initialised yet "
+                    f"(or no node had a free CPU for it); every actor was stopped"
+                )
+            for ref in ready:
+                actor = waiting.pop(ref)
+                try:
+                    ok, pid, node, detail = ray.get(ref)
+                except Exception as exc:
+                    raise RuntimeError(
+                        f"Driver.initialize: a Ray actor for the engine {engine!r} could not start: {death_reason(exc)}"
+                    ) from None
+                self.note_identity(actor, pid, node)
+                if not ok:
+                    raise RuntimeError(
+                        f"Ray actor ({actor.describe()}) failed to build and initialise the engine "
+                        f"{engine!r}:\n{detail}"
+                    )
+                with self.lock:
+                    actor.host = detail
+                    actor.ready = True
+                    actor.init_ref = None
+
+    def note_identity(self, actor: Actor, pid: int, node: str) -> None:
+        with self.lock:
+            actor.pid, actor.node = pid, node
+            actor.slot.last_pid = pid
+            self.tap.pids = frozenset(a.pid for a in self.actors if a.pid)
+
+    def watch(self, actor: Actor) -> None:
+        """Start the call that ends only with the actor, and hear of its end."""
+        ref = actor.handle.watch.options(concurrency_group=WATCH_GROUP).remote()
+        actor.watch = ref
+        ref.future().add_done_callback(lambda fut: self.post("died", actor, fut))
+
+    def post(self, kind: str, actor: Actor, detail: Any) -> None:
+        """Hand an event to the supervisor (from a Ray callback thread)."""
+        with self.lock:
+            if self.closed:
+                return
+            self.events.append((kind, actor, detail))
+            self.wakeup.notify()
+
+    def kill(self, actor: Actor) -> None:
+        try:
+            self.ray.kill(actor.handle, no_restart=True)
+        except Exception:
+            pass
+
+    def event(self, pid: int, text: str) -> None:
+        """Report what happened to an actor to the output sink, as an "event" line."""
+        self.relay.event(pid, text)
+
+    # -- tasks (called with self.lock held) -------------------------------------------------
+
+    def complete(self, task: Task, flag: int, value: int, message: str) -> None:
+        """Record a task's answer and wake its waiters (once; later answers are ignored)."""
+        if task.done:
+            return
+        task.done = True
+        task.flag = flag
+        # A failed general task answers None, whatever failed it (its Engine, a timeout...).
+        task.value = None if flag == FAILED and type(task.call) is GeneralCall else value
+        task.message = message
+        task.deadline = None
+        task.call = None
+        self.finished_held += 1
+        if flag == OK:
+            self.counters.tasks_done += 1
+        else:
+            self.counters.tasks_failed += 1
+        if task.event is not None:
+            task.event.set()
+        if self.options.result_ttl is not None and not self.closed:
+            when = time.monotonic() + self.options.result_ttl
+            self.expiring[task.key] = when
+            self.tell_supervisor(when)  # it drops the result when its time comes
+        self.notify(task.key, True)
+        if self.draining:
+            self.drained.notify_all()
+
+    def expire_results(self, now: float) -> float | None:
+        """Drop the finished results whose ``result_ttl`` has run out; return when the next
+        one expires (None: none waits)."""
+        while self.expiring:
+            key = next(iter(self.expiring))
+            when = self.expiring[key]
+            if when > now:
+                return when
+            del self.expiring[key]
+            if self.tasks.pop(key, None) is not None:
+                self.finished_held -= 1
+                self.expired += 1
+                self.gone.remember(key, EXPIRED)
+                self.notify(key, False)
+        return None
+
+    def dispatch(self) -> list[tuple[Actor, Task, Any]]:
+        """Send pending tasks, oldest first, to idle actors, else (``prefetch``) behind a busy
+        one's current task. Returns the calls made, for :meth:`arm` once the lock is let go
+        (a callback must not be registered under it: it may run at once)."""
+        launched: list[tuple[Actor, Task, Any]] = []
+        if self.closed or self.lost is not None:
+            return launched
+        now = time.monotonic()
+        while self.pending:
+            actor = next((a for a in self.actors if a.usable() and not a.queue), None)
+            if actor is None:
+                actor = self.prefetch_target(now)
+                if actor is None:
+                    break
+            task = self.pending.popleft()
+            call = task.call
+            assert call is not None  # only a finished task has none, and none is pending
+            try:
+                if isinstance(call, GeneralCall):
+                    ref = actor.handle.call.remote(call.key, call.payload)
+                else:
+                    ref = actor.handle.run.remote(call.key, call.float_features, call.str_features, call.int_feature)
+            except Exception as exc:
+                self.pending.appendleft(task)
+                actor.dead = True  # the supervisor sorts it out
+                self.events.append(("died", actor, exc))
+                self.wakeup.notify()
+                continue
+            actor.queue.append((task, ref))
+            if len(actor.queue) == 1:
+                self.start_head(actor, now)
+            launched.append((actor, task, ref))
+        return launched
+
+    def prefetch_target(self, now: float) -> Actor | None:
+        """The busy actor that should get the next task queued behind its current one:
+        holding at most ``prefetch`` tasks, its current one not running much longer than
+        usual; among those, the one whose current task started first."""
+        prefetch = self.options.prefetch
+        if not prefetch:
+            return None
+        typical = self.avg_run_s if self.avg_run_s is not None else 0.0
+        limit = max(0.002, 4.0 * typical)
+        best = None
+        for a in self.actors:
+            if not a.usable() or not a.queue or len(a.queue) > prefetch or now - a.head_started > limit:
+                continue
+            if best is None or a.head_started < best.head_started:
+                best = a
+        return best
+
+    def start_head(self, actor: Actor, now: float) -> None:
+        actor.head_started = now
+        if self.options.task_timeout is not None:
+            deadline = now + self.options.task_timeout
+            actor.queue[0][0].deadline = deadline
+            self.tell_supervisor(deadline)
+
+    def tell_supervisor(self, deadline: float) -> None:
+        """Wake the supervisor if it would sleep past ``deadline`` (lock held)."""
+        if self.wake_at is None or deadline < self.wake_at:
+            self.wake_at = deadline
+            self.wakeup.notify()
+
+    def take_off(self, actor: Actor, task: Task) -> None:
+        """Remove ``task`` from ``actor``'s queue; if it was the head, the next one starts."""
+        for i, (queued, _) in enumerate(actor.queue):
+            if queued is task:
+                del actor.queue[i]
+                if i == 0:
+                    now = time.monotonic()
+                    run = now - actor.head_started
+                    self.avg_run_s = run if self.avg_run_s is None else self.avg_run_s + 0.1 * (run - self.avg_run_s)
+                    if actor.queue:
+                        self.start_head(actor, now)
+                return
+
+    def unavailable(self) -> str | None:
+        """Why submit must refuse, or None: no actor is ready and a slot failed to start one
+        (an actor merely being replaced after a death does not count)."""
+        if any(a.usable() for a in self.actors):
+            return None
+        failed = [slot for slot in self.slots if slot.degraded]
+        if not failed:
+            return None
+        due = [slot.restart_at for slot in failed if slot.restart_at is not None]
+        when = f"; next attempt in {max(0.0, min(due) - time.monotonic()):.1f} s" if due else ""
+        return (
+            f"no Ray actor is ready: {self.last_worker_failure}\n(the driver keeps restarting its Engine actors{when})"
+        )
+
+    def failed_start(self, slot: Slot, cause: str) -> None:
+        """A start failed: back off, remember why, and if no actor is ready, fail the tasks
+        waiting for one."""
+        slot.failures += 1
+        delay = backoff_delay(slot.failures)
+        slot.restart_at = time.monotonic() + delay
+        self.last_worker_failure = cause
+        self.counters.replacement_failures += 1
+        self.event(0, f"actor slot {slot.index}: start failed ({slot.failures} in a row), next attempt in {delay:g} s")
+        if not any(a.usable() for a in self.actors):
+            message = f"no Ray actor is ready to run this task: {cause}"
+            while self.pending:
+                self.complete(self.pending.popleft(), FAILED, -1, message)
+
+    def lose_actor(self, actor: Actor, cause: str) -> None:
+        """``actor`` is gone (its calls dealt with): count it, and have its slot start another,
+        at once if it had been ready, else after the backoff."""
+        actor.dead = True
+        if actor in self.actors:
+            self.actors.remove(actor)
+        self.tap.pids = frozenset(a.pid for a in self.actors if a.pid)
+        self.counters.worker_deaths += 1
+        self.counters.last_death_cause = f"Ray actor {actor.describe()} {cause}"
+        slot = actor.slot
+        if slot.actor is not actor:
+            return
+        slot.actor = None
+        if actor.ready:
+            slot.restart_at = time.monotonic()
+        elif actor.failure is not None:
+            self.failed_start(
+                slot, f"a Ray actor ({actor.describe()}) failed to initialise its engine:\n{actor.failure}"
+            )
+        elif actor.init_timed_out:
+            self.failed_start(
+                slot,
+                f"a Ray actor ({actor.describe()}) did not become ready within the "
+                f"{self.options.init_timeout:g} s start-up limit (init_timeout) and was killed",
+            )
+        else:
+            self.failed_start(slot, f"a Ray actor ({actor.describe()}) {cause} before it was ready")
+        self.wakeup.notify()
+
+    # -- answers (on Ray's callback threads) ------------------------------------------------
+
+    def arm(self, launched: list[tuple[Actor, Task, Any]]) -> None:
+        for actor, task, ref in launched:
+            ref.future().add_done_callback(lambda fut, actor=actor, task=task: self.on_answer(actor, task, fut))
+
+    def on_answer(self, actor: Actor, task: Task, fut: Any) -> None:
+        """A call has ended: record the answer, send the next task. An actor's death is the
+        supervisor's to sort out."""
+        try:
+            try:
+                flag, value, message, run_s = self.answer_of(task, fut.result())
+            except self.ray.exceptions.RayActorError:
+                self.post("died", actor, fut)
+                return
+            except BaseException as exc:  # the call itself failed: only this task is concerned
+                flag, value, message, run_s = (
+                    FAILED,
+                    -1,
+                    f"the Ray actor could not run this task: {death_reason(exc)}",
+                    0.0,
+                )
+            with self.lock:
+                self.take_off(actor, task)
+                if not task.done:
+                    self.run_times.add(run_s)
+                    self.complete(task, flag, value, message)
+                launched = self.dispatch()
+            self.arm(launched)
+        except BaseException:  # a callback must not raise into Ray
+            pass
+
+    @staticmethod
+    def answer_of(task: Task, result: tuple) -> tuple:
+        """``(flag, value, message, run_s)`` of a call's result; a general task's value
+        unpickled here, outside the lock (an answer that cannot be unpickled fails its task)."""
+        flag, value, message, run_s = result
+        if flag == OK and type(task.call) is GeneralCall:
+            answer = unpickle_answer(Answer(task.key, flag, value, message, run_s, True))
+            return answer.flag, answer.value, answer.message, answer.run_s
+        return flag, value, message, run_s
+
+    # -- the supervisor thread --------------------------------------------------------------
+
+    def supervise(self) -> None:
+        try:
+            while self.supervise_once():
+                pass
+        except BaseException:
+            traceback.print_exc()
+
+    def supervise_once(self) -> bool:
+        """One turn: wait for something to do, do it; False once stop has begun."""
+        with self.lock:
+            while not self.closed and not self.events:
+                timeout = self.next_deadline()
+                if timeout is not None and timeout <= 0:
+                    break
+                self.wake_at = None if timeout is None else time.monotonic() + timeout
+                self.wakeup.wait(timeout)
+            self.wake_at = 0.0  # awake: nobody needs to wake it
+            if self.closed:
+                return False
+            events, self.events = self.events, []
+        for kind, actor, detail in events:
+            if kind == "died":
+                self.on_death(actor, detail)
+            elif kind == "init":
+                self.on_init(actor, detail)
+        self.expire()
+        self.restart_due()
+        return True
+
+    def next_deadline(self) -> float | None:
+        """Seconds until the nearest deadline (task, start-up, result, restart), or None."""
+        deadlines: list[float] = []
+        for a in self.actors:
+            if a.queue and a.queue[0][0].deadline is not None:
+                deadlines.append(a.queue[0][0].deadline)
+            if self.options.init_timeout is not None and not a.ready and not a.dead:
+                deadlines.append(a.started + self.options.init_timeout)
+        if self.expiring:
+            deadlines.append(next(iter(self.expiring.values())))
+        if self.lost is None:
+            deadlines += [s.restart_at for s in self.slots if s.actor is None and s.restart_at is not None]
+        if not deadlines:
+            return None
+        return min(deadlines) - time.monotonic()
+
+    def on_death(self, actor: Actor, detail: Any) -> None:
+        """An actor has died (its watch or a call failed): the call it was running fails, those
+        queued behind it go back to the queue, its slot starts another."""
+        with self.lock:
+            if self.stopping() or actor not in self.actors:
+                return  # dealt with already (timed out, a second notice), or moot
+            actor.dead = True
+            outstanding = list(actor.queue)
+        self.kill(actor)  # if only unreachable for now: its calls must end, and now
+        reason = death_reason(detail) if isinstance(detail, BaseException) else "it died"
+        if not isinstance(detail, BaseException) and detail is not None:
+            try:
+                detail.result()
+            except BaseException as exc:
+                reason = death_reason(exc)
+        # Each call's own outcome: the first one the death cut short was running, the ones
+        # after it had not started; one answered before the death keeps its answer.
+        outcomes: list[tuple[str, Any]] = []
+        for task, ref in outstanding:
+            try:
+                outcomes.append(("answer", self.answer_of(task, self.ray.get(ref, timeout=RESOLVE_S))))
+            except self.ray.exceptions.RayActorError:
+                outcomes.append(("died", None))
+            except BaseException as exc:
+                outcomes.append(("failed", exc))
+        with self.lock:
+            if self.stopping():
+                return
+            running: Task | None = None
+            requeue = []
+            for (task, _), (kind, value) in zip(outstanding, outcomes):
+                if task.done:
+                    continue
+                if kind == "answer":
+                    self.run_times.add(value[3])
+                    self.complete(task, *value[:3])
+                elif kind == "failed":
+                    self.complete(task, FAILED, -1, f"the Ray actor could not run this task: {death_reason(value)}")
+                elif running is None:
+                    running = task
+                    self.complete(
+                        task,
+                        FAILED,
+                        -1,
+                        f"the Ray actor running this task ({actor.describe()}) died; it is being replaced. "
+                        f"Ray says: {reason}",
+                    )
+                else:
+                    task.deadline = None
+                    requeue.append(task)
+            self.pending.extendleft(reversed(requeue))
+            actor.queue.clear()
+            if running is not None:
+                self.event(actor.pid, f"died while running task {running.key}: {reason}")
+            else:
+                self.event(actor.pid, f"died {'while idle' if actor.ready else 'before it was ready'}: {reason}")
+            self.lose_actor(actor, f"died: {reason}")
+            launched = self.dispatch()
+        self.arm(launched)
+
+    def on_init(self, actor: Actor, fut: Any) -> None:
+        """A new actor's ``initialize`` has answered (or it died starting)."""
+        try:
+            ok, pid, node, detail = fut.result()
+        except BaseException as exc:
+            self.on_death(actor, exc)
+            return
+        self.note_identity(actor, pid, node)
+        with self.lock:
+            if self.stopping() or actor not in self.actors:
+                return
+            actor.init_ref = None
+            if ok:
+                actor.host = detail
+                actor.ready = True
+                actor.slot.failures = 0
+            else:
+                actor.failure = detail
+                self.event(pid, f"failed to initialise its engine:\n{detail}")
+                self.lose_actor(actor, "failed to initialise its engine")
+        if not ok:
+            self.kill(actor)
+            return
+        self.watch(actor)
+        with self.lock:
+            launched = self.dispatch()
+        self.arm(launched)
+
+    def expire(self) -> None:
+        """Fail each task that has run past ``task_timeout`` and kill its actor; kill the actors
+        not ready within ``init_timeout``; drop the expired results."""
+        now = time.monotonic()
+        killed = []
+        with self.lock:
+            if self.closed:
+                return
+            if self.options.result_ttl is not None:
+                self.expire_results(now)
+            for actor in list(self.actors):
+                head = actor.queue[0][0] if actor.queue else None
+                if head is not None and head.deadline is not None and head.deadline <= now:
+                    unstarted = [task for task, _ in list(actor.queue)[1:] if not task.cancelled]
+                    for task in unstarted:
+                        task.deadline = None
+                    self.pending.extendleft(reversed(unstarted))
+                    actor.queue.clear()
+                    actor.timed_out = True
+                    self.counters.tasks_timed_out += 1
+                    limit = self.options.task_timeout
+                    self.event(actor.pid, f"task {head.key} ran past task_timeout ({limit:g} s): killing the actor")
+                    self.complete(
+                        head,
+                        FAILED,
+                        -1,
+                        f"the task timed out after {limit:g} s; its Ray actor ({actor.describe()}) "
+                        f"was killed and is being replaced",
+                    )
+                    self.lose_actor(actor, f"was killed: its task ran past task_timeout ({limit:g} s)")
+                    killed.append(actor)
+                elif (
+                    self.options.init_timeout is not None
+                    and not actor.ready
+                    and now >= actor.started + self.options.init_timeout
+                ):
+                    actor.init_timed_out = True
+                    self.event(
+                        actor.pid, f"not ready within init_timeout ({self.options.init_timeout:g} s): killing it"
+                    )
+                    self.lose_actor(actor, "was killed: not ready within init_timeout")
+                    killed.append(actor)
+            launched = self.dispatch()
+        self.arm(launched)
+        for actor in killed:
+            self.kill(actor)
+
+    def restart_due(self) -> None:
+        """Start an actor in every slot whose time has come (a failed start backs off)."""
+        with self.lock:
+            now = time.monotonic()
+            if self.stopping():
+                return
+            due = [s for s in self.slots if s.actor is None and s.restart_at is not None and s.restart_at <= now]
+            for slot in due:
+                slot.restart_at = None
+        for slot in due:
+            try:
+                actor = self.start_actor(slot)
+            except Exception as exc:
+                with self.lock:
+                    if not self.stopping():
+                        self.failed_start(slot, f"a Ray actor could not be created: {death_reason(exc)}")
+                continue
+            with self.lock:
+                stop = self.stopping()
+                if not stop:
+                    again = f" (after {slot.failures} failed starts)" if slot.failures else ""
+                    self.event(0, f"actor slot {slot.index}: started a Ray actor{again}")
+            if stop:
+                self.kill(actor)
+                continue
+            actor.init_ref.future().add_done_callback(lambda fut, actor=actor: self.post("init", actor, fut))
+
+    def stopping(self) -> bool:
+        """Stop has begun or the connection is lost: no task is sent, no actor started."""
+        return self.closed or self.lost is not None
+
+    # -- the connection ---------------------------------------------------------------------
+
+    def probe_connection(self) -> None:
+        """Ask the cluster, every PROBE_INTERVAL_S, whether this process's node is alive;
+        after LOST_AFTER_S without a yes, the connection is lost."""
+        check = node_checker(self.ray)
+        if check is None:
+            return  # this Ray offers no way to ask: a loss shows as the actors' deaths
+        last_ok = time.monotonic()
+        problem = "no answer"
+        while not self.stop_requested.wait(PROBE_INTERVAL_S):
+            try:
+                if check():
+                    last_ok = time.monotonic()
+                    continue
+                problem = "the cluster reports this process's node as dead"
+                last_ok = 0.0
+            except Exception as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() - last_ok >= LOST_AFTER_S:
+                self.lose(
+                    f"lost the connection to {self.where}: {problem} (for {LOST_AFTER_S:g} s); "
+                    f"the tasks it held failed; a new Driver in a new process is needed"
+                )
+                return
+
+    def lose(self, message: str) -> None:
+        """The connection is gone for good: fail every unfinished task, refuse new ones."""
+        with self.lock:
+            if self.closed:
+                return
+            self.lost = message
+            for task in self.tasks.values():
+                self.complete(task, FAILED, -1, message)
+            self.pending.clear()
+            for actor in self.actors:
+                actor.queue.clear()
+            self.event(0, message)
+
+    # -- stats ------------------------------------------------------------------------------
+
+    def snapshot(self, state: str) -> dict[str, Any]:
+        """The stats (lock held): the keys of the local pool's, the same meanings."""
+        running = queued_in_actors = alive = ready = 0
+        for a in self.actors:
+            for position, (task, _) in enumerate(a.queue):
+                if not task.cancelled:
+                    if position == 0:
+                        running += 1
+                    else:
+                        queued_in_actors += 1
+            if not a.dead:
+                alive += 1
+                ready += a.ready
+        counters = self.counters
+        values = {
+            "state": state,
+            "tasks_held": len(self.tasks),
+            "tasks_queued": len(self.pending) + queued_in_actors,
+            "tasks_running": running,
+            "tasks_finished": self.finished_held,
+            "workers_wanted": self.options.n_subprocesses,
+            "workers_alive": alive,
+            "workers_ready": ready,
+            "worker_starts": counters.worker_starts,
+            "worker_deaths": counters.worker_deaths,
+            "last_death_cause": counters.last_death_cause,
+            "replacement_failures": counters.replacement_failures,
+            "tasks_done": counters.tasks_done,
+            "tasks_failed": counters.tasks_failed,
+            "tasks_timed_out": counters.tasks_timed_out,
+            "tasks_cancelled": self.cancelled,
+            "tasks_expired": self.expired,
+            "run_time_p50": self.run_times.percentile(50.0),
+            "run_time_p99": self.run_times.percentile(99.0),
+            "run_time_samples": len(self.run_times),
+            "cluster": self.where,
+            "cluster_lost": self.lost,
+            "workers_degraded": sum(slot.degraded for slot in self.slots),
+            "last_worker_failure": self.last_worker_failure,
+        }
+        return {name: values[name] for name in STAT_NAMES}  # the contract's keys, in its order
+
+    # -- stopping -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Fail the unfinished tasks, kill every actor, let go of the connection (the last
+        Driver's stop ends a local Ray instance); never raises an Exception; safe to call
+        many times and from many threads. Does nothing in a forked child."""
+        if os.getpid() != self.owner_pid:
+            return
+        try:
+            self._stop()
+        except Exception:
+            pass
+
+    def _stop(self) -> None:
+        with self.stop_lock:
+            if self.finished:
+                return
+            with self.lock:
+                self.closed = True
+                for task in self.tasks.values():
+                    if not task.done:
+                        self.failed_by_stop += 1
+                        self.complete(task, FAILED, -1, "the driver was finalized before this task finished")
+                self.pending.clear()
+                self.wakeup.notify_all()
+                self.drained.notify_all()
+                actors = list(self.actors)
+            self.stop_requested.set()
+            for thread in (self.supervisor, self.probe):
+                if thread is not None and thread is not threading.current_thread():
+                    thread.join(10.0)
+            if self.ray is not None:
+                for actor in actors:
+                    self.kill(actor)
+                ends = [a.watch or a.init_ref for a in actors if (a.watch or a.init_ref) is not None]
+                if ends and self.lost is None:
+                    try:  # each fails once its actor is dead
+                        self.ray.wait(ends, num_returns=len(ends), timeout=STOP_WAIT_S)
+                    except Exception:
+                        pass
+            with self.lock:
+                self.actors.clear()
+            self.tap.stop()
+            self.relay.stop(OUTPUT_GRACE_S)
+            if self.acquired:
+                self.acquired = False
+                CONNECTION.release(self.ray)
+            self.finished = True
+            _LIVE_BACKENDS.discard(self)
+
+    def stop_when_collected(self) -> None:
+        """The Driver's garbage-collection finalizer: a collection may run it on a Ray
+        callback thread or the supervisor, where stopping would deadlock; a new thread does it."""
+        if self.stop_lock.locked():
+            return
+        current = threading.current_thread()
+        if current in (self.supervisor, self.probe) or isinstance(current, threading._DummyThread):
+            try:
+                threading.Thread(target=self.stop, name="py4cc-collect", daemon=True).start()
+            except RuntimeError:
+                pass
+            return
+        self.stop()
+
+
+_LIVE_BACKENDS: set[RayBackend] = set()
+"""The Ray backends started and not stopped yet, for the exit hook."""
+
+
+def stop_all_backends() -> None:
+    """The exit hook: stop every Ray backend still running (before Ray's own exit hook)."""
+    for backend in list(_LIVE_BACKENDS):
+        backend.stop()
