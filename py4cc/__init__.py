@@ -20,6 +20,12 @@
   ``stats`` reports), :mod:`py4cc.preload` (what the parent loads before forking),
   :mod:`py4cc.cleanup` (the forkserver and temporary directory) — the pool's machinery,
   in this process.
+* :mod:`py4cc.ray_backend` — ``RayBackend``, the Backend of Engine actors on a Ray cluster
+  (Ray imported only when it starts); its parts :mod:`py4cc.ray_tasks` (the queue, which actor
+  runs which task), :mod:`py4cc.ray_actors` (the actors' start, death and restart),
+  :mod:`py4cc.ray_answers` (the answers' callbacks, a dead actor's calls) and
+  :mod:`py4cc.ray_supervisor` (timeouts, the probe, stats); :mod:`py4cc.ray_connect`
+  (connecting, the runtime environment) and :mod:`py4cc.ray_actor` (the actor's side).
 * :mod:`py4cc.worker` — the worker process's side; with :mod:`py4cc.protocol` and
   :mod:`py4cc.lifeline` (workers die with their host), all that a worker process imports
   of py4cc.

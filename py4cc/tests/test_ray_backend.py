@@ -216,7 +216,8 @@ class RayClusterTest(DriverTestCase):
         # The worker's side only: none of the Driver's machinery (nor Ray's backend) loads there.
         self.assertIn("py4cc.ray_actor", where["modules"])
         self.assertIn("py4cc.worker", where["modules"])
-        machinery = {"py4cc.driver", "py4cc.pool", "py4cc.dispatcher", "py4cc.ray_backend", "py4cc.ray_connect"}
+        machinery = {"py4cc.driver", "py4cc.pool", "py4cc.dispatcher", "py4cc.ray_connect"}
+        machinery |= {f"py4cc.ray_{part}" for part in ("backend", "tasks", "actors", "answers", "supervisor")}
         self.assertEqual(machinery & set(where["modules"]), set())
 
     def test_failures_and_limits_answer_as_locally(self) -> None:
