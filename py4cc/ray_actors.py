@@ -20,7 +20,7 @@ from .protocol import FAILED
 from .ray_actor import WATCH_GROUP
 from .ray_connect import LogTap, death_reason
 from .ray_tasks import RayTasks
-from .recovery import backoff_delay
+from .recovery import backoff_delay, unavailable_reason
 from .tasks import Task
 
 
@@ -234,15 +234,12 @@ class RayActors(RayTasks):
     def unavailable(self) -> str | None:
         """Why submit must refuse, or None: no actor is ready and a slot failed to start one
         (an actor merely being replaced after a death does not count)."""
-        if any(a.usable() for a in self.actors):
-            return None
-        failed = [slot for slot in self.slots if slot.degraded]
-        if not failed:
-            return None
-        due = [slot.restart_at for slot in failed if slot.restart_at is not None]
-        when = f"; next attempt in {max(0.0, min(due) - time.monotonic()):.1f} s" if due else ""
-        return (
-            f"no Ray actor is ready: {self.last_worker_failure}\n(the driver keeps restarting its Engine actors{when})"
+        return unavailable_reason(
+            any(a.usable() for a in self.actors),
+            self.slots,
+            self.last_worker_failure,
+            "no Ray actor is ready",
+            "Engine actors",
         )
 
     def failed_start(self, slot: Slot, cause: str) -> None:

@@ -14,9 +14,10 @@ import time
 import traceback
 from typing import Any
 
-from .protocol import FAILED, STAT_NAMES
+from .protocol import FAILED
 from .ray_answers import RayAnswers
 from .ray_connect import node_checker
+from .stats import task_stats
 
 PROBE_INTERVAL_S = 1.0
 """How often the probe thread asks the cluster whether this process's node is alive."""
@@ -172,31 +173,15 @@ class RaySupervisor(RayAnswers):
             if not a.dead:
                 alive += 1
                 ready += a.ready
-        counters = self.counters
-        values = {
-            "state": state,
-            "tasks_held": len(self.tasks),
-            "tasks_queued": len(self.pending) + queued_in_actors,
-            "tasks_running": running,
-            "tasks_finished": self.finished_held,
-            "workers_wanted": self.options.n_subprocesses,
-            "workers_alive": alive,
-            "workers_ready": ready,
-            "worker_starts": counters.worker_starts,
-            "worker_deaths": counters.worker_deaths,
-            "last_death_cause": counters.last_death_cause,
-            "replacement_failures": counters.replacement_failures,
-            "tasks_done": counters.tasks_done,
-            "tasks_failed": counters.tasks_failed,
-            "tasks_timed_out": counters.tasks_timed_out,
-            "tasks_cancelled": self.cancelled,
-            "tasks_expired": self.expired,
-            "run_time_p50": self.run_times.percentile(50.0),
-            "run_time_p99": self.run_times.percentile(99.0),
-            "run_time_samples": len(self.run_times),
-            "cluster": self.where,
-            "cluster_lost": self.lost,
-            "workers_degraded": sum(slot.degraded for slot in self.slots),
-            "last_worker_failure": self.last_worker_failure,
-        }
-        return {name: values[name] for name in STAT_NAMES}  # the contract's keys, in its order
+        return task_stats(
+            self,
+            state,
+            queued_in_workers=queued_in_actors,
+            running=running,
+            alive=alive,
+            ready=ready,
+            workers_degraded=sum(slot.degraded for slot in self.slots),
+            last_worker_failure=self.last_worker_failure,
+            cluster=self.where,
+            cluster_lost=self.lost,
+        )

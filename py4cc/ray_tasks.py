@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .completion import CANCELLED
-from .protocol import FAILED, OK, GeneralCall
+from .protocol import GeneralCall
 from .tasks import Task, TaskBook
 
 if TYPE_CHECKING:
@@ -60,20 +60,8 @@ class RayTasks(TaskBook):
 
     def complete(self, task: Task, flag: int, value: object, message: str) -> None:
         """Record a task's answer and wake its waiters (once; later answers are ignored)."""
-        if task.done:
+        if not self.record_answer(task, flag, value, message):
             return
-        task.done = True
-        task.flag = flag
-        # A failed general task answers None, whatever failed it (its Engine, a timeout...).
-        task.value = None if flag == FAILED and type(task.call) is GeneralCall else value
-        task.message = message
-        task.deadline = None
-        task.call = None
-        self.finished_held += 1
-        if flag == OK:
-            self.counters.tasks_done += 1
-        else:
-            self.counters.tasks_failed += 1
         if task.event is not None:
             task.event.set()
         if self.options.result_ttl is not None and not self.closed:

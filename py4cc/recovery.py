@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from .processes import stop_workers
 from .protocol import FAILED, RESTART_BACKOFF_FIRST_S, RESTART_BACKOFF_MAX_S, exit_text
@@ -31,6 +32,15 @@ from .protocol import FAILED, RESTART_BACKOFF_FIRST_S, RESTART_BACKOFF_MAX_S, ex
 if TYPE_CHECKING:
     from .pool import Pool
     from .processes import Worker
+
+
+class Degradable(Protocol):
+    """What :func:`unavailable_reason` reads of a worker slot, local or Ray."""
+
+    @property
+    def degraded(self) -> bool: ...
+    @property
+    def restart_at(self) -> float | None: ...
 
 
 class Slot:
@@ -120,17 +130,28 @@ def note_failed_start(pool: Pool, slot: Slot, cause: str) -> None:
 def unavailable(pool: Pool) -> str | None:
     """Why ``submit`` must refuse, or None: no worker is ready and a slot failed to start
     one (a worker merely being replaced after a death does not count)."""
-    if any(w.usable() for w in pool.workers):
+    return unavailable_reason(
+        any(w.usable() for w in pool.workers),
+        pool.slots,
+        pool.last_worker_failure,
+        "no worker process is ready",
+        "worker processes",
+    )
+
+
+def unavailable_reason(
+    any_ready: bool, slots: Sequence[Degradable], last_failure: str | None, not_ready: str, what: str
+) -> str | None:
+    """For any backend: None while a worker is ready or no slot failed a start; else
+    ``"<not_ready>: <last_failure>"`` and when the next restart of its ``what`` is due."""
+    if any_ready:
         return None
-    failed = [slot for slot in pool.slots if slot.degraded]
+    failed = [slot for slot in slots if slot.degraded]
     if not failed:
         return None
     due = [slot.restart_at for slot in failed if slot.restart_at is not None]
     when = f"; next attempt in {max(0.0, min(due) - time.monotonic()):.1f} s" if due else ""
-    return (
-        f"no worker process is ready: {pool.last_worker_failure}\n"
-        f"(the driver keeps restarting its worker processes{when})"
-    )
+    return f"{not_ready}: {last_failure}\n(the driver keeps restarting its {what}{when})"
 
 
 def next_restart(pool: Pool) -> float | None:

@@ -15,6 +15,7 @@ from .protocol import RUN_TIME_WINDOW, STAT_NAMES
 
 if TYPE_CHECKING:
     from .pool import Pool
+    from .tasks import TaskBook
 
 
 class Counters:
@@ -96,15 +97,43 @@ def snapshot(pool: Pool, state: str) -> dict[str, Any]:
             alive += 1
             if w.ready:
                 ready += 1
-    counters = pool.counters
-    run_times = pool.run_times
-    return {
+    return task_stats(
+        pool,
+        state,
+        queued_in_workers=queued_in_workers,
+        running=running,
+        alive=alive,
+        ready=ready,
+        workers_degraded=sum(1 for slot in pool.slots if slot.degraded),
+        last_worker_failure=pool.last_worker_failure or "",
+        cluster="",
+        cluster_lost=None,
+    )
+
+
+def task_stats(
+    book: TaskBook,
+    state: str,
+    *,
+    queued_in_workers: int,
+    running: int,
+    alive: int,
+    ready: int,
+    workers_degraded: int,
+    last_worker_failure: str,
+    cluster: str,
+    cluster_lost: str | None,
+) -> dict[str, Any]:
+    """The stats dict of any backend (lock held), in the contract's key order: what its
+    tasks' book holds, plus what the backend counted of its workers."""
+    counters = book.counters
+    values = {
         "state": state,
-        "tasks_held": len(pool.tasks),
-        "tasks_queued": len(pool.pending) + queued_in_workers,
+        "tasks_held": len(book.tasks),
+        "tasks_queued": len(book.pending) + queued_in_workers,
         "tasks_running": running,
-        "tasks_finished": pool.finished_held,
-        "workers_wanted": pool.options.n_subprocesses,
+        "tasks_finished": book.finished_held,
+        "workers_wanted": book.options.n_subprocesses,
         "workers_alive": alive,
         "workers_ready": ready,
         "worker_starts": counters.worker_starts,
@@ -114,16 +143,17 @@ def snapshot(pool: Pool, state: str) -> dict[str, Any]:
         "tasks_done": counters.tasks_done,
         "tasks_failed": counters.tasks_failed,
         "tasks_timed_out": counters.tasks_timed_out,
-        "tasks_cancelled": pool.cancelled,
-        "tasks_expired": pool.expired,
-        "run_time_p50": run_times.percentile(50.0),
-        "run_time_p99": run_times.percentile(99.0),
-        "run_time_samples": len(run_times),
-        "workers_degraded": sum(1 for slot in pool.slots if slot.degraded),
-        "last_worker_failure": pool.last_worker_failure or "",
-        "cluster": "",
-        "cluster_lost": None,
+        "tasks_cancelled": book.cancelled,
+        "tasks_expired": book.expired,
+        "run_time_p50": book.run_times.percentile(50.0),
+        "run_time_p99": book.run_times.percentile(99.0),
+        "run_time_samples": len(book.run_times),
+        "workers_degraded": workers_degraded,
+        "last_worker_failure": last_worker_failure,
+        "cluster": cluster,
+        "cluster_lost": cluster_lost,
     }
+    return {name: values[name] for name in STAT_NAMES}
 
 
 def empty(state: str, workers_wanted: int) -> dict[str, Any]:

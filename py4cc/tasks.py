@@ -30,7 +30,7 @@ from .protocol import (
 if TYPE_CHECKING:
     from .options import Options
     from .processes import Worker
-    from .stats import Counters
+    from .stats import Counters, RunTimes
 
 
 class Task:
@@ -70,6 +70,7 @@ class TaskBook:
     expired: int
     announce: list[Task]  # finished, waiters not woken yet (announce_finished)
     counters: Counters
+    run_times: RunTimes
     finished_held: int
 
     def collect(self, key: int) -> FlagAnswer:
@@ -157,17 +158,16 @@ class TaskBook:
                 self.notify(key, False)
         return None
 
-    def complete(self, task: Task, flag: int, value: object, message: str) -> None:
-        """Record a task's answer (once; later answers are ignored); its waiters are woken
-        by the next ``announce_finished``."""
+    def record_answer(self, task: Task, flag: int, value: object, message: str) -> bool:
+        """Make ``task`` done with this answer and count it; False if it was done already
+        (a later answer is ignored). What wakes its waiters is the backend's."""
         if task.done:
-            return
+            return False
         task.done = True
         task.flag = flag
         # A failed general task answers None, whatever failed it (its Engine, a timeout...).
         task.value = None if flag == FAILED and type(task.call) is GeneralCall else value
         task.message = message
-        task.worker = None
         task.deadline = None
         task.call = None
         self.finished_held += 1
@@ -175,6 +175,14 @@ class TaskBook:
             self.counters.tasks_done += 1
         else:
             self.counters.tasks_failed += 1
+        return True
+
+    def complete(self, task: Task, flag: int, value: object, message: str) -> None:
+        """Record a task's answer (once; later answers are ignored); its waiters are woken
+        by the next ``announce_finished``."""
+        if not self.record_answer(task, flag, value, message):
+            return
+        task.worker = None
         if self.options.result_ttl is not None and not self.closed:
             self.expiring[task.key] = time.monotonic() + self.options.result_ttl
         self.announce.append(task)
