@@ -26,7 +26,7 @@ use std::task::{Context, Poll};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rs4py::{Backend, Driver, DriverOptions, Gil, ResultStatus, StartMethod, SubmitStatus};
+use rs4py::{Backend, Driver, DriverOptions, ResultStatus, StartMethod, SubmitStatus};
 
 const FLOATS: [f64; 2] = [1.5, -2.25];
 const STRS: [&str; 3] = ["abc", "de", "f"];
@@ -144,22 +144,6 @@ fn measure_async(driver: &Arc<Driver>, in_flight: usize, tasks: usize) -> (Row, 
     (row, Duration::from_nanos(longest_ns.load(Ordering::Relaxed)))
 }
 
-/// The Ray cluster for the Ray rows: `RS4PY_RAY_ADDRESS`, if set and the build interpreter
-/// has `ray`; else None, once a note has said why.
-fn ray_cluster() -> Option<String> {
-    let Ok(address) = std::env::var("RS4PY_RAY_ADDRESS") else {
-        println!("(no Ray row: RS4PY_RAY_ADDRESS does not name a Ray cluster)");
-        return None;
-    };
-    let gil = Gil::acquire().expect("python");
-    let spec = gil.import("importlib.util").and_then(|util| util.call_method("find_spec", ("ray",), ()));
-    if spec.map(|spec| spec.is_none()).unwrap_or(true) {
-        println!("(no Ray row: ray is not installed for {})", rs4py::build_python().executable);
-        return None;
-    }
-    Some(address)
-}
-
 /// The Rust Driver's rows (and the longest poll of its async row), with the local pool or,
 /// given a cluster's address, Ray actors.
 fn rust_driver(
@@ -259,7 +243,7 @@ fn main() {
     let mut order: Vec<(String, usize)> = Vec::new();
     let mut measured: BTreeMap<(String, usize), Vec<Row>> = BTreeMap::new();
     let mut longest_polls = Vec::new();
-    let ray = ray_cluster();
+    let ray = rs4py_workload::ray_cluster();
     for _ in 0..rounds {
         let (ours, longest_poll) = rust_driver(&threads, tasks, workers, with_async, None);
         longest_polls.push(longest_poll);

@@ -12,7 +12,7 @@
 use std::process::Command;
 use std::time::Instant;
 
-use rs4py::{Backend, Driver, DriverOptions, Gil};
+use rs4py::{Backend, Driver, DriverOptions};
 use rs4py_workload::{self as workload, Mode, Report};
 
 struct Row {
@@ -52,22 +52,6 @@ fn rust_run_on(
         errors: report.problems.len(),
         digest: report.digest,
     })
-}
-
-/// The Ray cluster for the Ray rows: `RS4PY_RAY_ADDRESS`, if set and the build interpreter
-/// has `ray`; else None, once a note has said why.
-fn ray_cluster() -> Option<String> {
-    let Ok(address) = std::env::var("RS4PY_RAY_ADDRESS") else {
-        println!("(no Ray row: RS4PY_RAY_ADDRESS does not name a Ray cluster)");
-        return None;
-    };
-    let gil = Gil::acquire().expect("python");
-    let spec = gil.import("importlib.util").and_then(|util| util.call_method("find_spec", ("ray",), ()));
-    if spec.map(|spec| spec.is_none()).unwrap_or(true) {
-        println!("(no Ray row: ray is not installed for {})", rs4py::build_python().executable);
-        return None;
-    }
-    Some(address)
 }
 
 /// Runs the pure-Python harness and reads the figures from its JSON line.
@@ -118,7 +102,7 @@ fn main() {
             .sum();
         sleep / workers as f64
     };
-    let ray = ray_cluster();
+    let ray = rs4py_workload::ray_cluster();
     println!("rs4py workload benchmark: {tasks} tasks, {threads} threads, seed 42, forkserver");
     println!(
         "{:<8} {:<5} {:<18} {:>8} {:>9} {:>8} {:>8} {:>7} {:>10} {:>10}",

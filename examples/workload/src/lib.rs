@@ -416,6 +416,22 @@ fn round(value: f64, digits: usize) -> f64 {
     format!("{value:.digits$}").parse().unwrap_or(value)
 }
 
+/// The Ray cluster for the benchmarks' Ray rows: `RS4PY_RAY_ADDRESS`, if set and the build interpreter
+/// has `ray`; else None, once a note has said why.
+pub fn ray_cluster() -> Option<String> {
+    let Ok(address) = std::env::var("RS4PY_RAY_ADDRESS") else {
+        println!("(no Ray row: RS4PY_RAY_ADDRESS does not name a Ray cluster)");
+        return None;
+    };
+    let gil = rs4py::Gil::acquire().expect("python");
+    let spec = gil.import("importlib.util").and_then(|util| util.call_method("find_spec", ("ray",), ()));
+    if spec.map(|spec| spec.is_none()).unwrap_or(true) {
+        println!("(no Ray row: ray is not installed for {})", rs4py::build_python().executable);
+        return None;
+    }
+    Some(address)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
