@@ -1,40 +1,40 @@
-"""py4cc: run a Python model in a pool of worker processes, for rs4py.
+"""py4cc: run a Python model in a pool of worker processes (or Ray actors), for rs4py.
 
-* :mod:`py4cc.driver` — ``Driver``, the pool driver and its flag protocol (the diagram of
-  a task's trip is in its docstring): its options and lifecycle; :mod:`py4cc.calls`, its
-  calls that never raise; :mod:`py4cc.validate`, their argument checks.
-* :mod:`py4cc.engine` — the demo model ``big_model`` and the demo ``Engine``.
-* :mod:`py4cc.protocol` — the flags, fixed messages, limits and wire messages, and
-  ``DRIVER_CONTRACT``, the names another language's binding relies on.
-* :mod:`py4cc.options` — the Driver's options, checked once by ``initialize``.
-* :mod:`py4cc.backend` — ``Backend``, the interface the Driver runs its tasks through
-  (a cluster's backend implements it too).
-* :mod:`py4cc.pool` — ``Pool``, the Backend of worker processes: tasks and workers under
-  one lock; its parts :mod:`py4cc.tasks` (each task and its answer: collect, wait, cancel,
-  ``result_ttl`` expiry) and :mod:`py4cc.scheduling` (which worker runs which task,
-  prefetch).
-* :mod:`py4cc.processes` (starting and stopping worker processes, tracked by pid),
-  :mod:`py4cc.dispatcher` (the thread that collects answers), :mod:`py4cc.recovery`
-  (restarts with backoff), :mod:`py4cc.completion` (the host's notifier; why a dropped key is gone),
-  :mod:`py4cc.output` (the workers' output and events), :mod:`py4cc.stats` (what
-  ``stats`` reports), :mod:`py4cc.preload` (what the parent loads before forking),
-  :mod:`py4cc.cleanup` (the forkserver and temporary directory) — the pool's machinery,
-  in this process.
-* :mod:`py4cc.ray_backend` — ``RayBackend``, the Backend of Engine actors on a Ray cluster
-  (Ray imported only when it starts); its parts :mod:`py4cc.ray_tasks` (the queue, which actor
-  runs which task), :mod:`py4cc.ray_actors` (the actors' start, death and restart),
-  :mod:`py4cc.ray_answers` (the answers' callbacks, a dead actor's calls) and
-  :mod:`py4cc.ray_supervisor` (timeouts, the probe, stats); :mod:`py4cc.ray_connect`
-  (connecting, the runtime environment) and :mod:`py4cc.ray_actor` (the actor's side).
-* :mod:`py4cc.worker` — the worker process's side; with :mod:`py4cc.protocol` and
-  :mod:`py4cc.lifeline` (workers die with their host), all that a worker process imports
-  of py4cc.
+The package is in layers; a module imports only from the layers below it (its
+``TYPE_CHECKING`` imports included), ``local`` and ``ray`` never import each other, and
+``tests/test_layers.py`` keeps it so. ``docs/architecture.md`` draws the tree and a task's
+trip. From the bottom:
+
+1. What a worker process imports, and nothing else of py4cc:
+   :mod:`py4cc.protocol` (the flags, fixed messages, limits, the wire messages and
+   ``DRIVER_CONTRACT``); :mod:`py4cc.engine` (the demo model and ``Engine``);
+   :mod:`py4cc.lifeline` (workers die with their host); :mod:`py4cc.worker` (the worker's
+   loop: build the Engine, run each task, ``engine.<method>(*args, **kwargs)``).
+2. The options: :mod:`py4cc.options` (the Driver's options, checked once by ``initialize``)
+   and :mod:`py4cc.validate` (the calls' argument checks).
+3. :mod:`py4cc.core` — the host's machinery, written once for both backends:
+   :mod:`~py4cc.core.tasks` (the task book: admission, capacity, keys, answers, waits,
+   cancel, expiry, the stop path: the base of both backends), :mod:`~py4cc.core.scheduling`
+   (which worker a queued task goes to), :mod:`~py4cc.core.slots` (a worker's slot and its
+   restart backoff), :mod:`~py4cc.core.stats` (what ``stats`` reports),
+   :mod:`~py4cc.core.completion` (the host's notifier; why a dropped key is gone),
+   :mod:`~py4cc.core.sink` (where output lines and events go).
+4. The backends, side by side: :mod:`py4cc.local` — worker processes on this machine
+   (:mod:`~py4cc.local.pool`, the pool with its dispatcher thread and the data-flow diagram;
+   :mod:`~py4cc.local.processes`; :mod:`~py4cc.local.output`, the output relay;
+   :mod:`~py4cc.local.forkserver`, the forkserver and preloading); :mod:`py4cc.ray` — Engine
+   actors on a Ray cluster (:mod:`~py4cc.ray.backend`, one class; :mod:`~py4cc.ray.connect`;
+   :mod:`~py4cc.ray.actor`, the actor's side; Ray is imported only when it starts).
+5. The public face: :mod:`py4cc.driver` (``Driver``, its lifecycle, a task's trip) and
+   :mod:`py4cc.calls` (its calls that never raise, where ``submit`` and ``submit_call``
+   become the one kind of task, a :class:`~py4cc.protocol.Call`).
 
 The names below are loaded on first use, so that a worker process, which imports
 ``py4cc.worker``, does not load the Driver's machinery with the package.
 
 The reference workload's Python side (task generator, threaded client) lives in
-:mod:`py4cc.workload`, outside the modules rs4py embeds.
+:mod:`py4cc.workload`, and the tests in :mod:`py4cc.tests`, outside the modules rs4py
+embeds.
 """
 
 from __future__ import annotations

@@ -4,7 +4,10 @@ cancel) and monitoring's (stats, worker_pids, held_tasks).
 :class:`Calls` is a part of :class:`py4cc.driver.Driver`: it checks each call's arguments
 (:mod:`py4cc.validate`) and hands the task on to the Driver's backend. Any failure, even a
 KeyboardInterrupt raised while a call runs, comes back as flag 9 and a message
-(:func:`unexpected`), never as an exception.
+(:func:`unexpected`), never as an exception. Both kinds of submit become one kind of task
+here, at the front: a :class:`py4cc.protocol.Call` of an Engine method with pickled
+arguments (``submit``'s is the demo Engine's ``run``, its features by keyword, with the demo
+protocol's answer rule).
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from . import stats as stats_module
-from .backend import Backend, FlagAnswer
+from .core import stats as stats_module
+from .core.tasks import TaskBook
 from .options import is_int
-from .protocol import ERROR, FINALIZED_MESSAGE, short_repr, unknown_key
+from .protocol import DEMO_METHOD, ERROR, FINALIZED_MESSAGE, FlagAnswer, encode_arguments, short_repr, unknown_key
 from .validate import check_features, encode_call_arguments, wait_limit
 
 
@@ -36,7 +39,7 @@ class Calls:
     n_subprocesses: int
     float_feature_names: list[str]
     str_feature_names: list[str]
-    _pool: Backend | None
+    _pool: TaskBook | None
     _finalized: bool
 
     # -- the protocol -----------------------------------------------------------------
@@ -98,7 +101,7 @@ class Calls:
     def stats(self) -> dict[str, Any]:
         """The driver's counters, read under the pool's lock once; never raises.
 
-        Keys (``DRIVER_CONTRACT["stats"]``, documented in :mod:`py4cc.stats`): ``state``
+        Keys (``DRIVER_CONTRACT["stats"]``, documented in :mod:`py4cc.core.stats`): ``state``
         ("new", "running", "draining", "finalized"); ``tasks_held`` = ``tasks_queued``
         (not started: in the pool's queue or behind a worker's current task) +
         ``tasks_running`` + ``tasks_finished`` (not retrieved yet); ``workers_wanted``,
@@ -142,7 +145,11 @@ class Calls:
         )
         if task is None:
             return ERROR, 0, problem
-        return pool.submit(*task)
+        # The demo call is a general call of the Engine's run, with the features by keyword;
+        # the worker applies the demo protocol's answer rule to it (Call.demo).
+        float_list, str_list, int_value = task
+        kwargs = {"float_features": float_list, "str_features": str_list, "int_feature": int_value}
+        return pool.submit(DEMO_METHOD, encode_arguments((), kwargs), True)
 
     def _submit_call(self, args: Any, kwargs: Any) -> FlagAnswer:
         pool, refusal = self._open_pool()
@@ -151,9 +158,9 @@ class Calls:
         problem, payload = encode_call_arguments(args, kwargs)
         if payload is None:
             return ERROR, 0, problem
-        return pool.submit_call(payload)
+        return pool.submit(pool.options.setup.call_method, payload, False)
 
-    def _open_pool(self) -> tuple[Backend | None, str]:
+    def _open_pool(self) -> tuple[TaskBook | None, str]:
         """The pool if it takes tasks, else None and why not."""
         pool = self._pool
         if pool is None:

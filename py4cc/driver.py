@@ -47,7 +47,7 @@ Protocol (every call may come from any thread, concurrently)::
         how many tasks were still unfinished, and so answer flag 2
 
     d.stats() -> dict
-        the counters of :mod:`py4cc.stats` (tasks held, queued, running, finished;
+        the counters of :mod:`py4cc.core.stats` (tasks held, queued, running, finished;
         workers; deaths; cancels and expiries; the Engine's run-time percentiles), one
         lock, cheap
 
@@ -63,26 +63,25 @@ Every line a worker process writes to its stdout or stderr (fds 1 and 2, so C-le
 writes too) reaches ``worker_output(pid, stream, line)`` in this process, or by default
 this process's stderr as ``[py4cc worker <pid> <stream>] <line>``; so does each event the
 pool notices (stream "event": a worker's death, a task timeout, a replacement). See
-:mod:`py4cc.output`. ``worker_env`` (a dict, or (name, value) pairs) is set in every
+:mod:`py4cc.local.output`. ``worker_env`` (a dict, or (name, value) pairs) is set in every
 worker process before its Engine's module is imported, whatever the start method.
 
 The flags, fixed messages and the names another language's binding relies on are in
 :mod:`py4cc.protocol`.
 
-How a task travels::
+How a task travels (the local pool's trip in detail: :mod:`py4cc.local.pool`)::
 
     caller's threads       this process                           a worker process
     ----------------       ------------                           ----------------
-    submit(f, s, n) -----> Pool.submit: a Task in tasks[key],
-    (or submit_call:       (a GeneralCall: its arguments pickled by submit_call)
-                           at the end of the pending queue
-                                |  dispatch: to an idle worker, or
+    submit(f, s, n)   \    Calls: checked, and made one kind of task:
+    submit_call(a, k) ---> Call(key, method, pickled (args, kwargs), demo)
+                           TaskBook.admit: a Task in tasks[key], at the end of pending
+                                |  dispatch (pick_runner): to an idle worker, or
                                 v  behind a busy one's current task
-                           Call(key, f, s, n) ====== pipe =====>  serve(): Engine.run
-                                                                        |
-                           dispatcher thread <====== pipe ======  Answer(key, flag,
-                           (waits on every pipe, every               value, message)
-                           process sentinel, the wake-up pipe)
+                           Call ================ pipe / Ray =====>  run_call:
+                                                                   engine.<method>(...)
+                           dispatcher thread <===== pipe / Ray ==  Answer(key, flag,
+                           (or Ray's callbacks)                      value, message)
                                 |  complete(task): its answer is held,
                                 v  its waiters are woken
     retrieve(key) <------- tasks[key] is done: the answer; the task is removed
@@ -94,14 +93,15 @@ ready. Because the pool knows which tasks each worker holds, a worker that dies 
 overruns ``task_timeout`` fails exactly its running task (flag 2), the tasks queued behind
 it go back to the queue, and a replacement worker is started. A replacement that cannot
 be started or initialised (or, with ``init_timeout``, is not ready in time) is retried
-after a backoff, for as long as the Driver lives (:mod:`~py4cc.recovery`); while no worker
+after a backoff, for as long as the Driver lives (:mod:`~py4cc.core.slots`); while no worker
 is ready, queued tasks fail (flag 2) and ``submit`` answers flag 9 with the last cause.
 Every worker dies with the process that runs the Driver (:mod:`~py4cc.lifeline`).
 
 The Driver itself is this module (its options and lifecycle), :mod:`~py4cc.calls` (the
 calls that never raise) and :mod:`~py4cc.validate` (their argument checks); it runs its
-tasks through the :class:`~py4cc.backend.Backend` interface, which :mod:`~py4cc.pool`
-implements. The package's docstring (:mod:`py4cc`) lists every module.
+tasks through a backend, a :class:`~py4cc.core.tasks.TaskBook`: the local pool
+(:mod:`~py4cc.local.pool`) or the Ray backend (:mod:`~py4cc.ray.backend`). The package's
+docstring (:mod:`py4cc`) lists every module; ``docs/architecture.md`` the layers.
 
 With ``start_method="fork"`` replacement workers are forked from a process that runs
 threads (the dispatcher, the caller's); Python 3.12+ warns about that
@@ -116,11 +116,10 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, Callable
 
-from .backend import Backend
 from .calls import Calls
-from .completion import NotifyCallback
+from .core.tasks import TaskBook
+from .local.pool import Pool
 from .options import Options, build_options
-from .pool import Pool
 from .protocol import (
     AT_CAPACITY,
     CAPACITY_MESSAGE,
@@ -132,6 +131,7 @@ from .protocol import (
     NOT_FINISHED,
     NOT_FINISHED_MESSAGE,
     OK,
+    NotifyCallback,
 )
 from .validate import drain_limit
 
@@ -148,10 +148,10 @@ __all__ = [
 ]
 
 
-def make_backend(options: Options) -> Backend:
+def make_backend(options: Options) -> TaskBook:
     """What runs the tasks: the local pool, or (imported only then) the Ray backend."""
     if options.backend == "ray":
-        from .ray_backend import RayBackend
+        from .ray.backend import RayBackend
 
         return RayBackend(options)
     return Pool(options)
@@ -225,13 +225,13 @@ class Driver(Calls):
         ``preload`` (keyword only): None, ``"module"`` (import the Engine's module in this
         process before forking workers) or ``"engine"`` (also build and initialise one
         Engine here, which ``fork`` workers inherit instead of building their own); see
-        :mod:`py4cc.preload` for what it does with ``forkserver`` and its caveats. Refused
+        :mod:`py4cc.local.forkserver` for what it does with ``forkserver`` and its caveats. Refused
         with ``spawn``.
 
         ``notify`` (keyword only): a callable ``notify(key, finished)``, called with the
         pool's lock held (so it must be quick and must not call the driver) whenever a task
         becomes finished (``True``) or a held task is dropped unretrieved (``False``: its
-        result expired, or it was cancelled); see :mod:`py4cc.completion`. What it raises
+        result expired, or it was cancelled); see :mod:`py4cc.core.completion`. What it raises
         is counted and ignored.
 
         ``result_ttl`` (keyword only, seconds or None): how long a finished result is kept
@@ -252,7 +252,7 @@ class Driver(Calls):
 
         ``backend`` (keyword only): ``"local"`` runs the Engines in worker processes of
         this machine; ``"ray"`` runs each as an actor on a Ray cluster
-        (:mod:`py4cc.ray_backend`): ``ray_address`` is the cluster's address
+        (:mod:`py4cc.ray.backend`): ``ray_address`` is the cluster's address
         (``"host:port"``), or None to start a local Ray instance for this process;
         ``n_subprocesses`` is then the number of actors (``<= 0``: one per CPU of the
         cluster). The calls and their answers are the same with either.
@@ -278,7 +278,7 @@ class Driver(Calls):
         self.float_feature_names: list[str] = []
         self.str_feature_names: list[str] = []
         self.config: Any = None
-        self._pool: Backend | None = None
+        self._pool: TaskBook | None = None
         self._state_lock = threading.Lock()
         self._finalized = False
         self._finalizer: weakref.finalize | None = None

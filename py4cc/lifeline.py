@@ -20,7 +20,7 @@ workers with it), and a worker whose forkserver dies lives on (the host still ne
 
 The forkserver process and multiprocessing's resource tracker need no lifeline: they
 exit when every holder of their own pipes (the host and the workers) is gone. A forkserver
-that py4cc started imports this module first (see :mod:`py4cc.cleanup`), and then removes
+that py4cc started imports this module first (see :mod:`py4cc.local.forkserver`), and then removes
 its socket and multiprocessing's ``pymp-*`` directory as it exits, which the host cannot
 do when it dies (or when, embedded, it exits without finalizing its interpreter).
 

@@ -11,8 +11,15 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .completion import NotifyCallback
-from .protocol import DEFAULT_CALL_METHOD, DEFAULT_ENGINE, MAX_WORKERS, PRELOAD_CHOICES, describe, short_repr
+from .protocol import (
+    DEFAULT_CALL_METHOD,
+    DEFAULT_ENGINE,
+    MAX_WORKERS,
+    PRELOAD_CHOICES,
+    NotifyCallback,
+    describe,
+    short_repr,
+)
 from .worker import WorkerSetup
 
 
@@ -36,10 +43,10 @@ class Options:
     """What each worker builds its Engine from (and its environment)."""
     preload: str | None = None
     """None, ``"module"`` or ``"engine"``: what the parent loads before workers start
-    (:mod:`py4cc.preload`); never set with ``spawn``."""
+    (:mod:`py4cc.local.forkserver`); never set with ``spawn``."""
     notify: NotifyCallback | None = None
     """Called as ``notify(key, finished)`` when a task finishes or is dropped (see
-    :mod:`py4cc.completion`); None: nobody is told."""
+    :mod:`py4cc.core.completion`); None: nobody is told."""
     result_ttl: float | None = None
     """Seconds a finished result is kept for retrieval (None: until retrieved), positive."""
     worker_output: Callable[[int, str, str], None] | None = None

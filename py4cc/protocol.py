@@ -12,7 +12,7 @@ from __future__ import annotations
 import pickle
 import signal
 import traceback
-from typing import Any, NamedTuple, Union
+from typing import Any, Callable, NamedTuple, Union
 
 # -- the answers' flags and fixed messages ---------------------------------------------
 
@@ -60,7 +60,17 @@ STAT_NAMES = (
     "workers_degraded", "last_worker_failure",
     "cluster", "cluster_lost",
 )  # fmt: skip
-"""The keys of ``Driver.stats()``, in order (see :mod:`py4cc.stats`)."""
+"""The keys of ``Driver.stats()``, in order (see :mod:`py4cc.core.stats`)."""
+
+DEMO_METHOD = "run"
+"""The Engine's method that ``Driver.submit`` (the demo protocol) calls, whatever ``call_method``."""
+
+FlagAnswer = tuple[int, Any, str]
+"""``(flag, key or value, message)``, as the Driver's calls answer (a general task's value
+may be anything)."""
+
+NotifyCallback = Callable[[int, bool], object]
+"""A host's ``notify(key, finished)`` (see :mod:`py4cc.core.completion`); what it returns is ignored."""
 
 DEFAULT_RESULT_TTL = 60.0
 """Seconds a finished result is kept for retrieval unless the Driver is told otherwise."""
@@ -117,40 +127,29 @@ holds about 208 KiB by default; a larger task waits for an idle worker instead."
 
 
 def call_wire_size(payload: bytes) -> int:
-    """A generous estimate of the kernel memory a general task's message takes in a pipe."""
+    """A generous estimate of the kernel memory a task's message takes in a pipe."""
     return 2 * (64 + len(payload)) + 1024
-
-
-def wire_size(float_features: list[float], str_features: list[str], int_feature: int) -> int:
-    """A generous estimate of the kernel memory one task's message takes in a pipe."""
-    data = 64 + 9 * len(float_features) + int_feature.bit_length() // 8
-    for s in str_features:
-        data += 8 + (len(s) if s.isascii() else 4 * len(s))
-    return 2 * data + 1024
 
 
 # -- messages between the parent and a worker ------------------------------------------
 
 
 class Call(NamedTuple):
-    """parent -> worker: run one task and answer it."""
+    """parent -> worker: run one task, ``engine.<method>(*args, **kwargs)``, and answer it.
+    The one kind of task: ``Driver.submit``'s demo call is ``run`` with the features as
+    keyword arguments and ``demo`` True; ``Driver.submit_call``'s is ``call_method``.
+
+    ``payload`` is the pickle of ``(args, kwargs)``, made at the Driver's front before the
+    task is taken: arguments that cannot be pickled are refused there and then, and the
+    backend sends the bytes as they are. ``demo``: the demo protocol's answer rule applies
+    (the method answers ``(value: int, message: str)``, ``value > 0`` for a result, checked
+    in the worker: :func:`py4cc.worker.check_answer`); else any answer is a result, pickled
+    by the worker."""
 
     key: int
-    float_features: list[float]
-    str_features: list[str]
-    int_feature: int
-
-
-class GeneralCall(NamedTuple):
-    """parent -> worker: run one general task, ``engine.<call_method>(*args, **kwargs)``,
-    and answer it.
-
-    ``payload`` is the pickle of ``(args, kwargs)``, made by ``Driver.submit_call`` before
-    the task is taken: arguments that cannot be pickled are refused there and then, and the
-    pool sends the bytes as they are."""
-
-    key: int
+    method: str
     payload: bytes
+    demo: bool
 
 
 STOP = None
@@ -173,7 +172,7 @@ class Answer(NamedTuple):
     """worker -> parent: how task ``key`` ended (``flag`` OK or FAILED), and how many
     seconds ``Engine.run`` took (0.0 when it did not run to an answer).
 
-    A demo task's ``value`` is an int. A general task's is its answer, pickled by the worker
+    A demo task's ``value`` is an int (``Call.demo``). A general task's is its answer, pickled by the worker
     on its own (``pickled`` True), so that an answer that cannot be pickled fails its task in
     the worker, and one that cannot be unpickled here fails its task, not the worker's pipe
     (:func:`unpickle_answer`); a failed general task's value is None."""
@@ -189,9 +188,9 @@ class Answer(NamedTuple):
 Report = Union[Ready, InitFailed, Answer]
 """What a worker sends."""
 
-# A Call, GeneralCall or Answer, one per task each way, travels as a plain tuple of its
-# fields (a Call has 4, a GeneralCall 2): a named tuple would carry its class's module and
-# name, which pickle looks up on both ends for every message. Ready and InitFailed, once
+# A Call or Answer, one per task each way, travels as a plain tuple of its fields: a named
+# tuple would carry its class's module and name, which pickle looks up on both ends for
+# every message. Ready and InitFailed, once
 # per worker, travel as themselves.
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _dumps = pickle.dumps
@@ -199,28 +198,26 @@ _loads = pickle.loads
 _as_tuple = tuple.__new__
 
 
-def encode_call(call: Call | GeneralCall | None) -> bytes:
-    """The bytes of a Call or GeneralCall (or of STOP) for ``Connection.send_bytes``."""
+def encode_call(call: Call | None) -> bytes:
+    """The bytes of a Call (or of STOP) for ``Connection.send_bytes``."""
     return _dumps(None if call is None else call[:], _PROTOCOL)
 
 
-def decode_call(data: bytes) -> Call | GeneralCall | None:
-    """The Call, GeneralCall (or STOP) that :func:`encode_call` made."""
+def decode_call(data: bytes) -> Call | None:
+    """The Call (or STOP) that :func:`encode_call` made."""
     fields = _loads(data)
     if fields is None:
         return None
-    if len(fields) == 2:
-        return _as_tuple(GeneralCall, fields)
     return _as_tuple(Call, fields)
 
 
 def encode_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """The payload of a GeneralCall; raises what pickle raises."""
+    """The payload of a Call; raises what pickle raises."""
     return _dumps((args, kwargs), _PROTOCOL)
 
 
 def decode_arguments(payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The ``(args, kwargs)`` of a GeneralCall's payload."""
+    """The ``(args, kwargs)`` of a Call's payload."""
     args, kwargs = _loads(payload)
     return args, kwargs
 

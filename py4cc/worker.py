@@ -21,7 +21,6 @@ from .protocol import (
     OK,
     Answer,
     Call,
-    GeneralCall,
     InitFailed,
     Ready,
     decode_arguments,
@@ -73,33 +72,27 @@ def build_engine(setup: WorkerSetup) -> Any:
     return engine
 
 
-def run_general(engine: Any, call_method: str, call: GeneralCall) -> Answer:
-    """Run one general task: success is no exception, whatever the answer (pickled here)."""
+def run_call(engine: Any, call: Call) -> Answer:
+    """Run one task, ``engine.<call.method>(*args, **kwargs)``; never raises what the method
+    raises. A demo task (``call.demo``) answers by the demo protocol's rule
+    (:func:`check_answer`; may raise when a strange answer's checks do); any other task's
+    success is no exception, whatever the answer (pickled here)."""
     key = call.key
+    failed_value = -1 if call.demo else None
     try:
         args, kwargs = decode_arguments(call.payload)
     except BaseException:
-        return Answer(key, FAILED, None, "the task's arguments could not be unpickled:\n" + traceback.format_exc())
+        text = "the task's arguments could not be unpickled:\n" + traceback.format_exc()
+        return Answer(key, FAILED, failed_value, text)
     started = time.perf_counter()
     try:
-        value = getattr(engine, call_method)(*args, **kwargs)
+        value = getattr(engine, call.method)(*args, **kwargs)
     except BaseException:  # a user's method may raise anything, even SystemExit
-        return Answer(key, FAILED, None, traceback.format_exc(), time.perf_counter() - started)
-    return pickle_answer(key, value, time.perf_counter() - started)
-
-
-def run_task(engine: Any, call: Call) -> Answer:
-    """Run one task and check the Engine's answer; never raises what ``run`` raises."""
-    key = call.key
-    started = time.perf_counter()
-    try:
-        answer = engine.run(
-            float_features=call.float_features, str_features=call.str_features, int_feature=call.int_feature
-        )
-    except BaseException:  # a user's run may raise anything, even SystemExit
-        return Answer(key, FAILED, -1, traceback.format_exc(), time.perf_counter() - started)
+        return Answer(key, FAILED, failed_value, traceback.format_exc(), time.perf_counter() - started)
     run_s = time.perf_counter() - started
-    return check_answer(key, answer)._replace(run_s=run_s)
+    if call.demo:
+        return check_answer(key, value)._replace(run_s=run_s)
+    return pickle_answer(key, value, run_s)
 
 
 def check_answer(key: int, answer: Any) -> Answer:
@@ -119,6 +112,11 @@ def check_answer(key: int, answer: Any) -> Answer:
     if not message:
         message = f"the model answered {value} (a value <= 0 means the model failed)"
     return Answer(key, FAILED, int(value), str(message))
+
+
+def unchecked_answer(key: int) -> Answer:
+    """The answer of a demo task whose Engine's answer could not be checked (its checks raised)."""
+    return Answer(key, FAILED, -1, "the engine's answer could not be checked:\n" + traceback.format_exc())
 
 
 def redirect_output(stdout_conn: Any, stderr_conn: Any) -> None:
@@ -205,7 +203,7 @@ def worker_main(
         pass
     try:
         # Before the Engine's module is imported: libraries read some variables once, at load
-        # (a module preloaded by the parent was imported before them: see py4cc.preload).
+        # (a module preloaded by the parent was imported before them: see py4cc.local.forkserver).
         apply_env(setup.env)
         if engine is None:
             engine = build_engine(setup)
@@ -217,12 +215,12 @@ def worker_main(
         return
     try:
         conn.send_bytes(encode_report(Ready(os.getpid())))
-        serve(conn, engine, setup.call_method)
+        serve(conn, engine)
     except (EOFError, OSError):
         return  # the parent has gone away
 
 
-def serve(conn: Any, engine: Any, call_method: str = DEFAULT_CALL_METHOD) -> None:
+def serve(conn: Any, engine: Any) -> None:
     """Answer tasks one at a time, in the order they come, until STOP or EOF."""
     while True:
         try:
@@ -232,8 +230,7 @@ def serve(conn: Any, engine: Any, call_method: str = DEFAULT_CALL_METHOD) -> Non
         if call is None:
             return
         try:
-            answer = run_general(engine, call_method, call) if isinstance(call, GeneralCall) else run_task(engine, call)
+            answer = run_call(engine, call)
         except Exception:  # checking a strange answer failed: fail the task, not the worker
-            text = "the engine's answer could not be checked:\n" + traceback.format_exc()
-            answer = Answer(call.key, FAILED, -1, text)
+            answer = unchecked_answer(call.key)
         conn.send_bytes(encode_report(answer))

@@ -11,10 +11,8 @@ never called for a task whose answer is collected: the collector knows.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
 
-NotifyCallback = Callable[[int, bool], object]
-"""``notify(key, finished)``; what it returns is ignored."""
+from ..protocol import NotifyCallback
 
 GONE_MEMORY = 10_000
 """How many dropped keys are remembered, so that retrieving one says why it is gone."""

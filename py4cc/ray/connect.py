@@ -1,7 +1,7 @@
 """The Ray backend's link to the cluster: importing Ray, connecting (once per process),
 what the actors are started with, and how to tell that the connection is gone.
 
-Nothing here runs unless a Driver chooses ``backend="ray"``; :mod:`py4cc.ray_backend` is the
+Nothing here runs unless a Driver chooses ``backend="ray"``; :mod:`py4cc.ray.backend` is the
 backend itself. The few Ray internals used (the upload of ``py_modules`` for one actor, the
 GCS client that answers whether a node is alive, the stream of the workers' output lines)
 are each used in one function here, which says what it does when they are missing.
@@ -197,7 +197,7 @@ def modules_to_ship(engine: str) -> list[str]:
     """The paths for the actors' ``py_modules``: the py4cc package, and the Engine's
     top-level module or package unless it is py4cc's, installed (site-packages) or the
     standard library's (the cluster has those already, or must)."""
-    py4cc_dir = os.path.dirname(os.path.abspath(__file__))
+    py4cc_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # py4cc/ray/.. is py4cc
     paths = [py4cc_dir]
     top = engine.partition(":")[0].split(".")[0]
     if top == "py4cc":

@@ -1,7 +1,7 @@
 """The Engine's side of the Ray backend: one actor, on some node of the cluster, per Engine.
 
-:class:`EngineActor` is a plain class; :mod:`py4cc.ray_backend` turns it into a Ray actor
-class. It runs tasks exactly as a local worker process does (:func:`py4cc.worker.run_task`),
+:class:`EngineActor` is a plain class; :mod:`py4cc.ray.backend` turns it into a Ray actor
+class. It runs tasks exactly as a local worker process does (:func:`py4cc.worker.run_call`),
 one at a time, so that an Engine cannot tell the two apart. Like :mod:`py4cc.worker`, it
 imports nothing of the Driver's machinery, and not even Ray at import time.
 """
@@ -14,8 +14,8 @@ import threading
 import traceback
 from typing import Any
 
-from .protocol import FAILED, Call, GeneralCall
-from .worker import WorkerSetup, build_engine, run_general, run_task
+from ..protocol import Call
+from ..worker import WorkerSetup, build_engine, run_call, unchecked_answer
 
 WATCH_GROUP = "watch"
 """The actor's second concurrency group (one thread), where :meth:`EngineActor.watch` waits,
@@ -27,7 +27,6 @@ class EngineActor:
 
     def __init__(self) -> None:
         self.engine: Any = None
-        self.call_method = ""
         self.stopped = threading.Event()
 
     def initialize(self, setup: WorkerSetup) -> tuple[bool, int, str, str]:
@@ -45,21 +44,16 @@ class EngineActor:
         except BaseException:  # a user's initialize may raise anything, even SystemExit
             return False, os.getpid(), node_id, traceback.format_exc()
         self.engine = engine
-        self.call_method = setup.call_method
         return True, os.getpid(), node_id, socket.gethostname()
 
-    def run(self, key: int, float_features: list[float], str_features: list[str], int_feature: int) -> tuple:
-        """Run one task: ``(flag, value, message, run_s)``, as a local worker answers it."""
+    def call(self, key: int, method: str, payload: bytes, demo: bool) -> tuple:
+        """Run one task (the fields of a :class:`py4cc.protocol.Call`): ``(flag, value,
+        message, run_s)``, as a local worker answers it (a general task's value pickled here:
+        an answer that cannot be pickled fails its task)."""
         try:
-            answer = run_task(self.engine, Call(key, float_features, str_features, int_feature))
+            answer = run_call(self.engine, Call(key, method, payload, demo))
         except Exception:  # checking a strange answer failed: fail the task, not the actor
-            return FAILED, -1, "the engine's answer could not be checked:\n" + traceback.format_exc(), 0.0
-        return answer.flag, answer.value, answer.message, answer.run_s
-
-    def call(self, key: int, payload: bytes) -> tuple:
-        """Run one general task: ``(flag, value, message, run_s)``, its value pickled here
-        (as a local worker does: an answer that cannot be pickled fails its task)."""
-        answer = run_general(self.engine, self.call_method, GeneralCall(key, payload))
+            answer = unchecked_answer(key)
         return answer.flag, answer.value, answer.message, answer.run_s
 
     def watch(self) -> None:

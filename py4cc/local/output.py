@@ -23,31 +23,58 @@ import threading
 import time
 import traceback
 from collections import deque
-from typing import Callable
+from typing import Any
 
-from .dispatcher import WakeUp
-from .protocol import OUTPUT_LINE_MAX
+from ..core.sink import GuardedSink, Sink, write_all
+from ..protocol import OUTPUT_LINE_MAX
 
-Sink = Callable[[int, str, str], None]
-"""``sink(pid, stream, line)``: stream is "stdout", "stderr" or "event"; line has no newline."""
+class WakeUp:
+    """A pipe the dispatcher watches, so that another thread can interrupt its wait (a
+    task started with a new deadline, or stop has begun).
 
+    ``pending`` says a byte is in the pipe already: a wake then costs no write. ``wake``
+    and ``close`` are called with the pool's lock held; ``drain`` takes it.
+    """
 
-def write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to ``fd``; give up quietly if it is closed or broken."""
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(fd, view)
-        except InterruptedError:
-            continue
-        except OSError:
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.write_fd, False)
+        self.pending = False
+        self.closed = False
+
+    def fds(self) -> tuple[int, int]:
+        return self.read_fd, self.write_fd
+
+    def wake(self) -> None:
+        if self.pending or self.closed:
             return
-        view = view[written:]
+        self.pending = True
+        try:
+            os.write(self.write_fd, b"x")
+        except (BlockingIOError, OSError):
+            pass
 
+    def drain(self, lock: Any) -> None:
+        """Empty the pipe, then clear ``pending``, in that order: clearing first would let
+        a ``wake`` in between write a byte that this read swallows, leaving ``pending`` set
+        with the pipe empty, and every later ``wake`` a no-op."""
+        try:
+            os.read(self.read_fd, 4096)
+        except OSError:
+            pass
+        with lock:
+            self.pending = False
 
-def stderr_sink(pid: int, stream: str, line: str) -> None:
-    """The default sink: one line on this process's fd 2 (below any ``sys.stderr`` buffer)."""
-    write_all(2, f"[py4cc worker {pid} {stream}] {line}\n".encode("utf-8", "backslashreplace"))
+    def close(self) -> None:
+        """Close the pipe, once; later wakes do nothing (its numbers may be reused)."""
+        if self.closed:
+            return
+        self.closed = True
+        for fd in (self.read_fd, self.write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 class Stream:
@@ -68,14 +95,13 @@ class OutputRelay(threading.Thread):
 
     def __init__(self, sink: Sink | None) -> None:
         super().__init__(name="py4cc-output", daemon=True)
-        self.sink: Sink = stderr_sink if sink is None else sink
+        self.sink = GuardedSink(sink)
         self.lock = threading.Lock()
         self.wakeup = WakeUp()
         self.added: list[Stream] = []  # to watch from the next turn on
         self.events: deque[tuple[int, str]] = deque()
         self.stopping = False
         self.stop_deadline = 0.0
-        self.sink_failed = False
         self.launched = False  # the thread was started: it owns (and closes) the fds
 
     # -- any thread -------------------------------------------------------------------
@@ -207,14 +233,7 @@ class OutputRelay(threading.Thread):
         text = line if isinstance(line, str) else line.decode("utf-8", "backslashreplace")
         if text.endswith("\r"):
             text = text[:-1]
-        try:
-            self.sink(pid, stream, text)
-        except Exception:
-            # The line still reaches the host; the sink's failure is told once.
-            if not self.sink_failed:
-                self.sink_failed = True
-                stderr_sink(pid, "event", "the worker_output callback raised (told once):\n" + traceback.format_exc())
-            stderr_sink(pid, stream, text)
+        self.sink(pid, stream, text)
 
     def deliver_events(self, streams: dict[int, Stream], selector: selectors.BaseSelector) -> None:
         """Hand on the events, each after what its worker wrote before it was noticed (a

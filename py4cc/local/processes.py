@@ -20,13 +20,13 @@ from collections import deque
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from .lifeline import Lifeline, host_read_end
-from .protocol import STOP, STOP_GRACE_S, InitFailed, Ready, decode_report, encode_call, exit_text
-from .worker import WorkerSetup, worker_main
+from ..lifeline import Lifeline, host_read_end
+from ..protocol import STOP, STOP_GRACE_S, InitFailed, Ready, decode_report, encode_call, exit_text
+from ..worker import WorkerSetup, worker_main
 
 if TYPE_CHECKING:
-    from .recovery import Slot
-    from .tasks import Task
+    from ..core.slots import Slot
+    from ..core.tasks import Task
 
 
 class Worker:

@@ -1,21 +1,19 @@
-"""What ``Driver.stats()`` reports: the pool's counters and the Engine's recent run times.
+"""What ``Driver.stats()`` reports: a backend's counters and the Engine's recent run times.
 
-The pool keeps one :class:`Counters` and one :class:`RunTimes`, both changed and read with
-its lock held; :func:`snapshot` reads them, and the pool's tasks and workers, into the plain
-dict that ``Driver.stats()`` answers (its keys are ``DRIVER_CONTRACT["stats"]``).
+Each backend keeps one :class:`Counters` and one :class:`RunTimes` (in its task book), both
+changed and read with its lock held; :func:`task_stats` reads them, and what the backend
+counted of its workers, into the plain dict that ``Driver.stats()`` answers (its keys are
+``DRIVER_CONTRACT["stats"]``).
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from .protocol import RUN_TIME_WINDOW, STAT_NAMES
-
-if TYPE_CHECKING:
-    from .pool import Pool
-    from .tasks import TaskBook
+from ..options import Options
+from ..protocol import RUN_TIME_WINDOW, STAT_NAMES
 
 
 class Counters:
@@ -77,42 +75,21 @@ class RunTimes:
         return len(self.sorted)
 
 
-def snapshot(pool: Pool, state: str) -> dict[str, Any]:
-    """The stats of ``pool`` (called with its lock held)."""
-    running = 0
-    queued_in_workers = 0
-    alive = 0
-    ready = 0
-    for w in pool.workers:
-        # A cancelled task a worker still holds is no longer the pool's: not counted.
-        for position, task in enumerate(w.queue):
-            if not task.cancelled:
-                if position == 0:
-                    running += 1
-                else:
-                    queued_in_workers += 1
-        if w.doomed is not None and not w.doomed[0].done:
-            running += 1  # its worker is being killed for it; it fails once that one is dead
-        if not w.dead:
-            alive += 1
-            if w.ready:
-                ready += 1
-    return task_stats(
-        pool,
-        state,
-        queued_in_workers=queued_in_workers,
-        running=running,
-        alive=alive,
-        ready=ready,
-        workers_degraded=sum(1 for slot in pool.slots if slot.degraded),
-        last_worker_failure=pool.last_worker_failure or "",
-        cluster="",
-        cluster_lost=None,
-    )
+class Book(Protocol):
+    """What :func:`task_stats` reads of a backend's task book (:class:`py4cc.core.tasks.TaskBook`)."""
+
+    options: Options
+    tasks: dict[int, Any]
+    pending: Any
+    finished_held: int
+    counters: Counters
+    run_times: RunTimes
+    cancelled: int
+    expired: int
 
 
 def task_stats(
-    book: TaskBook,
+    book: Book,
     state: str,
     *,
     queued_in_workers: int,

@@ -1,0 +1,66 @@
+"""The scheduling rule: which worker a queued task goes to, the same for both backends.
+
+A queued task goes to an idle worker if there is one, else (``prefetch`` > 0) behind a busy
+worker's current task, so that the worker starts it without a round trip through the host.
+:func:`pick_runner` is that rule, written once: the local pool's and the Ray backend's
+dispatch loops call it for the task at the head of the queue. (Batching will extend it:
+the worker it picks takes up to a batch of the queue's head.)
+
+A worker here is anything with ``usable()``, ``queue`` (its tasks, the running one first)
+and ``head_started`` (when that one started).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Callable, Protocol, TypeVar
+
+from ..options import Options
+
+
+class Runner(Protocol):
+    """What the rule reads of a worker process or an actor."""
+
+    head_started: float
+
+    @property
+    def queue(self) -> Any: ...
+    def usable(self) -> bool: ...
+
+
+R = TypeVar("R", bound=Runner)
+
+
+def pick_runner(
+    runners: Iterable[R], options: Options, now: float, avg_run_s: float | None, room: Callable[[R], bool]
+) -> R | None:
+    """The worker that should get the next queued task, or None (it waits).
+
+    An idle usable worker if there is one. Else, with ``prefetch`` > 0, a busy one: holding
+    at most ``prefetch`` tasks, with ``room(worker)`` for this task (the local pool's pipe
+    budget), and not one whose current task has already run much longer than usual (it may
+    be a long one: a task queued behind it could not move to a worker that frees up
+    sooner); among those, the one whose current task started first.
+    """
+    busy: list[R] = []
+    for runner in runners:
+        if runner.usable():
+            if not runner.queue:
+                return runner
+            busy.append(runner)
+    prefetch = options.prefetch
+    if not prefetch:
+        return None
+    limit = max(0.002, 4.0 * (avg_run_s if avg_run_s is not None else 0.0))
+    best = None
+    for runner in busy:
+        if len(runner.queue) > prefetch or now - runner.head_started > limit or not room(runner):
+            continue
+        if best is None or runner.head_started < best.head_started:
+            best = runner
+    return best
+
+
+def moving_average(average: float | None, sample: float) -> float:
+    """The typical run time after one more ``sample`` (the prefetch rule's yardstick)."""
+    return sample if average is None else average + 0.1 * (sample - average)

@@ -1,0 +1,432 @@
+"""The task book: what every backend holds of its tasks, and the rules it applies to them.
+
+A :class:`Task` lives from submit until its answer is collected, cancelled or expired.
+:class:`TaskBook` is the base of both backends (:class:`py4cc.local.pool.Pool` and
+:class:`py4cc.ray.backend.RayBackend`), and the interface the Driver reaches them through.
+It holds, under one ``lock``, the state they share and the rules written once for both:
+
+* admission (``admit``): refuse while stopping, draining, out of order or unavailable;
+  ``max_tasks`` held at most; keys handed out once;
+* answers: ``complete`` records one (once), ``announce_finished`` wakes its waiters and
+  tells the host (``notify``), ``collect`` and ``wait`` hand it out;
+* dropping tasks: ``cancel``, ``expire_results`` (``result_ttl``), and :class:`Gone`, which
+  remembers why a dropped key is gone;
+* the slots' failed starts (``note_failed_start``, ``unavailable``);
+* the stop path: ``drain``, ``stop`` (``close_book`` fails what is unfinished), and
+  ``stats``.
+
+A backend adds how tasks reach its workers: it sets the class names below and implements
+``runners``, ``out_of_order``, ``on_admitted``, ``after_admit``, ``event``, ``snapshot``,
+``_stop``, ``start``, ``worker_pids`` and ``stop_when_collected``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from ..options import Options
+from ..protocol import (
+    AT_CAPACITY,
+    CAPACITY_MESSAGE,
+    DRAINING_MESSAGE,
+    ERROR,
+    FAILED,
+    FINALIZED_MESSAGE,
+    NOT_FINISHED,
+    NOT_FINISHED_MESSAGE,
+    OK,
+    Call,
+    FlagAnswer,
+    call_wire_size,
+    unknown_key,
+)
+from .completion import CANCELLED, EXPIRED, Gone, Notifier, cancelled_message, expired_message
+from .slots import Slot, backoff_delay
+from .stats import Counters, RunTimes
+
+
+class Task:
+    """One task a backend holds, from submit until its answer is retrieved."""
+
+    __slots__ = ("call", "cancelled", "deadline", "done", "event", "flag", "key", "message", "size", "value", "worker")
+
+    def __init__(self, call: Call) -> None:
+        self.key = call.key
+        self.call: Call | None = call  # dropped once the task is done
+        self.size = call_wire_size(call.payload)  # what its message takes in a pipe, at most
+        self.done = False
+        self.flag = NOT_FINISHED
+        self.value: object = 0
+        self.message = NOT_FINISHED_MESSAGE
+        self.event: threading.Event | None = None  # made by the first wait
+        self.worker: Any = None  # the worker process that holds it (local pool)
+        self.deadline: float | None = None  # task_timeout, once it runs
+        self.cancelled = False  # dropped while a worker holds it: its answer is discarded
+
+
+class TaskBook:
+    """A backend's tasks and their answers. Everything here is read and written with
+    ``lock`` held, unless a method takes it itself."""
+
+    RUNNER = "worker"
+    """What runs a task, in messages: "worker process", "Ray actor"."""
+    RUNNERS = "workers"
+    """The same, plural, in messages: "worker processes", "Engine actors"."""
+    SLOT = "slot"
+    """A slot, in events: "worker slot", "actor slot"."""
+    ANNOUNCE_AT_ONCE = False
+    """True: ``complete`` wakes the waiters itself; False: the backend's thread calls
+    ``announce_finished`` before it lets go of the GIL (the local dispatcher)."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.lock = threading.Lock()
+        self.stop_lock = threading.Lock()  # one stop at a time
+        self.drained = threading.Condition(self.lock)  # notified when a task finishes while draining
+        self.tasks: dict[int, Task] = {}
+        self.pending: deque[Task] = deque()  # not sent to a worker yet, oldest first
+        self.slots: list[Slot] = []  # one per worker to run
+        self.next_key = 1
+        self.avg_run_s: float | None = None  # moving average of task run times
+        self.closed = False  # stop has begun: refuse new tasks
+        self.finished = False  # stop has completed
+        self.draining = False  # drain has begun: refuse new tasks, let the held ones finish
+        self.last_worker_failure: str | None = None  # why the last start failed
+        self.notify = Notifier(options.notify)
+        self.expiring: dict[int, float] = {}  # finished, not collected: key -> when it expires, oldest first
+        self.gone = Gone()  # recently cancelled or expired keys
+        self.cancelled = 0
+        self.expired = 0
+        self.announce: list[Task] = []  # finished, waiters not woken yet (announce_finished)
+        self.counters = Counters()
+        self.run_times = RunTimes()  # the Engine's latest run times, as the workers measured them
+        self.finished_held = 0  # tasks held that are finished (not retrieved yet)
+        self.failed_by_stop = 0  # unfinished tasks that stop failed
+        self.owner_pid = os.getpid()  # a forked copy of this process must not stop the workers
+
+    # -- what a backend implements ------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the workers; return once they are ready, or raise RuntimeError (having
+        stopped what it started)."""
+        raise NotImplementedError
+
+    def runners(self) -> Sequence[Any]:
+        """The workers (processes or actors), ready or starting; each has ``usable()``."""
+        raise NotImplementedError
+
+    def out_of_order(self) -> str | None:
+        """Why nothing can run any more (the dispatcher crashed, the cluster is lost), or None."""
+        raise NotImplementedError
+
+    def on_admitted(self) -> Any:
+        """A task was queued (lock held): hand tasks to workers; what it returns goes to
+        :meth:`after_admit`, called once the lock is let go."""
+        raise NotImplementedError
+
+    def after_admit(self, sent: Any) -> None:
+        """What must happen after ``on_admitted`` without the lock (default: nothing)."""
+
+    def result_expires(self, when: float) -> None:
+        """A result was given an expiry time (lock held); default: the backend's thread reads
+        ``expiring`` on its next turn anyway."""
+
+    def event(self, pid: int, text: str) -> None:
+        """Report what happened to a worker to the output sink, as an "event" line."""
+        raise NotImplementedError
+
+    def snapshot(self, state: str) -> dict[str, Any]:
+        """The stats dict (lock held); see :func:`py4cc.core.stats.task_stats`."""
+        raise NotImplementedError
+
+    def worker_pids(self) -> list[int]:
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        """Stop, once (``stop_lock`` held by the caller or taken here)."""
+        raise NotImplementedError
+
+    def stop_when_collected(self) -> None:
+        """The Driver's garbage-collection finalizer (it may run on the backend's own thread)."""
+        raise NotImplementedError
+
+    # -- admission ----------------------------------------------------------------------
+
+    def submit(self, method: str, payload: bytes, demo: bool) -> FlagAnswer:
+        """Take a checked task, ``engine.<method>(*args, **kwargs)`` with ``payload`` the
+        pickled ``(args, kwargs)``: ``(OK, key, "")``, ``(AT_CAPACITY, 0, CAPACITY_MESSAGE)``
+        or ``(ERROR, 0, why)``."""
+        return self.admit(lambda key: Call(key, method, payload, demo))
+
+    def admit(self, make_call: Any) -> FlagAnswer:
+        """Take the task ``make_call(key)``, unless stopping, out of order, unavailable or full."""
+        with self.lock:
+            why = self.refusal()
+            if why is not None:
+                return ERROR, 0, why
+            if len(self.tasks) >= self.options.max_tasks:
+                return AT_CAPACITY, 0, CAPACITY_MESSAGE
+            key = self.next_key
+            self.next_key += 1
+            task = Task(make_call(key))
+            self.tasks[key] = task
+            self.pending.append(task)
+            sent = self.on_admitted()
+        self.after_admit(sent)
+        return OK, key, ""
+
+    def refusal(self) -> str | None:
+        """Why a new task is refused (lock held), or None."""
+        if self.closed:
+            return FINALIZED_MESSAGE
+        if self.draining:
+            return DRAINING_MESSAGE
+        return self.out_of_order() or self.unavailable()
+
+    def unavailable(self) -> str | None:
+        """Why ``submit`` must refuse, or None: no worker is ready and a slot failed to start
+        one (a worker merely being replaced after a death does not count)."""
+        if any(w.usable() for w in self.runners()):
+            return None
+        failed = [slot for slot in self.slots if slot.degraded]
+        if not failed:
+            return None
+        due = [slot.restart_at for slot in failed if slot.restart_at is not None]
+        when = f"; next attempt in {max(0.0, min(due) - time.monotonic()):.1f} s" if due else ""
+        return (
+            f"no {self.RUNNER} is ready: {self.last_worker_failure}\n"
+            f"(the driver keeps restarting its {self.RUNNERS}{when})"
+        )
+
+    def note_failed_start(self, slot: Slot, cause: str) -> None:
+        """A start failed (lock held): back off, remember why, and if no worker is ready,
+        fail the tasks waiting for one."""
+        slot.failures += 1
+        delay = backoff_delay(slot.failures)
+        slot.restart_at = time.monotonic() + delay
+        slot.last_failure = cause
+        self.last_worker_failure = cause
+        self.counters.replacement_failures += 1
+        self.event(
+            0, f"{self.SLOT} {slot.index}: start failed ({slot.failures} in a row), next attempt in {delay:g} s: {cause}"
+        )
+        if not any(w.usable() for w in self.runners()):
+            message = f"no {self.RUNNER} is ready to run this task: {cause}"
+            while self.pending:
+                self.complete(self.pending.popleft(), FAILED, -1, message)
+
+    # -- answers ------------------------------------------------------------------------
+
+    def collect(self, key: int) -> FlagAnswer:
+        """A task's answer without blocking, as ``Driver.retrieve`` gives it."""
+        with self.lock:
+            return self._collect(key)
+
+    def _collect(self, key: int) -> FlagAnswer:
+        if self.announce:
+            self.announce_finished()
+        task = self.tasks.get(key)
+        if task is None:
+            why = self.gone.why(key)
+            if why == CANCELLED:
+                return ERROR, 0, cancelled_message(key)
+            if why == EXPIRED:
+                return ERROR, 0, expired_message(key, self.options.result_ttl)
+            return ERROR, 0, unknown_key(key)
+        if not task.done:
+            return NOT_FINISHED, 0, NOT_FINISHED_MESSAGE
+        del self.tasks[key]
+        self.expiring.pop(key, None)
+        self.finished_held -= 1
+        return task.flag, task.value, task.message
+
+    def wait(self, key: int, limit: float | None) -> FlagAnswer:
+        """Block up to ``limit`` seconds (None: no limit) until the task is finished or the
+        backend stops, then answer as ``collect``; the lock is not held while blocking."""
+        with self.lock:
+            task = self.tasks.get(key)
+            if task is None or task.done:
+                return self._collect(key)
+            if task.event is None:
+                task.event = threading.Event()
+            event = task.event
+        if limit is None:
+            while not event.wait(threading.TIMEOUT_MAX):
+                pass
+        else:
+            event.wait(min(limit, threading.TIMEOUT_MAX))
+        return self.collect(key)
+
+    def record_answer(self, task: Task, flag: int, value: object, message: str) -> bool:
+        """Make ``task`` done with this answer and count it; False if it was done already
+        (a later answer is ignored)."""
+        if task.done:
+            return False
+        task.done = True
+        task.flag = flag
+        # A failed general task answers None, whatever failed it (its Engine, a timeout...).
+        call = task.call
+        task.value = None if flag == FAILED and call is not None and not call.demo else value
+        task.message = message
+        task.deadline = None
+        task.call = None
+        self.finished_held += 1
+        if flag == OK:
+            self.counters.tasks_done += 1
+        else:
+            self.counters.tasks_failed += 1
+        return True
+
+    def complete(self, task: Task, flag: int, value: object, message: str) -> None:
+        """Record a task's answer (once; later answers are ignored); its waiters are woken
+        now (``ANNOUNCE_AT_ONCE``) or by the next ``announce_finished``."""
+        if not self.record_answer(task, flag, value, message):
+            return
+        task.worker = None
+        if self.options.result_ttl is not None and not self.closed:
+            when = time.monotonic() + self.options.result_ttl
+            self.expiring[task.key] = when
+            self.result_expires(when)
+        self.announce.append(task)
+        if self.ANNOUNCE_AT_ONCE:
+            self.announce_finished()
+        if self.draining:
+            self.drained.notify_all()
+
+    def announce_finished(self) -> None:
+        """Wake the waiters of the tasks finished since the last call and tell the host
+        (``notify(key, True)``). Whatever collects or drops a task calls it first, so that
+        the host always hears of a finish before the task is gone."""
+        announce = self.announce
+        if not announce:
+            return
+        self.announce = []
+        for task in announce:
+            if task.event is not None:
+                task.event.set()
+            self.notify(task.key, True)
+
+    # -- dropping tasks -----------------------------------------------------------------
+
+    def cancel(self, key: int) -> bool:
+        """Drop a held task whatever its state (a queued one never runs, a running one's
+        answer is discarded, a finished one is removed); True if it was held."""
+        with self.lock:
+            self.announce_finished()
+            task = self.tasks.pop(key, None)
+            if task is None:
+                return False
+            self.expiring.pop(key, None)
+            if task.done:
+                self.finished_held -= 1
+            else:
+                try:
+                    self.pending.remove(task)
+                except ValueError:
+                    # A worker has it: let it run (task_timeout still bounds it) and discard
+                    # its answer. Interrupting the worker would cost a new one.
+                    task.cancelled = True
+                    task.done = True
+                    task.call = None
+                if task.event is not None:
+                    task.event.set()
+            self.cancelled += 1
+            self.gone.remember(key, CANCELLED)
+            self.notify(key, False)
+            if self.draining:
+                self.drained.notify_all()  # one task fewer to wait for
+            return True
+
+    def expire_results(self, now: float) -> float | None:
+        """Drop the finished results whose ``result_ttl`` has run out (lock held); return
+        when the next one expires (None: none waits)."""
+        self.announce_finished()
+        expiring = self.expiring
+        while expiring:
+            key = next(iter(expiring))
+            when = expiring[key]
+            if when > now:
+                return when
+            del expiring[key]
+            if self.tasks.pop(key, None) is not None:
+                self.finished_held -= 1
+                self.expired += 1
+                self.gone.remember(key, EXPIRED)
+                self.notify(key, False)
+        return None
+
+    # -- monitoring ---------------------------------------------------------------------
+
+    def held_tasks(self) -> int:
+        with self.lock:
+            return len(self.tasks)
+
+    def stats(self, state: str) -> dict[str, Any]:
+        """The dict of ``Driver.stats()`` (``state`` as the Driver sees it)."""
+        with self.lock:
+            if self.closed:
+                state = "finalized"
+            elif self.draining:
+                state = "draining"
+            return self.snapshot(state)
+
+    # -- the stop path --------------------------------------------------------------------
+
+    def drain(self, limit: float | None) -> int:
+        """Refuse new tasks (``DRAINING_MESSAGE``), wait up to ``limit`` seconds (None: no
+        limit) until every held task is finished, then ``stop``; answer how many tasks that
+        stop failed."""
+        deadline = None if limit is None else time.monotonic() + limit
+        with self.lock:
+            already = self.closed  # finalized (or drained): the tasks it failed are not ours
+            self.draining = True
+        if already:
+            self.stop()  # returns once that stop is complete
+            return 0
+        try:
+            with self.lock:
+                while not self.closed and any(not task.done for task in self.tasks.values()):
+                    if deadline is None:
+                        self.drained.wait(threading.TIMEOUT_MAX)
+                        continue
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self.drained.wait(min(left, threading.TIMEOUT_MAX))
+        finally:
+            self.stop()  # also when interrupted: drain was asked to end in a stop
+        return self.failed_by_stop
+
+    def stop(self) -> None:
+        """Fail the unfinished tasks, stop every worker; never raises an Exception; safe to
+        call many times and from many threads.
+
+        Does nothing in a forked child of the process that started the backend (its exit
+        hook, a collected Driver, or finalize there): the workers are not its own.
+
+        An interruption (KeyboardInterrupt while it joins a process, say) propagates and
+        leaves the rest to the next call: each step can be taken again.
+        """
+        if os.getpid() != self.owner_pid:
+            return
+        try:
+            self._stop()
+        except Exception:
+            pass
+
+    def close_book(self) -> None:
+        """The first step of a stop (lock held): refuse new tasks, fail the unfinished ones,
+        wake every waiter."""
+        self.closed = True
+        for task in self.tasks.values():
+            if not task.done:
+                self.failed_by_stop += 1
+                self.complete(task, FAILED, -1, "the driver was finalized before this task finished")
+        self.pending.clear()
+        self.announce_finished()
+        self.drained.notify_all()

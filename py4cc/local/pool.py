@@ -1,0 +1,704 @@
+"""The local pool: worker processes on this machine, and the dispatcher thread that serves them.
+
+One unit, as CPython's ``concurrent/futures/process.py`` keeps its manager thread beside
+its executor: :class:`Pool` is the backend (the task book of :mod:`py4cc.core.tasks`, plus
+how tasks reach this machine's worker processes, and their slots' restarts);
+:class:`Dispatcher` is its one thread, which brings in the workers' answers and notices
+their exits and overrun deadlines. The worker processes themselves are
+:mod:`py4cc.local.processes`; their output reaches the host through
+:mod:`py4cc.local.output`; the forkserver and preloading are :mod:`py4cc.local.forkserver`.
+
+Data flow::
+
+    caller's threads          this process                                a worker process
+    ----------------          ------------                                ----------------
+    Driver.submit /      -->  TaskBook.admit: a Task in tasks[key],
+    Driver.submit_call        at the end of pending (py4cc.core.tasks)
+                                  |  Pool.dispatch: pick_runner (py4cc.core.scheduling):
+                                  v  an idle worker, or behind a busy one's current task
+                              Call(key, method, payload, demo) == pipe ==>  worker.serve:
+                                                                            engine.<method>
+                              Dispatcher thread  <======== pipe =========  Answer(key, flag,
+                              (polls every pipe, every worker's pidfd,      value, message)
+                               the WakeUp pipe; deadlines bound the wait)
+                                  |  complete(task): its answer is held;
+                                  v  announce_finished wakes its waiters, notify(key)
+    Driver.retrieve(key) <--  tasks[key] is done: the answer; the task is removed
+    Driver.wait(key, t)  <--  the same, once the task's Event is set (or t runs out)
+
+                              a worker's exit (pidfd readable) --> Dispatcher._reap:
+                              its running task fails, those behind it go back to pending,
+                              its slot starts a replacement (at once, or after a backoff)
+
+Everything below the pool's ``lock`` is read and written with it held; the dispatcher lets
+it go while it polls. The last pool to stop stops the forkserver py4cc started.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import multiprocessing
+import multiprocessing.util  # imported before our exit hook is registered, so that ours runs first
+import os
+import select
+import signal
+import struct
+import threading
+import time
+import traceback
+from typing import Any
+
+from ..core.scheduling import moving_average, pick_runner
+from ..core.slots import Slot
+from ..core.stats import task_stats
+from ..core.tasks import Task, TaskBook
+from ..options import Options
+from ..protocol import (
+    FAILED,
+    OUTPUT_GRACE_S,
+    PREFETCH_BYTES,
+    Answer,
+    InitFailed,
+    Ready,
+    decode_report,
+    encode_call,
+    exit_text,
+    unpickle_answer,
+)
+from . import forkserver
+from .output import OutputRelay, WakeUp
+from .processes import Worker, start_worker, stop_workers, wait_exited, wait_ready
+
+
+class Pool(TaskBook):
+    """Worker processes running an Engine, and the tasks they hold; one per Driver.
+
+    Holds no reference to its Driver, so that a Driver nobody uses is collected (and its
+    finalizer stops the pool). Everything below ``lock`` is read and written with it held.
+    """
+
+    RUNNER = "worker process"
+    RUNNERS = "worker processes"
+    SLOT = "worker slot"
+
+    def __init__(self, options: Options) -> None:
+        super().__init__(options)
+        self.ctx = multiprocessing.get_context(options.start_method)
+        self.workers: list[Worker] = []
+        self.broken: str | None = None  # the dispatcher crashed: nothing runs any more
+        self.uses_forkserver = False
+        self.wakeup = WakeUp()
+        self.dispatcher: Dispatcher | None = None
+        self.preloaded: object = None  # the Engine "fork" workers inherit (preload="engine")
+        self.relay = OutputRelay(options.worker_output)  # the workers' output, and events
+
+    # -- what the task book asks of a backend -------------------------------------------
+
+    def start(self) -> None:
+        _LIVE_POOLS.add(self)
+        try:
+            if self.options.start_method == "forkserver":
+                forkserver.acquire_forkserver()
+                self.uses_forkserver = True
+            self.relay.start()
+            self.preload_engine()
+            workers: list[Worker] = []
+            try:
+                for index in range(self.options.n_subprocesses):
+                    w = self.start_worker()
+                    workers.append(w)
+                    with self.lock:
+                        self.slots.append(Slot(index))
+                        self.attach(self.slots[-1], w)
+            except Exception as exc:
+                raise RuntimeError(
+                    f"Driver.initialize: could not start a worker process "
+                    f"(start method {self.options.start_method!r}): {type(exc).__name__}: {exc}"
+                ) from exc
+            wait_ready(workers, self.options.setup.engine, self.options.init_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.dispatcher = Dispatcher(self)
+        self.dispatcher.start()
+
+    def worker_pids(self) -> list[int]:
+        with self.lock:
+            return [w.pid for w in self.workers]
+
+    def runners(self) -> list[Worker]:
+        return self.workers
+
+    def out_of_order(self) -> str | None:
+        if self.broken is not None:
+            return f"the driver has no working worker process: {self.broken}"
+        return None
+
+    def on_admitted(self) -> None:
+        if self.dispatch():
+            self.wakeup.wake()  # the dispatcher must learn the new deadline
+
+    def event(self, pid: int, text: str) -> None:
+        """Report what happened to worker ``pid`` to the output sink, as an "event" line."""
+        self.relay.event(pid, text)
+
+    def snapshot(self, state: str) -> dict[str, Any]:
+        """The stats of this pool (called with its lock held)."""
+        running = 0
+        queued_in_workers = 0
+        alive = 0
+        ready = 0
+        for w in self.workers:
+            # A cancelled task a worker still holds is no longer the pool's: not counted.
+            for position, task in enumerate(w.queue):
+                if not task.cancelled:
+                    if position == 0:
+                        running += 1
+                    else:
+                        queued_in_workers += 1
+            if w.doomed is not None and not w.doomed[0].done:
+                running += 1  # its worker is being killed for it; it fails once that one is dead
+            if not w.dead:
+                alive += 1
+                if w.ready:
+                    ready += 1
+        return task_stats(
+            self,
+            state,
+            queued_in_workers=queued_in_workers,
+            running=running,
+            alive=alive,
+            ready=ready,
+            workers_degraded=sum(1 for slot in self.slots if slot.degraded),
+            last_worker_failure=self.last_worker_failure or "",
+            cluster="",
+            cluster_lost=None,
+        )
+
+    # -- which worker runs which task (the rule is py4cc.core.scheduling's) ---------------
+
+    def dispatch(self) -> bool:
+        """Give pending tasks to workers, oldest task first (lock held), as
+        :func:`~py4cc.core.scheduling.pick_runner` says. Returns True if a task started and
+        has a deadline (the dispatcher must learn it). Once stop has begun nothing is sent:
+        its tasks are failed already."""
+        if self.closed:
+            return False
+        started = False
+        now = time.monotonic()
+        while self.pending:
+            task = self.pending[0]
+            target = pick_runner(self.workers, self.options, now, self.avg_run_s, lambda w: self.has_room(w, task))
+            if target is None:
+                break
+            self.pending.popleft()
+            if self.assign(target, task):
+                started = started or len(target.queue) == 1
+            else:
+                self.pending.appendleft(task)
+        return started and self.options.task_timeout is not None
+
+    @staticmethod
+    def has_room(w: Worker, task: Task) -> bool:
+        """Whether ``w``'s pipe keeps room for ``task`` behind what it holds (``PREFETCH_BYTES``)."""
+        return sum(t.size for t in itertools.islice(w.queue, 1, None)) + task.size <= PREFETCH_BYTES
+
+    def assign(self, worker: Worker, task: Task) -> bool:
+        """Send ``task`` to ``worker``; False (task untouched) if the pipe is broken."""
+        try:
+            worker.conn.send_bytes(encode_call(task.call))
+        except (OSError, ValueError):
+            worker.dead = True
+            return False
+        worker.queue.append(task)
+        task.worker = worker
+        if len(worker.queue) == 1:
+            self.start_head(worker, time.monotonic())
+        return True
+
+    def start_head(self, worker: Worker, now: float) -> None:
+        """``worker.queue[0]`` starts (about) now: note it, and set its deadline."""
+        worker.head_started = now
+        if self.options.task_timeout is not None:
+            worker.queue[0].deadline = now + self.options.task_timeout
+
+    def requeue_unstarted(self, w: Worker) -> None:
+        """Put the tasks queued behind ``w``'s running one back at the head of pending."""
+        while len(w.queue) > 1:
+            task = w.queue.pop()
+            task.worker = None
+            task.deadline = None
+            if not task.cancelled:
+                self.pending.appendleft(task)
+
+    # -- recovery: each slot restarts its worker (py4cc.core.slots) -------------------------
+
+    def attach(self, slot: Slot, worker: Worker) -> None:
+        """``worker`` (just started) fills ``slot``."""
+        slot.worker = worker
+        slot.restart_at = None
+        slot.last_pid = worker.pid
+        worker.slot = slot
+        self.workers.append(worker)
+
+
+    def note_ready(self, worker: Worker) -> None:
+        """``worker`` reported ready: its slot's failures are over."""
+        if worker.slot is not None:
+            worker.slot.failures = 0
+
+
+    def failure_text(self, w: Worker, exitcode: int | None) -> str:
+        """Why ``w``, which died before it was ready, could not start."""
+        if w.failure is not None:
+            return f"a worker process (pid {w.pid}) failed to initialise its engine:\n{w.failure}"
+        if w.init_timed_out:
+            return (
+                f"a worker process (pid {w.pid}) did not become ready within the "
+                f"{self.options.init_timeout:g} s start-up limit (init_timeout) and was killed"
+            )
+        return f"a worker process (pid {w.pid}) exited before it was ready, with {exit_text(exitcode)}"
+
+
+    def note_lost(self, w: Worker, exitcode: int | None) -> None:
+        """``w`` has exited (and its tasks have been dealt with): its slot starts another one,
+        at once if ``w`` had been ready, else after the backoff."""
+        slot = w.slot
+        if slot is None or slot.worker is not w:
+            return
+        slot.worker = None
+        if w.ready:
+            slot.restart_at = time.monotonic()
+        else:
+            self.note_failed_start(slot, self.failure_text(w, exitcode))
+
+
+    def next_restart(self) -> float | None:
+        """When the next slot without a worker is due to start one (monotonic), if any."""
+        due = [slot.restart_at for slot in self.slots if slot.worker is None and slot.restart_at is not None]
+        return min(due) if due else None
+
+
+    def restart_due(self) -> None:
+        """Start a worker in every slot whose time has come; called without the lock, by the
+        dispatcher (a start that fails is noted and backed off)."""
+        with self.lock:
+            now = time.monotonic()
+            due = [s for s in self.slots if s.worker is None and s.restart_at is not None and s.restart_at <= now]
+            if self.closed:
+                due = []
+            for slot in due:
+                slot.restart_at = None
+        for slot in due:
+            try:
+                new = self.start_worker()
+            except Exception:
+                with self.lock:
+                    if not self.closed:
+                        self.note_failed_start(slot, "a worker process could not be started:\n" + traceback.format_exc())
+                continue
+            with self.lock:
+                stop = self.closed
+                if not stop:
+                    replaced = slot.last_pid
+                    self.attach(slot, new)
+                    again = f" (after {slot.failures} failed starts)" if slot.failures else ""
+                    self.event(new.pid, f"started, replacing worker process {replaced}{again}")
+            if stop:
+                stop_workers([new])
+
+    # -- starting workers -----------------------------------------------------------------
+
+    def preload_engine(self) -> None:
+        """Load what ``preload`` asks for before the first worker starts (py4cc.local.forkserver)."""
+        try:
+            self.preloaded = forkserver.preload(self.options.setup, self.options.start_method, self.options.preload)
+        except BaseException as exc:
+            raise RuntimeError(
+                f"Driver.initialize: preloading ({self.options.preload!r}) the engine "
+                f"{self.options.setup.engine!r} in this process failed:\n{traceback.format_exc()}"
+            ) from exc
+
+    def start_worker(self) -> Worker:
+        """Start one worker process (not yet ready), its output read by the relay. Raises on
+        failure.
+
+        A forked worker also inherits the relay's descriptors (other workers' output pipes'
+        read ends, its wake-up pipe); it keeps them: they are not listed here because the
+        relay thread may close and so free one of those numbers meanwhile, and holding a read
+        end or an unused wake-up pipe changes nothing for anyone."""
+        inherited_fds = None
+        if self.options.start_method == "fork":
+            with self.lock:
+                inherited_fds = [w.conn.fileno() for w in self.workers if not w.conn.closed]
+            inherited_fds += self.wakeup.fds()
+        w = start_worker(self.ctx, self.options.setup, inherited_fds, self.preloaded)
+        if w.output_fds is not None:
+            self.relay.add(w.pid, *w.output_fds)
+            w.output_fds = None
+        if self.uses_forkserver:
+            forkserver.note_forkserver()
+        with self.lock:
+            self.counters.worker_starts += 1
+        return w
+
+    # -- stopping -------------------------------------------------------------------------
+
+    def _stop(self) -> None:
+        with self.stop_lock:
+            if self.finished:
+                return
+            with self.lock:
+                self.close_book()
+                self.wakeup.wake()
+            thread = self.dispatcher
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(10.0)
+            with self.lock:
+                workers = list(self.workers)
+            stop_workers(workers)
+            with self.lock:  # only once they are stopped: an interrupted stop finds them again
+                self.workers.clear()
+                self.wakeup.close()
+            self.relay.stop(OUTPUT_GRACE_S)  # the workers' last words first
+            self.finished = True
+            self.preloaded = None
+            _LIVE_POOLS.discard(self)
+            if self.uses_forkserver:
+                self.uses_forkserver = False
+                forkserver.release_forkserver()
+
+    def stop_when_collected(self) -> None:
+        """The Driver's garbage-collection finalizer.
+
+        A collection runs it on whichever thread allocates, possibly the dispatcher while it
+        holds ``lock`` (a Driver in a reference cycle): stopping right there would deadlock
+        on that lock, so the dispatcher hands the work to a new thread. If a stop is
+        already under way (e.g. the exit hook's, on this very thread), it is left to finish.
+        """
+        if self.stop_lock.locked():
+            return
+        if threading.current_thread() is self.dispatcher:
+            try:
+                threading.Thread(target=self.stop, name="py4cc-collect", daemon=True).start()
+            except RuntimeError:
+                pass  # interpreter shutting down: the exit hook stops the pool
+            return
+        self.stop()
+
+
+READ_SIZE = 1 << 16
+"""The most one read of a worker's pipe takes in."""
+
+_LENGTH = struct.Struct("!i")
+_LONG_LENGTH = struct.Struct("!Q")
+
+
+def take_messages(inbox: bytearray) -> list[bytes]:
+    """Remove the whole messages at the front of ``inbox`` and return them.
+
+    A worker sends with ``Connection.send_bytes``, whose framing is a 4-byte big-endian
+    length, or -1 and then an 8-byte length for a message over 2 GiB. Reading the pipe
+    ourselves takes in every message waiting with one read, where ``Connection.poll`` and
+    ``recv_bytes`` would cost two reads and two polls per message.
+    """
+    messages = []
+    at = 0
+    end = len(inbox)
+    while end - at >= 4:
+        (size,) = _LENGTH.unpack_from(inbox, at)
+        start = at + 4
+        if size == -1:
+            if end - start < 8:
+                break
+            (size,) = _LONG_LENGTH.unpack_from(inbox, start)
+            start += 8
+        if start + size > end:
+            break
+        messages.append(bytes(inbox[start : start + size]))
+        at = start + size
+    del inbox[:at]
+    return messages
+
+
+class Dispatcher(threading.Thread):
+    """The pool's dispatcher thread; it exits once the pool's stop has begun."""
+
+    def __init__(self, pool: Pool) -> None:
+        super().__init__(name="py4cc-dispatcher", daemon=True)
+        self.pool = pool
+        self.inboxes: dict[Worker, bytearray] = {}  # what each worker sent, not yet a whole message
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:  # a bug; do not leave waiters hanging
+            pool = self.pool
+            text = traceback.format_exc()
+            with pool.lock:
+                pool.broken = f"the driver's dispatcher thread crashed:\n{text}"
+                for task in list(pool.tasks.values()):
+                    pool.complete(task, FAILED, -1, pool.broken)
+                pool.pending.clear()
+                pool.announce_finished()
+
+    def _loop(self) -> None:
+        pool = self.pool
+        wake_fd = pool.wakeup.read_fd
+        task_timeout = pool.options.task_timeout
+        init_timeout = pool.options.init_timeout
+        result_ttl = pool.options.result_ttl
+        poller = select.poll()
+        poller.register(wake_fd, select.POLLIN)
+        watched: dict[int, tuple[bool, Worker]] = {}  # fd -> (is its pipe, worker)
+        wait_readable = pool.options.wait_readable  # the host's, instead of poller.poll
+        while True:
+            with pool.lock:
+                if pool.closed:
+                    return
+                self._watch(poller, watched)
+                deadlines: list[float] = []
+                if task_timeout is not None:
+                    deadlines = [
+                        w.queue[0].deadline for w in pool.workers if w.queue and w.queue[0].deadline is not None
+                    ]
+                if init_timeout is not None:
+                    deadlines += [w.started + init_timeout for w in pool.workers if not w.ready and not w.dead]
+                restart = pool.next_restart()
+                if restart is not None:
+                    deadlines.append(restart)
+                if result_ttl is not None:
+                    next_expiry = pool.expire_results(time.monotonic())
+                    if next_expiry is not None:
+                        deadlines.append(next_expiry)
+                timeout: float | None = None
+                if deadlines:
+                    timeout = max(0.0, min(deadlines) - time.monotonic()) * 1000.0
+                # Last thing before the GIL is let go in poll: whoever is woken now finds
+                # it free, instead of waiting for this thread's bookkeeping.
+                pool.announce_finished()
+            ready = poller.poll(timeout) if wait_readable is None else wait_readable([wake_fd, *watched], timeout)
+            exited: list[Worker] = []
+            for fd, _ in ready:
+                if fd == wake_fd:
+                    pool.wakeup.drain(pool.lock)
+                    continue
+                is_pipe, w = watched[fd]
+                if is_pipe:
+                    self._read_worker(w)
+                else:
+                    exited.append(w)
+            for w in exited:
+                self._reap(w)
+            if task_timeout is not None:
+                self._expire(task_timeout)
+            if init_timeout is not None:
+                self._expire_startup(init_timeout)
+            pool.restart_due()
+
+    def _watch(self, poller: Any, watched: dict[int, tuple[bool, Worker]]) -> None:
+        """Bring ``poller`` in line with the workers (lock held): each one's pipe until its
+        EOF, and its own process (its pidfd: readable once it has exited)."""
+        wanted: dict[int, tuple[bool, Worker]] = {}
+        for w in self.pool.workers:
+            if not w.eof:
+                wanted[w.conn.fileno()] = (True, w)
+            wanted[w.watch()] = (False, w)
+        if wanted == watched:
+            return
+        for fd, what in list(watched.items()):
+            if wanted.get(fd) != what:
+                poller.unregister(fd)
+                del watched[fd]
+        for fd, what in wanted.items():
+            if fd not in watched:
+                poller.register(fd, select.POLLIN)
+                watched[fd] = what
+
+    def _read_worker(self, w: Worker, to_the_end: bool = False) -> None:
+        """Take in what ``w`` has sent: one read (its pipe is readable), or (``to_the_end``:
+        it has exited) every read that does not block. Whole messages are handled; a
+        partial one waits in its inbox for the rest."""
+        pool = self.pool
+        inbox = self.inboxes.setdefault(w, bytearray())
+        fd = w.conn.fileno()
+        while True:
+            try:
+                data = os.read(fd, READ_SIZE)
+            except OSError:
+                data = b""
+            if not data:
+                w.eof = True
+                with pool.lock:
+                    w.dead = True
+                w.signal(signal.SIGKILL)  # its pipe is closed: of no use, and dead once reaped
+            else:
+                inbox += data
+            if not self._handle_messages(w, inbox) or w.eof or not to_the_end:
+                return
+            if not select.select([fd], [], [], 0)[0]:
+                return
+
+    def _handle_messages(self, w: Worker, inbox: bytearray) -> bool:
+        """Handle the whole messages at the front of ``inbox``, removing them; False if the
+        worker's messages can no longer be read (it has been killed)."""
+        pool = self.pool
+        reports = []
+        try:
+            for message in take_messages(inbox):
+                reports.append(decode_report(message))
+        except Exception:  # an unpicklable message: treat as a broken worker
+            w.eof = True
+            with pool.lock:
+                w.dead = True
+                if w.queue and not pool.closed:
+                    pool.requeue_unstarted(w)
+                    w.doomed = (w.queue.popleft(), "the worker's answer could not be read:\n" + traceback.format_exc())
+            w.signal(signal.SIGKILL)  # _reap fails the task once the worker is dead
+            return False
+        if not reports:
+            return True
+        # General tasks' answers, unpickled outside the lock (it never raises).
+        reports = [unpickle_answer(r) if type(r) is Answer and r.pickled else r for r in reports]
+        with pool.lock:
+            if pool.closed:
+                return False  # stop has begun (and failed every unfinished task)
+            for report in reports:
+                if isinstance(report, Answer):
+                    if w.queue and w.queue[0].key == report.key:
+                        now = time.monotonic()
+                        pool.avg_run_s = moving_average(pool.avg_run_s, now - w.head_started)
+                        pool.run_times.add(report.run_s)
+                        pool.complete(w.queue.popleft(), report.flag, report.value, report.message)
+                        if w.queue:
+                            pool.start_head(w, now)
+                elif isinstance(report, Ready):
+                    if not w.init_timed_out:  # too late: it has been killed already
+                        w.ready = True
+                        pool.note_ready(w)
+                elif isinstance(report, InitFailed):
+                    w.dead = True  # it exits by itself; its exit is a failed start
+                    w.failure = report.traceback
+                    pool.event(w.pid, f"failed to initialise its engine:\n{report.traceback}")
+            pool.dispatch()
+        return True
+
+    def _reap(self, w: Worker) -> None:
+        """A worker process has exited: fail its task, drop it, let its slot replace it."""
+        pool = self.pool
+        # Read whatever it managed to send before it exited.
+        if not w.eof:
+            self._read_worker(w, to_the_end=True)
+        self.inboxes.pop(w, None)
+        if not w.has_exited():  # only without a pidfd: its forkserver's pipe closed
+            w.signal(signal.SIGKILL)  # a worker reported dead is dead
+            wait_exited([w], 5.0)
+        exitcode = w.exit_code()
+        with pool.lock:
+            if pool.closed:
+                # stop has begun: it failed every unfinished task (those queued behind
+                # this worker's running one must not be queued again: their call is
+                # gone) and stops the workers it finds in pool.workers, this one included.
+                w.dead = True
+                return
+            was_ready = w.ready
+            w.dead = True
+            if w in pool.workers:
+                pool.workers.remove(w)
+            pool.requeue_unstarted(w)
+            cause = death_cause(w, exitcode, pool.options.task_timeout, pool.options.init_timeout)
+            pool.counters.worker_deaths += 1
+            pool.counters.last_death_cause = f"worker process {w.pid} {cause}"
+            if w.queue:
+                pool.event(w.pid, f"{cause} while running task {w.queue[0].key}")
+            elif w.timed_out or w.init_timed_out:
+                pool.event(w.pid, cause)
+            elif was_ready or w.failure is None:
+                pool.event(w.pid, f"{cause} {'while idle' if was_ready else 'before it was ready'}")
+            if w.queue:
+                pool.complete(
+                    w.queue.popleft(),
+                    FAILED,
+                    -1,
+                    f"the worker process (pid {w.pid}) running this task died with "
+                    f"{exit_text(exitcode)}; it is being replaced",
+                )
+            if w.doomed is not None:  # killed for it: failed now that the worker is dead
+                pool.complete(w.doomed[0], FAILED, -1, w.doomed[1])
+                w.doomed = None
+            pool.note_lost(w, exitcode)
+            pool.dispatch()
+            pool.announce_finished()  # before starting a replacement, which takes a while
+        w.release()
+
+    def _expire(self, task_timeout: float) -> None:
+        """Kill the worker of each task that has run past ``task_timeout``; ``_reap`` fails
+        the task once that worker is dead (so that it cannot still be running it)."""
+        pool = self.pool
+        now = time.monotonic()
+        with pool.lock:
+            if pool.closed:
+                return
+            for w in pool.workers:
+                task = w.queue[0] if w.queue else None
+                if task is None or task.deadline is None or task.deadline > now:
+                    continue
+                pool.requeue_unstarted(w)
+                w.queue.clear()
+                w.dead = True
+                w.timed_out = True
+                pool.counters.tasks_timed_out += 1
+                pool.event(w.pid, f"task {task.key} ran past task_timeout ({task_timeout:g} s): killing the worker")
+                w.doomed = (
+                    task,
+                    f"the task timed out after {task_timeout:g} s; its worker process "
+                    f"(pid {w.pid}) was killed and is being replaced",
+                )
+                w.signal(signal.SIGKILL)
+                # Its exit shows up on its pidfd; _reap then fails the task and has it replaced.
+            pool.dispatch()
+
+    def _expire_startup(self, init_timeout: float) -> None:
+        """Kill the replacement workers not ready within ``init_timeout`` of their start;
+        ``_reap`` then counts each as a failed start (retried after a backoff)."""
+        pool = self.pool
+        now = time.monotonic()
+        with pool.lock:
+            if pool.closed:
+                return
+            for w in pool.workers:
+                if w.ready or w.dead or now < w.started + init_timeout:
+                    continue
+                w.dead = True
+                w.init_timed_out = True
+                pool.event(w.pid, f"not ready within init_timeout ({init_timeout:g} s): killing it")
+                w.signal(signal.SIGKILL)
+                # Its exit shows up on its pidfd; _reap then notes the failed start.
+
+
+def death_cause(w: Worker, exitcode: int | None, task_timeout: float | None, init_timeout: float | None) -> str:
+    """How worker ``w`` died, in words, for stats and events."""
+    how = f"exited with {exit_text(exitcode)}"
+    if w.timed_out and task_timeout is not None:
+        return f"{how}, killed because its task ran past task_timeout ({task_timeout:g} s)"
+    if w.init_timed_out and init_timeout is not None:
+        return f"{how}, killed because it was not ready within init_timeout ({init_timeout:g} s)"
+    if w.failure is not None:
+        return f"{how} after its engine failed to initialise"
+    return how
+
+
+_LIVE_POOLS: set[Pool] = set()
+"""The pools started and not stopped yet, for the exit hook."""
+
+
+def stop_all_pools() -> None:
+    """The exit hook: stop every pool still running, so that no worker outlives us."""
+    for pool in list(_LIVE_POOLS):
+        pool.stop()
+
+
+# Registered after multiprocessing.util's own exit hook, so (atexit being LIFO) our
+# workers are stopped before multiprocessing would try to join them.
+atexit.register(stop_all_pools)
