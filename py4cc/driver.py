@@ -73,8 +73,8 @@ How a task travels (the local pool's trip in detail: :mod:`py4cc.local.pool`)::
 
     caller's threads       this process                           a worker process
     ----------------       ------------                           ----------------
-    submit(f, s, n)   \    Calls: checked, and made one kind of task:
-    submit_call(a, k) ---> Call(key, method, pickled (args, kwargs), demo)
+    submit(f, s, n) -.     Calls: checked, and made one kind of task:
+    submit_call(a, k) +--> Call(key, method, pickled (args, kwargs), demo)
                            TaskBook.admit: a Task in tasks[key], at the end of pending
                                 |  dispatch (pick_runner): to an idle worker, or
                                 v  behind a busy one's current task

@@ -213,7 +213,8 @@ class TaskBook:
         self.last_worker_failure = cause
         self.counters.replacement_failures += 1
         self.event(
-            0, f"{self.SLOT} {slot.index}: start failed ({slot.failures} in a row), next attempt in {delay:g} s: {cause}"
+            0,
+            f"{self.SLOT} {slot.index}: start failed ({slot.failures} in a row), next attempt in {delay:g} s: {cause}",
         )
         if not any(w.usable() for w in self.runners()):
             message = f"no {self.RUNNER} is ready to run this task: {cause}"

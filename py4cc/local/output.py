@@ -28,6 +28,7 @@ from typing import Any
 from ..core.sink import GuardedSink, Sink, write_all
 from ..protocol import OUTPUT_LINE_MAX
 
+
 class WakeUp:
     """A pipe the dispatcher watches, so that another thread can interrupt its wait (a
     task started with a new deadline, or stop has begun).

@@ -37,6 +37,7 @@ it go while it polls. The last pool to stop stops the forkserver py4cc started.
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import multiprocessing
 import multiprocessing.util  # imported before our exit hook is registered, so that ours runs first
@@ -189,7 +190,9 @@ class Pool(TaskBook):
         now = time.monotonic()
         while self.pending:
             task = self.pending[0]
-            target = pick_runner(self.workers, self.options, now, self.avg_run_s, lambda w: self.has_room(w, task))
+            target = pick_runner(
+                self.workers, self.options, now, self.avg_run_s, functools.partial(self.has_room, task=task)
+            )
             if target is None:
                 break
             self.pending.popleft()
@@ -242,12 +245,10 @@ class Pool(TaskBook):
         worker.slot = slot
         self.workers.append(worker)
 
-
     def note_ready(self, worker: Worker) -> None:
         """``worker`` reported ready: its slot's failures are over."""
         if worker.slot is not None:
             worker.slot.failures = 0
-
 
     def failure_text(self, w: Worker, exitcode: int | None) -> str:
         """Why ``w``, which died before it was ready, could not start."""
@@ -259,7 +260,6 @@ class Pool(TaskBook):
                 f"{self.options.init_timeout:g} s start-up limit (init_timeout) and was killed"
             )
         return f"a worker process (pid {w.pid}) exited before it was ready, with {exit_text(exitcode)}"
-
 
     def note_lost(self, w: Worker, exitcode: int | None) -> None:
         """``w`` has exited (and its tasks have been dealt with): its slot starts another one,
@@ -273,12 +273,10 @@ class Pool(TaskBook):
         else:
             self.note_failed_start(slot, self.failure_text(w, exitcode))
 
-
     def next_restart(self) -> float | None:
         """When the next slot without a worker is due to start one (monotonic), if any."""
         due = [slot.restart_at for slot in self.slots if slot.worker is None and slot.restart_at is not None]
         return min(due) if due else None
-
 
     def restart_due(self) -> None:
         """Start a worker in every slot whose time has come; called without the lock, by the
@@ -296,7 +294,9 @@ class Pool(TaskBook):
             except Exception:
                 with self.lock:
                     if not self.closed:
-                        self.note_failed_start(slot, "a worker process could not be started:\n" + traceback.format_exc())
+                        self.note_failed_start(
+                            slot, "a worker process could not be started:\n" + traceback.format_exc()
+                        )
                 continue
             with self.lock:
                 stop = self.closed

@@ -11,7 +11,7 @@ import time
 import unittest
 from typing import Any
 
-from py4cc.completion import GONE_MEMORY, Gone, Notifier
+from py4cc.core.completion import GONE_MEMORY, Gone, Notifier
 from py4cc.driver import NOT_FINISHED_MESSAGE, Driver
 from py4cc.engine import big_model
 

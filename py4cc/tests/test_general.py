@@ -20,7 +20,6 @@ from py4cc.protocol import (
     PREFETCH_BYTES,
     Answer,
     Call,
-    GeneralCall,
     decode_arguments,
     decode_call,
     decode_report,
@@ -38,15 +37,14 @@ PATIENCE = 30.0
 
 
 class WireTest(unittest.TestCase):
-    def test_a_general_call_travels_as_a_pair_beside_the_demo_call(self):
+    def test_a_general_call_and_a_demo_call_are_one_kind(self):
         payload = encode_arguments((1, b"\x00\xff"), {"k": [2.5]})
-        call = GeneralCall(7, payload)
-        back = decode_call(encode_call(call))
-        self.assertIs(type(back), GeneralCall)
-        self.assertEqual(back, call)
-        self.assertNotIn(b"GeneralCall", encode_call(call))
-        self.assertEqual(decode_arguments(back.payload), ((1, b"\x00\xff"), {"k": [2.5]}))
-        self.assertIs(type(decode_call(encode_call(Call(1, [1.0], ["s"], 2)))), Call)
+        for call in (Call(7, "predict", payload, False), Call(8, "run", payload, True)):
+            back = decode_call(encode_call(call))
+            self.assertIs(type(back), Call)
+            self.assertEqual(back, call)
+            self.assertNotIn(b"Call", encode_call(call))
+            self.assertEqual(decode_arguments(back.payload), ((1, b"\x00\xff"), {"k": [2.5]}))
 
     def test_a_general_answer_is_pickled_apart_and_unpickled_here(self):
         answer = pickle_answer(3, {"x": (1, None)}, 0.25)

@@ -8,7 +8,7 @@ import time
 import unittest
 import unittest.mock
 
-from py4cc import pool as pool_module
+from py4cc.local import pool as pool_module
 from py4cc.protocol import NOT_FINISHED_MESSAGE
 
 from .support import DriverTestCase, pid_alive, wait_until

@@ -14,8 +14,8 @@ import unittest
 import unittest.mock
 import warnings
 
-from py4cc import pool as pool_module
 from py4cc.driver import Driver
+from py4cc.local import pool as pool_module
 
 from .support import (
     FLOAT_NAMES,

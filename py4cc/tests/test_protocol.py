@@ -20,8 +20,10 @@ from py4cc.protocol import (
     Call,
     InitFailed,
     Ready,
+    decode_arguments,
     decode_call,
     decode_report,
+    encode_arguments,
     encode_call,
     encode_report,
 )
@@ -74,11 +76,16 @@ class ContractTest(DriverTestCase):
 
 class WireTest(unittest.TestCase):
     def test_a_call_round_trips(self):
-        call = Call(7, [1.5, -0.0, float("inf")], ["ß", "", "\ud800"], -(2**70))
+        kwargs = {
+            "float_features": [1.5, -0.0, float("inf")],
+            "str_features": ["ß", "", "\ud800"],
+            "int_feature": -(2**70),
+        }
+        call = Call(7, "run", encode_arguments((), kwargs), True)
         back = decode_call(encode_call(call))
         self.assertIs(type(back), Call)
         self.assertEqual(back, call)
-        self.assertEqual(back.str_features, ["ß", "", "\ud800"])
+        self.assertEqual(decode_arguments(back.payload), ((), kwargs))
         self.assertIsNone(decode_call(encode_call(protocol.STOP)))
 
     def test_reports_round_trip_with_their_types(self):
@@ -90,7 +97,7 @@ class WireTest(unittest.TestCase):
     def test_answers_travel_without_their_class_name(self):
         # One per task: the class's module and name would cost a lookup on both ends.
         self.assertNotIn(b"Answer", encode_report(Answer(1, 0, 5, "")))
-        self.assertNotIn(b"Call", encode_call(Call(1, [], [], 0)))
+        self.assertNotIn(b"Call", encode_call(Call(1, "run", encode_arguments((), {}), True)))
         self.assertEqual(pickle.loads(encode_report(Answer(1, 0, 5, "x", 0.25))), (1, 0, 5, "x", 0.25))
 
     def test_something_else_is_left_as_it_is(self):

@@ -21,11 +21,11 @@ import unittest
 from typing import Any
 from unittest import mock
 
-from py4cc import ray_connect
 from py4cc.driver import Driver
 from py4cc.engine import big_model
 from py4cc.options import build_options
 from py4cc.protocol import AT_CAPACITY, ERROR, FAILED, NOT_FINISHED, OK
+from py4cc.ray import connect as ray_connect
 from py4cc.tests.ray_cluster import ADDRESS_VARIABLE, RayCluster, children, running
 from py4cc.tests.support import ENGINES_DIR, FLOAT_NAMES, STR_NAMES, TASK, DriverTestCase, add_engines_dir, wait_until
 
@@ -112,7 +112,7 @@ class RayOptionsTest(unittest.TestCase):
         self.assertEqual(driver.submit(*TASK)[0], ERROR)  # nothing started
 
     def test_modules_shipped_to_the_cluster(self) -> None:
-        py4cc_dir = os.path.dirname(os.path.abspath(ray_connect.__file__))
+        py4cc_dir = os.path.dirname(os.path.dirname(os.path.abspath(ray_connect.__file__)))
         self.assertEqual(ray_connect.modules_to_ship("py4cc.engine:Engine"), [py4cc_dir])
         self.assertEqual(ray_connect.modules_to_ship("json:JSONDecoder"), [py4cc_dir])  # the standard library
         add_engines_dir()
@@ -214,10 +214,10 @@ class RayClusterTest(DriverTestCase):
         self.assertIn("runtime_resources", where["py4cc"])
         self.assertIn("runtime_resources", where["engine"])
         # The worker's side only: none of the Driver's machinery (nor Ray's backend) loads there.
-        self.assertIn("py4cc.ray_actor", where["modules"])
+        self.assertIn("py4cc.ray.actor", where["modules"])
         self.assertIn("py4cc.worker", where["modules"])
-        machinery = {"py4cc.driver", "py4cc.pool", "py4cc.dispatcher", "py4cc.ray_connect"}
-        machinery |= {f"py4cc.ray_{part}" for part in ("backend", "tasks", "actors", "answers", "supervisor")}
+        machinery = {"py4cc.driver", "py4cc.local.pool", "py4cc.ray.connect", "py4cc.ray.backend"}
+        machinery |= {name for name in where["modules"] if name.startswith("py4cc.core")}
         self.assertEqual(machinery & set(where["modules"]), set())
 
     def test_failures_and_limits_answer_as_locally(self) -> None:

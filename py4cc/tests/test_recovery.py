@@ -11,8 +11,8 @@ import tempfile
 import time
 import unittest
 
+from py4cc.core.slots import backoff_delay
 from py4cc.driver import Driver
-from py4cc.recovery import backoff_delay
 
 from .support import FLOAT_NAMES, STR_NAMES, DriverTestCase, add_engines_dir, pid_running, ready_workers, wait_until
 

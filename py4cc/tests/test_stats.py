@@ -11,8 +11,8 @@ import tempfile
 import unittest
 
 from py4cc import protocol
+from py4cc.core.stats import RunTimes
 from py4cc.driver import Driver
-from py4cc.stats import RunTimes
 
 from .support import DriverTestCase, wait_until
 
