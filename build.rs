@@ -84,25 +84,35 @@ fn fail(message: &str) -> ! {
     exit(1)
 }
 
-/// Writes `$OUT_DIR/py4cc_files.rs`: the `(name, contents)` table of every top-level `*.py` of
-/// `py4cc/`, read by `src/driver/package.rs`. Its subdirectories stay out: `tests/` runs from
-/// the source tree, `workload/` is the benchmark side, not the library's.
+/// Writes `$OUT_DIR/py4cc_files.rs`: the `(path, contents)` table of every `*.py` of `py4cc/`
+/// and of its sub-packages (`core/`, `local/`, `ray/`, ...), paths relative to `py4cc/` with
+/// `/` between parts, read by `src/driver/package.rs`. `tests/` and `workload/` stay out:
+/// `tests/` runs from the source tree, `workload/` is the benchmark side, not the library's.
 fn embed_py4cc() {
+    const LEFT_OUT: [&str; 3] = ["tests", "workload", "__pycache__"];
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| fail("CARGO_MANIFEST_DIR is not set"));
     let package = Path::new(&manifest_dir).join("py4cc");
-    // The directory itself, so that a module added or removed is seen too.
-    println!("cargo:rerun-if-changed={}", package.display());
-    let entries =
-        std::fs::read_dir(&package).unwrap_or_else(|e| fail(&format!("cannot list {}: {e}", package.display())));
     let mut modules = Vec::new();
-    for entry in entries {
-        let path = entry.unwrap_or_else(|e| fail(&format!("cannot list {}: {e}", package.display()))).path();
-        if path.is_file() && path.extension().is_some_and(|extension| extension == "py") {
+    // Depth first from the package; each directory itself is watched, so that a module added
+    // or removed is seen too.
+    let mut folders = vec![(package.clone(), String::new())];
+    while let Some((folder, prefix)) = folders.pop() {
+        println!("cargo:rerun-if-changed={}", folder.display());
+        let entries =
+            std::fs::read_dir(&folder).unwrap_or_else(|e| fail(&format!("cannot list {}: {e}", folder.display())));
+        for entry in entries {
+            let path = entry.unwrap_or_else(|e| fail(&format!("cannot list {}: {e}", folder.display()))).path();
             let (Some(name), Some(full)) = (path.file_name().and_then(|name| name.to_str()), path.to_str()) else {
                 fail(&format!("{} is not a UTF-8 path", path.display()));
             };
-            println!("cargo:rerun-if-changed={full}");
-            modules.push((name.to_owned(), full.to_owned()));
+            if path.is_dir() {
+                if !LEFT_OUT.contains(&name) && path.join("__init__.py").is_file() {
+                    folders.push((path.clone(), format!("{prefix}{name}/")));
+                }
+            } else if path.is_file() && path.extension().is_some_and(|extension| extension == "py") {
+                println!("cargo:rerun-if-changed={full}");
+                modules.push((format!("{prefix}{name}"), full.to_owned()));
+            }
         }
     }
     modules.sort();

@@ -280,7 +280,7 @@ class GoneTest(unittest.TestCase):
         self.assertEqual(GONE_MEMORY, 10_000)
 
     def test_an_old_dropped_key_reads_as_unknown(self):
-        from py4cc import completion
+        from py4cc.core import completion
 
         d = Driver(n_subprocesses=1, result_ttl=None)
         self.addCleanup(d.finalize)

@@ -91,13 +91,13 @@ GC_CHILD_SCRIPT = textwrap.dedent("""
         d = Driver(n_subprocesses=1).initialize("{}", ["a"], ["b"])
         pool = d._pool
         pids = d.worker_pids()
-        real = pool.note_run_time
+        real = pool.complete
 
-        def note_run_time(seconds):  # runs on the dispatcher thread, with pool.lock held
-            real(seconds)
+        def complete(*args):  # the answer: on the dispatcher thread, with pool.lock held
+            real(*args)
             gc.collect()  # as a collection triggered by any allocation there would
 
-        pool.note_run_time = note_run_time
+        pool.complete = complete
         gc.disable()  # only the dispatcher collects
         d.submit([1.0], ["x"], 1)
         d.cycle = d  # garbage only for the cycle collector

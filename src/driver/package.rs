@@ -10,8 +10,9 @@ use once_cell::sync::OnceCell;
 
 use crate::error::{Error, Result};
 
-/// The package's modules, `(file name, contents)` sorted by name: every top-level `py4cc/*.py`,
-/// as `build.rs` listed them (its `tests/` and `workload/` stay in the source tree).
+/// The package's modules, `(path, contents)` sorted by path: every `py4cc/*.py` and those of its
+/// sub-packages (`core/tasks.py`, ...: relative to `py4cc/`, `/` between parts), as `build.rs`
+/// listed them (its `tests/` and `workload/` stay in the source tree).
 const FILES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/py4cc_files.rs"));
 
 /// The directory to put on `sys.path` for `import py4cc`: written on first use, checked on
@@ -90,8 +91,9 @@ fn files_hash() -> u64 {
     })
 }
 
-/// Writes each file whose content differs, through a uniquely named temporary file and a
-/// rename, so that processes racing to do the same never see a half-written file.
+/// Writes each file whose content differs (its sub-package's directory made first), through a
+/// uniquely named temporary file beside it and a rename, so that processes racing to do the
+/// same never see a half-written file.
 fn write_package(dir: &Path) -> std::io::Result<()> {
     fs::create_dir_all(dir)?;
     for (name, text) in FILES {
@@ -99,7 +101,13 @@ fn write_package(dir: &Path) -> std::io::Result<()> {
         if fs::read(&path).is_ok_and(|current| current == text.as_bytes()) {
             continue;
         }
-        let temporary = dir.join(format!(".{name}.{}.{:?}.tmp", std::process::id(), std::thread::current().id()));
+        let (folder, file_name) = match name.rsplit_once('/') {
+            Some((sub, file_name)) => (dir.join(sub), file_name),
+            None => (dir.to_path_buf(), *name),
+        };
+        fs::create_dir_all(&folder)?;
+        let temporary =
+            folder.join(format!(".{file_name}.{}.{:?}.tmp", std::process::id(), std::thread::current().id()));
         let mut file = fs::File::create(&temporary)?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
@@ -121,31 +129,56 @@ mod tests {
             assert_eq!(fs::read_to_string(package.join(name)).unwrap(), *text);
         }
         fs::write(package.join("driver.py"), "raise SystemExit('tampered')\n").unwrap();
+        fs::remove_dir_all(package.join("core")).unwrap();
         write_package(&package).unwrap();
         assert_eq!(fs::read_to_string(package.join("driver.py")).unwrap(), include_str!("../../py4cc/driver.py"));
+        assert_eq!(
+            fs::read_to_string(package.join("core/tasks.py")).unwrap(),
+            include_str!("../../py4cc/core/tasks.py")
+        );
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Every `*.py` under `dir`, as paths relative to `py4cc/` (`prefix`), leaving out
+    /// `tests/` and `workload/`: an independent walk of the source tree.
+    fn source_modules(dir: &Path, prefix: &str, found: &mut Vec<String>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            if path.is_dir() {
+                if !["tests", "workload", "__pycache__"].contains(&name.as_str()) {
+                    source_modules(&path, &format!("{prefix}{name}/"), found);
+                }
+            } else if path.extension().is_some_and(|extension| extension == "py") {
+                found.push(format!("{prefix}{name}"));
+            }
+        }
     }
 
     #[test]
     fn the_table_holds_every_module_of_the_source_tree_and_nothing_else() {
         let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("py4cc");
-        let mut modules: Vec<String> = fs::read_dir(&source)
-            .unwrap()
-            .map(|entry| entry.unwrap().path())
-            .filter(|path| path.is_file() && path.extension().is_some_and(|extension| extension == "py"))
-            .map(|path| path.file_name().unwrap().to_str().unwrap().to_owned())
-            .collect();
+        let mut modules = Vec::new();
+        source_modules(&source, "", &mut modules);
         modules.sort();
         let names: Vec<&str> = FILES.iter().map(|(name, _)| *name).collect();
         assert_eq!(names, modules);
         for (name, text) in FILES {
             assert_eq!(*text, fs::read_to_string(source.join(name)).unwrap(), "{name}");
         }
-        // The package's core is there; the workload and the tests are not.
-        for name in ["__init__.py", "driver.py", "engine.py"] {
+        // The package, its layers' sub-packages among them, is there; the workload and the tests are not.
+        for name in [
+            "__init__.py",
+            "driver.py",
+            "engine.py",
+            "core/__init__.py",
+            "core/tasks.py",
+            "local/pool.py",
+            "ray/backend.py",
+        ] {
             assert!(names.contains(&name), "{name} missing from {names:?}");
         }
-        assert!(names.iter().all(|name| !name.contains('/')), "{names:?}");
+        assert!(names.iter().all(|name| !name.starts_with("tests/") && !name.starts_with("workload/")), "{names:?}");
     }
 
     #[test]
