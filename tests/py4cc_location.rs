@@ -26,24 +26,43 @@ fn the_driver_imports_the_copy_inside_the_binary() {
     let file: String = gil.import("py4cc.driver").unwrap().getattr("__file__").unwrap().extract().unwrap();
     let file = Path::new(&file);
     assert!(!file.starts_with(env!("CARGO_MANIFEST_DIR")), "{}", file.display());
-    // Every module of the source tree, as it is there; the workload and the tests stay out.
-    let listing = |dir: &Path| {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-            .filter(|name| !name.starts_with('.') && name != "__pycache__")
-            .collect();
-        names.sort();
-        names
-    };
+    // Every module of the source tree and of its sub-packages, as it is there; the workload
+    // and the tests stay out.
+    let package = file.parent().unwrap();
     let source_tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("py4cc");
-    let modules: Vec<String> = listing(&source_tree).into_iter().filter(|name| name.ends_with(".py")).collect();
-    assert_eq!(listing(file.parent().unwrap()), modules);
+    let mut modules = Vec::new();
+    files_under(&source_tree, "", &["tests", "workload"], &mut modules);
+    modules.retain(|name| name.ends_with(".py"));
+    let mut written = Vec::new();
+    files_under(package, "", &[], &mut written);
+    assert_eq!(written, modules, "the written package holds the modules and nothing else");
     for name in &modules {
-        let written = std::fs::read(file.with_file_name(name)).unwrap();
-        assert_eq!(written, std::fs::read(source_tree.join(name)).unwrap(), "{name} differs from the source tree");
+        let text = std::fs::read(package.join(name)).unwrap();
+        assert_eq!(text, std::fs::read(source_tree.join(name)).unwrap(), "{name} differs from the source tree");
     }
-    assert!(modules.iter().any(|name| name == "engine.py"), "{modules:?}");
+    for name in ["engine.py", "core/tasks.py", "local/pool.py", "ray/backend.py"] {
+        assert!(modules.iter().any(|module| module == name), "{name} missing from {modules:?}");
+    }
+}
+
+/// Every file under `dir` (paths relative to it, `/` between parts, sorted), other than dot
+/// files and `__pycache__`, leaving out the sub-directories named in `skip`.
+fn files_under(dir: &Path, prefix: &str, skip: &[&str], found: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.starts_with('.') || name == "__pycache__" {
+            continue;
+        }
+        if path.is_dir() {
+            if !skip.contains(&name.as_str()) {
+                files_under(&path, &format!("{prefix}{name}/"), skip, found);
+            }
+        } else {
+            found.push(format!("{prefix}{name}"));
+        }
+    }
+    found.sort();
 }
 
 #[test]

@@ -12,12 +12,12 @@ It holds, under one ``lock``, the state they share and the rules written once fo
 * dropping tasks: ``cancel``, ``expire_results`` (``result_ttl``), and :class:`Gone`, which
   remembers why a dropped key is gone;
 * the slots' failed starts (``note_failed_start``, ``unavailable``);
-* the stop path: ``drain``, ``stop`` (``close_book`` fails what is unfinished), and
-  ``stats``.
+* the stop path: ``drain``, ``stop`` (``close_book`` fails what is unfinished, then the
+  backend shuts down), ``stop_when_collected``; and ``stats``.
 
 A backend adds how tasks reach its workers: it sets the class names below and implements
-``runners``, ``out_of_order``, ``on_admitted``, ``after_admit``, ``event``, ``snapshot``,
-``_stop``, ``start``, ``worker_pids`` and ``stop_when_collected``.
+``start``, ``runners``, ``out_of_order``, ``on_admitted`` (and ``after_admit``), ``event``,
+``snapshot``, ``worker_pids``, ``wake_for_stop``, ``shut_down`` and ``on_own_thread``.
 """
 
 from __future__ import annotations
@@ -147,12 +147,18 @@ class TaskBook:
     def worker_pids(self) -> list[int]:
         raise NotImplementedError
 
-    def _stop(self) -> None:
-        """Stop, once (``stop_lock`` held by the caller or taken here)."""
+    def wake_for_stop(self) -> None:
+        """Stop has begun (lock held): wake the backend's own threads, so that they end."""
         raise NotImplementedError
 
-    def stop_when_collected(self) -> None:
-        """The Driver's garbage-collection finalizer (it may run on the backend's own thread)."""
+    def shut_down(self) -> None:
+        """The rest of a stop, without the lock: end the backend's threads, stop its workers,
+        let go of what it holds. Each step can be taken again (an interrupted stop is
+        completed by the next one)."""
+        raise NotImplementedError
+
+    def on_own_thread(self) -> bool:
+        """Whether the calling thread is one the backend runs (or one Ray runs for it)."""
         raise NotImplementedError
 
     # -- admission ----------------------------------------------------------------------
@@ -419,6 +425,34 @@ class TaskBook:
             self._stop()
         except Exception:
             pass
+
+    def _stop(self) -> None:
+        with self.stop_lock:
+            if self.finished:
+                return
+            with self.lock:
+                self.close_book()
+                self.wake_for_stop()
+            self.shut_down()
+            self.finished = True
+
+    def stop_when_collected(self) -> None:
+        """The Driver's garbage-collection finalizer.
+
+        A collection runs it on whichever thread allocates, possibly the backend's own while
+        it holds ``lock`` (a Driver in a reference cycle): stopping right there would deadlock
+        on that lock, so a new thread does it. If a stop is already under way (e.g. the exit
+        hook's, on this very thread), it is left to finish.
+        """
+        if self.stop_lock.locked():
+            return
+        if self.on_own_thread():
+            try:
+                threading.Thread(target=self.stop, name="py4cc-collect", daemon=True).start()
+            except RuntimeError:
+                pass  # interpreter shutting down: the exit hook stops the backend
+            return
+        self.stop()
 
     def close_book(self) -> None:
         """The first step of a stop (lock held): refuse new tasks, fail the unfinished ones,

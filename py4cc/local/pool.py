@@ -345,47 +345,28 @@ class Pool(TaskBook):
 
     # -- stopping -------------------------------------------------------------------------
 
-    def _stop(self) -> None:
-        with self.stop_lock:
-            if self.finished:
-                return
-            with self.lock:
-                self.close_book()
-                self.wakeup.wake()
-            thread = self.dispatcher
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(10.0)
-            with self.lock:
-                workers = list(self.workers)
-            stop_workers(workers)
-            with self.lock:  # only once they are stopped: an interrupted stop finds them again
-                self.workers.clear()
-                self.wakeup.close()
-            self.relay.stop(OUTPUT_GRACE_S)  # the workers' last words first
-            self.finished = True
-            self.preloaded = None
-            _LIVE_POOLS.discard(self)
-            if self.uses_forkserver:
-                self.uses_forkserver = False
-                forkserver.release_forkserver()
+    def wake_for_stop(self) -> None:
+        self.wakeup.wake()
 
-    def stop_when_collected(self) -> None:
-        """The Driver's garbage-collection finalizer.
+    def shut_down(self) -> None:
+        thread = self.dispatcher
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(10.0)
+        with self.lock:
+            workers = list(self.workers)
+        stop_workers(workers)
+        with self.lock:  # only once they are stopped: an interrupted stop finds them again
+            self.workers.clear()
+            self.wakeup.close()
+        self.relay.stop(OUTPUT_GRACE_S)  # the workers' last words first
+        self.preloaded = None
+        _LIVE_POOLS.discard(self)
+        if self.uses_forkserver:
+            self.uses_forkserver = False
+            forkserver.release_forkserver()
 
-        A collection runs it on whichever thread allocates, possibly the dispatcher while it
-        holds ``lock`` (a Driver in a reference cycle): stopping right there would deadlock
-        on that lock, so the dispatcher hands the work to a new thread. If a stop is
-        already under way (e.g. the exit hook's, on this very thread), it is left to finish.
-        """
-        if self.stop_lock.locked():
-            return
-        if threading.current_thread() is self.dispatcher:
-            try:
-                threading.Thread(target=self.stop, name="py4cc-collect", daemon=True).start()
-            except RuntimeError:
-                pass  # interpreter shutting down: the exit hook stops the pool
-            return
-        self.stop()
+    def on_own_thread(self) -> bool:
+        return threading.current_thread() is self.dispatcher
 
 
 READ_SIZE = 1 << 16

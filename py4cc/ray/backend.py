@@ -188,50 +188,38 @@ class RayBackend(TaskBook):
 
     # -- stopping -------------------------------------------------------------------------
 
-    def _stop(self) -> None:
-        with self.stop_lock:
-            if self.finished:
-                return
-            with self.lock:
-                self.close_book()
-                self.wakeup.notify_all()
-                actors = list(self.actors)
-            self.stop_requested.set()
-            for thread in (self.supervisor, self.probe):
-                if thread is not None and thread is not threading.current_thread():
-                    thread.join(10.0)
-            if self.ray is not None:
-                for actor in actors:
-                    self.kill(actor)
-                ends = [a.watch or a.init_ref for a in actors if (a.watch or a.init_ref) is not None]
-                if ends and self.lost is None:
-                    try:  # each fails once its actor is dead
-                        self.ray.wait(ends, num_returns=len(ends), timeout=STOP_WAIT_S)
-                    except Exception:
-                        pass
-            with self.lock:
-                self.actors.clear()
-            self.tap.stop()
-            self.relay.stop(OUTPUT_GRACE_S)
-            if self.acquired:
-                self.acquired = False
-                CONNECTION.release(self.ray)
-            self.finished = True
-            _LIVE_BACKENDS.discard(self)
+    def wake_for_stop(self) -> None:
+        self.wakeup.notify_all()
 
-    def stop_when_collected(self) -> None:
-        """The Driver's garbage-collection finalizer: a collection may run it on a Ray
-        callback thread or the supervisor, where stopping would deadlock; a new thread does it."""
-        if self.stop_lock.locked():
-            return
+    def shut_down(self) -> None:
+        with self.lock:
+            actors = list(self.actors)
+        self.stop_requested.set()
+        for thread in (self.supervisor, self.probe):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(10.0)
+        if self.ray is not None:
+            for actor in actors:
+                self.kill(actor)
+            ends = [a.watch or a.init_ref for a in actors if (a.watch or a.init_ref) is not None]
+            if ends and self.lost is None:
+                try:  # each fails once its actor is dead
+                    self.ray.wait(ends, num_returns=len(ends), timeout=STOP_WAIT_S)
+                except Exception:
+                    pass
+        with self.lock:
+            self.actors.clear()
+        self.tap.stop()
+        self.relay.stop(OUTPUT_GRACE_S)
+        if self.acquired:
+            self.acquired = False
+            CONNECTION.release(self.ray)
+        _LIVE_BACKENDS.discard(self)
+
+    def on_own_thread(self) -> bool:
+        """The supervisor, the probe, or a Ray callback thread (a dummy thread to Python)."""
         current = threading.current_thread()
-        if current in (self.supervisor, self.probe) or isinstance(current, threading._DummyThread):
-            try:
-                threading.Thread(target=self.stop, name="py4cc-collect", daemon=True).start()
-            except RuntimeError:
-                pass
-            return
-        self.stop()
+        return current in (self.supervisor, self.probe) or isinstance(current, threading._DummyThread)
 
     # -- the queue: which actor runs which task ------------------------------------------
 
