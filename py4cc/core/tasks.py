@@ -435,6 +435,11 @@ class TaskBook:
                 self.wake_for_stop()
             self.shut_down()
             self.finished = True
+            _LIVE.discard(self)
+
+    def went_live(self) -> None:
+        """``start`` has begun: until stopped, this backend is one that :func:`stop_all` stops."""
+        _LIVE.add(self)
 
     def stop_when_collected(self) -> None:
         """The Driver's garbage-collection finalizer.
@@ -465,3 +470,14 @@ class TaskBook:
         self.pending.clear()
         self.announce_finished()
         self.drained.notify_all()
+
+
+_LIVE: set[TaskBook] = set()
+"""The backends started and not stopped yet, for the exit hooks."""
+
+
+def stop_all(kind: type[TaskBook]) -> None:
+    """An exit hook's work: stop every backend of ``kind`` still running, so that no worker
+    outlives its host."""
+    for book in [book for book in _LIVE if isinstance(book, kind)]:
+        book.stop()

@@ -53,7 +53,7 @@ from typing import Any
 from ..core.scheduling import moving_average, pick_runner
 from ..core.slots import Slot
 from ..core.stats import task_stats
-from ..core.tasks import Task, TaskBook
+from ..core.tasks import Task, TaskBook, stop_all
 from ..options import Options
 from ..protocol import (
     FAILED,
@@ -97,7 +97,7 @@ class Pool(TaskBook):
     # -- what the task book asks of a backend -------------------------------------------
 
     def start(self) -> None:
-        _LIVE_POOLS.add(self)
+        self.went_live()
         try:
             if self.options.start_method == "forkserver":
                 forkserver.acquire_forkserver()
@@ -360,7 +360,6 @@ class Pool(TaskBook):
             self.wakeup.close()
         self.relay.stop(OUTPUT_GRACE_S)  # the workers' last words first
         self.preloaded = None
-        _LIVE_POOLS.discard(self)
         if self.uses_forkserver:
             self.uses_forkserver = False
             forkserver.release_forkserver()
@@ -670,14 +669,9 @@ def death_cause(w: Worker, exitcode: int | None, task_timeout: float | None, ini
     return how
 
 
-_LIVE_POOLS: set[Pool] = set()
-"""The pools started and not stopped yet, for the exit hook."""
-
-
 def stop_all_pools() -> None:
     """The exit hook: stop every pool still running, so that no worker outlives us."""
-    for pool in list(_LIVE_POOLS):
-        pool.stop()
+    stop_all(Pool)
 
 
 # Registered after multiprocessing.util's own exit hook, so (atexit being LIFO) our

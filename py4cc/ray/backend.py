@@ -47,7 +47,7 @@ from ..core.scheduling import moving_average, pick_runner
 from ..core.sink import SinkThread
 from ..core.slots import Slot
 from ..core.stats import task_stats
-from ..core.tasks import Task, TaskBook
+from ..core.tasks import Task, TaskBook, stop_all
 from ..options import Options
 from ..protocol import FAILED, OK, OUTPUT_GRACE_S, Answer, unpickle_answer
 from .actor import WATCH_GROUP, EngineActor
@@ -140,7 +140,7 @@ class RayBackend(TaskBook):
 
     def start(self) -> None:
         ray = import_ray()
-        _LIVE_BACKENDS.add(self)
+        self.went_live()
         CONNECTION.on_exit = stop_all_backends
         try:
             self.where = CONNECTION.acquire(ray, self.options.ray_address, self.options.n_subprocesses)
@@ -214,7 +214,6 @@ class RayBackend(TaskBook):
         if self.acquired:
             self.acquired = False
             CONNECTION.release(self.ray)
-        _LIVE_BACKENDS.discard(self)
 
     def on_own_thread(self) -> bool:
         """The supervisor, the probe, or a Ray callback thread (a dummy thread to Python)."""
@@ -724,11 +723,6 @@ class RayBackend(TaskBook):
         )
 
 
-_LIVE_BACKENDS: set[RayBackend] = set()
-"""The Ray backends started and not stopped yet, for the exit hook."""
-
-
 def stop_all_backends() -> None:
     """The exit hook: stop every Ray backend still running (before Ray's own exit hook)."""
-    for backend in list(_LIVE_BACKENDS):
-        backend.stop()
+    stop_all(RayBackend)
