@@ -29,7 +29,7 @@ good: unfinished tasks fail, ``submit`` refuses, and ``stats()`` says why.
 
 Ray is imported only when this backend starts (:mod:`py4cc.ray.connect`).
 
-:class:`RayBackend` is one class, in parts: the Backend interface and the stop; the queue
+:class:`RayBackend` is one class, in parts: what the task book asks of it and the stop; the queue
 (which actor runs which task); the actors (start, death, restart); the answers (the
 callbacks, a dead actor's calls); the supervisor (timeouts, the probe, the stats).
 """
@@ -136,7 +136,7 @@ class RayBackend(TaskBook):
         self.supervisor: threading.Thread | None = None
         self.probe: threading.Thread | None = None
 
-    # -- the Backend interface ------------------------------------------------------------
+    # -- what the task book asks of a backend ---------------------------------------------
 
     def start(self) -> None:
         ray = import_ray()
