@@ -92,7 +92,7 @@ impl WorkerOutput {
     }
 
     /// Calls the callback (what the driver's output thread does for each line).
-    pub fn call(&self, line: WorkerLine) {
+    pub(crate) fn call(&self, line: WorkerLine) {
         (self.0)(line)
     }
 

@@ -6,8 +6,9 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::object::Object;
 
-/// Where a driver is in its life.
+/// Where a driver is in its life. Later versions may add states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DriverState {
     /// Built, not initialized yet: no worker runs.
     New,
