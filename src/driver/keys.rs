@@ -53,7 +53,10 @@ impl KeyRange {
     /// with the user's key for `N`.
     pub(super) fn message_about(self, python: i64, message: String) -> String {
         let Some(key) = self.public(python) else { return message };
-        for (theirs, ours) in [(format!("unknown key {python}"), format!("unknown key {key}")), (format!("task {python} "), format!("task {key} "))] {
+        for (theirs, ours) in [
+            (format!("unknown key {python}"), format!("unknown key {key}")),
+            (format!("task {python} "), format!("task {key} ")),
+        ] {
             if let Some(rest) = message.strip_prefix(&theirs) {
                 return format!("{ours}{rest}");
             }
@@ -103,7 +106,10 @@ mod tests {
             range.message_about(7, "unknown key 7: it was never issued".into()),
             format!("unknown key {key}: it was never issued")
         );
-        assert_eq!(range.message_about(7, "task 7 was cancelled: ...".into()), format!("task {key} was cancelled: ..."));
+        assert_eq!(
+            range.message_about(7, "task 7 was cancelled: ...".into()),
+            format!("task {key} was cancelled: ...")
+        );
         assert_eq!(range.message_about(7, "task 71 was cancelled".into()), "task 71 was cancelled", "another task");
         assert_eq!(range.message_about(7, "Traceback: task 7 ".into()), "Traceback: task 7 ", "only a leading mention");
     }

@@ -11,6 +11,8 @@ mod output;
 mod package;
 mod protocol;
 mod stats;
+#[cfg(test)]
+mod table_tests;
 mod turn;
 
 use std::mem::ManuallyDrop;

@@ -29,12 +29,20 @@ impl StartMethod {
     }
 }
 
+impl std::fmt::Display for StartMethod {
+    /// The name [`FromStr`](std::str::FromStr) reads: `fork`, `forkserver` or `spawn`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl std::str::FromStr for StartMethod {
     type Err = Error;
 
     /// ```
     /// use rs4py::StartMethod;
     /// assert_eq!("spawn".parse::<StartMethod>()?, StartMethod::Spawn);
+    /// assert_eq!(StartMethod::Spawn.to_string(), "spawn");
     /// assert!("thread".parse::<StartMethod>().is_err());
     /// # Ok::<(), rs4py::Error>(())
     /// ```

@@ -213,6 +213,25 @@ mod tests {
     }
 
     #[test]
+    fn the_statuses_carry_the_flags_and_only_those() {
+        let submit =
+            [(SubmitStatus::Accepted, OK), (SubmitStatus::AtCapacity, AT_CAPACITY), (SubmitStatus::Error, ERROR)];
+        for (status, flag) in submit {
+            assert_eq!((status.code(), SubmitStatus::from_code(flag)), (flag, Some(status)));
+        }
+        let result = [
+            (ResultStatus::Done, OK),
+            (ResultStatus::NotReady, NOT_FINISHED),
+            (ResultStatus::Failed, FAILED),
+            (ResultStatus::Error, ERROR),
+        ];
+        for (status, flag) in result {
+            assert_eq!((status.code(), ResultStatus::from_code(flag)), (flag, Some(status)));
+        }
+        assert_eq!((SubmitStatus::from_code(FAILED), ResultStatus::from_code(3)), (None, None));
+    }
+
+    #[test]
     fn the_not_finished_message_is_py4cc_protocols() {
         let messages: HashMap<String, String> = contract("messages");
         assert_eq!(messages["NOT_FINISHED_MESSAGE"], NOT_FINISHED_MESSAGE);
