@@ -14,6 +14,7 @@ use rs4py::{Driver, DriverOptions, Error, ResultStatus, SubmitStatus, ToPython};
 #[path = "common/within.rs"]
 mod within;
 #[path = "common/workers.rs"]
+#[allow(dead_code)] // kill_worker is for other binaries
 mod workers;
 use within::within;
 use workers::{module_dir_with, process_exists};
