@@ -274,9 +274,9 @@ fn submit_answers_accepted_at_capacity_and_error_with_their_messages() {
     let early = driver.submit(&[1.0, 2.0], &["a", "b", "c"], 3);
     assert_eq!((early.status, early.key), (SubmitStatus::Error, 0));
     assert!(early.message.contains("not initialized"), "{early:?}");
-    let early = driver.retrieve(1);
+    let early = driver.retrieve(1); // a number the driver did not issue (it has issued none)
     assert_eq!((early.status, early.value), (ResultStatus::Error, 0));
-    assert!(early.message.contains("not initialized"), "{early:?}");
+    assert!(early.message.starts_with("unknown key 1: this Driver did not issue it"), "{early:?}");
     assert_eq!(driver.wait(1, Duration::from_millis(10)).status, ResultStatus::Error);
     assert_eq!(driver.worker_pids().unwrap(), Vec::<u32>::new());
     assert_eq!(driver.n_subprocesses().unwrap(), 1, "as given, before any runs");

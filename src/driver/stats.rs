@@ -78,7 +78,9 @@ pub struct DriverStats {
     pub replacement_failures: u64,
     /// Tasks answered `Done`.
     pub tasks_done: u64,
-    /// Tasks answered `Failed`, for any reason (those timed out included).
+    /// Tasks answered `Failed`, for any reason (those timed out included). A general task
+    /// whose answer does not convert to its key's type counts here once its answer is
+    /// collected (until then, py4cc counts it in `tasks_done`).
     pub tasks_failed: u64,
     /// Tasks that ran past [`DriverOptions::task_timeout`](super::DriverOptions::task_timeout).
     pub tasks_timed_out: u64,
