@@ -89,12 +89,11 @@ fn a_forked_child_cannot_use_the_driver_nor_disturb_the_parents_workers() {
         let observed =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child_observations(driver, parents_key)))
                 .unwrap_or_else(|_| "the child panicked".to_owned());
-        // SAFETY: writes from a live buffer to the pipe's write end, then ends the child at
-        // once (no atexit handlers: they are the parent's).
-        unsafe {
-            libc::write(write_end, observed.as_ptr().cast(), observed.len());
-            libc::_exit(0);
-        }
+        // SAFETY: writes from a live buffer of that length to the pipe's write end (the
+        // observations are far below the pipe's buffer: the write does not block).
+        unsafe { libc::write(write_end, observed.as_ptr().cast(), observed.len()) };
+        // SAFETY: ends the child at once, running none of the parent's exit handlers.
+        unsafe { libc::_exit(0) }
     }
     // SAFETY: the parent's copy of the write end, closed once so that the read sees EOF.
     unsafe { libc::close(write_end) };

@@ -57,7 +57,8 @@ pub struct WorkerLine {
     pub stream: WorkerStream,
     /// The line, without its newline (and without a `\r` before it). Bytes that are not
     /// UTF-8 appear as `\xNN`; a line longer than 64 KiB comes in several pieces. An event's
-    /// text may span several lines (a traceback).
+    /// text may span several lines (a traceback); it names a task by py4cc's number for it,
+    /// which is the last 12 digits of the task's key.
     pub text: String,
 }
 
