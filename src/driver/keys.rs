@@ -63,6 +63,25 @@ impl KeyRange {
         }
         message
     }
+
+    /// An event's text about workers (py4cc's), with the user's key for every "task N" in it.
+    pub(super) fn event_text(self, text: &str) -> String {
+        const MENTION: &str = "task ";
+        let mut out = String::with_capacity(text.len() + 16);
+        let mut rest = text;
+        while let Some(at) = rest.find(MENTION) {
+            let (before, after) = rest.split_at(at + MENTION.len());
+            out.push_str(before);
+            let digits = after.find(|c: char| !c.is_ascii_digit()).unwrap_or(after.len());
+            match after[..digits].parse().ok().and_then(|python| self.public(python)) {
+                Some(key) if key > 0 => out.push_str(&key.to_string()),
+                _ => out.push_str(&after[..digits]),
+            }
+            rest = &after[digits..];
+        }
+        out.push_str(rest);
+        out
+    }
 }
 
 /// The message for a key that `range` did not issue.
@@ -112,5 +131,23 @@ mod tests {
         );
         assert_eq!(range.message_about(7, "task 71 was cancelled".into()), "task 71 was cancelled", "another task");
         assert_eq!(range.message_about(7, "Traceback: task 7 ".into()), "Traceback: task 7 ", "only a leading mention");
+    }
+
+    #[test]
+    fn worker_events_name_the_users_keys() {
+        let range = KeyRange { base: 3 * KEY_SPAN };
+        assert_eq!(
+            range.event_text("exited with exit code -9 while running task 1"),
+            format!("exited with exit code -9 while running task {}", 3 * KEY_SPAN + 1)
+        );
+        assert_eq!(
+            range.event_text("task 12 ran past task_timeout (0.5 s): killing the worker"),
+            format!("task {} ran past task_timeout (0.5 s): killing the worker", 3 * KEY_SPAN + 12)
+        );
+        for unchanged in
+            ["started, replacing worker process 77", "task x", "task ", "task 0 ", "a task 99999999999999999999"]
+        {
+            assert_eq!(range.event_text(unchanged), unchanged);
+        }
     }
 }

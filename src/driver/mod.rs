@@ -146,7 +146,22 @@ impl Driver {
         let turn = Arc::new(DispatcherTurn::default());
         let wait_readable = turn.function(gil.token())?;
         let class = gil.import(DRIVER_MODULE)?.getattr(DRIVER_CLASS)?;
-        let worker_output = options.worker_output.as_ref().map(|output| output.sink(gil.token())).transpose()?;
+        let keys = keys::KeyRange::new();
+        // Events name tasks by py4cc's numbers: the callback gets the user's keys instead.
+        let worker_output = options
+            .worker_output
+            .as_ref()
+            .map(|output| {
+                let output = output.clone();
+                WorkerOutput::new(move |mut line| {
+                    if line.stream == WorkerStream::Event {
+                        line.text = keys.event_text(&line.text);
+                    }
+                    output.call(line);
+                })
+                .sink(gil.token())
+            })
+            .transpose()?;
         let driver = class.call(
             (),
             [
@@ -184,7 +199,7 @@ impl Driver {
             completions,
             turn,
             access: Access::new(),
-            keys: keys::KeyRange::new(),
+            keys,
             unconvertible: AtomicU64::new(0),
         })
     }
