@@ -322,6 +322,37 @@ pub(crate) fn prepend_sys_path(gil: &Gil, dirs: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// Puts `dirs` on `sys.path` right after the standard library's entries (the last one that
+/// lies in `sysconfig`'s `stdlib` or `platstdlib` directory, `lib-dynload` included), in
+/// order, skipping those already there: the standard library cannot be shadowed from
+/// `dirs`, while `dirs` still come before site-packages. Without a standard library entry
+/// (an unusual layout), they go last.
+pub(crate) fn insert_sys_path_after_stdlib(gil: &Gil, dirs: &[PathBuf]) -> Result<()> {
+    let sysconfig = gil.import("sysconfig")?;
+    let stdlib_dirs = ["stdlib", "platstdlib"]
+        .into_iter()
+        .map(|name| Ok(PathBuf::from(sysconfig.call_method("get_path", (name,), ())?.extract::<String>()?)))
+        .collect::<Result<Vec<PathBuf>>>()?;
+    let sys_path = gil.import("sys")?.getattr("path")?;
+    let mut position = sys_path.len()?;
+    for index in (0..sys_path.len()?).rev() {
+        // An entry that is not a str (it may be anything) is no standard library directory.
+        let Ok(entry) = sys_path.get_item(index)?.extract::<String>() else { continue };
+        if stdlib_dirs.iter().any(|stdlib| Path::new(&entry).starts_with(stdlib)) {
+            position = index + 1;
+            break;
+        }
+    }
+    for dir in dirs {
+        let entry = path_to_python(gil.token(), dir)?;
+        if !sys_path.contains(&entry)? {
+            sys_path.call_method("insert", (position, entry), ())?;
+            position += 1;
+        }
+    }
+    Ok(())
+}
+
 /// A path as Python's `os.fsdecode` would give it (undecodable bytes as surrogate escapes).
 pub(crate) fn path_to_python<'py>(gil: GilToken<'py>, path: &Path) -> Result<Object<'py>> {
     let bytes = OsStr::as_bytes(path.as_os_str());
