@@ -1,7 +1,7 @@
 //! `DriverOptions::python_path` does not shadow the standard library: modules named like
 //! stdlib ones in a `python_path` directory are never imported (by py4cc in the host or the
 //! workers, nor by the Engine), while the Engine's module there and its own helper module
-//! still load, under every start method.
+//! still load and come before site-packages, under every start method.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,10 +23,17 @@ open(__file__ + ".imported", "w").close()
 raise ImportError("the user's " + __name__ + " shadowed the standard library")
 "#;
 
+/// Answers only where its directory comes before site-packages on `sys.path` (a user's
+/// copy of an installed library takes precedence) and after the standard library.
 const ENGINE_SOURCE: &str = r#"
 import json
+import os
+import sys
+import sysconfig
 
 import user_helper
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class Engine:
@@ -34,6 +41,10 @@ class Engine:
         self.add = config["add"]
 
     def run(self, float_features, str_features, int_feature):
+        order = [sys.path.index(sysconfig.get_path(name)) for name in ("stdlib", "purelib")]
+        here = sys.path.index(HERE)
+        if not order[0] < here < order[1]:
+            raise RuntimeError(f"{HERE} is not between the stdlib and site-packages: {sys.path}")
         return user_helper.BASE + self.add + int_feature, json.dumps(str_features)
 "#;
 
