@@ -33,6 +33,8 @@
 //! `cargo bench --bench roundtrip [-- --tasks 3000,20000 --threads 1,16,64 --workers 2
 //! --rounds 3 --rust-only --sync-only --no-futex]`; `RS4PY_ROUNDTRIP_TASKS=500,3000` sets the
 //! counts too (a quick run). One count alone gives the average CPU per task, start-up included.
+//! `RS4PY_ROUNDTRIP_SHOW_THREADS=1` prints the host's Python threads and their thread ids, for
+//! reading a profiler's per-thread figures.
 //!
 //! # Baseline (2026-12-03, the shared 2-core machine, CPython 3.11.7, before issue 17)
 //!
@@ -352,6 +354,9 @@ fn rust_driver(
         assert_eq!(result.status, ResultStatus::Done, "{result:?}");
         result.value
     };
+    if std::env::var_os("RS4PY_ROUNDTRIP_SHOW_THREADS").is_some() {
+        show_threads();
+    }
     let with_workers = ray.is_none();
     let mut rows = Vec::new();
     let mut longest_poll = Duration::ZERO;
@@ -380,6 +385,18 @@ fn rust_driver(
     }
     driver.finalize();
     (rows, longest_poll)
+}
+
+/// For profiling (`RS4PY_ROUNDTRIP_SHOW_THREADS=1`): prints this process's id and its
+/// Python threads' names and thread ids, so that a profiler's per-thread figures can be read
+/// (Rust client threads are the other ones, spawned per measurement).
+fn show_threads() {
+    let gil = rs4py::Gil::acquire().expect("python");
+    let threads: Vec<(String, i64)> = gil
+        .eval("[(t.name, t.native_id or 0) for t in __import__('threading').enumerate()]")
+        .and_then(|threads| threads.extract())
+        .expect("threading.enumerate()");
+    println!("threads of {}: {threads:?}", std::process::id());
 }
 
 /// The median of `values`.
