@@ -173,8 +173,10 @@ def main() -> None:
             batch,
         ),
     ]
-    print(f"bytes per task: pickle {len(pickled_task)}, frame {len(framed_task)}; per answer: pickle "
-          f"{len(pickled_answer)}, frame {len(framed_answer)}")
+    print(
+        f"bytes per task: pickle {len(pickled_task)}, frame {len(framed_task)}; per answer: pickle "
+        f"{len(pickled_answer)}, frame {len(framed_answer)}"
+    )
     print(f"{'us per task (best of 5)':<40} {'pickle':>8} {'frame':>8}")
     for name, with_pickle, with_frame, per_call in rows:
         pickled = "-" if with_pickle is None else f"{best_us(with_pickle, per_call):.2f}"
