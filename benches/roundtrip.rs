@@ -20,7 +20,7 @@
 //!   threads ([`rs4py::gil_acquisitions`]; Python's own threads, the dispatcher and the output
 //!   relay, are not counted), and, in a separate pass with `perf stat -e
 //!   syscalls:sys_enter_futex,context-switches -p <host>` attached (the host's threads only,
-//!   not the workers), futex calls and context switches.
+//!   not the workers), futex calls and context switches, in every round, the least taken too.
 //! - Ratios side by side: the Rust row's tasks/s and p50 over the row's, and the row's host
 //!   and workers' CPU per task over the Pipe floor's (the parent's side and the child's).
 //!
@@ -514,6 +514,7 @@ fn main() {
     }
     counts.sort();
     let mut rows: Vec<Row> = Vec::new();
+    let mut futex_rows: Vec<Row> = Vec::new();
     let mut longest_polls = Vec::new();
     let ray = rs4py_workload::ray_cluster();
     for _ in 0..rounds {
@@ -526,8 +527,10 @@ fn main() {
         if anchors {
             rows.extend(python_anchors(&threads, &counts, workers));
         }
+        if with_futex {
+            futex_rows.extend(rust_driver(&threads, &counts, workers, Pass::Futex, None).0);
+        }
     }
-    let futex_rows = if with_futex { rust_driver(&threads, &counts, workers, Pass::Futex, None).0 } else { Vec::new() };
 
     // (name, threads) in the order first met.
     let mut order: Vec<(String, usize)> = Vec::new();
