@@ -39,16 +39,16 @@
 //! # Baseline (2026-12-03, before issue 17)
 //!
 //! `cargo bench --bench roundtrip` (3,000 and 20,000 tasks, 3 rounds) on the shared 2-core
-//! machine, CPython 3.11.7, loaded by other work (so each figure is the range over three runs),
+//! machine, CPython 3.11.7, loaded by other work (so each figure is the range over four runs),
 //! 16 client threads; CPU in µs per task:
 //!
 //! | row | tasks/s | host CPU | workers' CPU | GIL (Rust) | host futex |
 //! |---|---|---|---|---|---|
-//! | Rust `Driver` | 6,800–10,300 | 59–89 | 23–26 | 2.00 | 2.7–8.4 |
-//! | py4cc from Python threads | 7,100–7,700 | 69–95 | 21–29 | | |
-//! | `multiprocessing.Pool` | 4,100–6,400 | 119–199 | 18–29 | | |
-//! | `ProcessPoolExecutor` | 3,500–5,700 | 178–250 | 35–49 | | |
-//! | Pipe floor (1 thread) | 21,300–28,600 | 11–13 | 11–13 | | |
+//! | Rust `Driver` | 6,800–10,300 | 59–112 | 23–35 | 2.00 | 2.7–8.4 |
+//! | py4cc from Python threads | 5,700–7,700 | 69–95 | 21–29 | | |
+//! | `multiprocessing.Pool` | 4,000–6,400 | 119–278 | 18–37 | | |
+//! | `ProcessPoolExecutor` | 3,500–5,700 | 178–250 | 35–76 | | |
+//! | Pipe floor (1 thread) | 18,800–28,600 | 11–14 | 11–15 | | |
 //!
 //! Counting every `take_gil` of the host (a uprobe), a Rust task costs 4.0 GIL acquisitions at
 //! 16 threads: 2 by the caller (submit, collect), plus one for each `os.read`/`os.write` py4cc
