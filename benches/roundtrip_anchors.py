@@ -4,7 +4,13 @@ initializer), ``concurrent.futures.ProcessPoolExecutor``, and the floor: the sam
 one child over a ``multiprocessing.Pipe`` and back.
 
 Puts this directory (the engine) and the repository's root (py4cc) on ``sys.path``; prints
-one line per measurement: ``row<TAB>name<TAB>threads<TAB>tasks<TAB>tasks/s<TAB>p50 us<TAB>p99 us``.
+one line per measurement: ``row<TAB>name<TAB>threads<TAB>tasks<TAB>tasks/s<TAB>p50 us<TAB>p99 us<TAB>host
+ticks<TAB>workers' ticks``, the last two the CPU time (utime + stime, in clock ticks) that this
+process and its descendants (the worker processes) spent during the timed part.
+
+``--tasks`` takes one count or several (``3000,20000``): each row is measured once per count,
+one after the other on the same pool, so that ``cargo bench --bench roundtrip`` can take the
+marginal CPU per task as the difference between two counts.
 """
 
 from __future__ import annotations
@@ -27,11 +33,50 @@ FLOATS = [1.5, -2.25]
 STRS = ["abc", "de", "f"]
 
 
-def measure(name: str, threads: int, tasks: int, one: Callable[[int], int], warm_up: int = 200) -> None:
-    """Runs ``tasks`` round trips, ``threads`` threads each doing its share in a loop; each
-    ``one(n)`` must answer n."""
+def process_ticks(pid: int | str) -> tuple[int, int]:
+    """``(utime + stime, parent pid)`` of a process, from ``/proc/<pid>/stat``; the name (field
+    2) may hold spaces and parentheses, so the fields are read after its last ``)``."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12]), int(fields[1])
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """CPU ticks so far of this process and of its live descendants (the workers, children of
+    a forkserver that is itself our child, so not in our ``cutime``): each read while alive."""
+    own, _ = process_ticks("self")
+    ticks_and_parent: dict[int, tuple[int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ticks_and_parent[int(entry)] = process_ticks(entry)
+            except (OSError, IndexError, ValueError):
+                pass  # gone meanwhile
+    children: dict[int, list[int]] = {}
+    for pid, (_, parent) in ticks_and_parent.items():
+        children.setdefault(parent, []).append(pid)
+    descendants, pending = 0, list(children.get(os.getpid(), []))
+    while pending:
+        pid = pending.pop()
+        descendants += ticks_and_parent[pid][0]
+        pending.extend(children.get(pid, []))
+    return own, descendants
+
+
+TASK_COUNTS: list[int] = [4000]
+
+
+def measure(name: str, threads: int, _tasks: int, one: Callable[[int], int], warm_up: int = 200) -> None:
+    """Measures once per count of ``TASK_COUNTS``, on the same pool."""
     for n in range(1, warm_up + 1):
         assert one(n) == n
+    for tasks in TASK_COUNTS:
+        measure_once(name, threads, tasks, one)
+
+
+def measure_once(name: str, threads: int, tasks: int, one: Callable[[int], int]) -> None:
+    """Runs ``tasks`` round trips, ``threads`` threads each doing its share in a loop; each
+    ``one(n)`` must answer n."""
     per_thread = tasks // threads
     latencies: list[list[float]] = [[] for _ in range(threads)]
     start_line = threading.Barrier(threads + 1)
@@ -48,6 +93,7 @@ def measure(name: str, threads: int, tasks: int, one: Callable[[int], int], warm
                 raise AssertionError(f"{name}: task {n} answered {answer}")
 
     clients = [threading.Thread(target=client, args=(i,)) for i in range(threads)]
+    host_before, workers_before = cpu_ticks()
     for thread in clients:
         thread.start()
     start_line.wait()
@@ -55,12 +101,17 @@ def measure(name: str, threads: int, tasks: int, one: Callable[[int], int], warm
     for thread in clients:
         thread.join()
     elapsed = time.perf_counter() - began
+    host_after, workers_after = cpu_ticks()
     every = sorted(x for mine in latencies for x in mine)
     if len(every) != per_thread * threads:
         raise AssertionError(f"{name}: a client thread failed")
     p50 = every[len(every) // 2] * 1e6
     p99 = every[min(len(every) - 1, (len(every) * 99) // 100)] * 1e6
-    print(f"row\t{name}\t{threads}\t{len(every)}\t{len(every) / elapsed:.1f}\t{p50:.1f}\t{p99:.1f}", flush=True)
+    print(
+        f"row\t{name}\t{threads}\t{len(every)}\t{len(every) / elapsed:.1f}\t{p50:.1f}\t{p99:.1f}"
+        f"\t{host_after - host_before}\t{workers_after - workers_before}",
+        flush=True,
+    )
 
 
 def py4cc_driver(threads: list[int], tasks: int, workers: int) -> None:
@@ -142,11 +193,13 @@ def pipe_floor(tasks: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", default="1,16")
-    parser.add_argument("--tasks", type=int, default=4000)
+    parser.add_argument("--tasks", default="4000", help="a count, or several: 3000,20000")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", default="py4cc,pool,executor,pipe")
     args = parser.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
+    TASK_COUNTS[:] = [int(count) for count in args.tasks.split(",")]
+    args.tasks = max(TASK_COUNTS)
     only = args.only.split(",")
     if "py4cc" in only:
         py4cc_driver(threads, args.tasks, args.workers)

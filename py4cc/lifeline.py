@@ -10,7 +10,10 @@ thing it does:
   (``O_ASYNC``), that signal being SIGKILL (``F_SETSIG``) and sent to itself
   (``F_SETOWN``). When the last write end closes, the kernel kills the worker at once:
   no thread, no Python code, no GIL is involved, so a worker stuck in a long C call that
-  holds the GIL dies just the same.
+  holds the GIL dies just the same. An Engine can close that descriptor (it is listed
+  in ``/proc/self/fd``), which cancels the signal: so a daemon thread also checks, twice
+  a second, that the host process is still there (same pid, same start time, not a
+  zombie), and kills the worker when it is not. That check holds no descriptor to close.
 * Elsewhere a daemon thread blocks on the pipe and kills its process on EOF; it needs the
   GIL to do so, so a worker inside a C call that holds it dies when that call returns.
 
@@ -36,6 +39,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 _F_SETSIG = 10
@@ -80,17 +84,18 @@ class Lifeline:
     that child (``multiprocessing.reduction.DupFd``); a "fork" child inherits the number.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, host_pid: int | None = None) -> None:
         self.fd = fd
+        self.host_pid = os.getpid() if host_pid is None else host_pid
 
     def __reduce__(self) -> Any:
         from multiprocessing import reduction
 
-        return _rebuild, (reduction.DupFd(self.fd),)
+        return _rebuild, (reduction.DupFd(self.fd), self.host_pid)
 
 
-def _rebuild(dup: Any) -> Lifeline:
-    return Lifeline(dup.detach())
+def _rebuild(dup: Any, host_pid: int) -> Lifeline:
+    return Lifeline(dup.detach(), host_pid)
 
 
 def arm(lifeline: Lifeline | None) -> str:
@@ -117,6 +122,11 @@ def arm(lifeline: Lifeline | None) -> str:
         _die()
     if how == "thread":
         threading.Thread(target=_watch, args=(own,), name="py4cc-lifeline", daemon=True).start()
+    else:
+        started = _start_time(lifeline.host_pid)
+        if started is not None:
+            args = (lifeline.host_pid, started)
+            threading.Thread(target=_watch_host, args=args, name="py4cc-lifeline-host", daemon=True).start()
     return how
 
 
@@ -154,6 +164,27 @@ def _watch(fd: int) -> None:
             continue
         except OSError:
             break
+    _die()
+
+
+def _start_time(pid: int) -> int | None:
+    """When the process ``pid`` started (in clock ticks since boot, from ``/proc``); None
+    if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def _watch_host(pid: int, started: int) -> None:
+    """The check an Engine cannot close: die once the host process is no longer there (a
+    reused pid has another start time)."""
+    while _start_time(pid) == started:
+        time.sleep(0.5)
     _die()
 
 

@@ -322,6 +322,45 @@ pub(crate) fn prepend_sys_path(gil: &Gil, dirs: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// Puts `dirs` on `sys.path` right after the standard library's entries (the last one that
+/// lies in `sysconfig`'s `stdlib` or `platstdlib` directory, `lib-dynload` included, and
+/// not in its `purelib` or `platlib`, site-packages, which may lie inside the former), in
+/// order, skipping those already there: the standard library cannot be shadowed from
+/// `dirs`, while `dirs` still come before site-packages. Without a standard library entry
+/// (an unusual layout), they go last.
+pub(crate) fn insert_sys_path_after_stdlib(gil: &Gil, dirs: &[PathBuf]) -> Result<()> {
+    let sysconfig = gil.import("sysconfig")?;
+    let sysconfig_dirs = |names: [&str; 2]| {
+        names
+            .into_iter()
+            .map(|name| Ok(PathBuf::from(sysconfig.call_method("get_path", (name,), ())?.extract::<String>()?)))
+            .collect::<Result<Vec<PathBuf>>>()
+    };
+    let stdlib_dirs = sysconfig_dirs(["stdlib", "platstdlib"])?;
+    let site_dirs = sysconfig_dirs(["purelib", "platlib"])?;
+    let is_stdlib = |entry: &Path| {
+        stdlib_dirs.iter().any(|dir| entry.starts_with(dir)) && !site_dirs.iter().any(|dir| entry.starts_with(dir))
+    };
+    let sys_path = gil.import("sys")?.getattr("path")?;
+    let mut position = sys_path.len()?;
+    for index in (0..sys_path.len()?).rev() {
+        // An entry that is not a str (it may be anything) is no standard library directory.
+        let Ok(entry) = sys_path.get_item(index)?.extract::<String>() else { continue };
+        if is_stdlib(Path::new(&entry)) {
+            position = index + 1;
+            break;
+        }
+    }
+    for dir in dirs {
+        let entry = path_to_python(gil.token(), dir)?;
+        if !sys_path.contains(&entry)? {
+            sys_path.call_method("insert", (position, entry), ())?;
+            position += 1;
+        }
+    }
+    Ok(())
+}
+
 /// A path as Python's `os.fsdecode` would give it (undecodable bytes as surrogate escapes).
 pub(crate) fn path_to_python<'py>(gil: GilToken<'py>, path: &Path) -> Result<Object<'py>> {
     let bytes = OsStr::as_bytes(path.as_os_str());

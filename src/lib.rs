@@ -51,7 +51,7 @@ pub use driver::{
     TaskFuture, TaskKey, TaskReceipt, TaskResult, WorkerLine, WorkerOutput, WorkerStream,
 };
 pub use error::{Error, PythonException, Result};
-pub use gil::{Gil, GilToken};
+pub use gil::{Gil, GilToken, gil_acquisitions};
 pub use interpreter::{BuildPython, StartOptions, build_python, is_started, start};
 pub use object::{Handle, Object};
 

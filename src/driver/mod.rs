@@ -134,13 +134,14 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// Starts the interpreter if needed (with rs4py's own `py4cc` and `options.python_path`
-    /// on `sys.path`) and builds the Python driver. Nothing runs until [`initialize`](Self::initialize).
+    /// Starts the interpreter if needed (with rs4py's own `py4cc` first on `sys.path`, and
+    /// `options.python_path` after the standard library: see [`DriverOptions::python_path`])
+    /// and builds the Python driver. Nothing runs until [`initialize`](Self::initialize).
     pub fn new(options: DriverOptions) -> Result<Driver> {
-        let mut python_path = vec![package::package_parent_dir()?.to_path_buf()];
-        python_path.extend(options.python_path);
-        interpreter::start(&StartOptions { python_path })?;
+        let package_dir = package::package_parent_dir()?.to_path_buf();
+        interpreter::start(&StartOptions { python_path: vec![package_dir] })?;
         let gil = Gil::acquire()?;
+        interpreter::insert_sys_path_after_stdlib(&gil, &options.python_path)?;
         let completions = Arc::new(Completions::default());
         let notify = completions.notifier(gil.token())?;
         let turn = Arc::new(DispatcherTurn::default());

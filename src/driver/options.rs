@@ -162,8 +162,15 @@ pub struct DriverOptions {
     /// [`DriverStats::workers_degraded`](super::DriverStats::workers_degraded)). `None` waits
     /// as long as it takes.
     pub init_timeout: Option<Duration>,
-    /// Directories put at the front of `sys.path`, for the user's own Engine module; every
-    /// worker process sees them too, whatever the start method.
+    /// Directories for the user's own Engine module and what it imports; every worker
+    /// process sees them too, whatever the start method (workers get this process's
+    /// `sys.path`, in its order). They go on `sys.path` right after the standard library's
+    /// entries and before site-packages, while rs4py's own `py4cc` goes first: a `json.py`
+    /// or `threading.py` there cannot replace the standard library, for py4cc (which
+    /// imports only the standard library, and `ray` for [`Backend::Ray`]) nor for the
+    /// Engine, whereas a module there does take precedence over an installed one of the
+    /// same name (a patched copy of a library, say). Directories already on `sys.path`
+    /// (through `PYTHONPATH`, say) stay where they are.
     pub python_path: Vec<PathBuf>,
     /// The Engine's method that general tasks ([`Driver::submit_call`](super::Driver::submit_call))
     /// call, `"run"` by default; checked when each worker builds its Engine.

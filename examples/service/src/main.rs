@@ -6,17 +6,21 @@
 //!   `--timeout-ms` (or `?timeout_ms=N`, at most a minute): past it, `504`, and the task's
 //!   slot is freed. Bad JSON answers `400`/`415`/`422`, wrong feature counts `422`, each with
 //!   `{"error": reason}`; a full driver (`--max-tasks` held) `503` with `Retry-After: 1`; a
-//!   draining one `503`; a model failure `500` with its message.
+//!   draining one `503`; a model failure `500` with `{"error": reason, "request_id": id}`:
+//!   the client learns no traceback and no server path; the service's log (stderr) has the
+//!   traceback, each of its lines starting `[request ID]`.
 //! - `GET /stats` answers the driver's [`rs4py::DriverStats`] as JSON.
 //! - SIGTERM (or SIGINT): stop accepting connections, let the requests in flight finish,
 //!   drain the driver (at most `--drain-ms`), exit 0.
 //!
+//! It prints `rs4py-service: pid PID` on stderr as it starts (the pid to send SIGTERM to).
 //! It listens on 127.0.0.1, on `--port` or `$RS4PY_SERVICE_PORT` (default 8080; 0 picks a free
 //! port), and prints `listening on http://127.0.0.1:PORT` on stdout once it accepts requests.
 //! Worker output and events go to stderr as `[worker PID STREAM] line`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -90,6 +94,24 @@ fn parse_args(args: impl IntoIterator<Item = String>, env_port: Option<String>) 
 struct App {
     driver: Arc<Driver>,
     request_timeout: Duration,
+    /// The last request id given to a `500`.
+    last_request_id: AtomicU64,
+}
+
+impl App {
+    /// A `500` that tells the client `reason` and a request id, and logs `detail` (a
+    /// traceback, which names server files) on stderr, each line led by that id.
+    fn internal_error(&self, reason: &str, detail: &str) -> Response {
+        let id = self.last_request_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut log = format!("[request {id}] {reason}\n");
+        for line in detail.lines() {
+            log.push_str(&format!("[request {id}] {line}\n"));
+        }
+        eprint!("{log}");
+        let body =
+            json!({ "error": format!("{reason} (request {id}; details in the service's log)"), "request_id": id });
+        (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,12 +184,10 @@ async fn score(
     };
     match result.status {
         ResultStatus::Done => (StatusCode::OK, Json(json!({ "value": result.value }))).into_response(),
-        ResultStatus::Failed => {
-            error(StatusCode::INTERNAL_SERVER_ERROR, format!("the model failed: {}", result.message))
-        }
+        ResultStatus::Failed => app.internal_error("the model failed", &result.message),
         // wait_async answers once the task is finished: NotReady cannot come, and Error would
         // be a bug (the key was just issued to this request alone).
-        _ => error(StatusCode::INTERNAL_SERVER_ERROR, result.message),
+        _ => app.internal_error("the driver answered an error", &result.message),
     }
 }
 
@@ -202,7 +222,7 @@ fn stats_json(stats: &DriverStats) -> serde_json::Value {
 async fn stats(State(app): State<Arc<App>>) -> Response {
     match app.driver.stats() {
         Ok(stats) => Json(stats_json(&stats)).into_response(),
-        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        Err(err) => app.internal_error("the driver's stats are unavailable", &err.to_string()),
     }
 }
 
@@ -223,7 +243,11 @@ async fn shutdown_signal() {
 async fn serve(config: Config, driver: Arc<Driver>) -> std::io::Result<usize> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port)).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    let app = Arc::new(App { driver: Arc::clone(&driver), request_timeout: config.request_timeout });
+    let app = Arc::new(App {
+        driver: Arc::clone(&driver),
+        request_timeout: config.request_timeout,
+        last_request_id: AtomicU64::new(0),
+    });
     let (drained_sender, drained) = tokio::sync::oneshot::channel();
     let draining = Arc::clone(&driver);
     let shutdown = async move {
@@ -246,6 +270,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    eprintln!("rs4py-service: pid {}", std::process::id());
     // Python starts on this, the main thread, before the runtime's threads exist.
     let options = DriverOptions {
         n_subprocesses: config.workers,

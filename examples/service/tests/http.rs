@@ -1,8 +1,10 @@
 //! The service's check, over real HTTP: starts `rs4py-service` on 127.0.0.1, sends it many
 //! concurrent requests with a real client (good ones, ones that time out, bad JSON, wrong
-//! feature counts), checks every answer against the model computed in Rust, checks through
-//! `/stats` that nothing is left held, then sends SIGTERM while requests are in flight and
-//! checks that they are answered and the service exits cleanly.
+//! feature counts, one the model fails on, whose 500 carries a request id and no traceback
+//! while the log has the traceback under that id), checks every answer against the model
+//! computed in Rust, checks through `/stats` that nothing is left held, then sends SIGTERM
+//! while requests are in flight and checks that they are answered and the service exits
+//! cleanly, having printed its pid.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -166,6 +168,19 @@ async fn the_service_answers_right_frees_every_slot_and_drains_on_sigterm() {
     let response = client.get(format!("{base}/nowhere")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 
+    // A task the model fails on (the features' sum is infinite, which int() refuses): the
+    // client gets a request id, not the traceback with the server's paths.
+    let overflow = json!({ "float_features": [1e308, 1e308], "str_features": ["a", "b", "c"], "int_feature": 1 });
+    let (status, failure) = post_raw(&client, &base, Some("application/json"), &overflow.to_string()).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{failure}");
+    let request_id = failure["request_id"].as_u64().unwrap_or_else(|| panic!("no request id: {failure}"));
+    assert_eq!(
+        failure["error"],
+        json!(format!("the model failed (request {request_id}; details in the service's log)")),
+        "{failure}"
+    );
+    assert_eq!(failure.as_object().unwrap().len(), 2, "{failure}");
+
     // Nothing is held: the timed-out tasks' slots were freed too.
     let started = Instant::now();
     let settled = loop {
@@ -183,7 +198,7 @@ async fn the_service_answers_right_frees_every_slot_and_drains_on_sigterm() {
     let tasks_done = settled["tasks_done"].as_u64().unwrap() as usize;
     assert!((done..=done + timed_out).contains(&tasks_done), "{settled}");
     assert_eq!(settled["tasks_expired"], json!(0), "{settled}");
-    assert_eq!((settled["tasks_failed"].clone(), settled["worker_deaths"].clone()), (json!(0), json!(0)));
+    assert_eq!((settled["tasks_failed"].clone(), settled["worker_deaths"].clone()), (json!(1), json!(0)));
     assert_eq!((settled["workers_ready"].clone(), settled["workers_wanted"].clone()), (json!(2), json!(2)));
     assert!(settled["run_time_p99_s"].as_f64().unwrap() >= settled["run_time_p50_s"].as_f64().unwrap());
 
@@ -220,4 +235,11 @@ async fn the_service_answers_right_frees_every_slot_and_drains_on_sigterm() {
     assert!(exit.success(), "the service exited with {exit}:\n{stderr}");
     assert!(stderr.contains("rs4py-service: SIGTERM: draining\n"), "{stderr}");
     assert!(stderr.contains("rs4py-service: drained; 0 unfinished tasks failed; bye\n"), "{stderr}");
+    assert!(stderr.starts_with(&format!("rs4py-service: pid {pid}\n")), "{stderr}");
+    let prefix = format!("[request {request_id}] ");
+    let logged: Vec<&str> = stderr.lines().filter_map(|line| line.strip_prefix(&prefix)).collect();
+    assert_eq!(logged.first(), Some(&"the model failed"), "{stderr}");
+    assert_eq!(logged.get(1), Some(&"Traceback (most recent call last):"), "{stderr}");
+    assert!(logged.iter().any(|line| line.contains("engine.py")), "{stderr}");
+    assert_eq!(logged.last(), Some(&"OverflowError: cannot convert float infinity to integer"), "{stderr}");
 }
