@@ -15,6 +15,10 @@
 //!
 //! `cargo bench --bench roundtrip [-- --tasks 2000 --threads 1,16 --workers 2 --rounds 7]`
 
+#[allow(dead_code)]
+#[path = "../examples/many_threads/workload.rs"]
+mod workload;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -81,7 +85,7 @@ fn measure(name: &str, threads: usize, tasks: usize, one: impl Fn(i64) -> i64 + 
 
 fn row(name: &str, threads: usize, elapsed: Duration, latencies: &mut [Duration]) -> Row {
     latencies.sort();
-    let at = |p: f64| rs4py_workload::percentile(latencies, p);
+    let at = |p: f64| workload::percentile(latencies, p);
     Row {
         name: name.to_owned(),
         threads,
@@ -243,7 +247,7 @@ fn main() {
     let mut order: Vec<(String, usize)> = Vec::new();
     let mut measured: BTreeMap<(String, usize), Vec<Row>> = BTreeMap::new();
     let mut longest_polls = Vec::new();
-    let ray = rs4py_workload::ray_cluster();
+    let ray = workload::ray_cluster();
     for _ in 0..rounds {
         let (ours, longest_poll) = rust_driver(&threads, tasks, workers, with_async, None);
         longest_polls.push(longest_poll);

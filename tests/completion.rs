@@ -3,7 +3,11 @@
 //! `result_ttl`, `wait_async` under tokio, and thousands of abandoned tasks that leave
 //! nothing held.
 //!
-//! Answers are checked against `rs4py_workload::big_model`, computed in Rust.
+//! Answers are checked against `workload::big_model`, computed in Rust.
+
+#[allow(dead_code)]
+#[path = "../examples/many_threads/workload.rs"]
+mod workload;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -15,7 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rs4py::{Driver, DriverOptions, Gil, ResultStatus, SubmitStatus, TaskFuture, TaskResult};
-use rs4py_workload::{big_model, make_tasks};
+use workload::{big_model, make_tasks};
 
 #[path = "common/submit.rs"]
 mod submit;

@@ -3,7 +3,11 @@
 //! `wait` beside other threads, task timeouts and killed workers, `finalize` and `Drop`, calls
 //! from a thread that holds the GIL, `initialize` errors.
 //!
-//! Every result is checked against `rs4py_workload::big_model`, computed in Rust.
+//! Every result is checked against `workload::big_model`, computed in Rust.
+
+#[allow(dead_code)]
+#[path = "../examples/many_threads/workload.rs"]
+mod workload;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -13,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rs4py::{Driver, DriverOptions, Error, Gil, ResultStatus, StartMethod, SubmitStatus, TaskResult};
-use rs4py_workload::{Task, big_model, make_tasks};
+use workload::{Task, big_model, make_tasks};
 
 #[path = "common/submit.rs"]
 mod submit;

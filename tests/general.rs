@@ -6,6 +6,10 @@
 //! The Engine is py4cc's own test module `py4cc_general_engines` (its `CommandEngine.run`
 //! does what its first argument says), reached through `DriverOptions::python_path`.
 
+#[allow(dead_code)]
+#[path = "../examples/many_threads/workload.rs"]
+mod workload;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,7 +20,7 @@ use rs4py::{
     Bytes, Driver, DriverOptions, Error, FromPython, Key, Preload, ResultStatus, StartMethod, SubmitStatus, TaskResult,
     ToPython,
 };
-use rs4py_workload::big_model;
+use workload::big_model;
 
 mod common;
 

@@ -2,7 +2,11 @@
 //! state a task and a worker can be in, worker output and events through a callback,
 //! `worker_env` in every start method, and `drain`.
 //!
-//! Model answers are checked against `rs4py_workload::big_model`, computed in Rust.
+//! Model answers are checked against `workload::big_model`, computed in Rust.
+
+#[allow(dead_code)]
+#[path = "../examples/many_threads/workload.rs"]
+mod workload;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +18,7 @@ use rs4py::{
     Driver, DriverOptions, DriverState, DriverStats, Error, Gil, ResultStatus, StartMethod, SubmitStatus, WorkerLine,
     WorkerOutput, WorkerStream,
 };
-use rs4py_workload::{big_model, make_tasks, percentile};
+use workload::{big_model, make_tasks, percentile};
 
 #[path = "common/workers.rs"]
 mod workers;

@@ -1,6 +1,10 @@
 //! rs4py finds its own py4cc without help: no PYTHONPATH, no install, whatever the working
 //! directory, for the interpreter and for workers of every start method.
 
+#[allow(dead_code)]
+#[path = "../examples/many_threads/workload.rs"]
+mod workload;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,7 +19,7 @@ fn one_task_through(start_method: StartMethod) {
     let receipt = driver.submit(&[2.5], &["ﬁx"], 3);
     let result = driver.wait(receipt.key, Duration::from_secs(60));
     assert_eq!(result.status, ResultStatus::Done, "{}", result.message);
-    assert_eq!(Some(result.value), rs4py_workload::big_model(&[2.5], &["ﬁx"], 3));
+    assert_eq!(Some(result.value), workload::big_model(&[2.5], &["ﬁx"], 3));
 }
 
 #[test]

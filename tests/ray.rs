@@ -7,6 +7,10 @@
 //! prints why it is skipped. They take turns: the cluster's two CPUs go to one Driver at a
 //! time. `missing_ray_is_a_clear_error` runs where the build interpreter has no `ray`.
 
+#[allow(dead_code)]
+#[path = "../examples/many_threads/workload.rs"]
+mod workload;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
@@ -14,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rs4py::{Backend, Driver, DriverOptions, Error, Gil, ResultStatus, SubmitStatus};
-use rs4py_workload::{Mode, Report, big_model, make_tasks};
+use workload::{Mode, Report, big_model, make_tasks};
 
 #[path = "common/workers.rs"]
 mod workers;
@@ -130,7 +134,7 @@ fn reference_workload_answers_as_with_the_local_pool() {
         .unwrap();
         driver.initialize(r#"{"model": "big_model"}"#, &FLOAT_NAMES, &STR_NAMES).unwrap();
         let started = Instant::now();
-        let outcomes = rs4py_workload::run(&driver, &tasks, 8, Mode::Wait);
+        let outcomes = workload::run(&driver, &tasks, 8, Mode::Wait);
         let report = Report::new(&tasks, 8, 2, Mode::Wait, started.elapsed(), &outcomes);
         assert_eq!(report.problems, Vec::<String>::new(), "{}", backend.name());
         assert_eq!(report.verified, tasks.len());
