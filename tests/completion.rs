@@ -9,6 +9,9 @@
 #[path = "../examples/many_threads/workload.rs"]
 mod workload;
 
+#[allow(dead_code)]
+#[path = "common/workers.rs"]
+mod workers;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -48,6 +51,7 @@ fn sleep_driver(n_subprocesses: usize, max_tasks: usize, result_ttl: Option<Dura
         n_subprocesses,
         max_tasks,
         result_ttl,
+        worker_output: Some(workers::captured_output()),
         ..Default::default()
     })
     .unwrap();
@@ -56,7 +60,13 @@ fn sleep_driver(n_subprocesses: usize, max_tasks: usize, result_ttl: Option<Dura
 }
 
 fn demo_driver(n_subprocesses: usize, max_tasks: usize) -> Driver {
-    let driver = Driver::new(DriverOptions { n_subprocesses, max_tasks, ..Default::default() }).unwrap();
+    let driver = Driver::new(DriverOptions {
+        n_subprocesses,
+        max_tasks,
+        worker_output: Some(workers::captured_output()),
+        ..Default::default()
+    })
+    .unwrap();
     driver.initialize("{}", &FLOAT_NAMES, &STR_NAMES).unwrap();
     driver
 }

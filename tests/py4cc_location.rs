@@ -5,6 +5,9 @@
 #[path = "../examples/many_threads/workload.rs"]
 mod workload;
 
+#[allow(dead_code)]
+#[path = "common/workers.rs"]
+mod workers;
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,7 +17,13 @@ use rs4py::{Driver, DriverOptions, Gil, ResultStatus, StartMethod};
 
 /// Runs one task through a fresh driver and checks its answer against the Rust model.
 fn one_task_through(start_method: StartMethod) {
-    let driver = Driver::new(DriverOptions { n_subprocesses: 1, start_method, ..Default::default() }).unwrap();
+    let driver = Driver::new(DriverOptions {
+        n_subprocesses: 1,
+        start_method,
+        worker_output: Some(workers::captured_output()),
+        ..Default::default()
+    })
+    .unwrap();
     driver.initialize("{}", &["x"], &["s"]).unwrap();
     let receipt = driver.submit(&[2.5], &["ﬁx"], 3);
     let result = driver.wait(receipt.key, Duration::from_secs(60));

@@ -3,8 +3,9 @@
 //!
 //! The cluster tests run only when `RS4PY_RAY_ADDRESS` names a running cluster (`.ci/run`
 //! starts one, a head and two one-CPU worker nodes, inside a network namespace with only the
-//! loopback interface, and builds these tests with a Python that has `ray`); otherwise each
-//! prints why it is skipped. They take turns: the cluster's two CPUs go to one Driver at a
+//! loopback interface, builds these tests with a Python that has `ray` and runs them with
+//! `--include-ignored`); otherwise `cargo test` lists them as ignored, with that reason, and
+//! one run anyway without the address prints why it is skipped. They take turns: the cluster's two CPUs go to one Driver at a
 //! time. `missing_ray_is_a_clear_error` runs where the build interpreter has no `ray`.
 
 #[allow(dead_code)]
@@ -82,6 +83,7 @@ fn ray_driver(address: &str, options: DriverOptions) -> Driver {
     let driver = Driver::new(DriverOptions {
         backend: Backend::Ray { address: Some(address.to_owned()) },
         init_timeout: Some(PATIENCE),
+        worker_output: Some(workers::captured_output()),
         ..options
     })
     .unwrap();
@@ -95,6 +97,7 @@ fn sleep_options(n_subprocesses: usize) -> DriverOptions {
         python_path: vec![module_dir()],
         n_subprocesses,
         max_tasks: 256,
+        worker_output: Some(workers::captured_output()),
         ..Default::default()
     }
 }
@@ -120,6 +123,7 @@ fn ran_on(message: &str) -> u32 {
 }
 
 #[test]
+#[ignore = "needs a Ray cluster: RS4PY_RAY_ADDRESS (.ci/ray runs it with --include-ignored)"]
 fn reference_workload_answers_as_with_the_local_pool() {
     let Some((address, _turn)) = cluster("reference_workload_answers_as_with_the_local_pool") else { return };
     let tasks = make_tasks(300, 42);
@@ -129,6 +133,7 @@ fn reference_workload_answers_as_with_the_local_pool() {
             n_subprocesses: 2,
             backend: backend.clone(),
             init_timeout: Some(PATIENCE),
+            worker_output: Some(workers::captured_output()),
             ..Default::default()
         })
         .unwrap();
@@ -150,6 +155,7 @@ fn reference_workload_answers_as_with_the_local_pool() {
 }
 
 #[test]
+#[ignore = "needs a Ray cluster: RS4PY_RAY_ADDRESS (.ci/ray runs it with --include-ignored)"]
 fn killed_actor_costs_exactly_its_running_task() {
     let Some((address, _turn)) = cluster("killed_actor_costs_exactly_its_running_task") else { return };
     let driver = ray_driver(&address, sleep_options(2));
@@ -198,10 +204,17 @@ fn killed_actor_costs_exactly_its_running_task() {
 }
 
 #[test]
+#[ignore = "needs a Ray cluster: RS4PY_RAY_ADDRESS (.ci/ray runs it with --include-ignored)"]
 fn cancel_and_task_timeout() {
     let Some((address, _turn)) = cluster("cancel_and_task_timeout") else { return };
-    let driver =
-        ray_driver(&address, DriverOptions { task_timeout: Some(Duration::from_millis(1500)), ..sleep_options(1) });
+    let driver = ray_driver(
+        &address,
+        DriverOptions {
+            task_timeout: Some(Duration::from_millis(1500)),
+            worker_output: Some(workers::captured_output()),
+            ..sleep_options(1)
+        },
+    );
     let slow = accepted(&driver, 60.0, 1);
     let queued = accepted(&driver, 0.0, 2);
     assert!(driver.cancel(queued));
@@ -221,6 +234,7 @@ fn cancel_and_task_timeout() {
 }
 
 #[test]
+#[ignore = "needs a Ray cluster: RS4PY_RAY_ADDRESS (.ci/ray runs it with --include-ignored)"]
 fn finalize_leaves_no_actor_behind() {
     let Some((address, _turn)) = cluster("finalize_leaves_no_actor_behind") else { return };
     let driver = ray_driver(&address, sleep_options(2));
@@ -235,12 +249,14 @@ fn finalize_leaves_no_actor_behind() {
 }
 
 #[test]
+#[ignore = "needs a Ray cluster: RS4PY_RAY_ADDRESS (.ci/ray runs it with --include-ignored)"]
 fn a_local_ray_instance_for_this_process() {
     let Some((_, _turn)) = cluster("a_local_ray_instance_for_this_process") else { return };
     let driver = Driver::new(DriverOptions {
         n_subprocesses: 2,
         backend: Backend::Ray { address: None },
         init_timeout: Some(PATIENCE),
+        worker_output: Some(workers::captured_output()),
         ..sleep_options(2)
     })
     .unwrap();
@@ -262,7 +278,12 @@ fn missing_ray_is_a_clear_error() {
         note("missing_ray_is_a_clear_error: skipped: the build interpreter has ray");
         return;
     }
-    let driver = Driver::new(DriverOptions { backend: Backend::Ray { address: None }, ..Default::default() }).unwrap();
+    let driver = Driver::new(DriverOptions {
+        backend: Backend::Ray { address: None },
+        worker_output: Some(workers::captured_output()),
+        ..Default::default()
+    })
+    .unwrap();
     let err = driver.initialize("{}", &FLOAT_NAMES, &STR_NAMES).unwrap_err();
     let python = rs4py::build_python().executable;
     match &err {
