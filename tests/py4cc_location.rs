@@ -68,8 +68,15 @@ fn workers_of_every_start_method_import_it() {
 
 #[test]
 fn an_unwritable_home_falls_back_to_the_temporary_directory() {
+    // The child's temporary directory is a scratch one, so that the package it writes there
+    // is removed with it.
+    let tmp = workers::scratch_dir("rs4py-location");
     common::run_in_child_process("child_with_an_unwritable_home", |child| {
-        child.env("HOME", "/proc/rs4py-cannot-write-here").env_remove("XDG_CACHE_HOME").current_dir("/")
+        child
+            .env("HOME", "/proc/rs4py-cannot-write-here")
+            .env_remove("XDG_CACHE_HOME")
+            .env("TMPDIR", &tmp)
+            .current_dir("/")
     });
 }
 
