@@ -3,16 +3,19 @@
 //!
 //! The suite's test classes are independent (each sets up its own Drivers and workers) and
 //! spend most of their time waiting on worker processes, so they run in parallel, one Python
-//! process per class, a few at a time; what they print (tracebacks and worker events that the
-//! tests provoke on purpose) is kept and shown only for a class that fails.
+//! process per class, a few at a time, the slowest of the previous run first (their times are
+//! kept under cargo's target directory); what they print (tracebacks and worker events that
+//! the tests provoke on purpose) is kept and shown only for a class that fails.
 //!
 //! The published package leaves py4cc's test suites out: there this test is ignored, with that
 //! reason (see `rs4py_source_tree` in build.rs).
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::thread;
+use std::time::{Duration, Instant};
 
 /// Processes at once: the classes mostly wait on their workers, so a few more than the
 /// two cores this suite is sized for.
@@ -52,6 +55,22 @@ fn python(args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("could not run {python}: {e}"))
 }
 
+/// Where each class's time in the previous run is kept: `<seconds> <class>` per line.
+fn times_file() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("py4cc-suite-class-times.txt")
+}
+
+/// The classes' times in the previous run (none on a first run).
+fn previous_times() -> HashMap<String, f64> {
+    let text = std::fs::read_to_string(times_file()).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let (seconds, class) = line.split_once(' ')?;
+            Some((class.to_owned(), seconds.parse().ok()?))
+        })
+        .collect()
+}
+
 /// unittest's closing count: "Ran N tests".
 fn tests_ran(report: &str) -> Option<usize> {
     report.lines().find_map(|line| line.strip_prefix("Ran ")?.split(' ').next()?.parse().ok())
@@ -64,8 +83,14 @@ fn the_py4cc_unittest_suite_passes() {
     let listing = python(&["-c", LIST_CLASSES]);
     let listed = String::from_utf8_lossy(&listing.stdout);
     assert!(listing.status.success(), "unittest discovery failed:\n{}", String::from_utf8_lossy(&listing.stderr));
-    let classes: Vec<String> = listed.lines().map(str::to_owned).collect();
+    let mut classes: Vec<String> = listed.lines().map(str::to_owned).collect();
     assert!(classes.len() > 20, "discovery found too few test classes: {classes:?}");
+    // The slowest first, so that no long class starts last; new classes count as slow.
+    let previous = previous_times();
+    classes.sort_by(|a, b| {
+        let time = |class: &String| previous.get(class).copied().unwrap_or(f64::INFINITY);
+        time(b).total_cmp(&time(a))
+    });
 
     let queue = Mutex::new(classes.iter());
     let results = Mutex::new(Vec::new());
@@ -74,23 +99,28 @@ fn the_py4cc_unittest_suite_passes() {
             scope.spawn(|| {
                 loop {
                     let Some(class) = queue.lock().unwrap().next() else { return };
+                    let started = Instant::now();
                     let output = python(&["-c", RUN_CLASS, class]);
-                    results.lock().unwrap().push((class.clone(), output));
+                    results.lock().unwrap().push((class.clone(), output, started.elapsed()));
                 }
             });
         }
     });
 
-    let results = results.into_inner().unwrap();
+    let results: Vec<(String, Output, Duration)> = results.into_inner().unwrap();
     assert_eq!(results.len(), classes.len());
+    let times: String =
+        results.iter().map(|(class, _, elapsed)| format!("{:.2} {class}\n", elapsed.as_secs_f64())).collect();
+    // Only an ordering hint: a run that cannot write it is no worse than a first run.
+    let _ = std::fs::write(times_file(), times);
     let failed: Vec<String> = results
         .iter()
-        .filter(|(_, output)| !output.status.success())
-        .map(|(class, output)| format!("== {class}\n{}", String::from_utf8_lossy(&output.stderr)))
+        .filter(|(_, output, _)| !output.status.success())
+        .map(|(class, output, _)| format!("== {class}\n{}", String::from_utf8_lossy(&output.stderr)))
         .collect();
     assert!(failed.is_empty(), "py4cc's unittest suite failed:\n{}", failed.join("\n"));
     let mut ran = 0;
-    for (class, output) in &results {
+    for (class, output, _) in &results {
         let report = String::from_utf8_lossy(&output.stderr);
         ran += tests_ran(&report).unwrap_or_else(|| panic!("{class} printed no \"Ran N tests\":\n{report}"));
     }
