@@ -121,7 +121,10 @@ fn main() {
     let gil = Gil::acquire().unwrap();
     let three_args = gil.eval("three_args").unwrap();
     let submit_shaped = gil.eval("submit_shaped").unwrap();
-    let function = three_args.as_ptr();
+    // The raw pointers come from PyO3 (rs4py keeps its own inside the crate); same objects.
+    let raw_pointer = |name: &std::ffi::CStr| Python::attach(|py| py.eval(name, None, None).unwrap().unbind());
+    let three_args_raw = raw_pointer(c"three_args");
+    let function = three_args_raw.as_ptr();
     let (raw, ours) = nanos_per_call_side_by_side(
         iterations,
         || {
@@ -154,7 +157,8 @@ fn main() {
 
     let floats = [12.5, -3.25];
     let strs = ["Zoë Ødegaard", "a naïve façade of straße.", "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"];
-    let function = submit_shaped.as_ptr();
+    let submit_shaped_raw = raw_pointer(c"submit_shaped");
+    let function = submit_shaped_raw.as_ptr();
     let (raw, ours) = nanos_per_call_side_by_side(
         iterations,
         || {
@@ -201,7 +205,8 @@ fn main() {
 
     // A failure that is translated and dropped: no traceback is worth making for it.
     let big = gil.eval("2 ** 70").unwrap();
-    let number = big.as_ptr();
+    let big_raw = raw_pointer(c"2 ** 70");
+    let number = big_raw.as_ptr();
     let iterations = 100_000;
     let raw = nanos_per_call(iterations, || {
         // SAFETY: GIL held (gil); `number` is a live int; the OverflowError it raises is cleared.

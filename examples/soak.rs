@@ -166,7 +166,7 @@ fn main() -> ExitCode {
         args.tasks,
         args.threads,
         args.workers,
-        args.start_method.as_str(),
+        args.start_method,
         (args.tasks - WARM_UP_TASKS) as f64 / seconds,
         stats.worker_starts,
         stats.worker_deaths,

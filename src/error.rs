@@ -50,6 +50,10 @@ pub enum Error {
     /// The interpreter could not be started, or runs a different libpython than the one
     /// rs4py was built against.
     Start(String),
+    /// A [`Driver`](crate::Driver) cannot answer this call here or now: it belongs to another
+    /// process (the one that made it, which this one was forked from), or another thread is
+    /// running its `initialize`.
+    Unavailable(String),
 }
 
 impl Error {
@@ -78,6 +82,7 @@ impl fmt::Display for Error {
             Error::Conversion(msg) => write!(f, "conversion failed: {msg}"),
             Error::InvalidArgument(msg) => write!(f, "invalid argument: {msg}"),
             Error::Start(msg) => write!(f, "Python interpreter could not start: {msg}"),
+            Error::Unavailable(msg) => f.write_str(msg),
         }
     }
 }

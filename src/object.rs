@@ -2,7 +2,7 @@
 //! any thread).
 //!
 //! This is the one room where raw `PyObject*` pointers are taken into ownership or given
-//! away; everything else borrows them through [`Object::as_ptr`].
+//! away; everything else in the crate borrows them through `Object::as_ptr`.
 
 use std::fmt;
 use std::ptr::NonNull;
@@ -89,9 +89,10 @@ impl<'py> Object<'py> {
         ptr
     }
 
-    /// The raw pointer, borrowed: valid while `self` lives; never decref it.
+    /// The raw pointer, borrowed: valid while `self` lives; never decref it. Crate-private:
+    /// raw pointers stay inside rs4py, so its API does not depend on pyo3-ffi's types.
     #[inline]
-    pub fn as_ptr(&self) -> *mut ffi::PyObject {
+    pub(crate) fn as_ptr(&self) -> *mut ffi::PyObject {
         self.ptr.as_ptr()
     }
 

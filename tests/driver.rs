@@ -248,7 +248,7 @@ fn many_threads_share_one_driver_and_every_result_is_right() {
                                         thread::sleep(Duration::from_millis(1));
                                     }
                                 }
-                                SubmitStatus::Error => panic!("submit answered {receipt:?}"),
+                                _ => panic!("submit answered {receipt:?}"),
                             }
                         }
                     }
@@ -285,10 +285,9 @@ fn submit_answers_accepted_at_capacity_and_error_with_their_messages() {
     let early = driver.submit(&[1.0, 2.0], &["a", "b", "c"], 3);
     assert_eq!((early.status, early.key), (SubmitStatus::Error, 0));
     assert!(early.message.contains("not initialized"), "{early:?}");
-    assert_eq!(early.status.code(), 9);
-    let early = driver.retrieve(1);
+    let early = driver.retrieve(1); // a number the driver did not issue (it has issued none)
     assert_eq!((early.status, early.value), (ResultStatus::Error, 0));
-    assert!(early.message.contains("not initialized"), "{early:?}");
+    assert!(early.message.starts_with("unknown key 1: this Driver did not issue it"), "{early:?}");
     assert_eq!(driver.wait(1, Duration::from_millis(10)).status, ResultStatus::Error);
     assert_eq!(driver.worker_pids().unwrap(), Vec::<u32>::new());
     assert_eq!(driver.n_subprocesses().unwrap(), 1, "as given, before any runs");
@@ -316,7 +315,6 @@ fn submit_answers_accepted_at_capacity_and_error_with_their_messages() {
         .map(|task| {
             let receipt = driver.submit(&task.float_features, &task.str_features, task.int_feature);
             assert_eq!((receipt.status, receipt.message.as_str()), (SubmitStatus::Accepted, ""), "{receipt:?}");
-            assert_eq!(receipt.status.code(), 0);
             receipt.key
         })
         .collect();
@@ -326,7 +324,6 @@ fn submit_answers_accepted_at_capacity_and_error_with_their_messages() {
     for _ in 0..3 {
         let full = driver.submit(&tasks[3].float_features, &tasks[3].str_features, tasks[3].int_feature);
         assert_eq!((full.status, full.key, full.message.as_str()), (SubmitStatus::AtCapacity, 0, CAPACITY_MESSAGE));
-        assert_eq!(full.status.code(), 1);
     }
     // A refused submit changed nothing; retrieving one frees one place, and only one.
     assert_done(&driver.retrieve(keys[0]), expected(&tasks[0]));
@@ -375,7 +372,6 @@ fn capacity_counts_running_tasks_and_is_released_by_retrieval() {
         (not_yet.status, not_yet.value, not_yet.message.as_str()),
         (ResultStatus::NotReady, 0, NOT_FINISHED_MESSAGE)
     );
-    assert_eq!(not_yet.status.code(), 1);
     assert_eq!(driver.submit(&[5.0, 6.0], &["fast"], 3).status, SubmitStatus::AtCapacity);
     assert_done(&wait_long(&driver, first), scripted_value([1.0, 2.0], slow[0], 1));
     let third = submit_retrying(&driver, &[5.0, 6.0], &["fast"], 3);
@@ -394,11 +390,9 @@ fn retrieve_answers_done_not_ready_failed_and_error_with_their_messages() {
     let key = submit_retrying(&driver, &[-1.5, 2.7], &["Straße"], 4);
     let done = poll(&driver, key);
     assert_done(&done, 4 + 7 + 4);
-    assert_eq!(done.status.code(), 0);
     let again = driver.retrieve(key);
     assert_eq!((again.status, again.key, again.value), (ResultStatus::Error, key, 0));
     assert!(again.message.contains("unknown key"), "{again:?}");
-    assert_eq!(again.status.code(), 9);
 
     // NotReady keeps the task: asking again later gives its answer.
     let slow = submit_retrying(&driver, &[0.0, 0.0], &["sleep 0.3"], 8);
@@ -417,7 +411,6 @@ fn retrieve_answers_done_not_ready_failed_and_error_with_their_messages() {
         let key = submit_retrying(&driver, &floats, &["x"], 1);
         let failed = wait_long(&driver, key);
         assert_eq!((failed.status, failed.value), (ResultStatus::Failed, -1), "{failed:?}");
-        assert_eq!(failed.status.code(), 2);
         assert!(failed.message.starts_with("Traceback (most recent call last):"), "{failed:?}");
         assert!(failed.message.contains("big_model"), "{failed:?}");
         assert!(failed.message.contains(exception), "{failed:?}");
@@ -488,18 +481,13 @@ fn spawn_workers_run_real_tasks() {
 #[test]
 fn start_methods_parse_and_default_to_forkserver() {
     assert_eq!(DriverOptions::default().start_method, StartMethod::Forkserver);
-    for method in [StartMethod::Fork, StartMethod::Forkserver, StartMethod::Spawn] {
-        assert_eq!(method.as_str().parse::<StartMethod>().unwrap(), method);
+    for (method, name) in
+        [(StartMethod::Fork, "fork"), (StartMethod::Forkserver, "forkserver"), (StartMethod::Spawn, "spawn")]
+    {
+        assert_eq!(name.parse::<StartMethod>().unwrap(), method);
+        assert_eq!(method.to_string(), name);
     }
     assert!(matches!("thread".parse::<StartMethod>(), Err(Error::InvalidArgument(_))));
-    for status in [SubmitStatus::Accepted, SubmitStatus::AtCapacity, SubmitStatus::Error] {
-        assert_eq!(SubmitStatus::from_code(status.code()), Some(status));
-    }
-    for status in [ResultStatus::Done, ResultStatus::NotReady, ResultStatus::Failed, ResultStatus::Error] {
-        assert_eq!(ResultStatus::from_code(status.code()), Some(status));
-    }
-    assert_eq!(SubmitStatus::from_code(2), None);
-    assert_eq!(ResultStatus::from_code(3), None);
 }
 
 // --------------------------------------------------------------------------- a user's Engine

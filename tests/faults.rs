@@ -172,7 +172,7 @@ fn child_host_with_busy_workers() {
             ..Default::default()
         })
         .unwrap();
-        let marker = dir.join(format!("busy-{}", method.as_str()));
+        let marker = dir.join(format!("busy-{method}"));
         let config = format!(r#"{{"marker": "{}"}}"#, marker.display());
         driver.initialize(&config, &["seconds"], &["name"]).unwrap();
         assert_eq!(driver.submit(&[3600.0], &["x"], 1).status, SubmitStatus::Accepted);

@@ -141,7 +141,7 @@ fn reference_workload_answers_as_with_the_local_pool() {
         let started = Instant::now();
         let outcomes = workload::run(&driver, &tasks, 8, Mode::Wait);
         let report = Report::new(&tasks, 8, 2, Mode::Wait, started.elapsed(), &outcomes);
-        assert_eq!(report.problems, Vec::<String>::new(), "{}", backend.name());
+        assert_eq!(report.problems, Vec::<String>::new(), "{backend:?}");
         assert_eq!(report.verified, tasks.len());
         for (task, outcome) in tasks.iter().zip(&outcomes) {
             let expected = big_model(&task.float_features, &task.str_features, task.int_feature).unwrap();

@@ -156,8 +156,8 @@ fn run(args: &Args) -> Result<Report, rs4py::Error> {
         report.threads,
         report.workers,
         match args.backend {
-            Backend::Local => args.start_method.as_str(),
-            Backend::Ray { .. } => "ray",
+            Backend::Local => args.start_method.to_string(),
+            Backend::Ray { .. } => "ray".to_owned(),
         },
         report.mode.as_str(),
         report.seconds,

@@ -181,6 +181,7 @@ impl Completions {
     }
 
     /// How many keys the table holds.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.table.lock().keys.len()
     }

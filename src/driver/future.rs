@@ -54,14 +54,19 @@ impl<K: TaskKey> Future for TaskFuture<'_, K> {
                 message: "wait_async: this future already gave the task's answer".to_owned(),
             });
         }
-        match table.poll(raw, cx) {
+        let Some(python_key) = this.driver.table_key(raw) else {
+            // Not this Driver's key, or not usable here and now: collect says why.
+            this.answered = true;
+            return Poll::Ready(this.driver.collect(this.key, "wait_async"));
+        };
+        match table.poll(python_key, cx) {
             Poll::Pending => {
                 match &this.registered {
                     Some(known) if known.will_wake(cx.waker()) => {}
                     _ => {
                         // Polled from another task than before: the old waker must not linger.
                         if let Some(old) = this.registered.replace(cx.waker().clone()) {
-                            table.unregister(raw, &old);
+                            table.unregister(python_key, &old);
                         }
                     }
                 }
@@ -82,7 +87,9 @@ impl<K: TaskKey> Drop for TaskFuture<'_, K> {
             return;
         }
         if let Some(waker) = self.registered.take() {
-            self.driver.completions.unregister(self.key.raw(), &waker);
+            if let Some(python_key) = self.driver.table_key(self.key.raw()) {
+                self.driver.completions.unregister(python_key, &waker);
+            }
         }
         self.driver.cancel(self.key);
     }

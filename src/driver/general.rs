@@ -19,12 +19,12 @@ pub struct Key<T> {
 }
 
 impl<T> Key<T> {
-    /// The key of task `raw` as py4cc numbers it, read as a `T`.
+    /// The key numbered `raw` (as [`raw`](Self::raw) gave it), read as a `T`.
     pub fn new(raw: i64) -> Self {
         Key { raw, answer: PhantomData }
     }
 
-    /// The number py4cc gave the task (0 for a task not accepted).
+    /// The key's number (0 for a task not accepted).
     pub fn raw(self) -> i64 {
         self.raw
     }
@@ -66,9 +66,18 @@ impl<T> fmt::Debug for Key<T> {
 }
 
 mod sealed {
-    pub trait Sealed {}
-    impl Sealed for i64 {}
-    impl<T> Sealed for super::Key<T> {}
+    use crate::object::Object;
+
+    /// What only rs4py's own key types do: read a task's answer. In a private module, so
+    /// that [`TaskKey`](super::TaskKey) has no implementations but rs4py's, and this method
+    /// is not part of the API.
+    pub trait Sealed {
+        /// The answer in `value`, given the flag py4cc answered with; `Err` says why it cannot
+        /// be read (the task then answers `Failed`, if it was done or failed).
+        fn read_answer(flag: i64, value: &Object<'_>) -> Result<<Self as super::TaskKey>::Answer, String>
+        where
+            Self: super::TaskKey;
+    }
 }
 
 /// What [`Driver::retrieve`](super::Driver::retrieve) and [`Driver::wait`](super::Driver::wait)
@@ -79,13 +88,8 @@ pub trait TaskKey: Copy + sealed::Sealed {
     /// unless the task is `Done`.
     type Answer: Default;
 
-    /// The number py4cc gave the task.
+    /// The key's number, as [`TaskReceipt::key`](super::TaskReceipt::key) gave it.
     fn raw(self) -> i64;
-
-    /// The answer in `value`, given the flag py4cc answered with; `Err` says why it cannot
-    /// be read (the task then answers `Failed`, if it was done or failed).
-    #[doc(hidden)]
-    fn read_answer(flag: i64, value: &Object<'_>) -> Result<Self::Answer, String>;
 }
 
 impl TaskKey for i64 {
@@ -94,7 +98,9 @@ impl TaskKey for i64 {
     fn raw(self) -> i64 {
         self
     }
+}
 
+impl sealed::Sealed for i64 {
     /// The demo protocol's value, whatever the flag (a failed task's is the model's own).
     fn read_answer(_flag: i64, value: &Object<'_>) -> Result<i64, String> {
         value.extract().map_err(|error| format!("the model's answer cannot be an i64 value ({error})"))
@@ -110,9 +116,14 @@ where
     fn raw(self) -> i64 {
         self.raw
     }
+}
 
+impl<T> sealed::Sealed for Key<T>
+where
+    T: for<'py> FromPython<'py> + Default,
+{
     /// The answer of a done task, as a `T`; the default `T` otherwise.
-    fn read_answer(flag: i64, value: &Object<'_>) -> Result<T, String> {
+    fn read_answer(flag: i64, value: &Object<'_>) -> Result<<Self as TaskKey>::Answer, String> {
         if flag != super::ResultStatus::Done.code() {
             return Ok(T::default());
         }

@@ -1,28 +1,34 @@
 //! The safe Driver: `py4cc.driver.Driver` (a pool of worker processes running an Engine)
 //! behind a typed, `Send + Sync` Rust face whose task calls never fail with `Err`.
 
+mod access;
 mod completion;
 mod future;
 mod general;
+mod keys;
 mod options;
 mod output;
 mod package;
 mod protocol;
 mod stats;
+#[cfg(test)]
+mod table_tests;
 mod turn;
 
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::convert::{IntoArgs, IntoKwargs};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gil::Gil;
 use crate::interpreter::{self, StartOptions};
 use crate::object::{Handle, Object};
 
+use access::{Access, INITIALIZING_MESSAGE};
 use completion::{Completions, Standing};
 pub use future::TaskFuture;
 pub use general::{Key, TaskKey};
@@ -32,6 +38,10 @@ use protocol::{DRIVER_CLASS, DRIVER_MODULE, N_SUBPROCESSES, NOT_FINISHED_MESSAGE
 pub use protocol::{ResultStatus, SubmitStatus};
 pub use stats::{DriverState, DriverStats};
 use turn::DispatcherTurn;
+
+/// How long a task call waits for the Driver's mutex before it looks again whether
+/// `initialize` has begun meanwhile (and then answers that it runs, rather than wait for it).
+const LOOK_AGAIN: Duration = Duration::from_millis(5);
 
 /// The answer to [`Driver::submit`] (whose key is an `i64`) and [`Driver::submit_call`]
 /// (whose key is a [`Key<T>`]): a status, the task's key (0 unless accepted) and a message
@@ -86,6 +96,15 @@ struct PythonDriver {
 /// by `retrieve`, `wait` or `wait_async`, it is [`cancel`](Self::cancel)led, or, once finished,
 /// [`DriverOptions::result_ttl`] runs out: a caller that gives up on a task should cancel it.
 ///
+/// Keys belong to the Driver that issued them: each Driver of a process issues keys from its
+/// own range, and a key it did not issue (another Driver's, a made-up number) answers `Error`
+/// "unknown key" and changes nothing. A Driver belongs to the process that made it: in a
+/// child made by `fork()`, every call answers at once with `Error` (or `Err`, `false`, 0)
+/// saying "this Driver belongs to process N", without touching Python, the workers or their
+/// pipes, and dropping it there leaves the parent's workers alone. While one thread runs
+/// [`initialize`](Self::initialize), the task calls of others answer `Error` at once, saying
+/// the Driver is initializing.
+///
 /// ```
 /// use rs4py::{Driver, DriverOptions, ResultStatus, SubmitStatus};
 /// use std::time::Duration;
@@ -103,10 +122,15 @@ struct PythonDriver {
 /// ```
 pub struct Driver {
     calls: Mutex<()>,
-    python: PythonDriver,
+    /// Dropped only in the process that made it (see `Drop`).
+    python: ManuallyDrop<PythonDriver>,
     finalized: AtomicBool,
     completions: Arc<Completions>,
     turn: Arc<DispatcherTurn>,
+    access: Access,
+    keys: keys::KeyRange,
+    /// Answers py4cc counted done that did not convert to the caller's type, so failed.
+    unconvertible: AtomicU64,
 }
 
 impl Driver {
@@ -122,7 +146,22 @@ impl Driver {
         let turn = Arc::new(DispatcherTurn::default());
         let wait_readable = turn.function(gil.token())?;
         let class = gil.import(DRIVER_MODULE)?.getattr(DRIVER_CLASS)?;
-        let worker_output = options.worker_output.as_ref().map(|output| output.sink(gil.token())).transpose()?;
+        let keys = keys::KeyRange::new();
+        // Events name tasks by py4cc's numbers: the callback gets the user's keys instead.
+        let worker_output = options
+            .worker_output
+            .as_ref()
+            .map(|output| {
+                let output = output.clone();
+                WorkerOutput::new(move |mut line| {
+                    if line.stream == WorkerStream::Event {
+                        line.text = keys.event_text(&line.text);
+                    }
+                    output.call(line);
+                })
+                .sink(gil.token())
+            })
+            .transpose()?;
         let driver = class.call(
             (),
             [
@@ -153,12 +192,23 @@ impl Driver {
             drain: bound(method::DRAIN)?,
             driver: driver.clone().unbind(),
         };
-        Ok(Driver { calls: Mutex::new(()), python, finalized: AtomicBool::new(false), completions, turn })
+        Ok(Driver {
+            calls: Mutex::new(()),
+            python: ManuallyDrop::new(python),
+            finalized: AtomicBool::new(false),
+            completions,
+            turn,
+            access: Access::new(),
+            keys,
+            unconvertible: AtomicU64::new(0),
+        })
     }
 
     /// Parses the JSON config and starts the workers, each building the Engine from it and
     /// the feature names; returns when all are ready. Fails with the Python exception (bad
-    /// JSON, unknown Engine, a worker whose Engine failed to initialise, called twice, ...).
+    /// JSON, unknown Engine, a worker whose Engine failed to initialise, called twice, ...),
+    /// or with [`Error::Unavailable`] in a forked child or while another thread initializes.
+    /// Meanwhile the task calls of other threads answer `Error` at once ("initializing").
     pub fn initialize(
         &self,
         config_json: &str,
@@ -190,10 +240,13 @@ impl Driver {
     ) -> Result<()> {
         let float_names: Vec<&str> = float_feature_names.iter().map(AsRef::as_ref).collect();
         let str_names: Vec<&str> = str_feature_names.iter().map(AsRef::as_ref).collect();
+        self.access.check_process().map_err(Error::Unavailable)?;
+        let initializing = self.access.begin_initialize().map_err(Error::Unavailable)?;
         let _serial = self.lock_calls();
         let gil = Gil::acquire()?;
         let driver = self.python.driver.bind(&gil);
         driver.call_method(method::INITIALIZE, (config_json, float_names, str_names), extra)?;
+        initializing.succeeded();
         Ok(())
     }
 
@@ -210,25 +263,13 @@ impl Driver {
     /// `AtCapacity`.
     pub fn submit(&self, float_features: &[f64], str_features: &[impl AsRef<str>], int_feature: i64) -> TaskReceipt {
         let str_features: Vec<&str> = str_features.iter().map(AsRef::as_ref).collect();
-        let answer = {
-            let _serial = self.lock_calls();
+        let answer = self.access.check_task_call().map_err(Error::Unavailable).and_then(|()| {
+            let _serial = self.lock_for_task()?;
             self.call_python(&self.python.submit, (float_features, str_features, int_feature), |answer| {
                 answer.extract()
             })
-        };
-        match answer {
-            Ok((code, key, message)) => match SubmitStatus::from_code(code) {
-                Some(SubmitStatus::Accepted) => {
-                    self.completions.accepted(key);
-                    TaskReceipt { status: SubmitStatus::Accepted, key, message }
-                }
-                Some(status) => TaskReceipt { status, key, message },
-                None => TaskReceipt { status: SubmitStatus::Error, key: 0, message: unknown_flag(code, &message) },
-            },
-            Err(error) => {
-                TaskReceipt { status: SubmitStatus::Error, key: 0, message: format!("submit failed: {error}") }
-            }
-        }
+        });
+        self.receipt(answer, method::SUBMIT)
     }
 
     /// Submits one general task: the Engine's `call_method` (`run` by default) is called as
@@ -260,31 +301,43 @@ impl Driver {
     /// # Ok::<(), rs4py::Error>(())
     /// ```
     pub fn submit_call<T>(&self, args: impl IntoArgs, kwargs: impl IntoKwargs) -> TaskReceipt<Key<T>> {
-        let answer = Gil::acquire().and_then(|gil| {
+        let answer = self.access.check_task_call().map_err(Error::Unavailable).and_then(|()| {
+            let gil = Gil::acquire()?;
             // Converted before the mutex is taken: a large argument holds up no other caller.
             let token = gil.token();
             let args = args.into_objects(token)?;
             let args = Object::new_tuple(token, args.as_ref().iter().map(|arg| Ok(arg.clone())))?;
             let kwargs = kwargs.into_kwargs(token)?.unwrap_or_else(|| token.none());
-            let _serial = self.lock_calls(); // lets the GIL go while it waits
-            self.python.submit_call.bind(&gil).call((args, kwargs), ())?.extract::<(i64, i64, String)>()
+            let _serial = self.lock_for_task()?; // lets the GIL go while it waits
+            self.python.submit_call.bind(&gil).call((args, kwargs), ())?.extract()
         });
-        match answer {
-            Ok((code, key, message)) => match SubmitStatus::from_code(code) {
-                Some(SubmitStatus::Accepted) => {
-                    self.completions.accepted(key);
-                    TaskReceipt { status: SubmitStatus::Accepted, key: Key::new(key), message }
+        let TaskReceipt { status, key, message } = self.receipt(answer, method::SUBMIT_CALL);
+        TaskReceipt { status, key: Key::new(key), message }
+    }
+
+    /// The receipt for py4cc's `(flag, key, message)` answer to a submit (or the failure to
+    /// get one), with the key in this Driver's range.
+    fn receipt(&self, answer: Result<(i64, i64, String)>, call: &str) -> TaskReceipt {
+        let refused = |message| TaskReceipt { status: SubmitStatus::Error, key: 0, message };
+        let (code, python_key, message) = match answer {
+            Ok(answer) => answer,
+            Err(Error::Unavailable(message)) => return refused(message),
+            Err(error) => return refused(format!("{call} failed: {error}")),
+        };
+        match SubmitStatus::from_code(code) {
+            Some(SubmitStatus::Accepted) => match self.keys.public(python_key) {
+                Some(key) => {
+                    self.completions.accepted(python_key);
+                    TaskReceipt { status: SubmitStatus::Accepted, key, message }
                 }
-                Some(status) => TaskReceipt { status, key: Key::new(key), message },
                 None => {
-                    TaskReceipt { status: SubmitStatus::Error, key: Key::new(0), message: unknown_flag(code, &message) }
+                    self.completions.accepted(python_key);
+                    self.cancel_python(python_key);
+                    refused(format!("this Driver has issued all of its {} keys: make another", keys::KEY_SPAN - 1))
                 }
             },
-            Err(error) => TaskReceipt {
-                status: SubmitStatus::Error,
-                key: Key::new(0),
-                message: format!("submit_call failed: {error}"),
-            },
+            Some(status) => TaskReceipt { status, key: 0, message },
+            None => refused(unknown_flag(code, &message)),
         }
     }
 
@@ -292,8 +345,10 @@ impl Driver {
     /// still running answers `NotReady` at once, without the GIL or the driver's mutex. An
     /// `i64` key reads a demo task's answer, a [`Key<T>`] a general task's, as a `T`.
     pub fn retrieve<K: TaskKey>(&self, key: K) -> TaskResult<K::Answer> {
-        if self.completions.standing(key.raw()) == Standing::Running {
-            return not_ready(key.raw());
+        if let Some(python_key) = self.table_key(key.raw()) {
+            if self.completions.standing(python_key) == Standing::Running {
+                return not_ready(key.raw());
+            }
         }
         self.collect(key, method::RETRIEVE)
     }
@@ -302,12 +357,15 @@ impl Driver {
     /// (`NotReady` if it still is not). Holds neither the driver's mutex nor the GIL while it
     /// waits: the task's completion wakes it.
     pub fn wait<K: TaskKey>(&self, key: K, timeout: Duration) -> TaskResult<K::Answer> {
+        let Some(python_key) = self.table_key(key.raw()) else {
+            return self.collect(key, method::WAIT); // which says why not
+        };
         let deadline = Instant::now().checked_add(timeout);
         let standing = if Gil::is_held() {
             // The pool needs the GIL to finish the task this thread waits for.
-            Gil::acquire_started().release_during(|| self.completions.wait(key.raw(), deadline))
+            Gil::acquire_started().release_during(|| self.completions.wait(python_key, deadline))
         } else {
-            self.completions.wait(key.raw(), deadline)
+            self.completions.wait(python_key, deadline)
         };
         match standing {
             Standing::Running => not_ready(key.raw()),
@@ -358,49 +416,79 @@ impl Driver {
     /// its answer is discarded; a finished one is removed. Its place among `max_tasks` is free
     /// at once. Retrieving the key afterwards answers `Error`, saying it was cancelled. Never
     /// fails: a failure to call Python answers `false`.
+    /// A key this Driver did not issue, a call in a forked child or during `initialize`
+    /// answer `false` and change nothing.
     pub fn cancel(&self, key: impl TaskKey) -> bool {
-        let key = key.raw();
-        let found = {
-            let _serial = self.lock_calls();
-            self.call_python(&self.python.cancel, (key,), |answer| answer.extract::<bool>())
-        };
+        match self.table_key(key.raw()) {
+            Some(python_key) => self.cancel_python(python_key),
+            None => false,
+        }
+    }
+
+    /// Cancels py4cc's task `python_key`; whether it held it.
+    fn cancel_python(&self, python_key: i64) -> bool {
+        let found = self.lock_for_task().and_then(|_serial| {
+            self.call_python(&self.python.cancel, (python_key,), |answer| answer.extract::<bool>())
+        });
         match found {
             Ok(found) => {
                 // The pool told the table already if it held the task; this wakes anyone else
                 // waiting on the key, so that they learn it was cancelled.
-                self.completions.collected(key);
+                self.completions.collected(python_key);
                 found
             }
             Err(_) => false,
         }
     }
 
+    /// py4cc's number for `key`, and so the completion table's, if this Driver issued it and
+    /// may be used here and now.
+    fn table_key(&self, key: i64) -> Option<i64> {
+        self.access.check_task_call().ok()?;
+        self.keys.python(key)
+    }
+
     /// How many tasks the driver holds: queued, running, or finished and not retrieved yet.
     pub fn held_tasks(&self) -> Result<usize> {
+        self.access.check_process().map_err(Error::Unavailable)?;
         let gil = Gil::acquire()?;
         self.python.driver.bind(&gil).call_method(method::HELD_TASKS, (), ())?.extract()
     }
 
     /// How many keys the completion table tracks (tasks held, as the Rust side sees them):
     /// for tests, which check that it agrees with [`held_tasks`](Self::held_tasks).
-    #[doc(hidden)]
-    pub fn tracked_tasks(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn tracked_tasks(&self) -> usize {
         self.completions.len()
     }
 
     /// Collects the task's answer from Python, and forgets the key if Python did.
     fn collect<K: TaskKey>(&self, key: K, call: &str) -> TaskResult<K::Answer> {
         let key = key.raw();
-        let answer = {
-            let _serial = self.lock_calls();
-            self.call_python(&self.python.retrieve, (key,), read_result::<K>)
+        if let Err(refusal) = self.access.check_task_call() {
+            return error_result(key, refusal);
+        }
+        let Some(python_key) = self.keys.python(key) else {
+            return error_result(key, keys::not_ours(key));
         };
+        let answer = self
+            .lock_for_task()
+            .and_then(|_serial| self.call_python(&self.python.retrieve, (python_key,), read_result::<K>));
         let answered = answer.is_ok();
-        let result = task_result(key, answer, call);
+        if let Ok((code, Err(_), _)) = &answer {
+            if ResultStatus::from_code(*code) == Some(ResultStatus::Done) {
+                // py4cc counted it done; its caller gets Failed (see `stats`).
+                self.unconvertible.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let mut result = task_result(key, answer, call);
+        if result.status == ResultStatus::Error {
+            result.message = self.keys.message_about(python_key, result.message);
+        }
         // Done, Failed and Error (unknown, cancelled, expired) all mean Python holds no task
         // under this key; a failed call tells nothing, and the entry stays.
         if answered && result.status != ResultStatus::NotReady {
-            self.completions.collected(key);
+            self.completions.collected(python_key);
         }
         result
     }
@@ -409,6 +497,9 @@ impl Driver {
     /// finished answer `Failed`; later submits answer `Error` ("finalized"). Safe to call
     /// any number of times; `Drop` calls it too.
     pub fn finalize(&self) {
+        if self.access.check_process().is_err() {
+            return; // a forked child: the workers are the parent's
+        }
         // The mutex first: a second caller waits for the first to finish stopping the
         // workers, instead of returning while they still run.
         let _serial = self.lock_calls();
@@ -448,6 +539,9 @@ impl Driver {
     /// # Ok::<(), rs4py::Error>(())
     /// ```
     pub fn drain(&self, timeout: Duration) -> usize {
+        if self.access.check_process().is_err() {
+            return 0;
+        }
         // py4cc's drain waits on a condition, which releases the GIL; the py4cc driver is
         // thread-safe, so other threads' calls go on meanwhile without the mutex.
         let failed = self.call_python(&self.python.drain, (timeout.as_secs_f64(),), |answer| answer.extract());
@@ -473,12 +567,20 @@ impl Driver {
     /// # Ok::<(), rs4py::Error>(())
     /// ```
     pub fn stats(&self) -> Result<DriverStats> {
-        self.call_python(&self.python.stats, (), |answer| DriverStats::from_dict(&answer))
+        self.access.check_process().map_err(Error::Unavailable)?;
+        // Read first: every answer counted here was counted done by py4cc before (when it
+        // finished), so the snapshot below includes it.
+        let unconvertible = self.unconvertible.load(Ordering::SeqCst);
+        let mut stats = self.call_python(&self.python.stats, (), |answer| DriverStats::from_dict(&answer))?;
+        stats.tasks_done = stats.tasks_done.saturating_sub(unconvertible);
+        stats.tasks_failed += unconvertible;
+        Ok(stats)
     }
 
     /// The process ids of the current worker processes (empty before `initialize` and after
     /// `finalize`).
     pub fn worker_pids(&self) -> Result<Vec<u32>> {
+        self.access.check_process().map_err(Error::Unavailable)?;
         let gil = Gil::acquire()?;
         self.python.driver.bind(&gil).call_method(method::WORKER_PIDS, (), ())?.extract()
     }
@@ -486,6 +588,7 @@ impl Driver {
     /// How many worker processes the driver runs: [`DriverOptions::n_subprocesses`] as given
     /// until [`initialize`](Self::initialize), then resolved (0 becomes one per CPU).
     pub fn n_subprocesses(&self) -> Result<usize> {
+        self.access.check_process().map_err(Error::Unavailable)?;
         let gil = Gil::acquire()?;
         self.python.driver.bind(&gil).getattr(N_SUBPROCESSES)?.extract()
     }
@@ -507,21 +610,55 @@ impl Driver {
     /// Then, unless it holds the GIL, it lets the dispatcher take the GIL first if it is about
     /// to (see `turn.rs`).
     fn lock_calls(&self) -> MutexGuard<'_, ()> {
+        let taken: std::result::Result<_, std::convert::Infallible> = self.lock_calls_with(|| Ok(self.calls.lock()));
+        match taken {
+            Ok(guard) => guard,
+        }
+    }
+
+    /// [`lock_calls`](Self::lock_calls) for a task call: gives up, with the message that the
+    /// Driver is initializing, as soon as `initialize` runs (which holds the mutex throughout).
+    fn lock_for_task(&self) -> Result<MutexGuard<'_, ()>> {
+        self.lock_calls_with(|| {
+            loop {
+                if self.access.initializing() {
+                    return Err(Error::Unavailable(INITIALIZING_MESSAGE.to_owned()));
+                }
+                if let Some(guard) = self.calls.try_lock_for(LOOK_AGAIN) {
+                    return Ok(guard);
+                }
+            }
+        })
+    }
+
+    /// Takes the mutex with `take` (see [`lock_calls`](Self::lock_calls)).
+    fn lock_calls_with<'a, E>(
+        &'a self,
+        take: impl FnOnce() -> std::result::Result<MutexGuard<'a, ()>, E>,
+    ) -> std::result::Result<MutexGuard<'a, ()>, E> {
         if Gil::is_held() {
             if let Some(guard) = self.calls.try_lock() {
-                return guard;
+                return Ok(guard);
             }
-            return Gil::acquire_started().release_during(|| self.calls.lock());
+            return Gil::acquire_started().release_during(take);
         }
-        let guard = self.calls.lock();
+        let guard = take()?;
         self.turn.let_dispatcher_go_first();
-        guard
+        Ok(guard)
     }
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        if self.access.check_process().is_err() {
+            // A forked child's copy: releasing its Python objects would take the GIL, which a
+            // thread of the parent may have held at the fork, and finalizing would stop the
+            // parent's workers. Its memory goes with the child.
+            return;
+        }
         self.finalize();
+        // SAFETY: the one place `python` is dropped; nothing uses it afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.python) };
     }
 }
 
@@ -557,13 +694,14 @@ fn task_result<T: Default>(key: i64, answer: Result<ReadResult<T>>, call: &str) 
             let message = format!("{reason}; {message}");
             TaskResult { status, key, value: T::default(), message: message.trim_end_matches("; ").to_owned() }
         }
-        Err(error) => TaskResult {
-            status: ResultStatus::Error,
-            key,
-            value: T::default(),
-            message: format!("{call} failed: {error}"),
-        },
+        Err(Error::Unavailable(message)) => error_result(key, message),
+        Err(error) => error_result(key, format!("{call} failed: {error}")),
     }
+}
+
+/// An `Error` answer: nothing changed.
+fn error_result<T: Default>(key: i64, message: String) -> TaskResult<T> {
+    TaskResult { status: ResultStatus::Error, key, value: T::default(), message }
 }
 
 /// The answer for a task still running, as Python would give it.

@@ -20,12 +20,19 @@ pub enum StartMethod {
 
 impl StartMethod {
     /// The name `multiprocessing` uses.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             StartMethod::Fork => "fork",
             StartMethod::Forkserver => "forkserver",
             StartMethod::Spawn => "spawn",
         }
+    }
+}
+
+impl std::fmt::Display for StartMethod {
+    /// The name [`FromStr`](std::str::FromStr) reads: `fork`, `forkserver` or `spawn`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -35,6 +42,7 @@ impl std::str::FromStr for StartMethod {
     /// ```
     /// use rs4py::StartMethod;
     /// assert_eq!("spawn".parse::<StartMethod>()?, StartMethod::Spawn);
+    /// assert_eq!(StartMethod::Spawn.to_string(), "spawn");
     /// assert!("thread".parse::<StartMethod>().is_err());
     /// # Ok::<(), rs4py::Error>(())
     /// ```
@@ -55,7 +63,6 @@ impl std::str::FromStr for StartMethod {
 ///     n_subprocesses: 8, // eight Engine actors, a CPU each
 ///     ..Default::default()
 /// };
-/// assert_eq!(options.backend.name(), "ray");
 /// assert_eq!(DriverOptions::default().backend, Backend::Local);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -75,7 +82,7 @@ pub enum Backend {
 
 impl Backend {
     /// The name py4cc gives it (`"local"` or `"ray"`).
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Backend::Local => "local",
             Backend::Ray { .. } => "ray",
@@ -83,7 +90,7 @@ impl Backend {
     }
 
     /// The Ray cluster's address, if any.
-    pub fn ray_address(&self) -> Option<&str> {
+    pub(crate) fn ray_address(&self) -> Option<&str> {
         match self {
             Backend::Ray { address } => address.as_deref(),
             Backend::Local => None,
@@ -108,7 +115,7 @@ pub enum Preload {
 
 impl Preload {
     /// The `preload` value py4cc takes: `None`, `"module"` or `"engine"`.
-    pub fn as_python(self) -> Option<&'static str> {
+    pub(crate) fn as_python(self) -> Option<&'static str> {
         match self {
             Preload::Nothing => None,
             Preload::Module => Some("module"),
@@ -118,6 +125,24 @@ impl Preload {
 }
 
 /// How to build a [`Driver`](super::Driver).
+///
+/// Build it as a struct literal that names the fields you set and ends with
+/// `..Default::default()`: that is the supported way, and a later version that adds a field
+/// (with its default) does not break code written so. Code that names every field, or
+/// destructures the struct, may have to change when a field is added.
+///
+/// ```
+/// use rs4py::{DriverOptions, StartMethod};
+/// use std::time::Duration;
+///
+/// let options = DriverOptions {
+///     n_subprocesses: 4,
+///     start_method: StartMethod::Spawn,
+///     task_timeout: Some(Duration::from_secs(5)),
+///     ..Default::default()
+/// };
+/// assert_eq!(options.max_tasks, 64);
+/// ```
 #[derive(Debug, Clone)]
 pub struct DriverOptions {
     /// How many tasks the driver holds at once (queued, running, finished but not retrieved).
@@ -131,8 +156,11 @@ pub struct DriverOptions {
     /// A task running longer is stopped (its worker killed and replaced) and answers `Failed`.
     pub task_timeout: Option<Duration>,
     /// A worker whose Engine is not built and initialised within this is stopped: at
-    /// [`Driver::initialize`](super::Driver::initialize), which then fails; later, for a replacement worker, which is
-    /// retried a few times before its tasks answer `Failed`. `None` waits as long as it takes.
+    /// [`Driver::initialize`](super::Driver::initialize), which then fails; later, for a
+    /// replacement worker, which counts as a failed start: its slot tries again, waiting 0.1 s
+    /// after a failure, doubling up to 30 s, for as long as the Driver runs (see
+    /// [`DriverStats::workers_degraded`](super::DriverStats::workers_degraded)). `None` waits
+    /// as long as it takes.
     pub init_timeout: Option<Duration>,
     /// Directories put at the front of `sys.path`, for the user's own Engine module; every
     /// worker process sees them too, whatever the start method.

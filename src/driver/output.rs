@@ -57,7 +57,9 @@ pub struct WorkerLine {
     pub stream: WorkerStream,
     /// The line, without its newline (and without a `\r` before it). Bytes that are not
     /// UTF-8 appear as `\xNN`; a line longer than 64 KiB comes in several pieces. An event's
-    /// text may span several lines (a traceback).
+    /// text may span several lines (a traceback); it names a task by its key. (Without a
+    /// callback, py4cc writes events to stderr itself, naming a task by its own number for
+    /// it: the key's last 12 digits.)
     pub text: String,
 }
 
@@ -92,7 +94,7 @@ impl WorkerOutput {
     }
 
     /// Calls the callback (what the driver's output thread does for each line).
-    pub fn call(&self, line: WorkerLine) {
+    pub(crate) fn call(&self, line: WorkerLine) {
         (self.0)(line)
     }
 

@@ -111,8 +111,9 @@ pub(super) mod method {
 /// The Python driver's attribute holding how many worker processes run (the only one read).
 pub(super) const N_SUBPROCESSES: &str = "n_subprocesses";
 
-/// The answer to [`Driver::submit`](super::Driver::submit).
+/// The answer to [`Driver::submit`](super::Driver::submit). Later versions may add statuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SubmitStatus {
     /// Accepted: come back with the key.
     Accepted,
@@ -123,8 +124,9 @@ pub enum SubmitStatus {
 }
 
 /// The answer to [`Driver::retrieve`](super::Driver::retrieve) and
-/// [`Driver::wait`](super::Driver::wait).
+/// [`Driver::wait`](super::Driver::wait). Later versions may add statuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ResultStatus {
     /// Done: `value` is the model's answer (positive for a demo task; anything for a
     /// general one). The task is removed.
@@ -141,7 +143,7 @@ pub enum ResultStatus {
 
 impl SubmitStatus {
     /// The flag of the protocol: 0, 1 or 9.
-    pub fn code(self) -> i64 {
+    pub(crate) fn code(self) -> i64 {
         match self {
             SubmitStatus::Accepted => OK,
             SubmitStatus::AtCapacity => AT_CAPACITY,
@@ -150,14 +152,14 @@ impl SubmitStatus {
     }
 
     /// The status for a flag, if it is one of the protocol's.
-    pub fn from_code(code: i64) -> Option<Self> {
+    pub(crate) fn from_code(code: i64) -> Option<Self> {
         [SubmitStatus::Accepted, SubmitStatus::AtCapacity, SubmitStatus::Error].into_iter().find(|s| s.code() == code)
     }
 }
 
 impl ResultStatus {
     /// The flag of the protocol: 0, 1, 2 or 9.
-    pub fn code(self) -> i64 {
+    pub(crate) fn code(self) -> i64 {
         match self {
             ResultStatus::Done => OK,
             ResultStatus::NotReady => NOT_FINISHED,
@@ -167,7 +169,7 @@ impl ResultStatus {
     }
 
     /// The status for a flag, if it is one of the protocol's.
-    pub fn from_code(code: i64) -> Option<Self> {
+    pub(crate) fn from_code(code: i64) -> Option<Self> {
         [ResultStatus::Done, ResultStatus::NotReady, ResultStatus::Failed, ResultStatus::Error]
             .into_iter()
             .find(|s| s.code() == code)
@@ -208,6 +210,25 @@ mod tests {
         let ours: HashMap<String, i64> =
             ours.into_iter().chain([("ERROR", ERROR)]).map(|(name, flag)| (name.to_owned(), flag)).collect();
         assert_eq!(theirs, ours);
+    }
+
+    #[test]
+    fn the_statuses_carry_the_flags_and_only_those() {
+        let submit =
+            [(SubmitStatus::Accepted, OK), (SubmitStatus::AtCapacity, AT_CAPACITY), (SubmitStatus::Error, ERROR)];
+        for (status, flag) in submit {
+            assert_eq!((status.code(), SubmitStatus::from_code(flag)), (flag, Some(status)));
+        }
+        let result = [
+            (ResultStatus::Done, OK),
+            (ResultStatus::NotReady, NOT_FINISHED),
+            (ResultStatus::Failed, FAILED),
+            (ResultStatus::Error, ERROR),
+        ];
+        for (status, flag) in result {
+            assert_eq!((status.code(), ResultStatus::from_code(flag)), (flag, Some(status)));
+        }
+        assert_eq!((SubmitStatus::from_code(FAILED), ResultStatus::from_code(3)), (None, None));
     }
 
     #[test]

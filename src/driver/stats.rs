@@ -6,8 +6,9 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::object::Object;
 
-/// Where a driver is in its life.
+/// Where a driver is in its life. Later versions may add states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DriverState {
     /// Built, not initialized yet: no worker runs.
     New,
@@ -77,7 +78,9 @@ pub struct DriverStats {
     pub replacement_failures: u64,
     /// Tasks answered `Done`.
     pub tasks_done: u64,
-    /// Tasks answered `Failed`, for any reason (those timed out included).
+    /// Tasks answered `Failed`, for any reason (those timed out included). A general task
+    /// whose answer does not convert to its key's type counts here once its answer is
+    /// collected (until then, py4cc counts it in `tasks_done`).
     pub tasks_failed: u64,
     /// Tasks that ran past [`DriverOptions::task_timeout`](super::DriverOptions::task_timeout).
     pub tasks_timed_out: u64,

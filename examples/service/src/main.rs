@@ -147,8 +147,9 @@ async fn score(
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             return response;
         }
-        // The features were checked above: the driver is draining, finalized or broken.
-        SubmitStatus::Error => return error(StatusCode::SERVICE_UNAVAILABLE, receipt.message),
+        // The features were checked above: the driver is draining, finalized or broken
+        // (SubmitStatus::Error, or a status of a later rs4py).
+        _ => return error(StatusCode::SERVICE_UNAVAILABLE, receipt.message),
     }
     // Woken by the task's completion, holding no thread while it waits. If the time runs
     // out (or the client goes away and axum drops this handler), the future is dropped,
@@ -166,7 +167,7 @@ async fn score(
         }
         // wait_async answers once the task is finished: NotReady cannot come, and Error would
         // be a bug (the key was just issued to this request alone).
-        ResultStatus::NotReady | ResultStatus::Error => error(StatusCode::INTERNAL_SERVER_ERROR, result.message),
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, result.message),
     }
 }
 

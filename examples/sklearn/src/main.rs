@@ -131,8 +131,13 @@ fn example_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The `--preload` name of `preload` (the names the argument parser reads).
 fn preload_name(preload: Preload) -> &'static str {
-    preload.as_python().unwrap_or("none")
+    match preload {
+        Preload::Module => "module",
+        Preload::Engine => "engine",
+        _ => "none",
+    }
 }
 
 /// Trains the model into `dir` with the interpreter rs4py is built against.
@@ -206,7 +211,7 @@ fn compare(args: &Args) -> Result<(), String> {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (preload, figures) in rows {
-        println!("| {} | {} | {} |", args.start_method.as_str(), preload_name(preload), figures);
+        println!("| {} | {} | {} |", args.start_method, preload_name(preload), figures);
     }
     Ok(())
 }
@@ -263,7 +268,7 @@ fn submit_retrying<K>(submit: impl Fn() -> TaskReceipt<K>) -> Result<K, String> 
         match receipt.status {
             SubmitStatus::Accepted => return Ok(receipt.key),
             SubmitStatus::AtCapacity => thread::sleep(Duration::from_micros(200)),
-            SubmitStatus::Error => return Err(receipt.message),
+            _ => return Err(receipt.message), // SubmitStatus::Error
         }
     }
 }
@@ -467,7 +472,7 @@ fn serve_and_check(args: &Args, preload: Preload) -> Result<(), String> {
 
     println!(
         "{} with preload {}: {} workers ready in {ready:.2} s{}; all killed, answering again after {replaced:.2} s",
-        args.start_method.as_str(),
+        args.start_method,
         preload_name(preload),
         args.workers,
         pss.map(|mib| format!(" (PSS with this process {mib:.0} MiB)")).unwrap_or_default()

@@ -1,0 +1,55 @@
+//! End to end, inside the crate: the completion table holds exactly the keys py4cc holds,
+//! whatever becomes of each task (the table's size is not part of the API).
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+
+use super::{Driver, DriverOptions, ResultStatus, SubmitStatus};
+
+#[test]
+fn the_table_forgets_every_key_py4cc_forgets() {
+    let driver = Driver::new(DriverOptions {
+        n_subprocesses: 1,
+        max_tasks: 8,
+        result_ttl: Some(Duration::from_millis(300)),
+        ..Default::default()
+    })
+    .unwrap();
+    driver.initialize("{}", &["a"], &["b"]).unwrap();
+    // Six tasks of the demo model, answering 30 + 70 + n; cancelled ones may be in any state.
+    let keys: Vec<i64> = (0..6)
+        .map(|n| {
+            let receipt = driver.submit(&[30.0], &["x".repeat(70)], n);
+            assert_eq!(receipt.status, SubmitStatus::Accepted, "{receipt:?}");
+            receipt.key
+        })
+        .collect();
+    assert_eq!((driver.held_tasks().unwrap(), driver.tracked_tasks()), (6, 6));
+    // Cancelled while queued or running; collected; a future dropped while pending (which
+    // cancels); waited for; abandoned (it expires).
+    assert!(driver.cancel(keys[1]));
+    assert!(driver.cancel(keys[2]));
+    let done = driver.wait(keys[0], Duration::from_secs(30));
+    assert_eq!((done.status, done.value), (ResultStatus::Done, 100));
+    {
+        let mut future = pin!(driver.wait_async(keys[3]));
+        let _ = future.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+    }
+    let waited = driver.wait(keys[4], Duration::from_secs(30));
+    assert_eq!((waited.status, waited.value), (ResultStatus::Done, 104));
+    let refused = driver.retrieve(keys[3]);
+    assert!(refused.message.contains("was cancelled"), "{refused:?}");
+    let start = Instant::now();
+    while (driver.held_tasks().unwrap(), driver.tracked_tasks()) != (0, 0) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} held, {} tracked",
+            driver.held_tasks().unwrap(),
+            driver.tracked_tasks()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(driver.retrieve(keys[5]).message.contains("expired"));
+}
