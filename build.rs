@@ -10,6 +10,12 @@
 //! - publishes the library directory to dependent build scripts as `DEP_RS4PY_LIBDIR`;
 //! - lists the `py4cc` package's modules for the copy compiled into the binary, so that the
 //!   copy cannot miss one.
+//!
+//! With `DOCS_RS` set (a docs site's sandbox), a missing interpreter or shared libpython is no
+//! error: the library is then compiled for its documentation only, with no rpath and
+//! placeholder facts (`build_python()` reports no executable and version 0, and `start`
+//! refuses to run). `pyo3-ffi`'s own build script still needs an interpreter or a
+//! `PYO3_CONFIG_FILE`; see docs/operations.md.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -20,19 +26,66 @@ fn main() {
     // so that this crate picks the C API of the interpreter it builds against.
     pyo3_build_config::use_pyo3_cfgs();
     println!("cargo:rerun-if-changed=build.rs");
+    declare_source_tree();
     embed_py4cc();
-    for var in ["PYO3_PYTHON", "VIRTUAL_ENV", "CONDA_PREFIX"] {
+    for var in ["PYO3_PYTHON", "VIRTUAL_ENV", "CONDA_PREFIX", "DOCS_RS"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
+    match python_facts() {
+        Ok(facts) => {
+            pyo3_build_config::add_libpython_rpath_link_args();
+            record(&facts);
+        }
+        // A docs site builds in a sandbox with whatever Python it has, often one without a
+        // shared libpython: there the library is compiled for its documentation only, nothing
+        // is linked against libpython and the facts are placeholders (`start` would refuse them).
+        Err(reason) if std::env::var_os("DOCS_RS").is_some() => {
+            println!("cargo:warning=rs4py: DOCS_RS is set and {reason}: building for documentation only");
+            record(&PythonFacts::for_docs_only());
+        }
+        Err(reason) => fail(&reason),
+    }
+}
+
+/// What the build records about its interpreter, for run time.
+struct PythonFacts {
+    executable: String,
+    prefix: String,
+    version: String,
+    hexversion: String,
+    library: String,
+    lib_dir: String,
+}
+
+impl PythonFacts {
+    /// The facts of a documentation-only build: no interpreter, version 0.
+    fn for_docs_only() -> Self {
+        let none = "(none: built for documentation only, DOCS_RS)".to_owned();
+        PythonFacts {
+            executable: none.clone(),
+            prefix: none.clone(),
+            version: none.clone(),
+            hexversion: "0".to_owned(),
+            library: none.clone(),
+            lib_dir: none,
+        }
+    }
+}
+
+/// Asks the interpreter that `pyo3-build-config` found for the facts rs4py records, checking
+/// that it has the shared libpython rs4py embeds.
+fn python_facts() -> Result<PythonFacts, String> {
     let config = pyo3_build_config::get();
     let Some(executable) = config.executable() else {
-        fail("pyo3-build-config found no Python executable; set PYO3_PYTHON to one");
+        return Err("pyo3-build-config found no Python executable; set PYO3_PYTHON to one".to_owned());
     };
     let Some(lib_dir) = config.lib_dir() else {
-        fail("the Python interpreter reports no library directory (is it built with --enable-shared?)");
+        return Err(
+            "the Python interpreter reports no library directory (is it built with --enable-shared?)".to_owned()
+        );
     };
     if !config.shared() {
-        fail("rs4py embeds a shared libpython; this interpreter was built without --enable-shared");
+        return Err("rs4py embeds a shared libpython; this interpreter was built without --enable-shared".to_owned());
     }
     // One fact per line. sys.version has a line break on some versions (3.9 puts the compiler
     // on its own line), so it is recorded on one line; the run-time check does not use it.
@@ -43,16 +96,14 @@ fn main() {
                   print(sysconfig.get_config_var('INSTSONAME') or '')\n\
                   print(sysconfig.get_config_var('LDLIBRARY') or '')\n\
                   print(sysconfig.get_config_var('PYTHONFRAMEWORKPREFIX') or '')\n";
-    let facts = match config.run_python_script(script) {
-        Ok(out) => out,
-        Err(e) => fail(&format!("could not ask {executable} for sys.prefix: {e}")),
-    };
+    let facts =
+        config.run_python_script(script).map_err(|e| format!("could not ask {executable} for sys.prefix: {e}"))?;
     let lines: Vec<&str> = facts.lines().collect();
     let [prefix, version, hexversion, soname, ldlibrary, framework_prefix] = lines[..] else {
-        fail(&format!("unexpected answer from {executable}: {facts:?}"));
+        return Err(format!("unexpected answer from {executable}: {facts:?}"));
     };
     if hexversion.parse::<u32>().is_err() {
-        fail(&format!("{executable} reports sys.hexversion {hexversion:?}, not a number"));
+        return Err(format!("{executable} reports sys.hexversion {hexversion:?}, not a number"));
     }
     // The file the loader opens: the soname the linker records (libpython3.X.so.1.0), else
     // the link-time name (a macOS framework's is relative to the framework prefix); resolved,
@@ -62,21 +113,45 @@ fn main() {
         .filter(|(dir, name)| !dir.is_empty() && !name.is_empty())
         .find_map(|(dir, name)| std::fs::canonicalize(std::path::Path::new(dir).join(name)).ok())
     else {
-        fail(&format!("no libpython named {soname:?} or {ldlibrary:?} in {lib_dir} (from {executable})"));
+        return Err(format!("no libpython named {soname:?} or {ldlibrary:?} in {lib_dir} (from {executable})"));
     };
     let Some(library) = library.to_str() else {
-        fail(&format!("the libpython path {library:?} is not UTF-8"));
+        return Err(format!("the libpython path {library:?} is not UTF-8"));
     };
+    Ok(PythonFacts {
+        executable: executable.to_owned(),
+        prefix: prefix.to_owned(),
+        version: version.to_owned(),
+        hexversion: hexversion.to_owned(),
+        library: library.to_owned(),
+        lib_dir: lib_dir.to_owned(),
+    })
+}
 
-    pyo3_build_config::add_libpython_rpath_link_args();
-    println!("cargo:rustc-env=RS4PY_PYTHON_EXECUTABLE={executable}");
-    println!("cargo:rustc-env=RS4PY_PYTHON_PREFIX={prefix}");
-    println!("cargo:rustc-env=RS4PY_PYTHON_VERSION={version}");
-    println!("cargo:rustc-env=RS4PY_PYTHON_HEXVERSION={hexversion}");
-    println!("cargo:rustc-env=RS4PY_PYTHON_LIBRARY={library}");
-    println!("cargo:rustc-env=RS4PY_PYTHON_LIBDIR={lib_dir}");
+/// Records the facts for `build_python()` and publishes the library directory.
+fn record(facts: &PythonFacts) {
+    println!("cargo:rustc-env=RS4PY_PYTHON_EXECUTABLE={}", facts.executable);
+    println!("cargo:rustc-env=RS4PY_PYTHON_PREFIX={}", facts.prefix);
+    println!("cargo:rustc-env=RS4PY_PYTHON_VERSION={}", facts.version);
+    println!("cargo:rustc-env=RS4PY_PYTHON_HEXVERSION={}", facts.hexversion);
+    println!("cargo:rustc-env=RS4PY_PYTHON_LIBRARY={}", facts.library);
+    println!("cargo:rustc-env=RS4PY_PYTHON_LIBDIR={}", facts.lib_dir);
     // Read by dependents' build scripts as DEP_RS4PY_LIBDIR (see the crate docs).
-    println!("cargo:libdir={lib_dir}");
+    println!("cargo:libdir={}", facts.lib_dir);
+}
+
+/// Sets the cfg `rs4py_source_tree` when built from the repository: the published package
+/// leaves out py4cc's test suites and `py4cc/workload/` (the Python twin of the reference
+/// workload), and the tests that need them are then ignored, with the reason, instead of failing.
+fn declare_source_tree() {
+    println!("cargo::rustc-check-cfg=cfg(rs4py_source_tree)");
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| fail("CARGO_MANIFEST_DIR is not set"));
+    let py4cc = Path::new(&manifest_dir).join("py4cc");
+    println!("cargo:rerun-if-changed={}", py4cc.join("tests").display());
+    println!("cargo:rerun-if-changed={}", py4cc.join("workload").display());
+    if py4cc.join("tests/test_driver.py").is_file() && py4cc.join("workload/harness.py").is_file() {
+        println!("cargo:rustc-cfg=rs4py_source_tree");
+    }
 }
 
 fn fail(message: &str) -> ! {

@@ -54,6 +54,10 @@
 //! 16 threads: 2 by the caller (submit, collect), plus one for each `os.read`/`os.write` py4cc
 //! makes and one per dispatcher wake-up.
 
+#[allow(dead_code)]
+#[path = "../examples/many_threads/workload.rs"]
+mod workload;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -249,7 +253,7 @@ fn measure_once(
 
 fn row(name: &str, threads: usize, elapsed: Duration, latencies: &mut [Duration]) -> Row {
     latencies.sort();
-    let at = |p: f64| rs4py_workload::percentile(latencies, p);
+    let at = |p: f64| workload::percentile(latencies, p);
     Row {
         name: name.to_owned(),
         threads,
@@ -527,7 +531,7 @@ fn main() {
     let mut rows: Vec<Row> = Vec::new();
     let mut futex_rows: Vec<Row> = Vec::new();
     let mut longest_polls = Vec::new();
-    let ray = rs4py_workload::ray_cluster();
+    let ray = workload::ray_cluster();
     for _ in 0..rounds {
         let (ours, longest_poll) = rust_driver(&threads, &counts, workers, Pass::Timing { with_async }, None);
         longest_polls.push(longest_poll);

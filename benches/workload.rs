@@ -9,11 +9,15 @@
 //!
 //! `cargo bench --bench workload [-- --tasks N --threads N --workers N]` (workers default 2 and 8)
 
+#[allow(dead_code)]
+#[path = "../examples/many_threads/workload.rs"]
+mod workload;
+
 use std::process::Command;
 use std::time::Instant;
 
 use rs4py::{Backend, Driver, DriverOptions};
-use rs4py_workload::{self as workload, Mode, Report};
+use workload::{Mode, Report};
 
 struct Row {
     seconds: f64,
@@ -102,7 +106,7 @@ fn main() {
             .sum();
         sleep / workers as f64
     };
-    let ray = rs4py_workload::ray_cluster();
+    let ray = workload::ray_cluster();
     println!("rs4py workload benchmark: {tasks} tasks, {threads} threads, seed 42, forkserver");
     println!(
         "{:<8} {:<5} {:<18} {:>8} {:>9} {:>8} {:>8} {:>7} {:>10} {:>10}",

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Prints its progress, then one JSON line. Exits non-zero if a task fails, answers a wrong
-//! value, or a worker had to be replaced. RELIABILITY.md holds the latest figures.
+//! value, or a worker had to be replaced. docs/reliability.md holds the latest figures.
 
 use std::process::ExitCode;
 use std::str::FromStr;

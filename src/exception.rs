@@ -15,7 +15,7 @@ use std::ffi::CStr;
 
 use pyo3_ffi as ffi;
 
-use crate::error::{Error, PythonException};
+use crate::error::{Error, PythonException, without_py4cc_frames};
 use crate::gil::GilToken;
 use crate::object::Object;
 
@@ -119,7 +119,7 @@ impl<'py> PendingException<'py> {
         };
         let type_name = type_name(ptype);
         let message = self.message(&type_name);
-        let traceback = self.format_traceback(ptype).unwrap_or_default();
+        let traceback = self.format_traceback(ptype).map(|text| without_py4cc_frames(&text)).unwrap_or_default();
         Error::Python(Box::new(PythonException { type_name, message, traceback }))
     }
 

@@ -1,4 +1,37 @@
-//! rs4py embeds CPython in a multi-threaded Rust program through the raw C API.
+//! rs4py runs a model written in Python from a multi-threaded Rust service.
+//!
+//! The [`Driver`] is the front door: `Send + Sync`, shared by the service's threads (or async
+//! tasks), it runs the model in a pool of Python worker processes (one Engine per worker, or
+//! Ray actors), so the model runs in parallel and the service never waits on one GIL.
+//! [`Driver::submit_call`] sends any arguments to the Engine's `run` and reads its answer as
+//! the Rust type you ask for (a float, a class, a list, bytes, ...); [`Driver::wait`] blocks a
+//! thread until the answer, [`Driver::wait_async`] awaits it; nothing panics or loses a task.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use rs4py::{Driver, DriverOptions, ResultStatus};
+//!
+//! let driver = Driver::new(DriverOptions {
+//!     engine: "my_model:MyEngine".into(), // models/my_model.py, class MyEngine
+//!     python_path: vec!["models".into()], // relative to the working directory
+//!     ..Default::default()
+//! })?;
+//! driver.initialize(r#"{"weights": [0.5, -2.0]}"#, &[] as &[&str], &[] as &[&str])?;
+//! let receipt = driver.submit_call::<f64>((vec![1.0, 0.75],), ());
+//! let result = driver.wait(receipt.key, Duration::from_secs(5));
+//! match result.status {
+//!     ResultStatus::Done => println!("score {}", result.value),
+//!     _ => eprintln!("{}", result.message), // refused, or the model's traceback
+//! }
+//! # Ok::<(), rs4py::Error>(())
+//! ```
+//!
+//! The README's quick start builds this from `Cargo.toml` up; the guide, operations,
+//! reliability, Ray and benchmark pages are in the repository's `docs/`.
+//!
+//! # The embedding layer
+//!
+//! Underneath, and usable on its own, rs4py embeds CPython through the raw C API:
 //!
 //! - [`start`] starts the interpreter once per process (any thread, races included) with the
 //!   very Python the crate was built against, then releases the GIL.
@@ -59,3 +92,28 @@ pub use object::{Handle, Object};
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// docs/guide.md's Rust examples, as doctests.
+#[doc = include_str!("../docs/guide.md")]
+#[cfg(doctest)]
+pub struct GuideDoctests;
+
+/// docs/operations.md's Rust examples, as doctests.
+#[doc = include_str!("../docs/operations.md")]
+#[cfg(doctest)]
+pub struct OperationsDoctests;
+
+/// docs/reliability.md's Rust examples, as doctests.
+#[doc = include_str!("../docs/reliability.md")]
+#[cfg(doctest)]
+pub struct ReliabilityDoctests;
+
+/// docs/ray.md's Rust examples, as doctests.
+#[doc = include_str!("../docs/ray.md")]
+#[cfg(doctest)]
+pub struct RayDoctests;
+
+/// docs/benchmarks.md's Rust examples, as doctests.
+#[doc = include_str!("../docs/benchmarks.md")]
+#[cfg(doctest)]
+pub struct BenchmarksDoctests;

@@ -3,8 +3,15 @@
 //! `result_ttl`, `wait_async` under tokio, and thousands of abandoned tasks that leave
 //! nothing held.
 //!
-//! Answers are checked against `rs4py_workload::big_model`, computed in Rust.
+//! Answers are checked against `workload::big_model`, computed in Rust.
 
+#[allow(dead_code)]
+#[path = "../examples/many_threads/workload.rs"]
+mod workload;
+
+#[allow(dead_code)]
+#[path = "common/workers.rs"]
+mod workers;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -15,7 +22,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rs4py::{Driver, DriverOptions, Gil, ResultStatus, SubmitStatus, TaskFuture, TaskResult};
-use rs4py_workload::{big_model, make_tasks};
+use workload::{big_model, make_tasks};
 
 #[path = "common/submit.rs"]
 mod submit;
@@ -44,6 +51,7 @@ fn sleep_driver(n_subprocesses: usize, max_tasks: usize, result_ttl: Option<Dura
         n_subprocesses,
         max_tasks,
         result_ttl,
+        worker_output: Some(workers::captured_output()),
         ..Default::default()
     })
     .unwrap();
@@ -52,7 +60,13 @@ fn sleep_driver(n_subprocesses: usize, max_tasks: usize, result_ttl: Option<Dura
 }
 
 fn demo_driver(n_subprocesses: usize, max_tasks: usize) -> Driver {
-    let driver = Driver::new(DriverOptions { n_subprocesses, max_tasks, ..Default::default() }).unwrap();
+    let driver = Driver::new(DriverOptions {
+        n_subprocesses,
+        max_tasks,
+        worker_output: Some(workers::captured_output()),
+        ..Default::default()
+    })
+    .unwrap();
     driver.initialize("{}", &FLOAT_NAMES, &STR_NAMES).unwrap();
     driver
 }

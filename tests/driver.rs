@@ -3,7 +3,11 @@
 //! `wait` beside other threads, task timeouts and killed workers, `finalize` and `Drop`, calls
 //! from a thread that holds the GIL, `initialize` errors.
 //!
-//! Every result is checked against `rs4py_workload::big_model`, computed in Rust.
+//! Every result is checked against `workload::big_model`, computed in Rust.
+
+#[allow(dead_code)]
+#[path = "../examples/many_threads/workload.rs"]
+mod workload;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -13,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rs4py::{Driver, DriverOptions, Error, Gil, ResultStatus, StartMethod, SubmitStatus, TaskResult};
-use rs4py_workload::{Task, big_model, make_tasks};
+use workload::{Task, big_model, make_tasks};
 
 #[path = "common/submit.rs"]
 mod submit;
@@ -103,7 +107,13 @@ fn user_module_dir() -> PathBuf {
 }
 
 fn options(start_method: StartMethod, n_subprocesses: usize, max_tasks: usize) -> DriverOptions {
-    DriverOptions { max_tasks, n_subprocesses, start_method, ..Default::default() }
+    DriverOptions {
+        max_tasks,
+        n_subprocesses,
+        start_method,
+        worker_output: Some(workers::captured_output()),
+        ..Default::default()
+    }
 }
 
 /// A driver of the demo Engine with the workload's feature names, initialized.
@@ -118,6 +128,7 @@ fn scripted_driver(options: DriverOptions) -> Driver {
     let driver = Driver::new(DriverOptions {
         engine: "mymodule:ScriptedEngine".into(),
         python_path: vec![user_module_dir()],
+        worker_output: Some(workers::captured_output()),
         ..options
     })
     .unwrap();
@@ -486,6 +497,7 @@ fn user_engine_runs_with(start_method: StartMethod) {
     let driver = Driver::new(DriverOptions {
         engine: "mymodule:MyEngine".into(),
         python_path: vec![dir.clone()],
+        worker_output: Some(workers::captured_output()),
         ..options(start_method, 2, 16)
     })
     .unwrap();
@@ -592,6 +604,7 @@ fn wait_times_out_with_not_ready_and_errors_on_unknown_keys() {
 fn a_task_past_its_timeout_fails_and_the_next_one_succeeds() {
     let driver = scripted_driver(DriverOptions {
         task_timeout: Some(Duration::from_millis(300)),
+        worker_output: Some(workers::captured_output()),
         ..options(StartMethod::Forkserver, 1, 4)
     });
     let before = driver.worker_pids().unwrap();
@@ -858,6 +871,7 @@ fn initialize_errors_are_python_exceptions_of_the_right_type() {
     // An engine module that does not exist: ImportError naming it.
     let driver = Driver::new(DriverOptions {
         engine: "no_such_module_rs4py:Engine".into(),
+        worker_output: Some(workers::captured_output()),
         ..options(StartMethod::Spawn, 1, 4)
     })
     .unwrap();
@@ -866,7 +880,12 @@ fn initialize_errors_are_python_exceptions_of_the_right_type() {
     assert_eq!(driver.worker_pids().unwrap(), Vec::<u32>::new());
 
     // A malformed engine name: ValueError.
-    let driver = Driver::new(DriverOptions { engine: "no colon".into(), ..options(StartMethod::Spawn, 1, 4) }).unwrap();
+    let driver = Driver::new(DriverOptions {
+        engine: "no colon".into(),
+        worker_output: Some(workers::captured_output()),
+        ..options(StartMethod::Spawn, 1, 4)
+    })
+    .unwrap();
     let malformed = python_error(driver.initialize("{}", &FLOAT_NAMES, &STR_NAMES).unwrap_err(), "ValueError");
     assert!(malformed.message.contains("module:Class"), "{malformed:?}");
 
@@ -874,6 +893,7 @@ fn initialize_errors_are_python_exceptions_of_the_right_type() {
     let driver = Driver::new(DriverOptions {
         engine: "mymodule:FailingInitEngine".into(),
         python_path: vec![user_module_dir()],
+        worker_output: Some(workers::captured_output()),
         ..options(StartMethod::Forkserver, 2, 4)
     })
     .unwrap();
@@ -901,6 +921,7 @@ fn an_engine_that_hangs_in_initialize_fails_at_the_start_up_limit() {
         engine: "mymodule:HangingInitEngine".into(),
         python_path: vec![user_module_dir()],
         init_timeout: Some(Duration::from_millis(500)),
+        worker_output: Some(workers::captured_output()),
         ..options(StartMethod::Forkserver, 2, 4)
     })
     .unwrap();
@@ -918,6 +939,7 @@ fn an_engine_that_hangs_in_initialize_fails_at_the_start_up_limit() {
         engine: "mymodule:HangingInitEngine".into(),
         python_path: vec![user_module_dir()],
         init_timeout: Some(Duration::from_secs(20)),
+        worker_output: Some(workers::captured_output()),
         ..options(StartMethod::Forkserver, 1, 4)
     })
     .unwrap();
@@ -945,10 +967,34 @@ fn an_answer_too_large_for_i64_fails_its_task_with_a_reason() {
 #[test]
 fn absurd_options_are_refused_at_initialize_with_the_reason() {
     let cases = [
-        (DriverOptions { n_subprocesses: usize::MAX, ..Default::default() }, "at most 1024"),
-        (DriverOptions { max_tasks: 0, ..Default::default() }, "max_tasks"),
-        (DriverOptions { task_timeout: Some(Duration::ZERO), ..Default::default() }, "task_timeout"),
-        (DriverOptions { engine: "not an engine name".into(), ..Default::default() }, "module:Class"),
+        (
+            DriverOptions {
+                n_subprocesses: usize::MAX,
+                worker_output: Some(workers::captured_output()),
+                ..Default::default()
+            },
+            "at most 1024",
+        ),
+        (
+            DriverOptions { max_tasks: 0, worker_output: Some(workers::captured_output()), ..Default::default() },
+            "max_tasks",
+        ),
+        (
+            DriverOptions {
+                task_timeout: Some(Duration::ZERO),
+                worker_output: Some(workers::captured_output()),
+                ..Default::default()
+            },
+            "task_timeout",
+        ),
+        (
+            DriverOptions {
+                engine: "not an engine name".into(),
+                worker_output: Some(workers::captured_output()),
+                ..Default::default()
+            },
+            "module:Class",
+        ),
     ];
     for (options, reason) in cases {
         let driver = Driver::new(options).unwrap();

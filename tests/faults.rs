@@ -4,13 +4,16 @@
 //! not go with it). Each host is this test binary run again in a child process. And a driver
 //! whose workers cannot restart for a while, as the Rust side sees it.
 
+#[allow(dead_code)]
+#[path = "common/workers.rs"]
+mod workers;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rs4py::{Driver, DriverOptions, ResultStatus, StartMethod, SubmitStatus};
 
@@ -43,12 +46,9 @@ class FlakyInitEngine:
 
 const METHODS: [StartMethod; 3] = [StartMethod::Fork, StartMethod::Forkserver, StartMethod::Spawn];
 
-/// A fresh directory under the system's temporary directory.
+/// A fresh directory under the system's temporary directory, removed when this process exits.
 fn fresh_dir(what: &str) -> PathBuf {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let dir = std::env::temp_dir().join(format!("rs4py-faults-{what}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    workers::scratch_dir(&format!("rs4py-faults-{what}"))
 }
 
 /// This test binary, to run the ignored test `name` as a child host process.
@@ -168,6 +168,7 @@ fn child_host_with_busy_workers() {
             start_method: method,
             engine: "faultengines:GilHoldingEngine".into(),
             python_path: vec![dir.clone()],
+            worker_output: Some(workers::captured_output()),
             ..Default::default()
         })
         .unwrap();
@@ -220,7 +221,12 @@ fn no_pymp_directory_is_left_by_a_host_that_exits_with_its_driver_running() {
 fn child_host_ending() {
     let how = std::env::var("RS4PY_FAULTS_HOW").unwrap();
     let tmp = std::env::temp_dir();
-    let driver = Driver::new(DriverOptions { n_subprocesses: 1, ..Default::default() }).unwrap();
+    let driver = Driver::new(DriverOptions {
+        n_subprocesses: 1,
+        worker_output: Some(workers::captured_output()),
+        ..Default::default()
+    })
+    .unwrap();
     driver.initialize("{}", &["a"], &["b"]).unwrap();
     let receipt = driver.submit(&[1.0], &["x"], 1);
     assert_eq!(driver.wait(receipt.key, Duration::from_secs(30)).status, ResultStatus::Done);
@@ -244,8 +250,13 @@ fn workers_outlive_the_thread_that_initialized_their_driver() {
     // A parent-death signal (PR_SET_PDEATHSIG) would fire when that thread ends.
     for method in METHODS {
         let driver = thread::spawn(move || {
-            let driver =
-                Driver::new(DriverOptions { n_subprocesses: 1, start_method: method, ..Default::default() }).unwrap();
+            let driver = Driver::new(DriverOptions {
+                n_subprocesses: 1,
+                start_method: method,
+                worker_output: Some(workers::captured_output()),
+                ..Default::default()
+            })
+            .unwrap();
             driver.initialize("{}", &["a", "b"], &["name"]).unwrap();
             driver
         })
@@ -270,6 +281,7 @@ fn a_driver_whose_restarts_fail_says_why_and_comes_back_by_itself() {
         n_subprocesses: 1,
         engine: "faultengines:FlakyInitEngine".into(),
         python_path: vec![dir.clone()],
+        worker_output: Some(workers::captured_output()),
         ..Default::default()
     })
     .unwrap();

@@ -6,6 +6,13 @@
 //! The Engine is py4cc's own test module `py4cc_general_engines` (its `CommandEngine.run`
 //! does what its first argument says), reached through `DriverOptions::python_path`.
 
+#[allow(dead_code)]
+#[path = "../examples/many_threads/workload.rs"]
+mod workload;
+
+#[allow(dead_code)]
+#[path = "common/workers.rs"]
+mod workers;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,7 +23,7 @@ use rs4py::{
     Bytes, Driver, DriverOptions, Error, FromPython, Key, Preload, ResultStatus, StartMethod, SubmitStatus, TaskResult,
     ToPython,
 };
-use rs4py_workload::big_model;
+use workload::big_model;
 
 mod common;
 
@@ -36,6 +43,7 @@ fn options(start_method: StartMethod) -> DriverOptions {
         python_path: vec![engines_dir()],
         n_subprocesses: 1,
         start_method,
+        worker_output: Some(workers::captured_output()),
         ..Default::default()
     }
 }
@@ -203,12 +211,14 @@ fn initialize_with_passes_any_convertible_extra_arguments() {
     // An argument the Engine's initialize does not take fails initialize like any error.
     let driver = Driver::new(DriverOptions {
         engine: "py4cc_user_engines:SleepEngine".into(),
+        worker_output: Some(workers::captured_output()),
         ..options(StartMethod::default())
     })
     .unwrap();
     driver.initialize_with("{}", &NO_NAMES, &NO_NAMES, [("threshold", 0.5)]).unwrap();
     let driver = Driver::new(DriverOptions {
         engine: "py4cc_user_engines:EchoEngine".into(),
+        worker_output: Some(workers::captured_output()),
         ..options(StartMethod::default())
     })
     .unwrap();
@@ -226,7 +236,13 @@ fn initialize_with_passes_any_convertible_extra_arguments() {
 
 #[test]
 fn demo_and_general_tasks_share_keys_capacity_and_status_rules() {
-    let driver = Driver::new(DriverOptions { n_subprocesses: 1, max_tasks: 2, ..Default::default() }).unwrap();
+    let driver = Driver::new(DriverOptions {
+        n_subprocesses: 1,
+        max_tasks: 2,
+        worker_output: Some(workers::captured_output()),
+        ..Default::default()
+    })
+    .unwrap();
     let general = driver.submit_call::<f64>(("not", "initialized"), ());
     assert_eq!(
         (general.status, general.key.raw(), general.message.as_str()),
@@ -286,7 +302,11 @@ fn wait_and_retrieve_answer_not_ready_then_done_for_a_general_task() {
 #[test]
 fn a_general_task_past_its_timeout_fails_and_the_next_one_succeeds() {
     let driver = command_driver(
-        DriverOptions { task_timeout: Some(Duration::from_millis(500)), ..options(StartMethod::Forkserver) },
+        DriverOptions {
+            task_timeout: Some(Duration::from_millis(500)),
+            worker_output: Some(workers::captured_output()),
+            ..options(StartMethod::Forkserver)
+        },
         &[],
     );
     let result = call::<String>(&driver, ("sleep", 60.0, "never"));
@@ -297,14 +317,25 @@ fn a_general_task_past_its_timeout_fails_and_the_next_one_succeeds() {
 
 #[test]
 fn call_method_names_the_method_general_tasks_call() {
-    let driver = command_driver(DriverOptions { call_method: "predict".into(), ..options(StartMethod::Fork) }, &[]);
+    let driver = command_driver(
+        DriverOptions {
+            call_method: "predict".into(),
+            worker_output: Some(workers::captured_output()),
+            ..options(StartMethod::Fork)
+        },
+        &[],
+    );
     let rows = vec![vec![1.0, 2.0], vec![0.5, -0.5]];
     let receipt = driver.submit_call::<Vec<f64>>((&rows,), [("scale", 2.0)]);
     assert_eq!(driver.wait(receipt.key, PATIENCE).value, [6.0, 0.0]);
-    let missing = Driver::new(DriverOptions { call_method: "predict_proba".into(), ..options(StartMethod::Fork) })
-        .unwrap()
-        .initialize("{}", &NO_NAMES, &NO_NAMES)
-        .unwrap_err();
+    let missing = Driver::new(DriverOptions {
+        call_method: "predict_proba".into(),
+        worker_output: Some(workers::captured_output()),
+        ..options(StartMethod::Fork)
+    })
+    .unwrap()
+    .initialize("{}", &NO_NAMES, &NO_NAMES)
+    .unwrap_err();
     let Error::Python(exception) = missing else { panic!("{missing:?}") };
     assert_eq!(exception.type_name, "RuntimeError");
     assert!(exception.message.contains("has no method 'predict_proba' (call_method)"), "{}", exception.message);
@@ -314,7 +345,12 @@ fn call_method_names_the_method_general_tasks_call() {
 fn many_threads_share_general_and_demo_tasks_on_each_start_method() {
     for start_method in [StartMethod::Fork, StartMethod::Forkserver, StartMethod::Spawn] {
         let driver = Arc::new(command_driver(
-            DriverOptions { n_subprocesses: 2, max_tasks: 8, ..options(start_method) },
+            DriverOptions {
+                n_subprocesses: 2,
+                max_tasks: 8,
+                worker_output: Some(workers::captured_output()),
+                ..options(start_method)
+            },
             &[("scale", &3.0)],
         ));
         let threads: Vec<_> = (0..6)
@@ -372,7 +408,12 @@ fn preload_engine_with_fork_builds_one_engine_here_that_workers_inherit() {
 #[test]
 #[ignore = "run by preload_engine_with_fork_builds_one_engine_here_that_workers_inherit"]
 fn preload_engine_in_a_fresh_process() {
-    let options = DriverOptions { n_subprocesses: 2, preload: Preload::Engine, ..options(StartMethod::Fork) };
+    let options = DriverOptions {
+        n_subprocesses: 2,
+        preload: Preload::Engine,
+        worker_output: Some(workers::captured_output()),
+        ..options(StartMethod::Fork)
+    };
     let driver = Driver::new(options).unwrap();
     assert!(!imported_here());
     driver.initialize_with("{}", &NO_NAMES, &NO_NAMES, [("scale", 2.0)]).unwrap();
@@ -396,14 +437,26 @@ fn preload_module_with_fork_imports_it_here_and_each_worker_builds_its_engine() 
 #[ignore = "run by preload_module_with_fork_imports_it_here_and_each_worker_builds_its_engine"]
 fn preload_module_in_a_fresh_process() {
     let here = std::process::id();
-    let driver = command_driver(DriverOptions { n_subprocesses: 2, ..options(StartMethod::Fork) }, &[]);
+    let driver = command_driver(
+        DriverOptions {
+            n_subprocesses: 2,
+            worker_output: Some(workers::captured_output()),
+            ..options(StartMethod::Fork)
+        },
+        &[],
+    );
     let (imported_in, initialized_in, pid) = where_it_ran(&driver);
     assert_eq!((imported_in, initialized_in), (pid, pid), "without preload, each worker does both");
     driver.finalize();
     assert!(!imported_here());
 
     let driver = command_driver(
-        DriverOptions { n_subprocesses: 2, preload: Preload::Module, ..options(StartMethod::Fork) },
+        DriverOptions {
+            n_subprocesses: 2,
+            preload: Preload::Module,
+            worker_output: Some(workers::captured_output()),
+            ..options(StartMethod::Fork)
+        },
         &[],
     );
     assert!(imported_here());
@@ -415,10 +468,14 @@ fn preload_module_in_a_fresh_process() {
 
 #[test]
 fn preload_is_refused_with_spawn() {
-    let error = Driver::new(DriverOptions { preload: Preload::Module, ..options(StartMethod::Spawn) })
-        .unwrap()
-        .initialize("{}", &NO_NAMES, &NO_NAMES)
-        .unwrap_err();
+    let error = Driver::new(DriverOptions {
+        preload: Preload::Module,
+        worker_output: Some(workers::captured_output()),
+        ..options(StartMethod::Spawn)
+    })
+    .unwrap()
+    .initialize("{}", &NO_NAMES, &NO_NAMES)
+    .unwrap_err();
     let Error::Python(exception) = error else { panic!("{error:?}") };
     assert_eq!(exception.type_name, "ValueError");
     assert!(exception.message.starts_with("preload='module' needs start_method 'fork' or 'forkserver'"));
@@ -427,7 +484,14 @@ fn preload_is_refused_with_spawn() {
 
 #[test]
 fn wait_async_and_cancel_take_a_typed_key_too() {
-    let driver = Arc::new(command_driver(DriverOptions { n_subprocesses: 2, ..options(StartMethod::Forkserver) }, &[]));
+    let driver = Arc::new(command_driver(
+        DriverOptions {
+            n_subprocesses: 2,
+            worker_output: Some(workers::captured_output()),
+            ..options(StartMethod::Forkserver)
+        },
+        &[],
+    ));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build().unwrap();
     let answers = runtime.block_on(async {
         let tasks: Vec<_> = (0..20i64)
@@ -471,7 +535,14 @@ fn wait_async_and_cancel_take_a_typed_key_too() {
 
 #[test]
 fn stats_and_drain_count_general_tasks_as_they_count_demo_ones() {
-    let driver = command_driver(DriverOptions { n_subprocesses: 2, ..options(StartMethod::Forkserver) }, &[]);
+    let driver = command_driver(
+        DriverOptions {
+            n_subprocesses: 2,
+            worker_output: Some(workers::captured_output()),
+            ..options(StartMethod::Forkserver)
+        },
+        &[],
+    );
     for n in 0..3i64 {
         assert_eq!(answer::<i64>(&driver, ("value", -n)), -n);
     }

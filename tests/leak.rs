@@ -11,6 +11,9 @@
 //! expire, and `wait_async` futures dropped while pending. So do a Driver's general tasks,
 //! with every answer type.
 
+#[allow(dead_code)]
+#[path = "common/workers.rs"]
+mod workers;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -201,6 +204,7 @@ fn the_completion_path_leaks_no_reference() {
         n_subprocesses: 1,
         max_tasks: 1024,
         result_ttl: Some(Duration::from_millis(250)),
+        worker_output: Some(workers::captured_output()),
         ..Default::default()
     })
     .unwrap();
@@ -376,6 +380,7 @@ fn general_tasks_of_every_answer_type_leak_no_reference() {
         engine: "py4cc_general_engines:CommandEngine".into(),
         python_path: vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py4cc/tests/engines")],
         n_subprocesses: 1,
+        worker_output: Some(workers::captured_output()),
         ..Default::default()
     })
     .unwrap();

@@ -2,7 +2,11 @@
 //! state a task and a worker can be in, worker output and events through a callback,
 //! `worker_env` in every start method, and `drain`.
 //!
-//! Model answers are checked against `rs4py_workload::big_model`, computed in Rust.
+//! Model answers are checked against `workload::big_model`, computed in Rust.
+
+#[allow(dead_code)]
+#[path = "../examples/many_threads/workload.rs"]
+mod workload;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +18,7 @@ use rs4py::{
     Driver, DriverOptions, DriverState, DriverStats, Error, Gil, ResultStatus, StartMethod, SubmitStatus, WorkerLine,
     WorkerOutput, WorkerStream,
 };
-use rs4py_workload::{big_model, make_tasks, percentile};
+use workload::{big_model, make_tasks, percentile};
 
 #[path = "common/workers.rs"]
 mod workers;
@@ -96,6 +100,7 @@ fn engine_options(engine: &str, n_subprocesses: usize) -> DriverOptions {
         python_path: vec![module_dir(), engines_dir()],
         n_subprocesses,
         max_tasks: 16,
+        worker_output: Some(workers::captured_output()),
         ..Default::default()
     }
 }
@@ -203,9 +208,12 @@ fn stats_count_tasks_in_every_state() {
 #[test]
 fn cancelled_expired_and_dropped_futures_show_in_stats() {
     let gate = gate_path();
-    let driver =
-        Driver::new(DriverOptions { result_ttl: Some(Duration::from_millis(300)), ..engine_options(GATE_ENGINE, 1) })
-            .unwrap();
+    let driver = Driver::new(DriverOptions {
+        result_ttl: Some(Duration::from_millis(300)),
+        worker_output: Some(workers::captured_output()),
+        ..engine_options(GATE_ENGINE, 1)
+    })
+    .unwrap();
     driver.initialize(&format!(r#"{{"gate": "{}"}}"#, gate.display()), &FLOAT_NAMES, &ONE_STR).unwrap();
     let counts = |stats: &DriverStats| {
         (
@@ -242,7 +250,14 @@ fn cancelled_expired_and_dropped_futures_show_in_stats() {
 fn run_time_percentiles_are_at_least_the_models_sleeps() {
     // Every demo task sleeps (z % 100 + 1) * 0.1 ms: each run time is at least its task's
     // sleep, so each percentile of run times is at least the same percentile of sleeps.
-    let driver = Arc::new(Driver::new(DriverOptions { n_subprocesses: 2, ..Default::default() }).unwrap());
+    let driver = Arc::new(
+        Driver::new(DriverOptions {
+            n_subprocesses: 2,
+            worker_output: Some(workers::captured_output()),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
     driver.initialize("{}", &FLOAT_NAMES, &STR_NAMES).unwrap();
     let tasks = Arc::new(make_tasks(200, 7));
     let threads: Vec<_> = (0..4)
@@ -395,6 +410,7 @@ fn worker_env_is_set_before_the_engine_is_imported_in_every_start_method() {
         let driver = Driver::new(DriverOptions {
             start_method: method,
             worker_env: env.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
+            worker_output: Some(workers::captured_output()),
             ..engine_options("opsmodule:EnvEngine", 2)
         })
         .unwrap();
@@ -417,8 +433,12 @@ fn a_bad_worker_env_fails_initialize() {
         ("", "1", "worker_env: '' is not an environment variable name (empty, or holds '=' or NUL)"),
         ("A", "x\0y", "worker_env: the value of 'A' holds a NUL character"),
     ] {
-        let driver =
-            Driver::new(DriverOptions { worker_env: vec![(name.into(), value.into())], ..Default::default() }).unwrap();
+        let driver = Driver::new(DriverOptions {
+            worker_env: vec![(name.into(), value.into())],
+            worker_output: Some(workers::captured_output()),
+            ..Default::default()
+        })
+        .unwrap();
         let err = driver.initialize("{}", &FLOAT_NAMES, &STR_NAMES).unwrap_err();
         assert_eq!(err.python_type(), Some("ValueError"), "{err}");
         assert_eq!(err.to_string(), format!("ValueError: {message}"));

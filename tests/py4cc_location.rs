@@ -1,6 +1,13 @@
 //! rs4py finds its own py4cc without help: no PYTHONPATH, no install, whatever the working
 //! directory, for the interpreter and for workers of every start method.
 
+#[allow(dead_code)]
+#[path = "../examples/many_threads/workload.rs"]
+mod workload;
+
+#[allow(dead_code)]
+#[path = "common/workers.rs"]
+mod workers;
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,12 +17,18 @@ use rs4py::{Driver, DriverOptions, Gil, ResultStatus, StartMethod};
 
 /// Runs one task through a fresh driver and checks its answer against the Rust model.
 fn one_task_through(start_method: StartMethod) {
-    let driver = Driver::new(DriverOptions { n_subprocesses: 1, start_method, ..Default::default() }).unwrap();
+    let driver = Driver::new(DriverOptions {
+        n_subprocesses: 1,
+        start_method,
+        worker_output: Some(workers::captured_output()),
+        ..Default::default()
+    })
+    .unwrap();
     driver.initialize("{}", &["x"], &["s"]).unwrap();
     let receipt = driver.submit(&[2.5], &["ﬁx"], 3);
     let result = driver.wait(receipt.key, Duration::from_secs(60));
     assert_eq!(result.status, ResultStatus::Done, "{}", result.message);
-    assert_eq!(Some(result.value), rs4py_workload::big_model(&[2.5], &["ﬁx"], 3));
+    assert_eq!(Some(result.value), workload::big_model(&[2.5], &["ﬁx"], 3));
 }
 
 #[test]
@@ -74,8 +87,15 @@ fn workers_of_every_start_method_import_it() {
 
 #[test]
 fn an_unwritable_home_falls_back_to_the_temporary_directory() {
+    // The child's temporary directory is a scratch one, so that the package it writes there
+    // is removed with it.
+    let tmp = workers::scratch_dir("rs4py-location");
     common::run_in_child_process("child_with_an_unwritable_home", |child| {
-        child.env("HOME", "/proc/rs4py-cannot-write-here").env_remove("XDG_CACHE_HOME").current_dir("/")
+        child
+            .env("HOME", "/proc/rs4py-cannot-write-here")
+            .env_remove("XDG_CACHE_HOME")
+            .env("TMPDIR", &tmp)
+            .current_dir("/")
     });
 }
 

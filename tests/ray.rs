@@ -3,9 +3,14 @@
 //!
 //! The cluster tests run only when `RS4PY_RAY_ADDRESS` names a running cluster (`.ci/run`
 //! starts one, a head and two one-CPU worker nodes, inside a network namespace with only the
-//! loopback interface, and builds these tests with a Python that has `ray`); otherwise each
-//! prints why it is skipped. They take turns: the cluster's two CPUs go to one Driver at a
+//! loopback interface, builds these tests with a Python that has `ray` and runs them with
+//! `--include-ignored`); otherwise `cargo test` lists them as ignored, with that reason, and
+//! one run anyway without the address prints why it is skipped. They take turns: the cluster's two CPUs go to one Driver at a
 //! time. `missing_ray_is_a_clear_error` runs where the build interpreter has no `ray`.
+
+#[allow(dead_code)]
+#[path = "../examples/many_threads/workload.rs"]
+mod workload;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,7 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rs4py::{Backend, Driver, DriverOptions, Error, Gil, ResultStatus, SubmitStatus};
-use rs4py_workload::{Mode, Report, big_model, make_tasks};
+use workload::{Mode, Report, big_model, make_tasks};
 
 #[path = "common/workers.rs"]
 mod workers;
@@ -78,6 +83,7 @@ fn ray_driver(address: &str, options: DriverOptions) -> Driver {
     let driver = Driver::new(DriverOptions {
         backend: Backend::Ray { address: Some(address.to_owned()) },
         init_timeout: Some(PATIENCE),
+        worker_output: Some(workers::captured_output()),
         ..options
     })
     .unwrap();
@@ -91,6 +97,7 @@ fn sleep_options(n_subprocesses: usize) -> DriverOptions {
         python_path: vec![module_dir()],
         n_subprocesses,
         max_tasks: 256,
+        worker_output: Some(workers::captured_output()),
         ..Default::default()
     }
 }
@@ -116,6 +123,7 @@ fn ran_on(message: &str) -> u32 {
 }
 
 #[test]
+#[ignore = "needs a Ray cluster: RS4PY_RAY_ADDRESS (.ci/ray runs it with --include-ignored)"]
 fn reference_workload_answers_as_with_the_local_pool() {
     let Some((address, _turn)) = cluster("reference_workload_answers_as_with_the_local_pool") else { return };
     let tasks = make_tasks(300, 42);
@@ -125,12 +133,13 @@ fn reference_workload_answers_as_with_the_local_pool() {
             n_subprocesses: 2,
             backend: backend.clone(),
             init_timeout: Some(PATIENCE),
+            worker_output: Some(workers::captured_output()),
             ..Default::default()
         })
         .unwrap();
         driver.initialize(r#"{"model": "big_model"}"#, &FLOAT_NAMES, &STR_NAMES).unwrap();
         let started = Instant::now();
-        let outcomes = rs4py_workload::run(&driver, &tasks, 8, Mode::Wait);
+        let outcomes = workload::run(&driver, &tasks, 8, Mode::Wait);
         let report = Report::new(&tasks, 8, 2, Mode::Wait, started.elapsed(), &outcomes);
         assert_eq!(report.problems, Vec::<String>::new(), "{backend:?}");
         assert_eq!(report.verified, tasks.len());
@@ -146,6 +155,7 @@ fn reference_workload_answers_as_with_the_local_pool() {
 }
 
 #[test]
+#[ignore = "needs a Ray cluster: RS4PY_RAY_ADDRESS (.ci/ray runs it with --include-ignored)"]
 fn killed_actor_costs_exactly_its_running_task() {
     let Some((address, _turn)) = cluster("killed_actor_costs_exactly_its_running_task") else { return };
     let driver = ray_driver(&address, sleep_options(2));
@@ -194,10 +204,17 @@ fn killed_actor_costs_exactly_its_running_task() {
 }
 
 #[test]
+#[ignore = "needs a Ray cluster: RS4PY_RAY_ADDRESS (.ci/ray runs it with --include-ignored)"]
 fn cancel_and_task_timeout() {
     let Some((address, _turn)) = cluster("cancel_and_task_timeout") else { return };
-    let driver =
-        ray_driver(&address, DriverOptions { task_timeout: Some(Duration::from_millis(1500)), ..sleep_options(1) });
+    let driver = ray_driver(
+        &address,
+        DriverOptions {
+            task_timeout: Some(Duration::from_millis(1500)),
+            worker_output: Some(workers::captured_output()),
+            ..sleep_options(1)
+        },
+    );
     let slow = accepted(&driver, 60.0, 1);
     let queued = accepted(&driver, 0.0, 2);
     assert!(driver.cancel(queued));
@@ -217,6 +234,7 @@ fn cancel_and_task_timeout() {
 }
 
 #[test]
+#[ignore = "needs a Ray cluster: RS4PY_RAY_ADDRESS (.ci/ray runs it with --include-ignored)"]
 fn finalize_leaves_no_actor_behind() {
     let Some((address, _turn)) = cluster("finalize_leaves_no_actor_behind") else { return };
     let driver = ray_driver(&address, sleep_options(2));
@@ -231,12 +249,14 @@ fn finalize_leaves_no_actor_behind() {
 }
 
 #[test]
+#[ignore = "needs a Ray cluster: RS4PY_RAY_ADDRESS (.ci/ray runs it with --include-ignored)"]
 fn a_local_ray_instance_for_this_process() {
     let Some((_, _turn)) = cluster("a_local_ray_instance_for_this_process") else { return };
     let driver = Driver::new(DriverOptions {
         n_subprocesses: 2,
         backend: Backend::Ray { address: None },
         init_timeout: Some(PATIENCE),
+        worker_output: Some(workers::captured_output()),
         ..sleep_options(2)
     })
     .unwrap();
@@ -258,7 +278,12 @@ fn missing_ray_is_a_clear_error() {
         note("missing_ray_is_a_clear_error: skipped: the build interpreter has ray");
         return;
     }
-    let driver = Driver::new(DriverOptions { backend: Backend::Ray { address: None }, ..Default::default() }).unwrap();
+    let driver = Driver::new(DriverOptions {
+        backend: Backend::Ray { address: None },
+        worker_output: Some(workers::captured_output()),
+        ..Default::default()
+    })
+    .unwrap();
     let err = driver.initialize("{}", &FLOAT_NAMES, &STR_NAMES).unwrap_err();
     let python = rs4py::build_python().executable;
     match &err {

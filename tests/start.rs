@@ -3,6 +3,9 @@
 
 mod common;
 
+#[allow(dead_code)]
+#[path = "common/workers.rs"]
+mod workers;
 use std::os::unix::process::CommandExt;
 
 use rs4py::{Error, Gil, build_python};
@@ -90,6 +93,11 @@ fn os_signal_handler(signal: libc::c_int) -> libc::sighandler_t {
 fn workers_match_parent(method: &str) {
     let parent = parent_identity();
     let gil = Gil::acquire().unwrap();
+    // multiprocessing's own directory (the forkserver's socket) is removed by its exit
+    // handler, which an embedded interpreter never runs: give it one removed at exit.
+    static TEMPDIR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let tempdir = TEMPDIR.get_or_init(|| workers::scratch_dir("rs4py-start").to_str().unwrap().to_owned());
+    gil.import("tempfile").unwrap().setattr("tempdir", tempdir.as_str()).unwrap();
     let context = gil.import("multiprocessing").unwrap().call_method("get_context", (method,), ()).unwrap();
     let pool = context.call_method("Pool", (2,), ()).unwrap();
     // The builtin eval pickles by name, so every start method can ship it to the workers.

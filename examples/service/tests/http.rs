@@ -6,17 +6,21 @@
 //! while requests are in flight and checks that they are answered and the service exits
 //! cleanly, having printed its pid.
 
+#[allow(dead_code)]
+#[path = "../../many_threads/workload.rs"]
+mod workload;
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::{Client, StatusCode};
-use rs4py_workload::{Task, big_model, make_tasks};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use workload::{Task, big_model, make_tasks};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 const MAX_TASKS: usize = 16;

@@ -18,6 +18,10 @@
 //! otherwise carry over from one run to the next), and prints a table of the figures.
 //! Exits non-zero if any answer is missing or differs from scikit-learn's.
 
+#[allow(dead_code)]
+#[path = "../../many_threads/workload.rs"]
+mod workload;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::str::FromStr;
@@ -27,7 +31,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rs4py::{Bytes, Driver, DriverOptions, Gil, Preload, ResultStatus, StartMethod, SubmitStatus, TaskReceipt};
-use rs4py_workload::percentile;
+use workload::percentile;
 
 const USAGE: &str = "usage: rs4py-sklearn [--start-method fork|forkserver|spawn] [--workers N] [--threads N] \
                      [--requests N] [--batch-rows N] [--batch-requests N] \

@@ -1,11 +1,10 @@
-//! The reference workload, shared by rs4py's `many_threads` example, its benchmarks and its
-//! tests: the same seeded task list as `py4cc.workload.taskgen`, the demo model's formula
-//! computed in Rust independently of Python, the threaded submit/retrieve loop, and the report
-//! whose JSON line has the keys and meaning of `python3 -m py4cc.workload.harness`'s.
-//!
-//! Not part of rs4py: an unpublished crate of its workspace, a dev-dependency only.
-
-#![warn(missing_docs)]
+//! The reference workload, one file shared by rs4py's `many_threads` example (whose module it
+//! is), its tests, benchmarks and the other examples (`#[path]` includes of this file, so that
+//! it ships in the package with the example): the same seeded task list as
+//! `py4cc.workload.taskgen`, the demo model's formula computed in Rust independently of Python,
+//! the threaded submit/retrieve loop, and the report whose JSON line has the keys and meaning of
+//! `python3 -m py4cc.workload.harness`'s. Not part of rs4py's API. Its tests are in
+//! `tests/workload.rs`.
 
 use std::fmt::Write as _;
 use std::sync::LazyLock;
@@ -26,11 +25,6 @@ pub struct Task {
 }
 
 /// The SplitMix64 generator, as `py4cc.workload.taskgen.SplitMix64`.
-///
-/// ```
-/// let mut rng = rs4py_workload::SplitMix64::new(0);
-/// assert_eq!(rng.next_u64(), 0xe220a8397b1dcdaf);
-/// ```
 #[derive(Debug, Clone)]
 pub struct SplitMix64 {
     state: u64,
@@ -67,16 +61,20 @@ impl SplitMix64 {
 }
 
 /// The word lists of `py4cc/workload/words.txt`: first names, last names, words.
-struct WordLists {
-    first: Vec<&'static str>,
-    last: Vec<&'static str>,
-    words: Vec<&'static str>,
+pub struct WordLists {
+    /// First names.
+    pub first: Vec<&'static str>,
+    /// Last names.
+    pub last: Vec<&'static str>,
+    /// Words of the sentences.
+    pub words: Vec<&'static str>,
 }
 
-/// `py4cc/workload/words.txt`, shared with the Python task generator.
-const WORDS_TXT: &str = include_str!("../../../py4cc/workload/words.txt");
+/// `py4cc/workload/words.txt`, shared with the Python task generator (the one file of
+/// `py4cc/workload/` that the package ships).
+const WORDS_TXT: &str = include_str!("../../py4cc/workload/words.txt");
 
-static WORD_LISTS: LazyLock<WordLists> = LazyLock::new(|| {
+pub static WORD_LISTS: LazyLock<WordLists> = LazyLock::new(|| {
     let mut lists = WordLists { first: Vec::new(), last: Vec::new(), words: Vec::new() };
     let mut section = None;
     for line in WORDS_TXT.lines().map(str::trim).filter(|line| !line.is_empty()) {
@@ -95,12 +93,6 @@ static WORD_LISTS: LazyLock<WordLists> = LazyLock::new(|| {
 
 /// The `n` tasks of a run for `seed`: identical, value for value, to
 /// `py4cc.workload.taskgen.make_tasks(n, seed)`.
-///
-/// ```
-/// let tasks = rs4py_workload::make_tasks(3, 42);
-/// assert_eq!(tasks, rs4py_workload::make_tasks(3, 42));
-/// assert!(tasks.iter().all(|task| (0..1000).contains(&task.int_feature)));
-/// ```
 pub fn make_tasks(n: usize, seed: u64) -> Vec<Task> {
     let lists = &*WORD_LISTS;
     let mut rng = SplitMix64::new(seed);
@@ -153,14 +145,6 @@ pub fn task_digest(tasks: &[Task]) -> String {
 /// max(0, int_feature)`, with lengths in code points after full Unicode upper-casing.
 /// `None` where Python's `int()` would raise (a NaN or infinite sum) or the answer does not
 /// fit in an `i64` (Python's would be a larger int).
-///
-/// ```
-/// use rs4py_workload::big_model;
-/// assert_eq!(big_model(&[-1.5, 2.7], &["straße"], -4), Some(4 + 7));
-/// assert_eq!(big_model(&[f64::NAN], &[] as &[&str], 0), None);
-/// assert_eq!(big_model(&[1e19], &[] as &[&str], 0), None);
-/// assert_eq!(big_model(&[1.0], &[] as &[&str], i64::MAX), None);
-/// ```
 pub fn big_model(float_features: &[f64], str_features: &[impl AsRef<str>], int_feature: i64) -> Option<i64> {
     let total = float_features.iter().fold(0.0, |total, value| total + value.abs()).trunc();
     // 2^63 is exact as an f64; anything below it converts to i64 without loss of the integer.
@@ -173,10 +157,6 @@ pub fn big_model(float_features: &[f64], str_features: &[impl AsRef<str>], int_f
 
 /// How long, in seconds, the demo Engine sleeps for a task whose answer is `z`:
 /// `(z % 100 + 1) * 0.1 ms`, computed as `py4cc.engine.task_sleep_seconds` does.
-///
-/// ```
-/// assert_eq!(rs4py_workload::task_sleep_seconds(199), 100.0 * 0.0001);
-/// ```
 pub fn task_sleep_seconds(z: i64) -> f64 {
     (z.rem_euclid(100) + 1) as f64 * 0.0001
 }
@@ -412,7 +392,7 @@ pub fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
 
 /// Python's `round(value, digits)`: the exact binary value rounded to that many decimals
 /// (Rust's formatting does the same), so that both sides print the same figures.
-fn round(value: f64, digits: usize) -> f64 {
+pub fn round(value: f64, digits: usize) -> f64 {
     format!("{value:.digits$}").parse().unwrap_or(value)
 }
 
@@ -430,69 +410,4 @@ pub fn ray_cluster() -> Option<String> {
         return None;
     }
     Some(address)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splitmix64_matches_the_reference_sequence() {
-        let mut rng = SplitMix64::new(0);
-        assert_eq!(
-            [rng.next_u64(), rng.next_u64(), rng.next_u64()],
-            [0xe220a8397b1dcdaf, 0x6e789e6aa1b965f4, 0x06c45d188009454f]
-        );
-    }
-
-    #[test]
-    fn rounding_follows_the_exact_binary_value_as_python_does() {
-        // 0.10825 is stored as 0.108249999..., which Python's round(x, 4) makes 0.1082.
-        assert_eq!(round(0.10825, 4), 0.1082);
-        assert_eq!(round(2.675, 2), 2.67);
-        assert_eq!(round(1457.04, 1), 1457.0);
-    }
-
-    #[test]
-    fn a_wrong_failed_or_missing_result_is_a_problem() {
-        let tasks = make_tasks(4, 3);
-        let expected: Vec<i64> =
-            tasks.iter().map(|t| big_model(&t.float_features, &t.str_features, t.int_feature).unwrap()).collect();
-        let outcome = |status, value| Outcome { status, value, message: String::new(), latency: Duration::ZERO };
-        let outcomes = [
-            outcome(ResultStatus::Done, expected[0]),
-            outcome(ResultStatus::Done, expected[1] + 1),
-            outcome(ResultStatus::Failed, expected[2]),
-        ];
-        let report = Report::new(&tasks, 2, 1, Mode::Poll, Duration::from_secs(1), &outcomes);
-        assert_eq!(report.verified, 1);
-        assert_eq!(report.problems.len(), 3, "{:?}", report.problems);
-        assert!(report.problems[0].starts_with("task 1: Done"), "{:?}", report.problems);
-        assert!(report.problems[1].starts_with("task 2: Failed"), "{:?}", report.problems);
-        assert_eq!(report.problems[2], "task 3: no result");
-        assert!(report.to_json().contains("\"verified\": 1, \"errors\": 3"), "{}", report.to_json());
-    }
-
-    #[test]
-    fn percentile_is_nearest_rank() {
-        let values: Vec<f64> = (1..=10).map(f64::from).collect();
-        assert_eq!(percentile(&values, 50.0), 5.0);
-        assert_eq!(percentile(&values, 99.0), 10.0);
-        assert_eq!(percentile::<f64>(&[], 50.0), 0.0);
-    }
-
-    #[test]
-    fn uuids_have_the_version_4_shape() {
-        for task in make_tasks(50, 7) {
-            let uuid = &task.str_features[2];
-            let parts: Vec<&str> = uuid.split('-').collect();
-            assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{uuid}");
-            assert!(parts[2].starts_with('4') && "89ab".contains(&parts[3][..1]), "{uuid}");
-        }
-    }
-
-    #[test]
-    fn every_word_list_is_filled() {
-        assert!(WORD_LISTS.first.len() >= 10 && WORD_LISTS.last.len() >= 10 && WORD_LISTS.words.len() >= 40);
-    }
 }
