@@ -8,6 +8,7 @@ import math
 import multiprocessing
 import numbers
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -241,7 +242,12 @@ def check_engine(engine: Any) -> str:
     except (ImportError, ValueError) as exc:
         raise ImportError(f"engine module {module_name!r} cannot be imported: {exc}") from exc
     if spec is None:
-        raise ImportError(f"engine module {module_name!r} was not found on sys.path")
+        searched = "".join(f"\n  {os.path.abspath(entry or os.curdir)}" for entry in sys.path)
+        raise ImportError(
+            f"engine module {module_name!r} was not found on sys.path; searched, in order:{searched}\n"
+            "Put its directory in DriverOptions::python_path (from Rust; a relative entry is resolved "
+            "against the working directory), or on sys.path before making the Driver (from Python)"
+        )
     return engine
 
 

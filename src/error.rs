@@ -105,7 +105,8 @@ pub(crate) const FULL_TRACEBACKS_VARIABLE: &str = "RS4PY_FULL_TRACEBACKS";
 /// `traceback` (as `traceback.format_exception` prints it) without the frames of py4cc's own
 /// modules, which say how the call travelled, not where the user's code failed; one line in
 /// their place says how many were left out. A frame is py4cc's when its file is a module of a
-/// directory named `py4cc` or of one of its sub-packages, except its `tests` and `workload`.
+/// directory named `py4cc` or of one of its sub-packages, except its `tests` and `workload`
+/// and the demo model (`py4cc/engine.py`).
 /// Unchanged when `RS4PY_FULL_TRACEBACKS=1`.
 pub(crate) fn without_py4cc_frames(traceback: &str) -> String {
     if std::env::var(FULL_TRACEBACKS_VARIABLE).is_ok_and(|value| value == "1") {
@@ -149,7 +150,8 @@ fn is_py4cc_module(path: &str) -> bool {
     if !file.ends_with(".py") {
         return false;
     }
-    parent == "py4cc" || (parts.next() == Some("py4cc") && !matches!(parent, "tests" | "workload"))
+    // The demo Engine is the model in the demo protocol: its frames are the user's story.
+    (parent == "py4cc" && file != "engine.py") || (parts.next() == Some("py4cc") && !matches!(parent, "tests" | "workload"))
 }
 
 /// Shorthand for results whose error is [`Error`].

@@ -220,7 +220,6 @@ fn child_full_tracebacks_keep_py4cc_frames() {
 }
 
 #[test]
-#[ignore = "the message comes from py4cc (py4cc/options.py check_engine): routed to its owner"]
 fn a_missing_engine_module_names_the_directories_searched_and_python_path() {
     let err = missing_engine_error(std::path::Path::new("models"));
     let message = err.to_string();

@@ -185,6 +185,9 @@ fn an_engine_that_raises_fails_its_task_with_the_traceback() {
     assert!(result.message.starts_with("Traceback (most recent call last):"), "{}", result.message);
     assert!(result.message.contains("in run"), "{}", result.message);
     assert!(result.message.trim_end().ends_with("ValueError: no model for you"), "{}", result.message);
+    // The worker's own frames say how the call travelled, not where the model failed.
+    assert!(!result.message.contains("worker.py"), "{}", result.message);
+    assert!(result.message.contains("of py4cc left out; RS4PY_FULL_TRACEBACKS=1 shows them]"), "{}", result.message);
     let result = call::<f64>(&driver, ("unpicklable",));
     assert_eq!(result.status, ResultStatus::Failed);
     assert!(result.message.contains("cannot be pickled"), "{}", result.message);

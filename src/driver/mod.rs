@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::convert::{IntoArgs, IntoKwargs};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, without_py4cc_frames};
 use crate::gil::Gil;
 use crate::interpreter::{self, StartOptions};
 use crate::object::{Handle, Object};
@@ -677,6 +677,9 @@ fn read_result<K: TaskKey>(answer: Object<'_>) -> Result<ReadResult<K::Answer>> 
 fn task_result<T: Default>(key: i64, answer: Result<ReadResult<T>>, call: &str) -> TaskResult<T> {
     match answer {
         Ok((code, Ok(value), message)) => match ResultStatus::from_code(code) {
+            Some(ResultStatus::Failed) => {
+                TaskResult { status: ResultStatus::Failed, key, value, message: without_py4cc_frames(&message) }
+            }
             Some(status) => TaskResult { status, key, value, message },
             None => TaskResult {
                 status: ResultStatus::Error,
@@ -692,7 +695,7 @@ fn task_result<T: Default>(key: i64, answer: Result<ReadResult<T>>, call: &str) 
                 Some(ResultStatus::Done | ResultStatus::Failed) => ResultStatus::Failed,
                 _ => ResultStatus::Error,
             };
-            let message = format!("{reason}; {message}");
+            let message = format!("{reason}; {}", without_py4cc_frames(&message));
             TaskResult { status, key, value: T::default(), message: message.trim_end_matches("; ").to_owned() }
         }
         Err(Error::Unavailable(message)) => error_result(key, message),
