@@ -151,7 +151,8 @@ fn is_py4cc_module(path: &str) -> bool {
         return false;
     }
     // The demo Engine is the model in the demo protocol: its frames are the user's story.
-    (parent == "py4cc" && file != "engine.py") || (parts.next() == Some("py4cc") && !matches!(parent, "tests" | "workload"))
+    (parent == "py4cc" && file != "engine.py")
+        || (parts.next() == Some("py4cc") && !matches!(parent, "tests" | "workload"))
 }
 
 /// Shorthand for results whose error is [`Error`].
