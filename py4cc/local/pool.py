@@ -184,8 +184,8 @@ class Pool(TaskBook):
     def dispatch(self) -> bool:
         """Give pending tasks to workers, oldest task first (lock held), as
         :func:`~py4cc.core.scheduling.pick_runner` says. Returns True if a task started and
-        has a deadline, or bytes were left waiting for a pipe (the dispatcher must learn it). Once stop has begun nothing is sent:
-        its tasks are failed already."""
+        has a deadline, or bytes were left waiting for a pipe (the dispatcher must learn
+        it). Once stop has begun nothing is sent: its tasks are failed already."""
         if self.closed:
             return False
         started = False

@@ -31,6 +31,11 @@ def within(seconds: float, call: Callable[[], Any]) -> Any:
 BIG = 8 * 1024 * 1024
 
 
+def kill_if_alive(pid: int) -> None:
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
 class FrozenWorkerTest(DriverTestCase):
     """A worker that takes in nothing (SIGSTOPped) holds no lock anyone needs and no task
     for ever. Before: the pool wrote to the worker's pipe with its lock held, so a task larger
@@ -43,7 +48,7 @@ class FrozenWorkerTest(DriverTestCase):
     def stopped_worker(self, d: Any) -> int:
         [pid] = d.worker_pids()
         os.kill(pid, signal.SIGSTOP)
-        self.addCleanup(lambda: pid_alive(pid) and os.kill(pid, signal.SIGKILL))
+        self.addCleanup(kill_if_alive, pid)
         return pid
 
     def test_a_stopped_worker_blocks_no_call_and_its_task_fails_after_task_timeout(self):
@@ -88,9 +93,8 @@ class FrozenWorkerTest(DriverTestCase):
 
     def test_a_200_mb_argument_leaves_other_submits_free(self):
         d = self.make_driver(engine=COMMAND_ENGINE, n_subprocesses=2)
-        huge = b"z" * (200 * 1024 * 1024)
-        _, big_key, _ = within(60, lambda: d.submit_call(("length", huge)))
-        del huge
+        huge = [b"z" * (200 * 1024 * 1024)]
+        _, big_key, _ = within(60, lambda: d.submit_call(("length", huge.pop())))
         # While its bytes go (the dispatcher sends them as the worker reads), small tasks
         # are submitted and answered by the other worker.
         keys = [within(10, lambda n=n: d.submit_call(("value", n)))[1] for n in range(20)]

@@ -35,8 +35,8 @@ class CommandEngine:
     def run(self, command, *args, **kwargs):
         """``echo``: ``(args as a list, kwargs)``; ``value``: ``args[0]``; ``raise``: ValueError(args[0]);
         ``sleep``: sleeps ``args[0]`` s, answers ``args[1]``; ``reverse``: ``args[0]``
-        (bytes) reversed; ``length``: ``len(args[0])``; ``unpicklable``: a lambda; ``unloadable``: an Unloadable; ``exit``:
-        raises SystemExit; ``extra``: ``initialize``'s extra argument ``args[0]``; ``pids``: the
+        (bytes) reversed; ``length``: ``len(args[0])``; ``unpicklable``: a lambda;
+        ``unloadable``: an Unloadable; ``exit``: raises SystemExit; ``extra``: ``initialize``'s extra argument ``args[0]``; ``pids``: the
         processes that imported this module and initialised this Engine, and this one's;
         ``where``: how it was built, and in which processes."""
         if command == "echo":
