@@ -16,6 +16,7 @@ from .support import DriverTestCase, add_engines_dir, pid_alive, wait_until
 
 COMMAND_ENGINE = "py4cc_general_engines:CommandEngine"
 
+
 def within(seconds: float, call: Callable[[], Any]) -> Any:
     """``call()``'s answer; fails the test if it does not return within ``seconds`` (a hung
     call is left behind on a daemon thread, so the test itself stays bounded)."""

@@ -36,8 +36,9 @@ class CommandEngine:
         """``echo``: ``(args as a list, kwargs)``; ``value``: ``args[0]``; ``raise``: ValueError(args[0]);
         ``sleep``: sleeps ``args[0]`` s, answers ``args[1]``; ``reverse``: ``args[0]``
         (bytes) reversed; ``length``: ``len(args[0])``; ``unpicklable``: a lambda;
-        ``unloadable``: an Unloadable; ``exit``: raises SystemExit; ``extra``: ``initialize``'s extra argument ``args[0]``; ``pids``: the
-        processes that imported this module and initialised this Engine, and this one's;
+        ``unloadable``: an Unloadable; ``exit``: raises SystemExit; ``extra``: ``initialize``'s
+        extra argument ``args[0]``; ``pids``: the processes that imported this module and
+        initialised this Engine, and this one's;
         ``where``: how it was built, and in which processes."""
         if command == "echo":
             return list(args), kwargs
