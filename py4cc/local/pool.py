@@ -637,9 +637,12 @@ class Dispatcher(threading.Thread):
                         w.ready = True
                         pool.note_ready(w)
                 elif isinstance(report, InitFailed):
-                    w.dead = True  # it exits by itself; its exit is a failed start
+                    # Killed, not left to exit: a thread its Engine started may keep it
+                    # alive for ever. Its exit (pidfd) is then a failed start, backed off.
+                    w.dead = True
                     w.failure = report.traceback
                     pool.event(w.pid, f"failed to initialise its engine:\n{report.traceback}")
+                    w.signal(signal.SIGKILL)
             pool.dispatch()
         return True
 
