@@ -102,7 +102,7 @@ def acquire_forkserver() -> None:
             if PRELOAD not in modules:
                 server.set_forkserver_preload([*modules, PRELOAD])
             _owned = True
-            multiprocessing.util.spawnv_passfds = _start_with_host_sys_path
+            multiprocessing.util.spawnv_passfds = _start_with_host_sys_path  # type: ignore[assignment]
 
 
 def note_forkserver() -> None:
