@@ -177,9 +177,9 @@ class Calls:
             if self._finalized:
                 return ERROR, 0, f"unknown key {short_repr(key)}: the driver is finalized and holds no tasks"
             return ERROR, 0, f"unknown key {short_repr(key)}: the driver is not initialized"
-        if not is_int(key) or key <= 0:
+        if not is_int(key):
             return ERROR, 0, unknown_key(key)
-        return pool.collect(int(key))
+        return pool.collect(int(key))  # which refuses a key it did not issue (0 and below too)
 
     def _wait(self, key: Any, timeout: Any) -> FlagAnswer:
         pool = self._pool
