@@ -176,7 +176,7 @@ class Calls:
         if pool is None:
             if self._finalized:
                 return ERROR, 0, f"unknown key {short_repr(key)}: the driver is finalized and holds no tasks"
-            return ERROR, 0, f"unknown key {short_repr(key)}: the driver is not initialized"
+            return ERROR, 0, f"unknown key {short_repr(key)}: this Driver did not issue it (it is not initialized)"
         if not is_int(key):
             return ERROR, 0, unknown_key(key)
         return pool.collect(int(key))  # which refuses a key it did not issue (0 and below too)
