@@ -181,12 +181,29 @@ def check_reachable(ray: Any, address: str) -> None:
         inner = importlib.import_module("ray._raylet").InnerGcsClient
     except (ImportError, AttributeError):
         return  # another Ray version: let ray.init find out
-    try:
-        inner.standalone(address, None, int(GCS_CHECK_TIMEOUT_S * 1000))
-    except Exception as exc:
+    # Ray's client waits about 10 s more than the timeout it is given (two 5 s connection
+    # attempts of its own): it runs on a daemon thread, and this waits GCS_CHECK_TIMEOUT_S.
+    failure: list[BaseException] = []
+    answered = threading.Event()
+
+    def ask() -> None:
+        try:
+            inner.standalone(address, None, int(GCS_CHECK_TIMEOUT_S * 1000))
+        except BaseException as exc:
+            failure.append(exc)
+        answered.set()
+
+    threading.Thread(target=ask, name="py4cc-ray-gcs-check", daemon=True).start()
+    if not answered.wait(GCS_CHECK_TIMEOUT_S):
         raise RuntimeError(
             f"Driver.initialize: {address} accepts connections but did not answer as a Ray cluster "
-            f"within {GCS_CHECK_TIMEOUT_S:g} s: {type(exc).__name__}: {exc}"
+            f"within {GCS_CHECK_TIMEOUT_S:g} s"
+        )
+    if failure:
+        exc = failure[0]
+        raise RuntimeError(
+            f"Driver.initialize: {address} accepts connections but did not answer as a Ray cluster: "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
 
 

@@ -13,9 +13,11 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 from typing import Any
@@ -146,6 +148,25 @@ class RayOptionsTest(unittest.TestCase):
         port = closed_port()
         with self.assertRaisesRegex(RuntimeError, f"cannot reach the Ray cluster at 127.0.0.1:{port}: .*refused"):
             ray_connect.check_reachable(None, f"127.0.0.1:{port}")
+
+    @unittest.skipUnless(HAVE_RAY, "needs the ray package (no cluster)")
+    def test_an_address_that_is_not_a_ray_cluster_is_refused_within_the_bound_it_names(self) -> None:
+        # Before: "did not answer as a Ray cluster within 10 s" came after about 20 s (Ray's
+        # client waits 10 s more than it is told).
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        accepted: list[socket.socket] = []
+        threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
+        self.addCleanup(lambda: [conn.close() for conn in accepted])
+        port = listener.getsockname()[1]
+        import ray
+
+        started = time.monotonic()
+        with self.assertRaisesRegex(
+            RuntimeError, f"127.0.0.1:{port} accepts connections but did not answer as a Ray cluster within 10 s"
+        ):
+            ray_connect.check_reachable(ray, f"127.0.0.1:{port}")
+        self.assertLess(time.monotonic() - started, ray_connect.GCS_CHECK_TIMEOUT_S + 5.0)
 
     def test_death_reason_keeps_ray_s_explanation(self) -> None:
         error = RuntimeError(
