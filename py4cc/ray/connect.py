@@ -200,11 +200,10 @@ def check_reachable(ray: Any, address: str) -> None:
             f"within {GCS_CHECK_TIMEOUT_S:g} s"
         )
     if failure:
-        exc = failure[0]
         raise RuntimeError(
             f"Driver.initialize: {address} accepts connections but did not answer as a Ray cluster: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+            f"{type(failure[0]).__name__}: {failure[0]}"
+        ) from failure[0]
 
 
 # -- what the actors are started with --------------------------------------------------------

@@ -65,6 +65,11 @@ def tearDownModule() -> None:
         CLUSTER.stop()
 
 
+def close_all(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()
+
+
 class RayOptionsTest(unittest.TestCase):
     """What needs no cluster: options, the missing-ray error, what the actors are sent."""
 
@@ -157,7 +162,7 @@ class RayOptionsTest(unittest.TestCase):
         self.addCleanup(listener.close)
         accepted: list[socket.socket] = []
         threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
-        self.addCleanup(lambda: [conn.close() for conn in accepted])
+        self.addCleanup(close_all, accepted)
         port = listener.getsockname()[1]
         import ray
 
