@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import importlib
 import importlib.util
+import logging
 import os
 import signal
 import socket
@@ -76,12 +77,15 @@ class Connection:
                 check_reachable(ray, address)
             try:
                 with host_signals_kept():
+                    # Ray's INFO lines ("Connecting to existing Ray cluster...", uploads)
+                    # would go to the host's stderr at every start: warnings only.
+                    quiet = {"logging_level": logging.WARNING}
                     if address is None:
                         # "local": a new instance, even if RAY_ADDRESS or a `ray start` on
                         # this machine names another cluster.
-                        ray.init(address="local", num_cpus=n_cpus or None, include_dashboard=False)
+                        ray.init(address="local", num_cpus=n_cpus or None, include_dashboard=False, **quiet)
                     else:
-                        ray.init(address=address)
+                        ray.init(address=address, **quiet)
             except Exception as exc:
                 try:
                     ray.shutdown()
@@ -281,24 +285,40 @@ def node_checker(ray: Any) -> Any:
     return check
 
 
+RAY_PRINTER = "ray_print_logs"
+"""The name of Ray's own handler of its output stream, which prints every line to stderr."""
+
+
 class LogTap:
     """Hands the output lines of some Ray workers (by pid) to ``deliver(pid, stream, line)``,
     from Ray's stream of worker output to this process (on when ``ray.init`` had
-    ``log_to_driver``, its default). Ray keeps printing them too."""
+    ``log_to_driver``, its default).
+
+    With ``own_all`` (this process's connection is py4cc's and the host gave a
+    ``worker_output``), Ray's own printer of that stream is removed, and every other line
+    (the raylet's "A worker died...", its ``[state-dump]``, other workers' output) is handed
+    on too, under pid 0 and led by its source, instead of going to the host's stderr."""
 
     def __init__(self, deliver: Callable[[int, str, str], None]) -> None:
         self.deliver = deliver
+        self.own_all = False
         self.pids: frozenset[int] = frozenset()  # replaced, never changed: read without a lock
         self.name = f"py4cc-output-{id(self)}"
         self.dispatcher: Any = None
 
-    def start(self) -> None:
+    def start(self, own_all: bool) -> None:
         try:
             dispatcher = importlib.import_module("ray._private.ray_logging").global_worker_stdstream_dispatcher
             dispatcher.add_handler(self.name, self.on_batch)
         except Exception:
             return  # another Ray version: the lines stay in Ray's own output only
         self.dispatcher = dispatcher
+        if own_all:
+            try:
+                dispatcher.remove_handler(RAY_PRINTER)
+            except Exception:
+                return  # not there (another Ray version): Ray keeps printing
+            self.own_all = True
 
     def stop(self) -> None:
         if self.dispatcher is not None:
@@ -311,11 +331,16 @@ class LogTap:
     def on_batch(self, data: Any) -> None:
         """One batch of lines from one worker (on Ray's log thread); never raises."""
         try:
-            pid = int(data.get("pid"))  # Ray gives it as text
-            if pid not in self.pids:
-                return
+            source = str(data.get("pid"))  # Ray gives it as text: a pid, "raylet", "autoscaler"
+            pid = int(source) if source.isdigit() else 0
             stream = "stderr" if data.get("is_err") else "stdout"
+            if pid not in self.pids:
+                if not self.own_all:
+                    return
+                pid, prefix = 0, f"({source}) "
+            else:
+                prefix = ""
             for line in data.get("lines", ()):
-                self.deliver(pid, stream, str(line))
+                self.deliver(pid, stream, prefix + str(line))
         except Exception:
             pass

@@ -65,6 +65,27 @@ def tearDownModule() -> None:
         CLUSTER.stop()
 
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+QUIET_HOST = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[2])
+from py4cc.driver import Driver
+
+lines = []
+d = Driver(n_subprocesses=1, backend="ray", ray_address=sys.argv[1], init_timeout=120,
+           worker_output=lambda *line: lines.append(line))
+d.initialize("{}", ["a", "b"], ["c", "d", "e"])
+[pid] = d.worker_pids()
+key = d.submit([60.0, 0.0], ["a", "b", "c"], 1)[1]
+os.kill(pid, signal.SIGKILL)
+flag = d.wait(key, 120)[0]
+key = d.submit([0.0, 0.0], ["a", "b", "c"], 1)[1]
+print("failed", flag, "then", d.wait(key, 120)[0], flush=True)
+d.finalize()
+"""
+
+
 def close_all(sockets: list[socket.socket]) -> None:
     for sock in sockets:
         sock.close()
@@ -374,6 +395,13 @@ class RayClusterTest(DriverTestCase):
         fresh = [driver.submit([0.0, 0.0], ["a", "b", "c"], 30 + i)[1] for i in range(12)]
         for i, key in enumerate(fresh):
             self.assertEqual(self.answer(driver, key), (OK, 30 + i, "slept"))
+        # The report keeps the lost actor's cause; a replacement Ray placed on the dying node
+        # (it never ran) is neither a failed start nor a degraded slot (before: "Ray actor
+        # pid 0 on node ? (?) died: ... cancelled before it started running", counted failed).
+        stats = driver.stats()
+        self.assertIn(f"Ray actor pid {on_node[0]} on node", stats["last_death_cause"])
+        self.assertNotIn("pid 0", stats["last_death_cause"])
+        self.assertEqual((stats["replacement_failures"], stats["workers_degraded"]), (0, 0), stats)
 
     def test_finalize_leaves_no_actor_and_no_process_behind(self) -> None:
         before = set(children(os.getpid()))  # the cluster's nodes, if this process started them
@@ -495,6 +523,22 @@ class RayClusterTest(DriverTestCase):
         died = f"died while running task {key}: "
         self.assertTrue(wait_until(lambda: any(p == pid and t.startswith(died) for p, _, t in lines), WAIT_S), lines)
         self.assertTrue(wait_until(lambda: (0, "event", "actor slot 0: started a Ray actor") in lines, WAIT_S), lines)
+
+    def test_ray_prints_nothing_on_the_host_s_stderr_with_worker_output(self) -> None:
+        # Before: INFO lines at every initialize, "(raylet) A worker died ..." on each kill
+        # went to the host's stderr, outside worker_output.
+        assert CLUSTER is not None
+        host = subprocess.run(
+            [sys.executable, "-c", QUIET_HOST, CLUSTER.address, ENGINES_DIR],
+            env={**os.environ, "PYTHONPATH": REPO_ROOT},
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S * 2,
+        )
+        self.assertEqual(host.returncode, 0, host.stderr)
+        self.assertEqual(host.stdout.strip().splitlines()[-1], "failed 2 then 0")
+        noise = [line for line in host.stderr.splitlines() if line.strip()]
+        self.assertEqual(noise, [], "Ray printed on the host's stderr")
 
     def test_drain_finishes_the_held_tasks_then_stops(self) -> None:
         driver = self.ray_driver(engine="py4cc_user_engines:SleepEngine")
