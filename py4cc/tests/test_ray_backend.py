@@ -74,7 +74,7 @@ from py4cc.driver import Driver
 
 lines = []
 d = Driver(n_subprocesses=1, backend="ray", ray_address=sys.argv[1], init_timeout=120,
-           worker_output=lambda *line: lines.append(line))
+           engine="py4cc_user_engines:SleepEngine", worker_output=lambda *line: lines.append(line))
 d.initialize("{}", ["a", "b"], ["c", "d", "e"])
 [pid] = d.worker_pids()
 key = d.submit([60.0, 0.0], ["a", "b", "c"], 1)[1]
@@ -537,7 +537,9 @@ class RayClusterTest(DriverTestCase):
         )
         self.assertEqual(host.returncode, 0, host.stderr)
         self.assertEqual(host.stdout.strip().splitlines()[-1], "failed 2 then 0")
-        noise = [line for line in host.stderr.splitlines() if line.strip()]
+        # Ray's core worker warns (C++ log) that a loopback-only network has no route out:
+        # a fact of the test's namespace, not output of the Driver's.
+        noise = [line for line in host.stderr.splitlines() if line.strip() and "network_util.cc" not in line]
         self.assertEqual(noise, [], "Ray printed on the host's stderr")
 
     def test_drain_finishes_the_held_tasks_then_stops(self) -> None:
