@@ -23,11 +23,13 @@ import unittest
 from typing import Any
 from unittest import mock
 
+from py4cc.core.slots import Slot
 from py4cc.driver import Driver
 from py4cc.engine import big_model
 from py4cc.options import build_options
 from py4cc.protocol import AT_CAPACITY, ERROR, FAILED, NOT_FINISHED, OK
 from py4cc.ray import connect as ray_connect
+from py4cc.ray.backend import Actor, RayBackend
 from py4cc.tests.ray_cluster import ADDRESS_VARIABLE, RayCluster, children, running
 from py4cc.tests.support import ENGINES_DIR, FLOAT_NAMES, STR_NAMES, TASK, DriverTestCase, add_engines_dir, wait_until
 
@@ -193,6 +195,35 @@ class RayOptionsTest(unittest.TestCase):
         ):
             ray_connect.check_reachable(ray, f"127.0.0.1:{port}")
         self.assertLess(time.monotonic() - started, ray_connect.GCS_CHECK_TIMEOUT_S + 5.0)
+
+    def test_an_actor_that_never_ran_keeps_the_last_cause_and_is_no_failed_start(self) -> None:
+        # Before: after a node loss, the replacement Ray placed on the dying node (it never
+        # ran) became "last_death_cause" ("Ray actor pid 0 on node ? (?) died: ... cancelled
+        # before it started running"), a replacement failure and a degraded slot.
+        backend = RayBackend(self.options(backend="ray"))
+        lost = Actor(None, Slot(0))
+        lost.pid, lost.node, lost.ready = 4321, "a1b2c3" * 4, True
+        backend.slots, backend.actors, lost.slot.worker = [lost.slot], [lost], lost
+        never_ran = Actor(None, Slot(1))
+        backend.slots.append(never_ran.slot)
+        backend.actors.append(never_ran)
+        never_ran.slot.worker = never_ran
+        with backend.lock:
+            backend.lose_actor(lost, "died: The actor is dead because its node has died.")
+            cause = backend.counters.last_death_cause
+            backend.lose_actor(never_ran, "died: The actor never ran - it was cancelled before it started running.")
+        self.assertEqual(
+            cause, "Ray actor pid 4321 on node a1b2c3a1b2c3 (?) died: The actor is dead because its node has died."
+        )
+        self.assertEqual(backend.counters.last_death_cause, cause)
+        self.assertEqual((backend.counters.worker_deaths, backend.counters.replacement_failures), (1, 0))
+        self.assertEqual([slot.degraded for slot in backend.slots], [False, False])
+        self.assertIsNotNone(never_ran.slot.restart_at, "its slot tries again")
+        self.assertEqual(backend.actors, [])
+        if HAVE_RAY:  # replacements prefer other nodes than the one that lost an actor
+            strategy = backend.placement()["scheduling_strategy"]
+            [expression] = strategy.soft
+            self.assertEqual((expression.key, expression.operator.values), ("ray.io/node-id", [lost.node]))
 
     def test_death_reason_keeps_ray_s_explanation(self) -> None:
         error = RuntimeError(
