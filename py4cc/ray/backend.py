@@ -165,7 +165,9 @@ class RayBackend(TaskBook):
             self.runtime_env = build_runtime_env(ray, self.options.setup.engine, self.options.setup.env)
             self.actor_class = ray.remote(concurrency_groups={WATCH_GROUP: 1})(EngineActor)
             self.relay.start()
-            if self.options.worker_output is not None:
+            # Ray's output goes through this Driver's sink (the host's stderr by default,
+            # as py4cc's own lines) when py4cc made the connection, or the host asked for it.
+            if self.options.worker_output is not None or CONNECTION.owned:
                 self.tap.start(own_all=CONNECTION.owned)
             self.slots = [Slot(i) for i in range(n)]
             first = [self.start_actor(slot) for slot in self.slots]
