@@ -547,7 +547,8 @@ class Dispatcher(threading.Thread):
                     self._read_worker(w)
             for w in exited:
                 self._reap(w)
-            self._expire(task_timeout)
+            if task_timeout is not None or writers:
+                self._expire(task_timeout)
             if init_timeout is not None:
                 self._expire_startup(init_timeout)
             pool.restart_due()
