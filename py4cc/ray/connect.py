@@ -294,14 +294,16 @@ class LogTap:
     from Ray's stream of worker output to this process (on when ``ray.init`` had
     ``log_to_driver``, its default).
 
-    With ``own_all`` (this process's connection is py4cc's and the host gave a
-    ``worker_output``), Ray's own printer of that stream is removed, and every other line
-    (the raylet's "A worker died...", its ``[state-dump]``, other workers' output) is handed
-    on too, under pid 0 and led by its source, instead of going to the host's stderr."""
+    With ``own_all`` (this process's connection is py4cc's), Ray's own printer of that
+    stream is removed, and so is its printing of the cluster's error messages (the raylet's
+    "A worker died...", which Ray's error thread prints through ``print_to_stdstream``):
+    every line (those, the raylet's ``[state-dump]``, other workers' output) is handed on
+    too, under pid 0 and led by its source, instead of going to the host's stderr."""
 
     def __init__(self, deliver: Callable[[int, str, str], None]) -> None:
         self.deliver = deliver
         self.own_all = False
+        self.printer: tuple[Any, Any] | None = None  # (Ray's worker module, its own print_to_stdstream)
         self.pids: frozenset[int] = frozenset()  # replaced, never changed: read without a lock
         self.name = f"py4cc-output-{id(self)}"
         self.dispatcher: Any = None
@@ -316,17 +318,29 @@ class LogTap:
         if own_all:
             try:
                 dispatcher.remove_handler(RAY_PRINTER)
+                worker_module: Any = importlib.import_module("ray._private.worker")
+                self.printer = (worker_module, worker_module.print_to_stdstream)
+                worker_module.print_to_stdstream = self.on_printed
             except Exception:
-                return  # not there (another Ray version): Ray keeps printing
+                return  # another Ray version: Ray keeps printing what this could not take
             self.own_all = True
 
     def stop(self) -> None:
+        if self.printer is not None:
+            worker_module, printer = self.printer
+            if getattr(worker_module, "print_to_stdstream", None) == self.on_printed:
+                worker_module.print_to_stdstream = printer
+            self.printer = None
         if self.dispatcher is not None:
             try:
                 self.dispatcher.remove_handler(self.name)
             except Exception:
                 pass
             self.dispatcher = None
+
+    def on_printed(self, data: Any, ignore_prefix: bool = False) -> None:
+        """In place of Ray's ``print_to_stdstream``: the line goes where the tap's go."""
+        self.on_batch(data)
 
     def on_batch(self, data: Any) -> None:
         """One batch of lines from one worker (on Ray's log thread); never raises."""
