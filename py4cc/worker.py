@@ -238,8 +238,6 @@ def serve(conn: Any, engine: Any) -> None:
     while True:
         try:
             data = os.read(fd, READ_SIZE)
-        except InterruptedError:
-            continue
         except OSError:
             return
         if not data:
@@ -260,14 +258,12 @@ def serve(conn: Any, engine: Any) -> None:
 
 
 def write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to ``fd`` (a blocking pipe), however many writes it takes."""
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(fd, view)
-        except InterruptedError:
-            continue
-        view = view[written:]
+    """Write all of ``data`` to ``fd`` (a blocking pipe): one write, unless it was short."""
+    while True:
+        written = os.write(fd, data)
+        if written == len(data):
+            return
+        data = data[written:]
 
 
 def batch_method(method: str) -> str:
