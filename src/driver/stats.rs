@@ -55,7 +55,7 @@ pub struct DriverStats {
     /// Tasks not started yet (in the driver's queue, or sent to a busy worker behind its
     /// current task).
     pub tasks_queued: usize,
-    /// Tasks a worker is running.
+    /// Tasks a worker is running (with batching, every task of its running batch).
     pub tasks_running: usize,
     /// Tasks finished whose answer has not been retrieved yet.
     pub tasks_finished: usize,
@@ -89,7 +89,8 @@ pub struct DriverStats {
     /// Finished tasks dropped because nobody retrieved them in time.
     pub tasks_expired: u64,
     /// The median time `Engine.run` took, as the workers measured it, over the latest
-    /// `run_time_samples` tasks (at most 1024); `None` before any.
+    /// `run_time_samples` tasks (at most 1024); `None` before any. A task run in a batch
+    /// counts its batch's time divided by the batch's size.
     pub run_time_p50: Option<Duration>,
     /// The 99th percentile of the same.
     pub run_time_p99: Option<Duration>,
