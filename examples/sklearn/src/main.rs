@@ -55,6 +55,10 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// The Engine, `engine.py` next to this crate's manifest.
 const ENGINE: &str = "engine:IrisEngine";
 
+/// How far a probability of a row the Driver batched may be from the model's for that row's
+/// request alone (without batching: bit for bit).
+const TOLERANCE: f64 = 1e-12;
+
 /// One BLAS thread per worker: N workers of a numpy model would otherwise each start a
 /// thread per core.
 const ONE_THREAD: [(&str, &str); 3] =
@@ -531,10 +535,21 @@ fn serve_and_check(args: &Args, preload: Preload) -> Result<(), String> {
         );
         figures.push(format!("{per_second:.0}, {p50:.2}, {p99:.2}"));
     }
-    let checked = check(&model_path, n_features, &phases)?;
-    println!(
-        "  checked {checked} rows: labels and probabilities identical to scikit-learn's predict and predict_proba"
-    );
+    let checked = if args.batching()?.is_some() {
+        let (checked, largest) = check_within(&model_path, n_features, &phases, TOLERANCE)?;
+        println!(
+            "  checked {checked} rows: labels identical to scikit-learn's predict, probabilities within {TOLERANCE:e} \
+             of its predict_proba (largest difference {largest:e}; the Driver's batches stack requests' rows)"
+        );
+        checked
+    } else {
+        check(&model_path, n_features, &phases)?
+    };
+    if args.batching()?.is_none() {
+        println!(
+            "  checked {checked} rows: labels and probabilities identical to scikit-learn's predict and predict_proba"
+        );
+    }
     println!("figures: {}", figures.join(" | "));
     if args.model_dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
@@ -625,8 +640,6 @@ fn batching_bench(args: &Args, requests: usize) -> Result<(), String> {
         "{requests} one-row requests from {} threads, {} workers, start method {}:\n",
         args.threads, args.workers, args.start_method
     );
-    /// How far a probability of a batched row may be from the model's for that row alone.
-    const TOLERANCE: f64 = 1e-12;
     let mut largest_difference = 0.0f64;
     println!("| batching | requests/s | p50 (ms) | p99 (ms) | mean batch |");
     println!("|---|---|---|---|---|");
