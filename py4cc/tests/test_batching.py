@@ -199,6 +199,40 @@ class WorkerRunBatchTest(unittest.TestCase):
         self.assertEqual(self.batch_engine.batches, [[4, 5]])
 
 
+class MixedEngine:
+    """``run_batch`` answers a demo call ``(int_feature, "")`` and a general one ``10 * x``;
+    ``predict`` has no batch method."""
+
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+
+    def run_batch(self, calls):
+        self.batch_sizes.append(len(calls))
+        return [(kwargs["int_feature"], "") if "int_feature" in kwargs else 10 * args[0] for args, kwargs in calls]
+
+    def predict(self, x):
+        return x + 0.5
+
+
+class MixedBatchTest(unittest.TestCase):
+    def test_demo_and_general_calls_and_other_methods_in_one_batch_each_get_their_rule(self):
+        engine = MixedEngine()
+        demo_call = lambda key, n: Call(key, "run", encode_arguments((), {"int_feature": n}), True)  # noqa: E731
+        calls = [
+            general(1, 3),
+            demo_call(2, 5),
+            Call(3, "predict", encode_arguments((7,), {}), False),
+            general(4, 4),
+            demo_call(5, 0),
+        ]
+        answers = run_batch(engine, calls)
+        self.assertEqual([a.key for a in answers], [1, 2, 3, 4, 5])
+        self.assertEqual([(a.flag, decode_value(a)) for a in answers[:4]], [(OK, 30), (OK, 5), (OK, 7.5), (OK, 40)])
+        self.assertEqual((answers[4].flag, answers[4].value), (FAILED, 0))
+        self.assertIn("the model answered 0", answers[4].message)
+        self.assertEqual(engine.batch_sizes, [2, 2])  # the general pair, the demo pair; predict one by one
+
+
 def decode_value(answer: Answer) -> object:
     import pickle
 
