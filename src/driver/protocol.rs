@@ -58,9 +58,11 @@ pub(super) mod option {
     pub(in crate::driver) const BACKEND: &str = "backend";
     /// `ray_address: str | None`, the Ray cluster's address.
     pub(in crate::driver) const RAY_ADDRESS: &str = "ray_address";
+    /// `batching: tuple[int, float] | None`, `(max_size, max_wait in seconds)`.
+    pub(in crate::driver) const BATCHING: &str = "batching";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 15] = [
+    pub(in crate::driver) const ALL: [&str; 16] = [
         MAX_TASKS,
         N_SUBPROCESSES,
         START_METHOD,
@@ -76,6 +78,7 @@ pub(super) mod option {
         WAIT_READABLE,
         BACKEND,
         RAY_ADDRESS,
+        BATCHING,
     ];
 }
 
