@@ -761,7 +761,9 @@ class Dispatcher(threading.Thread):
             stall = pool.write_stall_bound()
             for w in pool.workers:
                 task = w.queue[0] if w.queue else None
-                if w.outbox and not w.dead and now >= w.write_progress + stall:
+                overdue = task is not None and task.deadline is not None and task.deadline <= now
+                if w.outbox and not w.dead and (overdue or now >= w.write_progress + stall):
+                    # Its bytes have not all gone: it never ran the task, it is stuck.
                     self._kill_stalled(w, stall)
                     continue
                 if task is None or task.deadline is None or task.deadline > now or task_timeout is None:

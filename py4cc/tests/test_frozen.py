@@ -10,7 +10,9 @@ import unittest
 from collections.abc import Callable
 from typing import Any
 
+from py4cc.engine import big_model
 from py4cc.local import pool as pool_module
+from py4cc.options import Batching
 
 from .support import DriverTestCase, add_engines_dir, pid_alive, wait_until
 
@@ -69,6 +71,17 @@ class FrozenWorkerTest(DriverTestCase):
         self.assertEqual(d.wait(small[1], 30), (0, 7, ""))
         self.assertNotIn(pid, d.worker_pids())
         self.assertEqual(d.wait(d.submit_call(("length", b"y" * BIG))[1], 30), (0, BIG, ""))
+
+    def test_a_batch_to_a_stopped_worker_goes_the_same_way(self):
+        d = self.make_driver(task_timeout=2.0, batching=Batching(4, 0.01))
+        pid = self.stopped_worker(d)
+        flag, key, message = within(10, lambda: d.submit([1.0, 2.0], ["x" * BIG, "b", "c"], 1))
+        self.assertEqual((flag, message), (0, ""))
+        flag, _, message = d.wait(key, 30)
+        self.assertEqual(flag, 2)
+        self.assertIn(f"(pid {pid}) took in none of the task's bytes for 2 s", message)
+        expected = big_model([1.0, 2.0], ["ab", "b", "c"], 1)
+        self.assertEqual(d.wait(d.submit([1.0, 2.0], ["ab", "b", "c"], 1)[1], 30)[:2], (0, expected))
 
     def test_without_task_timeout_the_pool_has_its_own_bound(self):
         self.addCleanup(setattr, pool_module, "WRITE_STALL_S", pool_module.WRITE_STALL_S)
