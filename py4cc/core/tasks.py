@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..options import Options
@@ -49,6 +49,7 @@ from ..protocol import (
     unknown_key,
 )
 from .completion import CANCELLED, EXPIRED, Gone, Notifier, cancelled_message, expired_message
+from .scheduling import free_runner
 from .slots import Slot, backoff_delay
 from .stats import BatchStats, Counters, RunTimes
 
@@ -194,6 +195,30 @@ class TaskBook:
         """``batch`` was sent to a worker at ``now`` (lock held): count it for the stats."""
         self.counters.batches += 1
         self.batch_stats.add(len(batch), [now - task.queued_at for task in batch])
+
+    def batch_due(self) -> float | None:
+        """With ``batching``: when the oldest queued task will have waited ``max_wait``, if a
+        worker is free to take the batch then (lock held)."""
+        batching = self.options.batching
+        if batching is None or not self.pending or free_runner(self.runners()) is None:
+            return None
+        return self.pending[0].queued_at + batching.max_wait
+
+    def run_names(self, tasks: Sequence[Task], one: str = "the task") -> tuple[str, str]:
+        """How messages name the run of ``tasks`` (the head task, or with ``batching`` its
+        batch): for events ("task K", "a batch of N tasks (keys K..)") and for the tasks'
+        answers (``one``, "this task's batch of N tasks")."""
+        if self.options.batching is None:
+            return f"task {tasks[0].key}", one
+        n = len(tasks)
+        return f"a batch of {n} tasks (keys {tasks[0].key}..)", f"this task's batch of {n} task{'s' if n != 1 else ''}"
+
+    def running_count(self, runner: Any) -> int:
+        """How many of ``runner``'s tasks it is running: its whole batch with ``batching``,
+        else the head of its queue."""
+        if self.options.batching is not None:
+            return len(runner.queue)
+        return min(1, len(runner.queue))
 
     # -- admission ----------------------------------------------------------------------
 
@@ -346,6 +371,11 @@ class TaskBook:
             self.announce_finished()
         if self.draining:
             self.drained.notify_all()
+
+    def fail_all(self, tasks: Iterable[Task], message: str) -> None:
+        """Complete each of ``tasks`` as failed with ``message`` (lock held)."""
+        for task in tasks:
+            self.complete(task, FAILED, -1, message)
 
     def announce_finished(self) -> None:
         """Wake the waiters of the tasks finished since the last call and tell the host

@@ -248,27 +248,6 @@ class Pool(TaskBook):
         self.note_batch(batch, now)
         return True
 
-    def batch_due(self) -> float | None:
-        """With ``batching``: when the oldest queued task will have waited ``max_wait``, if a
-        worker is free to take the batch then (lock held)."""
-        batching = self.options.batching
-        if batching is None or not self.pending or free_runner(self.workers) is None:
-            return None
-        return self.pending[0].queued_at + batching.max_wait
-
-    def running_count(self, w: Worker) -> int:
-        """How many of ``w``'s tasks it is running: its whole batch with ``batching``, else
-        the head of its queue."""
-        if self.options.batching is not None:
-            return len(w.queue)
-        return min(1, len(w.queue))
-
-    def lost_tasks_text(self, w: Worker, tasks: int) -> str:
-        """How a message names what ``w`` was running: "this task" or "this task's batch of N"."""
-        if self.options.batching is None:
-            return "this task"
-        return f"this task's batch of {tasks} task{'s' if tasks != 1 else ''}"
-
     @staticmethod
     def has_room(w: Worker, task: Task) -> bool:
         """Whether ``w``'s pipe keeps room for ``task`` behind what it holds (``PREFETCH_BYTES``);
@@ -731,17 +710,15 @@ class Dispatcher(threading.Thread):
                 pool.event(w.pid, cause)
             elif was_ready or w.failure is None:
                 pool.event(w.pid, f"{cause} {'while idle' if was_ready else 'before it was ready'}")
-            for task in lost:
-                pool.complete(
-                    task,
-                    FAILED,
-                    -1,
-                    f"the worker process (pid {w.pid}) running {pool.lost_tasks_text(w, len(lost))} died with "
-                    f"{exit_text(exitcode)}; it is being replaced",
+            if lost:
+                whose = pool.run_names(lost, "this task")[1]
+                pool.fail_all(
+                    lost,
+                    f"the worker process (pid {w.pid}) running {whose} died with {exit_text(exitcode)}; "
+                    "it is being replaced",
                 )
             if w.doomed is not None:  # killed for them: failed now that the worker is dead
-                for task in w.doomed[0]:
-                    pool.complete(task, FAILED, -1, w.doomed[1])
+                pool.fail_all(*w.doomed)
                 w.doomed = None
             pool.note_lost(w, exitcode)
             pool.dispatch()
@@ -774,11 +751,7 @@ class Dispatcher(threading.Thread):
                 w.dead = True
                 w.timed_out = True
                 pool.counters.tasks_timed_out += sum(1 for t in doomed if not t.cancelled)
-                if pool.options.batching is None:
-                    what, whose = f"task {task.key}", "the task"
-                else:
-                    what = f"a batch of {len(doomed)} tasks (keys {doomed[0].key}..)"
-                    whose = f"this task's batch of {len(doomed)} task{'s' if len(doomed) != 1 else ''}"
+                what, whose = pool.run_names(doomed)
                 pool.event(w.pid, f"{what} ran past task_timeout ({task_timeout:g} s): killing the worker")
                 w.doomed = (
                     doomed,

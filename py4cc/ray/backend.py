@@ -308,21 +308,6 @@ class RayBackend(TaskBook):
             launched.append((actor, batch, ref))
         return launched
 
-    def batch_due(self) -> float | None:
-        """With ``batching``: when the oldest queued task will have waited ``max_wait``, if an
-        actor is free to take the batch then (lock held)."""
-        batching = self.options.batching
-        if batching is None or not self.pending or free_runner(self.actors) is None:
-            return None
-        return self.pending[0].queued_at + batching.max_wait
-
-    def running_count(self, actor: Actor) -> int:
-        """How many of ``actor``'s calls it is running: its whole batch with ``batching``,
-        else the head of its queue."""
-        if self.options.batching is not None:
-            return len(actor.queue)
-        return min(1, len(actor.queue))
-
     def start_head(self, actor: Actor, now: float) -> None:
         actor.head_started = now
         if self.options.task_timeout is not None:
@@ -537,57 +522,32 @@ class RayBackend(TaskBook):
     # -- the answers: callbacks, a dead actor's calls ------------------------------------
 
     def arm(self, launched: list[tuple[Actor, Any, Any]]) -> None:
-        for actor, task, ref in launched:
-            if isinstance(task, list):
-                ref.future().add_done_callback(lambda fut, actor=actor, batch=task: self.on_batch(actor, batch, fut))
-            else:
-                ref.future().add_done_callback(lambda fut, actor=actor, task=task: self.on_answer(actor, task, fut))
+        for actor, sent, ref in launched:
+            batched = isinstance(sent, list)
+            tasks = sent if batched else [sent]
+            ref.future().add_done_callback(
+                lambda fut, actor=actor, tasks=tasks, batched=batched: self.on_answers(actor, tasks, batched, fut)
+            )
 
-    def on_batch(self, actor: Actor, batch: list[Task], fut: Any) -> None:
-        """A batch's call has ended: record each task's answer, send the next batch. An
-        actor's death is the supervisor's to sort out."""
+    def on_answers(self, actor: Actor, tasks: list[Task], batched: bool, fut: Any) -> None:
+        """A call (one task, or with ``batched`` a batch) has ended: record each task's answer,
+        send the next tasks. An actor's death is the supervisor's to sort out."""
         try:
             try:
-                results = fut.result()
-                answers = [self.answer_of(task, result) for task, result in zip(batch, results)]
+                result = fut.result()
+                answers = [self.answer_of(task, one) for task, one in zip(tasks, result if batched else [result])]
             except self.ray.exceptions.RayActorError:
                 self.post("died", actor, fut)
                 return
-            except BaseException as exc:  # the call itself failed: only this batch is concerned
-                text = f"the Ray actor could not run this task's batch of {len(batch)} tasks: {death_reason(exc)}"
-                answers = [(FAILED, -1, text, 0.0)] * len(batch)
+            except BaseException as exc:  # the call itself failed: only these tasks are concerned
+                what = f"this task's batch of {len(tasks)} tasks" if batched else "this task"
+                answers = [(FAILED, -1, f"the Ray actor could not run {what}: {death_reason(exc)}", 0.0)] * len(tasks)
             with self.lock:
-                for task, (flag, value, message, run_s) in zip(batch, answers):
+                for task, (flag, value, message, run_s) in zip(tasks, answers):
                     self.take_off(actor, task)
                     if not task.done:
                         self.run_times.add(run_s)
                         self.complete(task, flag, value, message)
-                launched = self.dispatch()
-            self.arm(launched)
-        except BaseException:  # a callback must not raise into Ray
-            pass
-
-    def on_answer(self, actor: Actor, task: Task, fut: Any) -> None:
-        """A call has ended: record the answer, send the next task. An actor's death is the
-        supervisor's to sort out."""
-        try:
-            try:
-                flag, value, message, run_s = self.answer_of(task, fut.result())
-            except self.ray.exceptions.RayActorError:
-                self.post("died", actor, fut)
-                return
-            except BaseException as exc:  # the call itself failed: only this task is concerned
-                flag, value, message, run_s = (
-                    FAILED,
-                    -1,
-                    f"the Ray actor could not run this task: {death_reason(exc)}",
-                    0.0,
-                )
-            with self.lock:
-                self.take_off(actor, task)
-                if not task.done:
-                    self.run_times.add(run_s)
-                    self.complete(task, flag, value, message)
                 launched = self.dispatch()
             self.arm(launched)
         except BaseException:  # a callback must not raise into Ray
@@ -782,20 +742,13 @@ class RayBackend(TaskBook):
                     actor.timed_out = True
                     self.counters.tasks_timed_out += sum(1 for task in doomed if not task.cancelled)
                     limit = self.options.task_timeout
-                    if self.options.batching is None:
-                        what, whose = f"task {head.key}", "the task"
-                    else:
-                        what = f"a batch of {len(doomed)} tasks (keys {head.key}..)"
-                        whose = f"this task's batch of {len(doomed)} task{'s' if len(doomed) != 1 else ''}"
+                    what, whose = self.run_names(doomed)
                     self.event(actor.pid, f"{what} ran past task_timeout ({limit:g} s): killing the actor")
-                    for task in doomed:
-                        self.complete(
-                            task,
-                            FAILED,
-                            -1,
-                            f"{whose} timed out after {limit:g} s; its Ray actor ({actor.describe()}) "
-                            f"was killed and is being replaced",
-                        )
+                    self.fail_all(
+                        doomed,
+                        f"{whose} timed out after {limit:g} s; its Ray actor ({actor.describe()}) "
+                        "was killed and is being replaced",
+                    )
                     self.lose_actor(actor, f"was killed: its task ran past task_timeout ({limit:g} s)")
                     killed.append(actor)
                 elif (
@@ -844,8 +797,7 @@ class RayBackend(TaskBook):
             if self.closed:
                 return
             self.lost = message
-            for task in self.tasks.values():
-                self.complete(task, FAILED, -1, message)
+            self.fail_all(self.tasks.values(), message)
             self.pending.clear()
             for actor in self.actors:
                 actor.queue.clear()

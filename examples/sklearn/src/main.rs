@@ -472,28 +472,32 @@ fn replacement_seconds(driver: &Driver, rows: &[f64]) -> Result<f64, String> {
     Ok(killed.elapsed().as_secs_f64())
 }
 
+/// A Driver (not initialized yet) over the iris Engine with `args`' workers and threads.
+fn iris_driver(args: &Args, preload: Preload, batching: Option<Batching>) -> Result<Arc<Driver>, String> {
+    let driver = Driver::new(DriverOptions {
+        engine: ENGINE.into(),
+        python_path: vec![example_dir().to_path_buf()],
+        n_subprocesses: args.workers,
+        start_method: args.start_method,
+        max_tasks: 2 * args.threads,
+        init_timeout: Some(Duration::from_secs(300)),
+        task_timeout: Some(PATIENCE),
+        worker_env: ONE_THREAD.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
+        preload,
+        batching,
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(Arc::new(driver))
+}
+
 /// One preload: start the workers (timed), run the four workloads, replace the workers
 /// (timed), check every answer.
 fn serve_and_check(args: &Args, preload: Preload) -> Result<(), String> {
     let dir = model_dir(args)?;
     let model_path = dir.join("iris.joblib");
     let (features, data) = read_rows(&dir)?;
-    let driver = Arc::new(
-        Driver::new(DriverOptions {
-            engine: ENGINE.into(),
-            python_path: vec![example_dir().to_path_buf()],
-            n_subprocesses: args.workers,
-            start_method: args.start_method,
-            max_tasks: 2 * args.threads,
-            init_timeout: Some(Duration::from_secs(300)),
-            task_timeout: Some(PATIENCE),
-            worker_env: ONE_THREAD.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
-            preload,
-            batching: args.batching()?,
-            ..Default::default()
-        })
-        .map_err(|e| e.to_string())?,
-    );
+    let driver = iris_driver(args, preload, args.batching()?)?;
     let started = Instant::now();
     let no_names: [&str; 0] = [];
     driver
@@ -646,21 +650,7 @@ fn batching_bench(args: &Args, requests: usize) -> Result<(), String> {
     for (salt, configuration) in configurations.into_iter().enumerate() {
         let batching = configuration
             .map(|(max_size, wait_ms)| Batching { max_size, max_wait: Duration::from_secs_f64(wait_ms / 1e3) });
-        let driver = Arc::new(
-            Driver::new(DriverOptions {
-                engine: ENGINE.into(),
-                python_path: vec![example_dir().to_path_buf()],
-                n_subprocesses: args.workers,
-                start_method: args.start_method,
-                max_tasks: 2 * args.threads,
-                init_timeout: Some(Duration::from_secs(300)),
-                task_timeout: Some(PATIENCE),
-                worker_env: ONE_THREAD.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
-                batching,
-                ..Default::default()
-            })
-            .map_err(|e| e.to_string())?,
-        );
+        let driver = iris_driver(args, Preload::default(), batching)?;
         let no_names: [&str; 0] = [];
         driver
             .initialize_with("{}", &features, &no_names, [("model_path", model_path.to_string_lossy().as_ref())])
