@@ -13,6 +13,11 @@ The sink runs on the relay thread only, never on the dispatcher: a slow sink del
 output, not answers (until a worker fills its pipe, whose writes then wait). A worker's
 pipes reach end of file when it exits, so what it wrote before dying is read to the end;
 only a line it had not finished (no newline yet) when it was killed is lost.
+
+Until a worker is ready, the relay also keeps the last lines it wrote to stderr (a
+:class:`StartTail`): a worker that dies before py4cc's worker code runs (an import that
+fails, an Engine module that exits) leaves its cause only there, and the pool's message
+about the failed start quotes them.
 """
 
 from __future__ import annotations
@@ -78,6 +83,21 @@ class WakeUp:
                 pass
 
 
+START_TAIL_LINES = 20
+START_TAIL_CHARS = 4096
+START_TAIL_WAIT_S = 1.0  # how long a dead worker's stderr may take to reach end of file
+
+
+class StartTail:
+    """The last stderr lines of a worker that is not ready yet (relay lock held)."""
+
+    __slots__ = ("ended", "lines")
+
+    def __init__(self) -> None:
+        self.lines: deque[str] = deque(maxlen=START_TAIL_LINES)
+        self.ended = False  # its stderr reached end of file: nothing more will come
+
+
 class Stream:
     """One worker pipe the relay reads, and the unfinished line it has read so far."""
 
@@ -104,6 +124,8 @@ class OutputRelay(threading.Thread):
         self.stopping = False
         self.stop_deadline = 0.0
         self.launched = False  # the thread was started: it owns (and closes) the fds
+        self.start_tails: dict[int, StartTail] = {}  # pid -> stderr tail, until ready
+        self.tail_changed = threading.Condition(self.lock)
 
     # -- any thread -------------------------------------------------------------------
 
@@ -115,7 +137,27 @@ class OutputRelay(threading.Thread):
                     os.close(fd)
                 return
             self.added += [Stream(stdout_fd, pid, "stdout"), Stream(stderr_fd, pid, "stderr")]
+            self.start_tails[pid] = StartTail()
             self.wakeup.wake()
+
+    def ready(self, pid: int) -> None:
+        """Worker ``pid`` is ready: its stderr is no longer kept."""
+        with self.lock:
+            self.start_tails.pop(pid, None)
+
+    def start_stderr(self, pid: int) -> str:
+        """The last lines (at most ``START_TAIL_LINES``, ``START_TAIL_CHARS``) worker ``pid``,
+        dead before it was ready, wrote to stderr, once they are all read (waiting at most
+        ``START_TAIL_WAIT_S``); "" if none. Forgets them."""
+        with self.lock:
+            tail = self.start_tails.get(pid)
+            if tail is None:
+                return ""
+            if self.launched and self is not threading.current_thread():
+                self.tail_changed.wait_for(lambda: tail.ended or self.stopping, START_TAIL_WAIT_S)
+            del self.start_tails[pid]
+            text = "\n".join(tail.lines)
+        return text[-START_TAIL_CHARS:]
 
     def event(self, pid: int, text: str) -> None:
         """Report something that happened to worker ``pid`` (after the output read so far)."""
@@ -188,6 +230,7 @@ class OutputRelay(threading.Thread):
             selector.close()
             with self.lock:
                 self.stopping = True
+                self.tail_changed.notify_all()
                 for stream in self.added:
                     os.close(stream.fd)
                 self.added = []
@@ -221,12 +264,23 @@ class OutputRelay(threading.Thread):
         if stream.partial:
             self.deliver_bytes(stream, stream.partial)
             stream.partial = b""
+        if stream.name == "stderr":
+            with self.lock:
+                tail = self.start_tails.get(stream.pid)
+                if tail is not None:
+                    tail.ended = True
+                    self.tail_changed.notify_all()
         try:
             os.close(stream.fd)
         except OSError:
             pass
 
     def deliver_bytes(self, stream: Stream, line: bytes) -> None:
+        if stream.name == "stderr":
+            with self.lock:
+                tail = self.start_tails.get(stream.pid)
+                if tail is not None:
+                    tail.lines.append(line[-START_TAIL_CHARS:].decode("utf-8", "backslashreplace").rstrip("\r"))
         for start in range(0, max(len(line), 1), OUTPUT_LINE_MAX):
             self.deliver(stream.pid, stream.name, line[start : start + OUTPUT_LINE_MAX])
 

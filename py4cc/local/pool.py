@@ -71,7 +71,7 @@ from ..protocol import (
 )
 from . import forkserver
 from .output import OutputRelay, WakeUp
-from .processes import Worker, start_worker, stop_workers, wait_exited, wait_ready
+from .processes import Worker, last_stderr_text, start_worker, stop_workers, wait_exited, wait_ready
 
 
 class Pool(TaskBook):
@@ -119,8 +119,9 @@ class Pool(TaskBook):
                     f"Driver.initialize: could not start a worker process "
                     f"(start method {self.options.start_method!r}): {type(exc).__name__}: {exc}"
                 ) from exc
-            wait_ready(workers, self.options.setup.engine, self.options.init_timeout)
+            wait_ready(workers, self.options.setup.engine, self.options.init_timeout, self.relay.start_stderr)
             for w in workers:
+                self.relay.ready(w.pid)
                 w.make_nonblocking()
         except BaseException:
             self.stop()
@@ -341,9 +342,11 @@ class Pool(TaskBook):
         """``worker`` reported ready: its slot's failures are over."""
         if worker.slot is not None:
             worker.slot.failures = 0
+        self.relay.ready(worker.pid)
 
     def failure_text(self, w: Worker, exitcode: int | None) -> str:
         """Why ``w``, which died before it was ready, could not start."""
+        stderr = self.relay.start_stderr(w.pid)
         if w.failure is not None:
             return f"a worker process (pid {w.pid}) failed to initialise its engine:\n{w.failure}"
         if w.init_timed_out:
@@ -351,7 +354,9 @@ class Pool(TaskBook):
                 f"a worker process (pid {w.pid}) did not become ready within the "
                 f"{self.options.init_timeout:g} s start-up limit (init_timeout) and was killed"
             )
-        return f"a worker process (pid {w.pid}) exited before it was ready, with {exit_text(exitcode)}"
+        return f"a worker process (pid {w.pid}) exited before it was ready, with {exit_text(exitcode)}" + (
+            last_stderr_text(stderr)
+        )
 
     def note_lost(self, w: Worker, exitcode: int | None) -> None:
         """``w`` has exited (and its tasks have been dealt with): its slot starts another one,

@@ -17,6 +17,7 @@ import os
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -206,9 +207,12 @@ def start_worker(ctx: Any, setup: WorkerSetup, inherited_fds: list[int] | None, 
     return Worker(process, parent_conn, (out_read, err_read))
 
 
-def wait_ready(workers: list[Worker], engine: str, init_timeout: float | None) -> None:
+def wait_ready(
+    workers: list[Worker], engine: str, init_timeout: float | None, start_stderr: Callable[[int], str]
+) -> None:
     """Block until every worker has reported ready; raise RuntimeError if one fails
-    or (``init_timeout``) is not ready within ``init_timeout`` seconds of its start."""
+    or (``init_timeout``) is not ready within ``init_timeout`` seconds of its start.
+    ``start_stderr(pid)``: what a worker that died before it reported wrote to stderr."""
     waiting = {w.conn: w for w in workers}
     exits = {w.watch(): w for w in workers}
     while waiting:
@@ -253,8 +257,13 @@ def wait_ready(workers: list[Worker], engine: str, init_timeout: float | None) -
             wait_exited([w], 5.0)
             raise RuntimeError(
                 f"worker process (pid {w.pid}) exited before its engine "
-                f"{engine!r} was ready, with {exit_text(w.exit_code())}"
+                f"{engine!r} was ready, with {exit_text(w.exit_code())}" + last_stderr_text(start_stderr(w.pid))
             )
+
+
+def last_stderr_text(stderr: str) -> str:
+    """What a failed start's message adds for the last lines its worker wrote to stderr."""
+    return f"; its last lines on stderr:\n{stderr}" if stderr else ""
 
 
 def wait_exited(workers: list[Worker], timeout: float) -> None:

@@ -12,6 +12,7 @@ import threading
 import unittest
 
 from py4cc.driver import Driver
+from py4cc.local.output import START_TAIL_CHARS, START_TAIL_LINES, OutputRelay
 from py4cc.protocol import OUTPUT_LINE_MAX
 
 from .support import ENGINES_DIR, FLOAT_NAMES, STR_NAMES, DriverTestCase, wait_until
@@ -172,6 +173,48 @@ def run_script(body: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, check=False
     )
+
+
+class StartTailTest(unittest.TestCase):
+    """The stderr lines a not-yet-ready worker wrote, kept for a failed start's message."""
+
+    def relay_with_pipes(self, pid: int) -> tuple[OutputRelay, int, int]:
+        relay = OutputRelay(lambda pid, stream, line: None)
+        relay.start()
+        self.addCleanup(relay.stop, 1.0)
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        relay.add(pid, out_read, err_read)
+        return relay, out_write, err_write
+
+    def test_only_the_last_lines_are_kept_within_the_bound(self):
+        relay, out_write, err_write = self.relay_with_pipes(7)
+        os.write(out_write, b"stdout is not kept\n")
+        os.write(err_write, b"".join(b"line %d\n" % n for n in range(START_TAIL_LINES + 5)))
+        os.write(err_write, b"x" * (2 * START_TAIL_CHARS) + b"\nunfinished")
+        os.close(out_write)
+        os.close(err_write)
+        tail = relay.start_stderr(7)
+        self.assertEqual(len(tail), START_TAIL_CHARS)
+        self.assertTrue(tail.endswith("\nunfinished"), tail[-40:])
+        self.assertNotIn("stdout", tail)
+        self.assertEqual(relay.start_stderr(7), "")  # forgotten once taken
+
+    def test_lines_of_a_ready_worker_are_not_kept(self):
+        relay, out_write, err_write = self.relay_with_pipes(8)
+        relay.ready(8)
+        os.write(err_write, b"a warning after the start\n")
+        os.close(out_write)
+        os.close(err_write)
+        self.assertEqual(relay.start_stderr(8), "")
+
+    def test_few_lines_come_whole(self):
+        relay, out_write, err_write = self.relay_with_pipes(9)
+        os.write(err_write, b"".join(b"line %d\n" % n for n in range(START_TAIL_LINES + 5)))
+        os.close(out_write)
+        os.close(err_write)
+        expected = "\n".join(f"line {n}" for n in range(5, START_TAIL_LINES + 5))
+        self.assertEqual(relay.start_stderr(9), expected)
 
 
 class DefaultSinkTest(unittest.TestCase):

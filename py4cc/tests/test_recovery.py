@@ -184,6 +184,57 @@ class ExitingEngineTest(DriverTestCase):
         self.assertEqual(d.wait(key, 20), (0, 5, ""))
 
 
+class DeadAtImportTest(DriverTestCase):
+    """A worker killed while it imports the Engine's module (before it can report) leaves
+    its reason on stderr only: the failed start's message quotes it."""
+
+    CAUSE = "ImportError: libmodelstore.so.3: cannot open shared object file"
+
+    def dying_driver(self, marker: str, lines: list) -> Driver:
+        add_engines_dir()
+        d = Driver(
+            n_subprocesses=1,
+            engine="py4cc_dying_import_engine:QuietEngine",
+            worker_env={"PY4CC_TEST_DIE_AT_IMPORT": marker},
+            worker_output=lambda pid, stream, line: lines.append((stream, line)),
+        )
+        self.addCleanup(d.finalize)
+        return d
+
+    def test_initialize_s_error_quotes_the_worker_s_stderr(self):
+        lines: list = []
+        with tempfile.TemporaryDirectory() as tmp:
+            marker = os.path.join(tmp, "marker")
+            open(marker, "w").close()
+            d = self.dying_driver(marker, lines)
+            with self.assertRaises(RuntimeError) as caught:
+                d.initialize("{}", FLOAT_NAMES, STR_NAMES)
+        message = str(caught.exception)
+        self.assertIn("exited before its engine 'py4cc_dying_import_engine:QuietEngine' was ready", message)
+        self.assertIn("with exit code 1; its last lines on stderr:\nTraceback (most recent call last):", message)
+        self.assertTrue(message.endswith(self.CAUSE), message)
+        self.assertIn(("stderr", self.CAUSE), lines)  # still relayed as output too
+
+    def test_a_failed_replacement_quotes_the_worker_s_stderr(self):
+        lines: list = []
+        with tempfile.TemporaryDirectory() as tmp:
+            marker = os.path.join(tmp, "marker")
+            d = self.dying_driver(marker, lines)
+            d.initialize("{}", FLOAT_NAMES, STR_NAMES)
+            pool = d._pool
+            [pid] = d.worker_pids()
+            open(marker, "w").close()
+            os.kill(pid, signal.SIGKILL)
+            self.assertTrue(wait_until(lambda: pool.counters.replacement_failures >= 1, timeout=30))
+            failure = pool.last_worker_failure
+            self.assertIn("exited before it was ready, with exit code 1; its last lines on stderr:\n", failure)
+            self.assertTrue(failure.endswith(self.CAUSE), failure)
+            flag, key, message = d.submit(*TASK, 1)
+            self.assertEqual((flag, key), (9, 0))
+            self.assertIn("no worker process is ready", message)
+            self.assertIn(self.CAUSE, message)
+
+
 class HangingEngineTest(DriverTestCase):
     def test_hang_in_a_c_call_with_task_timeout(self):
         d = self.make_driver(engine=f"{ENGINES}:GilHoldingEngine", task_timeout=0.5, config="{}")
