@@ -471,7 +471,8 @@ fn python_anchors(threads: &[usize], counts: &[usize], workers: usize, ray: Opti
                 p50_us: number(4),
                 p99_us: number(5),
                 host_ticks: Some(fields[6].parse().expect("host ticks")),
-                workers_ticks: Some(fields[7].parse().expect("workers' ticks")),
+                // Ray's actors are no descendants of the anchors' process: no workers' CPU.
+                workers_ticks: (fields[0] != RAY_ANCHOR).then(|| fields[7].parse().expect("workers' ticks")),
                 ..Row::default()
             })
         })
@@ -651,7 +652,7 @@ fn main() {
         counts.last().copied().unwrap_or_default(),
     );
     println!(
-        "{:<34} {:>4} {:>8} {:>8} {:>8} {:>7} {:>7} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9}",
+        "{:<40} {:>4} {:>8} {:>8} {:>8} {:>7} {:>7} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9}",
         "",
         "thr",
         "tasks/s",
@@ -682,7 +683,7 @@ fn main() {
             _ => ("".to_owned(), "".to_owned()),
         };
         println!(
-            "{:<34} {:>4} {:>8.0} {:>8.1} {:>8.1} {:>7} {:>7} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9}",
+            "{:<40} {:>4} {:>8.0} {:>8.1} {:>8.1} {:>7} {:>7} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9}",
             row.name,
             row.threads,
             row.tasks_per_s,
