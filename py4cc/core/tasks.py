@@ -8,7 +8,9 @@ It holds, under one ``lock``, the state they share and the rules written once fo
 * admission (``admit``): refuse while stopping, draining, out of order or unavailable;
   ``max_tasks`` held at most; keys handed out once;
 * answers: ``complete`` records one (once), ``announce_finished`` wakes its waiters and
-  tells the host (``notify``), ``collect`` and ``wait`` hand it out;
+  tells the host (``notify``), or hands the answers to a host that keeps them (``deliver``:
+  the tasks then leave the book, and the host's count of them joins ``held``), ``collect``
+  and ``wait`` hand it out;
 * dropping tasks: ``cancel``, ``expire_results`` (``result_ttl``), and :class:`Gone`, which
   remembers why a dropped key is gone;
 * the slots' failed starts (``note_failed_start``, ``unavailable``);
@@ -45,7 +47,16 @@ from ..protocol import (
     call_wire_size,
     unknown_key,
 )
-from .completion import CANCELLED, EXPIRED, Gone, Notifier, cancelled_message, expired_message
+from .completion import (
+    CANCELLED,
+    EXPIRED,
+    Deliverer,
+    Gone,
+    Notifier,
+    cancelled_message,
+    expired_message,
+    host_answer,
+)
 from .slots import Slot, backoff_delay
 from .stats import Counters, RunTimes
 
@@ -53,11 +64,14 @@ from .stats import Counters, RunTimes
 class Task:
     """One task a backend holds, from submit until its answer is retrieved."""
 
-    __slots__ = ("call", "cancelled", "deadline", "done", "event", "flag", "key", "message", "size", "value", "worker")
+    __slots__ = (
+        "call", "cancelled", "deadline", "demo", "done", "event", "flag", "key", "message", "size", "value", "worker",
+    )  # fmt: skip
 
     def __init__(self, call: Call) -> None:
         self.key = call.key
         self.call: Call | None = call  # dropped once the task is done
+        self.demo = call.demo
         self.size = call_wire_size(call.payload)  # what its message takes in a pipe, at most
         self.done = False
         self.flag = NOT_FINISHED
@@ -98,6 +112,7 @@ class TaskBook:
         self.draining = False  # drain has begun: refuse new tasks, let the held ones finish
         self.last_worker_failure: str | None = None  # why the last start failed
         self.notify = Notifier(options.notify)
+        self.deliver = Deliverer(options.deliver, options.host_held)  # a host that keeps the answers
         self.expiring: dict[int, float] = {}  # finished, not collected: key -> when it expires, oldest first
         self.gone = Gone()  # recently cancelled or expired keys
         self.cancelled = 0
@@ -175,7 +190,7 @@ class TaskBook:
             why = self.refusal()
             if why is not None:
                 return ERROR, 0, why
-            if len(self.tasks) >= self.options.max_tasks:
+            if self.held() >= self.options.max_tasks:
                 return AT_CAPACITY, 0, CAPACITY_MESSAGE
             key = self.next_key
             self.next_key += 1
@@ -307,16 +322,39 @@ class TaskBook:
 
     def announce_finished(self) -> None:
         """Wake the waiters of the tasks finished since the last call and tell the host
-        (``notify(key, True)``). Whatever collects or drops a task calls it first, so that
-        the host always hears of a finish before the task is gone."""
+        (``notify(key, True)``), or hand their answers to a host that keeps them, in one
+        ``deliver`` call, and forget them. Whatever collects or drops a task calls it first,
+        so that the host always hears of a finish before the task is gone."""
         announce = self.announce
         if not announce:
             return
         self.announce = []
+        if self.deliver.callback is not None:
+            self.hand_to_host(announce)
+            return
         for task in announce:
             if task.event is not None:
                 task.event.set()
             self.notify(task.key, True)
+
+    def hand_to_host(self, finished: list[Task]) -> None:
+        """Give the host these tasks' answers and forget the tasks (lock held): from now on
+        the host's ``host_held`` counts them (``held``)."""
+        answers = []
+        for task in finished:
+            if self.tasks.get(task.key) is not task:
+                continue  # dropped meanwhile (cancelled, expired)
+            del self.tasks[task.key]
+            self.expiring.pop(task.key, None)
+            self.finished_held -= 1
+            if task.event is not None:
+                task.event.set()
+            answers.append(host_answer(task.key, task.flag, task.value, task.message, task.demo))
+        self.deliver(answers)
+
+    def held(self) -> int:
+        """The tasks held (lock held): in the book, and answered to a host that keeps them."""
+        return len(self.tasks) + self.deliver.held()
 
     # -- dropping tasks -----------------------------------------------------------------
 
@@ -371,7 +409,7 @@ class TaskBook:
 
     def held_tasks(self) -> int:
         with self.lock:
-            return len(self.tasks)
+            return self.held()
 
     def stats(self, state: str) -> dict[str, Any]:
         """The dict of ``Driver.stats()`` (``state`` as the Driver sees it)."""

@@ -29,12 +29,12 @@ use crate::interpreter::{self, StartOptions};
 use crate::object::{Handle, Object};
 
 use access::{Access, INITIALIZING_MESSAGE};
-use completion::{Completions, Standing};
+use completion::{Answer, AnswerValue, Completions, Gone, Lookup, Standing};
 pub use future::TaskFuture;
 pub use general::{Key, TaskKey};
 pub use options::{Backend, DriverOptions, Preload, StartMethod};
 pub use output::{WorkerLine, WorkerOutput, WorkerStream};
-use protocol::{DRIVER_CLASS, DRIVER_MODULE, N_SUBPROCESSES, NOT_FINISHED_MESSAGE, method, option};
+use protocol::{COMPLETION_MODULE, DRIVER_CLASS, DRIVER_MODULE, N_SUBPROCESSES, NOT_FINISHED_MESSAGE, method, option};
 pub use protocol::{ResultStatus, SubmitStatus};
 pub use stats::{DriverState, DriverStats};
 use turn::DispatcherTurn;
@@ -80,6 +80,12 @@ struct PythonDriver {
     cancel: Handle,
     stats: Handle,
     drain: Handle,
+    /// `pickle.loads`, for general tasks' answers.
+    loads: Handle,
+    /// py4cc's `cancelled_message(key)` and `expired_message(key, ttl)`, for keys the
+    /// completion table dropped.
+    cancelled_message: Handle,
+    expired_message: Handle,
 }
 
 /// Runs an Engine in a pool of Python worker processes; shared by many threads.
@@ -129,6 +135,7 @@ pub struct Driver {
     turn: Arc<DispatcherTurn>,
     access: Access,
     keys: keys::KeyRange,
+    result_ttl: Option<Duration>,
     /// Answers py4cc counted done that did not convert to the caller's type, so failed.
     unconvertible: AtomicU64,
 }
@@ -142,8 +149,8 @@ impl Driver {
         interpreter::start(&StartOptions { python_path: vec![package_dir] })?;
         let gil = Gil::acquire()?;
         interpreter::insert_sys_path_after_stdlib(&gil, &options.python_path)?;
-        let completions = Arc::new(Completions::default());
-        let notify = completions.notifier(gil.token())?;
+        let completions = Arc::new(Completions::new(options.result_ttl));
+        let host = completions.functions(gil.token())?;
         let turn = Arc::new(DispatcherTurn::default());
         let wait_readable = turn.function(gil.token())?;
         let class = gil.import(DRIVER_MODULE)?.getattr(DRIVER_CLASS)?;
@@ -172,7 +179,9 @@ impl Driver {
                 (option::ENGINE, &options.engine),
                 (option::TASK_TIMEOUT, &options.task_timeout.map(|timeout| timeout.as_secs_f64())),
                 (option::INIT_TIMEOUT, &options.init_timeout.map(|timeout| timeout.as_secs_f64())),
-                (option::NOTIFY, &notify),
+                (option::NOTIFY, &host.notify),
+                (option::DELIVER, &host.deliver),
+                (option::HOST_HELD, &host.held),
                 (option::WAIT_READABLE, &wait_readable),
                 (option::RESULT_TTL, &options.result_ttl.map(|ttl| ttl.as_secs_f64())),
                 (option::WORKER_ENV, &options.worker_env),
@@ -192,8 +201,12 @@ impl Driver {
             stats: bound(method::STATS)?,
             drain: bound(method::DRAIN)?,
             driver: driver.clone().unbind(),
+            loads: gil.import("pickle")?.getattr("loads")?.unbind(),
+            cancelled_message: gil.import(COMPLETION_MODULE)?.getattr("cancelled_message")?.unbind(),
+            expired_message: gil.import(COMPLETION_MODULE)?.getattr("expired_message")?.unbind(),
         };
         Ok(Driver {
+            result_ttl: options.result_ttl,
             calls: Mutex::new(()),
             python: ManuallyDrop::new(python),
             finalized: AtomicBool::new(false),
@@ -346,11 +359,6 @@ impl Driver {
     /// still running answers `NotReady` at once, without the GIL or the driver's mutex. An
     /// `i64` key reads a demo task's answer, a [`Key<T>`] a general task's, as a `T`.
     pub fn retrieve<K: TaskKey>(&self, key: K) -> TaskResult<K::Answer> {
-        if let Some(python_key) = self.table_key(key.raw()) {
-            if self.completions.standing(python_key) == Standing::Running {
-                return not_ready(key.raw());
-            }
-        }
         self.collect(key, method::RETRIEVE)
     }
 
@@ -370,7 +378,7 @@ impl Driver {
         };
         match standing {
             Standing::Running => not_ready(key.raw()),
-            Standing::AskPython => self.collect(key, method::WAIT),
+            Standing::Settled => self.collect(key, method::WAIT),
         }
     }
 
@@ -421,23 +429,22 @@ impl Driver {
     /// answer `false` and change nothing.
     pub fn cancel(&self, key: impl TaskKey) -> bool {
         match self.table_key(key.raw()) {
-            Some(python_key) => self.cancel_python(python_key),
+            // A finished task's answer is in the table alone: no Python to ask.
+            Some(python_key) => self.completions.cancel_answered(python_key) || self.cancel_python(python_key),
             None => false,
         }
     }
 
-    /// Cancels py4cc's task `python_key`; whether it held it.
+    /// Cancels py4cc's task `python_key`; whether it was held (by py4cc, or by the table if
+    /// its answer came meanwhile).
     fn cancel_python(&self, python_key: i64) -> bool {
         let found = self.lock_for_task().and_then(|_serial| {
             self.call_python(&self.python.cancel, (python_key,), |answer| answer.extract::<bool>())
         });
         match found {
-            Ok(found) => {
-                // The pool told the table already if it held the task; this wakes anyone else
-                // waiting on the key, so that they learn it was cancelled.
-                self.completions.collected(python_key);
-                found
-            }
+            // This also wakes anyone else waiting on the key, so that they learn it was
+            // cancelled.
+            Ok(found) => self.completions.cancelled(python_key, found),
             Err(_) => false,
         }
     }
@@ -463,7 +470,9 @@ impl Driver {
         self.completions.len()
     }
 
-    /// Collects the task's answer from Python, and forgets the key if Python did.
+    /// Collects the task's answer: from the completion table (without the GIL for a demo
+    /// task's; a general task's is unpickled and converted with it), or, for a key the table
+    /// does not know, py4cc's answer (unknown key, or cancelled there).
     fn collect<K: TaskKey>(&self, key: K, call: &str) -> TaskResult<K::Answer> {
         let key = key.raw();
         if let Err(refusal) = self.access.check_task_call() {
@@ -472,10 +481,23 @@ impl Driver {
         let Some(python_key) = self.keys.python(key) else {
             return error_result(key, keys::not_ours(key));
         };
-        let answer = self
-            .lock_for_task()
-            .and_then(|_serial| self.call_python(&self.python.retrieve, (python_key,), read_result::<K>));
-        let answered = answer.is_ok();
+        let answer = match self.completions.take(python_key) {
+            Lookup::Running => return not_ready(key),
+            Lookup::Answered(answer) => self.read_delivered::<K>(answer),
+            Lookup::Gone(why) => self
+                .gone_message(python_key, why)
+                .map(|message| (ResultStatus::Error.code(), Ok(K::Answer::default()), message)),
+            Lookup::Unknown => {
+                let asked = self
+                    .lock_for_task()
+                    .and_then(|_serial| self.call_python(&self.python.retrieve, (python_key,), read_result::<K>));
+                // py4cc hands an answer over before it says a key is unknown: look again.
+                match self.completions.take(python_key) {
+                    Lookup::Answered(answer) => self.read_delivered::<K>(answer),
+                    _ => asked,
+                }
+            }
+        };
         if let Ok((code, Err(_), _)) = &answer {
             if ResultStatus::from_code(*code) == Some(ResultStatus::Done) {
                 // py4cc counted it done; its caller gets Failed (see `stats`).
@@ -486,12 +508,44 @@ impl Driver {
         if result.status == ResultStatus::Error {
             result.message = self.keys.message_about(python_key, result.message);
         }
-        // Done, Failed and Error (unknown, cancelled, expired) all mean Python holds no task
-        // under this key; a failed call tells nothing, and the entry stays.
-        if answered && result.status != ResultStatus::NotReady {
-            self.completions.collected(python_key);
-        }
         result
+    }
+
+    /// A delivered answer read as the key's type: at once if it is plain data of that type,
+    /// else with the GIL (unpickled, then converted).
+    fn read_delivered<K: TaskKey>(&self, answer: Answer) -> Result<ReadResult<K::Answer>> {
+        let Answer { flag, value, message } = answer;
+        if let Some(plain) = K::read_plain(flag, &value) {
+            return Ok((flag, Ok(plain), message));
+        }
+        let gil = Gil::acquire()?;
+        let token = gil.token();
+        let object = match value {
+            AnswerValue::Int(number) => crate::ToPython::to_python(&number, token)?,
+            AnswerValue::Nothing => token.none(),
+            AnswerValue::Pickled(bytes) => match self.python.loads.bind(&gil).call((crate::Bytes(bytes),), ()) {
+                Ok(object) => object,
+                Err(error) => {
+                    // As py4cc words it when it unpickles an answer itself.
+                    let reason = format!("the engine's answer could not be unpickled by the driver:\n{error}");
+                    return Ok((flag, Err(reason), message));
+                }
+            },
+        };
+        Ok((flag, K::read_answer(flag, &object), message))
+    }
+
+    /// py4cc's message for a key the completion table dropped.
+    fn gone_message(&self, python_key: i64, why: Gone) -> Result<String> {
+        let gil = Gil::acquire()?;
+        let message = match why {
+            Gone::Cancelled => self.python.cancelled_message.bind(&gil).call((python_key,), ())?,
+            Gone::Expired => {
+                let ttl = self.result_ttl.map(|ttl| ttl.as_secs_f64());
+                self.python.expired_message.bind(&gil).call((python_key, ttl), ())?
+            }
+        };
+        message.extract()
     }
 
     /// Stops the workers (terminated and joined; no process is left behind). Tasks not
@@ -507,6 +561,7 @@ impl Driver {
         if self.finalized.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.completions.stop_expiring();
         if let Ok(gil) = Gil::acquire() {
             // py4cc's finalize never raises; were it to, there is nothing left to undo.
             let _ = self.python.driver.bind(&gil).call_method(method::FINALIZE, (), ());
@@ -575,6 +630,10 @@ impl Driver {
         let mut stats = self.call_python(&self.python.stats, (), |answer| DriverStats::from_dict(&answer))?;
         stats.tasks_done = stats.tasks_done.saturating_sub(unconvertible);
         stats.tasks_failed += unconvertible;
+        // py4cc counted its own drops; those of answers it had handed over are the table's.
+        let (cancelled, expired) = self.completions.dropped();
+        stats.tasks_cancelled += cancelled;
+        stats.tasks_expired += expired;
         Ok(stats)
     }
 

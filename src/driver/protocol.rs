@@ -22,6 +22,9 @@ pub(super) const NOT_FINISHED_MESSAGE: &str = "The requested task is not finishe
 pub(super) const DRIVER_MODULE: &str = "py4cc.driver";
 /// See [`DRIVER_MODULE`].
 pub(super) const DRIVER_CLASS: &str = "Driver";
+/// py4cc's module that words the messages about dropped keys (`cancelled_message`,
+/// `expired_message`).
+pub(super) const COMPLETION_MODULE: &str = "py4cc.core.completion";
 
 /// The Python driver's constructor keywords, one per [`DriverOptions`](super::DriverOptions)
 /// field passed on.
@@ -57,9 +60,14 @@ pub(super) mod option {
     pub(in crate::driver) const BACKEND: &str = "backend";
     /// `ray_address: str | None`, the Ray cluster's address.
     pub(in crate::driver) const RAY_ADDRESS: &str = "ray_address";
+    /// `deliver: Callable[[list[tuple[int, int, object, str]]], object] | None`: hands the
+    /// finished tasks' answers to the completion table, in batches.
+    pub(in crate::driver) const DELIVER: &str = "deliver";
+    /// `host_held: Callable[[], int] | None`: how many answers the completion table holds.
+    pub(in crate::driver) const HOST_HELD: &str = "host_held";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 15] = [
+    pub(in crate::driver) const ALL: [&str; 17] = [
         MAX_TASKS,
         N_SUBPROCESSES,
         START_METHOD,
@@ -75,6 +83,8 @@ pub(super) mod option {
         WAIT_READABLE,
         BACKEND,
         RAY_ADDRESS,
+        DELIVER,
+        HOST_HELD,
     ];
 }
 
