@@ -17,9 +17,8 @@ holds and has not collected, cancelled or expired, to the tasks in the book.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import pickle
+from collections import OrderedDict
 from typing import Any, Callable
 
 from ..protocol import FAILED, DeliverCallback, NotifyCallback, describe

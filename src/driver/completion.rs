@@ -697,7 +697,8 @@ mod tests {
         assert_eq!(table.take(11), Lookup::Answered(answer(5)));
         let failed = Answer { flag: 2, value: AnswerValue::Nothing, message: "Traceback: x".into() };
         assert_eq!(table.take(12), Lookup::Answered(failed));
-        let pickled = Answer { flag: 0, value: AnswerValue::Pickled(b"\x80\x04K\x07.".to_vec()), message: String::new() };
+        let pickled =
+            Answer { flag: 0, value: AnswerValue::Pickled(b"\x80\x04K\x07.".to_vec()), message: String::new() };
         assert_eq!(table.take(13), Lookup::Answered(pickled));
         let wrong = host.deliver.call((gil.eval("[(1, 0, 2.5, '')]")?,), ()).unwrap_err();
         assert_eq!(wrong.python_type(), Some("TypeError"));

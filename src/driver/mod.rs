@@ -92,11 +92,12 @@ struct PythonDriver {
 ///
 /// `submit`, `retrieve`, `wait`, `wait_async` and `cancel` never panic and never return
 /// `Err`: every failure, in Python or in Rust, comes back as a status and a message. A mutex
-/// serialises the calls into Python. The pool tells the driver directly (a C function it calls)
-/// when a task finishes, so `wait` and [`wait_async`](Self::wait_async) hold neither the mutex
-/// nor the GIL while they wait, and `retrieve` of a task still running answers `NotReady`
-/// without taking either; only collecting a finished answer takes them, briefly. A thread that
-/// holds a [`Gil`] may call in too: the driver lets the GIL go while it waits.
+/// serialises the calls into Python. The pool hands finished tasks' answers to the driver
+/// directly (a C function it calls once per batch of answers), so `wait` and
+/// [`wait_async`](Self::wait_async) hold neither the mutex nor the GIL while they wait, and
+/// `retrieve`, `wait` and `wait_async` read a demo task's answer (or a failure) without taking
+/// either; a general task's answer is unpickled and converted with the GIL (not the mutex). A
+/// thread that holds a [`Gil`] may call in too: the driver lets the GIL go while it waits.
 ///
 /// Every accepted task is held (and counts against `max_tasks`) until its answer is collected
 /// by `retrieve`, `wait` or `wait_async`, it is [`cancel`](Self::cancel)led, or, once finished,
@@ -356,7 +357,8 @@ impl Driver {
     }
 
     /// Asks for a task's result without waiting. Never fails: see [`ResultStatus`]. A task
-    /// still running answers `NotReady` at once, without the GIL or the driver's mutex. An
+    /// still running answers `NotReady` at once, and a finished demo task its answer, without
+    /// the GIL or the driver's mutex (a general task's answer takes the GIL to convert). An
     /// `i64` key reads a demo task's answer, a [`Key<T>`] a general task's, as a `T`.
     pub fn retrieve<K: TaskKey>(&self, key: K) -> TaskResult<K::Answer> {
         self.collect(key, method::RETRIEVE)
@@ -385,12 +387,13 @@ impl Driver {
     /// Waits for the task's answer without blocking: a future that any executor can poll
     /// (it uses nothing but std's `Waker`), woken by the task's completion itself. While it is
     /// pending it holds neither the GIL nor the driver's mutex; once the task has finished,
-    /// the poll that answers takes both briefly to collect the answer, and so may block its
-    /// executor thread for as long as another thread holds them (one Python call, typically
-    /// tens of microseconds; the README's benchmark section gives figures under contention).
+    /// the poll that answers reads it from the driver's table without either (a general
+    /// task's answer takes the GIL, to be unpickled and converted, and so may block its
+    /// executor thread for as long as another thread holds the GIL).
     ///
     /// Dropping the future before it answers [`cancel`](Self::cancel)s the task (which takes
-    /// the mutex and the GIL in `drop`), so that a request that times out frees its place.
+    /// the mutex and the GIL in `drop` if the task has not finished), so that a request that
+    /// times out frees its place.
     /// One waiter per key: the first to collect the answer removes it.
     ///
     /// ```
