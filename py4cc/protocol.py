@@ -47,7 +47,7 @@ OPTION_NAMES = (
 
 METHOD_NAMES = (
     "initialize", "submit", "retrieve", "wait", "finalize", "worker_pids", "cancel", "held_tasks", "stats", "drain",
-    "submit_call",
+    "submit_call", "submit_many",
 )  # fmt: skip
 """The Driver's methods another language's binding calls."""
 

@@ -184,6 +184,36 @@ class TaskBook:
         or ``(ERROR, 0, why)``."""
         return self.admit(lambda key: Call(key, method, payload, demo))
 
+    def submit_many(self, calls: Sequence[tuple[str, bytes, bool] | FlagAnswer]) -> list[FlagAnswer]:
+        """``submit`` of each ``(method, payload, demo)`` in order, under one hold of the lock
+        (an answer given instead, a refusal already decided, stays as it is)."""
+        answers: list[FlagAnswer] = []
+        with self.lock:
+            why = self.refusal()
+            held = self.held()
+            admitted = False
+            for call in calls:
+                if type(call[0]) is not str:
+                    answers.append(call)  # type: ignore[arg-type]
+                elif why is not None:
+                    answers.append((ERROR, 0, why))
+                elif held >= self.options.max_tasks:
+                    answers.append((AT_CAPACITY, 0, CAPACITY_MESSAGE))
+                else:
+                    method, payload, demo = call
+                    key = self.next_key
+                    self.next_key += 1
+                    task = Task(Call(key, method, payload, demo))  # type: ignore[arg-type]
+                    self.tasks[key] = task
+                    self.pending.append(task)
+                    held += 1
+                    admitted = True
+                    answers.append((OK, key, ""))
+            sent = self.on_admitted() if admitted else None
+        if admitted:
+            self.after_admit(sent)
+        return answers
+
     def admit(self, make_call: Any) -> FlagAnswer:
         """Take the task ``make_call(key)``, unless stopping, out of order, unavailable or full."""
         with self.lock:

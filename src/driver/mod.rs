@@ -2,6 +2,7 @@
 //! behind a typed, `Send + Sync` Rust face whose task calls never fail with `Err`.
 
 mod access;
+mod combine;
 mod completion;
 mod future;
 mod general;
@@ -22,13 +23,14 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::convert::{IntoArgs, IntoKwargs};
+use crate::convert::{IntoArgs, IntoKwargs, ToPython};
 use crate::error::{Error, Result, without_py4cc_frames};
 use crate::gil::Gil;
 use crate::interpreter::{self, StartOptions};
 use crate::object::{Handle, Object};
 
 use access::{Access, INITIALIZING_MESSAGE};
+use combine::Combiner;
 use completion::{Answer, AnswerValue, Completions, Gone, Lookup, Standing};
 pub use future::TaskFuture;
 pub use general::{Key, TaskKey};
@@ -74,7 +76,7 @@ pub struct TaskResult<T = i64> {
 /// The Python driver object and its bound methods, looked up once.
 struct PythonDriver {
     driver: Handle,
-    submit: Handle,
+    submit_many: Handle,
     submit_call: Handle,
     retrieve: Handle,
     cancel: Handle,
@@ -137,6 +139,8 @@ pub struct Driver {
     access: Access,
     keys: keys::KeyRange,
     result_ttl: Option<Duration>,
+    /// Demo tasks on their way into py4cc, handed over in batches (see `combine.rs`).
+    submissions: Combiner<DemoTask, Result<(i64, i64, String)>>,
     /// Answers py4cc counted done that did not convert to the caller's type, so failed.
     unconvertible: AtomicU64,
 }
@@ -195,7 +199,7 @@ impl Driver {
         )?;
         let bound = |name| driver.getattr(name).map(Object::unbind);
         let python = PythonDriver {
-            submit: bound(method::SUBMIT)?,
+            submit_many: bound(method::SUBMIT_MANY)?,
             submit_call: bound(method::SUBMIT_CALL)?,
             retrieve: bound(method::RETRIEVE)?,
             cancel: bound(method::CANCEL)?,
@@ -208,6 +212,7 @@ impl Driver {
         };
         Ok(Driver {
             result_ttl: options.result_ttl,
+            submissions: Combiner::default(),
             calls: Mutex::new(()),
             python: ManuallyDrop::new(python),
             finalized: AtomicBool::new(false),
@@ -276,15 +281,51 @@ impl Driver {
     /// slot at the latest `result_ttl` after its task finishes; with `result_ttl: None` it
     /// keeps it until retrieved. When the driver holds `max_tasks` tasks, `submit` answers
     /// `AtCapacity`.
+    ///
+    /// Submissions from many threads at once are combined: one of the callers hands every
+    /// task queued meanwhile to py4cc in one call (one GIL acquisition), and each caller gets
+    /// its own answer, exactly as if the tasks had been submitted one after the other.
     pub fn submit(&self, float_features: &[f64], str_features: &[impl AsRef<str>], int_feature: i64) -> TaskReceipt {
-        let str_features: Vec<&str> = str_features.iter().map(AsRef::as_ref).collect();
         let answer = self.access.check_task_call().map_err(Error::Unavailable).and_then(|()| {
-            let _serial = self.lock_for_task()?;
-            self.call_python(&self.python.submit, (float_features, str_features, int_feature), |answer| {
-                answer.extract()
-            })
+            let task = DemoTask {
+                float_features: float_features.to_vec(),
+                str_features: str_features.iter().map(|text| text.as_ref().to_owned()).collect(),
+                int_feature,
+            };
+            self.submissions.submit(task, |batch| self.submit_batch(batch))
         });
         self.receipt(answer, method::SUBMIT)
+    }
+
+    /// py4cc's answers to a batch of demo tasks, one each, in order (the combiner's call).
+    fn submit_batch(&self, batch: Vec<DemoTask>) -> Vec<Result<(i64, i64, String)>> {
+        let count = batch.len();
+        let answers = self.lock_for_task().and_then(|_serial| {
+            let gil = Gil::acquire()?;
+            let token = gil.token();
+            let tasks = Object::new_list(
+                token,
+                batch.iter().map(|task| {
+                    (task.float_features.as_slice(), task.str_features.as_slice(), task.int_feature).to_python(token)
+                }),
+            )?;
+            let answers: Vec<(i64, i64, String)> = self.python.submit_many.bind(&gil).call((tasks,), ())?.extract()?;
+            if answers.len() != count {
+                return Err(Error::Conversion(format!("py4cc answered {} of {count} tasks", answers.len())));
+            }
+            Ok(answers)
+        });
+        match answers {
+            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            Err(error) => {
+                // Every task of the batch gets the failure, worded as `receipt` words it.
+                let message = match error {
+                    Error::Unavailable(message) => message,
+                    error => format!("{} failed: {error}", method::SUBMIT),
+                };
+                (0..count).map(|_| Err(Error::Unavailable(message.clone()))).collect()
+            }
+        }
     }
 
     /// Submits one general task: the Engine's `call_method` (`run` by default) is called as
@@ -723,6 +764,13 @@ impl Drop for Driver {
         // SAFETY: the one place `python` is dropped; nothing uses it afterwards.
         unsafe { ManuallyDrop::drop(&mut self.python) };
     }
+}
+
+/// A demo task queued for the combiner (owned: another thread may hand it over).
+struct DemoTask {
+    float_features: Vec<f64>,
+    str_features: Vec<String>,
+    int_feature: i64,
 }
 
 /// A read `(flag, answer, message)`: the answer apart, as it may not read as the key's type.

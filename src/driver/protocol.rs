@@ -112,10 +112,25 @@ pub(super) mod method {
     pub(in crate::driver) const DRAIN: &str = "drain";
     /// `submit_call(args, kwargs) -> (flag, key, message)`, a general task.
     pub(in crate::driver) const SUBMIT_CALL: &str = "submit_call";
+    /// `submit_many([(float_features, str_features, int_feature), ...]) -> [(flag, key,
+    /// message), ...]`: several demo tasks, answered in order as `submit` would.
+    pub(in crate::driver) const SUBMIT_MANY: &str = "submit_many";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 11] =
-        [INITIALIZE, SUBMIT, RETRIEVE, WAIT, FINALIZE, WORKER_PIDS, CANCEL, HELD_TASKS, STATS, DRAIN, SUBMIT_CALL];
+    pub(in crate::driver) const ALL: [&str; 12] = [
+        INITIALIZE,
+        SUBMIT,
+        RETRIEVE,
+        WAIT,
+        FINALIZE,
+        WORKER_PIDS,
+        CANCEL,
+        HELD_TASKS,
+        STATS,
+        DRAIN,
+        SUBMIT_CALL,
+        SUBMIT_MANY,
+    ];
 }
 
 /// The Python driver's attribute holding how many worker processes run (the only one read).
