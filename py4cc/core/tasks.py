@@ -203,7 +203,7 @@ class TaskBook:
                     method, payload, demo = call
                     key = self.next_key
                     self.next_key += 1
-                    task = Task(Call(key, method, payload, demo))  # type: ignore[arg-type]
+                    task = Task(Call(key, method, payload, demo))
                     self.tasks[key] = task
                     self.pending.append(task)
                     held += 1
