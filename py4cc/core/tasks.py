@@ -501,7 +501,9 @@ class TaskBook:
         """The first step of a stop (lock held): refuse new tasks, fail the unfinished ones,
         wake every waiter."""
         self.closed = True
-        for task in self.tasks.values():
+        # A copy: a host that keeps the answers takes each task off the book as it is
+        # announced, which a backend that announces at once (Ray) does inside complete.
+        for task in list(self.tasks.values()):
             if not task.done:
                 self.failed_by_stop += 1
                 self.complete(task, FAILED, -1, "the driver was finalized before this task finished")

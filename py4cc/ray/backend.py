@@ -689,7 +689,7 @@ class RayBackend(TaskBook):
             if self.closed:
                 return
             self.lost = message
-            for task in self.tasks.values():
+            for task in list(self.tasks.values()):  # complete may hand it to the host
                 self.complete(task, FAILED, -1, message)
             self.pending.clear()
             for actor in self.actors:
