@@ -195,9 +195,9 @@ class DeliverTest(DriverTestCase):
         self.assertEqual(host.answers[timed_out][:2], (2, -1))
         unfinished = [d.submit(*sleeping(30))[1] for _ in range(3)]
         # As the Ray backend does: each answer announced (and handed over) inside complete.
-        d._pool.ANNOUNCE_AT_ONCE = True  # type: ignore[union-attr]
+        d._pool.ANNOUNCE_AT_ONCE = True
         d.finalize()
-        self.assertEqual(d._pool.finished, True)  # type: ignore[union-attr]
+        self.assertEqual(d._pool.finished, True)
         for key in unfinished:
             self.assertEqual(host.answers[key][0], 2)
             self.assertIn("finalized", host.answers[key][2])
