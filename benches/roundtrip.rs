@@ -31,7 +31,9 @@
 //! host's descendants, so the Ray rows show no workers' CPU.
 //!
 //! `cargo bench --bench roundtrip [-- --tasks 3000,20000 --threads 1,16,64 --workers 2
-//! --rounds 3 --rust-only --sync-only --no-futex]`; `RS4PY_ROUNDTRIP_TASKS=500,3000` sets the
+//! --rounds 3 --rust-only --sync-only --no-futex --batching 32,0.5]`; `--batching MAX_SIZE,MAX_WAIT_MS` adds
+//! rows of the Rust Driver with `DriverOptions::batching` on (the no-op Engine has no
+//! `run_batch`: its worker calls `run` per task of a batch); `RS4PY_ROUNDTRIP_TASKS=500,3000` sets the
 //! counts too (a quick run). One count alone gives the average CPU per task, start-up included.
 //! `RS4PY_ROUNDTRIP_SHOW_THREADS=1` prints the host's Python threads and their thread ids, for
 //! reading a profiler's per-thread figures.
@@ -69,7 +71,7 @@ use std::task::{Context, Poll};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rs4py::{Backend, Driver, DriverOptions, ResultStatus, StartMethod, SubmitStatus};
+use rs4py::{Backend, Batching, Driver, DriverOptions, ResultStatus, StartMethod, SubmitStatus};
 
 const FLOATS: [f64; 2] = [1.5, -2.25];
 const STRS: [&str; 3] = ["abc", "de", "f"];
@@ -344,11 +346,16 @@ fn rust_driver(
     workers: usize,
     pass: Pass,
     ray: Option<&str>,
+    batching: Option<Batching>,
 ) -> (Vec<Row>, Duration) {
-    let (name, backend) = match ray {
-        None => (RUST_SYNC, Backend::Local),
-        Some(address) => ("Rust Driver on Ray (submit, wait)", Backend::Ray { address: Some(address.into()) }),
+    let (name, backend) = match (ray, batching) {
+        (None, None) => (RUST_SYNC.to_owned(), Backend::Local),
+        (None, Some(batching)) => (batching_name(batching), Backend::Local),
+        (Some(address), _) => {
+            ("Rust Driver on Ray (submit, wait)".to_owned(), Backend::Ray { address: Some(address.into()) })
+        }
     };
+    let name = name.as_str();
     let driver = Arc::new(
         Driver::new(DriverOptions {
             engine: "roundtrip_engine:NoopEngine".into(),
@@ -357,6 +364,7 @@ fn rust_driver(
             start_method: StartMethod::Forkserver,
             max_tasks: 1024,
             backend,
+            batching,
             ..Default::default()
         })
         .expect("driver"),
@@ -400,6 +408,11 @@ fn rust_driver(
     }
     driver.finalize();
     (rows, longest_poll)
+}
+
+/// The name of the Rust Driver's rows with `batching`.
+fn batching_name(batching: Batching) -> String {
+    format!("Rust Driver, batching {}/{:.1}ms", batching.max_size, batching.max_wait.as_secs_f64() * 1e3)
 }
 
 /// For profiling (`RS4PY_ROUNDTRIP_SHOW_THREADS=1`): prints this process's id and its
@@ -513,6 +526,7 @@ fn main() {
     let mut anchors = true;
     let mut with_async = true;
     let mut with_futex = true;
+    let mut batching = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} wants a value"));
@@ -524,6 +538,16 @@ fn main() {
             "--rust-only" => anchors = false, // for profiling
             "--sync-only" => with_async = false,
             "--no-futex" => with_futex = false,
+            "--batching" => {
+                let text = value();
+                let (size, wait_ms) = text.split_once(',').expect("--batching MAX_SIZE,MAX_WAIT_MS");
+                batching = Some(Batching {
+                    max_size: size.parse().expect("--batching MAX_SIZE,MAX_WAIT_MS"),
+                    max_wait: Duration::from_secs_f64(
+                        wait_ms.parse::<f64>().expect("--batching MAX_SIZE,MAX_WAIT_MS") / 1e3,
+                    ),
+                });
+            }
             _ => {} // cargo bench passes --bench
         }
     }
@@ -533,17 +557,22 @@ fn main() {
     let mut longest_polls = Vec::new();
     let ray = workload::ray_cluster();
     for _ in 0..rounds {
-        let (ours, longest_poll) = rust_driver(&threads, &counts, workers, Pass::Timing { with_async }, None);
+        let (ours, longest_poll) = rust_driver(&threads, &counts, workers, Pass::Timing { with_async }, None, None);
         longest_polls.push(longest_poll);
         rows.extend(ours);
+        if batching.is_some() {
+            let timing = Pass::Timing { with_async: false };
+            rows.extend(rust_driver(&threads, &counts, workers, timing, None, batching).0);
+        }
         if let Some(address) = &ray {
-            rows.extend(rust_driver(&threads, &counts, workers, Pass::Timing { with_async: false }, Some(address)).0);
+            let timing = Pass::Timing { with_async: false };
+            rows.extend(rust_driver(&threads, &counts, workers, timing, Some(address), None).0);
         }
         if anchors {
             rows.extend(python_anchors(&threads, &counts, workers));
         }
         if with_futex {
-            futex_rows.extend(rust_driver(&threads, &counts, workers, Pass::Futex, None).0);
+            futex_rows.extend(rust_driver(&threads, &counts, workers, Pass::Futex, None, None).0);
         }
     }
 

@@ -119,7 +119,7 @@ from typing import Any, Callable
 from .calls import Calls
 from .core.tasks import TaskBook
 from .local.pool import Pool
-from .options import Options, build_options
+from .options import Batching, Options, build_options
 from .protocol import (
     AT_CAPACITY,
     CAPACITY_MESSAGE,
@@ -213,6 +213,7 @@ class Driver(Calls):
         wait_readable: Callable[[list[int], float | None], list[tuple[int, int]]] | None = None,
         backend: str = "local",
         ray_address: str | None = None,
+        batching: Batching | Sequence[float] | None = None,
     ) -> None:
         """Store the options; nothing is checked or started until ``initialize``.
 
@@ -268,6 +269,16 @@ class Driver(Calls):
         (``"host:port"``), or None to start a local Ray instance for this process;
         ``n_subprocesses`` is then the number of actors (``<= 0``: one per CPU of the
         cluster). The calls and their answers are the same with either.
+
+        ``batching`` (keyword only): None (tasks go one at a time), or
+        :class:`~py4cc.options.Batching` ``(max_size, max_wait)`` (or such a pair): when a
+        worker (or actor) is free it takes up to ``max_size`` queued tasks, in queue order,
+        as one batch, waiting for more until the oldest queued task has waited ``max_wait``
+        seconds (not at all once the batch is full); the Engine's ``run_batch(calls)``
+        answers them at once (else its ``run`` is called once per task, in the worker).
+        Each task keeps its key, answer, cancel and capacity; ``task_timeout`` bounds a
+        batch's whole run (a batch is one model call), and a worker lost during a batch
+        fails that batch's tasks. ``prefetch`` does not apply while batching.
         """
         self.max_tasks = max_tasks
         self.n_subprocesses = n_subprocesses
@@ -289,6 +300,7 @@ class Driver(Calls):
         self.wait_readable = wait_readable
         self.backend = backend
         self.ray_address = ray_address
+        self.batching = batching
         self.float_feature_names: list[str] = []
         self.str_feature_names: list[str] = []
         self.config: Any = None
@@ -345,6 +357,7 @@ class Driver(Calls):
                 wait_readable=self.wait_readable,
                 backend=self.backend,
                 ray_address=self.ray_address,
+                batching=self.batching,
             )
             pool = make_backend(options)
             pool.start()

@@ -21,6 +21,11 @@ The Engine protocol (which a user's own Engine class follows too; ``Driver(engin
 a value ``<= 0`` means failure (flag 2) and ``message`` should say why. A user's ``run``
 may also raise: the driver turns the exception into flag 2 with its traceback. The demo
 Engine never raises: any exception becomes ``(-1, <traceback text>)``.
+
+With ``Driver(batching=...)`` an Engine may also have ``run_batch(calls)``: ``calls`` is a
+list of ``(args, kwargs)`` pairs, in queue order, and it answers a list of the same length
+and order, each item what ``run`` would answer for that call, or an ``Exception`` instance
+that fails that task alone. Without it the worker calls ``run`` once per task.
 """
 
 from __future__ import annotations
@@ -93,3 +98,20 @@ class Engine:
             return z, ""
         except Exception:
             return -1, traceback.format_exc()
+
+    def run_batch(self, calls: Sequence[tuple[Sequence[Any], dict[str, Any]]]) -> list[tuple[int, str]]:
+        """``run``'s answer for each ``(args, kwargs)`` of ``calls``, in order, with ONE sleep
+        for the whole batch: the longest of its tasks' sleeps, as a vectorised model takes
+        about as long for a batch as for its costliest row. Never raises."""
+        answers: list[tuple[int, str]] = []
+        longest = 0.0
+        for args, kwargs in calls:
+            try:
+                z = big_model(*args, **kwargs)
+                longest = max(longest, task_sleep_seconds(z))
+                answers.append((z, ""))
+                self.tasks_run += 1
+            except Exception:
+                answers.append((-1, traceback.format_exc()))
+        time.sleep(longest)
+        return answers

@@ -10,7 +10,7 @@ import numbers
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from .protocol import (
     DEFAULT_CALL_METHOD,
@@ -23,6 +23,17 @@ from .protocol import (
     short_repr,
 )
 from .worker import WorkerSetup
+
+
+class Batching(NamedTuple):
+    """Dynamic batching (``Driver(batching=...)``): when a worker is free it takes up to
+    ``max_size`` queued tasks, in queue order, as one batch; with fewer queued it waits for
+    more until the oldest has waited ``max_wait`` seconds (never when the batch is full)."""
+
+    max_size: int
+    """The most tasks in one batch, >= 1."""
+    max_wait: float
+    """Seconds the oldest queued task may wait for a batch to fill, finite and >= 0."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,8 @@ class Options:
     ray_address: str | None = None
     """The Ray cluster to connect to (``"host:port"`` or ``"auto"``); None: start a local
     Ray instance for this process. Only for the ``"ray"`` backend."""
+    batching: Batching | None = None
+    """Dynamic batching (None: tasks go one by one, as ``prefetch`` says)."""
 
 
 def build_options(
@@ -92,6 +105,7 @@ def build_options(
     wait_readable: Any = None,
     backend: Any = "local",
     ray_address: Any = None,
+    batching: Any = None,
 ) -> Options:
     """Check every option (in this order) and resolve ``n_subprocesses`` (for the Ray
     backend, ``<= 0`` stays 0: the backend counts the cluster's CPUs once connected).
@@ -128,6 +142,7 @@ def build_options(
     if wait_readable is not None and not callable(wait_readable):
         raise TypeError(f"wait_readable must be None or a callable (fds, timeout_ms), got {describe(wait_readable)}")
     address = check_ray_address(ray_address, backend)
+    batches = check_batching(batching)
     if preloaded is not None and backend == "ray":
         raise ValueError(
             f"preload={preloaded!r} is for the local pool's worker processes; with backend='ray' "
@@ -150,6 +165,7 @@ def build_options(
         wait_readable=wait_readable,
         backend=backend,
         ray_address=address,
+        batching=batches,
     )
 
 
@@ -219,6 +235,29 @@ def check_timeout(name: str, value: Any) -> float | None:
     if not (seconds > 0) or math.isinf(seconds):
         raise problem
     return seconds
+
+
+def check_batching(value: Any) -> Batching | None:
+    """None, or a :class:`Batching` (or a 2-sequence ``(max_size, max_wait)``) checked:
+    ``max_size`` an int >= 1, ``max_wait`` a finite number of seconds >= 0 (bools refused)."""
+    if value is None:
+        return None
+    shape = "batching must be None, py4cc.options.Batching(max_size, max_wait) or a (max_size, max_wait) pair"
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{shape}, got {describe(value)}")
+    max_size, max_wait = value
+    if not is_int(max_size) or max_size < 1:
+        raise ValueError(f"batching: max_size must be an int >= 1, got {describe(max_size)}")
+    problem = ValueError(f"batching: max_wait must be a finite number of seconds >= 0, got {describe(max_wait)}")
+    if not is_real(max_wait):
+        raise problem
+    try:
+        seconds = float(max_wait)
+    except (OverflowError, ValueError, TypeError):
+        raise problem from None
+    if not (seconds >= 0) or math.isinf(seconds):
+        raise problem
+    return Batching(int(max_size), seconds)
 
 
 BACKENDS = ("local", "ray")

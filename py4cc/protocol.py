@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import pickle
 import signal
+import struct
 import traceback
+from collections.abc import Sequence
 from typing import Any, Callable, NamedTuple, Union
 
 # -- the answers' flags and fixed messages ---------------------------------------------
@@ -41,7 +43,7 @@ PRELOAD_CHOICES = (None, "module", "engine")
 OPTION_NAMES = (
     "max_tasks", "n_subprocesses", "start_method", "engine", "task_timeout", "init_timeout",
     "notify", "result_ttl", "worker_env", "worker_output", "call_method", "preload", "wait_readable",
-    "backend", "ray_address", "deliver", "host_held",
+    "backend", "ray_address", "batching", "deliver", "host_held",
 )  # fmt: skip
 """The Driver's keyword options another language's binding passes."""
 
@@ -59,6 +61,7 @@ STAT_NAMES = (
     "run_time_p50", "run_time_p99", "run_time_samples",
     "workers_degraded", "last_worker_failure",
     "cluster", "cluster_lost",
+    "batches", "batch_size_mean", "batch_size_p50", "batch_size_p99", "queue_wait_p50_s", "queue_wait_p99_s",
 )  # fmt: skip
 """The keys of ``Driver.stats()``, in order (see :mod:`py4cc.core.stats`)."""
 
@@ -208,11 +211,20 @@ def encode_call(call: Call | None) -> bytes:
     return _dumps(None if call is None else call[:], _PROTOCOL)
 
 
-def decode_call(data: bytes) -> Call | None:
-    """The Call (or STOP) that :func:`encode_call` made."""
+def encode_batch(calls: Sequence[Call]) -> bytes:
+    """The bytes of a batch: ONE message holding its Calls, in queue order (a list, where a
+    single Call is a tuple). The worker answers it with one write of one Answer per Call."""
+    return _dumps([call[:] for call in calls], _PROTOCOL)
+
+
+def decode_call(data: bytes) -> Call | list[Call] | None:
+    """The Call, the batch (a list of Calls) or STOP that :func:`encode_call` or
+    :func:`encode_batch` made."""
     fields = _loads(data)
     if fields is None:
         return None
+    if type(fields) is list:
+        return [_as_tuple(Call, one) for one in fields]
     return _as_tuple(Call, fields)
 
 
@@ -267,6 +279,48 @@ def decode_report(data: bytes) -> Any:
     if type(report) is tuple and len(report) == 6:
         return _as_tuple(Answer, report)
     return report
+
+
+# -- framing: what Connection.send_bytes puts around a message -----------------------------
+
+_LENGTH = struct.Struct("!i")
+_LONG_LENGTH = struct.Struct("!Q")
+_LONG_MARK = _LENGTH.pack(-1)
+
+
+def frame(message: bytes) -> bytes:
+    """``message`` framed as ``Connection.send_bytes`` frames it (a 4-byte big-endian length,
+    or -1 and an 8-byte length from 2 GiB on), so that several can go in one write."""
+    size = len(message)
+    if size < 0x7FFFFFFF:
+        return _LENGTH.pack(size) + message
+    return _LONG_MARK + _LONG_LENGTH.pack(size) + message
+
+
+def take_messages(inbox: bytearray) -> list[bytes]:
+    """Remove the whole messages at the front of ``inbox`` (framed as :func:`frame` and
+    ``Connection.send_bytes`` do) and return them; a partial one stays for the rest.
+
+    Reading a pipe this way takes in every message waiting with one read, where
+    ``Connection.poll`` and ``recv_bytes`` would cost two reads and two polls per message.
+    """
+    messages = []
+    at = 0
+    end = len(inbox)
+    while end - at >= 4:
+        (size,) = _LENGTH.unpack_from(inbox, at)
+        start = at + 4
+        if size == -1:
+            if end - start < 8:
+                break
+            (size,) = _LONG_LENGTH.unpack_from(inbox, start)
+            start += 8
+        if start + size > end:
+            break
+        messages.append(bytes(inbox[start : start + size]))
+        at = start + size
+    del inbox[:at]
+    return messages
 
 
 # -- describing values and exits in messages -------------------------------------------

@@ -27,7 +27,9 @@ from .protocol import (
     decode_call,
     describe,
     encode_report,
+    frame,
     pickle_answer,
+    take_messages,
 )
 
 
@@ -91,27 +93,27 @@ def run_call(engine: Any, call: Call) -> Answer:
         return Answer(key, FAILED, failed_value, traceback.format_exc(), time.perf_counter() - started)
     run_s = time.perf_counter() - started
     if call.demo:
-        return check_answer(key, value)._replace(run_s=run_s)
+        return check_answer(key, value, run_s)
     return pickle_answer(key, value, run_s)
 
 
-def check_answer(key: int, answer: Any) -> Answer:
+def check_answer(key: int, answer: Any, run_s: float = 0.0) -> Answer:
     """The Answer for what ``Engine.run`` returned: a ``(value: int, message: str)`` pair,
     ``value > 0`` for a result. May raise when a strange answer's checks do (a user's int
     subclass whose comparison raises, say)."""
     pair = "Engine.run must return a (value: int, message: str) pair"
     if not (isinstance(answer, tuple) and len(answer) == 2):
-        return Answer(key, FAILED, -1, f"{pair}; it returned {describe(answer)}")
+        return Answer(key, FAILED, -1, f"{pair}; it returned {describe(answer)}", run_s)
     value, message = answer
     if not isinstance(value, int) or isinstance(value, bool):
-        return Answer(key, FAILED, -1, f"{pair}; its value was {describe(value)}")
+        return Answer(key, FAILED, -1, f"{pair}; its value was {describe(value)}", run_s)
     if not isinstance(message, str):
-        return Answer(key, FAILED, -1, f"{pair}; its message was {describe(message)}")
+        return Answer(key, FAILED, -1, f"{pair}; its message was {describe(message)}", run_s)
     if value > 0:
-        return Answer(key, OK, int(value), str(message))
+        return Answer(key, OK, int(value), str(message), run_s)
     if not message:
         message = f"the model answered {value} (a value <= 0 means the model failed)"
-    return Answer(key, FAILED, int(value), str(message))
+    return Answer(key, FAILED, int(value), str(message), run_s)
 
 
 def unchecked_answer(key: int) -> Answer:
@@ -220,17 +222,148 @@ def worker_main(
         return  # the parent has gone away
 
 
+READ_SIZE = 1 << 16
+"""The most one read of the parent's pipe takes in."""
+
+
 def serve(conn: Any, engine: Any) -> None:
-    """Answer tasks one at a time, in the order they come, until STOP or EOF."""
+    """Answer tasks in the order they come, until STOP or EOF.
+
+    Every read takes in all that is waiting (one wake-up for many messages). A single Call
+    is answered as soon as it has run (prefetched ones wait in the buffer meanwhile); a
+    batch (one message, a list of Calls) is answered with ONE write of one Answer per Call.
+    """
+    fd = conn.fileno()
+    inbox = bytearray()
     while True:
         try:
-            call = decode_call(conn.recv_bytes())
-        except (EOFError, OSError):
+            data = os.read(fd, READ_SIZE)
+        except OSError:
             return
-        if call is None:
+        if not data:
             return
+        inbox += data
+        for message in take_messages(inbox):
+            call = decode_call(message)
+            if call is None:
+                return
+            if isinstance(call, list):
+                answers = run_batch(engine, call)
+            else:
+                try:
+                    answers = [run_call(engine, call)]
+                except Exception:  # checking a strange answer failed: fail the task, not the worker
+                    answers = [unchecked_answer(call.key)]
+            write_all(fd, b"".join([frame(encode_report(answer)) for answer in answers]))
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (a blocking pipe): one write, unless it was short."""
+    while True:
+        written = os.write(fd, data)
+        if written == len(data):
+            return
+        data = data[written:]
+
+
+def batch_method(method: str) -> str:
+    """The Engine's batch method for tasks of ``method``: ``run_batch`` for ``run``, else
+    ``<method>_batch``."""
+    return f"{method}_batch"
+
+
+def run_batch(engine: Any, calls: list[Call]) -> list[Answer]:
+    """A batch's Answers, one per Call, in order; never raises.
+
+    Calls of the same method and kind (demo or not), in queue order, go to the Engine's
+    ``<method>_batch(calls)`` (``run_batch`` for ``run``) as a list of ``(args, kwargs)``
+    pairs; it answers a list of the same length and order, whose items are answers as
+    ``<method>`` gives them, or ``Exception`` instances that fail their task alone. Without
+    such a method the worker calls ``<method>`` once per task. A task's run time is its
+    group's time divided by the group's size (one clock reading pair per group).
+    """
+    answers: dict[int, Answer] = {}
+    groups: dict[tuple[str, bool], list[tuple[Call, tuple[Any, ...], dict[str, Any]]]] = {}
+    for call in calls:
         try:
-            answer = run_call(engine, call)
-        except Exception:  # checking a strange answer failed: fail the task, not the worker
-            answer = unchecked_answer(call.key)
-        conn.send_bytes(encode_report(answer))
+            args, kwargs = decode_arguments(call.payload)
+        except BaseException:
+            text = "the task's arguments could not be unpickled:\n" + traceback.format_exc()
+            answers[call.key] = Answer(call.key, FAILED, -1 if call.demo else None, text)
+            continue
+        groups.setdefault((call.method, call.demo), []).append((call, args, kwargs))
+    for (method, demo), group in groups.items():
+        for answer in run_group(engine, method, demo, group):
+            answers[answer.key] = answer
+    return [answers[call.key] for call in calls]
+
+
+def run_group(
+    engine: Any, method: str, demo: bool, group: list[tuple[Call, tuple[Any, ...], dict[str, Any]]]
+) -> list[Answer]:
+    """The Answers of one group of a batch (see :func:`run_batch`)."""
+    failed_value = -1 if demo else None
+    batched = getattr(engine, batch_method(method), None)
+    started = time.perf_counter()
+    if batched is None:
+        single = getattr(engine, method)
+        values: list[Any] = []
+        for _, args, kwargs in group:
+            try:
+                values.append(single(*args, **kwargs))
+            except BaseException as exc:  # a user's method may raise anything
+                values.append(RaisedInRun(exc, traceback.format_exc()))
+    else:
+        try:
+            values = batched([(args, kwargs) for _, args, kwargs in group])
+        except BaseException:
+            text = f"Engine.{batch_method(method)} raised for the batch of {len(group)} tasks:\n"
+            text += traceback.format_exc()
+            run_s = (time.perf_counter() - started) / len(group)
+            return [Answer(call.key, FAILED, failed_value, text, run_s) for call, _, _ in group]
+        if type(values) is not list or len(values) != len(group):
+            size = f"a list of length {len(values)}" if isinstance(values, list) else describe(values)
+            text = (
+                f"Engine.{batch_method(method)} must return a list of {len(group)} answers "
+                f"(one per call, in order); it returned {size}"
+            )
+            run_s = (time.perf_counter() - started) / len(group)
+            return [Answer(call.key, FAILED, failed_value, text, run_s) for call, _, _ in group]
+    run_s = (time.perf_counter() - started) / len(group)
+    answers = []
+    for (call, _, _), value in zip(group, values):
+        key = call.key
+        if isinstance(value, RaisedInRun):
+            answers.append(Answer(key, FAILED, failed_value, value.text, run_s))
+        elif isinstance(value, BaseException):
+            answers.append(Answer(key, FAILED, failed_value, exception_text(value), run_s))
+        elif demo:
+            try:
+                answers.append(check_answer(key, value, run_s))
+            except Exception:
+                answers.append(unchecked_answer(key))
+        else:
+            answers.append(pickle_answer(key, value, run_s))
+    return answers
+
+
+class RaisedInRun:
+    """What a task's ``run`` raised when the worker ran a batch task by task (kept apart from
+    an exception that ``run`` answered as its value)."""
+
+    __slots__ = ("exc", "text")
+
+    def __init__(self, exc: BaseException, text: str) -> None:
+        self.exc = exc
+        self.text = text
+
+
+def exception_text(exc: BaseException) -> str:
+    """An exception a batch answered for one task, as that task's message: its traceback if
+    it has one (it was raised), else its type and message."""
+    try:
+        if exc.__traceback__ is not None:
+            return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return "".join(traceback.format_exception_only(type(exc), exc)).rstrip("\n")
+    except Exception:
+        return f"{type(exc).__name__} (its message could not be formatted)"

@@ -80,8 +80,8 @@ mod object;
 
 pub use convert::{Bytes, FromPython, IntoArgs, IntoKwargs, ToPython};
 pub use driver::{
-    Backend, Driver, DriverOptions, DriverState, DriverStats, Key, Preload, ResultStatus, StartMethod, SubmitStatus,
-    TaskFuture, TaskKey, TaskReceipt, TaskResult, WorkerLine, WorkerOutput, WorkerStream,
+    Backend, Batching, Driver, DriverOptions, DriverState, DriverStats, Key, Preload, ResultStatus, StartMethod,
+    SubmitStatus, TaskFuture, TaskKey, TaskReceipt, TaskResult, WorkerLine, WorkerOutput, WorkerStream,
 };
 pub use error::{Error, PythonException, Result};
 pub use gil::{Gil, GilToken, gil_acquisitions};

@@ -9,7 +9,7 @@
 //! The Driver's completion path gets the same check: the pool's notifier called from Python,
 //! `retrieve` answered from the completion table, `cancel` in several states, results that
 //! expire, and `wait_async` futures dropped while pending. So do a Driver's general tasks,
-//! with every answer type.
+//! with every answer type, and tasks run in batches (`DriverOptions::batching`).
 
 #[allow(dead_code)]
 #[path = "common/workers.rs"]
@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use pyo3_ffi as ffi;
 use rs4py::{
-    Bytes, Driver, DriverOptions, Error, FromPython, Gil, Handle, IntoArgs, Object, ResultStatus, SubmitStatus,
-    TaskResult, ToPython,
+    Batching, Bytes, Driver, DriverOptions, Error, FromPython, Gil, Handle, IntoArgs, Object, ResultStatus,
+    SubmitStatus, TaskResult, ToPython,
 };
 
 #[path = "common/submit.rs"]
@@ -398,4 +398,68 @@ fn general_tasks_of_every_answer_type_leak_no_reference() {
     println!("general task rounds: {GENERAL_ROUNDS} of 13 tasks (after {GENERAL_WARM_UP} to warm up)");
     // One reference leaked per task would grow the total by 13 * GENERAL_ROUNDS.
     assert_counts_kept(&format!("{GENERAL_ROUNDS} rounds"), before, after, 50);
+}
+
+/// More batches than the pool's batch-size window keeps (1024), so that it is full before the
+/// count begins.
+const BATCH_WARM_UP: usize = 1_100;
+const BATCH_ROUNDS: usize = 300;
+
+/// One round of the batch path: a task cancelled while it waits for its batch, then one full
+/// batch of 4 (one item failing alone), each answer read with `wait`.
+fn batch_round(driver: &Driver, round: usize) {
+    let n = round as i64;
+    let cancelled = driver.submit_call::<i64>((n,), ());
+    assert!(driver.cancel(cancelled.key));
+    let keys: Vec<_> = [Some(n), None, Some(n + 1), Some(n + 2)]
+        .into_iter()
+        .map(|item| match item {
+            Some(value) => driver.submit_call::<i64>((value,), ()).key,
+            None => driver.submit_call::<i64>(("raise",), ()).key,
+        })
+        .collect();
+    for (key, want) in keys.into_iter().zip([Some(2 * n), None, Some(2 * n + 2), Some(2 * n + 4)]) {
+        let result = driver.wait(key, Duration::from_secs(30));
+        match want {
+            Some(value) => assert_eq!((result.status, result.value), (ResultStatus::Done, value), "{}", result.message),
+            None => assert_eq!(
+                (result.status, result.message.as_str()),
+                (ResultStatus::Failed, "ValueError: bad item at 1")
+            ),
+        }
+    }
+}
+
+#[test]
+fn batched_tasks_leak_no_reference() {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let driver = Driver::new(DriverOptions {
+        engine: "py4cc_batch_engines:BatchEngine".into(),
+        python_path: vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py4cc/tests/engines")],
+        n_subprocesses: 1,
+        // A batch forms only once full: exactly one batch of 4 per round.
+        batching: Some(Batching { max_size: 4, max_wait: Duration::from_secs(60) }),
+        worker_output: Some(workers::captured_output()),
+        ..Default::default()
+    })
+    .unwrap();
+    driver.initialize("{}", &["x"], &["s"]).unwrap();
+    // Each round cancels a task: the pool's memory of dropped keys must be full first.
+    for value in 0..REMEMBERED_KEYS {
+        assert!(driver.cancel(driver.submit_call::<i64>((value as i64,), ()).key));
+    }
+    for round in 0..BATCH_WARM_UP {
+        batch_round(&driver, round);
+    }
+    let before = collect_and_count(&Gil::acquire().unwrap());
+    for round in BATCH_WARM_UP..BATCH_WARM_UP + BATCH_ROUNDS {
+        batch_round(&driver, round);
+    }
+    let after = collect_and_count(&Gil::acquire().unwrap());
+    assert_eq!(driver.stats().unwrap().batches, (BATCH_WARM_UP + BATCH_ROUNDS) as u64);
+    driver.finalize();
+
+    println!("batch rounds: {BATCH_ROUNDS} of a cancelled task and a batch of 4 (after {BATCH_WARM_UP} to warm up)");
+    // One reference leaked per task would grow the total by 5 * BATCH_ROUNDS.
+    assert_counts_kept(&format!("{BATCH_ROUNDS} rounds"), before, after, 50);
 }

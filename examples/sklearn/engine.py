@@ -11,6 +11,11 @@ The Engine answers general tasks (``Driver::submit_call``) in two forms:
   ``np.frombuffer`` (no Python object per number): it answers the same two arrays as bytes
   (little-endian i64 and f64).
 
+With batching (``DriverOptions::batching``) the worker hands the Engine a whole batch of
+requests at once: ``run_batch(calls)`` stacks every request's rows into one matrix, predicts it
+with one ``predict`` and one ``predict_proba``, and splits the answers back per request, each
+in its request's form; a request whose rows do not fit the model fails alone.
+
 Either way it answers plain Python values, never numpy ones: an answer is unpickled in the
 service's own process (which would then import numpy) and rs4py converts lists and bytes,
 not arrays.
@@ -41,17 +46,45 @@ class IrisEngine:
         if self.n_features != self.model.n_features_in_:
             raise ValueError(f"the model takes {self.model.n_features_in_} features, got names for {self.n_features}")
 
-    def run(self, rows=None, packed=None):
-        """The predicted labels and every class's probability for each row (flattened)."""
+    def features(self, rows=None, packed=None):
+        """A request's rows as an (n, n_features) float64 matrix."""
         if packed is not None:
-            features = np.frombuffer(packed, dtype="<f8").reshape(-1, self.n_features)
-        else:
-            features = np.asarray(rows, dtype=np.float64).reshape(-1, self.n_features)
-        labels = self.model.predict(features)
-        probabilities = self.model.predict_proba(features)
-        if packed is not None:
+            return np.frombuffer(packed, dtype="<f8").reshape(-1, self.n_features)
+        return np.asarray(rows, dtype=np.float64).reshape(-1, self.n_features)
+
+    @staticmethod
+    def answer(labels, probabilities, packed):
+        """One request's answer, in the form it came in."""
+        if packed:
             return labels.astype("<i8").tobytes(), probabilities.astype("<f8").tobytes()
         return labels.tolist(), probabilities.ravel().tolist()
+
+    def run(self, rows=None, packed=None):
+        """The predicted labels and every class's probability for each row (flattened)."""
+        features = self.features(rows, packed)
+        return self.answer(self.model.predict(features), self.model.predict_proba(features), packed is not None)
+
+    def run_batch(self, calls):
+        """``run`` for each ``(args, kwargs)`` of ``calls``, with one prediction for all of
+        their rows stacked; a request whose rows cannot be read answers its exception."""
+        answers = [None] * len(calls)
+        parts, taken = [], []
+        for index, (args, kwargs) in enumerate(calls):
+            try:
+                parts.append(self.features(*args, **kwargs))
+                taken.append((index, kwargs.get("packed") is not None))
+            except Exception as exc:
+                answers[index] = exc
+        if parts:
+            stacked = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            labels = self.model.predict(stacked)
+            probabilities = self.model.predict_proba(stacked)
+            at = 0
+            for part, (index, packed) in zip(parts, taken):
+                end = at + len(part)
+                answers[index] = self.answer(labels[at:end], probabilities[at:end], packed)
+                at = end
+        return answers
 
 
 def train(directory: str) -> None:

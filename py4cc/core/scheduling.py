@@ -3,8 +3,10 @@
 A queued task goes to an idle worker if there is one, else (``prefetch`` > 0) behind a busy
 worker's current task, so that the worker starts it without a round trip through the host.
 :func:`pick_runner` is that rule, written once: the local pool's and the Ray backend's
-dispatch loops call it for the task at the head of the queue. (Batching will extend it:
-the worker it picks takes up to a batch of the queue's head.)
+dispatch loops call it for the task at the head of the queue. With ``batching``,
+:func:`free_runner` and :func:`batch_to_form` are the rule instead: a free worker takes up to
+``max_size`` of the queue's head as one batch, once the batch is full or its oldest task has
+waited ``max_wait`` (prefetch does not apply).
 
 A worker here is anything with ``usable()``, ``queue`` (its tasks, the running one first)
 and ``head_started`` (when that one started).
@@ -12,10 +14,10 @@ and ``head_started`` (when that one started).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Callable, Protocol, TypeVar
 
-from ..options import Options
+from ..options import Batching, Options
 
 
 class Runner(Protocol):
@@ -64,3 +66,33 @@ def pick_runner(
 def moving_average(average: float | None, sample: float) -> float:
     """The typical run time after one more ``sample`` (the prefetch rule's yardstick)."""
     return sample if average is None else average + 0.1 * (sample - average)
+
+
+class Queued(Protocol):
+    """What the batching rule reads of a queued task."""
+
+    queued_at: float
+
+
+def free_runner(runners: Iterable[R]) -> R | None:
+    """A usable worker that holds no task (a batch goes only to a free one), or None."""
+    for runner in runners:
+        if runner.usable() and not runner.queue:
+            return runner
+    return None
+
+
+def batch_to_form(pending: Sequence[Queued], batching: Batching, now: float) -> tuple[int, float | None]:
+    """How many of ``pending``'s head a free worker takes as one batch now, and if none yet,
+    when to look again: ``max_size`` if that many are queued (never a wait when the batch is
+    full); else all that are queued once the oldest has waited ``max_wait``; else
+    ``(0, when the oldest will have waited max_wait)``. ``(0, None)``: nothing is queued."""
+    queued = len(pending)
+    if not queued:
+        return 0, None
+    if queued >= batching.max_size:
+        return batching.max_size, None
+    due = pending[0].queued_at + batching.max_wait
+    if now >= due:
+        return queued, None
+    return 0, due

@@ -20,7 +20,7 @@ class Counters:
     """Totals since the pool started; each only grows (except ``last_death_cause``)."""
 
     __slots__ = (
-        "last_death_cause", "replacement_failures", "tasks_done", "tasks_failed", "tasks_timed_out",
+        "batches", "last_death_cause", "replacement_failures", "tasks_done", "tasks_failed", "tasks_timed_out",
         "worker_deaths", "worker_starts",
     )  # fmt: skip
 
@@ -40,6 +40,29 @@ class Counters:
         """Tasks answered flag 2, for whatever reason (those timed out included)."""
         self.tasks_timed_out = 0
         """Tasks that ran past ``task_timeout``."""
+        self.batches = 0
+        """Batches sent to a worker (with ``batching``; 0 without)."""
+
+
+class BatchStats:
+    """The sizes of the latest batches and the queue waits of their tasks (seconds from
+    admission until their batch was sent), each over a window like the run times'."""
+
+    __slots__ = ("sizes", "waits")
+
+    def __init__(self) -> None:
+        self.sizes = RunTimes()
+        self.waits = RunTimes()
+
+    def add(self, size: int, waits: list[float]) -> None:
+        """One batch of ``size`` tasks was sent; ``waits`` are its tasks' queue waits."""
+        self.sizes.add(float(size))
+        for wait in waits:
+            self.waits.add(wait)
+
+    def mean_size(self) -> float | None:
+        ring = self.sizes.ring
+        return sum(ring) / len(ring) if ring else None
 
 
 class RunTimes:
@@ -86,6 +109,7 @@ class Book(Protocol):
     run_times: RunTimes
     cancelled: int
     expired: int
+    batch_stats: BatchStats
 
     def held(self) -> int: ...
 
@@ -132,6 +156,12 @@ def task_stats(
         "last_worker_failure": last_worker_failure,
         "cluster": cluster,
         "cluster_lost": cluster_lost,
+        "batches": counters.batches,
+        "batch_size_mean": book.batch_stats.mean_size(),
+        "batch_size_p50": book.batch_stats.sizes.percentile(50.0),
+        "batch_size_p99": book.batch_stats.sizes.percentile(99.0),
+        "queue_wait_p50_s": book.batch_stats.waits.percentile(50.0),
+        "queue_wait_p99_s": book.batch_stats.waits.percentile(99.0),
     }
     return {name: values[name] for name in STAT_NAMES}
 
@@ -148,6 +178,11 @@ def empty(state: str, workers_wanted: int) -> dict[str, Any]:
         run_time_p99=None,
         cluster="",
         cluster_lost=None,
+        batch_size_mean=None,
+        batch_size_p50=None,
+        batch_size_p99=None,
+        queue_wait_p50_s=None,
+        queue_wait_p99_s=None,
     )
     return stats
 

@@ -58,14 +58,15 @@ from .completion import (
     host_answer,
 )
 from .slots import Slot, backoff_delay
-from .stats import Counters, RunTimes
+from .stats import BatchStats, Counters, RunTimes
 
 
 class Task:
     """One task a backend holds, from submit until its answer is retrieved."""
 
     __slots__ = (
-        "call", "cancelled", "deadline", "demo", "done", "event", "flag", "key", "message", "size", "value", "worker",
+        "call", "cancelled", "deadline", "demo", "done", "event", "flag", "key", "message", "queued_at", "size",
+        "value", "worker",
     )  # fmt: skip
 
     def __init__(self, call: Call) -> None:
@@ -81,6 +82,7 @@ class Task:
         self.worker: Any = None  # the worker process that holds it (local pool)
         self.deadline: float | None = None  # task_timeout, once it runs
         self.cancelled = False  # dropped while a worker holds it: its answer is discarded
+        self.queued_at = time.monotonic()  # when it was admitted (batching's max_wait, queue waits)
 
 
 class TaskBook:
@@ -120,6 +122,7 @@ class TaskBook:
         self.announce: list[Task] = []  # finished, waiters not woken yet (announce_finished)
         self.counters = Counters()
         self.run_times = RunTimes()  # the Engine's latest run times, as the workers measured them
+        self.batch_stats = BatchStats()  # with batching: the latest batches' sizes and queue waits
         self.finished_held = 0  # tasks held that are finished (not retrieved yet)
         self.failed_by_stop = 0  # unfinished tasks that stop failed
         self.owner_pid = os.getpid()  # a forked copy of this process must not stop the workers
@@ -175,6 +178,11 @@ class TaskBook:
     def on_own_thread(self) -> bool:
         """Whether the calling thread is one the backend runs (or one Ray runs for it)."""
         raise NotImplementedError
+
+    def note_batch(self, batch: Sequence[Task], now: float) -> None:
+        """``batch`` was sent to a worker at ``now`` (lock held): count it for the stats."""
+        self.counters.batches += 1
+        self.batch_stats.add(len(batch), [now - task.queued_at for task in batch])
 
     # -- admission ----------------------------------------------------------------------
 
@@ -531,7 +539,9 @@ class TaskBook:
         """The first step of a stop (lock held): refuse new tasks, fail the unfinished ones,
         wake every waiter."""
         self.closed = True
-        for task in self.tasks.values():
+        # A copy: a host that keeps the answers takes each task off the book as it is
+        # announced, which a backend that announces at once (Ray) does inside complete.
+        for task in list(self.tasks.values()):
             if not task.done:
                 self.failed_by_stop += 1
                 self.complete(task, FAILED, -1, "the driver was finalized before this task finished")

@@ -44,13 +44,12 @@ import multiprocessing.util  # imported before our exit hook is registered, so t
 import os
 import select
 import signal
-import struct
 import threading
 import time
 import traceback
 from typing import Any
 
-from ..core.scheduling import moving_average, pick_runner
+from ..core.scheduling import batch_to_form, free_runner, moving_average, pick_runner
 from ..core.slots import Slot
 from ..core.stats import task_stats
 from ..core.tasks import Task, TaskBook, stop_all
@@ -63,8 +62,10 @@ from ..protocol import (
     InitFailed,
     Ready,
     decode_report,
+    encode_batch,
     encode_call,
     exit_text,
+    take_messages,
     unpickle_answer,
 )
 from . import forkserver
@@ -152,14 +153,15 @@ class Pool(TaskBook):
         ready = 0
         for w in self.workers:
             # A cancelled task a worker still holds is no longer the pool's: not counted.
+            started = self.running_count(w)
             for position, task in enumerate(w.queue):
                 if not task.cancelled:
-                    if position == 0:
+                    if position < started:
                         running += 1
                     else:
                         queued_in_workers += 1
-            if w.doomed is not None and not w.doomed[0].done:
-                running += 1  # its worker is being killed for it; it fails once that one is dead
+            if w.doomed is not None:  # its worker is being killed for them; they fail once it is dead
+                running += sum(1 for task in w.doomed[0] if not task.done)
             if not w.dead:
                 alive += 1
                 if w.ready:
@@ -186,6 +188,8 @@ class Pool(TaskBook):
         its tasks are failed already."""
         if self.closed:
             return False
+        if self.options.batching is not None:
+            return self.dispatch_batches()
         started = False
         now = time.monotonic()
         while self.pending:
@@ -201,6 +205,67 @@ class Pool(TaskBook):
             else:
                 self.pending.appendleft(task)
         return started and self.options.task_timeout is not None
+
+    def dispatch_batches(self) -> bool:
+        """With ``batching``: give each free worker a batch of the queue's head once
+        :func:`~py4cc.core.scheduling.batch_to_form` says one is due (lock held). Returns True
+        if the dispatcher must look at its deadlines again: a batch started with a
+        task_timeout, or a new oldest task now waits for a batch to fill."""
+        batching = self.options.batching
+        assert batching is not None
+        started = False
+        now = time.monotonic()
+        while self.pending:
+            worker = free_runner(self.workers)
+            if worker is None:
+                return started
+            size, _ = batch_to_form(self.pending, batching, now)
+            if not size:
+                return started or len(self.pending) == 1
+            batch = [self.pending.popleft() for _ in range(size)]
+            if self.assign_batch(worker, batch, now):
+                started = started or self.options.task_timeout is not None
+            else:
+                self.pending.extendleft(reversed(batch))
+        return started
+
+    def assign_batch(self, worker: Worker, batch: list[Task], now: float) -> bool:
+        """Send ``batch`` to ``worker`` as one message; False (tasks untouched) if the pipe
+        is broken. Its tasks all start now: task_timeout bounds the batch's whole run."""
+        try:
+            worker.conn.send_bytes(encode_batch([task.call for task in batch]))  # type: ignore[misc]
+        except (OSError, ValueError):
+            worker.dead = True
+            return False
+        worker.queue.extend(batch)
+        worker.head_started = now
+        deadline = None if self.options.task_timeout is None else now + self.options.task_timeout
+        for task in batch:
+            task.worker = worker
+            task.deadline = deadline
+        self.note_batch(batch, now)
+        return True
+
+    def batch_due(self) -> float | None:
+        """With ``batching``: when the oldest queued task will have waited ``max_wait``, if a
+        worker is free to take the batch then (lock held)."""
+        batching = self.options.batching
+        if batching is None or not self.pending or free_runner(self.workers) is None:
+            return None
+        return self.pending[0].queued_at + batching.max_wait
+
+    def running_count(self, w: Worker) -> int:
+        """How many of ``w``'s tasks it is running: its whole batch with ``batching``, else
+        the head of its queue."""
+        if self.options.batching is not None:
+            return len(w.queue)
+        return min(1, len(w.queue))
+
+    def lost_tasks_text(self, w: Worker, tasks: int) -> str:
+        """How a message names what ``w`` was running: "this task" or "this task's batch of N"."""
+        if self.options.batching is None:
+            return "this task"
+        return f"this task's batch of {tasks} task{'s' if tasks != 1 else ''}"
 
     @staticmethod
     def has_room(w: Worker, task: Task) -> bool:
@@ -227,8 +292,9 @@ class Pool(TaskBook):
             worker.queue[0].deadline = now + self.options.task_timeout
 
     def requeue_unstarted(self, w: Worker) -> None:
-        """Put the tasks queued behind ``w``'s running one back at the head of pending."""
-        while len(w.queue) > 1:
+        """Put the tasks queued behind ``w``'s running one back at the head of pending (with
+        ``batching`` a worker holds only its running batch: nothing to put back)."""
+        while len(w.queue) > self.running_count(w):
             task = w.queue.pop()
             task.worker = None
             task.deadline = None
@@ -371,36 +437,6 @@ class Pool(TaskBook):
 READ_SIZE = 1 << 16
 """The most one read of a worker's pipe takes in."""
 
-_LENGTH = struct.Struct("!i")
-_LONG_LENGTH = struct.Struct("!Q")
-
-
-def take_messages(inbox: bytearray) -> list[bytes]:
-    """Remove the whole messages at the front of ``inbox`` and return them.
-
-    A worker sends with ``Connection.send_bytes``, whose framing is a 4-byte big-endian
-    length, or -1 and then an 8-byte length for a message over 2 GiB. Reading the pipe
-    ourselves takes in every message waiting with one read, where ``Connection.poll`` and
-    ``recv_bytes`` would cost two reads and two polls per message.
-    """
-    messages = []
-    at = 0
-    end = len(inbox)
-    while end - at >= 4:
-        (size,) = _LENGTH.unpack_from(inbox, at)
-        start = at + 4
-        if size == -1:
-            if end - start < 8:
-                break
-            (size,) = _LONG_LENGTH.unpack_from(inbox, start)
-            start += 8
-        if start + size > end:
-            break
-        messages.append(bytes(inbox[start : start + size]))
-        at = start + size
-    del inbox[:at]
-    return messages
-
 
 class Dispatcher(threading.Thread):
     """The pool's dispatcher thread; it exits once the pool's stop has begun."""
@@ -429,6 +465,7 @@ class Dispatcher(threading.Thread):
         task_timeout = pool.options.task_timeout
         init_timeout = pool.options.init_timeout
         result_ttl = pool.options.result_ttl
+        batching = pool.options.batching is not None
         poller = select.poll()
         poller.register(wake_fd, select.POLLIN)
         watched: dict[int, tuple[bool, Worker]] = {}  # fd -> (is its pipe, worker)
@@ -438,6 +475,8 @@ class Dispatcher(threading.Thread):
                 if pool.closed:
                     return
                 self._watch(poller, watched)
+                if batching:
+                    pool.dispatch()  # the batches whose oldest task has waited max_wait
                 deadlines: list[float] = []
                 if task_timeout is not None:
                     deadlines = [
@@ -448,6 +487,10 @@ class Dispatcher(threading.Thread):
                 restart = pool.next_restart()
                 if restart is not None:
                     deadlines.append(restart)
+                if batching:
+                    batch_due = pool.batch_due()
+                    if batch_due is not None:
+                        deadlines.append(batch_due)
                 if result_ttl is not None:
                     next_expiry = pool.expire_results(time.monotonic())
                     if next_expiry is not None:
@@ -534,11 +577,13 @@ class Dispatcher(threading.Thread):
                 w.dead = True
                 if w.queue and not pool.closed:
                     pool.requeue_unstarted(w)
-                    w.doomed = (w.queue.popleft(), "the worker's answer could not be read:\n" + traceback.format_exc())
+                    doomed = [w.queue.popleft() for _ in range(pool.running_count(w))]
+                    w.doomed = (doomed, "the worker's answer could not be read:\n" + traceback.format_exc())
             w.signal(signal.SIGKILL)  # _reap fails the task once the worker is dead
             return False
         if not reports:
             return True
+        batching = pool.options.batching
         # General tasks' answers, unpickled outside the lock (it never raises); a host that
         # keeps the answers gets them pickled, and unpickles them itself.
         if pool.deliver.callback is None:
@@ -553,7 +598,7 @@ class Dispatcher(threading.Thread):
                         pool.avg_run_s = moving_average(pool.avg_run_s, now - w.head_started)
                         pool.run_times.add(report.run_s)
                         pool.complete(w.queue.popleft(), report.flag, report.value, report.message)
-                        if w.queue:
+                        if w.queue and batching is None:  # a batch's tasks started together
                             pool.start_head(w, now)
                 elif isinstance(report, Ready):
                     if not w.init_timed_out:  # too late: it has been killed already
@@ -592,22 +637,26 @@ class Dispatcher(threading.Thread):
             cause = death_cause(w, exitcode, pool.options.task_timeout, pool.options.init_timeout)
             pool.counters.worker_deaths += 1
             pool.counters.last_death_cause = f"worker process {w.pid} {cause}"
-            if w.queue:
-                pool.event(w.pid, f"{cause} while running task {w.queue[0].key}")
+            lost = [w.queue.popleft() for _ in range(pool.running_count(w))]
+            if len(lost) == 1:
+                pool.event(w.pid, f"{cause} while running task {lost[0].key}")
+            elif lost:
+                pool.event(w.pid, f"{cause} while running a batch of {len(lost)} tasks (keys {lost[0].key}..)")
             elif w.timed_out or w.init_timed_out:
                 pool.event(w.pid, cause)
             elif was_ready or w.failure is None:
                 pool.event(w.pid, f"{cause} {'while idle' if was_ready else 'before it was ready'}")
-            if w.queue:
+            for task in lost:
                 pool.complete(
-                    w.queue.popleft(),
+                    task,
                     FAILED,
                     -1,
-                    f"the worker process (pid {w.pid}) running this task died with "
+                    f"the worker process (pid {w.pid}) running {pool.lost_tasks_text(w, len(lost))} died with "
                     f"{exit_text(exitcode)}; it is being replaced",
                 )
-            if w.doomed is not None:  # killed for it: failed now that the worker is dead
-                pool.complete(w.doomed[0], FAILED, -1, w.doomed[1])
+            if w.doomed is not None:  # killed for them: failed now that the worker is dead
+                for task in w.doomed[0]:
+                    pool.complete(task, FAILED, -1, w.doomed[1])
                 w.doomed = None
             pool.note_lost(w, exitcode)
             pool.dispatch()
@@ -627,14 +676,20 @@ class Dispatcher(threading.Thread):
                 if task is None or task.deadline is None or task.deadline > now:
                     continue
                 pool.requeue_unstarted(w)
+                doomed = list(w.queue)
                 w.queue.clear()
                 w.dead = True
                 w.timed_out = True
-                pool.counters.tasks_timed_out += 1
-                pool.event(w.pid, f"task {task.key} ran past task_timeout ({task_timeout:g} s): killing the worker")
+                pool.counters.tasks_timed_out += sum(1 for t in doomed if not t.cancelled)
+                if pool.options.batching is None:
+                    what, whose = f"task {task.key}", "the task"
+                else:
+                    what = f"a batch of {len(doomed)} tasks (keys {doomed[0].key}..)"
+                    whose = f"this task's batch of {len(doomed)} task{'s' if len(doomed) != 1 else ''}"
+                pool.event(w.pid, f"{what} ran past task_timeout ({task_timeout:g} s): killing the worker")
                 w.doomed = (
-                    task,
-                    f"the task timed out after {task_timeout:g} s; its worker process "
+                    doomed,
+                    f"{whose} timed out after {task_timeout:g} s; its worker process "
                     f"(pid {w.pid}) was killed and is being replaced",
                 )
                 w.signal(signal.SIGKILL)

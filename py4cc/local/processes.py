@@ -34,7 +34,8 @@ class Worker:
 
     ``queue`` holds the tasks sent to it, in order: a worker runs them one at a time in
     that order and answers each before reading the next, so ``queue[0]`` is the one it
-    is running (or about to run) and the others have not started.
+    is running (or about to run) and the others have not started. With batching it holds
+    one batch, sent as one message when the worker was free: all of it is running.
     """
 
     __slots__ = (
@@ -59,7 +60,7 @@ class Worker:
         self.timed_out = False
         self.failure: str | None = None  # its InitFailed traceback (Engine.initialize raised)
         self.init_timed_out = False  # killed for not being ready within init_timeout
-        self.doomed: tuple[Task, str] | None = None  # the task it is being killed for, failed once it is dead
+        self.doomed: tuple[list[Task], str] | None = None  # the tasks it is killed for, failed once it is dead
 
     def watch(self) -> Any:
         """What becomes readable once this worker's process has exited."""

@@ -15,7 +15,7 @@ import traceback
 from typing import Any
 
 from ..protocol import Call
-from ..worker import WorkerSetup, build_engine, run_call, unchecked_answer
+from ..worker import WorkerSetup, build_engine, run_batch, run_call, unchecked_answer
 
 WATCH_GROUP = "watch"
 """The actor's second concurrency group (one thread), where :meth:`EngineActor.watch` waits,
@@ -55,6 +55,13 @@ class EngineActor:
         except Exception:  # checking a strange answer failed: fail the task, not the actor
             answer = unchecked_answer(key)
         return answer.flag, answer.value, answer.message, answer.run_s
+
+    def call_batch(self, calls: list[tuple]) -> list[tuple]:
+        """Run one batch (a list of :class:`py4cc.protocol.Call` fields, in queue order) as a
+        local worker does (:func:`py4cc.worker.run_batch`): one ``(flag, value, message,
+        run_s)`` per call, in the same order."""
+        answers = run_batch(self.engine, [Call(*fields) for fields in calls])
+        return [(a.flag, a.value, a.message, a.run_s) for a in answers]
 
     def watch(self) -> None:
         """Returns only once the actor is stopped (its call then fails with the actor's death)."""

@@ -43,7 +43,7 @@ import traceback
 from collections import deque
 from typing import Any
 
-from ..core.scheduling import moving_average, pick_runner
+from ..core.scheduling import batch_to_form, free_runner, moving_average, pick_runner
 from ..core.sink import SinkThread
 from ..core.slots import Slot
 from ..core.stats import task_stats
@@ -172,10 +172,14 @@ class RayBackend(TaskBook):
     def out_of_order(self) -> str | None:
         return self.lost
 
-    def on_admitted(self) -> list[tuple[Actor, Task, Any]]:
-        return self.dispatch()
+    def on_admitted(self) -> list[tuple[Actor, Any, Any]]:
+        launched = self.dispatch()
+        due = self.batch_due()
+        if due is not None:
+            self.tell_supervisor(due)  # it forms the batch once its oldest task has waited max_wait
+        return launched
 
-    def after_admit(self, sent: list[tuple[Actor, Task, Any]]) -> None:
+    def after_admit(self, sent: list[tuple[Actor, Any, Any]]) -> None:
         self.arm(sent)
 
     def result_expires(self, when: float) -> None:
@@ -222,14 +226,17 @@ class RayBackend(TaskBook):
 
     # -- the queue: which actor runs which task ------------------------------------------
 
-    def dispatch(self) -> list[tuple[Actor, Task, Any]]:
+    def dispatch(self) -> list[tuple[Actor, Any, Any]]:
         """Send pending tasks, oldest first, to idle actors, else (``prefetch``) behind a busy
-        one's current task. Returns the calls made, for :meth:`arm` once the lock is let go
-        (a callback must not be registered under it: it may run at once)."""
-        launched: list[tuple[Actor, Task, Any]] = []
+        one's current task; with ``batching``, batches to free actors. Returns the calls made
+        (``(actor, task or batch, ref)``), for :meth:`arm` once the lock is let go (a callback
+        must not be registered under it: it may run at once)."""
+        launched: list[tuple[Actor, Any, Any]] = []
         if self.closed or self.lost is not None:
             return launched
         now = time.monotonic()
+        if self.options.batching is not None:
+            return self.dispatch_batches(now)
         while self.pending:
             actor = pick_runner(self.actors, self.options, now, self.avg_run_s, lambda _: True)
             if actor is None:
@@ -250,6 +257,55 @@ class RayBackend(TaskBook):
                 self.start_head(actor, now)
             launched.append((actor, task, ref))
         return launched
+
+    def dispatch_batches(self, now: float) -> list[tuple[Actor, Any, Any]]:
+        """With ``batching``: one actor call per batch, to each free actor, once
+        :func:`~py4cc.core.scheduling.batch_to_form` says a batch is due (lock held).
+        task_timeout bounds the batch's whole run."""
+        batching = self.options.batching
+        assert batching is not None
+        launched: list[tuple[Actor, Any, Any]] = []
+        while self.pending:
+            actor = free_runner(self.actors)
+            if actor is None:
+                break
+            size, _ = batch_to_form(self.pending, batching, now)
+            if not size:
+                break
+            batch = [self.pending.popleft() for _ in range(size)]
+            try:
+                ref = actor.handle.call_batch.remote([task.call[:] for task in batch])  # type: ignore[index]
+            except Exception as exc:
+                self.pending.extendleft(reversed(batch))
+                actor.dead = True  # the supervisor sorts it out
+                self.events.append(("died", actor, exc))
+                self.wakeup.notify()
+                continue
+            actor.queue.extend((task, ref) for task in batch)
+            actor.head_started = now
+            if self.options.task_timeout is not None:
+                deadline = now + self.options.task_timeout
+                for task in batch:
+                    task.deadline = deadline
+                self.tell_supervisor(deadline)
+            self.note_batch(batch, now)
+            launched.append((actor, batch, ref))
+        return launched
+
+    def batch_due(self) -> float | None:
+        """With ``batching``: when the oldest queued task will have waited ``max_wait``, if an
+        actor is free to take the batch then (lock held)."""
+        batching = self.options.batching
+        if batching is None or not self.pending or free_runner(self.actors) is None:
+            return None
+        return self.pending[0].queued_at + batching.max_wait
+
+    def running_count(self, actor: Actor) -> int:
+        """How many of ``actor``'s calls it is running: its whole batch with ``batching``,
+        else the head of its queue."""
+        if self.options.batching is not None:
+            return len(actor.queue)
+        return min(1, len(actor.queue))
 
     def start_head(self, actor: Actor, now: float) -> None:
         actor.head_started = now
@@ -436,9 +492,36 @@ class RayBackend(TaskBook):
 
     # -- the answers: callbacks, a dead actor's calls ------------------------------------
 
-    def arm(self, launched: list[tuple[Actor, Task, Any]]) -> None:
+    def arm(self, launched: list[tuple[Actor, Any, Any]]) -> None:
         for actor, task, ref in launched:
-            ref.future().add_done_callback(lambda fut, actor=actor, task=task: self.on_answer(actor, task, fut))
+            if isinstance(task, list):
+                ref.future().add_done_callback(lambda fut, actor=actor, batch=task: self.on_batch(actor, batch, fut))
+            else:
+                ref.future().add_done_callback(lambda fut, actor=actor, task=task: self.on_answer(actor, task, fut))
+
+    def on_batch(self, actor: Actor, batch: list[Task], fut: Any) -> None:
+        """A batch's call has ended: record each task's answer, send the next batch. An
+        actor's death is the supervisor's to sort out."""
+        try:
+            try:
+                results = fut.result()
+                answers = [self.answer_of(task, result) for task, result in zip(batch, results)]
+            except self.ray.exceptions.RayActorError:
+                self.post("died", actor, fut)
+                return
+            except BaseException as exc:  # the call itself failed: only this batch is concerned
+                text = f"the Ray actor could not run this task's batch of {len(batch)} tasks: {death_reason(exc)}"
+                answers = [(FAILED, -1, text, 0.0)] * len(batch)
+            with self.lock:
+                for task, (flag, value, message, run_s) in zip(batch, answers):
+                    self.take_off(actor, task)
+                    if not task.done:
+                        self.run_times.add(run_s)
+                        self.complete(task, flag, value, message)
+                launched = self.dispatch()
+            self.arm(launched)
+        except BaseException:  # a callback must not raise into Ray
+            pass
 
     def on_answer(self, actor: Actor, task: Task, fut: Any) -> None:
         """A call has ended: record the answer, send the next task. An actor's death is the
@@ -493,15 +576,19 @@ class RayBackend(TaskBook):
             except BaseException as exc:
                 reason = death_reason(exc)
         # Each call's own outcome: the first one the death cut short was running, the ones
-        # after it had not started; one answered before the death keeps its answer.
+        # after it had not started; one answered before the death keeps its answer. With
+        # batching the actor held one batch, one call: all of it was running.
+        batched = self.options.batching is not None
         outcomes: list[tuple[str, Any]] = []
-        for task, ref in outstanding:
+        for position, (task, ref) in enumerate(outstanding):
             try:
-                outcomes.append(("answer", self.answer_of(task, self.ray.get(ref, timeout=RESOLVE_S))))
+                result = self.ray.get(ref, timeout=RESOLVE_S)
+                outcomes.append(("answer", self.answer_of(task, result[position] if batched else result)))
             except self.ray.exceptions.RayActorError:
                 outcomes.append(("died", None))
             except BaseException as exc:
                 outcomes.append(("failed", exc))
+        lost_batch = sum(1 for _, (kind, _) in zip(outstanding, outcomes) if kind == "died") if batched else 0
         with self.lock:
             if self.stopping():
                 return
@@ -515,6 +602,15 @@ class RayBackend(TaskBook):
                     self.complete(task, *value[:3])
                 elif kind == "failed":
                     self.complete(task, FAILED, -1, f"the Ray actor could not run this task: {death_reason(value)}")
+                elif batched:
+                    running = running or task
+                    self.complete(
+                        task,
+                        FAILED,
+                        -1,
+                        f"the Ray actor running this task's batch of {lost_batch} tasks ({actor.describe()}) "
+                        f"died; it is being replaced. Ray says: {reason}",
+                    )
                 elif running is None:
                     running = task
                     self.complete(
@@ -529,7 +625,11 @@ class RayBackend(TaskBook):
                     requeue.append(task)
             self.pending.extendleft(reversed(requeue))
             actor.queue.clear()
-            if running is not None:
+            if running is not None and batched:
+                self.event(
+                    actor.pid, f"died while running a batch of {lost_batch} tasks (keys {running.key}..): {reason}"
+                )
+            elif running is not None:
                 self.event(actor.pid, f"died while running task {running.key}: {reason}")
             else:
                 self.event(actor.pid, f"died {'while idle' if actor.ready else 'before it was ready'}: {reason}")
@@ -608,6 +708,9 @@ class RayBackend(TaskBook):
             deadlines.append(next(iter(self.expiring.values())))
         if self.lost is None:
             deadlines += [s.restart_at for s in self.slots if s.worker is None and s.restart_at is not None]
+        due = self.batch_due()
+        if due is not None:
+            deadlines.append(due)
         if not deadlines:
             return None
         return min(deadlines) - time.monotonic()
@@ -625,22 +728,30 @@ class RayBackend(TaskBook):
             for actor in list(self.actors):
                 head = actor.queue[0][0] if actor.queue else None
                 if head is not None and head.deadline is not None and head.deadline <= now:
-                    unstarted = [task for task, _ in list(actor.queue)[1:] if not task.cancelled]
+                    started = self.running_count(actor)
+                    doomed = [task for task, _ in list(actor.queue)[:started]]
+                    unstarted = [task for task, _ in list(actor.queue)[started:] if not task.cancelled]
                     for task in unstarted:
                         task.deadline = None
                     self.pending.extendleft(reversed(unstarted))
                     actor.queue.clear()
                     actor.timed_out = True
-                    self.counters.tasks_timed_out += 1
+                    self.counters.tasks_timed_out += sum(1 for task in doomed if not task.cancelled)
                     limit = self.options.task_timeout
-                    self.event(actor.pid, f"task {head.key} ran past task_timeout ({limit:g} s): killing the actor")
-                    self.complete(
-                        head,
-                        FAILED,
-                        -1,
-                        f"the task timed out after {limit:g} s; its Ray actor ({actor.describe()}) "
-                        f"was killed and is being replaced",
-                    )
+                    if self.options.batching is None:
+                        what, whose = f"task {head.key}", "the task"
+                    else:
+                        what = f"a batch of {len(doomed)} tasks (keys {head.key}..)"
+                        whose = f"this task's batch of {len(doomed)} task{'s' if len(doomed) != 1 else ''}"
+                    self.event(actor.pid, f"{what} ran past task_timeout ({limit:g} s): killing the actor")
+                    for task in doomed:
+                        self.complete(
+                            task,
+                            FAILED,
+                            -1,
+                            f"{whose} timed out after {limit:g} s; its Ray actor ({actor.describe()}) "
+                            f"was killed and is being replaced",
+                        )
                     self.lose_actor(actor, f"was killed: its task ran past task_timeout ({limit:g} s)")
                     killed.append(actor)
                 elif (
@@ -689,7 +800,7 @@ class RayBackend(TaskBook):
             if self.closed:
                 return
             self.lost = message
-            for task in self.tasks.values():
+            for task in list(self.tasks.values()):  # complete may hand it to the host
                 self.complete(task, FAILED, -1, message)
             self.pending.clear()
             for actor in self.actors:
@@ -700,9 +811,10 @@ class RayBackend(TaskBook):
         """The stats (lock held): the keys of the local pool's, the same meanings."""
         running = queued_in_actors = alive = ready = 0
         for a in self.actors:
+            started = self.running_count(a)
             for position, (task, _) in enumerate(a.queue):
                 if not task.cancelled:
-                    if position == 0:
+                    if position < started:
                         running += 1
                     else:
                         queued_in_actors += 1

@@ -7,7 +7,7 @@ import os
 import threading
 import unittest
 
-from py4cc.local.pool import _LENGTH, _LONG_LENGTH, take_messages
+from py4cc.protocol import _LENGTH, _LONG_LENGTH, take_messages
 
 
 class FramingTest(unittest.TestCase):

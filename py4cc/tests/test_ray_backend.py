@@ -321,6 +321,57 @@ class RayClusterTest(DriverTestCase):
         self.assertTrue(wait_until(lambda: len(driver.worker_pids()) == 2, WAIT_S))
         self.assertEqual(self.answer(driver, driver.submit([0.0, 0.0], ["a", "b", "c"], 4)[1]), (OK, 4, "slept"))
 
+    def test_batches_one_actor_call_each_with_the_per_task_rules(self) -> None:
+        driver = self.ray_driver(engine="py4cc_batch_engines:BatchEngine", n_subprocesses=1, batching=(3, 60.0))
+        keys = [driver.submit_call((item,))[1] for item in (1, "raise", 3)]
+        self.assertEqual(self.answer(driver, keys[0]), (OK, 2, ""))
+        self.assertEqual(self.answer(driver, keys[1]), (FAILED, None, "ValueError: bad item at 1"))
+        self.assertEqual(self.answer(driver, keys[2]), (OK, 6, ""))
+        for key in [driver.submit_call((item,))[1] for item in (1, "short", 3)]:
+            flag, value, message = self.answer(driver, key)
+            self.assertEqual((flag, value), (FAILED, None))
+            self.assertIn(
+                "must return a list of 3 answers (one per call, in order); it returned a list of length 2", message
+            )
+        first = driver.submit_call((10,))[1]
+        self.assertTrue(driver.cancel(first))  # queued: it never runs
+        rest = [driver.submit_call((item,))[1] for item in (20, 30, 40)]
+        self.assertEqual([self.answer(driver, key) for key in rest], [(OK, 40, ""), (OK, 60, ""), (OK, 80, "")])
+        history_key, *_ = [driver.submit_call((item,))[1] for item in ("history", 0, 0)]
+        history = self.answer(driver, history_key)
+        self.assertEqual(history, (OK, [[1, "raise", 3], [1, "short", 3], [20, 30, 40]], ""))
+        stats = driver.stats()
+        self.assertEqual((stats["batches"], stats["batch_size_mean"], stats["tasks_cancelled"]), (4, 3.0, 1))
+
+    def test_demo_tasks_batch_on_two_actors(self) -> None:
+        driver = self.ray_driver(batching=(4, 0.05))
+        tasks = [([1.5 * i, -2.25], ["abc", "dé", "f" * i], i + 1) for i in range(24)]
+        keys = [driver.submit(*task)[1] for task in tasks]
+        for key, task in zip(keys, tasks):
+            self.assertEqual(self.answer(driver, key), (OK, big_model(*task), ""))
+        self.assertGreaterEqual(driver.stats()["batches"], 6)
+
+    def test_a_killed_actor_or_a_timeout_fails_exactly_its_batch(self) -> None:
+        driver = self.ray_driver(engine="py4cc_batch_engines:BatchEngine", n_subprocesses=1, batching=(3, 60.0))
+        batch = [driver.submit_call((item,))[1] for item in (("sleep", 60.0), 2, 3)]
+        self.assertTrue(wait_until(lambda: driver.stats()["tasks_running"] == 3, WAIT_S))
+        (victim,) = driver.worker_pids()
+        os.kill(victim, signal.SIGKILL)
+        for key in batch:
+            flag, value, message = self.answer(driver, key)
+            self.assertEqual((flag, value), (FAILED, None))
+            self.assertIn(f"the Ray actor running this task's batch of 3 tasks (pid {victim} ", message)
+        again = [driver.submit_call((item,))[1] for item in (4, 5, 6)]
+        self.assertEqual([self.answer(driver, key) for key in again], [(OK, 8, ""), (OK, 10, ""), (OK, 12, "")])
+        timed = self.ray_driver(
+            engine="py4cc_batch_engines:BatchEngine", n_subprocesses=1, batching=(2, 60.0), task_timeout=1.5
+        )
+        for key in [timed.submit_call((item,))[1] for item in (("sleep", 60.0), 2)]:
+            flag, value, message = self.answer(timed, key)
+            self.assertEqual((flag, value), (FAILED, None))
+            self.assertIn("this task's batch of 2 tasks timed out after 1.5 s; its Ray actor (pid", message)
+        self.assertEqual(timed.stats()["tasks_timed_out"], 2)
+
     def test_stopped_node_fails_its_task_and_the_actor_comes_back_elsewhere(self) -> None:
         assert CLUSTER is not None
         node = CLUSTER.add_worker()

@@ -34,7 +34,7 @@ use combine::Combiner;
 use completion::{Answer, AnswerValue, Completions, Gone, Lookup, Standing};
 pub use future::TaskFuture;
 pub use general::{Key, TaskKey};
-pub use options::{Backend, DriverOptions, Preload, StartMethod};
+pub use options::{Backend, Batching, DriverOptions, Preload, StartMethod};
 pub use output::{WorkerLine, WorkerOutput, WorkerStream};
 use protocol::{COMPLETION_MODULE, DRIVER_CLASS, DRIVER_MODULE, N_SUBPROCESSES, NOT_FINISHED_MESSAGE, method, option};
 pub use protocol::{ResultStatus, SubmitStatus};
@@ -195,6 +195,10 @@ impl Driver {
                 (option::PRELOAD, &options.preload.as_python()),
                 (option::BACKEND, &options.backend.name()),
                 (option::RAY_ADDRESS, &options.backend.ray_address()),
+                (
+                    option::BATCHING,
+                    &options.batching.map(|batching| (batching.max_size, batching.max_wait.as_secs_f64())),
+                ),
             ],
         )?;
         let bound = |name| driver.getattr(name).map(Object::unbind);

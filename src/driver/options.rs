@@ -98,6 +98,30 @@ impl Backend {
     }
 }
 
+/// Dynamic batching (see [`DriverOptions::batching`]): when a worker is free it takes up to
+/// `max_size` queued tasks, in queue order, as one batch; with fewer queued it waits for more
+/// until the oldest has waited `max_wait`, and never waits once the batch is full.
+///
+/// ```
+/// use rs4py::{Batching, DriverOptions};
+/// use std::time::Duration;
+/// let options = DriverOptions {
+///     batching: Some(Batching { max_size: 32, max_wait: Duration::from_micros(500) }),
+///     ..Default::default()
+/// };
+/// assert_eq!(DriverOptions::default().batching, None);
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// The most tasks in one batch; at least 1, or
+    /// [`Driver::initialize`](super::Driver::initialize) fails.
+    pub max_size: usize,
+    /// How long the oldest queued task may wait for its batch to fill (zero: a free worker
+    /// takes what is queued at once).
+    pub max_wait: Duration,
+}
+
 /// What the embedding process loads before the workers start, for them to inherit (see
 /// [`DriverOptions::preload`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -205,6 +229,18 @@ pub struct DriverOptions {
     /// What runs the Engines: [`Backend::Local`] (the default) or [`Backend::Ray`], where
     /// `n_subprocesses` is the number of Engine actors (0: one per CPU of the cluster).
     pub backend: Backend,
+    /// Dynamic batching: `None` (the default) sends tasks one at a time; `Some(`[`Batching`]`)`
+    /// hands a free worker up to `max_size` queued tasks as one batch, which the Engine
+    /// answers with one `run_batch(calls)` call (`calls` a list of `(args, kwargs)` pairs in
+    /// queue order; an Engine without `run_batch` gets one `run` call per task, in the
+    /// worker). Every task keeps its own key, answer, `cancel` (a queued one never runs; one
+    /// inside a running batch has its answer discarded), capacity and `result_ttl`. A batch
+    /// is one model call, so [`task_timeout`](Self::task_timeout) bounds the whole batch's
+    /// run (not scaled by its size): past it, the worker is killed and every task of the
+    /// batch answers `Failed`, as do the tasks of a batch whose worker dies; the message
+    /// names the batch's size. `prefetch` does not apply while batching: a batch goes only
+    /// to a free worker.
+    pub batching: Option<Batching>,
 }
 
 impl Default for DriverOptions {
@@ -223,6 +259,7 @@ impl Default for DriverOptions {
             worker_env: Vec::new(),
             worker_output: None,
             backend: Backend::Local,
+            batching: None,
         }
     }
 }

@@ -60,6 +60,8 @@ pub(super) mod option {
     pub(in crate::driver) const BACKEND: &str = "backend";
     /// `ray_address: str | None`, the Ray cluster's address.
     pub(in crate::driver) const RAY_ADDRESS: &str = "ray_address";
+    /// `batching: tuple[int, float] | None`, `(max_size, max_wait in seconds)`.
+    pub(in crate::driver) const BATCHING: &str = "batching";
     /// `deliver: Callable[[list[tuple[int, int, object, str]]], object] | None`: hands the
     /// finished tasks' answers to the completion table, in batches.
     pub(in crate::driver) const DELIVER: &str = "deliver";
@@ -67,7 +69,7 @@ pub(super) mod option {
     pub(in crate::driver) const HOST_HELD: &str = "host_held";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 17] = [
+    pub(in crate::driver) const ALL: [&str; 18] = [
         MAX_TASKS,
         N_SUBPROCESSES,
         START_METHOD,
@@ -83,6 +85,7 @@ pub(super) mod option {
         WAIT_READABLE,
         BACKEND,
         RAY_ADDRESS,
+        BATCHING,
         DELIVER,
         HOST_HELD,
     ];

@@ -55,7 +55,7 @@ pub struct DriverStats {
     /// Tasks not started yet (in the driver's queue, or sent to a busy worker behind its
     /// current task).
     pub tasks_queued: usize,
-    /// Tasks a worker is running.
+    /// Tasks a worker is running (with batching, every task of its running batch).
     pub tasks_running: usize,
     /// Tasks finished whose answer has not been retrieved yet.
     pub tasks_finished: usize,
@@ -89,7 +89,8 @@ pub struct DriverStats {
     /// Finished tasks dropped because nobody retrieved them in time.
     pub tasks_expired: u64,
     /// The median time `Engine.run` took, as the workers measured it, over the latest
-    /// `run_time_samples` tasks (at most 1024); `None` before any.
+    /// `run_time_samples` tasks (at most 1024); `None` before any. A task run in a batch
+    /// counts its batch's time divided by the batch's size.
     pub run_time_p50: Option<Duration>,
     /// The 99th percentile of the same.
     pub run_time_p99: Option<Duration>,
@@ -108,11 +109,25 @@ pub struct DriverStats {
     /// failed then, and submit refuses since); `None` while connected, and with the local
     /// pool.
     pub cluster_lost: Option<String>,
+    /// Batches sent to a worker since the start, with
+    /// [`DriverOptions::batching`](super::DriverOptions::batching) (0 without).
+    pub batches: u64,
+    /// The mean size of the latest batches (at most 1024 of them); `None` before any.
+    pub batch_size_mean: Option<f64>,
+    /// The median size of the same batches.
+    pub batch_size_p50: Option<f64>,
+    /// The 99th percentile of the same.
+    pub batch_size_p99: Option<f64>,
+    /// The median time the latest batched tasks (at most 1024) waited in the queue, from
+    /// `submit` until their batch was sent to a worker; `None` before any batch.
+    pub queue_wait_p50: Option<Duration>,
+    /// The 99th percentile of the same.
+    pub queue_wait_p99: Option<Duration>,
 }
 
 /// Every key read from py4cc's dict (its `DRIVER_CONTRACT["stats"]`).
 #[cfg(test)]
-pub(super) const KEYS: [&str; 24] = [
+pub(super) const KEYS: [&str; 30] = [
     "state",
     "tasks_held",
     "tasks_queued",
@@ -137,6 +152,12 @@ pub(super) const KEYS: [&str; 24] = [
     "last_worker_failure",
     "cluster",
     "cluster_lost",
+    "batches",
+    "batch_size_mean",
+    "batch_size_p50",
+    "batch_size_p99",
+    "queue_wait_p50_s",
+    "queue_wait_p99_s",
 ];
 
 impl DriverStats {
@@ -149,6 +170,7 @@ impl DriverStats {
             .ok_or_else(|| Error::Conversion(format!("py4cc's stats: unknown state {state:?}")))?;
         let count = |key: &str| -> Result<usize> { get(key)?.extract().map_err(|error| wrong(key, error)) };
         let total = |key: &str| -> Result<u64> { get(key)?.extract().map_err(|error| wrong(key, error)) };
+        let size = |key: &str| -> Result<Option<f64>> { get(key)?.extract().map_err(|error| wrong(key, error)) };
         let seconds = |key: &str| -> Result<Option<Duration>> {
             let value: Option<f64> = get(key)?.extract().map_err(|error| wrong(key, error))?;
             value
@@ -185,6 +207,12 @@ impl DriverStats {
                 .map_err(|error| wrong("last_worker_failure", error))?,
             cluster: get("cluster")?.extract().map_err(|error| wrong("cluster", error))?,
             cluster_lost: get("cluster_lost")?.extract().map_err(|error| wrong("cluster_lost", error))?,
+            batches: total("batches")?,
+            batch_size_mean: size("batch_size_mean")?,
+            batch_size_p50: size("batch_size_p50")?,
+            batch_size_p99: size("batch_size_p99")?,
+            queue_wait_p50: seconds("queue_wait_p50_s")?,
+            queue_wait_p99: seconds("queue_wait_p99_s")?,
         })
     }
 }
@@ -210,7 +238,8 @@ mod tests {
         last_death_cause='worker process 9 exited with exit code 3', replacement_failures=0, tasks_done=10, \
         tasks_failed=3, tasks_timed_out=1, tasks_cancelled=7, tasks_expired=8, run_time_p50=0.0015, \
         run_time_p99=None, run_time_samples=13, workers_degraded=1, last_worker_failure='Traceback ...', \
-        cluster='the Ray cluster at 10.0.0.5:6379', cluster_lost='lost the connection', something_newer=[1, 2])";
+        cluster='the Ray cluster at 10.0.0.5:6379', cluster_lost='lost the connection', batches=6, batch_size_mean=7.5, \
+        batch_size_p50=8.0, batch_size_p99=None, queue_wait_p50_s=0.0005, queue_wait_p99_s=0.002, something_newer=[1, 2])";
 
     #[test]
     fn every_field_is_read_and_unknown_keys_are_ignored() {
@@ -249,6 +278,12 @@ mod tests {
                 last_worker_failure: "Traceback ...".into(),
                 cluster: "the Ray cluster at 10.0.0.5:6379".into(),
                 cluster_lost: Some("lost the connection".into()),
+                batches: 6,
+                batch_size_mean: Some(7.5),
+                batch_size_p50: Some(8.0),
+                batch_size_p99: None,
+                queue_wait_p50: Some(Duration::from_micros(500)),
+                queue_wait_p99: Some(Duration::from_millis(2)),
             }
         );
     }
@@ -277,6 +312,9 @@ mod tests {
             ("last_death_cause", "None"),
             ("cluster", "None"),
             ("cluster_lost", "5"),
+            ("batches", "-2"),
+            ("batch_size_mean", "'big'"),
+            ("queue_wait_p99_s", "-1.0"),
         ];
         for (key, value) in cases {
             let message = wrong(key, value);

@@ -17,6 +17,9 @@
 //! It listens on 127.0.0.1, on `--port` or `$RS4PY_SERVICE_PORT` (default 8080; 0 picks a free
 //! port), and prints `listening on http://127.0.0.1:PORT` on stdout once it accepts requests.
 //! Worker output and events go to stderr as `[worker PID STREAM] line`.
+//! `--batch-max-size N` (and `--batch-max-wait-ms MS`, default 0) turn on the driver's
+//! dynamic batching ([`rs4py::Batching`]): concurrent requests then reach the model in
+//! batches of up to N, each still answered on its own.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -29,7 +32,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rs4py::{Driver, DriverOptions, DriverStats, ResultStatus, StartMethod, SubmitStatus, WorkerOutput};
+use rs4py::{Batching, Driver, DriverOptions, DriverStats, ResultStatus, StartMethod, SubmitStatus, WorkerOutput};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -39,7 +42,8 @@ const STR_NAMES: [&str; 3] = ["name", "sentence", "uuid"];
 const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 const USAGE: &str = "usage: rs4py-service [--port N] [--workers N] [--max-tasks N] [--timeout-ms N] \
-[--drain-ms N] [--start-method fork|forkserver|spawn]   (port also from $RS4PY_SERVICE_PORT)";
+[--drain-ms N] [--start-method fork|forkserver|spawn] [--batch-max-size N [--batch-max-wait-ms MS]]   \
+(port also from $RS4PY_SERVICE_PORT)";
 
 /// The command line, parsed.
 #[derive(Debug, Clone)]
@@ -50,6 +54,8 @@ struct Config {
     request_timeout: Duration,
     drain_timeout: Duration,
     start_method: StartMethod,
+    /// The driver's batching (`--batch-max-size`, `--batch-max-wait-ms`); None: off.
+    batching: Option<Batching>,
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>, env_port: Option<String>) -> Result<Config, String> {
@@ -68,7 +74,10 @@ fn parse_args(args: impl IntoIterator<Item = String>, env_port: Option<String>) 
         request_timeout: Duration::from_secs(2),
         drain_timeout: Duration::from_secs(10),
         start_method: StartMethod::Forkserver,
+        batching: None,
     };
+    let mut batch_max_size: Option<usize> = None;
+    let mut batch_max_wait_ms: Option<f64> = None;
     let mut args = args.into_iter();
     while let Some(flag) = args.next() {
         match flag.as_str() {
@@ -81,9 +90,21 @@ fn parse_args(args: impl IntoIterator<Item = String>, env_port: Option<String>) 
                 let name = args.next().ok_or("--start-method needs a value")?;
                 config.start_method = name.parse().map_err(|error: rs4py::Error| error.to_string())?;
             }
+            "--batch-max-size" => batch_max_size = Some(number(&flag, args.next())?),
+            "--batch-max-wait-ms" => batch_max_wait_ms = Some(number(&flag, args.next())?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    config.batching = match (batch_max_size, batch_max_wait_ms) {
+        (None, None) => None,
+        (None, Some(_)) => return Err("--batch-max-wait-ms needs --batch-max-size".into()),
+        (Some(0), _) => return Err("--batch-max-size must be at least 1".into()),
+        (Some(max_size), wait_ms) => {
+            let max_wait = Duration::try_from_secs_f64(wait_ms.unwrap_or(0.0) / 1e3)
+                .map_err(|_| "--batch-max-wait-ms must be a finite number of milliseconds >= 0".to_owned())?;
+            Some(Batching { max_size, max_wait })
+        }
+    };
     if config.workers == 0 || config.max_tasks == 0 {
         return Err("--workers and --max-tasks must be at least 1".into());
     }
@@ -216,6 +237,12 @@ fn stats_json(stats: &DriverStats) -> serde_json::Value {
         "run_time_samples": stats.run_time_samples,
         "workers_degraded": stats.workers_degraded,
         "last_worker_failure": stats.last_worker_failure,
+        "batches": stats.batches,
+        "batch_size_mean": stats.batch_size_mean,
+        "batch_size_p50": stats.batch_size_p50,
+        "batch_size_p99": stats.batch_size_p99,
+        "queue_wait_p50_s": seconds(stats.queue_wait_p50),
+        "queue_wait_p99_s": seconds(stats.queue_wait_p99),
     })
 }
 
@@ -277,6 +304,7 @@ fn main() -> ExitCode {
         max_tasks: config.max_tasks,
         start_method: config.start_method,
         worker_env: vec![("OMP_NUM_THREADS".into(), "1".into())],
+        batching: config.batching,
         worker_output: Some(WorkerOutput::new(|line| {
             eprintln!("[worker {} {}] {}", line.pid, line.stream.as_str(), line.text);
         })),
@@ -326,6 +354,11 @@ mod tests {
         assert_eq!((config.request_timeout, config.start_method), (Duration::from_millis(250), StartMethod::Spawn));
         assert_eq!(parse_args(args(""), Some("0".into())).unwrap().port, 0);
         assert_eq!(parse_args(args("--port 7"), Some("9".into())).unwrap().port, 7, "the flag wins");
+        assert_eq!(parse_args(args(""), None).unwrap().batching, None);
+        let batched = parse_args(args("--batch-max-size 16 --batch-max-wait-ms 0.5"), None).unwrap();
+        assert_eq!(batched.batching, Some(Batching { max_size: 16, max_wait: Duration::from_micros(500) }));
+        let no_wait = parse_args(args("--batch-max-size 4"), None).unwrap();
+        assert_eq!(no_wait.batching, Some(Batching { max_size: 4, max_wait: Duration::ZERO }));
     }
 
     #[test]
@@ -337,5 +370,11 @@ mod tests {
         assert_eq!(problem("--verbose", None), r#"unknown argument "--verbose""#);
         assert_eq!(problem("--workers 0", None), "--workers and --max-tasks must be at least 1");
         assert!(problem("--start-method thread", None).contains("unknown start method \"thread\""));
+        assert_eq!(problem("--batch-max-wait-ms 2", None), "--batch-max-wait-ms needs --batch-max-size");
+        assert_eq!(problem("--batch-max-size 0", None), "--batch-max-size must be at least 1");
+        assert_eq!(
+            problem("--batch-max-size 2 --batch-max-wait-ms -1", None),
+            "--batch-max-wait-ms must be a finite number of milliseconds >= 0"
+        );
     }
 }

@@ -34,8 +34,14 @@ struct Service {
 
 /// Starts the service on a free port and waits until it listens.
 async fn start_service() -> Service {
+    start_service_with(&[]).await
+}
+
+/// [`start_service`], with more flags.
+async fn start_service_with(flags: &[&str]) -> Service {
     let mut child = Command::new(env!("CARGO_BIN_EXE_rs4py-service"))
         .args(["--workers", "2", "--max-tasks", &MAX_TASKS.to_string(), "--timeout-ms", "20000"])
+        .args(flags)
         .env("RS4PY_SERVICE_PORT", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -246,4 +252,38 @@ async fn the_service_answers_right_frees_every_slot_and_drains_on_sigterm() {
     assert_eq!(logged.get(1), Some(&"Traceback (most recent call last):"), "{stderr}");
     assert!(logged.iter().any(|line| line.contains("engine.py")), "{stderr}");
     assert_eq!(logged.last(), Some(&"OverflowError: cannot convert float infinity to integer"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_batching_concurrent_requests_are_batched_and_each_answered_right() {
+    let mut service = start_service_with(&["--batch-max-size", "8", "--batch-max-wait-ms", "2"]).await;
+    let base = Arc::new(service.base.clone());
+    let client = Client::new();
+    let tasks = make_tasks(200, 21);
+    let in_flight = Arc::new(Semaphore::new(MAX_TASKS));
+    let mut requests = JoinSet::new();
+    for task in tasks {
+        let (client, base, in_flight) = (client.clone(), Arc::clone(&base), Arc::clone(&in_flight));
+        requests.spawn(async move {
+            let _permit = in_flight.acquire_owned().await.unwrap();
+            let (status, answer, _) = score(&client, &base, &task, "").await;
+            (status, answer, expected(&task))
+        });
+    }
+    while let Some(done) = requests.join_next().await {
+        let (status, answer, want) = done.unwrap();
+        assert_eq!((status, answer), (StatusCode::OK, json!({ "value": want })));
+    }
+    let stats = stats(&client, &base).await;
+    assert_eq!(stats["tasks_done"], 200, "{stats}");
+    let batches = stats["batches"].as_u64().unwrap();
+    assert!((25..=200).contains(&batches), "200 tasks in batches of at most 8: {stats}");
+    let mean = stats["batch_size_mean"].as_f64().unwrap();
+    assert!((1.0..=8.0).contains(&mean), "{stats}");
+    assert!(stats["queue_wait_p99_s"].as_f64().is_some(), "{stats}");
+    let pid = libc::pid_t::try_from(service.child.id().unwrap()).unwrap();
+    // SAFETY: kill has no memory effects; pid is the service this test started (positive).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let exit = tokio::time::timeout(PATIENCE, service.child.wait()).await.expect("the service exits").unwrap();
+    assert!(exit.success(), "the service exited with {exit}");
 }

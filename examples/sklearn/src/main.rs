@@ -8,7 +8,16 @@
 //! rs4py-sklearn [--start-method fork|forkserver|spawn] [--workers 2] [--threads 8]
 //!     [--requests 2000] [--batch-rows 2000] [--batch-requests 100]
 //!     [--preload compare|none|module|engine] [--model-dir DIR]
+//!     [--batch-max-size N --batch-max-wait-ms MS] [--batching-bench REQUESTS]
 //! ```
+//!
+//! `--batch-max-size` / `--batch-max-wait-ms` turn on the Driver's dynamic batching
+//! (`DriverOptions::batching`): the Engine's `run_batch` then predicts a whole batch of
+//! requests with one `predict`. `--batching-bench REQUESTS` runs the batching benchmark
+//! instead: REQUESTS one-row requests from `--threads` threads to `--workers` workers, with
+//! batching off and at max_size 8, 32, 64 × max_wait 0.5, 2 ms, every answer checked, then
+//! the limit (rows/s of the model predicting batches of 64 rows in a loop in one process, ×
+//! workers); it prints a table.
 //!
 //! Each run measures how long the workers take to be ready, then four workloads: one row
 //! per request and batches of rows, each sent as packed little-endian f64 bytes (read with
@@ -30,18 +39,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rs4py::{Bytes, Driver, DriverOptions, Gil, Preload, ResultStatus, StartMethod, SubmitStatus, TaskReceipt};
+use rs4py::{
+    Batching, Bytes, Driver, DriverOptions, Gil, Preload, ResultStatus, StartMethod, SubmitStatus, TaskReceipt,
+};
 use workload::percentile;
 
 const USAGE: &str = "usage: rs4py-sklearn [--start-method fork|forkserver|spawn] [--workers N] [--threads N] \
                      [--requests N] [--batch-rows N] [--batch-requests N] \
-                     [--preload compare|none|module|engine] [--model-dir DIR]";
+                     [--preload compare|none|module|engine] [--model-dir DIR] \
+                     [--batch-max-size N --batch-max-wait-ms MS] [--batching-bench REQUESTS]";
 
 /// Long enough for any request; one that needs it is reported as a failure.
 const PATIENCE: Duration = Duration::from_secs(60);
 
 /// The Engine, `engine.py` next to this crate's manifest.
 const ENGINE: &str = "engine:IrisEngine";
+
+/// How far a probability of a row the Driver batched may be from the model's for that row's
+/// request alone (without batching: bit for bit).
+const TOLERANCE: f64 = 1e-12;
 
 /// One BLAS thread per worker: N workers of a numpy model would otherwise each start a
 /// thread per core.
@@ -58,6 +74,26 @@ struct Args {
     /// None: compare every preload the start method allows, each in a child process.
     preload: Option<Preload>,
     model_dir: Option<PathBuf>,
+    batch_max_size: Option<usize>,
+    batch_max_wait_ms: Option<f64>,
+    /// Run the batching benchmark with this many one-row requests per configuration.
+    batching_bench: Option<usize>,
+}
+
+impl Args {
+    /// The Driver's batching, from `--batch-max-size` and `--batch-max-wait-ms` (0 ms if only
+    /// the size is given).
+    fn batching(&self) -> Result<Option<Batching>, String> {
+        match (self.batch_max_size, self.batch_max_wait_ms) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(format!("--batch-max-wait-ms needs --batch-max-size\n{USAGE}")),
+            (Some(max_size), wait_ms) => {
+                let max_wait = Duration::try_from_secs_f64(wait_ms.unwrap_or(0.0) / 1e3)
+                    .map_err(|e| format!("--batch-max-wait-ms: {e}\n{USAGE}"))?;
+                Ok(Some(Batching { max_size, max_wait }))
+            }
+        }
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -70,6 +106,9 @@ fn parse_args() -> Result<Args, String> {
         batch_requests: 100,
         preload: None,
         model_dir: None,
+        batch_max_size: None,
+        batch_max_wait_ms: None,
+        batching_bench: None,
     };
     let mut words = std::env::args().skip(1);
     while let Some(flag) = words.next() {
@@ -97,12 +136,16 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--model-dir" => args.model_dir = Some(PathBuf::from(value)),
+            "--batch-max-size" => args.batch_max_size = Some(number(&flag, &value)?),
+            "--batch-max-wait-ms" => args.batch_max_wait_ms = Some(number(&flag, &value)?),
+            "--batching-bench" => args.batching_bench = Some(number(&flag, &value)?),
             _ => return Err(format!("unknown flag {flag:?}\n{USAGE}")),
         }
     }
     if args.workers == 0 || args.threads == 0 || args.batch_rows == 0 {
         return Err(format!("--workers, --threads and --batch-rows must be at least 1\n{USAGE}"));
     }
+    args.batching()?; // checked here, once
     Ok(args)
 }
 
@@ -114,9 +157,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let outcome = match args.preload {
-        Some(preload) => serve_and_check(&args, preload).map(|_| ()),
-        None => compare(&args),
+    let outcome = match (args.batching_bench, args.preload) {
+        (Some(requests), _) => batching_bench(&args, requests),
+        (None, Some(preload)) => serve_and_check(&args, preload).map(|_| ()),
+        (None, None) => compare(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -445,6 +489,7 @@ fn serve_and_check(args: &Args, preload: Preload) -> Result<(), String> {
             task_timeout: Some(PATIENCE),
             worker_env: ONE_THREAD.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
             preload,
+            batching: args.batching()?,
             ..Default::default()
         })
         .map_err(|e| e.to_string())?,
@@ -490,10 +535,21 @@ fn serve_and_check(args: &Args, preload: Preload) -> Result<(), String> {
         );
         figures.push(format!("{per_second:.0}, {p50:.2}, {p99:.2}"));
     }
-    let checked = check(&model_path, n_features, &phases)?;
-    println!(
-        "  checked {checked} rows: labels and probabilities identical to scikit-learn's predict and predict_proba"
-    );
+    let checked = if args.batching()?.is_some() {
+        let (checked, largest) = check_within(&model_path, n_features, &phases, TOLERANCE)?;
+        println!(
+            "  checked {checked} rows: labels identical to scikit-learn's predict, probabilities within {TOLERANCE:e} \
+             of its predict_proba (largest difference {largest:e}; the Driver's batches stack requests' rows)"
+        );
+        checked
+    } else {
+        check(&model_path, n_features, &phases)?
+    };
+    if args.batching()?.is_none() {
+        println!(
+            "  checked {checked} rows: labels and probabilities identical to scikit-learn's predict and predict_proba"
+        );
+    }
     println!("figures: {}", figures.join(" | "));
     if args.model_dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
@@ -504,6 +560,20 @@ fn serve_and_check(args: &Args, preload: Preload) -> Result<(), String> {
 /// Compares every answer with scikit-learn's own prediction for the same rows, computed
 /// here (the Driver finalized) on the same batches; returns the number of rows checked.
 fn check(model_path: &Path, n_features: usize, phases: &[Phase]) -> Result<usize, String> {
+    check_within(model_path, n_features, phases, 0.0).map(|(rows, _)| rows)
+}
+
+/// [`check`], the labels identical and each probability within `tolerance` of
+/// scikit-learn's (0.0: bit for bit); also answers the largest difference seen. Rows that
+/// the Driver's batching stacked with other requests' rows may differ in the last bits: a
+/// BLAS sums a matrix product in its own order for a taller matrix.
+fn check_within(
+    model_path: &Path,
+    n_features: usize,
+    phases: &[Phase],
+    tolerance: f64,
+) -> Result<(usize, f64), String> {
+    let mut largest_difference = 0.0f64;
     let failed = |e: rs4py::Error| format!("checking with scikit-learn here: {e}");
     let gil = Gil::acquire().map_err(failed)?;
     let numpy = gil.import("numpy").map_err(failed)?;
@@ -532,12 +602,123 @@ fn check(model_path: &Path, n_features: usize, phases: &[Phase]) -> Result<usize
                     phase.name, answer.labels
                 ));
             }
-            // Bit for bit: the same model on the same rows, batched the same way.
-            if answer.probabilities.iter().map(|p| p.to_bits()).ne(probabilities.iter().map(|p| p.to_bits())) {
-                return Err(format!("{}, request {index}: probabilities differ from scikit-learn's", phase.name));
+            // Bit for bit (tolerance 0): the same model on the same rows, batched the same way.
+            let same = answer.probabilities.len() == probabilities.len()
+                && answer.probabilities.iter().zip(&probabilities).all(|(got, want)| {
+                    let difference = (got - want).abs();
+                    largest_difference = largest_difference.max(difference);
+                    got.to_bits() == want.to_bits() || difference <= tolerance
+                });
+            if !same {
+                return Err(format!(
+                    "{}, request {index}: probabilities differ from scikit-learn's (tolerance {tolerance:e})",
+                    phase.name
+                ));
             }
             rows_checked += labels.len();
         }
     }
-    Ok(rows_checked)
+    Ok((rows_checked, largest_difference))
+}
+
+/// The batching benchmark: `requests` one-row requests (lists of floats) from `--threads`
+/// threads to `--workers` workers, with batching off and on (max_size 8, 32, 64 × max_wait
+/// 0.5, 2 ms), each configuration with a fresh Driver and every answer checked against the
+/// model's own prediction of that row; then the limit, rows/s of the model predicting
+/// batches of 64 rows in a loop in one process, × workers. Prints a markdown table.
+fn batching_bench(args: &Args, requests: usize) -> Result<(), String> {
+    let dir = model_dir(args)?;
+    let model_path = dir.join("iris.joblib");
+    let (features, data) = read_rows(&dir)?;
+    let mut configurations = vec![None];
+    for max_size in [8, 32, 64] {
+        for wait_ms in [0.5, 2.0] {
+            configurations.push(Some((max_size, wait_ms)));
+        }
+    }
+    println!(
+        "{requests} one-row requests from {} threads, {} workers, start method {}:\n",
+        args.threads, args.workers, args.start_method
+    );
+    let mut largest_difference = 0.0f64;
+    println!("| batching | requests/s | p50 (ms) | p99 (ms) | mean batch |");
+    println!("|---|---|---|---|---|");
+    for (salt, configuration) in configurations.into_iter().enumerate() {
+        let batching = configuration
+            .map(|(max_size, wait_ms)| Batching { max_size, max_wait: Duration::from_secs_f64(wait_ms / 1e3) });
+        let driver = Arc::new(
+            Driver::new(DriverOptions {
+                engine: ENGINE.into(),
+                python_path: vec![example_dir().to_path_buf()],
+                n_subprocesses: args.workers,
+                start_method: args.start_method,
+                max_tasks: 2 * args.threads,
+                init_timeout: Some(Duration::from_secs(300)),
+                task_timeout: Some(PATIENCE),
+                worker_env: ONE_THREAD.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
+                batching,
+                ..Default::default()
+            })
+            .map_err(|e| e.to_string())?,
+        );
+        let no_names: [&str; 0] = [];
+        driver
+            .initialize_with("{}", &features, &no_names, [("model_path", model_path.to_string_lossy().as_ref())])
+            .map_err(|e| format!("initialize: {e}"))?;
+        let name = match configuration {
+            None => "off".to_owned(),
+            Some((max_size, wait_ms)) => format!("max_size {max_size}, max_wait {wait_ms} ms"),
+        };
+        let phase = run_phase(&driver, &name, make_requests(&data, requests, 1, salt), Form::List, args.threads)?;
+        let stats = driver.stats().map_err(|e| e.to_string())?;
+        driver.finalize();
+        let (_, difference) = check_within(&model_path, features.len(), std::slice::from_ref(&phase), TOLERANCE)?;
+        largest_difference = largest_difference.max(difference);
+        let (per_second, p50, p99) = phase.figures();
+        let mean = stats.batch_size_mean.map(|mean| format!("{mean:.1}")).unwrap_or_else(|| "-".into());
+        println!("| {name} | {per_second:.0} | {p50:.2} | {p99:.2} | {mean} |");
+    }
+    let limit = model_limit(&model_path, &dir)?;
+    println!(
+        "\nlimit: the model alone predicts {limit:.0} rows/s in batches of 64 in one process; × {} workers = {:.0} rows/s",
+        args.workers,
+        limit * args.workers as f64
+    );
+    println!(
+        "every answer checked against the model's own prediction of its row: labels identical, probabilities \
+         within {TOLERANCE:e} (largest difference {largest_difference:e})"
+    );
+    if args.model_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
+/// Rows/s of the model predicting (labels and probabilities) batches of 64 rows in a loop for
+/// about a second, in a child process of the build interpreter with one BLAS thread.
+fn model_limit(model_path: &Path, dir: &Path) -> Result<f64, String> {
+    const SCRIPT: &str = r#"
+import sys, time, joblib, numpy as np
+model = joblib.load(sys.argv[1])
+with open(sys.argv[2]) as f:
+    rows = [list(map(float, line.split())) for line in f.read().splitlines()[1:]]
+batch = np.asarray((rows * 64)[:64], dtype=np.float64)
+done, start = 0, time.perf_counter()
+while time.perf_counter() - start < 1.0:
+    model.predict(batch); model.predict_proba(batch); done += 64
+print(done / (time.perf_counter() - start))
+"#;
+    let python = rs4py::build_python().executable;
+    let output = Command::new(python)
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(model_path)
+        .arg(dir.join("rows.txt"))
+        .envs(ONE_THREAD)
+        .output()
+        .map_err(|e| format!("could not run {python}: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("the limit's measurement failed: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    String::from_utf8_lossy(&output.stdout).trim().parse().map_err(|e| format!("the limit's measurement: {e}"))
 }
