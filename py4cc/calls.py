@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .core import stats as stats_module
-from .core.tasks import TaskBook
+from .core.tasks import TaskBook, not_issued
 from .options import is_int
 from .protocol import DEMO_METHOD, ERROR, FINALIZED_MESSAGE, FlagAnswer, encode_arguments, short_repr, unknown_key
 from .validate import check_features, encode_call_arguments, wait_limit
@@ -207,10 +207,12 @@ class Calls:
         if pool is None:
             if self._finalized:
                 return ERROR, 0, f"unknown key {short_repr(key)}: the driver is finalized and holds no tasks"
-            return ERROR, 0, f"unknown key {short_repr(key)}: the driver is not initialized"
-        if not is_int(key) or key <= 0:
+            return ERROR, 0, f"unknown key {short_repr(key)}: this Driver did not issue it (it is not initialized)"
+        if not is_int(key):
             return ERROR, 0, unknown_key(key)
-        return pool.collect(int(key))
+        if key <= 0:
+            return ERROR, 0, not_issued(key)  # no Driver issues those
+        return pool.collect(int(key))  # which refuses a key it did not issue
 
     def _wait(self, key: Any, timeout: Any) -> FlagAnswer:
         pool = self._pool

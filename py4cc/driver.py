@@ -210,7 +210,7 @@ class Driver(Calls):
         result_ttl: float | None = DEFAULT_RESULT_TTL,
         worker_env: Any = None,
         worker_output: Callable[[int, str, str], None] | None = None,
-        wait_readable: Callable[[list[int], float | None], list[tuple[int, int]]] | None = None,
+        wait_readable: Callable[..., list[tuple[int, int]]] | None = None,
         backend: str = "local",
         ray_address: str | None = None,
         batching: Batching | Sequence[float] | None = None,
@@ -259,7 +259,9 @@ class Driver(Calls):
 
         ``wait_readable`` (keyword only): what the dispatcher thread waits on the workers'
         pipes with, ``wait_readable(fds, timeout_ms) -> [(fd, revents)]`` as
-        ``select.poll().poll`` answers (None: ``select.poll``). A host that embeds Python
+        ``select.poll().poll`` answers (None: ``select.poll``); while bytes wait to go to
+        a worker whose pipe is full it is called ``wait_readable(fds, timeout_ms,
+        write_fds)`` and must poll ``write_fds`` for output (POLLOUT) too. A host that embeds Python
         passes its own to learn when the dispatcher is about to take the GIL back, and let
         it go first (rs4py does).
 

@@ -70,7 +70,7 @@ class Options:
     """Seconds a finished result is kept for retrieval (None: until retrieved), positive."""
     worker_output: Callable[[int, str, str], None] | None = None
     """Where the workers' output lines and events go (None: the host's stderr)."""
-    wait_readable: Callable[[list[int], float | None], list[tuple[int, int]]] | None = None
+    wait_readable: Callable[..., list[tuple[int, int]]] | None = None
     """What the dispatcher waits on the workers' pipes with (None: ``select.poll``)."""
     backend: str = "local"
     """What runs the Engines: ``"local"`` (worker processes) or ``"ray"`` (actors on a Ray cluster)."""

@@ -291,10 +291,15 @@ _LONG_MARK = _LENGTH.pack(-1)
 def frame(message: bytes) -> bytes:
     """``message`` framed as ``Connection.send_bytes`` frames it (a 4-byte big-endian length,
     or -1 and an 8-byte length from 2 GiB on), so that several can go in one write."""
-    size = len(message)
+    return frame_header(len(message)) + message
+
+
+def frame_header(size: int) -> bytes:
+    """The length prefix :func:`frame` puts before a message of ``size`` bytes (on its own,
+    for a writer that sends a large message without copying it)."""
     if size < 0x7FFFFFFF:
-        return _LENGTH.pack(size) + message
-    return _LONG_MARK + _LONG_LENGTH.pack(size) + message
+        return _LENGTH.pack(size)
+    return _LONG_MARK + _LONG_LENGTH.pack(size)
 
 
 def take_messages(inbox: bytearray) -> list[bytes]:

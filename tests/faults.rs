@@ -54,7 +54,8 @@ fn fresh_dir(what: &str) -> PathBuf {
 /// This test binary, to run the ignored test `name` as a child host process.
 fn child_host(name: &str) -> Command {
     let mut command = Command::new(std::env::current_exe().unwrap());
-    command.args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"]);
+    // From a neutral directory: the crate's root holds a `py4cc/`.
+    command.args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"]).current_dir(std::env::temp_dir());
     command
 }
 
@@ -192,7 +193,14 @@ fn child_host_with_busy_workers() {
 
 fn no_pymp_directory_left_by(how: &str) {
     let tmp = fresh_dir(&format!("pymp-{how}"));
-    let output = child_host("child_host_ending").env("TMPDIR", &tmp).env("RS4PY_FAULTS_HOW", how).output().unwrap();
+    // Run from `/`: the lifeline the forkserver preloads must come from the embedded py4cc,
+    // not from a working directory that happens to hold one (the crate's root does).
+    let output = child_host("child_host_ending")
+        .current_dir("/")
+        .env("TMPDIR", &tmp)
+        .env("RS4PY_FAULTS_HOW", how)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{how}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("ending by"), "{how}: the child host did not run:\n{stdout}");

@@ -27,6 +27,10 @@ use workload::big_model;
 
 mod common;
 
+#[allow(dead_code)]
+#[path = "common/within.rs"]
+mod within;
+
 /// Long enough for any single task here; a wait that needs it is a failure.
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -574,4 +578,40 @@ fn stats_and_drain_count_general_tasks_as_they_count_demo_ones() {
         })
     };
     assert_eq!((waiter.status, waiter.value.as_str()), (ResultStatus::Done, "drained"));
+}
+
+/// Issue 16, item 1, through the Rust host (its `wait_readable` polls the worker's pipe for
+/// output): a SIGSTOPped worker sent an 8 MB task blocks neither `submit`, `stats` nor
+/// `finalize`, and the task fails once the worker has taken in nothing for `task_timeout`.
+#[test]
+fn a_stopped_worker_sent_8_mb_blocks_no_call_and_its_task_fails_after_the_bound() {
+    let driver = Arc::new(command_driver(
+        DriverOptions { task_timeout: Some(Duration::from_secs(2)), ..options(StartMethod::Forkserver) },
+        &[],
+    ));
+    let [pid] = driver.worker_pids().unwrap()[..] else { panic!("one worker") };
+    // SAFETY: sends SIGSTOP to this test's own worker process.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) }, 0);
+    let big = vec![7u8; 8 << 20];
+    let key = {
+        let driver = Arc::clone(&driver);
+        within::within(Duration::from_secs(10), "submit", move || driver.submit_call::<i64>(("length", Bytes(big)), ()))
+    };
+    assert_eq!((key.status, key.message.as_str()), (SubmitStatus::Accepted, ""));
+    let stats = {
+        let driver = Arc::clone(&driver);
+        within::within(Duration::from_secs(5), "stats", move || driver.stats().unwrap())
+    };
+    assert_eq!(stats.tasks_held, 1);
+    let failed = driver.wait(key.key, PATIENCE);
+    assert_eq!(failed.status, ResultStatus::Failed);
+    assert!(failed.message.contains(&format!("its worker process (pid {pid}) took in none of")), "{}", failed.message);
+    assert!(!workers::process_exists(pid), "the stopped worker was killed");
+    assert_eq!(answer::<i64>(&driver, ("length", Bytes(vec![1u8; 8 << 20]))), 8 << 20, "its replacement runs");
+    let stopped = driver.worker_pids().unwrap()[0];
+    // SAFETY: sends SIGSTOP to this test's own (replacement) worker process.
+    assert_eq!(unsafe { libc::kill(stopped as libc::pid_t, libc::SIGSTOP) }, 0);
+    assert_eq!(driver.submit_call::<i64>(("length", Bytes(vec![2u8; 8 << 20])), ()).status, SubmitStatus::Accepted);
+    within::within(Duration::from_secs(15), "finalize", move || driver.finalize());
+    assert!(!workers::process_exists(stopped), "finalize killed the stopped worker");
 }

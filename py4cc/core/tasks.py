@@ -6,7 +6,8 @@ A :class:`Task` lives from submit until its answer is collected, cancelled or ex
 It holds, under one ``lock``, the state they share and the rules written once for both:
 
 * admission (``admit``): refuse while stopping, draining, out of order or unavailable;
-  ``max_tasks`` held at most; keys handed out once;
+  ``max_tasks`` held at most; keys handed out once, from the book's own range (a key of
+  another Driver of this process is refused by ``collect``, ``wait`` and ``cancel``);
 * answers: ``complete`` records one (once), ``announce_finished`` wakes its waiters and
   tells the host (``notify``), or hands the answers to a host that keeps them (``deliver``:
   the tasks then leave the book, and the host's count of them joins ``held``), ``collect``
@@ -24,6 +25,7 @@ A backend adds how tasks reach its workers: it sets the class names below and im
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -45,6 +47,7 @@ from ..protocol import (
     Call,
     FlagAnswer,
     call_wire_size,
+    short_repr,
     unknown_key,
 )
 from .completion import (
@@ -59,6 +62,26 @@ from .completion import (
 )
 from .slots import Slot, backoff_delay
 from .stats import BatchStats, Counters, RunTimes
+
+KEY_SPAN = 10**12
+"""How many keys each task book (so each Driver) can issue: its keys are ``base + 1`` to
+``base + KEY_SPAN - 1``, where ``base`` is its number in this process times ``KEY_SPAN``. A
+power of ten, so that a key's last 12 digits count the Driver's tasks."""
+_KEY_RANGES = (2**63 - 1) // KEY_SPAN - 1
+"""How many books get distinct ranges before the numbers come round again (every key fits
+in a signed 64-bit integer, as the Rust host reads it)."""
+_book_numbers = itertools.count()  # next() is atomic under the GIL
+
+
+def new_key_base() -> int:
+    """The base of a new book's key range, one that no other book of this process has (until
+    ``_KEY_RANGES`` books have been made)."""
+    return (next(_book_numbers) % _KEY_RANGES + 1) * KEY_SPAN
+
+
+def not_issued(key: int) -> str:
+    """The message for a key outside this Driver's range."""
+    return f"unknown key {short_repr(key)}: this Driver did not issue it (a key of another Driver, or a number made up)"
 
 
 class Task:
@@ -107,7 +130,8 @@ class TaskBook:
         self.tasks: dict[int, Task] = {}
         self.pending: deque[Task] = deque()  # not sent to a worker yet, oldest first
         self.slots: list[Slot] = []  # one per worker to run
-        self.next_key = 1
+        self.key_base = new_key_base()  # this book's keys: key_base + 1, ..., key_base + KEY_SPAN - 1
+        self.next_key = self.key_base + 1
         self.avg_run_s: float | None = None  # moving average of task run times
         self.closed = False  # stop has begun: refuse new tasks
         self.finished = False  # stop has completed
@@ -230,6 +254,8 @@ class TaskBook:
                 return ERROR, 0, why
             if self.held() >= self.options.max_tasks:
                 return AT_CAPACITY, 0, CAPACITY_MESSAGE
+            if self.next_key >= self.key_base + KEY_SPAN:
+                return ERROR, 0, f"this Driver has issued all of its {KEY_SPAN - 1} keys: make another"
             key = self.next_key
             self.next_key += 1
             task = Task(make_call(key))
@@ -287,11 +313,17 @@ class TaskBook:
         with self.lock:
             return self._collect(key)
 
+    def issued(self, key: int) -> bool:
+        """Whether this book issued ``key`` (whether or not it still holds its task)."""
+        return self.key_base < key < self.next_key
+
     def _collect(self, key: int) -> FlagAnswer:
         if self.announce:
             self.announce_finished()
         task = self.tasks.get(key)
         if task is None:
+            if not self.issued(key):
+                return ERROR, 0, not_issued(key)
             why = self.gone.why(key)
             if why == CANCELLED:
                 return ERROR, 0, cancelled_message(key)
@@ -311,7 +343,7 @@ class TaskBook:
         with self.lock:
             task = self.tasks.get(key)
             if task is None or task.done:
-                return self._collect(key)
+                return self._collect(key)  # which says why, a key of another Driver's included
             if task.event is None:
                 task.event = threading.Event()
             event = task.event
@@ -401,7 +433,7 @@ class TaskBook:
         answer is discarded, a finished one is removed); True if it was held."""
         with self.lock:
             self.announce_finished()
-            task = self.tasks.pop(key, None)
+            task = self.tasks.pop(key, None) if self.issued(key) else None
             if task is None:
                 return False
             self.expiring.pop(key, None)

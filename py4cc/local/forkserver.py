@@ -9,6 +9,10 @@ ever. So when py4cc started the forkserver, it owns it:
 * it adds :mod:`py4cc.lifeline` to the forkserver's preloaded modules, which makes the
   forkserver remove its socket and the directory as it exits, whenever that is (its host
   gone, however it went);
+* it starts it with this process's ``sys.path`` (CPython 3.11-3.13 pass it to the
+  forkserver and ignore it there): the forkserver would otherwise import ``py4cc`` from its
+  working directory (``''`` leads its ``sys.path``), ``PYTHONPATH`` or site-packages, and
+  fork every worker with that copy already imported (:func:`_start_with_host_sys_path`);
 * when the last pool using it stops (every Driver finalized or dropped), it stops the
   forkserver and removes the directory, unless some other process started through the
   forkserver (not a py4cc worker) still runs. The next pool starts a new one.
@@ -46,8 +50,10 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing.forkserver
+import multiprocessing.util
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -65,6 +71,22 @@ _owned = False
 _addresses: set[str] = set()
 """The sockets of py4cc's forkservers, a killed one's among them (its restart leaves it)."""
 
+_FORKSERVER_COMMAND = "from multiprocessing.forkserver import main"
+"""How the ``-c`` command that starts a forkserver begins (``ForkServer.ensure_running``)."""
+_spawnv_passfds = multiprocessing.util.spawnv_passfds
+
+
+def _start_with_host_sys_path(path: Any, args: list[Any], passfds: Any) -> int:
+    """``multiprocessing.util.spawnv_passfds``, which starts the forkserver (and the resource
+    tracker), with one change while py4cc owns the forkserver: the forkserver's command first
+    sets its ``sys.path`` to this process's, so that it preloads and forks with the same
+    modules, the embedded py4cc among them, as this process would import."""
+    if _owned:
+        prefix = f"import sys; sys.path[:] = {list(sys.path)!r}; "
+        args = [prefix + arg if isinstance(arg, str) and arg.startswith(_FORKSERVER_COMMAND) else arg for arg in args]
+    pid: int = _spawnv_passfds(path, args, passfds)
+    return pid
+
 
 def acquire_forkserver() -> None:
     """A pool with the "forkserver" start method is starting: if no forkserver runs,
@@ -80,6 +102,7 @@ def acquire_forkserver() -> None:
             if PRELOAD not in modules:
                 server.set_forkserver_preload([*modules, PRELOAD])
             _owned = True
+            multiprocessing.util.spawnv_passfds = _start_with_host_sys_path  # type: ignore[assignment]
 
 
 def note_forkserver() -> None:

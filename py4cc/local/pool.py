@@ -65,6 +65,7 @@ from ..protocol import (
     encode_batch,
     encode_call,
     exit_text,
+    frame_header,
     take_messages,
     unpickle_answer,
 )
@@ -119,6 +120,8 @@ class Pool(TaskBook):
                     f"(start method {self.options.start_method!r}): {type(exc).__name__}: {exc}"
                 ) from exc
             wait_ready(workers, self.options.setup.engine, self.options.init_timeout)
+            for w in workers:
+                w.make_nonblocking()
         except BaseException:
             self.stop()
             raise
@@ -184,13 +187,14 @@ class Pool(TaskBook):
     def dispatch(self) -> bool:
         """Give pending tasks to workers, oldest task first (lock held), as
         :func:`~py4cc.core.scheduling.pick_runner` says. Returns True if a task started and
-        has a deadline (the dispatcher must learn it). Once stop has begun nothing is sent:
-        its tasks are failed already."""
+        has a deadline, or bytes were left waiting for a pipe (the dispatcher must learn
+        it). Once stop has begun nothing is sent: its tasks are failed already."""
         if self.closed:
             return False
         if self.options.batching is not None:
             return self.dispatch_batches()
         started = False
+        backlog = False  # bytes left waiting for a pipe: the dispatcher must watch it
         now = time.monotonic()
         while self.pending:
             task = self.pending[0]
@@ -202,9 +206,10 @@ class Pool(TaskBook):
             self.pending.popleft()
             if self.assign(target, task):
                 started = started or len(target.queue) == 1
+                backlog = backlog or bool(target.outbox)
             else:
                 self.pending.appendleft(task)
-        return started and self.options.task_timeout is not None
+        return backlog or (started and self.options.task_timeout is not None)
 
     def dispatch_batches(self) -> bool:
         """With ``batching``: give each free worker a batch of the queue's head once
@@ -232,10 +237,7 @@ class Pool(TaskBook):
     def assign_batch(self, worker: Worker, batch: list[Task], now: float) -> bool:
         """Send ``batch`` to ``worker`` as one message; False (tasks untouched) if the pipe
         is broken. Its tasks all start now: task_timeout bounds the batch's whole run."""
-        try:
-            worker.conn.send_bytes(encode_batch([task.call for task in batch]))  # type: ignore[misc]
-        except (OSError, ValueError):
-            worker.dead = True
+        if not self.send(worker, encode_batch([task.call for task in batch])):  # type: ignore[misc]
             return False
         worker.queue.extend(batch)
         worker.head_started = now
@@ -269,21 +271,66 @@ class Pool(TaskBook):
 
     @staticmethod
     def has_room(w: Worker, task: Task) -> bool:
-        """Whether ``w``'s pipe keeps room for ``task`` behind what it holds (``PREFETCH_BYTES``)."""
+        """Whether ``w``'s pipe keeps room for ``task`` behind what it holds (``PREFETCH_BYTES``);
+        never while its pipe is full (bytes of an earlier task still wait to go)."""
+        if w.outbox:
+            return False
         return sum(t.size for t in itertools.islice(w.queue, 1, None)) + task.size <= PREFETCH_BYTES
 
     def assign(self, worker: Worker, task: Task) -> bool:
         """Send ``task`` to ``worker``; False (task untouched) if the pipe is broken."""
-        try:
-            worker.conn.send_bytes(encode_call(task.call))
-        except (OSError, ValueError):
-            worker.dead = True
+        if not self.send(worker, encode_call(task.call)):
             return False
         worker.queue.append(task)
         task.worker = worker
         if len(worker.queue) == 1:
             self.start_head(worker, time.monotonic())
         return True
+
+    def send(self, worker: Worker, message: bytes) -> bool:
+        """Send ``message`` to ``worker``: the pool's one write to a worker (lock held); False
+        if the pipe is broken before any of it went (nothing is left to send).
+
+        It never blocks: what the pipe does not take in now waits in ``worker.outbox``, and
+        the dispatcher sends it on once the pipe is writable (``flush``); a worker that takes
+        in nothing for ``write_stall_bound`` is killed (``Dispatcher._expire``)."""
+        was_empty = not worker.outbox
+        worker.outbox.append(memoryview(frame_header(len(message))))
+        worker.outbox.append(memoryview(message))
+        if was_empty:
+            worker.write_progress = time.monotonic()
+            return self.flush(worker)
+        return True
+
+    def flush(self, worker: Worker) -> bool:
+        """Write what ``worker``'s pipe takes now of its outbox, without blocking (lock held).
+        False if the pipe is broken: the worker is then dead (killed; ``Dispatcher._reap``
+        fails its running task and puts the others back)."""
+        outbox = worker.outbox
+        fd = worker.conn.fileno()
+        try:
+            while outbox:
+                written = os.write(fd, outbox[0])
+                if written:
+                    worker.write_progress = time.monotonic()
+                if written == len(outbox[0]):
+                    outbox.popleft()
+                else:
+                    outbox[0] = outbox[0][written:]
+        except BlockingIOError:
+            return True
+        except (OSError, ValueError):
+            outbox.clear()
+            worker.dead = True
+            worker.signal(signal.SIGKILL)
+            return False
+        return True
+
+    def write_stall_bound(self) -> float:
+        """How long a worker may take in none of the bytes waiting for its pipe before it is
+        killed: ``task_timeout``, or ``WRITE_STALL_S`` without one."""
+        task_timeout = self.options.task_timeout
+        return WRITE_STALL_S if task_timeout is None else task_timeout
 
     def start_head(self, worker: Worker, now: float) -> None:
         """``worker.queue[0]`` starts (about) now: note it, and set its deadline."""
@@ -437,6 +484,11 @@ class Pool(TaskBook):
 READ_SIZE = 1 << 16
 """The most one read of a worker's pipe takes in."""
 
+WRITE_STALL_S = 30.0
+"""Without ``task_timeout``: how long a worker may take in none of the bytes waiting for
+its pipe (it is stopped, or stuck before reading its next task) before it is killed and its
+tasks fail. Long enough for any live worker to finish unpickling a task and read on."""
+
 
 class Dispatcher(threading.Thread):
     """The pool's dispatcher thread; it exits once the pool's stop has begun."""
@@ -469,17 +521,26 @@ class Dispatcher(threading.Thread):
         poller = select.poll()
         poller.register(wake_fd, select.POLLIN)
         watched: dict[int, tuple[bool, Worker]] = {}  # fd -> (is its pipe, worker)
+        polling_out: set[int] = set()  # the pipes with bytes waiting to go: watched for POLLOUT
         wait_readable = pool.options.wait_readable  # the host's, instead of poller.poll
         while True:
             with pool.lock:
                 if pool.closed:
                     return
-                self._watch(poller, watched)
+                self._watch(poller, watched, polling_out)
                 if batching:
                     pool.dispatch()  # the batches whose oldest task has waited max_wait
+                writers = {w.conn.fileno() for w in pool.workers if w.outbox and not w.dead}
+                if wait_readable is None and writers != polling_out:
+                    for fd in writers ^ polling_out:
+                        poller.modify(fd, select.POLLIN | (select.POLLOUT if fd in writers else 0))
+                polling_out = writers
                 deadlines: list[float] = []
+                if writers:
+                    stall = pool.write_stall_bound()
+                    deadlines += [w.write_progress + stall for w in pool.workers if w.outbox and not w.dead]
                 if task_timeout is not None:
-                    deadlines = [
+                    deadlines += [
                         w.queue[0].deadline for w in pool.workers if w.queue and w.queue[0].deadline is not None
                     ]
                 if init_timeout is not None:
@@ -501,26 +562,34 @@ class Dispatcher(threading.Thread):
                 # Last thing before the GIL is let go in poll: whoever is woken now finds
                 # it free, instead of waiting for this thread's bookkeeping.
                 pool.announce_finished()
-            ready = poller.poll(timeout) if wait_readable is None else wait_readable([wake_fd, *watched], timeout)
+            if wait_readable is None:
+                ready = poller.poll(timeout)
+            elif writers:
+                ready = wait_readable([wake_fd, *watched], timeout, sorted(writers))
+            else:
+                ready = wait_readable([wake_fd, *watched], timeout)
             exited: list[Worker] = []
-            for fd, _ in ready:
+            for fd, revents in ready:
                 if fd == wake_fd:
                     pool.wakeup.drain(pool.lock)
                     continue
                 is_pipe, w = watched[fd]
-                if is_pipe:
-                    self._read_worker(w)
-                else:
+                if not is_pipe:
                     exited.append(w)
+                    continue
+                if revents & select.POLLOUT:
+                    self._write_worker(w)
+                if revents & ~select.POLLOUT:
+                    self._read_worker(w)
             for w in exited:
                 self._reap(w)
-            if task_timeout is not None:
+            if task_timeout is not None or writers:
                 self._expire(task_timeout)
             if init_timeout is not None:
                 self._expire_startup(init_timeout)
             pool.restart_due()
 
-    def _watch(self, poller: Any, watched: dict[int, tuple[bool, Worker]]) -> None:
+    def _watch(self, poller: Any, watched: dict[int, tuple[bool, Worker]], polling_out: set[int]) -> None:
         """Bring ``poller`` in line with the workers (lock held): each one's pipe until its
         EOF, and its own process (its pidfd: readable once it has exited)."""
         wanted: dict[int, tuple[bool, Worker]] = {}
@@ -534,6 +603,7 @@ class Dispatcher(threading.Thread):
             if wanted.get(fd) != what:
                 poller.unregister(fd)
                 del watched[fd]
+                polling_out.discard(fd)
         for fd, what in wanted.items():
             if fd not in watched:
                 poller.register(fd, select.POLLIN)
@@ -549,6 +619,8 @@ class Dispatcher(threading.Thread):
         while True:
             try:
                 data = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                return  # nothing yet (it was writable, or hung up with bytes still to come)
             except OSError:
                 data = b""
             if not data:
@@ -602,14 +674,29 @@ class Dispatcher(threading.Thread):
                             pool.start_head(w, now)
                 elif isinstance(report, Ready):
                     if not w.init_timed_out:  # too late: it has been killed already
+                        w.make_nonblocking()
                         w.ready = True
                         pool.note_ready(w)
                 elif isinstance(report, InitFailed):
-                    w.dead = True  # it exits by itself; its exit is a failed start
+                    # Killed, not left to exit: a thread its Engine started may keep it
+                    # alive for ever. Its exit (pidfd) is then a failed start, backed off.
+                    w.dead = True
                     w.failure = report.traceback
                     pool.event(w.pid, f"failed to initialise its engine:\n{report.traceback}")
+                    w.signal(signal.SIGKILL)
             pool.dispatch()
         return True
+
+    def _write_worker(self, w: Worker) -> None:
+        """``w``'s pipe is writable: send on what waits in its outbox; once it is empty, the
+        worker may take more tasks."""
+        pool = self.pool
+        with pool.lock:
+            if pool.closed or w.dead:
+                return
+            pool.flush(w)
+            if not w.outbox:
+                pool.dispatch()
 
     def _reap(self, w: Worker) -> None:
         """A worker process has exited: fail its task, drop it, let its slot replace it."""
@@ -642,7 +729,7 @@ class Dispatcher(threading.Thread):
                 pool.event(w.pid, f"{cause} while running task {lost[0].key}")
             elif lost:
                 pool.event(w.pid, f"{cause} while running a batch of {len(lost)} tasks (keys {lost[0].key}..)")
-            elif w.timed_out or w.init_timed_out:
+            elif w.timed_out or w.init_timed_out or w.stalled:
                 pool.event(w.pid, cause)
             elif was_ready or w.failure is None:
                 pool.event(w.pid, f"{cause} {'while idle' if was_ready else 'before it was ready'}")
@@ -663,17 +750,25 @@ class Dispatcher(threading.Thread):
             pool.announce_finished()  # before starting a replacement, which takes a while
         w.release()
 
-    def _expire(self, task_timeout: float) -> None:
-        """Kill the worker of each task that has run past ``task_timeout``; ``_reap`` fails
-        the task once that worker is dead (so that it cannot still be running it)."""
+    def _expire(self, task_timeout: float | None) -> None:
+        """Kill each worker whose pipe took in nothing of its outbox for the pool's
+        ``write_stall_bound``, and the worker of each task that has run past
+        ``task_timeout``; ``_reap`` fails the task once that worker is dead (so that it
+        cannot still be running it)."""
         pool = self.pool
         now = time.monotonic()
         with pool.lock:
             if pool.closed:
                 return
+            stall = pool.write_stall_bound()
             for w in pool.workers:
                 task = w.queue[0] if w.queue else None
-                if task is None or task.deadline is None or task.deadline > now:
+                overdue = task is not None and task.deadline is not None and task.deadline <= now
+                if w.outbox and not w.dead and (overdue or now >= w.write_progress + stall):
+                    # Its bytes have not all gone: it never ran the task, it is stuck.
+                    self._kill_stalled(w, stall)
+                    continue
+                if task is None or task.deadline is None or task.deadline > now or task_timeout is None:
                     continue
                 pool.requeue_unstarted(w)
                 doomed = list(w.queue)
@@ -695,6 +790,24 @@ class Dispatcher(threading.Thread):
                 w.signal(signal.SIGKILL)
                 # Its exit shows up on its pidfd; _reap then fails the task and has it replaced.
             pool.dispatch()
+
+    def _kill_stalled(self, w: Worker, stall: float) -> None:
+        """``w`` took in none of the bytes waiting for its pipe for ``stall`` seconds (lock
+        held): kill it; its running task fails once it is dead, the others go back to pending."""
+        pool = self.pool
+        pool.requeue_unstarted(w)
+        w.outbox.clear()
+        w.dead = True
+        w.stalled = True
+        text = (
+            f"its worker process (pid {w.pid}) took in none of the task's bytes for {stall:g} s "
+            f"(its pipe did not drain: the process is stopped or stuck); it was killed and is being replaced"
+        )
+        doomed = [w.queue.popleft() for _ in range(pool.running_count(w))]
+        if doomed:
+            pool.event(w.pid, f"its pipe did not drain for {stall:g} s with task {doomed[0].key} to send: killing it")
+            w.doomed = (doomed, f"the task could not be sent: {text}")
+        w.signal(signal.SIGKILL)
 
     def _expire_startup(self, init_timeout: float) -> None:
         """Kill the replacement workers not ready within ``init_timeout`` of their start;
@@ -721,6 +834,8 @@ def death_cause(w: Worker, exitcode: int | None, task_timeout: float | None, ini
         return f"{how}, killed because its task ran past task_timeout ({task_timeout:g} s)"
     if w.init_timed_out and init_timeout is not None:
         return f"{how}, killed because it was not ready within init_timeout ({init_timeout:g} s)"
+    if w.stalled:
+        return f"{how}, killed because its pipe did not drain"
     if w.failure is not None:
         return f"{how} after its engine failed to initialise"
     return how

@@ -40,7 +40,8 @@ class Worker:
 
     __slots__ = (
         "conn", "dead", "doomed", "eof", "failure", "forkserver_pid", "head_started", "init_timed_out",
-        "output_fds", "pid", "pidfd", "process", "queue", "ready", "slot", "started", "timed_out",
+        "outbox", "output_fds", "pid", "pidfd", "process", "queue", "ready", "slot", "stalled", "started",
+        "timed_out", "write_progress",
     )  # fmt: skip
 
     def __init__(self, process: Any, conn: Any, output_fds: tuple[int, int] | None = None) -> None:
@@ -61,6 +62,14 @@ class Worker:
         self.failure: str | None = None  # its InitFailed traceback (Engine.initialize raised)
         self.init_timed_out = False  # killed for not being ready within init_timeout
         self.doomed: tuple[list[Task], str] | None = None  # the tasks it is killed for, failed once it is dead
+        self.outbox: deque[memoryview] = deque()  # bytes for its pipe that it has not taken in yet
+        self.write_progress = 0.0  # when its pipe last took in bytes (or the outbox filled)
+        self.stalled = False  # killed because its pipe took in nothing of its outbox for too long
+
+    def make_nonblocking(self) -> None:
+        """From now on writes to its pipe never block (the pool's outbox keeps the rest),
+        and reads are made only when it is readable. Called once it is ready."""
+        os.set_blocking(self.conn.fileno(), False)
 
     def watch(self) -> Any:
         """What becomes readable once this worker's process has exited."""

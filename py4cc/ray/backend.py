@@ -53,6 +53,9 @@ from ..protocol import FAILED, OK, OUTPUT_GRACE_S, Answer, unpickle_answer
 from .actor import WATCH_GROUP, EngineActor
 from .connect import CONNECTION, LogTap, build_runtime_env, death_reason, import_ray, node_checker
 
+NODE_ID_LABEL = "ray.io/node-id"
+"""The label every Ray node carries with its id."""
+
 STOP_WAIT_S = 5.0
 """How long ``stop`` waits for Ray to confirm the killed actors' deaths."""
 
@@ -60,6 +63,16 @@ STOP_WAIT_S = 5.0
 RESOLVE_S = 30.0
 """How long the supervisor waits for a dead actor's calls to end (Ray ends them as soon as
 it knows of the death; a merely unreachable actor is killed first)."""
+
+
+AVOID_NODE_S = 30.0
+"""For this long after a node lost an actor, replacements are placed on other nodes if any
+has room (a soft preference): Ray may not know yet that the node is dying, and an actor it
+placed there would be lost too, costing a whole failure detection (about 13 s) more."""
+NEVER_STARTED = "cancelled before it started running"
+"""What Ray says of an actor that never ran (placed on a node that was dying, typically)."""
+NEVER_STARTED_RETRY_S = 0.5
+"""How soon a slot tries again after such an actor: not a failed start (no backoff)."""
 
 
 PROBE_INTERVAL_S = 1.0
@@ -135,6 +148,7 @@ class RayBackend(TaskBook):
         self.wake_at: float | None = 0.0  # when the supervisor means to wake (None: not before told)
         self.supervisor: threading.Thread | None = None
         self.probe: threading.Thread | None = None
+        self.avoid: dict[str, float] = {}  # node id (hex) -> until when replacements avoid it
 
     # -- what the task book asks of a backend ---------------------------------------------
 
@@ -151,8 +165,10 @@ class RayBackend(TaskBook):
             self.runtime_env = build_runtime_env(ray, self.options.setup.engine, self.options.setup.env)
             self.actor_class = ray.remote(concurrency_groups={WATCH_GROUP: 1})(EngineActor)
             self.relay.start()
-            if self.options.worker_output is not None:
-                self.tap.start()
+            # Ray's output goes through this Driver's sink (the host's stderr by default,
+            # as py4cc's own lines) when py4cc made the connection, or the host asked for it.
+            if self.options.worker_output is not None or CONNECTION.owned:
+                self.tap.start(own_all=CONNECTION.owned)
             self.slots = [Slot(i) for i in range(n)]
             first = [self.start_actor(slot) for slot in self.slots]
             self.wait_ready(first)
@@ -353,7 +369,11 @@ class RayBackend(TaskBook):
     def start_actor(self, slot: Slot) -> Actor:
         """Create an actor for ``slot`` and send it ``initialize`` (without waiting)."""
         handle = self.actor_class.options(
-            num_cpus=1, max_restarts=0, max_task_retries=0, runtime_env=self.runtime_env
+            num_cpus=1,
+            max_restarts=0,
+            max_task_retries=0,
+            runtime_env=self.runtime_env,
+            **self.placement(),
         ).remote()
         actor = Actor(handle, slot)
         actor.init_ref = handle.initialize.remote(self.options.setup)
@@ -363,6 +383,21 @@ class RayBackend(TaskBook):
             slot.restart_at = None
             self.actors.append(actor)
         return actor
+
+    def placement(self) -> dict[str, Any]:
+        """The scheduling option of a new actor: away from the nodes that lost an actor in the
+        last ``AVOID_NODE_S`` (a soft preference: still there if no other node has room)."""
+        now = time.monotonic()
+        with self.lock:
+            self.avoid = {node: until for node, until in self.avoid.items() if until > now}
+            nodes = sorted(self.avoid)
+        if not nodes:
+            return {}
+        try:
+            from ray.util.scheduling_strategies import NodeLabelSchedulingStrategy, NotIn
+        except ImportError:
+            return {}  # another Ray version: Ray places it where it likes
+        return {"scheduling_strategy": NodeLabelSchedulingStrategy(hard={}, soft={NODE_ID_LABEL: NotIn(*nodes)})}
 
     def wait_ready(self, actors: list[Actor]) -> None:
         """Block until every actor is ready; RuntimeError if one fails or (``init_timeout``)
@@ -437,9 +472,18 @@ class RayBackend(TaskBook):
         if actor in self.actors:
             self.actors.remove(actor)
         self.tap.pids = frozenset(a.pid for a in self.actors if a.pid)
+        slot = actor.slot
+        if not actor.ready and actor.pid == 0 and NEVER_STARTED in cause and not actor.init_timed_out:
+            # Placed on a node that was dying: no Engine ran, nothing about it is worth a
+            # death, a failed start or the place of the last cause; its slot tries again soon.
+            if slot.worker is actor:
+                slot.worker = None
+                slot.restart_at = time.monotonic() + NEVER_STARTED_RETRY_S
+            return
         self.counters.worker_deaths += 1
         self.counters.last_death_cause = f"Ray actor {actor.describe()} {cause}"
-        slot = actor.slot
+        if actor.node:
+            self.avoid[actor.node] = time.monotonic() + AVOID_NODE_S
         if slot.worker is not actor:
             return
         slot.worker = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import importlib
 import importlib.util
+import logging
 import os
 import signal
 import socket
@@ -76,12 +77,15 @@ class Connection:
                 check_reachable(ray, address)
             try:
                 with host_signals_kept():
+                    # Ray's INFO lines ("Connecting to existing Ray cluster...", uploads)
+                    # would go to the host's stderr at every start: warnings only.
+                    quiet = {"logging_level": logging.WARNING}
                     if address is None:
                         # "local": a new instance, even if RAY_ADDRESS or a `ray start` on
                         # this machine names another cluster.
-                        ray.init(address="local", num_cpus=n_cpus or None, include_dashboard=False)
+                        ray.init(address="local", num_cpus=n_cpus or None, include_dashboard=False, **quiet)
                     else:
-                        ray.init(address=address)
+                        ray.init(address=address, **quiet)
             except Exception as exc:
                 try:
                     ray.shutdown()
@@ -181,13 +185,29 @@ def check_reachable(ray: Any, address: str) -> None:
         inner = importlib.import_module("ray._raylet").InnerGcsClient
     except (ImportError, AttributeError):
         return  # another Ray version: let ray.init find out
-    try:
-        inner.standalone(address, None, int(GCS_CHECK_TIMEOUT_S * 1000))
-    except Exception as exc:
+    # Ray's client waits about 10 s more than the timeout it is given (two 5 s connection
+    # attempts of its own): it runs on a daemon thread, and this waits GCS_CHECK_TIMEOUT_S.
+    failure: list[BaseException] = []
+    answered = threading.Event()
+
+    def ask() -> None:
+        try:
+            inner.standalone(address, None, int(GCS_CHECK_TIMEOUT_S * 1000))
+        except BaseException as exc:
+            failure.append(exc)
+        answered.set()
+
+    threading.Thread(target=ask, name="py4cc-ray-gcs-check", daemon=True).start()
+    if not answered.wait(GCS_CHECK_TIMEOUT_S):
         raise RuntimeError(
             f"Driver.initialize: {address} accepts connections but did not answer as a Ray cluster "
-            f"within {GCS_CHECK_TIMEOUT_S:g} s: {type(exc).__name__}: {exc}"
-        ) from exc
+            f"within {GCS_CHECK_TIMEOUT_S:g} s"
+        )
+    if failure:
+        raise RuntimeError(
+            f"Driver.initialize: {address} accepts connections but did not answer as a Ray cluster: "
+            f"{type(failure[0]).__name__}: {failure[0]}"
+        ) from failure[0]
 
 
 # -- what the actors are started with --------------------------------------------------------
@@ -265,26 +285,52 @@ def node_checker(ray: Any) -> Any:
     return check
 
 
+RAY_PRINTER = "ray_print_logs"
+"""The name of Ray's own handler of its output stream, which prints every line to stderr."""
+
+
 class LogTap:
     """Hands the output lines of some Ray workers (by pid) to ``deliver(pid, stream, line)``,
     from Ray's stream of worker output to this process (on when ``ray.init`` had
-    ``log_to_driver``, its default). Ray keeps printing them too."""
+    ``log_to_driver``, its default).
+
+    With ``own_all`` (this process's connection is py4cc's), Ray's own printer of that
+    stream is removed, and so is its printing of the cluster's error messages (the raylet's
+    "A worker died...", which Ray's error thread prints through ``print_to_stdstream``):
+    every line (those, the raylet's ``[state-dump]``, other workers' output) is handed on
+    too, under pid 0 and led by its source, instead of going to the host's stderr."""
 
     def __init__(self, deliver: Callable[[int, str, str], None]) -> None:
         self.deliver = deliver
+        self.own_all = False
+        self.printer: tuple[Any, Any] | None = None  # (Ray's worker module, its own print_to_stdstream)
         self.pids: frozenset[int] = frozenset()  # replaced, never changed: read without a lock
         self.name = f"py4cc-output-{id(self)}"
         self.dispatcher: Any = None
 
-    def start(self) -> None:
+    def start(self, own_all: bool) -> None:
         try:
             dispatcher = importlib.import_module("ray._private.ray_logging").global_worker_stdstream_dispatcher
             dispatcher.add_handler(self.name, self.on_batch)
         except Exception:
             return  # another Ray version: the lines stay in Ray's own output only
         self.dispatcher = dispatcher
+        if own_all:
+            try:
+                dispatcher.remove_handler(RAY_PRINTER)
+                worker_module: Any = importlib.import_module("ray._private.worker")
+                self.printer = (worker_module, worker_module.print_to_stdstream)
+                worker_module.print_to_stdstream = self.on_printed
+            except Exception:
+                return  # another Ray version: Ray keeps printing what this could not take
+            self.own_all = True
 
     def stop(self) -> None:
+        if self.printer is not None:
+            worker_module, printer = self.printer
+            if getattr(worker_module, "print_to_stdstream", None) == self.on_printed:
+                worker_module.print_to_stdstream = printer
+            self.printer = None
         if self.dispatcher is not None:
             try:
                 self.dispatcher.remove_handler(self.name)
@@ -292,14 +338,23 @@ class LogTap:
                 pass
             self.dispatcher = None
 
+    def on_printed(self, data: Any, ignore_prefix: bool = False) -> None:
+        """In place of Ray's ``print_to_stdstream``: the line goes where the tap's go."""
+        self.on_batch(data)
+
     def on_batch(self, data: Any) -> None:
         """One batch of lines from one worker (on Ray's log thread); never raises."""
         try:
-            pid = int(data.get("pid"))  # Ray gives it as text
-            if pid not in self.pids:
-                return
+            source = str(data.get("pid"))  # Ray gives it as text: a pid, "raylet", "autoscaler"
+            pid = int(source) if source.isdigit() else 0
             stream = "stderr" if data.get("is_err") else "stdout"
+            if pid not in self.pids:
+                if not self.own_all:
+                    return
+                pid, prefix = 0, f"({source}) "
+            else:
+                prefix = ""
             for line in data.get("lines", ()):
-                self.deliver(pid, stream, str(line))
+                self.deliver(pid, stream, prefix + str(line))
         except Exception:
             pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -210,6 +211,55 @@ class RestartBeforeReadyTest(DriverTestCase):
             self.assertIn("keeps restarting", message)
             # It keeps trying, past the 3 attempts it once gave up after.
             self.assertTrue(wait_until(lambda: d._pool.counters.replacement_failures >= 5, timeout=30))
+
+
+class NonDaemonThreadInFailingInitializeTest(DriverTestCase):
+    def test_a_replacement_that_cannot_exit_is_killed_and_its_slot_backs_off(self):
+        # Before: the worker sent its traceback, then could not exit (its non-daemon thread
+        # kept it alive); the dispatcher waited for that exit for ever: the slot was never
+        # restarted nor counted degraded, and submit kept accepting tasks that never ran.
+        add_engines_dir()
+        for method in ("fork", "forkserver", "spawn"):
+            with self.subTest(start_method=method), tempfile.TemporaryDirectory() as tmp:
+                self.check_restart_with_a_stuck_thread(method, os.path.join(tmp, "marker"))
+
+    def check_restart_with_a_stuck_thread(self, method: str, marker: str) -> None:
+        d = self.make_driver(
+            config=json.dumps({"marker": marker}),
+            engine="py4cc_user_engines:StartupTroubleEngine",
+            start_method=method,
+        )
+        [first] = d.worker_pids()
+        with open(marker, "w") as handle:
+            handle.write("thread")
+        os.kill(first, signal.SIGKILL)
+        seen: set[int] = set()
+        answers: list = []
+
+        def refused() -> bool:
+            seen.update(d.worker_pids())
+            answers.append(d.submit([0.0, 0.0], ["a", "b", "c"], 5))
+            return answers[-1][0] == 9
+
+        self.assertTrue(wait_until(refused, timeout=20, step=0.05), answers[-1])
+        flag, key, message = answers[-1]
+        self.assertEqual((flag, key), (9, 0))
+        self.assertIn("no worker process is ready", message)
+        self.assertIn("failed to initialise its engine", message)
+        self.assertIn("RuntimeError: the model store is down", message)
+        accepted = [key for flag, key, _ in answers if flag == 0]
+        for key in accepted:  # accepted before the first failed start: failed since
+            self.assertEqual(d.wait(key, 20)[0], 2)
+        self.assertTrue(wait_until(lambda: d.stats()["replacement_failures"] >= 2, timeout=20))
+        self.assertEqual(d.stats()["workers_degraded"], 1)
+        failed_pids = seen - {first} - set(d.worker_pids())  # the replacements seen, each killed
+        self.assertTrue(wait_until(lambda: not any(pid_alive(pid) for pid in failed_pids)), failed_pids)
+        os.remove(marker)
+        self.assertTrue(wait_until(lambda: ready_workers(d) == 1, timeout=30))
+        flag, key, message = d.submit([0.0, 0.0], ["a", "b", "c"], 5)
+        self.assertEqual(flag, 0, message)
+        self.assertEqual(d.wait(key, 20), (0, 5, ""))
+        d.finalize()
 
 
 class InitTimeoutTest(DriverTestCase):

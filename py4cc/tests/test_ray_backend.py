@@ -13,19 +13,23 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 from typing import Any
 from unittest import mock
 
+from py4cc.core.slots import Slot
 from py4cc.driver import Driver
 from py4cc.engine import big_model
 from py4cc.options import build_options
 from py4cc.protocol import AT_CAPACITY, ERROR, FAILED, NOT_FINISHED, OK
 from py4cc.ray import connect as ray_connect
+from py4cc.ray.backend import Actor, RayBackend
 from py4cc.tests.ray_cluster import ADDRESS_VARIABLE, RayCluster, children, running
 from py4cc.tests.support import ENGINES_DIR, FLOAT_NAMES, STR_NAMES, TASK, DriverTestCase, add_engines_dir, wait_until
 
@@ -61,6 +65,32 @@ def setUpModule() -> None:
 def tearDownModule() -> None:
     if CLUSTER is not None:
         CLUSTER.stop()
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+QUIET_HOST = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[2])
+from py4cc.driver import Driver
+
+lines = []
+d = Driver(n_subprocesses=1, backend="ray", ray_address=sys.argv[1], init_timeout=120,
+           engine="py4cc_user_engines:SleepEngine", worker_output=lambda *line: lines.append(line))
+d.initialize("{}", ["a", "b"], ["c", "d", "e"])
+[pid] = d.worker_pids()
+key = d.submit([60.0, 0.0], ["a", "b", "c"], 1)[1]
+os.kill(pid, signal.SIGKILL)
+flag = d.wait(key, 120)[0]
+key = d.submit([0.0, 0.0], ["a", "b", "c"], 1)[1]
+print("failed", flag, "then", d.wait(key, 120)[0], flush=True)
+d.finalize()
+"""
+
+
+def close_all(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()
 
 
 class RayOptionsTest(unittest.TestCase):
@@ -146,6 +176,54 @@ class RayOptionsTest(unittest.TestCase):
         port = closed_port()
         with self.assertRaisesRegex(RuntimeError, f"cannot reach the Ray cluster at 127.0.0.1:{port}: .*refused"):
             ray_connect.check_reachable(None, f"127.0.0.1:{port}")
+
+    @unittest.skipUnless(HAVE_RAY, "needs the ray package (no cluster)")
+    def test_an_address_that_is_not_a_ray_cluster_is_refused_within_the_bound_it_names(self) -> None:
+        # Before: "did not answer as a Ray cluster within 10 s" came after about 20 s (Ray's
+        # client waits 10 s more than it is told).
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        accepted: list[socket.socket] = []
+        threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
+        self.addCleanup(close_all, accepted)
+        port = listener.getsockname()[1]
+        import ray
+
+        started = time.monotonic()
+        with self.assertRaisesRegex(
+            RuntimeError, f"127.0.0.1:{port} accepts connections but did not answer as a Ray cluster within 10 s"
+        ):
+            ray_connect.check_reachable(ray, f"127.0.0.1:{port}")
+        self.assertLess(time.monotonic() - started, ray_connect.GCS_CHECK_TIMEOUT_S + 5.0)
+
+    def test_an_actor_that_never_ran_keeps_the_last_cause_and_is_no_failed_start(self) -> None:
+        # Before: after a node loss, the replacement Ray placed on the dying node (it never
+        # ran) became "last_death_cause" ("Ray actor pid 0 on node ? (?) died: ... cancelled
+        # before it started running"), a replacement failure and a degraded slot.
+        backend = RayBackend(self.options(backend="ray"))
+        lost = Actor(None, Slot(0))
+        lost.pid, lost.node, lost.ready = 4321, "a1b2c3" * 4, True
+        backend.slots, backend.actors, lost.slot.worker = [lost.slot], [lost], lost
+        never_ran = Actor(None, Slot(1))
+        backend.slots.append(never_ran.slot)
+        backend.actors.append(never_ran)
+        never_ran.slot.worker = never_ran
+        with backend.lock:
+            backend.lose_actor(lost, "died: The actor is dead because its node has died.")
+            cause = backend.counters.last_death_cause
+            backend.lose_actor(never_ran, "died: The actor never ran - it was cancelled before it started running.")
+        self.assertEqual(
+            cause, "Ray actor pid 4321 on node a1b2c3a1b2c3 (?) died: The actor is dead because its node has died."
+        )
+        self.assertEqual(backend.counters.last_death_cause, cause)
+        self.assertEqual((backend.counters.worker_deaths, backend.counters.replacement_failures), (1, 0))
+        self.assertEqual([slot.degraded for slot in backend.slots], [False, False])
+        self.assertIsNotNone(never_ran.slot.restart_at, "its slot tries again")
+        self.assertEqual(backend.actors, [])
+        if HAVE_RAY:  # replacements prefer other nodes than the one that lost an actor
+            strategy = backend.placement()["scheduling_strategy"]
+            [expression] = strategy.soft
+            self.assertEqual((expression.key, expression.operator.values), ("ray.io/node-id", [lost.node]))
 
     def test_death_reason_keeps_ray_s_explanation(self) -> None:
         error = RuntimeError(
@@ -399,6 +477,13 @@ class RayClusterTest(DriverTestCase):
         fresh = [driver.submit([0.0, 0.0], ["a", "b", "c"], 30 + i)[1] for i in range(12)]
         for i, key in enumerate(fresh):
             self.assertEqual(self.answer(driver, key), (OK, 30 + i, "slept"))
+        # The report keeps the lost actor's cause; a replacement Ray placed on the dying node
+        # (it never ran) is neither a failed start nor a degraded slot (before: "Ray actor
+        # pid 0 on node ? (?) died: ... cancelled before it started running", counted failed).
+        stats = driver.stats()
+        self.assertIn(f"Ray actor pid {on_node[0]} on node", stats["last_death_cause"])
+        self.assertNotIn("pid 0", stats["last_death_cause"])
+        self.assertEqual((stats["replacement_failures"], stats["workers_degraded"]), (0, 0), stats)
 
     def test_finalize_leaves_no_actor_and_no_process_behind(self) -> None:
         before = set(children(os.getpid()))  # the cluster's nodes, if this process started them
@@ -520,6 +605,24 @@ class RayClusterTest(DriverTestCase):
         died = f"died while running task {key}: "
         self.assertTrue(wait_until(lambda: any(p == pid and t.startswith(died) for p, _, t in lines), WAIT_S), lines)
         self.assertTrue(wait_until(lambda: (0, "event", "actor slot 0: started a Ray actor") in lines, WAIT_S), lines)
+
+    def test_ray_prints_nothing_on_the_host_s_stderr_with_worker_output(self) -> None:
+        # Before: INFO lines at every initialize, "(raylet) A worker died ..." on each kill
+        # went to the host's stderr, outside worker_output.
+        assert CLUSTER is not None
+        host = subprocess.run(
+            [sys.executable, "-c", QUIET_HOST, CLUSTER.address, ENGINES_DIR],
+            env={**os.environ, "PYTHONPATH": REPO_ROOT},
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S * 2,
+        )
+        self.assertEqual(host.returncode, 0, host.stderr)
+        self.assertEqual(host.stdout.strip().splitlines()[-1], "failed 2 then 0")
+        # Ray's core worker warns (C++ log) that a loopback-only network has no route out:
+        # a fact of the test's namespace, not output of the Driver's.
+        noise = [line for line in host.stderr.splitlines() if line.strip() and "network_util.cc" not in line]
+        self.assertEqual(noise, [], "Ray printed on the host's stderr")
 
     def test_drain_finishes_the_held_tasks_then_stops(self) -> None:
         driver = self.ray_driver(engine="py4cc_user_engines:SleepEngine")

@@ -6,7 +6,6 @@ mod combine;
 mod completion;
 mod future;
 mod general;
-mod keys;
 mod options;
 mod output;
 mod package;
@@ -137,7 +136,6 @@ pub struct Driver {
     completions: Arc<Completions>,
     turn: Arc<DispatcherTurn>,
     access: Access,
-    keys: keys::KeyRange,
     result_ttl: Option<Duration>,
     /// Demo tasks on their way into py4cc, handed over in batches (see `combine.rs`).
     submissions: Combiner<DemoTask, Result<(i64, i64, String)>>,
@@ -159,22 +157,7 @@ impl Driver {
         let turn = Arc::new(DispatcherTurn::default());
         let wait_readable = turn.function(gil.token())?;
         let class = gil.import(DRIVER_MODULE)?.getattr(DRIVER_CLASS)?;
-        let keys = keys::KeyRange::new();
-        // Events name tasks by py4cc's numbers: the callback gets the user's keys instead.
-        let worker_output = options
-            .worker_output
-            .as_ref()
-            .map(|output| {
-                let output = output.clone();
-                WorkerOutput::new(move |mut line| {
-                    if line.stream == WorkerStream::Event {
-                        line.text = keys.event_text(&line.text);
-                    }
-                    output.call(line);
-                })
-                .sink(gil.token())
-            })
-            .transpose()?;
+        let worker_output = options.worker_output.as_ref().map(|output| output.sink(gil.token())).transpose()?;
         let driver = class.call(
             (),
             [
@@ -223,7 +206,6 @@ impl Driver {
             completions,
             turn,
             access: Access::new(),
-            keys,
             unconvertible: AtomicU64::new(0),
         })
     }
@@ -379,23 +361,16 @@ impl Driver {
     /// get one), with the key in this Driver's range.
     fn receipt(&self, answer: Result<(i64, i64, String)>, call: &str) -> TaskReceipt {
         let refused = |message| TaskReceipt { status: SubmitStatus::Error, key: 0, message };
-        let (code, python_key, message) = match answer {
+        let (code, key, message) = match answer {
             Ok(answer) => answer,
             Err(Error::Unavailable(message)) => return refused(message),
             Err(error) => return refused(format!("{call} failed: {error}")),
         };
         match SubmitStatus::from_code(code) {
-            Some(SubmitStatus::Accepted) => match self.keys.public(python_key) {
-                Some(key) => {
-                    self.completions.accepted(python_key);
-                    TaskReceipt { status: SubmitStatus::Accepted, key, message }
-                }
-                None => {
-                    self.completions.accepted(python_key);
-                    self.cancel_python(python_key);
-                    refused(format!("this Driver has issued all of its {} keys: make another", keys::KEY_SPAN - 1))
-                }
-            },
+            Some(SubmitStatus::Accepted) => {
+                self.completions.accepted(key);
+                TaskReceipt { status: SubmitStatus::Accepted, key, message }
+            }
             Some(status) => TaskReceipt { status, key: 0, message },
             None => refused(unknown_flag(code, &message)),
         }
@@ -413,15 +388,15 @@ impl Driver {
     /// (`NotReady` if it still is not). Holds neither the driver's mutex nor the GIL while it
     /// waits: the task's completion wakes it.
     pub fn wait<K: TaskKey>(&self, key: K, timeout: Duration) -> TaskResult<K::Answer> {
-        let Some(python_key) = self.table_key(key.raw()) else {
+        let Some(raw) = self.table_key(key.raw()) else {
             return self.collect(key, method::WAIT); // which says why not
         };
         let deadline = Instant::now().checked_add(timeout);
         let standing = if Gil::is_held() {
             // The pool needs the GIL to finish the task this thread waits for.
-            Gil::acquire_started().release_during(|| self.completions.wait(python_key, deadline))
+            Gil::acquire_started().release_during(|| self.completions.wait(raw, deadline))
         } else {
-            self.completions.wait(python_key, deadline)
+            self.completions.wait(raw, deadline)
         };
         match standing {
             Standing::Running => not_ready(key.raw()),
@@ -478,30 +453,30 @@ impl Driver {
     pub fn cancel(&self, key: impl TaskKey) -> bool {
         match self.table_key(key.raw()) {
             // A finished task's answer is in the table alone: no Python to ask.
-            Some(python_key) => self.completions.cancel_answered(python_key) || self.cancel_python(python_key),
+            Some(raw) => self.completions.cancel_answered(raw) || self.cancel_python(raw),
             None => false,
         }
     }
 
-    /// Cancels py4cc's task `python_key`; whether it was held (by py4cc, or by the table if
+    /// Cancels py4cc's task `raw`; whether it was held (by py4cc, or by the table if
     /// its answer came meanwhile).
-    fn cancel_python(&self, python_key: i64) -> bool {
-        let found = self.lock_for_task().and_then(|_serial| {
-            self.call_python(&self.python.cancel, (python_key,), |answer| answer.extract::<bool>())
-        });
+    fn cancel_python(&self, raw: i64) -> bool {
+        let found = self
+            .lock_for_task()
+            .and_then(|_serial| self.call_python(&self.python.cancel, (raw,), |answer| answer.extract::<bool>()));
         match found {
             // This also wakes anyone else waiting on the key, so that they learn it was
             // cancelled.
-            Ok(found) => self.completions.cancelled(python_key, found),
+            Ok(found) => self.completions.cancelled(raw, found),
             Err(_) => false,
         }
     }
 
-    /// py4cc's number for `key`, and so the completion table's, if this Driver issued it and
-    /// may be used here and now.
+    /// `key` for the completion table, if this Driver may be used here and now (py4cc issues
+    /// the keys, each Driver from its own range, and answers a key it did not issue).
     fn table_key(&self, key: i64) -> Option<i64> {
         self.access.check_task_call().ok()?;
-        self.keys.python(key)
+        Some(key)
     }
 
     /// How many tasks the driver holds: queued, running, or finished and not retrieved yet.
@@ -526,21 +501,18 @@ impl Driver {
         if let Err(refusal) = self.access.check_task_call() {
             return error_result(key, refusal);
         }
-        let Some(python_key) = self.keys.python(key) else {
-            return error_result(key, keys::not_ours(key));
-        };
-        let answer = match self.completions.take(python_key) {
+        let answer = match self.completions.take(key) {
             Lookup::Running => return not_ready(key),
             Lookup::Answered(answer) => self.read_delivered::<K>(answer),
             Lookup::Gone(why) => self
-                .gone_message(python_key, why)
+                .gone_message(key, why)
                 .map(|message| (ResultStatus::Error.code(), Ok(K::Answer::default()), message)),
             Lookup::Unknown => {
                 let asked = self
                     .lock_for_task()
-                    .and_then(|_serial| self.call_python(&self.python.retrieve, (python_key,), read_result::<K>));
+                    .and_then(|_serial| self.call_python(&self.python.retrieve, (key,), read_result::<K>));
                 // py4cc hands an answer over before it says a key is unknown: look again.
-                match self.completions.take(python_key) {
+                match self.completions.take(key) {
                     Lookup::Answered(answer) => self.read_delivered::<K>(answer),
                     _ => asked,
                 }
@@ -552,11 +524,7 @@ impl Driver {
                 self.unconvertible.fetch_add(1, Ordering::SeqCst);
             }
         }
-        let mut result = task_result(key, answer, call);
-        if result.status == ResultStatus::Error {
-            result.message = self.keys.message_about(python_key, result.message);
-        }
-        result
+        task_result(key, answer, call)
     }
 
     /// A delivered answer read as the key's type: at once if it is plain data of that type,
@@ -584,13 +552,13 @@ impl Driver {
     }
 
     /// py4cc's message for a key the completion table dropped.
-    fn gone_message(&self, python_key: i64, why: Gone) -> Result<String> {
+    fn gone_message(&self, key: i64, why: Gone) -> Result<String> {
         let gil = Gil::acquire()?;
         let message = match why {
-            Gone::Cancelled => self.python.cancelled_message.bind(&gil).call((python_key,), ())?,
+            Gone::Cancelled => self.python.cancelled_message.bind(&gil).call((key,), ())?,
             Gone::Expired => {
                 let ttl = self.result_ttl.map(|ttl| ttl.as_secs_f64());
-                self.python.expired_message.bind(&gil).call((python_key, ttl), ())?
+                self.python.expired_message.bind(&gil).call((key, ttl), ())?
             }
         };
         message.extract()

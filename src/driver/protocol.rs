@@ -53,8 +53,9 @@ pub(super) mod option {
     pub(in crate::driver) const WORKER_ENV: &str = "worker_env";
     /// `worker_output: Callable[[int, str, str], None] | None`.
     pub(in crate::driver) const WORKER_OUTPUT: &str = "worker_output";
-    /// `wait_readable: Callable[[list[int], float | None], list[tuple[int, int]]] | None`:
-    /// what the dispatcher polls the workers' pipes with (see `turn.rs`).
+    /// `wait_readable: Callable[..., list[tuple[int, int]]] | None`, called as
+    /// `(fds, timeout_ms)` or `(fds, timeout_ms, write_fds)`: what the dispatcher polls the
+    /// workers' pipes with (see `turn.rs`).
     pub(in crate::driver) const WAIT_READABLE: &str = "wait_readable";
     /// `backend: str`, `"local"` or `"ray"`.
     pub(in crate::driver) const BACKEND: &str = "backend";

@@ -63,10 +63,12 @@ impl DispatcherTurn {
 static WAIT_DEF: MethodDef<DispatcherTurn> = MethodDef::fastcall(
     c"wait_readable",
     wait_readable,
-    c"wait_readable(fds, timeout_ms): poll(2) the fds for input, the GIL released; [(fd, revents)].",
+    c"wait_readable(fds, timeout_ms[, write_fds]): poll(2) fds for input, write_fds for output, \
+      the GIL released; [(fd, revents)].",
 );
 
-/// `wait_readable(fds, timeout_ms)`: `poll(2)` on `fds` (a sequence of ints) for input, up to
+/// `wait_readable(fds, timeout_ms[, write_fds])`: `poll(2)` on `fds` (a sequence of ints) for
+/// input, and on `write_fds` for output (the pool's pipes with bytes waiting to go), up to
 /// `timeout_ms` (a number, or None for no limit), with the GIL released; answers the ready
 /// ones as a list of `(fd, revents)`, as `select.poll().poll` does. Marks the dispatcher's
 /// turn while it takes the GIL back. Never unwinds into C.
@@ -75,9 +77,12 @@ unsafe extern "C" fn wait_readable(
     args: *mut *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
+    // The third argument, the fds to wait on for output too, is optional.
+    let expected = if nargs == 3 { 3 } else { 2 };
     // SAFETY: GIL held (CPython calls us with it); these are the call's own arguments.
-    let Some(args) = (unsafe { fastcall_args(args, nargs, 2, c"wait_readable(fds, timeout_ms) takes 2 arguments") })
-    else {
+    let Some(args) = (unsafe {
+        fastcall_args(args, nargs, expected, c"wait_readable(fds, timeout_ms[, write_fds]) takes 2 or 3 arguments")
+    }) else {
         return std::ptr::null_mut();
     };
     // SAFETY: GIL held; `capsule` is the `self` of a function bound by WAIT_DEF, a
@@ -85,34 +90,16 @@ unsafe extern "C" fn wait_readable(
     let Some(turn) = (unsafe { bound_state::<DispatcherTurn>(capsule) }) else {
         return std::ptr::null_mut();
     };
-    // SAFETY: GIL held; args[0] is borrowed.
-    let count = unsafe { ffi::PySequence_Size(args[0]) };
-    if count < 0 {
+    let mut fds = Vec::new();
+    // SAFETY: GIL held; args[0] is borrowed for the call.
+    if unsafe { add_fds(args[0], libc::POLLIN, &mut fds) }.is_none() {
         return std::ptr::null_mut();
     }
-    let mut fds = Vec::with_capacity(count as usize);
-    for index in 0..count {
-        // SAFETY: GIL held; a new reference or NULL with an exception set.
-        let item = unsafe { ffi::PySequence_GetItem(args[0], index) };
-        if item.is_null() {
+    if expected == 3 {
+        // SAFETY: GIL held; args[2] is borrowed for the call.
+        if unsafe { add_fds(args[2], libc::POLLOUT, &mut fds) }.is_none() {
             return std::ptr::null_mut();
         }
-        // SAFETY: GIL held; `item` is the new reference just made; -1 with an exception set
-        // when it is not an int that fits.
-        let fd = unsafe { ffi::PyLong_AsLong(item) };
-        // SAFETY: releases the new reference from PySequence_GetItem, GIL held.
-        unsafe { ffi::Py_DecRef(item) };
-        // SAFETY: GIL held; reads the thread's error indicator.
-        if fd == -1 && !unsafe { ffi::PyErr_Occurred() }.is_null() {
-            return std::ptr::null_mut();
-        }
-        let Ok(fd) = libc::c_int::try_from(fd) else {
-            // SAFETY: GIL held; reads a static exception type.
-            let overflow = unsafe { ffi::PyExc_OverflowError };
-            // SAFETY: GIL held; OverflowError is an exception type.
-            return unsafe { raise(overflow, c"wait_readable: a file descriptor out of range") };
-        };
-        fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
     }
     // SAFETY: GIL held; reads the address of the static None object (not a reference taken).
     let none = unsafe { ffi::Py_None() };
@@ -146,6 +133,47 @@ unsafe extern "C" fn wait_readable(
         return unsafe { raise(os_error, &text) };
     }
     answer(&fds)
+}
+
+/// Adds the ints of the sequence `fds` to `pollfds`, waiting for `events` (an fd already there
+/// waits for both); None with an exception set if `fds` is not a sequence of fds.
+///
+/// # Safety
+/// The GIL is held and `fds` is a valid (borrowed) object pointer.
+unsafe fn add_fds(fds: *mut ffi::PyObject, events: libc::c_short, pollfds: &mut Vec<libc::pollfd>) -> Option<()> {
+    // SAFETY: GIL held (the caller's guarantee); `fds` is borrowed.
+    let count = unsafe { ffi::PySequence_Size(fds) };
+    if count < 0 {
+        return None;
+    }
+    for index in 0..count {
+        // SAFETY: GIL held; a new reference or NULL with an exception set.
+        let item = unsafe { ffi::PySequence_GetItem(fds, index) };
+        if item.is_null() {
+            return None;
+        }
+        // SAFETY: GIL held; `item` is the new reference just made; -1 with an exception set
+        // when it is not an int that fits.
+        let fd = unsafe { ffi::PyLong_AsLong(item) };
+        // SAFETY: releases the new reference from PySequence_GetItem, GIL held.
+        unsafe { ffi::Py_DecRef(item) };
+        // SAFETY: GIL held; reads the thread's error indicator.
+        if fd == -1 && !unsafe { ffi::PyErr_Occurred() }.is_null() {
+            return None;
+        }
+        let Ok(fd) = libc::c_int::try_from(fd) else {
+            // SAFETY: GIL held; reads a static exception type.
+            let overflow = unsafe { ffi::PyExc_OverflowError };
+            // SAFETY: GIL held; OverflowError is an exception type.
+            unsafe { raise(overflow, c"wait_readable: a file descriptor out of range") };
+            return None;
+        };
+        match pollfds.iter_mut().find(|pollfd| pollfd.fd == fd) {
+            Some(pollfd) => pollfd.events |= events,
+            None => pollfds.push(libc::pollfd { fd, events, revents: 0 }),
+        }
+    }
+    Some(())
 }
 
 /// `poll(2)` on `fds`, again after an interruption by a signal (with what is left of the
@@ -264,6 +292,33 @@ mod tests {
         assert_eq!(bad_timeout.python_type(), Some("TypeError"));
         drop(wait);
         assert_eq!(Arc::strong_count(&turn), 1, "freeing the function frees the capsule's count");
+        Ok(())
+    }
+
+    #[test]
+    fn it_polls_write_fds_for_output() -> Result<()> {
+        let turn = Arc::new(DispatcherTurn::default());
+        let gil = Gil::acquire()?;
+        let wait = turn.function(gil.token())?;
+        let (reader, writer) = pipe();
+        let room: Vec<(i64, i64)> = wait.call((vec![reader], 1000.0, vec![writer]), ())?.extract()?;
+        assert_eq!(room, [(i64::from(writer), i64::from(libc::POLLOUT))], "an empty pipe has room");
+        // SAFETY: sets O_NONBLOCK on a descriptor this test owns.
+        assert_eq!(unsafe { libc::fcntl(writer, libc::F_SETFL, libc::O_NONBLOCK) }, 0);
+        let chunk = [0_u8; 4096];
+        // SAFETY: writes from a live buffer to a pipe this test owns, until it is full.
+        while unsafe { libc::write(writer, chunk.as_ptr().cast(), chunk.len()) } > 0 {}
+        let full: Vec<(i64, i64)> = wait.call((vec![reader], 0, vec![writer]), ())?.extract()?;
+        assert_eq!(full, [(i64::from(reader), i64::from(libc::POLLIN))], "a full pipe is not writable");
+        let both: Vec<(i64, i64)> = wait.call((vec![reader], 0, vec![reader]), ())?.extract()?;
+        assert_eq!(both.len(), 1, "an fd in both lists is polled once: {both:?}");
+        let not_fds = wait.call((vec![reader], 0, 5), ()).unwrap_err();
+        assert_eq!(not_fds.python_type(), Some("TypeError"));
+        let too_many = wait.call((vec![reader], 0, vec![writer], 1), ()).unwrap_err();
+        assert_eq!(too_many.python_type(), Some("TypeError"));
+        for fd in [reader, writer] {
+            close(fd);
+        }
         Ok(())
     }
 

@@ -35,9 +35,10 @@ class CommandEngine:
     def run(self, command, *args, **kwargs):
         """``echo``: ``(args as a list, kwargs)``; ``value``: ``args[0]``; ``raise``: ValueError(args[0]);
         ``sleep``: sleeps ``args[0]`` s, answers ``args[1]``; ``reverse``: ``args[0]``
-        (bytes) reversed; ``unpicklable``: a lambda; ``unloadable``: an Unloadable; ``exit``:
-        raises SystemExit; ``extra``: ``initialize``'s extra argument ``args[0]``; ``pids``: the
-        processes that imported this module and initialised this Engine, and this one's;
+        (bytes) reversed; ``length``: ``len(args[0])``; ``unpicklable``: a lambda;
+        ``unloadable``: an Unloadable; ``exit``: raises SystemExit; ``extra``: ``initialize``'s
+        extra argument ``args[0]``; ``pids``: the processes that imported this module and
+        initialised this Engine, and this one's;
         ``where``: how it was built, and in which processes."""
         if command == "echo":
             return list(args), kwargs
@@ -50,6 +51,8 @@ class CommandEngine:
             return args[1]
         if command == "reverse":
             return bytes(reversed(args[0]))
+        if command == "length":
+            return len(args[0])
         if command == "unpicklable":
             return lambda: None
         if command == "unloadable":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 
 
@@ -137,8 +138,9 @@ class FragileInitEngine:
 
 class StartupTroubleEngine:
     """While the file named by ``config["marker"]`` exists, ``initialize`` misbehaves as
-    the file says: ``sleep`` (30 s, so that a test can kill it before it is ready) or
-    ``exit`` (the process exits at once with code 4)."""
+    the file says: ``sleep`` (30 s, so that a test can kill it before it is ready),
+    ``exit`` (the process exits at once with code 4) or ``thread`` (starts a non-daemon
+    thread that sleeps an hour, then raises: the process cannot exit by itself)."""
 
     def initialize(self, config, **kwargs):
         try:
@@ -150,6 +152,9 @@ class StartupTroubleEngine:
             time.sleep(30)
         elif what == "exit":
             os._exit(4)
+        elif what == "thread":
+            threading.Thread(target=time.sleep, args=(3600,), daemon=False).start()
+            raise RuntimeError("the model store is down")
 
     def run(self, float_features, str_features, int_feature):
         return int_feature, ""

@@ -1,0 +1,42 @@
+"""Item 5 of issue 16 in py4cc: each Driver of a process issues keys from its own range, so a
+key of one Driver used on another answers ERROR and consumes nothing."""
+
+from __future__ import annotations
+
+import unittest
+
+from py4cc.core.tasks import KEY_SPAN
+from py4cc.engine import big_model
+
+from .support import DriverTestCase
+
+TASK = ([1.5, -2.0], ["ab", "c", "d"], 7)
+
+
+class TwoDriversKeysTest(DriverTestCase):
+    def test_a_key_of_another_driver_answers_error_and_consumes_nothing(self):
+        # Before: both Drivers issued 1, 2, 3...: B's key collected (and removed) A's task.
+        a = self.make_driver()
+        b = self.make_driver()
+        flag_a, key_a, _ = a.submit(*TASK)
+        flag_b, key_b, _ = b.submit(*TASK)
+        self.assertEqual((flag_a, flag_b), (0, 0))
+        self.assertNotEqual(key_a // KEY_SPAN, key_b // KEY_SPAN, "each Driver has its own range")
+        self.assertEqual((key_a % KEY_SPAN, key_b % KEY_SPAN), (1, 1))
+        for made_up in (key_b, key_a + KEY_SPAN, 1, 5, KEY_SPAN):
+            with self.subTest(key=made_up):
+                expected = (9, 0, f"unknown key {made_up}: this Driver did not issue it")
+                self.assertEqual(a.retrieve(made_up)[:2], expected[:2])
+                self.assertTrue(a.retrieve(made_up)[2].startswith(expected[2]), a.retrieve(made_up)[2])
+                self.assertTrue(a.wait(made_up, 5)[2].startswith(expected[2]))
+                self.assertFalse(a.cancel(made_up))
+        self.assertEqual(a.held_tasks(), 1)
+        self.assertEqual(b.held_tasks(), 1)
+        value = big_model(*TASK)
+        self.assertEqual(a.wait(key_a, 30), (0, value, ""))
+        self.assertEqual(b.wait(key_b, 30), (0, value, ""))
+        self.assertEqual(a.retrieve(key_a)[0], 9, "collected once")
+
+
+if __name__ == "__main__":
+    unittest.main()
