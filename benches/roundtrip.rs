@@ -27,13 +27,17 @@
 //! With `RS4PY_RAY_ADDRESS` naming a Ray cluster (and `ray` in the build interpreter), the
 //! Rust Driver's rows are measured again with `Backend::Ray`, one Engine actor per worker
 //! (`python -m py4cc.tests.ray_cluster -- cargo bench --bench roundtrip` starts a loopback
-//! cluster for the run); otherwise a note says why there is no Ray row. The actors are not the
-//! host's descendants, so the Ray rows show no workers' CPU.
+//! cluster for the run); otherwise a note says why there is no Ray row. Their anchor, from the
+//! same run and cluster: plain Ray actor calls from Python threads,
+//! `ray.get(actor.run.remote(...))` against the same Engine as actors; a last block gives the
+//! Ray rows' tasks/s as ratios to it. The actors are not the host's descendants, so the Ray
+//! rows show no workers' CPU.
 //!
 //! `cargo bench --bench roundtrip [-- --tasks 3000,20000 --threads 1,16,64 --workers 2
-//! --rounds 3 --rust-only --sync-only --no-futex --batching 32,0.5]`; `--batching MAX_SIZE,MAX_WAIT_MS` adds
-//! rows of the Rust Driver with `DriverOptions::batching` on (the no-op Engine has no
-//! `run_batch`: its worker calls `run` per task of a batch); `RS4PY_ROUNDTRIP_TASKS=500,3000` sets the
+//! --rounds 3 --rust-only --sync-only --no-futex --batching 32,0.5 --ray-only]`; `--batching
+//! MAX_SIZE,MAX_WAIT_MS` adds rows of the Rust Driver (local, and on Ray with a cluster) with
+//! `DriverOptions::batching` on (the no-op Engine has no `run_batch`: its worker calls `run`
+//! per task of a batch); `--ray-only` measures the Ray rows and their anchor alone; `RS4PY_ROUNDTRIP_TASKS=500,3000` sets the
 //! counts too (a quick run). One count alone gives the average CPU per task, start-up included.
 //! `RS4PY_ROUNDTRIP_SHOW_THREADS=1` prints the host's Python threads and their thread ids, for
 //! reading a profiler's per-thread figures.
@@ -77,6 +81,8 @@ const FLOATS: [f64; 2] = [1.5, -2.25];
 const STRS: [&str; 3] = ["abc", "de", "f"];
 const RUST_SYNC: &str = "Rust Driver (submit, wait)";
 const PIPE_FLOOR: &str = "Pipe round trip, one child";
+const RAY_ANCHOR: &str = "plain Ray actor calls, Python threads";
+const RUST_RAY: &str = "Rust Driver on Ray (submit, wait)";
 
 /// One measurement: `threads` client threads (or requests in flight), `tasks` round trips, and
 /// what the host, its workers and (for the Rust rows) the GIL and futexes spent on them.
@@ -350,9 +356,10 @@ fn rust_driver(
 ) -> (Vec<Row>, Duration) {
     let (name, backend) = match (ray, batching) {
         (None, None) => (RUST_SYNC.to_owned(), Backend::Local),
-        (None, Some(batching)) => (batching_name(batching), Backend::Local),
-        (Some(address), _) => {
-            ("Rust Driver on Ray (submit, wait)".to_owned(), Backend::Ray { address: Some(address.into()) })
+        (None, Some(batching)) => (batching_name("Rust Driver", batching), Backend::Local),
+        (Some(address), None) => (RUST_RAY.to_owned(), Backend::Ray { address: Some(address.into()) }),
+        (Some(address), Some(batching)) => {
+            (batching_name("Rust Driver on Ray", batching), Backend::Ray { address: Some(address.into()) })
         }
     };
     let name = name.as_str();
@@ -410,9 +417,9 @@ fn rust_driver(
     (rows, longest_poll)
 }
 
-/// The name of the Rust Driver's rows with `batching`.
-fn batching_name(batching: Batching) -> String {
-    format!("Rust Driver, batching {}/{:.1}ms", batching.max_size, batching.max_wait.as_secs_f64() * 1e3)
+/// The name of the Rust Driver's rows (`driver`: on which backend) with `batching`.
+fn batching_name(driver: &str, batching: Batching) -> String {
+    format!("{driver}, batching {}/{:.1}ms", batching.max_size, batching.max_wait.as_secs_f64() * 1e3)
 }
 
 /// For profiling (`RS4PY_ROUNDTRIP_SHOW_THREADS=1`): prints this process's id and its
@@ -433,14 +440,23 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// Runs the Python anchors and reads their rows.
-fn python_anchors(threads: &[usize], counts: &[usize], workers: usize) -> Vec<Row> {
+/// Runs the Python anchors and reads their rows: the local ones, or, given a cluster's
+/// address, plain Ray actor calls.
+fn python_anchors(threads: &[usize], counts: &[usize], workers: usize, ray: Option<&str>) -> Vec<Row> {
     let join = |numbers: &[usize]| numbers.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
-    let output = Command::new(rs4py::build_python().executable)
-        .arg(benches_dir().join("roundtrip_anchors.py"))
-        .args(["--threads", &join(threads), "--tasks", &join(counts), "--workers", &workers.to_string()])
-        .output()
-        .expect("the anchors run");
+    let mut anchors = Command::new(rs4py::build_python().executable);
+    anchors.arg(benches_dir().join("roundtrip_anchors.py")).args([
+        "--threads",
+        &join(threads),
+        "--tasks",
+        &join(counts),
+        "--workers",
+        &workers.to_string(),
+    ]);
+    if let Some(address) = ray {
+        anchors.args(["--only", "ray", "--ray-address", address]);
+    }
+    let output = anchors.output().expect("the anchors run");
     assert!(output.status.success(), "the anchors failed:\n{}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -455,7 +471,8 @@ fn python_anchors(threads: &[usize], counts: &[usize], workers: usize) -> Vec<Ro
                 p50_us: number(4),
                 p99_us: number(5),
                 host_ticks: Some(fields[6].parse().expect("host ticks")),
-                workers_ticks: Some(fields[7].parse().expect("workers' ticks")),
+                // Ray's actors are no descendants of the anchors' process: no workers' CPU.
+                workers_ticks: (fields[0] != RAY_ANCHOR).then(|| fields[7].parse().expect("workers' ticks")),
                 ..Row::default()
             })
         })
@@ -509,6 +526,27 @@ fn summarize(name: &str, threads: usize, rows: &[&Row], futex_rows: &[&Row]) -> 
     }
 }
 
+/// The Rust Driver's Ray rows beside their anchor, plain Ray actor calls from Python threads
+/// at the same threads: tasks/s, and the ratio to the anchor's.
+fn print_ray_ratios(table: &[Summary]) {
+    let rust_rows: Vec<&Summary> = table.iter().filter(|row| row.name.starts_with("Rust Driver on Ray")).collect();
+    if rust_rows.is_empty() {
+        return;
+    }
+    println!("Ray, tasks/s beside (3) = {RAY_ANCHOR} (ray.get(actor.run.remote(...))) at the same threads:");
+    println!("{:<40} {:>4} {:>8} {:>8} {:>8}", "", "thr", "tasks/s", "(3) t/s", "x/(3)");
+    for row in rust_rows {
+        let anchor = table.iter().find(|anchor| anchor.name == RAY_ANCHOR && anchor.threads == row.threads);
+        let (anchor_rate, ratio) = match anchor {
+            Some(anchor) => {
+                (format!("{:.0}", anchor.tasks_per_s), format!("{:.2}x", row.tasks_per_s / anchor.tasks_per_s))
+            }
+            None => ("-".to_owned(), "-".to_owned()),
+        };
+        println!("{:<40} {:>4} {:>8.0} {:>8} {:>8}", row.name, row.threads, row.tasks_per_s, anchor_rate, ratio);
+    }
+}
+
 fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf only reads a system constant.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -527,6 +565,7 @@ fn main() {
     let mut with_async = true;
     let mut with_futex = true;
     let mut batching = None;
+    let mut local = true;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} wants a value"));
@@ -538,6 +577,7 @@ fn main() {
             "--rust-only" => anchors = false, // for profiling
             "--sync-only" => with_async = false,
             "--no-futex" => with_futex = false,
+            "--ray-only" => local = false, // the Ray rows and their anchor alone
             "--batching" => {
                 let text = value();
                 let (size, wait_ms) = text.split_once(',').expect("--batching MAX_SIZE,MAX_WAIT_MS");
@@ -556,22 +596,34 @@ fn main() {
     let mut futex_rows: Vec<Row> = Vec::new();
     let mut longest_polls = Vec::new();
     let ray = workload::ray_cluster();
+    if !local && ray.is_none() {
+        println!("(--ray-only without a Ray cluster: nothing to measure)");
+        return;
+    }
+    let with_async = with_async && local;
+    let timing = Pass::Timing { with_async: false };
     for _ in 0..rounds {
-        let (ours, longest_poll) = rust_driver(&threads, &counts, workers, Pass::Timing { with_async }, None, None);
-        longest_polls.push(longest_poll);
-        rows.extend(ours);
-        if batching.is_some() {
-            let timing = Pass::Timing { with_async: false };
-            rows.extend(rust_driver(&threads, &counts, workers, timing, None, batching).0);
+        if local {
+            let (ours, longest_poll) = rust_driver(&threads, &counts, workers, Pass::Timing { with_async }, None, None);
+            longest_polls.push(longest_poll);
+            rows.extend(ours);
+            if batching.is_some() {
+                rows.extend(rust_driver(&threads, &counts, workers, timing, None, batching).0);
+            }
         }
         if let Some(address) = &ray {
-            let timing = Pass::Timing { with_async: false };
             rows.extend(rust_driver(&threads, &counts, workers, timing, Some(address), None).0);
+            if batching.is_some() {
+                rows.extend(rust_driver(&threads, &counts, workers, timing, Some(address), batching).0);
+            }
+            if anchors {
+                rows.extend(python_anchors(&threads, &counts, workers, Some(address)));
+            }
         }
-        if anchors {
-            rows.extend(python_anchors(&threads, &counts, workers));
+        if anchors && local {
+            rows.extend(python_anchors(&threads, &counts, workers, None));
         }
-        if with_futex {
+        if with_futex && local {
             futex_rows.extend(rust_driver(&threads, &counts, workers, Pass::Futex, None, None).0);
         }
     }
@@ -600,7 +652,7 @@ fn main() {
         counts.last().copied().unwrap_or_default(),
     );
     println!(
-        "{:<34} {:>4} {:>8} {:>8} {:>8} {:>7} {:>7} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9}",
+        "{:<40} {:>4} {:>8} {:>8} {:>8} {:>7} {:>7} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9}",
         "",
         "thr",
         "tasks/s",
@@ -631,7 +683,7 @@ fn main() {
             _ => ("".to_owned(), "".to_owned()),
         };
         println!(
-            "{:<34} {:>4} {:>8.0} {:>8.1} {:>8.1} {:>7} {:>7} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9}",
+            "{:<40} {:>4} {:>8.0} {:>8.1} {:>8.1} {:>7} {:>7} {:>5} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9}",
             row.name,
             row.threads,
             row.tasks_per_s,
@@ -654,7 +706,8 @@ fn main() {
          task (perf stat, a separate pass); (1) = {RUST_SYNC} at the same threads; (2) = {PIPE_FLOOR}"
     );
     if let Some(address) = &ray {
-        println!("(the Ray row: the same Engine as {workers} actors on the Ray cluster at {address})");
+        println!("(the Ray rows: the same Engine as {workers} actors on the Ray cluster at {address})");
+        print_ray_ratios(&table);
     }
     if !longest_polls.is_empty() && with_async {
         longest_polls.sort();

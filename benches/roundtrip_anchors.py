@@ -1,7 +1,10 @@
 """The Python anchors of ``cargo bench --bench roundtrip``: the same no-op task's round trip
 through py4cc's Driver from Python threads, ``multiprocessing.Pool.apply_async`` (a per-worker
 initializer), ``concurrent.futures.ProcessPoolExecutor``, and the floor: the same tuple to
-one child over a ``multiprocessing.Pipe`` and back.
+one child over a ``multiprocessing.Pipe`` and back; with ``--only ray --ray-address ADDRESS``,
+plain Ray actor calls from Python threads (``ray.get(actor.run.remote(...))``, the same Engine
+as ``--workers`` actors of one CPU each, a thread's task n going to actor n mod workers): the
+anchor of the Rust Driver's Ray rows.
 
 Puts this directory (the engine) and the repository's root (py4cc) on ``sys.path``; prints
 one line per measurement: ``row<TAB>name<TAB>threads<TAB>tasks<TAB>tasks/s<TAB>p50 us<TAB>p99 us<TAB>host
@@ -190,12 +193,34 @@ def pipe_floor(tasks: int) -> None:
         process.join(10)
 
 
+def ray_actors(threads: list[int], tasks: int, workers: int, address: str) -> None:
+    import ray
+
+    # This directory as the actors' working directory (uploaded, and on their sys.path):
+    # they import the engine from it.
+    ray.init(address=address, runtime_env={"working_dir": HERE}, logging_level="WARNING")
+    try:
+        actor_class = ray.remote(num_cpus=1)(roundtrip_engine.NoopEngine)
+        actors = [actor_class.remote() for _ in range(workers)]
+        names = {"config": {}, "float_feature_names": ["f0", "f1"], "str_feature_names": ["a", "b", "c"]}
+        ray.get([actor.initialize.remote(**names) for actor in actors])
+
+        def one(n: int) -> int:
+            return ray.get(actors[n % workers].run.remote(FLOATS, STRS, n))[0]
+
+        for count in threads:
+            measure("plain Ray actor calls, Python threads", count, tasks, one)
+    finally:
+        ray.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", default="1,16")
     parser.add_argument("--tasks", default="4000", help="a count, or several: 3000,20000")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--only", default="py4cc,pool,executor,pipe")
+    parser.add_argument("--only", default="py4cc,pool,executor,pipe", help="and ray, with --ray-address")
+    parser.add_argument("--ray-address", help="a Ray cluster's address, for the ray row")
     args = parser.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     TASK_COUNTS[:] = [int(count) for count in args.tasks.split(",")]
@@ -209,6 +234,10 @@ def main() -> None:
         process_pool(threads, args.tasks, args.workers)
     if "pipe" in only:
         pipe_floor(args.tasks)
+    if "ray" in only:
+        if not args.ray_address:
+            parser.error("the ray row wants --ray-address")
+        ray_actors(threads, args.tasks, args.workers, args.ray_address)
 
 
 if __name__ == "__main__":
