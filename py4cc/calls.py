@@ -51,6 +51,20 @@ class Calls:
         except BaseException as exc:  # never raise, not even KeyboardInterrupt
             return ERROR, 0, unexpected("submit", exc)
 
+    def submit_many(self, tasks: Sequence[tuple[Any, Any, Any]]) -> list[FlagAnswer]:
+        """Queue several demo tasks at once, each ``(float_features, str_features,
+        int_feature)``: the answers of ``submit`` for each, in order, as if submitted one
+        after the other (the backend's lock is taken once; a host that combines its callers'
+        submissions, as rs4py does, calls it)."""
+        try:
+            return self._submit_many(tasks)
+        except BaseException as exc:  # never raise, not even KeyboardInterrupt
+            message = unexpected("submit_many", exc)
+            try:
+                return [(ERROR, 0, message)] * len(tasks)
+            except BaseException:
+                return []
+
     def submit_call(self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None) -> FlagAnswer:
         """Queue one general task, ``engine.<call_method>(*args, **kwargs)``: ``(0, key,
         "")``, ``(1, 0, CAPACITY_MESSAGE)`` or ``(9, 0, why)``. ``args`` is a tuple or list,
@@ -150,6 +164,23 @@ class Calls:
         float_list, str_list, int_value = task
         kwargs = {"float_features": float_list, "str_features": str_list, "int_feature": int_value}
         return pool.submit(DEMO_METHOD, encode_arguments((), kwargs), True)
+
+    def _submit_many(self, tasks: Sequence[tuple[Any, Any, Any]]) -> list[FlagAnswer]:
+        pool, refusal = self._open_pool()
+        if pool is None:
+            return [(ERROR, 0, refusal)] * len(tasks)
+        calls: list[tuple[str, bytes, bool] | FlagAnswer] = []
+        for float_features, str_features, int_feature in tasks:
+            problem, task = check_features(
+                self.float_feature_names, self.str_feature_names, float_features, str_features, int_feature
+            )
+            if task is None:
+                calls.append((ERROR, 0, problem))
+                continue
+            float_list, str_list, int_value = task
+            kwargs = {"float_features": float_list, "str_features": str_list, "int_feature": int_value}
+            calls.append((DEMO_METHOD, encode_arguments((), kwargs), True))
+        return pool.submit_many(calls)
 
     def _submit_call(self, args: Any, kwargs: Any) -> FlagAnswer:
         pool, refusal = self._open_pool()

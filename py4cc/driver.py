@@ -131,6 +131,7 @@ from .protocol import (
     NOT_FINISHED,
     NOT_FINISHED_MESSAGE,
     OK,
+    DeliverCallback,
     NotifyCallback,
 )
 from .validate import drain_limit
@@ -204,6 +205,8 @@ class Driver(Calls):
         call_method: str = "run",
         preload: str | None = None,
         notify: NotifyCallback | None = None,
+        deliver: DeliverCallback | None = None,
+        host_held: Callable[[], int] | None = None,
         result_ttl: float | None = DEFAULT_RESULT_TTL,
         worker_env: Any = None,
         worker_output: Callable[[int, str, str], None] | None = None,
@@ -234,6 +237,15 @@ class Driver(Calls):
         becomes finished (``True``) or a held task is dropped unretrieved (``False``: its
         result expired, or it was cancelled); see :mod:`py4cc.core.completion`. What it raises
         is counted and ignored.
+
+        ``deliver`` and ``host_held`` (keyword only, both or neither): a host that keeps the
+        answers itself (rs4py does) is handed every finished task's answer, in batches, as
+        ``deliver([(key, flag, value, message), ...])``, called with the pool's lock held;
+        the task then leaves this driver's book (``retrieve`` and ``wait`` no longer know
+        it), and ``host_held()`` says how many of those answers the host still holds, which
+        count against ``max_tasks`` and in ``held_tasks`` and ``stats``. ``value`` is a
+        demo task's int (within the i64 range), None, or bytes: a pickled value (a general
+        task's answer, or a demo value outside that range). See :mod:`py4cc.core.completion`.
 
         ``result_ttl`` (keyword only, seconds or None): how long a finished result is kept
         for retrieval; None keeps it until retrieved.
@@ -282,6 +294,8 @@ class Driver(Calls):
         self.call_method = call_method
         self.preload = preload
         self.notify = notify
+        self.deliver = deliver
+        self.host_held = host_held
         self.result_ttl = result_ttl
         self.worker_env = worker_env
         self.worker_output = worker_output
@@ -337,6 +351,8 @@ class Driver(Calls):
                 call_method=self.call_method,
                 preload=self.preload,
                 notify=self.notify,
+                deliver=self.deliver,
+                host_held=self.host_held,
                 result_ttl=self.result_ttl,
                 worker_env=self.worker_env,
                 worker_output=self.worker_output,

@@ -17,6 +17,7 @@ from .protocol import (
     DEFAULT_ENGINE,
     MAX_WORKERS,
     PRELOAD_CHOICES,
+    DeliverCallback,
     NotifyCallback,
     describe,
     short_repr,
@@ -59,6 +60,12 @@ class Options:
     notify: NotifyCallback | None = None
     """Called as ``notify(key, finished)`` when a task finishes or is dropped (see
     :mod:`py4cc.core.completion`); None: nobody is told."""
+    deliver: DeliverCallback | None = None
+    """The host's ``deliver(answers)``, which takes finished tasks off the book (see
+    :mod:`py4cc.core.completion`); None: answers stay in the book until retrieved."""
+    host_held: Callable[[], int] | None = None
+    """With ``deliver``: how many delivered answers the host still holds (they count
+    against ``max_tasks``)."""
     result_ttl: float | None = None
     """Seconds a finished result is kept for retrieval (None: until retrieved), positive."""
     worker_output: Callable[[int, str, str], None] | None = None
@@ -90,6 +97,8 @@ def build_options(
     call_method: Any = DEFAULT_CALL_METHOD,
     preload: Any = None,
     notify: Any = None,
+    deliver: Any = None,
+    host_held: Any = None,
     result_ttl: Any = None,
     worker_env: Any = None,
     worker_output: Any = None,
@@ -121,6 +130,11 @@ def build_options(
     preloaded = check_preload(preload, method)
     if notify is not None and not callable(notify):
         raise ValueError(f"notify must be None or a callable notify(key, finished), got {describe(notify)}")
+    if (deliver is None) != (host_held is None) or not all(f is None or callable(f) for f in (deliver, host_held)):
+        raise ValueError(
+            f"deliver and host_held go together, both callables or both None, got {describe(deliver)} "
+            f"and {describe(host_held)}"
+        )
     keep_for = check_timeout("result_ttl", result_ttl)
     env = check_env(worker_env)
     if worker_output is not None and not callable(worker_output):
@@ -144,6 +158,8 @@ def build_options(
         setup=WorkerSetup(engine, config, float_names, str_names, dict(extra), env, call_method=method_name),
         preload=preloaded,
         notify=notify,
+        deliver=deliver,
+        host_held=host_held,
         result_ttl=keep_for,
         worker_output=worker_output,
         wait_readable=wait_readable,

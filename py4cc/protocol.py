@@ -43,13 +43,13 @@ PRELOAD_CHOICES = (None, "module", "engine")
 OPTION_NAMES = (
     "max_tasks", "n_subprocesses", "start_method", "engine", "task_timeout", "init_timeout",
     "notify", "result_ttl", "worker_env", "worker_output", "call_method", "preload", "wait_readable",
-    "backend", "ray_address", "batching",
+    "backend", "ray_address", "batching", "deliver", "host_held",
 )  # fmt: skip
 """The Driver's keyword options another language's binding passes."""
 
 METHOD_NAMES = (
     "initialize", "submit", "retrieve", "wait", "finalize", "worker_pids", "cancel", "held_tasks", "stats", "drain",
-    "submit_call",
+    "submit_call", "submit_many",
 )  # fmt: skip
 """The Driver's methods another language's binding calls."""
 
@@ -74,6 +74,11 @@ may be anything)."""
 
 NotifyCallback = Callable[[int, bool], object]
 """A host's ``notify(key, finished)`` (see :mod:`py4cc.core.completion`); what it returns is ignored."""
+
+DeliverCallback = Callable[[list[tuple[int, int, Any, str]]], object]
+"""A host's ``deliver(answers)``: each answer ``(key, flag, value, message)``, ``value`` an
+int (a demo task's, in the i64 range), None, or bytes (a pickled value); see
+:mod:`py4cc.core.completion`."""
 
 DEFAULT_RESULT_TTL = 60.0
 """Seconds a finished result is kept for retrieval unless the Driver is told otherwise."""

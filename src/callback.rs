@@ -1,8 +1,9 @@
 //! Rust state made callable from Python: a C function (`METH_FASTCALL`) whose `self` is a
 //! capsule holding an `Arc` of the state it works on, released when Python drops the function.
 //!
-//! The Driver hands py4cc three of them (the completion notifier, the dispatcher's wait and
-//! the worker-output sink); this module is the one place that builds and frees them.
+//! The Driver hands py4cc five of them (the completion table's `notify`, `deliver` and
+//! `host_held`, the dispatcher's wait and the worker-output sink); this module is the one place
+//! that builds and frees them.
 
 use std::ffi::{CStr, c_void};
 use std::marker::PhantomData;

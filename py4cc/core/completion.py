@@ -6,13 +6,22 @@ own lock held, whenever a task becomes finished (``finished=True``: answered, fa
 worker died, it timed out, the driver was finalized) and whenever it drops a held task
 that nobody retrieved (``finished=False``: its result expired, or it was cancelled). It is
 never called for a task whose answer is collected: the collector knows.
+
+A host that keeps the answers itself (rs4py's, so that its callers read them without the
+GIL) gives ``deliver(answers)`` and ``host_held()`` instead (a :class:`Deliverer`): the
+backend hands it every finished task's answer, a batch per call (what finished since the
+last one: one call per dispatcher wake for the local pool), and forgets those tasks. Their
+capacity is then the host's to count: admission adds ``host_held()``, the answers the host
+holds and has not collected, cancelled or expired, to the tasks in the book.
 """
 
 from __future__ import annotations
 
+import pickle
 from collections import OrderedDict
+from typing import Any, Callable
 
-from ..protocol import NotifyCallback
+from ..protocol import FAILED, DeliverCallback, NotifyCallback, describe
 
 GONE_MEMORY = 10_000
 """How many dropped keys are remembered, so that retrieving one says why it is gone."""
@@ -44,6 +53,62 @@ class Notifier:
                 self.last_error = f"{type(exc).__name__}: {exc}"
             except Exception:
                 self.last_error = type(exc).__name__
+
+
+I64_MIN = -(2**63)
+I64_MAX = 2**63 - 1
+
+
+def host_answer(key: int, flag: int, value: object, message: str, demo: bool) -> tuple[int, int, Any, str]:
+    """A task's answer as ``deliver`` hands it to the host: ``value`` a demo task's int in the
+    i64 range, None, or bytes, a pickled value (a general task's answer is pickled already,
+    by its worker; anything else is pickled here)."""
+    if value is None or (type(value) is bytes and not demo):
+        return key, flag, value, message
+    if demo and type(value) is int and I64_MIN <= value <= I64_MAX:
+        return key, flag, value, message
+    try:
+        return key, flag, pickle.dumps(value, pickle.HIGHEST_PROTOCOL), message
+    except Exception as exc:
+        return key, FAILED, None, f"the engine's answer {describe(value)} cannot be pickled for the host: {exc}"
+
+
+class Deliverer:
+    """The host's ``deliver`` and ``host_held``, or neither (``callback`` None). Never raises:
+    a failing call is counted (``errors``, ``last_error``), as :class:`Notifier` does."""
+
+    __slots__ = ("callback", "count", "errors", "last_error")
+
+    def __init__(self, callback: DeliverCallback | None, count: Callable[[], int] | None) -> None:
+        self.callback = callback
+        self.count = count
+        self.errors = 0
+        self.last_error = ""
+
+    def __call__(self, answers: list[tuple[int, int, Any, str]]) -> None:
+        if self.callback is None or not answers:
+            return
+        try:
+            self.callback(answers)
+        except BaseException as exc:
+            self.failed(exc)
+
+    def held(self) -> int:
+        """How many delivered answers the host holds (0 without a host, or if it fails)."""
+        if self.count is None:
+            return 0
+        try:
+            return int(self.count())
+        except BaseException as exc:
+            self.failed(exc)
+            return 0
+
+    def failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        try:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+        except Exception:
+            self.last_error = type(exc).__name__
 
 
 class Gone:

@@ -111,6 +111,8 @@ class Book(Protocol):
     expired: int
     batch_stats: BatchStats
 
+    def held(self) -> int: ...
+
 
 def task_stats(
     book: Book,
@@ -128,12 +130,13 @@ def task_stats(
     """The stats dict of any backend (lock held), in the contract's key order: what its
     tasks' book holds, plus what the backend counted of its workers."""
     counters = book.counters
+    held = book.held()  # once: a host's count may move between two calls
     values = {
         "state": state,
-        "tasks_held": len(book.tasks),
+        "tasks_held": held,
         "tasks_queued": len(book.pending) + queued_in_workers,
         "tasks_running": running,
-        "tasks_finished": book.finished_held,
+        "tasks_finished": book.finished_held + held - len(book.tasks),  # the host's answers are finished
         "workers_wanted": book.options.n_subprocesses,
         "workers_alive": alive,
         "workers_ready": ready,

@@ -9,7 +9,9 @@ It holds, under one ``lock``, the state they share and the rules written once fo
   ``max_tasks`` held at most; keys handed out once, from the book's own range (a key of
   another Driver of this process is refused by ``collect``, ``wait`` and ``cancel``);
 * answers: ``complete`` records one (once), ``announce_finished`` wakes its waiters and
-  tells the host (``notify``), ``collect`` and ``wait`` hand it out;
+  tells the host (``notify``), or hands the answers to a host that keeps them (``deliver``:
+  the tasks then leave the book, and the host's count of them joins ``held``), ``collect``
+  and ``wait`` hand it out;
 * dropping tasks: ``cancel``, ``expire_results`` (``result_ttl``), and :class:`Gone`, which
   remembers why a dropped key is gone;
 * the slots' failed starts (``note_failed_start``, ``unavailable``);
@@ -48,7 +50,16 @@ from ..protocol import (
     short_repr,
     unknown_key,
 )
-from .completion import CANCELLED, EXPIRED, Gone, Notifier, cancelled_message, expired_message
+from .completion import (
+    CANCELLED,
+    EXPIRED,
+    Deliverer,
+    Gone,
+    Notifier,
+    cancelled_message,
+    expired_message,
+    host_answer,
+)
 from .scheduling import free_runner
 from .slots import Slot, backoff_delay
 from .stats import BatchStats, Counters, RunTimes
@@ -78,13 +89,14 @@ class Task:
     """One task a backend holds, from submit until its answer is retrieved."""
 
     __slots__ = (
-        "call", "cancelled", "deadline", "done", "event", "flag", "key", "message", "queued_at", "size", "value",
-        "worker",
+        "call", "cancelled", "deadline", "demo", "done", "event", "flag", "key", "message", "queued_at", "size",
+        "value", "worker",
     )  # fmt: skip
 
     def __init__(self, call: Call) -> None:
         self.key = call.key
         self.call: Call | None = call  # dropped once the task is done
+        self.demo = call.demo
         self.size = call_wire_size(call.payload)  # what its message takes in a pipe, at most
         self.done = False
         self.flag = NOT_FINISHED
@@ -127,6 +139,7 @@ class TaskBook:
         self.draining = False  # drain has begun: refuse new tasks, let the held ones finish
         self.last_worker_failure: str | None = None  # why the last start failed
         self.notify = Notifier(options.notify)
+        self.deliver = Deliverer(options.deliver, options.host_held)  # a host that keeps the answers
         self.expiring: dict[int, float] = {}  # finished, not collected: key -> when it expires, oldest first
         self.gone = Gone()  # recently cancelled or expired keys
         self.cancelled = 0
@@ -228,13 +241,43 @@ class TaskBook:
         or ``(ERROR, 0, why)``."""
         return self.admit(lambda key: Call(key, method, payload, demo))
 
+    def submit_many(self, calls: Sequence[tuple[str, bytes, bool] | FlagAnswer]) -> list[FlagAnswer]:
+        """``submit`` of each ``(method, payload, demo)`` in order, under one hold of the lock
+        (an answer given instead, a refusal already decided, stays as it is)."""
+        answers: list[FlagAnswer] = []
+        with self.lock:
+            why = self.refusal()
+            held = self.held()
+            admitted = False
+            for call in calls:
+                if type(call[0]) is not str:
+                    answers.append(call)  # type: ignore[arg-type]
+                elif why is not None:
+                    answers.append((ERROR, 0, why))
+                elif held >= self.options.max_tasks:
+                    answers.append((AT_CAPACITY, 0, CAPACITY_MESSAGE))
+                else:
+                    method, payload, demo = call
+                    key = self.next_key
+                    self.next_key += 1
+                    task = Task(Call(key, method, payload, demo))
+                    self.tasks[key] = task
+                    self.pending.append(task)
+                    held += 1
+                    admitted = True
+                    answers.append((OK, key, ""))
+            sent = self.on_admitted() if admitted else None
+        if admitted:
+            self.after_admit(sent)
+        return answers
+
     def admit(self, make_call: Any) -> FlagAnswer:
         """Take the task ``make_call(key)``, unless stopping, out of order, unavailable or full."""
         with self.lock:
             why = self.refusal()
             if why is not None:
                 return ERROR, 0, why
-            if len(self.tasks) >= self.options.max_tasks:
+            if self.held() >= self.options.max_tasks:
                 return AT_CAPACITY, 0, CAPACITY_MESSAGE
             if self.next_key >= self.key_base + KEY_SPAN:
                 return ERROR, 0, f"this Driver has issued all of its {KEY_SPAN - 1} keys: make another"
@@ -373,22 +416,46 @@ class TaskBook:
             self.drained.notify_all()
 
     def fail_all(self, tasks: Iterable[Task], message: str) -> None:
-        """Complete each of ``tasks`` as failed with ``message`` (lock held)."""
-        for task in tasks:
+        """Complete each of ``tasks`` as failed with ``message`` (lock held); over a copy,
+        since completing may hand a task to the host and take it off the book."""
+        for task in list(tasks):
             self.complete(task, FAILED, -1, message)
 
     def announce_finished(self) -> None:
         """Wake the waiters of the tasks finished since the last call and tell the host
-        (``notify(key, True)``). Whatever collects or drops a task calls it first, so that
-        the host always hears of a finish before the task is gone."""
+        (``notify(key, True)``), or hand their answers to a host that keeps them, in one
+        ``deliver`` call, and forget them. Whatever collects or drops a task calls it first,
+        so that the host always hears of a finish before the task is gone."""
         announce = self.announce
         if not announce:
             return
         self.announce = []
+        if self.deliver.callback is not None:
+            self.hand_to_host(announce)
+            return
         for task in announce:
             if task.event is not None:
                 task.event.set()
             self.notify(task.key, True)
+
+    def hand_to_host(self, finished: list[Task]) -> None:
+        """Give the host these tasks' answers and forget the tasks (lock held): from now on
+        the host's ``host_held`` counts them (``held``)."""
+        answers = []
+        for task in finished:
+            if self.tasks.get(task.key) is not task:
+                continue  # dropped meanwhile (cancelled, expired)
+            del self.tasks[task.key]
+            self.expiring.pop(task.key, None)
+            self.finished_held -= 1
+            if task.event is not None:
+                task.event.set()
+            answers.append(host_answer(task.key, task.flag, task.value, task.message, task.demo))
+        self.deliver(answers)
+
+    def held(self) -> int:
+        """The tasks held (lock held): in the book, and answered to a host that keeps them."""
+        return len(self.tasks) + self.deliver.held()
 
     # -- dropping tasks -----------------------------------------------------------------
 
@@ -443,7 +510,7 @@ class TaskBook:
 
     def held_tasks(self) -> int:
         with self.lock:
-            return len(self.tasks)
+            return self.held()
 
     def stats(self, state: str) -> dict[str, Any]:
         """The dict of ``Driver.stats()`` (``state`` as the Driver sees it)."""
@@ -535,7 +602,9 @@ class TaskBook:
         """The first step of a stop (lock held): refuse new tasks, fail the unfinished ones,
         wake every waiter."""
         self.closed = True
-        for task in self.tasks.values():
+        # A copy: a host that keeps the answers takes each task off the book as it is
+        # announced, which a backend that announces at once (Ray) does inside complete.
+        for task in list(self.tasks.values()):
             if not task.done:
                 self.failed_by_stop += 1
                 self.complete(task, FAILED, -1, "the driver was finalized before this task finished")

@@ -640,8 +640,10 @@ class Dispatcher(threading.Thread):
         if not reports:
             return True
         batching = pool.options.batching
-        # General tasks' answers, unpickled outside the lock (it never raises).
-        reports = [unpickle_answer(r) if type(r) is Answer and r.pickled else r for r in reports]
+        # General tasks' answers, unpickled outside the lock (it never raises); a host that
+        # keeps the answers gets them pickled, and unpickles them itself.
+        if pool.deliver.callback is None:
+            reports = [unpickle_answer(r) if type(r) is Answer and r.pickled else r for r in reports]
         with pool.lock:
             if pool.closed:
                 return False  # stop has begun (and failed every unfinished task)

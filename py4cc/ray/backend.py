@@ -553,13 +553,13 @@ class RayBackend(TaskBook):
         except BaseException:  # a callback must not raise into Ray
             pass
 
-    @staticmethod
-    def answer_of(task: Task, result: tuple) -> tuple:
+    def answer_of(self, task: Task, result: tuple) -> tuple:
         """``(flag, value, message, run_s)`` of a call's result; a general task's value
-        unpickled here, outside the lock (an answer that cannot be unpickled fails its task)."""
+        unpickled here, outside the lock (an answer that cannot be unpickled fails its task),
+        unless a host that keeps the answers unpickles them itself."""
         flag, value, message, run_s = result
         call = task.call
-        if flag == OK and call is not None and not call.demo:
+        if flag == OK and call is not None and not call.demo and self.deliver.callback is None:
             answer = unpickle_answer(Answer(task.key, flag, value, message, run_s, True))
             return answer.flag, answer.value, answer.message, answer.run_s
         return flag, value, message, run_s

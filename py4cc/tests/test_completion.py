@@ -4,6 +4,7 @@ task, ``result_ttl`` and the messages of keys that were cancelled or expired."""
 from __future__ import annotations
 
 import os
+import pickle
 import select
 import signal
 import threading
@@ -11,7 +12,7 @@ import time
 import unittest
 from typing import Any
 
-from py4cc.core.completion import GONE_MEMORY, Gone, Notifier
+from py4cc.core.completion import GONE_MEMORY, Gone, Notifier, host_answer
 from py4cc.driver import NOT_FINISHED_MESSAGE, Driver
 from py4cc.engine import big_model
 
@@ -126,6 +127,97 @@ class NotifyTest(DriverTestCase):
         notifier(1, True)
         self.assertEqual((notifier.errors, notifier.last_error), (1, "KeyboardInterrupt: "))
         Notifier(None)(1, True)  # no callback: nothing to do
+
+
+class Host:
+    """A host that keeps the answers: ``deliver`` and ``host_held``, as rs4py gives them."""
+
+    def __init__(self) -> None:
+        self.answers: dict[int, tuple[int, Any, str]] = {}
+        self.batches: list[int] = []
+        self.unlocked_calls = 0
+        self.driver: Driver | None = None
+        self.changed = threading.Condition()
+
+    def deliver(self, answers: list[tuple[int, int, Any, str]]) -> None:
+        pool: Any = self.driver._pool if self.driver is not None else None
+        if pool is not None and not pool.lock.locked():
+            self.unlocked_calls += 1
+        with self.changed:
+            self.batches.append(len(answers))
+            for key, flag, value, message in answers:
+                self.answers[key] = (flag, value, message)
+            self.changed.notify_all()
+
+    def host_held(self) -> int:
+        return len(self.answers)
+
+    def wait_for(self, keys: list[int], timeout: float = 30.0) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: all(key in self.answers for key in keys), timeout)
+
+
+class DeliverTest(DriverTestCase):
+    def host_driver(self, **options) -> tuple[Driver, Host]:
+        host = Host()
+        driver = self.make_driver(deliver=host.deliver, host_held=host.host_held, **options)
+        host.driver = driver
+        return driver, host
+
+    def test_answers_go_to_the_host_in_batches_and_leave_the_book(self):
+        d, host = self.host_driver(n_subprocesses=2, max_tasks=30)
+        keys = [d.submit(*TASK)[1] for _ in range(20)]
+        general = d.submit_call((), {"float_features": [1.5, 2.0], "str_features": ["x", "y", "z"], "int_feature": 1})
+        self.assertEqual(general[0], 0)
+        self.assertTrue(host.wait_for([*keys, general[1]]))
+        self.assertEqual(sum(host.batches), 21, "each answer once")
+        self.assertEqual(host.unlocked_calls, 0)
+        self.assertEqual([host.answers[key] for key in keys], [(0, big_model(*TASK), "")] * 20)
+        flag, value, message = host.answers[general[1]]
+        self.assertEqual((flag, pickle.loads(value), message), (0, (big_model([1.5, 2.0], ["x", "y", "z"], 1), ""), ""))
+        # The book forgot them; capacity and the counts are the host's.
+        self.assertEqual(len(d._pool.tasks), 0)
+        self.assertEqual(d.retrieve(keys[0])[0], 9)
+        self.assertEqual(d.held_tasks(), 21)
+        stats = d.stats()
+        self.assertEqual((stats["tasks_held"], stats["tasks_finished"]), (21, 21))
+        more = [d.submit(*TASK) for _ in range(10)]
+        self.assertEqual([flag for flag, _, _ in more], [0] * 9 + [1], "30 held at most, answers included")
+        self.assertTrue(host.wait_for([key for _, key, _ in more[:9]]))
+        host.answers.clear()  # the host collected them all
+        self.assertEqual(d.held_tasks(), 0)
+        self.assertEqual(d.submit(*TASK)[0], 0)
+
+    def test_failures_and_finalize_are_delivered(self):
+        d, host = self.host_driver(engine=SLEEP_ENGINE, task_timeout=0.5)
+        _, timed_out, _ = d.submit(*sleeping(30))
+        self.assertTrue(host.wait_for([timed_out]))
+        self.assertEqual(host.answers[timed_out][:2], (2, -1))
+        unfinished = [d.submit(*sleeping(30))[1] for _ in range(3)]
+        # As the Ray backend does: each answer announced (and handed over) inside complete.
+        d._pool.ANNOUNCE_AT_ONCE = True
+        d.finalize()
+        self.assertEqual(d._pool.finished, True)
+        for key in unfinished:
+            self.assertEqual(host.answers[key][0], 2)
+            self.assertIn("finalized", host.answers[key][2])
+
+    def test_deliver_and_host_held_go_together(self):
+        with self.assertRaisesRegex(ValueError, "deliver and host_held go together"):
+            self.make_driver(deliver=lambda answers: None)
+        with self.assertRaisesRegex(ValueError, "deliver and host_held go together"):
+            self.make_driver(deliver=1, host_held=2)
+
+    def test_host_answer_values(self):
+        self.assertEqual(host_answer(1, 0, 7, "", True), (1, 0, 7, ""))
+        self.assertEqual(host_answer(1, 2, None, "tb", False), (1, 2, None, "tb"))
+        self.assertEqual(host_answer(1, 0, b"\x80", "", False), (1, 0, b"\x80", ""), "pickled by the worker")
+        huge = host_answer(1, 0, 2**70, "", True)
+        self.assertEqual(pickle.loads(huge[2]), 2**70, "outside the i64 range: pickled")
+        self.assertEqual(pickle.loads(host_answer(1, 0, b"x", "", True)[2]), b"x", "a demo value is never bytes")
+        flag, value, message = host_answer(1, 0, threading.Lock(), "", True)[1:]
+        self.assertEqual((flag, value), (2, None))
+        self.assertIn("cannot be pickled for the host", message)
 
 
 class CancelTest(DriverTestCase):

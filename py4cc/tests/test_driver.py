@@ -225,6 +225,32 @@ class CapacityTest(DriverTestCase):
         self.assertEqual(d.submit([float("nan"), 0.0], ["a", "b", "c"], 0)[0], 0)
 
 
+class SubmitManyTest(DriverTestCase):
+    def test_answers_in_order_as_one_by_one(self):
+        d = self.make_driver(max_tasks=3)
+        wrong = ([1.0], ["a", "b", "c"], 0)
+        answers = d.submit_many([TASK, wrong, TASK, TASK, TASK])
+        self.assertEqual([flag for flag, _, _ in answers], [0, 9, 0, 0, 1])
+        self.assertEqual(answers[1], d.submit(*wrong))
+        self.assertEqual(answers[4], (1, 0, CAPACITY_MESSAGE))
+        keys = [key for flag, key, _ in answers if flag == 0]
+        self.assertEqual(len(set(keys)), 3)
+        for key in keys:
+            self.assertEqual(d.wait(key, 10), (0, big_model(*TASK), ""))
+        self.assertEqual(d.submit_many([]), [])
+        d.finalize()
+        answers = d.submit_many([TASK, TASK])
+        self.assertEqual([flag for flag, _, _ in answers], [9, 9])
+        self.assertIn("finalized", answers[0][2])
+
+    def test_never_raises(self):
+        self.assertIn("not initialized", Driver().submit_many([TASK])[0][2])
+        d = self.make_driver()
+        answers = d.submit_many([TASK, 42])
+        self.assertEqual([flag for flag, _, _ in answers], [9, 9])
+        self.assertIn("submit_many failed unexpectedly", answers[0][2])
+
+
 class WaitTest(DriverTestCase):
     def test_wait_times_out_with_flag_1_and_keeps_task(self):
         d = self.make_driver(engine=SLEEP_ENGINE)

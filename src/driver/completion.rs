@@ -1,59 +1,134 @@
-//! How a finished task reaches the Rust thread or future that waits for it, while neither holds
-//! the GIL nor the Driver's mutex.
+//! How a finished task's answer reaches the Rust thread or future that waits for it, while
+//! neither holds the GIL nor the Driver's mutex.
 //!
-//! py4cc's pool calls a notifier, a C function made callable from Python, whenever a task
-//! finishes or is dropped without being retrieved (its result expired). The notifier records
-//! it in a [`Completions`] table and wakes whoever waits on that key; the waiter then takes the
-//! GIL once, to collect the answer. The table mirrors the keys the pool holds: an entry is made
-//! when a task is accepted (or when it finishes, whichever comes first) and removed when its
-//! answer has been collected, it was cancelled, or its result expired. So a waiter can tell
-//! "not finished" without asking Python at all.
+//! py4cc hands answers to the host in batches: whenever its backend has announced tasks as
+//! finished (once per dispatcher wake for the local pool), it calls `deliver(answers)`, a C
+//! function made callable from Python, with every answer since the last call, and forgets
+//! those tasks. The answers land in a [`Completions`] table as plain Rust data (no Python
+//! reference): a demo task's `(flag, i64, message)`, a general task's pickled bytes. A waiter
+//! reads its answer from the table without the GIL (a general task's caller takes it once, to
+//! unpickle and convert). So the table holds every task the host has been given and not
+//! collected: an entry is made when a task is accepted (or when its answer comes, whichever
+//! comes first) and removed when its answer is collected, it is cancelled, or its answer
+//! expires (`result_ttl`, counted from delivery; expiry is checked whenever the table is used,
+//! and py4cc's admission asks `host_held()` each time, so capacity never waits for a timer).
 //!
-//! Python may drop a key before the submitting thread has recorded it (the task finished and
-//! its result expired while that thread waited for the GIL on its way out of `submit`): the
-//! table then remembers the drop, and the late `accepted` consumes it instead of making an
-//! entry that nothing would ever remove.
+//! py4cc's `max_tasks` counts finished answers not collected too: those live here, so py4cc's
+//! admission adds `host_held()` (a C function: the number of answers in this table) to what
+//! its own book holds. Keys the table dropped itself (cancelled or expired here) are
+//! remembered, so that collecting one says why it is gone.
 //!
-//! Lock order: the pool calls the notifier with its own lock (and the GIL) held, and the
-//! notifier takes the table's lock; no Rust thread takes the GIL or calls Python while it holds
+//! Python may drop a key the host never recorded (the keys-exhausted path cancels it): the
+//! notifier `notify(key, False)` then remembers the drop, and the late `accepted` consumes it
+//! instead of making an entry that nothing would ever remove.
+//!
+//! Lock order: py4cc calls `deliver` and `host_held` with its own lock (and the GIL) held, and
+//! they take the table's lock; no Rust thread takes the GIL or calls Python while it holds
 //! the table's lock, so the order is always GIL, pool lock, table lock.
 
 use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use pyo3_ffi as ffi;
 
+use crate::Bytes;
 use crate::callback::{MethodDef, bound_state, fastcall_args};
 use crate::error::Result;
-#[cfg(test)]
-use crate::gil::Gil;
-use crate::gil::GilToken;
+use crate::gil::{Gil, GilToken};
 use crate::object::Object;
 
-/// What a task's entry knows: whether it has finished, and who waits for it.
+/// A task's answer as py4cc delivered it: plain data, no Python object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Answer {
+    /// The protocol's result flag.
+    pub(crate) flag: i64,
+    pub(crate) value: AnswerValue,
+    /// The traceback or cause of a failure; empty otherwise.
+    pub(crate) message: String,
+}
+
+/// The value of a delivered answer (crate-private: its module is not exported).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnswerValue {
+    /// A demo task's value.
+    Int(i64),
+    /// A pickled value: a general task's answer (or a demo value outside the i64 range).
+    Pickled(Vec<u8>),
+    /// None: a general task that failed.
+    Nothing,
+}
+
+/// Why the table dropped a key before its answer was collected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gone {
+    Cancelled,
+    Expired,
+}
+
+/// What the table knows of a key, for a caller collecting it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// Accepted, not answered yet.
+    Running,
+    /// Its answer, now taken out of the table.
+    Answered(Answer),
+    /// Dropped here (cancelled or expired).
+    Gone(Gone),
+    /// Never heard of (never issued, collected already, or dropped by py4cc): py4cc says why.
+    Unknown,
+}
+
+/// Where a waited-for task stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// It has not been answered yet.
+    Running,
+    /// Its answer is in the table, or the table does not know the key: collect it.
+    Settled,
+}
+
+/// What a task's entry knows: its answer once delivered, and who waits for it.
 #[derive(Default)]
 struct Entry {
-    finished: bool,
-    /// The submitting thread has recorded it (it may finish before that).
+    answer: Option<Answer>,
+    /// The submitting thread has recorded it (it may be answered before that).
     accepted: bool,
     waiters: Vec<Waker>,
 }
 
-/// The keys the pool holds, whether each has finished, and who waits for which.
-#[derive(Default)]
+/// The tasks the host holds, their answers, and who waits for which.
 pub(crate) struct Completions {
     table: Mutex<Table>,
+    /// How long a delivered answer is kept (`result_ttl`); None: until collected.
+    ttl: Option<Duration>,
+}
+
+impl Default for Completions {
+    fn default() -> Self {
+        Completions::new(None)
+    }
 }
 
 /// The table behind the lock.
 #[derive(Default)]
 struct Table {
     keys: HashMap<i64, Entry>,
+    /// How many entries hold an answer: py4cc's `host_held()`.
+    answered: usize,
+    /// When each delivered answer expires, oldest first (some collected already).
+    expiry: VecDeque<(Instant, i64)>,
+    /// False once the driver is finalized: answers then stay until collected.
+    expiring: bool,
+    /// Keys dropped here, with why, the latest [`GONE_MEMORY`] of them.
+    gone: HashMap<i64, Gone>,
+    gone_order: VecDeque<i64>,
+    cancelled: u64,
+    expired: u64,
     /// Keys Python dropped before they were accepted here (see the module's documentation).
     dropped_early: HashSet<i64>,
 }
@@ -62,17 +137,60 @@ struct Table {
 /// else put them there (a key dropped that was never going to be accepted), and they go.
 const DROPPED_EARLY_LIMIT: usize = 4096;
 
-/// Where a waited-for task stands, as far as the table knows without asking Python.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Standing {
-    /// It has not finished: Python would answer "not finished".
-    Running,
-    /// It finished, or the table does not know the key (never issued, already collected,
-    /// cancelled or expired): Python has the answer.
-    AskPython,
+/// How many dropped keys are remembered, so that collecting one says why it is gone (as
+/// py4cc's own memory of them).
+const GONE_MEMORY: usize = 10_000;
+
+impl Table {
+    /// Drops the answers whose `result_ttl` has run out by `now`.
+    fn expire(&mut self, now: Instant) {
+        if !self.expiring {
+            return;
+        }
+        while let Some(&(when, key)) = self.expiry.front() {
+            if when > now {
+                return;
+            }
+            self.expiry.pop_front();
+            if self.keys.get(&key).is_some_and(|entry| entry.answer.is_some()) {
+                self.keys.remove(&key);
+                self.answered -= 1;
+                self.expired += 1;
+                self.remember(key, Gone::Expired);
+            }
+        }
+    }
+
+    fn remember(&mut self, key: i64, why: Gone) {
+        if self.gone.insert(key, why).is_none() {
+            self.gone_order.push_back(key);
+        }
+        while self.gone_order.len() > GONE_MEMORY {
+            if let Some(old) = self.gone_order.pop_front() {
+                self.gone.remove(&old);
+            }
+        }
+    }
+
+    /// Removes `key`'s entry if it holds an answer: cancelled here.
+    fn cancel_answered(&mut self, key: i64) -> Option<Entry> {
+        if self.keys.get(&key).is_none_or(|entry| entry.answer.is_none()) {
+            return None;
+        }
+        let entry = self.keys.remove(&key);
+        self.answered -= 1;
+        self.cancelled += 1;
+        self.remember(key, Gone::Cancelled);
+        entry
+    }
 }
 
 impl Completions {
+    /// A table whose delivered answers expire `ttl` after delivery (None: never).
+    pub(crate) fn new(ttl: Option<Duration>) -> Self {
+        Completions { table: Mutex::new(Table { expiring: true, ..Table::default() }), ttl }
+    }
+
     /// A task was accepted under `key`.
     pub(crate) fn accepted(&self, key: i64) {
         let mut table = self.table.lock();
@@ -81,23 +199,38 @@ impl Completions {
         }
     }
 
-    /// The pool finished the task under `key`: its answer waits to be collected.
-    pub(crate) fn finished(&self, key: i64) {
-        let waiters = {
+    /// py4cc hands over these answers: each goes into its key's entry, and its waiters are
+    /// woken (after the lock is let go).
+    pub(crate) fn deliver(&self, answers: Vec<(i64, Answer)>) {
+        let now = Instant::now();
+        let mut woken = Vec::new();
+        {
             let mut table = self.table.lock();
-            let entry = table.keys.entry(key).or_default();
-            entry.finished = true;
-            std::mem::take(&mut entry.waiters)
-        };
-        waiters.into_iter().for_each(Waker::wake);
+            table.expire(now);
+            for (key, answer) in answers {
+                let entry = table.keys.entry(key).or_default();
+                let first = entry.answer.replace(answer).is_none();
+                woken.append(&mut entry.waiters);
+                if first {
+                    table.answered += 1;
+                    if let Some(ttl) = self.ttl {
+                        table.expiry.push_back((now + ttl, key));
+                    }
+                }
+            }
+        }
+        woken.into_iter().for_each(Waker::wake);
     }
 
-    /// The pool dropped the task under `key` without anyone collecting it (its result expired,
-    /// or it was cancelled): forget it, waking its waiters so that they ask Python what became
-    /// of it. A key not accepted yet is remembered, so that its `accepted` makes no entry.
+    /// py4cc dropped the task under `key`, which the host holds no answer for (it was
+    /// cancelled): forget it, waking its waiters so that they ask py4cc what became of it. A
+    /// key not accepted yet is remembered, so that its `accepted` makes no entry.
     pub(crate) fn forget(&self, key: i64) {
         let entry = {
             let mut table = self.table.lock();
+            if table.keys.get(&key).is_some_and(|entry| entry.answer.is_some()) {
+                return; // answered: py4cc no longer has it, whatever it says
+            }
             let entry = table.keys.remove(&key);
             if !entry.as_ref().is_some_and(|entry| entry.accepted) {
                 if table.dropped_early.len() >= DROPPED_EARLY_LIMIT {
@@ -112,20 +245,81 @@ impl Completions {
         }
     }
 
-    /// The Rust side is done with `key` (its answer collected, or it was cancelled from Rust):
-    /// forget it, waking any other waiter so that it asks Python.
-    pub(crate) fn collected(&self, key: i64) {
-        let entry = self.table.lock().keys.remove(&key);
+    /// Takes `key`'s answer out of the table if it is there; else says where the key stands.
+    /// Another waiter on the key is woken, and then finds it unknown.
+    pub(crate) fn take(&self, key: i64) -> Lookup {
+        let (lookup, entry) = {
+            let mut table = self.table.lock();
+            table.expire(Instant::now());
+            match table.keys.get(&key) {
+                Some(Entry { answer: None, .. }) => return Lookup::Running,
+                Some(_) => {
+                    table.answered -= 1;
+                    let mut entry = table.keys.remove(&key);
+                    let answer = entry.as_mut().and_then(|entry| entry.answer.take());
+                    (answer.map_or(Lookup::Unknown, Lookup::Answered), entry)
+                }
+                None => (table.gone.get(&key).map_or(Lookup::Unknown, |why| Lookup::Gone(*why)), None),
+            }
+        };
         if let Some(entry) = entry {
             entry.waiters.into_iter().for_each(Waker::wake);
         }
+        lookup
+    }
+
+    /// Cancels `key` here if its answer is in the table (py4cc no longer holds it); whether
+    /// it was.
+    pub(crate) fn cancel_answered(&self, key: i64) -> bool {
+        let entry = {
+            let mut table = self.table.lock();
+            table.expire(Instant::now());
+            table.cancel_answered(key)
+        };
+        entry.map(|entry| entry.waiters.into_iter().for_each(Waker::wake)).is_some()
+    }
+
+    /// py4cc has been asked to cancel `key` and answered `found`: if its answer came
+    /// meanwhile, it is cancelled here; else the key is forgotten. Whether the task was held.
+    pub(crate) fn cancelled(&self, key: i64, found: bool) -> bool {
+        let (held, entry) = {
+            let mut table = self.table.lock();
+            match table.cancel_answered(key) {
+                Some(entry) => (true, Some(entry)),
+                None => (found, table.keys.remove(&key)),
+            }
+        };
+        if let Some(entry) = entry {
+            entry.waiters.into_iter().for_each(Waker::wake);
+        }
+        held
+    }
+
+    /// How many answers the table holds (delivered, not collected, cancelled or expired):
+    /// what py4cc's admission counts beside its own book.
+    pub(crate) fn held(&self) -> usize {
+        let mut table = self.table.lock();
+        table.expire(Instant::now());
+        table.answered
+    }
+
+    /// How many answers the table dropped: cancelled and expired.
+    pub(crate) fn dropped(&self) -> (u64, u64) {
+        let table = self.table.lock();
+        (table.cancelled, table.expired)
+    }
+
+    /// The driver is finalized: answers are kept until collected from now on, as py4cc
+    /// keeps its own after a stop.
+    pub(crate) fn stop_expiring(&self) {
+        self.table.lock().expiring = false;
     }
 
     /// Where `key` stands now.
     pub(crate) fn standing(&self, key: i64) -> Standing {
         match self.table.lock().keys.get(&key) {
-            Some(Entry { finished: false, .. }) => Standing::Running,
-            _ => Standing::AskPython,
+            Some(Entry { answer: None, .. }) => Standing::Running,
+            _ => Standing::Settled,
         }
     }
 
@@ -133,8 +327,8 @@ impl Completions {
     pub(crate) fn wait(&self, key: i64, deadline: Option<Instant>) -> Standing {
         let waker = Waker::from(Arc::new(Unpark(thread::current())));
         loop {
-            if self.register(key, &waker) == Standing::AskPython {
-                return Standing::AskPython;
+            if self.register(key, &waker) == Standing::Settled {
+                return Standing::Settled;
             }
             match deadline {
                 None => thread::park(),
@@ -154,22 +348,22 @@ impl Completions {
     /// context's waker registered.
     pub(crate) fn poll(&self, key: i64, cx: &Context<'_>) -> Poll<()> {
         match self.register(key, cx.waker()) {
-            Standing::AskPython => Poll::Ready(()),
+            Standing::Settled => Poll::Ready(()),
             Standing::Running => Poll::Pending,
         }
     }
 
-    /// Registers `waker` on `key` unless the task no longer runs.
+    /// Registers `waker` on `key` unless the task has been answered (or is unknown).
     fn register(&self, key: i64, waker: &Waker) -> Standing {
         let mut table = self.table.lock();
         match table.keys.get_mut(&key) {
-            Some(entry) if !entry.finished => {
+            Some(entry) if entry.answer.is_none() => {
                 if !entry.waiters.iter().any(|known| known.will_wake(waker)) {
                     entry.waiters.push(waker.clone());
                 }
                 Standing::Running
             }
-            _ => Standing::AskPython,
+            _ => Standing::Settled,
         }
     }
 
@@ -180,10 +374,12 @@ impl Completions {
         }
     }
 
-    /// How many keys the table holds.
+    /// How many keys the table holds (expired answers dropped first).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.table.lock().keys.len()
+        let mut table = self.table.lock();
+        table.expire(Instant::now());
+        table.keys.len()
     }
 
     /// How many keys Python dropped before they were accepted, not accepted yet.
@@ -192,12 +388,24 @@ impl Completions {
         self.table.lock().dropped_early.len()
     }
 
-    /// The notifier to hand to py4cc: a Python callable `notify(key, finished)` that calls
-    /// [`finished`](Self::finished) (`finished` true) or [`forget`](Self::forget) (false) on this
-    /// table. It keeps the table alive as long as Python keeps the callable.
-    pub(crate) fn notifier<'py>(self: &Arc<Self>, gil: GilToken<'py>) -> Result<Object<'py>> {
-        NOTIFY_DEF.bind(gil, Arc::clone(self))
+    /// The three functions to hand to py4cc, keeping the table alive as long as Python keeps
+    /// them: `notify(key, finished)` ([`forget`](Self::forget) when `finished` is false;
+    /// finishes come through `deliver`), `deliver(answers)` ([`deliver`](Self::deliver)) and
+    /// `host_held()` ([`held`](Self::held)).
+    pub(crate) fn functions<'py>(self: &Arc<Self>, gil: GilToken<'py>) -> Result<HostFunctions<'py>> {
+        Ok(HostFunctions {
+            notify: NOTIFY_DEF.bind(gil, Arc::clone(self))?,
+            deliver: DELIVER_DEF.bind(gil, Arc::clone(self))?,
+            held: HELD_DEF.bind(gil, Arc::clone(self))?,
+        })
     }
+}
+
+/// The table's functions for py4cc (see [`Completions::functions`]).
+pub(crate) struct HostFunctions<'py> {
+    pub(crate) notify: Object<'py>,
+    pub(crate) deliver: Object<'py>,
+    pub(crate) held: Object<'py>,
 }
 
 /// Wakes a parked thread.
@@ -216,8 +424,36 @@ impl Wake for Unpark {
 static NOTIFY_DEF: MethodDef<Completions> = MethodDef::fastcall(
     c"notify",
     notify,
-    c"notify(key, finished): the task under key finished (True) or is gone (False).",
+    c"notify(key, finished): the task under key is gone (False); a finish (True) comes through deliver.",
 );
+
+static DELIVER_DEF: MethodDef<Completions> = MethodDef::fastcall(
+    c"deliver",
+    deliver,
+    c"deliver(answers): [(key, flag, value, message)], value an int, None or pickled bytes.",
+);
+
+static HELD_DEF: MethodDef<Completions> =
+    MethodDef::fastcall(c"host_held", host_held, c"host_held(): how many delivered answers the host holds.");
+
+/// Raises `exception` with `text` (GIL held); NULL, for the C function to return.
+fn raise_text(exception: *mut ffi::PyObject, text: &str) -> *mut ffi::PyObject {
+    let text = std::ffi::CString::new(text.replace('\0', " ")).unwrap_or_default();
+    // SAFETY: GIL held (every caller is a C function CPython called); `exception` is an
+    // exception type read from a static.
+    unsafe { crate::exception::raise(exception, &text) }
+}
+
+/// Runs `wake` (which calls wakers: foreign code) so that a panic does not unwind into
+/// CPython; NULL with a SystemError set if it panicked, else a new reference to None.
+fn without_unwinding(wake: impl FnOnce()) -> *mut ffi::PyObject {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(wake)).is_err() {
+        // SAFETY: GIL held (as above); reads a static exception type.
+        return raise_text(unsafe { ffi::PyExc_SystemError }, "rs4py: a task's waker panicked");
+    }
+    // SAFETY: GIL held; None goes back to CPython as the new reference it expects.
+    unsafe { crate::object::new_none_reference() }
+}
 
 /// `notify(key, finished)`, called by the pool with the GIL held. Never unwinds into C.
 unsafe extern "C" fn notify(
@@ -247,31 +483,89 @@ unsafe extern "C" fn notify(
     let Some(table) = (unsafe { bound_state::<Completions>(capsule) }) else {
         return std::ptr::null_mut();
     };
-    // A waker is foreign code (an executor's): it must not unwind into CPython.
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        if finished {
-            table.finished(key);
-        } else {
+    without_unwinding(|| {
+        if !finished {
             table.forget(key);
         }
-    }));
-    if outcome.is_err() {
+    })
+}
+
+/// `deliver(answers)`, called by the pool with the GIL held (and its lock): reads every
+/// answer first, so that a malformed one delivers none (a TypeError or ValueError says
+/// which). Never unwinds into C.
+unsafe extern "C" fn deliver(
+    capsule: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    // CPython holds the GIL while it calls a C function: this only counts a guard.
+    let gil = Gil::acquire_started();
+    // SAFETY: GIL held (CPython calls us with it); these are the call's own arguments.
+    let Some(&[answers]) = (unsafe { fastcall_args(args, nargs, 1, c"deliver(answers) takes 1 argument") }) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: GIL held; `capsule` is the `self` of a function bound by DELIVER_DEF, a
+    // MethodDef<Completions>; the borrow ends with the call.
+    let Some(table) = (unsafe { bound_state::<Completions>(capsule) }) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: GIL held (gil); `answers` is a live borrowed reference for the call.
+    let read = unsafe { Object::from_borrowed_ptr(gil.token(), answers) }.and_then(|answers| read_answers(&answers));
+    match read {
+        Ok(answers) => without_unwinding(|| table.deliver(answers)),
         // SAFETY: GIL held; reads a static exception type.
-        let system_error = unsafe { ffi::PyExc_SystemError };
-        // SAFETY: GIL held; SystemError is an exception type.
-        return unsafe { crate::exception::raise(system_error, c"rs4py: a task's waker panicked") };
+        Err(error) => raise_text(unsafe { ffi::PyExc_TypeError }, &format!("deliver: {error}")),
     }
-    // SAFETY: GIL held; None goes back to CPython as the new reference it expects.
-    unsafe { crate::object::new_none_reference() }
+}
+
+/// The answers of a `deliver` call: a sequence of `(key, flag, value, message)`.
+fn read_answers(answers: &Object<'_>) -> Result<Vec<(i64, Answer)>> {
+    let items: Vec<(i64, i64, Object<'_>, String)> = answers.extract()?;
+    items
+        .into_iter()
+        .map(|(key, flag, value, message)| {
+            let value = if value.is_none() {
+                AnswerValue::Nothing
+            } else if let Ok(number) = value.extract::<i64>() {
+                AnswerValue::Int(number)
+            } else {
+                let Bytes(bytes) = value.extract::<Bytes>().map_err(|_| {
+                    crate::Error::Conversion(format!(
+                        "the value of task {key}'s answer is a {}, not an int in the i64 range, None or bytes",
+                        value.type_name()
+                    ))
+                })?;
+                AnswerValue::Pickled(bytes)
+            };
+            Ok((key, Answer { flag, value, message }))
+        })
+        .collect()
+}
+
+/// `host_held()`, called by the pool with the GIL held (and its lock). Never unwinds into C.
+unsafe extern "C" fn host_held(
+    capsule: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    // SAFETY: GIL held (CPython calls us with it); these are the call's own arguments.
+    if unsafe { fastcall_args(args, nargs, 0, c"host_held() takes no arguments") }.is_none() {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: GIL held; `capsule` is the `self` of a function bound by HELD_DEF, a
+    // MethodDef<Completions>; the borrow ends with the call.
+    let Some(table) = (unsafe { bound_state::<Completions>(capsule) }) else {
+        return std::ptr::null_mut();
+    };
+    let held = table.held();
+    // SAFETY: GIL held; a new reference (or NULL with an exception set) for CPython.
+    unsafe { ffi::PyLong_FromSize_t(held) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::future::Future;
-    use std::pin::Pin;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
 
     struct CountWakes(AtomicUsize);
 
@@ -281,21 +575,28 @@ mod tests {
         }
     }
 
+    fn answer(value: i64) -> Answer {
+        Answer { flag: 0, value: AnswerValue::Int(value), message: String::new() }
+    }
+
     #[test]
-    fn a_waiting_thread_is_woken_by_the_finish() {
+    fn a_waiting_thread_is_woken_by_the_delivery_and_takes_the_answer() {
         let table = Arc::new(Completions::default());
         table.accepted(7);
-        assert_eq!(table.standing(7), Standing::Running);
+        assert_eq!(table.take(7), Lookup::Running);
         let waiter = {
             let table = Arc::clone(&table);
             thread::spawn(move || table.wait(7, Some(Instant::now() + Duration::from_secs(30))))
         };
         thread::sleep(Duration::from_millis(20));
-        table.finished(7);
-        assert_eq!(waiter.join().unwrap(), Standing::AskPython);
-        assert_eq!(table.standing(7), Standing::AskPython);
-        table.forget(7);
-        assert_eq!(table.len(), 0);
+        table.deliver(vec![(7, answer(42)), (8, answer(43))]);
+        assert_eq!(waiter.join().unwrap(), Standing::Settled);
+        assert_eq!(table.held(), 2, "8 was delivered before its submitter recorded it");
+        assert_eq!(table.take(7), Lookup::Answered(answer(42)));
+        assert_eq!(table.take(7), Lookup::Unknown, "taken once");
+        table.accepted(8); // late: must not undo the answer
+        assert_eq!(table.take(8), Lookup::Answered(answer(43)));
+        assert_eq!((table.held(), table.len()), (0, 0));
     }
 
     #[test]
@@ -307,35 +608,55 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(30));
         assert!(table.table.lock().keys[&1].waiters.is_empty());
         assert_eq!(table.wait(1, Some(Instant::now())), Standing::Running, "a past deadline answers at once");
+        assert_eq!(table.wait(99, None), Standing::Settled, "never issued: collect says so");
     }
 
     #[test]
-    fn unknown_finished_and_forgotten_keys_send_the_waiter_to_python() {
+    fn answers_expire_after_the_ttl_unless_finalized() {
+        let table = Completions::new(Some(Duration::from_millis(40)));
+        table.accepted(1);
+        table.accepted(2);
+        table.deliver(vec![(1, answer(1)), (2, answer(2))]);
+        assert_eq!(table.take(2), Lookup::Answered(answer(2)));
+        assert_eq!(table.held(), 1);
+        thread::sleep(Duration::from_millis(60));
+        assert_eq!(table.held(), 0, "expired");
+        assert_eq!(table.take(1), Lookup::Gone(Gone::Expired));
+        assert_eq!(table.take(2), Lookup::Unknown, "collected, not expired");
+        assert_eq!(table.dropped(), (0, 1));
+        table.stop_expiring();
+        table.deliver(vec![(3, answer(3))]);
+        thread::sleep(Duration::from_millis(60));
+        assert_eq!(table.take(3), Lookup::Answered(answer(3)), "kept after finalize");
+    }
+
+    #[test]
+    fn cancelling_an_answered_task_is_the_tables_alone() {
         let table = Completions::default();
-        assert_eq!(table.wait(99, None), Standing::AskPython, "never issued");
-        table.finished(5); // before the submitter recorded it
-        table.accepted(5); // must not undo the finish
-        assert_eq!(table.standing(5), Standing::AskPython);
+        table.accepted(5);
+        assert!(!table.cancel_answered(5), "running: py4cc must cancel it");
+        assert!(table.cancelled(5, true), "py4cc held it");
+        assert_eq!(table.take(5), Lookup::Unknown, "py4cc says it was cancelled");
         table.accepted(6);
-        table.forget(6);
-        assert_eq!(table.wait(6, None), Standing::AskPython, "expired or cancelled");
-        assert_eq!(table.dropped_early(), 0, "6 was known: nothing to remember");
+        table.deliver(vec![(6, answer(6))]);
+        assert!(table.cancel_answered(6));
+        assert_eq!(table.take(6), Lookup::Gone(Gone::Cancelled));
+        table.accepted(9);
+        table.deliver(vec![(9, answer(9))]); // while py4cc was asked to cancel it
+        assert!(table.cancelled(9, false), "answered meanwhile: cancelled here");
+        assert_eq!((table.held(), table.len(), table.dropped()), (0, 0, (2, 0)));
     }
 
     #[test]
     fn a_key_dropped_before_it_was_accepted_makes_no_entry() {
         let table = Completions::default();
-        table.finished(8); // finished, then expired, before its submitter recorded it
         table.forget(8);
-        table.forget(9); // expired without a finish seen (cannot happen, but harmless)
-        assert_eq!((table.len(), table.dropped_early()), (0, 2));
+        assert_eq!((table.len(), table.dropped_early()), (0, 1));
         table.accepted(8);
-        assert_eq!((table.len(), table.dropped_early()), (0, 1), "consumed, no entry made");
-        assert_eq!(table.standing(8), Standing::AskPython);
-        table.accepted(10);
-        table.collected(10);
-        table.collected(10);
-        assert_eq!((table.len(), table.dropped_early()), (0, 1), "the Rust side's own removal leaves no mark");
+        assert_eq!((table.len(), table.dropped_early()), (0, 0), "consumed, no entry made");
+        table.deliver(vec![(10, answer(10))]);
+        table.forget(10);
+        assert_eq!(table.take(10), Lookup::Answered(answer(10)), "an answer outlives py4cc's forgetting");
         for key in 100..100 + DROPPED_EARLY_LIMIT as i64 {
             table.forget(key);
         }
@@ -353,47 +674,45 @@ mod tests {
         assert_eq!(table.poll(3, &cx), Poll::Pending, "polled twice, registered once");
         assert_eq!(table.table.lock().keys[&3].waiters.len(), 1);
         table.unregister(3, &waker);
-        table.finished(3);
+        table.deliver(vec![(3, answer(3))]);
         assert_eq!(counter.0.load(Ordering::SeqCst), 0, "an unregistered waker is not woken");
         assert_eq!(table.poll(3, &cx), Poll::Ready(()));
-
         table.accepted(4);
         assert_eq!(table.poll(4, &cx), Poll::Pending);
-        table.forget(4);
+        table.deliver(vec![(4, answer(4))]);
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
-        assert_eq!(table.poll(4, &cx), Poll::Ready(()));
-        // A simple future over the table resolves on an executor-free poll loop too.
-        struct Finished<'a>(&'a Completions, i64);
-        impl Future for Finished<'_> {
-            type Output = ();
-            fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-                self.0.poll(self.1, cx)
-            }
-        }
-        let mut future = std::pin::pin!(Finished(&table, 3));
-        assert_eq!(future.as_mut().poll(&mut Context::from_waker(&waker)), Poll::Ready(()));
     }
 
     #[test]
-    fn python_calls_the_notifier() -> Result<()> {
+    fn python_calls_the_functions() -> Result<()> {
         let table = Arc::new(Completions::default());
         table.accepted(11);
         table.accepted(12);
         let gil = Gil::acquire()?;
-        let notify = table.notifier(gil.token())?;
-        assert_eq!(Arc::strong_count(&table), 2, "the capsule holds the table");
-        assert!(notify.call((11, true), ())?.is_none());
-        notify.call((12, false), ())?;
-        assert_eq!(table.standing(11), Standing::AskPython);
-        assert_eq!(table.len(), 1, "12 is forgotten, 11 waits to be collected");
-        let wrong = notify.call((11,), ()).unwrap_err();
+        let host = table.functions(gil.token())?;
+        assert_eq!(Arc::strong_count(&table), 4, "each capsule holds the table");
+        let answers = gil.eval("[(11, 0, 5, ''), (12, 2, None, 'Traceback: x'), (13, 0, b'\\x80\\x04K\\x07.', '')]")?;
+        assert!(host.deliver.call((answers,), ())?.is_none());
+        assert_eq!(host.held.call((), ())?.extract::<usize>()?, 3);
+        assert_eq!(table.take(11), Lookup::Answered(answer(5)));
+        let failed = Answer { flag: 2, value: AnswerValue::Nothing, message: "Traceback: x".into() };
+        assert_eq!(table.take(12), Lookup::Answered(failed));
+        let pickled =
+            Answer { flag: 0, value: AnswerValue::Pickled(b"\x80\x04K\x07.".to_vec()), message: String::new() };
+        assert_eq!(table.take(13), Lookup::Answered(pickled));
+        let wrong = host.deliver.call((gil.eval("[(1, 0, 2.5, '')]")?,), ()).unwrap_err();
         assert_eq!(wrong.python_type(), Some("TypeError"));
-        let not_int = notify.call(("x", true), ()).unwrap_err();
-        assert_eq!(not_int.python_type(), Some("TypeError"));
-        let huge = gil.eval("2**70")?;
-        assert_eq!(notify.call((huge, true), ()).unwrap_err().python_type(), Some("OverflowError"));
-        drop(notify);
-        assert_eq!(Arc::strong_count(&table), 1, "freeing the function frees the capsule's count");
+        assert!(wrong.to_string().contains("is a float, not an int in the i64 range, None or bytes"), "{wrong}");
+        let short = host.deliver.call((gil.eval("[(1, 0, 2)]")?,), ()).unwrap_err();
+        assert_eq!(short.python_type(), Some("TypeError"));
+        assert_eq!(table.len(), 0, "a malformed batch delivers nothing");
+        assert_eq!(host.held.call((1,), ()).unwrap_err().python_type(), Some("TypeError"));
+        table.accepted(14);
+        host.notify.call((14, false), ())?;
+        assert_eq!(table.take(14), Lookup::Unknown, "forgotten");
+        assert_eq!(host.notify.call(("x", true), ()).unwrap_err().python_type(), Some("TypeError"));
+        drop(host);
+        assert_eq!(Arc::strong_count(&table), 1, "freeing the functions frees the capsules' counts");
         Ok(())
     }
 }

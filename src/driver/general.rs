@@ -9,6 +9,7 @@ use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
 
 use crate::convert::FromPython;
+use crate::driver::completion::AnswerValue;
 use crate::object::Object;
 
 /// The key of a general task ([`Driver::submit_call`](super::Driver::submit_call)), typed by
@@ -66,6 +67,7 @@ impl<T> fmt::Debug for Key<T> {
 }
 
 mod sealed {
+    use crate::driver::completion::AnswerValue;
     use crate::object::Object;
 
     /// What only rs4py's own key types do: read a task's answer. In a private module, so
@@ -75,6 +77,11 @@ mod sealed {
         /// The answer in `value`, given the flag py4cc answered with; `Err` says why it cannot
         /// be read (the task then answers `Failed`, if it was done or failed).
         fn read_answer(flag: i64, value: &Object<'_>) -> Result<<Self as super::TaskKey>::Answer, String>
+        where
+            Self: super::TaskKey;
+
+        /// The answer read from a delivered value without Python, when it needs none.
+        fn read_plain(flag: i64, value: &AnswerValue) -> Option<<Self as super::TaskKey>::Answer>
         where
             Self: super::TaskKey;
     }
@@ -105,6 +112,13 @@ impl sealed::Sealed for i64 {
     fn read_answer(_flag: i64, value: &Object<'_>) -> Result<i64, String> {
         value.extract().map_err(|error| format!("the model's answer cannot be an i64 value ({error})"))
     }
+
+    fn read_plain(_flag: i64, value: &AnswerValue) -> Option<i64> {
+        match value {
+            AnswerValue::Int(number) => Some(*number),
+            _ => None,
+        }
+    }
 }
 
 impl<T> TaskKey for Key<T>
@@ -123,6 +137,11 @@ where
     T: for<'py> FromPython<'py> + Default,
 {
     /// The answer of a done task, as a `T`; the default `T` otherwise.
+    fn read_plain(flag: i64, _value: &AnswerValue) -> Option<<Self as TaskKey>::Answer> {
+        // Only a result is converted; any other answer reads as the default.
+        (flag != super::ResultStatus::Done.code()).then(T::default)
+    }
+
     fn read_answer(flag: i64, value: &Object<'_>) -> Result<<Self as TaskKey>::Answer, String> {
         if flag != super::ResultStatus::Done.code() {
             return Ok(T::default());

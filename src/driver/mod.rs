@@ -2,6 +2,7 @@
 //! behind a typed, `Send + Sync` Rust face whose task calls never fail with `Err`.
 
 mod access;
+mod combine;
 mod completion;
 mod future;
 mod general;
@@ -21,19 +22,20 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::convert::{IntoArgs, IntoKwargs};
+use crate::convert::{IntoArgs, IntoKwargs, ToPython};
 use crate::error::{Error, Result, without_py4cc_frames};
 use crate::gil::Gil;
 use crate::interpreter::{self, StartOptions};
 use crate::object::{Handle, Object};
 
 use access::{Access, INITIALIZING_MESSAGE};
-use completion::{Completions, Standing};
+use combine::Combiner;
+use completion::{Answer, AnswerValue, Completions, Gone, Lookup, Standing};
 pub use future::TaskFuture;
 pub use general::{Key, TaskKey};
 pub use options::{Backend, Batching, DriverOptions, Preload, StartMethod};
 pub use output::{WorkerLine, WorkerOutput, WorkerStream};
-use protocol::{DRIVER_CLASS, DRIVER_MODULE, N_SUBPROCESSES, NOT_FINISHED_MESSAGE, method, option};
+use protocol::{COMPLETION_MODULE, DRIVER_CLASS, DRIVER_MODULE, N_SUBPROCESSES, NOT_FINISHED_MESSAGE, method, option};
 pub use protocol::{ResultStatus, SubmitStatus};
 pub use stats::{DriverState, DriverStats};
 use turn::DispatcherTurn;
@@ -73,23 +75,30 @@ pub struct TaskResult<T = i64> {
 /// The Python driver object and its bound methods, looked up once.
 struct PythonDriver {
     driver: Handle,
-    submit: Handle,
+    submit_many: Handle,
     submit_call: Handle,
     retrieve: Handle,
     cancel: Handle,
     stats: Handle,
     drain: Handle,
+    /// `pickle.loads`, for general tasks' answers.
+    loads: Handle,
+    /// py4cc's `cancelled_message(key)` and `expired_message(key, ttl)`, for keys the
+    /// completion table dropped.
+    cancelled_message: Handle,
+    expired_message: Handle,
 }
 
 /// Runs an Engine in a pool of Python worker processes; shared by many threads.
 ///
 /// `submit`, `retrieve`, `wait`, `wait_async` and `cancel` never panic and never return
 /// `Err`: every failure, in Python or in Rust, comes back as a status and a message. A mutex
-/// serialises the calls into Python. The pool tells the driver directly (a C function it calls)
-/// when a task finishes, so `wait` and [`wait_async`](Self::wait_async) hold neither the mutex
-/// nor the GIL while they wait, and `retrieve` of a task still running answers `NotReady`
-/// without taking either; only collecting a finished answer takes them, briefly. A thread that
-/// holds a [`Gil`] may call in too: the driver lets the GIL go while it waits.
+/// serialises the calls into Python. The pool hands finished tasks' answers to the driver
+/// directly (a C function it calls once per batch of answers), so `wait` and
+/// [`wait_async`](Self::wait_async) hold neither the mutex nor the GIL while they wait, and
+/// `retrieve`, `wait` and `wait_async` read a demo task's answer (or a failure) without taking
+/// either; a general task's answer is unpickled and converted with the GIL (not the mutex). A
+/// thread that holds a [`Gil`] may call in too: the driver lets the GIL go while it waits.
 ///
 /// Every accepted task is held (and counts against `max_tasks`) until its answer is collected
 /// by `retrieve`, `wait` or `wait_async`, it is [`cancel`](Self::cancel)led, or, once finished,
@@ -127,6 +136,9 @@ pub struct Driver {
     completions: Arc<Completions>,
     turn: Arc<DispatcherTurn>,
     access: Access,
+    result_ttl: Option<Duration>,
+    /// Demo tasks on their way into py4cc, handed over in batches (see `combine.rs`).
+    submissions: Combiner<DemoTask, Result<(i64, i64, String)>>,
     /// Answers py4cc counted done that did not convert to the caller's type, so failed.
     unconvertible: AtomicU64,
 }
@@ -140,8 +152,8 @@ impl Driver {
         interpreter::start(&StartOptions { python_path: vec![package_dir] })?;
         let gil = Gil::acquire()?;
         interpreter::insert_sys_path_after_stdlib(&gil, &options.python_path)?;
-        let completions = Arc::new(Completions::default());
-        let notify = completions.notifier(gil.token())?;
+        let completions = Arc::new(Completions::new(options.result_ttl));
+        let host = completions.functions(gil.token())?;
         let turn = Arc::new(DispatcherTurn::default());
         let wait_readable = turn.function(gil.token())?;
         let class = gil.import(DRIVER_MODULE)?.getattr(DRIVER_CLASS)?;
@@ -155,7 +167,9 @@ impl Driver {
                 (option::ENGINE, &options.engine),
                 (option::TASK_TIMEOUT, &options.task_timeout.map(|timeout| timeout.as_secs_f64())),
                 (option::INIT_TIMEOUT, &options.init_timeout.map(|timeout| timeout.as_secs_f64())),
-                (option::NOTIFY, &notify),
+                (option::NOTIFY, &host.notify),
+                (option::DELIVER, &host.deliver),
+                (option::HOST_HELD, &host.held),
                 (option::WAIT_READABLE, &wait_readable),
                 (option::RESULT_TTL, &options.result_ttl.map(|ttl| ttl.as_secs_f64())),
                 (option::WORKER_ENV, &options.worker_env),
@@ -172,15 +186,20 @@ impl Driver {
         )?;
         let bound = |name| driver.getattr(name).map(Object::unbind);
         let python = PythonDriver {
-            submit: bound(method::SUBMIT)?,
+            submit_many: bound(method::SUBMIT_MANY)?,
             submit_call: bound(method::SUBMIT_CALL)?,
             retrieve: bound(method::RETRIEVE)?,
             cancel: bound(method::CANCEL)?,
             stats: bound(method::STATS)?,
             drain: bound(method::DRAIN)?,
             driver: driver.clone().unbind(),
+            loads: gil.import("pickle")?.getattr("loads")?.unbind(),
+            cancelled_message: gil.import(COMPLETION_MODULE)?.getattr("cancelled_message")?.unbind(),
+            expired_message: gil.import(COMPLETION_MODULE)?.getattr("expired_message")?.unbind(),
         };
         Ok(Driver {
+            result_ttl: options.result_ttl,
+            submissions: Combiner::default(),
             calls: Mutex::new(()),
             python: ManuallyDrop::new(python),
             finalized: AtomicBool::new(false),
@@ -248,15 +267,51 @@ impl Driver {
     /// slot at the latest `result_ttl` after its task finishes; with `result_ttl: None` it
     /// keeps it until retrieved. When the driver holds `max_tasks` tasks, `submit` answers
     /// `AtCapacity`.
+    ///
+    /// Submissions from many threads at once are combined: one of the callers hands every
+    /// task queued meanwhile to py4cc in one call (one GIL acquisition), and each caller gets
+    /// its own answer, exactly as if the tasks had been submitted one after the other.
     pub fn submit(&self, float_features: &[f64], str_features: &[impl AsRef<str>], int_feature: i64) -> TaskReceipt {
-        let str_features: Vec<&str> = str_features.iter().map(AsRef::as_ref).collect();
         let answer = self.access.check_task_call().map_err(Error::Unavailable).and_then(|()| {
-            let _serial = self.lock_for_task()?;
-            self.call_python(&self.python.submit, (float_features, str_features, int_feature), |answer| {
-                answer.extract()
-            })
+            let task = DemoTask {
+                float_features: float_features.to_vec(),
+                str_features: str_features.iter().map(|text| text.as_ref().to_owned()).collect(),
+                int_feature,
+            };
+            self.submissions.submit(task, |batch| self.submit_batch(batch))
         });
         self.receipt(answer, method::SUBMIT)
+    }
+
+    /// py4cc's answers to a batch of demo tasks, one each, in order (the combiner's call).
+    fn submit_batch(&self, batch: Vec<DemoTask>) -> Vec<Result<(i64, i64, String)>> {
+        let count = batch.len();
+        let answers = self.lock_for_task().and_then(|_serial| {
+            let gil = Gil::acquire()?;
+            let token = gil.token();
+            let tasks = Object::new_list(
+                token,
+                batch.iter().map(|task| {
+                    (task.float_features.as_slice(), task.str_features.as_slice(), task.int_feature).to_python(token)
+                }),
+            )?;
+            let answers: Vec<(i64, i64, String)> = self.python.submit_many.bind(&gil).call((tasks,), ())?.extract()?;
+            if answers.len() != count {
+                return Err(Error::Conversion(format!("py4cc answered {} of {count} tasks", answers.len())));
+            }
+            Ok(answers)
+        });
+        match answers {
+            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            Err(error) => {
+                // Every task of the batch gets the failure, worded as `receipt` words it.
+                let message = match error {
+                    Error::Unavailable(message) => message,
+                    error => format!("{} failed: {error}", method::SUBMIT),
+                };
+                (0..count).map(|_| Err(Error::Unavailable(message.clone()))).collect()
+            }
+        }
     }
 
     /// Submits one general task: the Engine's `call_method` (`run` by default) is called as
@@ -322,14 +377,10 @@ impl Driver {
     }
 
     /// Asks for a task's result without waiting. Never fails: see [`ResultStatus`]. A task
-    /// still running answers `NotReady` at once, without the GIL or the driver's mutex. An
+    /// still running answers `NotReady` at once, and a finished demo task its answer, without
+    /// the GIL or the driver's mutex (a general task's answer takes the GIL to convert). An
     /// `i64` key reads a demo task's answer, a [`Key<T>`] a general task's, as a `T`.
     pub fn retrieve<K: TaskKey>(&self, key: K) -> TaskResult<K::Answer> {
-        if let Some(raw) = self.table_key(key.raw()) {
-            if self.completions.standing(raw) == Standing::Running {
-                return not_ready(key.raw());
-            }
-        }
         self.collect(key, method::RETRIEVE)
     }
 
@@ -349,19 +400,20 @@ impl Driver {
         };
         match standing {
             Standing::Running => not_ready(key.raw()),
-            Standing::AskPython => self.collect(key, method::WAIT),
+            Standing::Settled => self.collect(key, method::WAIT),
         }
     }
 
     /// Waits for the task's answer without blocking: a future that any executor can poll
     /// (it uses nothing but std's `Waker`), woken by the task's completion itself. While it is
     /// pending it holds neither the GIL nor the driver's mutex; once the task has finished,
-    /// the poll that answers takes both briefly to collect the answer, and so may block its
-    /// executor thread for as long as another thread holds them (one Python call, typically
-    /// tens of microseconds; the README's benchmark section gives figures under contention).
+    /// the poll that answers reads it from the driver's table without either (a general
+    /// task's answer takes the GIL, to be unpickled and converted, and so may block its
+    /// executor thread for as long as another thread holds the GIL).
     ///
     /// Dropping the future before it answers [`cancel`](Self::cancel)s the task (which takes
-    /// the mutex and the GIL in `drop`), so that a request that times out frees its place.
+    /// the mutex and the GIL in `drop` if the task has not finished), so that a request that
+    /// times out frees its place.
     /// One waiter per key: the first to collect the answer removes it.
     ///
     /// ```
@@ -400,23 +452,22 @@ impl Driver {
     /// answer `false` and change nothing.
     pub fn cancel(&self, key: impl TaskKey) -> bool {
         match self.table_key(key.raw()) {
-            Some(raw) => self.cancel_python(raw),
+            // A finished task's answer is in the table alone: no Python to ask.
+            Some(raw) => self.completions.cancel_answered(raw) || self.cancel_python(raw),
             None => false,
         }
     }
 
-    /// Cancels py4cc's task `raw`; whether it held it.
+    /// Cancels py4cc's task `raw`; whether it was held (by py4cc, or by the table if
+    /// its answer came meanwhile).
     fn cancel_python(&self, raw: i64) -> bool {
         let found = self
             .lock_for_task()
             .and_then(|_serial| self.call_python(&self.python.cancel, (raw,), |answer| answer.extract::<bool>()));
         match found {
-            Ok(found) => {
-                // The pool told the table already if it held the task; this wakes anyone else
-                // waiting on the key, so that they learn it was cancelled.
-                self.completions.collected(raw);
-                found
-            }
+            // This also wakes anyone else waiting on the key, so that they learn it was
+            // cancelled.
+            Ok(found) => self.completions.cancelled(raw, found),
             Err(_) => false,
         }
     }
@@ -442,28 +493,75 @@ impl Driver {
         self.completions.len()
     }
 
-    /// Collects the task's answer from Python, and forgets the key if Python did.
+    /// Collects the task's answer: from the completion table (without the GIL for a demo
+    /// task's; a general task's is unpickled and converted with it), or, for a key the table
+    /// does not know, py4cc's answer (unknown key, or cancelled there).
     fn collect<K: TaskKey>(&self, key: K, call: &str) -> TaskResult<K::Answer> {
         let key = key.raw();
         if let Err(refusal) = self.access.check_task_call() {
             return error_result(key, refusal);
         }
-        let answer =
-            self.lock_for_task().and_then(|_serial| self.call_python(&self.python.retrieve, (key,), read_result::<K>));
-        let answered = answer.is_ok();
+        let answer = match self.completions.take(key) {
+            Lookup::Running => return not_ready(key),
+            Lookup::Answered(answer) => self.read_delivered::<K>(answer),
+            Lookup::Gone(why) => self
+                .gone_message(key, why)
+                .map(|message| (ResultStatus::Error.code(), Ok(K::Answer::default()), message)),
+            Lookup::Unknown => {
+                let asked = self
+                    .lock_for_task()
+                    .and_then(|_serial| self.call_python(&self.python.retrieve, (key,), read_result::<K>));
+                // py4cc hands an answer over before it says a key is unknown: look again.
+                match self.completions.take(key) {
+                    Lookup::Answered(answer) => self.read_delivered::<K>(answer),
+                    _ => asked,
+                }
+            }
+        };
         if let Ok((code, Err(_), _)) = &answer {
             if ResultStatus::from_code(*code) == Some(ResultStatus::Done) {
                 // py4cc counted it done; its caller gets Failed (see `stats`).
                 self.unconvertible.fetch_add(1, Ordering::SeqCst);
             }
         }
-        let result = task_result(key, answer, call);
-        // Done, Failed and Error (unknown, cancelled, expired) all mean Python holds no task
-        // under this key; a failed call tells nothing, and the entry stays.
-        if answered && result.status != ResultStatus::NotReady {
-            self.completions.collected(key);
+        task_result(key, answer, call)
+    }
+
+    /// A delivered answer read as the key's type: at once if it is plain data of that type,
+    /// else with the GIL (unpickled, then converted).
+    fn read_delivered<K: TaskKey>(&self, answer: Answer) -> Result<ReadResult<K::Answer>> {
+        let Answer { flag, value, message } = answer;
+        if let Some(plain) = K::read_plain(flag, &value) {
+            return Ok((flag, Ok(plain), message));
         }
-        result
+        let gil = Gil::acquire()?;
+        let token = gil.token();
+        let object = match value {
+            AnswerValue::Int(number) => crate::ToPython::to_python(&number, token)?,
+            AnswerValue::Nothing => token.none(),
+            AnswerValue::Pickled(bytes) => match self.python.loads.bind(&gil).call((crate::Bytes(bytes),), ()) {
+                Ok(object) => object,
+                Err(error) => {
+                    // As py4cc words it when it unpickles an answer itself.
+                    let reason = format!("the engine's answer could not be unpickled by the driver:\n{error}");
+                    return Ok((flag, Err(reason), message));
+                }
+            },
+        };
+        Ok((flag, K::read_answer(flag, &object), message))
+    }
+
+    /// py4cc's message for a key the completion table dropped.
+    fn gone_message(&self, key: i64, why: Gone) -> Result<String> {
+        let gil = Gil::acquire()?;
+        let message = match why {
+            Gone::Cancelled => self.python.cancelled_message.bind(&gil).call((key,), ())?,
+            Gone::Expired => {
+                let ttl = self.result_ttl.map(|ttl| ttl.as_secs_f64());
+                self.python.expired_message.bind(&gil).call((key, ttl), ())?
+            }
+        };
+        message.extract()
     }
 
     /// Stops the workers (terminated and joined; no process is left behind). Tasks not
@@ -479,6 +577,7 @@ impl Driver {
         if self.finalized.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.completions.stop_expiring();
         if let Ok(gil) = Gil::acquire() {
             // py4cc's finalize never raises; were it to, there is nothing left to undo.
             let _ = self.python.driver.bind(&gil).call_method(method::FINALIZE, (), ());
@@ -547,6 +646,10 @@ impl Driver {
         let mut stats = self.call_python(&self.python.stats, (), |answer| DriverStats::from_dict(&answer))?;
         stats.tasks_done = stats.tasks_done.saturating_sub(unconvertible);
         stats.tasks_failed += unconvertible;
+        // py4cc counted its own drops; those of answers it had handed over are the table's.
+        let (cancelled, expired) = self.completions.dropped();
+        stats.tasks_cancelled += cancelled;
+        stats.tasks_expired += expired;
         Ok(stats)
     }
 
@@ -633,6 +736,13 @@ impl Drop for Driver {
         // SAFETY: the one place `python` is dropped; nothing uses it afterwards.
         unsafe { ManuallyDrop::drop(&mut self.python) };
     }
+}
+
+/// A demo task queued for the combiner (owned: another thread may hand it over).
+struct DemoTask {
+    float_features: Vec<f64>,
+    str_features: Vec<String>,
+    int_feature: i64,
 }
 
 /// A read `(flag, answer, message)`: the answer apart, as it may not read as the key's type.

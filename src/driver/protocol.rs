@@ -22,6 +22,9 @@ pub(super) const NOT_FINISHED_MESSAGE: &str = "The requested task is not finishe
 pub(super) const DRIVER_MODULE: &str = "py4cc.driver";
 /// See [`DRIVER_MODULE`].
 pub(super) const DRIVER_CLASS: &str = "Driver";
+/// py4cc's module that words the messages about dropped keys (`cancelled_message`,
+/// `expired_message`).
+pub(super) const COMPLETION_MODULE: &str = "py4cc.core.completion";
 
 /// The Python driver's constructor keywords, one per [`DriverOptions`](super::DriverOptions)
 /// field passed on.
@@ -60,9 +63,14 @@ pub(super) mod option {
     pub(in crate::driver) const RAY_ADDRESS: &str = "ray_address";
     /// `batching: tuple[int, float] | None`, `(max_size, max_wait in seconds)`.
     pub(in crate::driver) const BATCHING: &str = "batching";
+    /// `deliver: Callable[[list[tuple[int, int, object, str]]], object] | None`: hands the
+    /// finished tasks' answers to the completion table, in batches.
+    pub(in crate::driver) const DELIVER: &str = "deliver";
+    /// `host_held: Callable[[], int] | None`: how many answers the completion table holds.
+    pub(in crate::driver) const HOST_HELD: &str = "host_held";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 16] = [
+    pub(in crate::driver) const ALL: [&str; 18] = [
         MAX_TASKS,
         N_SUBPROCESSES,
         START_METHOD,
@@ -79,6 +87,8 @@ pub(super) mod option {
         BACKEND,
         RAY_ADDRESS,
         BATCHING,
+        DELIVER,
+        HOST_HELD,
     ];
 }
 
@@ -106,10 +116,25 @@ pub(super) mod method {
     pub(in crate::driver) const DRAIN: &str = "drain";
     /// `submit_call(args, kwargs) -> (flag, key, message)`, a general task.
     pub(in crate::driver) const SUBMIT_CALL: &str = "submit_call";
+    /// `submit_many([(float_features, str_features, int_feature), ...]) -> [(flag, key,
+    /// message), ...]`: several demo tasks, answered in order as `submit` would.
+    pub(in crate::driver) const SUBMIT_MANY: &str = "submit_many";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 11] =
-        [INITIALIZE, SUBMIT, RETRIEVE, WAIT, FINALIZE, WORKER_PIDS, CANCEL, HELD_TASKS, STATS, DRAIN, SUBMIT_CALL];
+    pub(in crate::driver) const ALL: [&str; 12] = [
+        INITIALIZE,
+        SUBMIT,
+        RETRIEVE,
+        WAIT,
+        FINALIZE,
+        WORKER_PIDS,
+        CANCEL,
+        HELD_TASKS,
+        STATS,
+        DRAIN,
+        SUBMIT_CALL,
+        SUBMIT_MANY,
+    ];
 }
 
 /// The Python driver's attribute holding how many worker processes run (the only one read).

@@ -53,3 +53,45 @@ fn the_table_forgets_every_key_py4cc_forgets() {
     }
     assert!(driver.retrieve(keys[5]).message.contains("expired"));
 }
+
+#[test]
+fn combined_submissions_answer_exactly_as_one_by_one() {
+    let driver = std::sync::Arc::new(
+        Driver::new(DriverOptions { n_subprocesses: 1, max_tasks: 5, ..Default::default() }).unwrap(),
+    );
+    driver.initialize("{}", &["a"], &["b"]).unwrap();
+    let start = std::sync::Arc::new(std::sync::Barrier::new(16));
+    let threads: Vec<_> = (0..16)
+        .map(|n| {
+            let driver = std::sync::Arc::clone(&driver);
+            let start = std::sync::Arc::clone(&start);
+            std::thread::spawn(move || {
+                start.wait();
+                let wrong = driver.submit(&[1.0, 2.0], &["x"], n); // two floats: refused whatever the rest
+                assert_eq!(wrong.status, SubmitStatus::Error, "{wrong:?}");
+                assert!(wrong.message.contains("wrong number of float features"), "{wrong:?}");
+                (n, driver.submit(&[30.0], &["x".repeat(70)], n))
+            })
+        })
+        .collect();
+    let receipts: Vec<_> = threads.into_iter().map(|thread| thread.join().unwrap()).collect();
+    let accepted: Vec<_> = receipts.iter().filter(|(_, receipt)| receipt.status == SubmitStatus::Accepted).collect();
+    // Finished tasks count until collected: exactly max_tasks are accepted, whatever the timing.
+    assert_eq!(accepted.len(), 5, "{receipts:?}");
+    for (_, receipt) in receipts.iter().filter(|(_, receipt)| receipt.status != SubmitStatus::Accepted) {
+        assert_eq!(receipt.status, SubmitStatus::AtCapacity, "{receipt:?}");
+        assert_eq!(receipt.key, 0);
+    }
+    let mut keys: Vec<i64> = accepted.iter().map(|(_, receipt)| receipt.key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), 5, "distinct keys");
+    for (n, receipt) in accepted {
+        let result = driver.wait(receipt.key, Duration::from_secs(30));
+        assert_eq!((result.status, result.value), (ResultStatus::Done, 100 + n));
+    }
+    driver.finalize();
+    let late = driver.submit(&[1.0], &["x"], 0);
+    assert_eq!(late.status, SubmitStatus::Error);
+    assert!(late.message.contains("finalized"), "{late:?}");
+}
