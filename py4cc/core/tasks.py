@@ -239,11 +239,12 @@ class TaskBook:
         """Take a checked task, ``engine.<method>(*args, **kwargs)`` with ``payload`` the
         pickled ``(args, kwargs)``: ``(OK, key, "")``, ``(AT_CAPACITY, 0, CAPACITY_MESSAGE)``
         or ``(ERROR, 0, why)``."""
-        return self.admit(lambda key: Call(key, method, payload, demo))
+        return self.submit_many([(method, payload, demo)])[0]
 
     def submit_many(self, calls: Sequence[tuple[str, bytes, bool] | FlagAnswer]) -> list[FlagAnswer]:
         """``submit`` of each ``(method, payload, demo)`` in order, under one hold of the lock
-        (an answer given instead, a refusal already decided, stays as it is)."""
+        (an answer given instead, a refusal already decided, stays as it is): the one
+        admission rule, refused when stopping, out of order, unavailable, full, or out of keys."""
         answers: list[FlagAnswer] = []
         with self.lock:
             why = self.refusal()
@@ -256,6 +257,8 @@ class TaskBook:
                     answers.append((ERROR, 0, why))
                 elif held >= self.options.max_tasks:
                     answers.append((AT_CAPACITY, 0, CAPACITY_MESSAGE))
+                elif self.next_key >= self.key_base + KEY_SPAN:
+                    answers.append((ERROR, 0, f"this Driver has issued all of its {KEY_SPAN - 1} keys: make another"))
                 else:
                     method, payload, demo = call
                     key = self.next_key
@@ -270,25 +273,6 @@ class TaskBook:
         if admitted:
             self.after_admit(sent)
         return answers
-
-    def admit(self, make_call: Any) -> FlagAnswer:
-        """Take the task ``make_call(key)``, unless stopping, out of order, unavailable or full."""
-        with self.lock:
-            why = self.refusal()
-            if why is not None:
-                return ERROR, 0, why
-            if self.held() >= self.options.max_tasks:
-                return AT_CAPACITY, 0, CAPACITY_MESSAGE
-            if self.next_key >= self.key_base + KEY_SPAN:
-                return ERROR, 0, f"this Driver has issued all of its {KEY_SPAN - 1} keys: make another"
-            key = self.next_key
-            self.next_key += 1
-            task = Task(make_call(key))
-            self.tasks[key] = task
-            self.pending.append(task)
-            sent = self.on_admitted()
-        self.after_admit(sent)
-        return OK, key, ""
 
     def refusal(self) -> str | None:
         """Why a new task is refused (lock held), or None."""

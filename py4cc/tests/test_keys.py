@@ -37,6 +37,18 @@ class TwoDriversKeysTest(DriverTestCase):
         self.assertEqual(b.wait(key_b, 30), (0, value, ""))
         self.assertEqual(a.retrieve(key_a)[0], 9, "collected once")
 
+    def test_a_driver_that_issued_its_whole_range_refuses_alone_and_in_a_batch(self):
+        d = self.make_driver()
+        pool = d._pool
+        assert pool is not None
+        pool.next_key = pool.key_base + KEY_SPAN - 1  # one key left: the range's last
+        flag, last, _ = d.submit(*TASK)
+        self.assertEqual((flag, last), (0, pool.key_base + KEY_SPAN - 1))
+        out_of_keys = (9, 0, f"this Driver has issued all of its {KEY_SPAN - 1} keys: make another")
+        self.assertEqual(d.submit(*TASK), out_of_keys)
+        self.assertEqual(d.submit_many([TASK, TASK]), [out_of_keys, out_of_keys])
+        self.assertEqual(d.wait(last, 30), (0, big_model(*TASK), ""))
+
 
 if __name__ == "__main__":
     unittest.main()
