@@ -726,7 +726,7 @@ def running_pid(driver: Driver, key: int) -> int:
     backend: Any = driver._pool
     with backend.lock:
         for actor in backend.actors:
-            if actor.queue and actor.queue[0][0].key == key:
+            if actor.queue and actor.queue[0].tasks[0].key == key:
                 return int(actor.pid)
     return 0
 
