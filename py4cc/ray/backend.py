@@ -37,6 +37,7 @@ callbacks, a dead actor's calls); the supervisor (timeouts, the probe, the stats
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 import traceback
@@ -581,7 +582,7 @@ class RayBackend(TaskBook):
         """Hear of each call's end: its ref's done-callback, run by Ray's I/O thread, only
         hands it to the answer thread (:meth:`arrive`)."""
         for sent in launched:
-            when_done(sent.ref, lambda outcome, sent=sent: self.arrive(sent, outcome))
+            when_done(sent.ref, functools.partial(self.arrive, sent))
 
     def arrive(self, sent: Sent, outcome: Any) -> None:
         """A call has ended (on Ray's I/O thread): queue it for the answer thread and wake it
