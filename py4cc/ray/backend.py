@@ -6,21 +6,29 @@ cancel, expiry, drain, the stop path, the slots' backoff) are written once there
 Driver's calls and answers stay the same. Each Engine is one actor
 (:class:`py4cc.ray.actor.EngineActor`, one CPU, Ray's own restarts and task retries off, so
 that nothing runs twice behind the Driver's back); this backend keeps the queue and hands
-each actor one task at a time (plus ``prefetch`` queued behind it), as
-:func:`py4cc.core.scheduling.pick_runner` says.
+each actor its calls, as :func:`py4cc.core.scheduling.pick_runner` says: to an idle actor
+first, else behind a busy one's running call, up to ``CALLS_AHEAD`` calls (with
+``batching``, ``BATCHES_AHEAD`` batches), so that an actor does not idle for a host round
+trip between two calls.
 
 How a task travels::
 
     submit --> tasks[key], pending --dispatch--> actor.call.remote(*call) -- Ray --> the actor
                                                                                     |
-    retrieve / wait <-- complete(task) <-- the ObjectRef's future callback <---------+
-                                           (on a Ray thread)
+    the host <-- announce_finished <-- complete(task) <-- the answer thread <-- arrived <--+
+    (one deliver per wake)           (one lock hold per wake; dispatch)   (the done-callback,
+                                                                           on Ray's I/O thread)
 
-Nothing is polled: an answer arrives through its ObjectRef's future callback, and an
-actor's death through a call (``watch``) that ends only with the actor. The supervisor
+Nothing is polled: a call's end reaches its ref's done-callback, on Ray's one I/O thread,
+which only appends it to ``arrived`` (and wakes the answer thread if it sleeps); the
+answer thread takes everything that has arrived at once: the answers recorded under one hold
+of the lock, the next calls sent, the host told in one ``announce_finished``. An actor's
+death arrives through a call (``watch``) that ends only with the actor. The supervisor
 thread does what may block or must wait: it sorts out a dead actor's calls (the one it was
 running fails, those queued behind it go back to the queue), enforces ``task_timeout`` and
-``init_timeout`` (the actor is killed), drops expired results, and starts actors. Each
+``init_timeout`` (the actor is killed; a call's clock starts when it becomes its actor's
+first, that is when the answer thread has taken the call ahead of it: never before it can
+run, at most that round trip after), drops expired results, and starts actors. Each
 actor has a slot, which restarts it as the local pool's slots restart their workers
 (:mod:`py4cc.core.slots`'s rule and backoff): at once after a death, after a doubling wait
 after a failed start, for ever. The probe thread asks the cluster every second whether this
@@ -596,21 +604,21 @@ class RayBackend(TaskBook):
         (:meth:`on_answers`), until stop."""
         arrived = self.arrived
         wake = self.answers_wake
-        try:
-            while not self.stop_requested.is_set():
-                if not arrived:
-                    self.answers_idle = True
-                    if not arrived:  # checked again once idle shows: arrive sets wake from now on
-                        wake.wait()
-                    self.answers_idle = False
-                    wake.clear()
-                    continue
-                ended = []
-                while arrived:
-                    ended.append(arrived.popleft())
+        while not self.stop_requested.is_set():
+            if not arrived:
+                self.answers_idle = True
+                if not arrived:  # checked again once idle shows: arrive sets wake from now on
+                    wake.wait()
+                self.answers_idle = False
+                wake.clear()
+                continue
+            ended = []
+            while arrived:
+                ended.append(arrived.popleft())
+            try:
                 self.on_answers(ended)
-        except BaseException:
-            traceback.print_exc()
+            except BaseException:  # a bug: say so, and keep taking answers
+                traceback.print_exc()
 
     def on_answers(self, ended: list[tuple[Sent, Any]]) -> None:
         """Calls have ended: record each task's answer, send the next tasks, and hand the
@@ -619,23 +627,18 @@ class RayBackend(TaskBook):
         answered: list[tuple[Sent, list[tuple]]] = []
         for sent, outcome in ended:
             tasks = sent.tasks
-            if isinstance(outcome, self.ray.exceptions.RayActorError):
+            try:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                answers = [
+                    self.answer_of(task, one) for task, one in zip(tasks, outcome if sent.batched else [outcome])
+                ]
+            except self.ray.exceptions.RayActorError:
                 self.post("died", sent.actor, outcome)
                 continue
-            if isinstance(outcome, BaseException):  # the call itself failed: only these tasks are concerned
+            except BaseException as exc:  # the call itself failed: only these tasks are concerned
                 what = f"this task's batch of {len(tasks)} tasks" if sent.batched else "this task"
-                answers = [(FAILED, -1, f"the Ray actor could not run {what}: {death_reason(outcome)}", 0.0)] * len(
-                    tasks
-                )
-            else:
-                try:
-                    answers = [
-                        self.answer_of(task, one) for task, one in zip(tasks, outcome if sent.batched else [outcome])
-                    ]
-                except BaseException as exc:  # not the answer an EngineActor gives: fail these tasks
-                    answers = [(FAILED, -1, f"the Ray actor's answer was unreadable: {death_reason(exc)}", 0.0)] * len(
-                        tasks
-                    )
+                answers = [(FAILED, -1, f"the Ray actor could not run {what}: {death_reason(exc)}", 0.0)] * len(tasks)
             answered.append((sent, answers))
         with self.lock:
             now = time.monotonic()
