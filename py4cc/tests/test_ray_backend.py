@@ -486,22 +486,22 @@ class RayClusterTest(DriverTestCase):
 
     def test_prefetch_0_keeps_one_call_per_actor(self) -> None:
         driver = self.ray_driver(engine="py4cc_user_engines:SleepEngine", n_subprocesses=1, prefetch=0)
-        keys = [key for _, key, _ in driver.submit_many([([1.0, 0.0], ["a", "b", "c"], i) for i in range(3)])]
+        keys = [key for _, key, _ in driver.submit_many([([1.0, 0.0], ["a", "b", "c"], i) for i in range(1, 4)])]
         stats = driver.stats()
         self.assertEqual((stats["tasks_running"], stats["tasks_queued"]), (1, 2))
         backend: Any = driver._pool
         with backend.lock:
             self.assertEqual(len(backend.pending), 2)
-        for i, key in enumerate(keys):
+        for i, key in enumerate(keys, 1):
             self.assertEqual(self.answer(driver, key), (OK, i, "slept"))
 
     def test_a_queued_call_s_clock_starts_when_it_runs(self) -> None:
         # Three 0.8 s tasks queued in one actor take 2.4 s, each under task_timeout: none
         # times out (a clock started when the call was sent would fail the second).
         driver = self.ray_driver(engine="py4cc_user_engines:SleepEngine", n_subprocesses=1, task_timeout=1.5)
-        keys = [key for _, key, _ in driver.submit_many([([0.8, 0.0], ["a", "b", "c"], i) for i in range(3)])]
+        keys = [key for _, key, _ in driver.submit_many([([0.8, 0.0], ["a", "b", "c"], i) for i in range(1, 4)])]
         self.assertEqual(driver.stats()["tasks_running"], 1)
-        for i, key in enumerate(keys):
+        for i, key in enumerate(keys, 1):
             self.assertEqual(self.answer(driver, key), (OK, i, "slept"))
         self.assertEqual(driver.stats()["tasks_timed_out"], 0)
         # A timeout fails the running call only; the one behind it runs on the replacement.
@@ -556,7 +556,7 @@ class RayClusterTest(DriverTestCase):
         self.assertTrue(wait_until(lambda: all(running_pid(driver, key) for key in keys), WAIT_S))
         lost_key = next(key for key in keys if running_pid(driver, key) == on_node[0])
         CLUSTER.stop_worker(node)
-        for i, key in enumerate(keys):
+        for i, key in enumerate(keys, 1):
             flag, value, message = self.answer(driver, key)
             if key == lost_key:
                 self.assertEqual(flag, FAILED)
@@ -724,7 +724,7 @@ class RayClusterTest(DriverTestCase):
         keys = [driver.submit([0.2, 0.0], ["a", "b", "c"], 10 + i)[1] for i in range(6)]
         self.assertEqual(driver.drain(WAIT_S), 0)
         self.assertEqual(driver.stats()["state"], "finalized")
-        for i, key in enumerate(keys):
+        for i, key in enumerate(keys, 1):
             self.assertEqual(driver.retrieve(key), (OK, 10 + i, "slept"))
         self.assertEqual(driver.submit(*TASK)[0], ERROR)
 
