@@ -463,6 +463,9 @@ class RayClusterTest(DriverTestCase):
         self.assertEqual([flag for flag, _, _ in answers], [OK] * 5)
         keys = [key for _, key, _ in answers]
         with backend.lock:
+            pending = [task.key for task in backend.pending]
+        self.assertEqual(pending, [])
+        with backend.lock:
             (actor,) = backend.actors
             held = [[task.key for task in sent.tasks] for sent in actor.queue]
         self.assertEqual(held, [[key] for key in keys])
@@ -527,10 +530,12 @@ class RayClusterTest(DriverTestCase):
         keys = [key for _, key, _ in backend.submit_many(calls)]
         # Two full batches sent at once (the running one and one behind it); the third waits.
         with backend.lock:
+            pending = [task.key for task in backend.pending]
+        self.assertEqual(pending, keys[4:6])
+        with backend.lock:
             (actor,) = backend.actors
             held = [[task.key for task in sent.tasks] for sent in actor.queue]
-            pending = [task.key for task in backend.pending]
-        self.assertEqual((held, pending), ([keys[0:2], keys[2:4]], keys[4:6]))
+        self.assertEqual(held, [keys[0:2], keys[2:4]])
         stats = driver.stats()
         self.assertEqual((stats["tasks_running"], stats["tasks_queued"], stats["batches"]), (2, 4, 2))
         self.assertTrue(wait_until(lambda: running_pid(driver, keys[0]) != 0, WAIT_S))
