@@ -561,7 +561,7 @@ class RayClusterTest(DriverTestCase):
         self.assertTrue(wait_until(lambda: all(running_pid(driver, key) for key in keys), WAIT_S))
         lost_key = next(key for key in keys if running_pid(driver, key) == on_node[0])
         CLUSTER.stop_worker(node)
-        for i, key in enumerate(keys, 1):
+        for i, key in enumerate(keys):
             flag, value, message = self.answer(driver, key)
             if key == lost_key:
                 self.assertEqual(flag, FAILED)
@@ -729,7 +729,7 @@ class RayClusterTest(DriverTestCase):
         keys = [driver.submit([0.2, 0.0], ["a", "b", "c"], 10 + i)[1] for i in range(6)]
         self.assertEqual(driver.drain(WAIT_S), 0)
         self.assertEqual(driver.stats()["state"], "finalized")
-        for i, key in enumerate(keys, 1):
+        for i, key in enumerate(keys):
             self.assertEqual(driver.retrieve(key), (OK, 10 + i, "slept"))
         self.assertEqual(driver.submit(*TASK)[0], ERROR)
 
