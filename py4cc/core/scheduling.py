@@ -3,15 +3,14 @@
 A queued task goes to an idle worker if there is one, else (``prefetch`` > 0) behind a busy
 worker's current task, so that the worker starts it without a round trip through the host.
 :func:`pick_runner` is that rule, written once: the local pool's and the Ray backend's
-dispatch loops call it for the task at the head of the queue. With ``batching``,
-:func:`batch_to_form` says how many of the queue's head a worker takes as one batch: up to
-``max_size``, once the batch is full or its oldest task has waited ``max_wait``. The local
-pool gives a batch only to a free worker (:func:`free_runner`: prefetch does not apply); the
-Ray backend also behind a busy actor's running batch, by :func:`pick_runner` with ``ahead``
-(its pipeline: an actor's next call is sent while the host is a Ray round trip away).
+dispatch loops call it for the task at the head of the queue (the Ray backend with a deeper
+``ahead``: its round trip is longer). With ``batching``, :func:`free_runner` and
+:func:`batch_to_form` are the rule instead: a free worker takes up to ``max_size`` of the
+queue's head as one batch, once the batch is full or its oldest task has waited
+``max_wait`` (prefetch does not apply).
 
-A worker here is anything with ``usable()``, ``queue`` (its calls, the running one first:
-tasks, or the Ray backend's batches) and ``head_started`` (when that one started).
+A worker here is anything with ``usable()``, ``queue`` (its calls, the running one first)
+and ``head_started`` (when that one started).
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ def pick_runner(
     """The worker that should get the next queued task (or call), or None (it waits).
 
     An idle usable worker if there is one. Else, with ``prefetch`` > 0 (``ahead`` instead
-    when given: the Ray backend's batches), a busy one: holding at most that many calls
+    when given: the Ray backend's pipeline), a busy one: holding at most that many calls
     behind its current one, with ``room(worker)`` for this task (the local pool's pipe
     budget), and not one whose current task has already run much longer than usual (it may
     be a long one: a task queued behind it could not move to a worker that frees up

@@ -523,32 +523,28 @@ class RayClusterTest(DriverTestCase):
             self.assertEqual(self.answer(driver, key)[0], OK)
         self.assertEqual(threads, {"py4cc-ray-answers"})
 
-    def test_batches_pipeline_one_behind_the_running_one_and_a_death_fails_only_the_running(self) -> None:
+    def test_a_batch_goes_only_to_a_free_actor_and_a_death_fails_only_its_batch(self) -> None:
         driver = self.ray_driver(engine="py4cc_batch_engines:BatchEngine", n_subprocesses=1, batching=(2, 60.0))
         backend: Any = driver._pool
         calls = [("run", encode_call_arguments((item,), None)[1], False) for item in (("sleep", 60.0), 2, 3, 4, 5, 6)]
         keys = [key for _, key, _ in backend.submit_many(calls)]
-        # Two full batches sent at once (the running one and one behind it); the third waits.
+        # One batch per actor (no pipeline with batching): the other full batches wait here.
         with backend.lock:
             pending = [task.key for task in backend.pending]
-        self.assertEqual(pending, keys[4:6])
-        with backend.lock:
-            (actor,) = backend.actors
-            held = [[task.key for task in sent.tasks] for sent in actor.queue]
-        self.assertEqual(held, [keys[0:2], keys[2:4]])
+            held = [[task.key for task in sent.tasks] for actor in backend.actors for sent in actor.queue]
+        self.assertEqual((held, pending), ([keys[0:2]], keys[2:6]))
         stats = driver.stats()
-        self.assertEqual((stats["tasks_running"], stats["tasks_queued"], stats["batches"]), (2, 4, 2))
-        self.assertTrue(wait_until(lambda: running_pid(driver, keys[0]) != 0, WAIT_S))
-        (victim,) = driver.worker_pids()
-        time.sleep(0.3)  # give the actor a moment to start the batch
+        self.assertEqual((stats["tasks_running"], stats["tasks_queued"], stats["batches"]), (2, 4, 1))
+        victim = wait_for_running_pid(driver, keys[0])
         os.kill(victim, signal.SIGKILL)
         for key in keys[0:2]:
             flag, value, message = self.answer(driver, key)
             self.assertEqual((flag, value), (FAILED, None))
             self.assertIn(f"the Ray actor running this task's batch of 2 tasks (pid {victim} ", message)
-        # The batch behind it had not started: its tasks run once, on the replacement.
+        # The batches that waited run once, on the replacement.
         self.assertEqual([self.answer(driver, key) for key in keys[2:]], [(OK, 2 * n, "") for n in (3, 4, 5, 6)])
-        self.assertEqual(driver.stats()["tasks_failed"], 2)
+        stats = driver.stats()
+        self.assertEqual((stats["tasks_failed"], stats["tasks_done"], stats["batches"]), (2, 4, 3))
 
     def test_stopped_node_fails_its_task_and_the_actor_comes_back_elsewhere(self) -> None:
         assert CLUSTER is not None
