@@ -368,9 +368,11 @@ class RayBackend(TaskBook):
             self.wake_at = deadline
             self.wakeup.notify()
 
-    def take_off(self, sent: Sent, now: float) -> None:
+    def take_off(self, sent: Sent, now: float) -> bool:
         """Remove the answered call ``sent`` from its actor's queue; if it was the head, the
-        next one starts (its clock with it)."""
+        next one starts (its clock with it). False if the actor no longer holds it: the
+        supervisor has dealt with its tasks (failed, or back in the queue), so its answers
+        are not to be recorded."""
         actor = sent.actor
         for i, queued in enumerate(actor.queue):
             if queued is sent:
@@ -379,7 +381,8 @@ class RayBackend(TaskBook):
                     self.avg_run_s = moving_average(self.avg_run_s, now - actor.head_started)
                     if actor.queue:
                         self.start_head(actor, now)
-                return
+                return True
+        return False
 
     # -- the actors: start, death, restart -----------------------------------------------
 
@@ -626,7 +629,8 @@ class RayBackend(TaskBook):
         with self.lock:
             now = time.monotonic()
             for sent, answers in answered:
-                self.take_off(sent, now)
+                if not self.take_off(sent, now):
+                    continue
                 for task, (flag, value, message, run_s) in zip(sent.tasks, answers):
                     if not task.done:
                         self.run_times.add(run_s)
