@@ -240,6 +240,11 @@ class RayBackend(TaskBook):
         self.arm(sent)
 
     def result_expires(self, when: float) -> None:
+        if self.deliver.callback is not None:
+            # Handed to the host before the lock is let go (every path that completes a task
+            # announces it), and the host keeps result_ttl itself: waking the supervisor for
+            # it cost a wake-up per answer batch.
+            return
         self.tell_supervisor(when)  # it drops the result when its time comes
 
     def worker_pids(self) -> list[int]:
