@@ -95,7 +95,7 @@ when ``prefetch`` > 0 (``prefetch`` itself if larger; 0 keeps one call per actor
 round trip through the host (the answer back through Ray's I/O thread and the answer
 thread, the next call out) costs an actor several short tasks' worth of time, where a
 local worker's pipe costs about one: on the loopback bench (2 actors, no-op tasks) 1, 3, 4
-and 7 calls ahead gave about 1,070, 1,290, 1,330 and 1,320 tasks/s at 16 threads, so 4 is
+and 7 calls ahead gave about 1,070, 1,290, 1,330 and 1,320-1,390 tasks/s at 16 threads, so 4 is
 where the gain ends. The calls still go to an idle actor first, and never behind a call that
 has run much longer than usual (:func:`~py4cc.core.scheduling.pick_runner`'s age rule), so
 few tasks wait behind a long one."""
