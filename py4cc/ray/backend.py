@@ -13,9 +13,9 @@ actor: a batch goes to a free actor).
 
 How a task travels::
 
-    submit --> tasks[key], pending --dispatch--> actor.call.remote(*call) -- Ray --> the actor
-                                                                                    |
-    the host <-- announce_finished <-- complete(task) <-- the answer thread <-- arrived <--+
+    submit --> tasks[key], pending --dispatch--> actor.call.remote(encode_call(call)) --Ray--> the actor
+                                                                                                 |
+    the host <-- announce_finished <-- complete(task) <-- the answer thread <-- arrived <--------+
     (one deliver per wake)           (one lock hold per wake; dispatch)   (the done-callback,
                                                                            on Ray's I/O thread)
 
@@ -58,7 +58,7 @@ from ..core.slots import Slot
 from ..core.stats import task_stats
 from ..core.tasks import Task, TaskBook, stop_all
 from ..options import Options
-from ..protocol import FAILED, OK, OUTPUT_GRACE_S, Answer, unpickle_answer
+from ..protocol import FAILED, OK, OUTPUT_GRACE_S, Answer, encode_call, unpickle_answer
 from .actor import WATCH_GROUP, EngineActor
 from .connect import CONNECTION, LogTap, build_runtime_env, death_reason, import_ray, node_checker, when_done
 
@@ -344,7 +344,7 @@ class RayBackend(TaskBook):
             if batched:
                 ref = actor.handle.call_batch.remote([task.call[:] for task in tasks])  # type: ignore[index]
             else:
-                ref = actor.handle.call.remote(*tasks[0].call)  # type: ignore[misc]
+                ref = actor.handle.call.remote(encode_call(tasks[0].call))
         except Exception as exc:
             self.pending.extendleft(reversed(tasks))
             actor.dead = True  # the supervisor sorts it out
