@@ -68,9 +68,12 @@ pub(super) mod option {
     pub(in crate::driver) const DELIVER: &str = "deliver";
     /// `host_held: Callable[[], int] | None`: how many answers the completion table holds.
     pub(in crate::driver) const HOST_HELD: &str = "host_held";
+    /// `pipe_reader`: an object with `take(fd)`, `drain(fd)` and `answered()`, when
+    /// `wait_readable` reads the workers' pipes itself (see `pipes.rs`).
+    pub(in crate::driver) const PIPE_READER: &str = "pipe_reader";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 18] = [
+    pub(in crate::driver) const ALL: [&str; 19] = [
         MAX_TASKS,
         N_SUBPROCESSES,
         START_METHOD,
@@ -89,6 +92,7 @@ pub(super) mod option {
         BATCHING,
         DELIVER,
         HOST_HELD,
+        PIPE_READER,
     ];
 }
 
