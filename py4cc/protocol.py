@@ -303,7 +303,10 @@ def encode_answer(answer: Answer) -> bytes:
     else:
         kind, tail = VALUE_PICKLED, _dumps(value, _PROTOCOL)
     text = answer.message.encode("utf-8", "surrogatepass")
-    head = _ANSWER_HEAD.pack(ANSWER_TAG, answer.key, answer.flag, answer.run_s, kind, len(text))
+    try:
+        head = _ANSWER_HEAD.pack(ANSWER_TAG, answer.key, answer.flag, answer.run_s, kind, len(text))
+    except struct.error:  # a key or flag outside i64 (never py4cc's own): its fields, pickled
+        return _dumps(answer[:], _PROTOCOL)
     return b"".join((head, text, tail))
 
 
@@ -333,7 +336,10 @@ def decode_report(data: bytes) -> Any:
     the worker's mistake, and is returned as is)."""
     if data[:1] == ANSWER_TAG:
         return decode_answer(data)
-    return _loads(data)
+    report = _loads(data)
+    if type(report) is tuple and len(report) == 6:  # encode_answer's fallback
+        return _as_tuple(Answer, report)
+    return report
 
 
 # -- framing: what Connection.send_bytes puts around a message -----------------------------
