@@ -398,3 +398,193 @@ unsafe extern "C" fn answered(
         reader.answered().into_iter().map(|(fd, key, flag, run_s)| (i64::from(fd), key, flag, run_s)).collect();
     new_reference(crate::ToPython::to_python(&answered, gil.token()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::completion::Lookup;
+    use crate::driver::package;
+    use crate::interpreter::{self, StartOptions};
+
+    /// A pipe: (read end, write end).
+    fn pipe() -> (libc::c_int, libc::c_int) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        (fds[0], fds[1])
+    }
+
+    fn write_all(fd: libc::c_int, bytes: &[u8]) {
+        // SAFETY: writes from a live buffer of that length to a pipe this test owns.
+        assert_eq!(unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) }, bytes.len() as isize);
+    }
+
+    fn close(fd: libc::c_int) {
+        // SAFETY: closes a descriptor this test opened and owns.
+        unsafe { libc::close(fd) };
+    }
+
+    /// `message` framed as `Connection.send_bytes` frames it.
+    fn framed(message: &[u8]) -> Vec<u8> {
+        let mut bytes = (message.len() as i32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(message);
+        bytes
+    }
+
+    /// py4cc's own frame of `Answer(key, flag, value, message, run_s[, pickled])`, built by
+    /// `py4cc.protocol.encode_report` from Python source text for the value.
+    fn python_frame(fields: &str) -> Vec<u8> {
+        let package_dir = package::package_parent_dir().unwrap().to_path_buf();
+        interpreter::start(&StartOptions { python_path: vec![package_dir] }).unwrap();
+        let gil = Gil::acquire().unwrap();
+        let protocol = gil.import("py4cc.protocol").unwrap();
+        let builtins = gil.import("builtins").unwrap();
+        let answer = builtins
+            .getattr("eval")
+            .unwrap()
+            .call((format!("Answer({fields})"), protocol.getattr("__dict__").unwrap()), ())
+            .unwrap();
+        let Bytes(frame) = protocol.getattr("encode_report").unwrap().call((answer,), ()).unwrap().extract().unwrap();
+        frame
+    }
+
+    #[test]
+    fn it_reads_py4cc_answer_frames_as_py4cc_wrote_them() {
+        let (key, answer, run_s) = parse_answer(&python_frame("2**40 + 3, 0, 17, 'ok \\u00e9', 0.25")).unwrap();
+        assert_eq!((key, run_s), ((1 << 40) + 3, 0.25));
+        assert_eq!(answer, Answer { flag: 0, value: AnswerValue::Int(17), message: "ok é".to_owned() });
+        let (_, failed, _) = parse_answer(&python_frame("1, 2, None, 'trace\\x00back'")).unwrap();
+        assert_eq!(failed, Answer { flag: 2, value: AnswerValue::Nothing, message: "trace\0back".to_owned() });
+        let (_, extreme, _) = parse_answer(&python_frame("1, 2, -(2**63), ''")).unwrap();
+        assert_eq!(extreme.value, AnswerValue::Int(i64::MIN));
+        // A lone surrogate cannot be Rust text: replaced, never a failure.
+        let (_, strange, _) = parse_answer(&python_frame("1, 0, 5, 'a\\ud800b'")).unwrap();
+        assert_eq!(strange.message, "a\u{fffd}\u{fffd}\u{fffd}b");
+        // An int outside i64 and a general task's answer travel pickled.
+        let (_, huge, _) = parse_answer(&python_frame("1, 0, 2**64, ''")).unwrap();
+        let AnswerValue::Pickled(pickled) = huge.value else { panic!("{huge:?}") };
+        let gil = Gil::acquire().unwrap();
+        let loads = gil.import("pickle").unwrap().getattr("loads").unwrap();
+        assert_eq!(loads.call((Bytes(pickled),), ()).unwrap().str().unwrap(), (1_u128 << 64).to_string());
+        let (_, general, _) = parse_answer(&python_frame("1, 0, b'\\x80\\x05K\\x07.', '', 0.0, True")).unwrap();
+        assert_eq!(general.value, AnswerValue::Pickled(b"\x80\x05K\x07.".to_vec()));
+    }
+
+    #[test]
+    fn anything_else_is_left_for_py4cc() {
+        assert!(parse_answer(&python_frame("2**64, 0, 1, ''")).is_none(), "a key outside i64: pickled fields");
+        let good = python_frame("1, 0, 5, 'msg'");
+        assert!(parse_answer(&good[..good.len() - 1]).is_none(), "a value cut short");
+        let mut long = good.clone();
+        long.push(0);
+        assert!(parse_answer(&long).is_none(), "an int value of 9 bytes");
+        let mut unknown_kind = good.clone();
+        unknown_kind[25] = 7;
+        assert!(parse_answer(&unknown_kind).is_none());
+        let mut lying_length = good;
+        lying_length[26] = 200;
+        assert!(parse_answer(&lying_length).is_none(), "a message longer than the frame");
+        assert!(parse_answer(b"\x80\x05N.").is_none(), "a pickle");
+        assert!(parse_answer(b"").is_none());
+    }
+
+    #[test]
+    fn messages_are_split_as_send_bytes_frames_them() {
+        let mut inbox = framed(b"one");
+        inbox.extend(framed(b""));
+        inbox.extend([0xff, 0xff, 0xff, 0xff]); // -1: an 8-byte length follows
+        inbox.extend(3_u64.to_be_bytes());
+        inbox.extend(b"two");
+        inbox.extend(&framed(b"three")[..6]);
+        assert_eq!(take_messages(&mut inbox), [b"one".to_vec(), Vec::new(), b"two".to_vec()]);
+        assert_eq!(inbox, &framed(b"three")[..6], "a partial message waits for its rest");
+        inbox.extend(&framed(b"three")[6..]);
+        assert_eq!(take_messages(&mut inbox), [b"three".to_vec()]);
+        assert!(inbox.is_empty());
+        let mut huge = [0xff_u8, 0xff, 0xff, 0xff].to_vec();
+        huge.extend(u64::MAX.to_be_bytes());
+        assert!(take_messages(&mut huge).is_empty(), "a length past memory waits, never panics");
+    }
+
+    #[test]
+    fn answers_go_to_the_table_and_the_rest_to_py4cc() {
+        let completions = Arc::new(Completions::new(None));
+        let reader = PipeReader::new(Arc::clone(&completions));
+        let (read_end, write_end) = pipe();
+        completions.accepted(7);
+        let answer = python_frame("7, 0, 42, ''");
+        let mut bytes = framed(&answer);
+        bytes.extend(framed(b"\x80\x05N.")); // a pickle: for py4cc
+        bytes.extend(&framed(&python_frame("8, 2, -1, 'boom'"))[..10]); // the start of one more
+        write_all(write_end, &bytes);
+        assert!(reader.read_once(read_end), "a message waits for py4cc");
+        assert_eq!(completions.held(), 0, "read, not settled: py4cc's book still counts it");
+        assert!(matches!(completions.take(7), Lookup::Answered(Answer { value: AnswerValue::Int(42), .. })));
+        assert_eq!(reader.take(read_end), (vec![b"\x80\x05N.".to_vec()], false));
+        assert_eq!(reader.take(read_end), (Vec::new(), false), "taken once");
+        write_all(write_end, &framed(&python_frame("8, 2, -1, 'boom'"))[10..]);
+        assert!(!reader.read_once(read_end), "only an answer: nothing for py4cc");
+        assert_eq!(completions.held(), 0);
+        assert_eq!(reader.answered(), [(read_end, 7, 0, 0.0), (read_end, 8, 2, 0.0)]);
+        assert_eq!(completions.held(), 1, "settled: 8 is the host's to count now");
+        assert!(reader.answered().is_empty());
+        close(write_end);
+        assert_eq!(reader.drain(read_end), (Vec::new(), true), "the pipe's end");
+        assert!(reader.state.lock().inboxes.is_empty() && reader.state.lock().for_python.is_empty());
+        close(read_end);
+    }
+
+    #[test]
+    fn the_answer_of_a_task_dropped_while_it_ran_is_discarded() {
+        let completions = Arc::new(Completions::new(None));
+        let reader = PipeReader::new(Arc::clone(&completions));
+        let (read_end, write_end) = pipe();
+        completions.accepted(5);
+        completions.forget(5); // py4cc cancelled it while its worker ran it
+        write_all(write_end, &framed(&python_frame("5, 0, 3, ''")));
+        assert!(!reader.read_once(read_end));
+        assert_eq!(completions.take(5), Lookup::Unknown);
+        assert_eq!(reader.answered(), [(read_end, 5, 0, 0.0)], "py4cc still takes it off its worker");
+        assert_eq!(completions.held(), 0, "no place is lost to it");
+        for fd in [read_end, write_end] {
+            close(fd);
+        }
+    }
+
+    #[test]
+    fn write_keeps_the_gil_and_says_when_the_pipe_is_full() {
+        let package_dir = package::package_parent_dir().unwrap().to_path_buf();
+        interpreter::start(&StartOptions { python_path: vec![package_dir] }).unwrap();
+        let gil = Gil::acquire().unwrap();
+        let reader = Arc::new(PipeReader::new(Arc::default()));
+        let write = reader.functions(gil.token()).unwrap().getattr("write").unwrap();
+        let (read_end, write_end) = pipe();
+        let written: usize = write.call((write_end, Bytes(b"abc")), ()).unwrap().extract().unwrap();
+        assert_eq!(written, 3);
+        let view = gil.import("builtins").unwrap().getattr("memoryview").unwrap().call((Bytes(b"xyz!"),), ()).unwrap();
+        let written: usize = write.call((write_end, view), ()).unwrap().extract().unwrap();
+        assert_eq!(written, 4, "a memoryview, as the pool's outbox holds");
+        let mut buffer = [0_u8; 16];
+        // SAFETY: reads into a live buffer from a pipe this test owns.
+        assert_eq!(unsafe { libc::read(read_end, buffer.as_mut_ptr().cast(), buffer.len()) }, 7);
+        assert_eq!(&buffer[..7], b"abcxyz!");
+        // SAFETY: sets O_NONBLOCK on a descriptor this test owns.
+        assert_eq!(unsafe { libc::fcntl(write_end, libc::F_SETFL, libc::O_NONBLOCK) }, 0);
+        let chunk = Bytes(vec![0_u8; 1 << 16]);
+        let full = loop {
+            match write.call((write_end, &chunk), ()) {
+                Ok(_) => continue,
+                Err(error) => break error,
+            }
+        };
+        assert_eq!(full.python_type(), Some("BlockingIOError"), "{full}");
+        close(read_end);
+        let broken = write.call((write_end, Bytes(b"x")), ()).unwrap_err();
+        assert_eq!(broken.python_type(), Some("BrokenPipeError"), "{broken}");
+        close(write_end);
+        assert_eq!(write.call((write_end, 5), ()).unwrap_err().python_type(), Some("TypeError"));
+        assert_eq!(write.call((1_i64 << 40, Bytes(b"x")), ()).unwrap_err().python_type(), Some("OverflowError"));
+        let take = reader.functions(gil.token()).unwrap().getattr("take").unwrap();
+        assert_eq!(take.call(("3",), ()).unwrap_err().python_type(), Some("TypeError"));
+    }
+}

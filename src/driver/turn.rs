@@ -328,6 +328,7 @@ fn answer(fds: &[libc::pollfd]) -> *mut ffi::PyObject {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::completion::Standing;
     use crate::gil::Gil;
 
     /// A pipe: (read end, write end).
@@ -405,6 +406,71 @@ mod tests {
         let too_many = wait.call((vec![reader], 0, vec![writer], 1), ()).unwrap_err();
         assert_eq!(too_many.python_type(), Some("TypeError"));
         for fd in [reader, writer] {
+            close(fd);
+        }
+        Ok(())
+    }
+
+    /// A demo answer's frame, as py4cc's `encode_answer` lays it out, framed for the pipe.
+    fn answer_frame(key: i64) -> Vec<u8> {
+        let mut message = vec![b'A'];
+        message.extend(key.to_le_bytes());
+        message.extend(0_i64.to_le_bytes());
+        message.extend(0.5_f64.to_le_bytes());
+        message.push(0);
+        message.extend(0_u32.to_le_bytes());
+        message.extend((key * 10).to_le_bytes());
+        let mut framed = (message.len() as i32).to_be_bytes().to_vec();
+        framed.extend(message);
+        framed
+    }
+
+    #[test]
+    fn it_reads_the_pipes_and_returns_for_answers_only_when_eager() -> Result<()> {
+        let completions = Arc::new(crate::driver::completion::Completions::new(None));
+        let turn = Arc::new(DispatcherTurn::new(Arc::new(PipeReader::new(Arc::clone(&completions)))));
+        let gil = Gil::acquire()?;
+        let wait = turn.function(gil.token())?;
+        let (pipe_read, pipe_write) = pipe();
+        let (other, other_writer) = pipe();
+        let write = |fd, bytes: &[u8]| {
+            // SAFETY: writes from a live buffer of that length to a pipe this test owns.
+            assert_eq!(unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) }, bytes.len() as isize);
+        };
+        let no_write_fds: Vec<i32> = Vec::new();
+        write(pipe_write, &answer_frame(3));
+        let eager: Vec<(i64, i64)> =
+            wait.call((vec![pipe_read, other], 5000.0, &no_write_fds, vec![pipe_read], true), ())?.extract()?;
+        assert!(eager.is_empty(), "an answer alone is not reported, but ends an eager wait: {eager:?}");
+        assert_eq!(completions.standing(3), Standing::Settled, "answered");
+        // Lazy: answers go on being read while it waits; a message on another fd ends the wait.
+        let writer = std::thread::spawn(move || {
+            for key in 4..7 {
+                write(pipe_write, &answer_frame(key));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            write(other_writer, b"x");
+            (pipe_write, other_writer)
+        });
+        // wait_readable lets the GIL go while it polls: the writer needs none anyway.
+        let lazy: Vec<(i64, i64)> =
+            wait.call((vec![pipe_read, other], 30_000.0, &no_write_fds, vec![pipe_read], false), ())?.extract()?;
+        assert_eq!(lazy, [(i64::from(other), i64::from(libc::POLLIN))]);
+        for key in 3..7 {
+            assert_eq!(completions.standing(key), Standing::Settled, "{key} answered while it waited");
+        }
+        // A message py4cc must read reports the pipe.
+        let (pipe_write, other_writer) = writer.join().unwrap();
+        write(pipe_write, &[0, 0, 0, 3, 0x80, 5, b'N']);
+        let for_python: Vec<(i64, i64)> =
+            wait.call((vec![pipe_read], 5000.0, &no_write_fds, vec![pipe_read], false), ())?.extract()?;
+        assert_eq!(for_python, [(i64::from(pipe_read), i64::from(libc::POLLIN))]);
+        let timed: Vec<(i64, i64)> =
+            wait.call((vec![other], 10.0, &no_write_fds, vec![pipe_read], false), ())?.extract()?;
+        assert_eq!(timed, [(i64::from(other), i64::from(libc::POLLIN))], "the byte on other is still there");
+        let four = wait.call((vec![pipe_read], 0, &no_write_fds, vec![pipe_read]), ()).unwrap_err();
+        assert_eq!(four.python_type(), Some("TypeError"));
+        for fd in [pipe_read, pipe_write, other, other_writer] {
             close(fd);
         }
         Ok(())
