@@ -231,18 +231,20 @@ impl Completions {
     /// py4cc hands over these answers: each goes into its key's entry, and its waiters are
     /// woken (after the lock is let go). A key answered already keeps its first answer.
     pub(crate) fn deliver(&self, answers: Vec<(i64, Answer)>) {
-        self.deliver_from(answers, false);
+        self.deliver_from(answers, false).into_iter().for_each(Waker::wake);
     }
 
     /// The host read these answers from the workers' pipes itself (see `pipes.rs`): as
     /// [`deliver`](Self::deliver), but py4cc's book still holds the tasks until it
     /// [`settle`](Self::settle)s them, and the answer of a task py4cc dropped while it ran is
-    /// discarded.
-    pub(crate) fn deliver_read(&self, answers: Vec<(i64, Answer)>) {
-        self.deliver_from(answers, true);
+    /// discarded. Returns the waiters to wake, for the caller to wake once it has noted the
+    /// answers for py4cc (a woken caller may ask py4cc's stats at once).
+    #[must_use]
+    pub(crate) fn deliver_read(&self, answers: Vec<(i64, Answer)>) -> Vec<Waker> {
+        self.deliver_from(answers, true)
     }
 
-    fn deliver_from(&self, answers: Vec<(i64, Answer)>, read: bool) {
+    fn deliver_from(&self, answers: Vec<(i64, Answer)>, read: bool) -> Vec<Waker> {
         let now = Instant::now();
         let mut woken = Vec::new();
         {
@@ -266,7 +268,7 @@ impl Completions {
                 }
             }
         }
-        woken.into_iter().for_each(Waker::wake);
+        woken
     }
 
     /// py4cc has taken these keys, read by the host, off its book: `host_held` counts their
