@@ -81,7 +81,6 @@ int (a demo task's, in the i64 range), None, or bytes (a pickled value); see
 :mod:`py4cc.core.completion`."""
 
 
-
 class PipeReader(Protocol):
     """A host that reads the workers' pipes itself (``Driver(pipe_reader=...)``)."""
 

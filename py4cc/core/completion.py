@@ -55,7 +55,6 @@ class Notifier:
                 self.last_error = type(exc).__name__
 
 
-
 def host_answer(key: int, flag: int, value: object, message: str, demo: bool) -> tuple[int, int, Any, str]:
     """A task's answer as ``deliver`` hands it to the host: ``value`` a demo task's int in the
     i64 range, None, or bytes, a pickled value (a general task's answer is pickled already,

@@ -30,6 +30,11 @@ Data flow::
                               its running task fails, those behind it go back to pending,
                               its slot starts a replacement (at once, or after a backoff)
 
+With a host that reads the pipes itself (``options.pipe_reader``: rs4py), the answers skip
+the dispatcher: the host's ``wait_readable`` reads them into its own table while the GIL is
+released, and :meth:`Pool.settle` takes the answered tasks off the book afterwards (see
+``docs/architecture.md``).
+
 Everything below the pool's ``lock`` is read and written with it held; the dispatcher lets
 it go while it polls. The last pool to stop stops the forkserver py4cc started.
 """
@@ -590,7 +595,7 @@ class Dispatcher(threading.Thread):
                 # With the host reading the pipes, an answer needs this thread only when a
                 # task waits for a worker, a deadline moves with it, or drain waits.
                 eager = bool(pool.pending) or pool.draining or batching or task_timeout is not None
-            if reader is not None:
+            if reader is not None and wait_readable is not None:
                 pipes = [fd for fd, (is_pipe, _) in watched.items() if is_pipe]
                 ready = wait_readable([wake_fd, *watched], timeout, sorted(writers), pipes, eager)
             elif wait_readable is None:

@@ -1,8 +1,12 @@
 //! How a finished task's answer reaches the Rust thread or future that waits for it, while
 //! neither holds the GIL nor the Driver's mutex.
 //!
-//! py4cc hands answers to the host in batches: whenever its backend has announced tasks as
-//! finished (once per dispatcher wake for the local pool), it calls `deliver(answers)`, a C
+//! The local pool's answers are read from the workers' pipes by the host itself, without the
+//! GIL, and land here at once (`deliver_read`, see `pipes.rs`); py4cc takes those tasks off
+//! its book later (`settle`), and until then `host_held()` leaves them out, so that each task
+//! counts once. The others (the Ray backend's, and every failure py4cc decides: a death, a
+//! timeout, a stop) py4cc hands over in batches: whenever its backend has announced tasks as
+//! finished, it calls `deliver(answers)`, a C
 //! function made callable from Python, with every answer since the last call, and forgets
 //! those tasks. The answers land in a [`Completions`] table as plain Rust data (no Python
 //! reference): a demo task's `(flag, i64, message)`, a general task's pickled bytes. A waiter

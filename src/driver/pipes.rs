@@ -108,16 +108,14 @@ impl PipeReader {
             (answers, state.for_python.contains_key(&fd))
         };
         if !answers.is_empty() {
-            // The table first, then the note (a settle never sees a key the table lacks),
-            // then the wake-ups (a woken caller that asks py4cc finds its answer noted).
-            let settled: Vec<Settled> =
-                answers.iter().map(|(key, answer, run_s)| (fd, *key, answer.flag, *run_s)).collect();
+            // The note, then the table, under the reader's lock: a settle (which takes it)
+            // sees both or neither, and whoever finds the answer in the table (woken, or
+            // looking) and asks py4cc finds it noted.
+            let settled = answers.iter().map(|(key, answer, run_s)| (fd, *key, answer.flag, *run_s));
             let woken = {
                 let mut state = self.state.lock();
-                let woken =
-                    self.completions.deliver_read(answers.into_iter().map(|(key, answer, _)| (key, answer)).collect());
                 state.answered.extend(settled);
-                woken
+                self.completions.deliver_read(answers.into_iter().map(|(key, answer, _)| (key, answer)).collect())
             };
             woken.into_iter().for_each(std::task::Waker::wake);
         }

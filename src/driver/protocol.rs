@@ -54,8 +54,9 @@ pub(super) mod option {
     /// `worker_output: Callable[[int, str, str], None] | None`.
     pub(in crate::driver) const WORKER_OUTPUT: &str = "worker_output";
     /// `wait_readable: Callable[..., list[tuple[int, int]]] | None`, called as
-    /// `(fds, timeout_ms)` or `(fds, timeout_ms, write_fds)`: what the dispatcher polls the
-    /// workers' pipes with (see `turn.rs`).
+    /// `(fds, timeout_ms)`, `(fds, timeout_ms, write_fds)` or, with `pipe_reader`, `(fds,
+    /// timeout_ms, write_fds, pipes, eager)`: what the dispatcher polls the workers' pipes
+    /// with (see `turn.rs`), reading them itself with `pipe_reader` (see `pipes.rs`).
     pub(in crate::driver) const WAIT_READABLE: &str = "wait_readable";
     /// `backend: str`, `"local"` or `"ray"`.
     pub(in crate::driver) const BACKEND: &str = "backend";
