@@ -185,11 +185,16 @@ def build_options(
 
 def is_real(value: Any) -> bool:
     """A real number that is not a bool."""
+    kind = type(value)
+    if kind is float or kind is int:  # the usual case, without the ABC's isinstance
+        return True
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def is_int(value: Any) -> bool:
     """An integral number that is not a bool."""
+    if type(value) is int:  # the usual case, without the ABC's isinstance
+        return True
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
