@@ -597,6 +597,7 @@ class TaskBook:
     def close_book(self) -> None:
         """The first step of a stop (lock held): refuse new tasks, fail the unfinished ones,
         wake every waiter."""
+        self.settle()  # a task whose answer the host has is not failed
         self.closed = True
         # A copy: a host that keeps the answers takes each task off the book as it is
         # announced, which a backend that announces at once (Ray) does inside complete.
