@@ -133,6 +133,7 @@ from .protocol import (
     OK,
     DeliverCallback,
     NotifyCallback,
+    PipeReader,
 )
 from .validate import drain_limit
 
@@ -211,6 +212,7 @@ class Driver(Calls):
         worker_env: Any = None,
         worker_output: Callable[[int, str, str], None] | None = None,
         wait_readable: Callable[..., list[tuple[int, int]]] | None = None,
+        pipe_reader: PipeReader | None = None,
         backend: str = "local",
         ray_address: str | None = None,
         batching: Batching | Sequence[float] | None = None,
@@ -267,6 +269,18 @@ class Driver(Calls):
         passes its own to learn when the dispatcher is about to take the GIL back, and let
         it go first (rs4py does).
 
+        ``pipe_reader`` (keyword only, with ``wait_readable``, ``deliver`` and
+        ``host_held``): a host that reads the workers' pipes itself. The dispatcher then
+        calls ``wait_readable(fds, timeout_ms, write_fds, pipes, eager)``, which reads the
+        ``pipes`` (the workers') with the GIL released, hands each answer to the host's
+        table itself, and reports a pipe only when something else came (``Ready``, the
+        pipe's end): ``pipe_reader.take(fd)`` gives those messages, ``pipe_reader.drain(fd)``
+        reads an exited worker's pipe to its end, and ``pipe_reader.answered()`` lists the
+        answers read since the last call, ``[(fd, key, flag, run_s)]``, for the pool to take
+        off its book; ``pipe_reader.write(fd, data)`` is ``os.write`` without letting the GIL
+        go (the pipes are non-blocking). With ``eager`` false it returns only when something other than answers
+        happens (no task waits for a worker, so nothing is to be done on an answer).
+
         ``backend`` (keyword only): ``"local"`` runs the Engines in worker processes of
         this machine; ``"ray"`` runs each as an actor on a Ray cluster
         (:mod:`py4cc.ray.backend`): ``ray_address`` is the cluster's address
@@ -302,6 +316,7 @@ class Driver(Calls):
         self.worker_env = worker_env
         self.worker_output = worker_output
         self.wait_readable = wait_readable
+        self.pipe_reader = pipe_reader
         self.backend = backend
         self.ray_address = ray_address
         self.batching = batching
@@ -359,6 +374,7 @@ class Driver(Calls):
                 worker_env=self.worker_env,
                 worker_output=self.worker_output,
                 wait_readable=self.wait_readable,
+                pipe_reader=self.pipe_reader,
                 backend=self.backend,
                 ray_address=self.ray_address,
                 batching=self.batching,

@@ -19,6 +19,7 @@ from .protocol import (
     PRELOAD_CHOICES,
     DeliverCallback,
     NotifyCallback,
+    PipeReader,
     describe,
     short_repr,
 )
@@ -72,6 +73,8 @@ class Options:
     """Where the workers' output lines and events go (None: the host's stderr)."""
     wait_readable: Callable[..., list[tuple[int, int]]] | None = None
     """What the dispatcher waits on the workers' pipes with (None: ``select.poll``)."""
+    pipe_reader: PipeReader | None = None
+    """With ``wait_readable``: the host reads the workers' pipes itself (see ``Driver``)."""
     backend: str = "local"
     """What runs the Engines: ``"local"`` (worker processes) or ``"ray"`` (actors on a Ray cluster)."""
     ray_address: str | None = None
@@ -103,6 +106,7 @@ def build_options(
     worker_env: Any = None,
     worker_output: Any = None,
     wait_readable: Any = None,
+    pipe_reader: Any = None,
     backend: Any = "local",
     ray_address: Any = None,
     batching: Any = None,
@@ -141,6 +145,15 @@ def build_options(
         raise TypeError(f"worker_output must be None or a callable (pid, stream, line), got {describe(worker_output)}")
     if wait_readable is not None and not callable(wait_readable):
         raise TypeError(f"wait_readable must be None or a callable (fds, timeout_ms), got {describe(wait_readable)}")
+    if pipe_reader is not None and (
+        wait_readable is None
+        or deliver is None
+        or not all(callable(getattr(pipe_reader, name, None)) for name in ("take", "drain", "answered", "write"))
+    ):
+        raise TypeError(
+            f"pipe_reader must be None or have take(fd), drain(fd), answered() and write(fd, data), and come with "
+            f"wait_readable, deliver and host_held; got {describe(pipe_reader)}"
+        )
     address = check_ray_address(ray_address, backend)
     batches = check_batching(batching)
     if preloaded is not None and backend == "ray":
@@ -163,6 +176,7 @@ def build_options(
         result_ttl=keep_for,
         worker_output=worker_output,
         wait_readable=wait_readable,
+        pipe_reader=pipe_reader,
         backend=backend,
         ray_address=address,
         batching=batches,
@@ -171,11 +185,16 @@ def build_options(
 
 def is_real(value: Any) -> bool:
     """A real number that is not a bool."""
+    kind = type(value)
+    if kind is float or kind is int:  # the usual case, without the ABC's isinstance
+        return True
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def is_int(value: Any) -> bool:
     """An integral number that is not a bool."""
+    if type(value) is int:  # the usual case, without the ABC's isinstance
+        return True
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 

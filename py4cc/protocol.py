@@ -14,7 +14,7 @@ import signal
 import struct
 import traceback
 from collections.abc import Sequence
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, Callable, NamedTuple, Protocol, Union
 
 # -- the answers' flags and fixed messages ---------------------------------------------
 
@@ -43,7 +43,7 @@ PRELOAD_CHOICES = (None, "module", "engine")
 OPTION_NAMES = (
     "max_tasks", "n_subprocesses", "start_method", "engine", "task_timeout", "init_timeout",
     "notify", "result_ttl", "worker_env", "worker_output", "call_method", "preload", "wait_readable",
-    "backend", "ray_address", "batching", "deliver", "host_held",
+    "backend", "ray_address", "batching", "deliver", "host_held", "pipe_reader",
 )  # fmt: skip
 """The Driver's keyword options another language's binding passes."""
 
@@ -79,6 +79,23 @@ DeliverCallback = Callable[[list[tuple[int, int, Any, str]]], object]
 """A host's ``deliver(answers)``: each answer ``(key, flag, value, message)``, ``value`` an
 int (a demo task's, in the i64 range), None, or bytes (a pickled value); see
 :mod:`py4cc.core.completion`."""
+
+
+class PipeReader(Protocol):
+    """A host that reads the workers' pipes itself (``Driver(pipe_reader=...)``)."""
+
+    def take(self, fd: int) -> tuple[list[bytes], bool]:
+        """What pipe ``fd`` sent that is not an answer, and whether it has ended."""
+
+    def drain(self, fd: int) -> tuple[list[bytes], bool]:
+        """Read the pipe of an exited worker to its end, then as :meth:`take`."""
+
+    def answered(self) -> list[tuple[int, int, int, float]]:
+        """``[(fd, key, flag, run_s)]``: the answers read and handed to the host since the last call."""
+
+    def write(self, fd: int, data: bytes | memoryview) -> int:
+        """``os.write`` for a non-blocking pipe, without letting the GIL go."""
+
 
 DEFAULT_RESULT_TTL = 60.0
 """Seconds a finished result is kept for retrieval unless the Driver is told otherwise."""
@@ -262,21 +279,64 @@ def unpickle_answer(answer: Answer) -> Answer:
     return Answer(answer.key, answer.flag, value, answer.message, answer.run_s)
 
 
+# An Answer, one per task, travels as a fixed little-endian frame that a host reads without
+# Python (rs4py's src/driver/pipes.rs): the tag, key, flag, run time, the value's kind and
+# the message's length in bytes; then the message (UTF-8); then the value: 8 bytes (an int),
+# nothing (None), or the rest (a pickle: a general task's answer, or an int outside i64).
+ANSWER_TAG = b"A"  # a pickle starts with 0x80
+_ANSWER_HEAD = struct.Struct("<cqqdBI")
+_I64 = struct.Struct("<q")
+VALUE_INT, VALUE_NONE, VALUE_PICKLED = 0, 1, 2
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1
+
+
+def encode_answer(answer: Answer) -> bytes:
+    """The bytes of an Answer (the frame above)."""
+    value = answer.value
+    if answer.pickled:
+        kind, tail = VALUE_PICKLED, value
+    elif value is None:
+        kind, tail = VALUE_NONE, b""
+    elif type(value) is int and I64_MIN <= value <= I64_MAX:
+        kind, tail = VALUE_INT, _I64.pack(value)
+    else:
+        kind, tail = VALUE_PICKLED, _dumps(value, _PROTOCOL)
+    text = answer.message.encode("utf-8", "surrogatepass")
+    try:
+        head = _ANSWER_HEAD.pack(ANSWER_TAG, answer.key, answer.flag, answer.run_s, kind, len(text))
+    except struct.error:  # a key or flag outside i64 (never py4cc's own): its fields, pickled
+        return _dumps(answer[:], _PROTOCOL)
+    return b"".join((head, text, tail))
+
+
+def decode_answer(data: bytes) -> Answer:
+    """The Answer :func:`encode_answer` made (its value still pickled if it was)."""
+    _, key, flag, run_s, kind, length = _ANSWER_HEAD.unpack_from(data)
+    start = _ANSWER_HEAD.size
+    message = data[start : start + length].decode("utf-8", "surrogatepass")
+    tail = data[start + length :]
+    if kind == VALUE_INT:
+        return Answer(key, flag, _I64.unpack(tail)[0], message, run_s)
+    if kind == VALUE_NONE:
+        return Answer(key, flag, None, message, run_s)
+    return Answer(key, flag, bytes(tail), message, run_s, True)
+
+
 def encode_report(report: Report) -> bytes:
-    """The bytes of what a worker sends, for ``Connection.send_bytes``. An Answer travels as
-    a tuple of 5 fields, or of 6 when its value is pickled."""
+    """The bytes of what a worker sends, for ``Connection.send_bytes``: an Answer as its
+    frame, anything else pickled."""
     if type(report) is Answer:
-        return _dumps(report[:] if report.pickled else report[:5], _PROTOCOL)
+        return encode_answer(report)
     return _dumps(report, _PROTOCOL)
 
 
 def decode_report(data: bytes) -> Any:
     """What :func:`encode_report` made: a Ready, InitFailed or Answer (anything else is
     the worker's mistake, and is returned as is)."""
+    if data[:1] == ANSWER_TAG:
+        return decode_answer(data)
     report = _loads(data)
-    if type(report) is tuple and len(report) == 5:
-        return _as_tuple(Answer, (*report, False))
-    if type(report) is tuple and len(report) == 6:
+    if type(report) is tuple and len(report) == 6:  # encode_answer's fallback
         return _as_tuple(Answer, report)
     return report
 

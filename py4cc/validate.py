@@ -33,6 +33,9 @@ def check_features(
         ), None
     floats: list[float] = []
     for i, v in enumerate(float_features):
+        if type(v) is float:
+            floats.append(v)
+            continue
         if not is_real(v):
             return f"float feature {i} ({float_names[i]}) must be a real number, got {describe(v)}", None
         try:
@@ -41,6 +44,9 @@ def check_features(
             return f"float feature {i} ({float_names[i]}) cannot be converted to float: {exc}", None
     strs: list[str] = []
     for i, s in enumerate(str_features):
+        if type(s) is str:
+            strs.append(s)
+            continue
         if not isinstance(s, str):
             return f"str feature {i} ({str_names[i]}) must be a str, got {describe(s)}", None
         strs.append(str(s))

@@ -83,7 +83,7 @@ impl<'py> Object<'py> {
 
     /// Hands the reference over to a C-API function that steals it.
     #[inline]
-    fn into_ptr(self) -> *mut ffi::PyObject {
+    pub(crate) fn into_ptr(self) -> *mut ffi::PyObject {
         let ptr = self.ptr.as_ptr();
         std::mem::forget(self);
         ptr

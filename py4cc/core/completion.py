@@ -21,7 +21,7 @@ import pickle
 from collections import OrderedDict
 from typing import Any, Callable
 
-from ..protocol import FAILED, DeliverCallback, NotifyCallback, describe
+from ..protocol import FAILED, I64_MAX, I64_MIN, DeliverCallback, NotifyCallback, describe
 
 GONE_MEMORY = 10_000
 """How many dropped keys are remembered, so that retrieving one says why it is gone."""
@@ -53,10 +53,6 @@ class Notifier:
                 self.last_error = f"{type(exc).__name__}: {exc}"
             except Exception:
                 self.last_error = type(exc).__name__
-
-
-I64_MIN = -(2**63)
-I64_MAX = 2**63 - 1
 
 
 def host_answer(key: int, flag: int, value: object, message: str, demo: bool) -> tuple[int, int, Any, str]:

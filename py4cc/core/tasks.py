@@ -167,6 +167,10 @@ class TaskBook:
         """Why nothing can run any more (the dispatcher crashed, the cluster is lost), or None."""
         raise NotImplementedError
 
+    def settle(self) -> None:
+        """Take off the book the tasks whose answers the host read itself (lock held; see
+        ``Driver(pipe_reader=...)``); nothing to do for a backend that reads its own."""
+
     def on_admitted(self) -> Any:
         """A task was queued (lock held): hand tasks to workers; what it returns goes to
         :meth:`after_admit`, called once the lock is let go."""
@@ -191,7 +195,8 @@ class TaskBook:
         raise NotImplementedError
 
     def wake_for_stop(self) -> None:
-        """Stop has begun (lock held): wake the backend's own threads, so that they end."""
+        """Stop (or drain) has begun (lock held): wake the backend's own threads, so that they
+        end (or look at every answer)."""
         raise NotImplementedError
 
     def shut_down(self) -> None:
@@ -327,8 +332,7 @@ class TaskBook:
         return self.key_base < key < self.next_key
 
     def _collect(self, key: int) -> FlagAnswer:
-        if self.announce:
-            self.announce_finished()
+        self.announce_finished()  # and settles the answers a host read itself
         task = self.tasks.get(key)
         if task is None:
             if not self.issued(key):
@@ -409,7 +413,9 @@ class TaskBook:
         """Wake the waiters of the tasks finished since the last call and tell the host
         (``notify(key, True)``), or hand their answers to a host that keeps them, in one
         ``deliver`` call, and forget them. Whatever collects or drops a task calls it first,
-        so that the host always hears of a finish before the task is gone."""
+        so that the host always hears of a finish before the task is gone. The answers the
+        host read itself are settled first."""
+        self.settle()
         announce = self.announce
         if not announce:
             return
@@ -439,6 +445,7 @@ class TaskBook:
 
     def held(self) -> int:
         """The tasks held (lock held): in the book, and answered to a host that keeps them."""
+        self.settle()
         return len(self.tasks) + self.deliver.held()
 
     # -- dropping tasks -----------------------------------------------------------------
@@ -499,6 +506,7 @@ class TaskBook:
     def stats(self, state: str) -> dict[str, Any]:
         """The dict of ``Driver.stats()`` (``state`` as the Driver sees it)."""
         with self.lock:
+            self.announce_finished()
             if self.closed:
                 state = "finalized"
             elif self.draining:
@@ -515,12 +523,16 @@ class TaskBook:
         with self.lock:
             already = self.closed  # finalized (or drained): the tasks it failed are not ours
             self.draining = True
+            self.wake_for_stop()  # its thread now wakes for every answer, to tell drain
         if already:
             self.stop()  # returns once that stop is complete
             return 0
         try:
             with self.lock:
-                while not self.closed and any(not task.done for task in self.tasks.values()):
+                while not self.closed:
+                    self.announce_finished()  # settles the answers the host read itself
+                    if all(task.done for task in self.tasks.values()):
+                        break
                     if deadline is None:
                         self.drained.wait(threading.TIMEOUT_MAX)
                         continue
@@ -585,6 +597,7 @@ class TaskBook:
     def close_book(self) -> None:
         """The first step of a stop (lock held): refuse new tasks, fail the unfinished ones,
         wake every waiter."""
+        self.settle()  # a task whose answer the host has is not failed
         self.closed = True
         # A copy: a host that keeps the answers takes each task off the book as it is
         # announced, which a backend that announces at once (Ray) does inside complete.

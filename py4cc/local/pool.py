@@ -30,6 +30,11 @@ Data flow::
                               its running task fails, those behind it go back to pending,
                               its slot starts a replacement (at once, or after a backoff)
 
+With a host that reads the pipes itself (``options.pipe_reader``: rs4py), the answers skip
+the dispatcher: the host's ``wait_readable`` reads them into its own table while the GIL is
+released, and :meth:`Pool.settle` takes the answered tasks off the book afterwards (see
+``docs/architecture.md``).
+
 Everything below the pool's ``lock`` is read and written with it held; the dispatcher lets
 it go while it polls. The last pool to stop stops the forkserver py4cc started.
 """
@@ -95,6 +100,11 @@ class Pool(TaskBook):
         self.dispatcher: Dispatcher | None = None
         self.preloaded: object = None  # the Engine "fork" workers inherit (preload="engine")
         self.relay = OutputRelay(options.worker_output)  # the workers' output, and events
+        # The host reads the workers' pipes itself while the dispatcher waits (and hands
+        # their answers to its own table): Driver(pipe_reader=...).
+        self.reader = options.pipe_reader if options.wait_readable is not None else None
+        # A pipe write never waits (non-blocking): the host's keeps the GIL meanwhile.
+        self.write = os.write if self.reader is None else self.reader.write
 
     # -- what the task book asks of a backend -------------------------------------------
 
@@ -142,8 +152,39 @@ class Pool(TaskBook):
         return None
 
     def on_admitted(self) -> None:
-        if self.dispatch():
-            self.wakeup.wake()  # the dispatcher must learn the new deadline
+        if self.dispatch() or (self.reader is not None and self.pending):
+            # The dispatcher must learn the new deadline, or that a task waits for a worker
+            # (it then looks at every answer the host reads).
+            self.wakeup.wake()
+
+    def settle(self) -> None:
+        """Take off the book the tasks whose answers the host read from the pipes itself
+        (lock held): each worker's head task is done, as ``Dispatcher._handle_messages``
+        would have found it; the answer is in the host's table already."""
+        if self.reader is None:
+            return
+        answered = self.reader.answered()
+        if not answered:
+            return
+        by_fd = {w.conn.fileno(): w for w in self.workers if not w.conn.closed}
+        batching = self.options.batching is not None
+        now = time.monotonic()
+        for fd, key, flag, run_s in answered:
+            w = by_fd.get(fd)
+            if w is None or not w.queue or w.queue[0].key != key:
+                continue  # not the head of its worker's queue: it was failed meanwhile
+            task = w.queue.popleft()
+            self.avg_run_s = moving_average(self.avg_run_s, run_s)
+            self.run_times.add(run_s)
+            if w.queue and not batching:
+                self.start_head(w, now)
+            if self.tasks.get(key) is task and self.record_answer(task, flag, None, ""):
+                # Its answer is the host's already: forgotten here, as hand_to_host does.
+                del self.tasks[key]
+                self.finished_held -= 1
+                task.worker = None
+        if self.draining:
+            self.drained.notify_all()
 
     def event(self, pid: int, text: str) -> None:
         """Report what happened to worker ``pid`` to the output sink, as an "event" line."""
@@ -290,7 +331,7 @@ class Pool(TaskBook):
         fd = worker.conn.fileno()
         try:
             while outbox:
-                written = os.write(fd, outbox[0])
+                written = self.write(fd, outbox[0])
                 if written:
                     worker.write_progress = time.monotonic()
                 if written == len(outbox[0]):
@@ -507,13 +548,17 @@ class Dispatcher(threading.Thread):
         watched: dict[int, tuple[bool, Worker]] = {}  # fd -> (is its pipe, worker)
         polling_out: set[int] = set()  # the pipes with bytes waiting to go: watched for POLLOUT
         wait_readable = pool.options.wait_readable  # the host's, instead of poller.poll
+        reader = pool.reader
         while True:
             with pool.lock:
                 if pool.closed:
                     return
+                pool.settle()
                 self._watch(poller, watched, polling_out)
-                if batching:
-                    pool.dispatch()  # the batches whose oldest task has waited max_wait
+                if batching or pool.pending:
+                    # The batches whose oldest task has waited max_wait; the tasks that wait
+                    # for a worker the host's settled answers freed.
+                    pool.dispatch()
                 writers = {w.conn.fileno() for w in pool.workers if w.outbox and not w.dead}
                 if wait_readable is None and writers != polling_out:
                     for fd in writers ^ polling_out:
@@ -532,6 +577,7 @@ class Dispatcher(threading.Thread):
                 restart = pool.next_restart()
                 if restart is not None:
                     deadlines.append(restart)
+                starting = init_timeout is not None and any(not w.ready and not w.dead for w in pool.workers)
                 if batching:
                     batch_due = pool.batch_due()
                     if batch_due is not None:
@@ -546,7 +592,13 @@ class Dispatcher(threading.Thread):
                 # Last thing before the GIL is let go in poll: whoever is woken now finds
                 # it free, instead of waiting for this thread's bookkeeping.
                 pool.announce_finished()
-            if wait_readable is None:
+                # With the host reading the pipes, an answer needs this thread only when a
+                # task waits for a worker, a deadline moves with it, or drain waits.
+                eager = bool(pool.pending) or pool.draining or batching or task_timeout is not None
+            if reader is not None and wait_readable is not None:
+                pipes = [fd for fd, (is_pipe, _) in watched.items() if is_pipe]
+                ready = wait_readable([wake_fd, *watched], timeout, sorted(writers), pipes, eager)
+            elif wait_readable is None:
                 ready = poller.poll(timeout)
             elif writers:
                 ready = wait_readable([wake_fd, *watched], timeout, sorted(writers))
@@ -569,9 +621,10 @@ class Dispatcher(threading.Thread):
                 self._reap(w)
             if task_timeout is not None or writers:
                 self._expire(task_timeout)
-            if init_timeout is not None:
+            if starting and init_timeout is not None:
                 self._expire_startup(init_timeout)
-            pool.restart_due()
+            if restart is not None:
+                pool.restart_due()
 
     def _watch(self, poller: Any, watched: dict[int, tuple[bool, Worker]], polling_out: set[int]) -> None:
         """Bring ``poller`` in line with the workers (lock held): each one's pipe until its
@@ -596,10 +649,17 @@ class Dispatcher(threading.Thread):
     def _read_worker(self, w: Worker, to_the_end: bool = False) -> None:
         """Take in what ``w`` has sent: one read (its pipe is readable), or (``to_the_end``:
         it has exited) every read that does not block. Whole messages are handled; a
-        partial one waits in its inbox for the rest."""
+        partial one waits in its inbox for the rest. With the host reading the pipes, what
+        it read and left for py4cc."""
         pool = self.pool
-        inbox = self.inboxes.setdefault(w, bytearray())
         fd = w.conn.fileno()
+        if pool.reader is not None:
+            messages, ended = pool.reader.drain(fd) if to_the_end else pool.reader.take(fd)
+            self._handle_messages(w, messages)
+            if ended and not w.eof:
+                self._ended(w)
+            return
+        inbox = self.inboxes.setdefault(w, bytearray())
         while True:
             try:
                 data = os.read(fd, READ_SIZE)
@@ -608,28 +668,33 @@ class Dispatcher(threading.Thread):
             except OSError:
                 data = b""
             if not data:
-                w.eof = True
-                with pool.lock:
-                    w.dead = True
-                w.signal(signal.SIGKILL)  # its pipe is closed: of no use, and dead once reaped
+                self._ended(w)
             else:
                 inbox += data
-            if not self._handle_messages(w, inbox) or w.eof or not to_the_end:
+            if not self._handle_messages(w, take_messages(inbox)) or w.eof or not to_the_end:
                 return
             if not select.select([fd], [], [], 0)[0]:
                 return
 
-    def _handle_messages(self, w: Worker, inbox: bytearray) -> bool:
-        """Handle the whole messages at the front of ``inbox``, removing them; False if the
-        worker's messages can no longer be read (it has been killed)."""
+    def _ended(self, w: Worker) -> None:
+        """``w``'s pipe has ended: it is of no use, and dead once reaped."""
+        w.eof = True
+        with self.pool.lock:
+            w.dead = True
+        w.signal(signal.SIGKILL)
+
+    def _handle_messages(self, w: Worker, messages: list[bytes]) -> bool:
+        """Handle whole messages ``w`` sent; False if the worker's messages can no longer be
+        read (it has been killed)."""
         pool = self.pool
         reports = []
         try:
-            for message in take_messages(inbox):
+            for message in messages:
                 reports.append(decode_report(message))
         except Exception:  # an unpicklable message: treat as a broken worker
             w.eof = True
             with pool.lock:
+                pool.settle()
                 w.dead = True
                 if w.queue and not pool.closed:
                     pool.requeue_unstarted(w)
@@ -647,9 +712,12 @@ class Dispatcher(threading.Thread):
         with pool.lock:
             if pool.closed:
                 return False  # stop has begun (and failed every unfinished task)
+            pool.settle()
             for report in reports:
                 if isinstance(report, Answer):
                     if w.queue and w.queue[0].key == report.key:
+                        if report.pickled and w.queue[0].demo:  # an int outside i64, pickled
+                            report = unpickle_answer(report)
                         now = time.monotonic()
                         pool.avg_run_s = moving_average(pool.avg_run_s, now - w.head_started)
                         pool.run_times.add(report.run_s)
@@ -694,6 +762,7 @@ class Dispatcher(threading.Thread):
             wait_exited([w], 5.0)
         exitcode = w.exit_code()
         with pool.lock:
+            pool.settle()  # the answers read from its pipe before it went
             if pool.closed:
                 # stop has begun: it failed every unfinished task (those queued behind
                 # this worker's running one must not be queued again: their call is
@@ -742,6 +811,7 @@ class Dispatcher(threading.Thread):
         with pool.lock:
             if pool.closed:
                 return
+            pool.settle()  # a task answered already has not run past its deadline
             stall = pool.write_stall_bound()
             for w in pool.workers:
                 task = w.queue[0] if w.queue else None

@@ -1,8 +1,12 @@
 //! How a finished task's answer reaches the Rust thread or future that waits for it, while
 //! neither holds the GIL nor the Driver's mutex.
 //!
-//! py4cc hands answers to the host in batches: whenever its backend has announced tasks as
-//! finished (once per dispatcher wake for the local pool), it calls `deliver(answers)`, a C
+//! The local pool's answers are read from the workers' pipes by the host itself, without the
+//! GIL, and land here at once (`deliver_read`, see `pipes.rs`); py4cc takes those tasks off
+//! its book later (`settle`), and until then `host_held()` leaves them out, so that each task
+//! counts once. The others (the Ray backend's, and every failure py4cc decides: a death, a
+//! timeout, a stop) py4cc hands over in batches: whenever its backend has announced tasks as
+//! finished, it calls `deliver(answers)`, a C
 //! function made callable from Python, with every answer since the last call, and forgets
 //! those tasks. The answers land in a [`Completions`] table as plain Rust data (no Python
 //! reference): a demo task's `(flag, i64, message)`, a general task's pickled bytes. A waiter
@@ -98,6 +102,9 @@ struct Entry {
     answer: Option<Answer>,
     /// The submitting thread has recorded it (it may be answered before that).
     accepted: bool,
+    /// Its answer was read from a worker's pipe by the host (`deliver_read`), and py4cc's
+    /// book still holds the task until it settles it: not counted by `host_held`.
+    unsettled: bool,
     waiters: Vec<Waker>,
 }
 
@@ -118,8 +125,15 @@ impl Default for Completions {
 #[derive(Default)]
 struct Table {
     keys: HashMap<i64, Entry>,
-    /// How many entries hold an answer: py4cc's `host_held()`.
+    /// How many entries hold an answer.
     answered: usize,
+    /// How many of those py4cc has not settled yet (its book still counts them): `host_held()`
+    /// is `answered - unsettled`.
+    unsettled: usize,
+    /// Keys py4cc dropped while a worker ran them (cancelled): their answer, read from the
+    /// pipe later, is discarded. The latest [`GONE_MEMORY`] of them.
+    discard: HashSet<i64>,
+    discard_order: VecDeque<i64>,
     /// When each delivered answer expires, oldest first (some collected already).
     expiry: VecDeque<(Instant, i64)>,
     /// False once the driver is finalized: answers then stay until collected.
@@ -152,9 +166,7 @@ impl Table {
                 return;
             }
             self.expiry.pop_front();
-            if self.keys.get(&key).is_some_and(|entry| entry.answer.is_some()) {
-                self.keys.remove(&key);
-                self.answered -= 1;
+            if self.remove_answered(key).is_some() {
                 self.expired += 1;
                 self.remember(key, Gone::Expired);
             }
@@ -172,16 +184,37 @@ impl Table {
         }
     }
 
-    /// Removes `key`'s entry if it holds an answer: cancelled here.
-    fn cancel_answered(&mut self, key: i64) -> Option<Entry> {
+    /// Removes `key`'s entry if it holds an answer, keeping the counts right.
+    fn remove_answered(&mut self, key: i64) -> Option<Entry> {
         if self.keys.get(&key).is_none_or(|entry| entry.answer.is_none()) {
             return None;
         }
-        let entry = self.keys.remove(&key);
+        let entry = self.keys.remove(&key)?;
         self.answered -= 1;
+        if entry.unsettled {
+            self.unsettled -= 1;
+        }
+        Some(entry)
+    }
+
+    /// Removes `key`'s entry if it holds an answer: cancelled here.
+    fn cancel_answered(&mut self, key: i64) -> Option<Entry> {
+        let entry = self.remove_answered(key)?;
         self.cancelled += 1;
         self.remember(key, Gone::Cancelled);
-        entry
+        Some(entry)
+    }
+
+    /// A late answer to `key` is to be discarded (py4cc dropped the task while it ran).
+    fn discard_later(&mut self, key: i64) {
+        if self.discard.insert(key) {
+            self.discard_order.push_back(key);
+        }
+        while self.discard_order.len() > GONE_MEMORY {
+            if let Some(old) = self.discard_order.pop_front() {
+                self.discard.remove(&old);
+            }
+        }
     }
 }
 
@@ -200,26 +233,58 @@ impl Completions {
     }
 
     /// py4cc hands over these answers: each goes into its key's entry, and its waiters are
-    /// woken (after the lock is let go).
+    /// woken (after the lock is let go). A key answered already keeps its first answer.
     pub(crate) fn deliver(&self, answers: Vec<(i64, Answer)>) {
+        self.deliver_from(answers, false).into_iter().for_each(Waker::wake);
+    }
+
+    /// The host read these answers from the workers' pipes itself (see `pipes.rs`): as
+    /// [`deliver`](Self::deliver), but py4cc's book still holds the tasks until it
+    /// [`settle`](Self::settle)s them, and the answer of a task py4cc dropped while it ran is
+    /// discarded. Returns the waiters to wake, for the caller to wake once it has noted the
+    /// answers for py4cc (a woken caller may ask py4cc's stats at once).
+    #[must_use]
+    pub(crate) fn deliver_read(&self, answers: Vec<(i64, Answer)>) -> Vec<Waker> {
+        self.deliver_from(answers, true)
+    }
+
+    fn deliver_from(&self, answers: Vec<(i64, Answer)>, read: bool) -> Vec<Waker> {
         let now = Instant::now();
         let mut woken = Vec::new();
         {
             let mut table = self.table.lock();
             table.expire(now);
             for (key, answer) in answers {
+                if read && table.discard.remove(&key) {
+                    continue;
+                }
                 let entry = table.keys.entry(key).or_default();
-                let first = entry.answer.replace(answer).is_none();
+                if entry.answer.is_some() {
+                    continue;
+                }
+                entry.answer = Some(answer);
+                entry.unsettled = read;
                 woken.append(&mut entry.waiters);
-                if first {
-                    table.answered += 1;
-                    if let Some(ttl) = self.ttl {
-                        table.expiry.push_back((now + ttl, key));
-                    }
+                table.answered += 1;
+                table.unsettled += usize::from(read);
+                if let Some(ttl) = self.ttl {
+                    table.expiry.push_back((now + ttl, key));
                 }
             }
         }
-        woken.into_iter().for_each(Waker::wake);
+        woken
+    }
+
+    /// py4cc has taken these keys, read by the host, off its book: `host_held` counts their
+    /// answers from now on (those still in the table).
+    pub(crate) fn settle(&self, keys: impl IntoIterator<Item = i64>) {
+        let mut table = self.table.lock();
+        for key in keys {
+            if let Some(entry) = table.keys.get_mut(&key).filter(|entry| entry.unsettled) {
+                entry.unsettled = false;
+                table.unsettled -= 1;
+            }
+        }
     }
 
     /// py4cc dropped the task under `key`, which the host holds no answer for (it was
@@ -232,6 +297,8 @@ impl Completions {
                 return; // answered: py4cc no longer has it, whatever it says
             }
             let entry = table.keys.remove(&key);
+            // Its worker may still answer it: the host, which reads the pipes, drops that.
+            table.discard_later(key);
             if !entry.as_ref().is_some_and(|entry| entry.accepted) {
                 if table.dropped_early.len() >= DROPPED_EARLY_LIMIT {
                     table.dropped_early.clear();
@@ -254,8 +321,7 @@ impl Completions {
             match table.keys.get(&key) {
                 Some(Entry { answer: None, .. }) => return Lookup::Running,
                 Some(_) => {
-                    table.answered -= 1;
-                    let mut entry = table.keys.remove(&key);
+                    let mut entry = table.remove_answered(key);
                     let answer = entry.as_mut().and_then(|entry| entry.answer.take());
                     (answer.map_or(Lookup::Unknown, Lookup::Answered), entry)
                 }
@@ -295,12 +361,13 @@ impl Completions {
         held
     }
 
-    /// How many answers the table holds (delivered, not collected, cancelled or expired):
-    /// what py4cc's admission counts beside its own book.
+    /// How many answers the table holds (delivered, not collected, cancelled or expired),
+    /// less those py4cc's book still counts (read from a pipe, not settled): what py4cc's
+    /// admission counts beside its own book.
     pub(crate) fn held(&self) -> usize {
         let mut table = self.table.lock();
         table.expire(Instant::now());
-        table.answered
+        table.answered - table.unsettled
     }
 
     /// How many answers the table dropped: cancelled and expired.

@@ -9,6 +9,7 @@ mod general;
 mod options;
 mod output;
 mod package;
+mod pipes;
 mod protocol;
 mod stats;
 #[cfg(test)]
@@ -35,6 +36,7 @@ pub use future::TaskFuture;
 pub use general::{Key, TaskKey};
 pub use options::{Backend, Batching, DriverOptions, Preload, StartMethod};
 pub use output::{WorkerLine, WorkerOutput, WorkerStream};
+use pipes::PipeReader;
 use protocol::{COMPLETION_MODULE, DRIVER_CLASS, DRIVER_MODULE, N_SUBPROCESSES, NOT_FINISHED_MESSAGE, method, option};
 pub use protocol::{ResultStatus, SubmitStatus};
 pub use stats::{DriverState, DriverStats};
@@ -154,7 +156,9 @@ impl Driver {
         interpreter::insert_sys_path_after_stdlib(&gil, &options.python_path)?;
         let completions = Arc::new(Completions::new(options.result_ttl));
         let host = completions.functions(gil.token())?;
-        let turn = Arc::new(DispatcherTurn::default());
+        let reader = Arc::new(PipeReader::new(Arc::clone(&completions)));
+        let pipe_reader = reader.functions(gil.token())?;
+        let turn = Arc::new(DispatcherTurn::new(reader));
         let wait_readable = turn.function(gil.token())?;
         let class = gil.import(DRIVER_MODULE)?.getattr(DRIVER_CLASS)?;
         let worker_output = options.worker_output.as_ref().map(|output| output.sink(gil.token())).transpose()?;
@@ -171,6 +175,7 @@ impl Driver {
                 (option::DELIVER, &host.deliver),
                 (option::HOST_HELD, &host.held),
                 (option::WAIT_READABLE, &wait_readable),
+                (option::PIPE_READER, &pipe_reader),
                 (option::RESULT_TTL, &options.result_ttl.map(|ttl| ttl.as_secs_f64())),
                 (option::WORKER_ENV, &options.worker_env),
                 (option::WORKER_OUTPUT, &worker_output),

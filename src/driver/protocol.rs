@@ -54,8 +54,9 @@ pub(super) mod option {
     /// `worker_output: Callable[[int, str, str], None] | None`.
     pub(in crate::driver) const WORKER_OUTPUT: &str = "worker_output";
     /// `wait_readable: Callable[..., list[tuple[int, int]]] | None`, called as
-    /// `(fds, timeout_ms)` or `(fds, timeout_ms, write_fds)`: what the dispatcher polls the
-    /// workers' pipes with (see `turn.rs`).
+    /// `(fds, timeout_ms)`, `(fds, timeout_ms, write_fds)` or, with `pipe_reader`, `(fds,
+    /// timeout_ms, write_fds, pipes, eager)`: what the dispatcher polls the workers' pipes
+    /// with (see `turn.rs`), reading them itself with `pipe_reader` (see `pipes.rs`).
     pub(in crate::driver) const WAIT_READABLE: &str = "wait_readable";
     /// `backend: str`, `"local"` or `"ray"`.
     pub(in crate::driver) const BACKEND: &str = "backend";
@@ -68,9 +69,12 @@ pub(super) mod option {
     pub(in crate::driver) const DELIVER: &str = "deliver";
     /// `host_held: Callable[[], int] | None`: how many answers the completion table holds.
     pub(in crate::driver) const HOST_HELD: &str = "host_held";
+    /// `pipe_reader`: an object with `take(fd)`, `drain(fd)` and `answered()`, when
+    /// `wait_readable` reads the workers' pipes itself (see `pipes.rs`).
+    pub(in crate::driver) const PIPE_READER: &str = "pipe_reader";
     /// All of the above, as `py4cc.protocol` lists them.
     #[cfg(test)]
-    pub(in crate::driver) const ALL: [&str; 18] = [
+    pub(in crate::driver) const ALL: [&str; 19] = [
         MAX_TASKS,
         N_SUBPROCESSES,
         START_METHOD,
@@ -89,6 +93,7 @@ pub(super) mod option {
         BATCHING,
         DELIVER,
         HOST_HELD,
+        PIPE_READER,
     ];
 }
 

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use pyo3_ffi as ffi;
 
+use super::pipes::PipeReader;
 use crate::callback::{MethodDef, bound_state, fastcall_args};
 use crate::error::Result;
 use crate::exception::raise;
@@ -29,14 +30,26 @@ use crate::object::Object;
 /// takes after any one call into Python.
 const PATIENCE: Duration = Duration::from_millis(20);
 
-/// Whether the dispatcher is taking the GIL back, and who waits for it to have done so.
-#[derive(Default)]
+/// Whether the dispatcher is taking the GIL back, and who waits for it to have done so; and
+/// what reads the workers' pipes while it waits (see `pipes.rs`).
 pub(crate) struct DispatcherTurn {
     taking_gil: Mutex<bool>,
     taken: Condvar,
+    reader: Arc<PipeReader>,
+}
+
+impl Default for DispatcherTurn {
+    fn default() -> Self {
+        DispatcherTurn::new(Arc::new(PipeReader::new(Arc::default())))
+    }
 }
 
 impl DispatcherTurn {
+    /// A turn whose `wait_readable` reads pipes with `reader`.
+    pub(crate) fn new(reader: Arc<PipeReader>) -> Self {
+        DispatcherTurn { taking_gil: Mutex::new(false), taken: Condvar::new(), reader }
+    }
+
     /// Returns once the dispatcher is not waiting for the GIL (at once, nearly always), or
     /// after [`PATIENCE`] at most: politeness, never a dependency (a dispatcher that never got
     /// the GIL back, in an interpreter shutting down, must not stop the Driver's callers). The
@@ -63,25 +76,39 @@ impl DispatcherTurn {
 static WAIT_DEF: MethodDef<DispatcherTurn> = MethodDef::fastcall(
     c"wait_readable",
     wait_readable,
-    c"wait_readable(fds, timeout_ms[, write_fds]): poll(2) fds for input, write_fds for output, \
-      the GIL released; [(fd, revents)].",
+    c"wait_readable(fds, timeout_ms[, write_fds[, pipes, eager]]): poll(2) fds for input, write_fds \
+      for output, the GIL released, reading the workers' pipes itself; [(fd, revents)].",
 );
 
-/// `wait_readable(fds, timeout_ms[, write_fds])`: `poll(2)` on `fds` (a sequence of ints) for
-/// input, and on `write_fds` for output (the pool's pipes with bytes waiting to go), up to
-/// `timeout_ms` (a number, or None for no limit), with the GIL released; answers the ready
-/// ones as a list of `(fd, revents)`, as `select.poll().poll` does. Marks the dispatcher's
-/// turn while it takes the GIL back. Never unwinds into C.
+/// `wait_readable(fds, timeout_ms[, write_fds[, pipes, eager]])`: `poll(2)` on `fds` (a
+/// sequence of ints) for input, and on `write_fds` for output (the pool's pipes with bytes
+/// waiting to go), up to `timeout_ms` (a number, or None for no limit), with the GIL
+/// released; answers the ready ones as a list of `(fd, revents)`, as `select.poll().poll`
+/// does. Marks the dispatcher's turn while it takes the GIL back. Never unwinds into C.
+///
+/// `pipes` (some of `fds`: the workers' pipes) are read here, by the turn's [`PipeReader`]:
+/// a pipe is in the answer only if something there waits for py4cc (`take(fd)`). When only
+/// answers came, it returns at once if `eager` is true (py4cc has work to do on them: tasks
+/// wait for a worker), else it waits on: the answers are settled by py4cc later.
 unsafe extern "C" fn wait_readable(
     capsule: *mut ffi::PyObject,
     args: *mut *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
-    // The third argument, the fds to wait on for output too, is optional.
-    let expected = if nargs == 3 { 3 } else { 2 };
+    // The fds to wait on for output, then the pipes to read and whether to return on answers.
+    let expected = match nargs {
+        3 => 3,
+        5 => 5,
+        _ => 2,
+    };
     // SAFETY: GIL held (CPython calls us with it); these are the call's own arguments.
     let Some(args) = (unsafe {
-        fastcall_args(args, nargs, expected, c"wait_readable(fds, timeout_ms[, write_fds]) takes 2 or 3 arguments")
+        fastcall_args(
+            args,
+            nargs,
+            expected,
+            c"wait_readable(fds, timeout_ms[, write_fds[, pipes, eager]]) takes 2, 3 or 5 arguments",
+        )
     }) else {
         return std::ptr::null_mut();
     };
@@ -95,12 +122,27 @@ unsafe extern "C" fn wait_readable(
     if unsafe { add_fds(args[0], libc::POLLIN, &mut fds) }.is_none() {
         return std::ptr::null_mut();
     }
-    if expected == 3 {
+    if expected >= 3 {
         // SAFETY: GIL held; args[2] is borrowed for the call.
         if unsafe { add_fds(args[2], libc::POLLOUT, &mut fds) }.is_none() {
             return std::ptr::null_mut();
         }
     }
+    let mut pipes = Vec::new();
+    let mut eager = true;
+    if expected == 5 {
+        // SAFETY: GIL held; args[3] is borrowed for the call. Its events are not used: a
+        // pipe is polled for input because it is one of `fds`.
+        if unsafe { add_fds(args[3], 0, &mut pipes) }.is_none() {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: GIL held; args[4] is borrowed; -1 means its __bool__ raised (left set).
+        eager = match unsafe { ffi::PyObject_IsTrue(args[4]) } {
+            -1 => return std::ptr::null_mut(),
+            truth => truth == 1,
+        };
+    }
+    let pipes: Vec<libc::c_int> = pipes.iter().map(|pipe| pipe.fd).collect();
     // SAFETY: GIL held; reads the address of the static None object (not a reference taken).
     let none = unsafe { ffi::Py_None() };
     let timeout_ms = if args[1] == none {
@@ -117,7 +159,7 @@ unsafe extern "C" fn wait_readable(
     };
     // SAFETY: GIL held by this thread, released here and taken back below on every path.
     let thread_state = unsafe { ffi::PyEval_SaveThread() };
-    let ready = poll_retrying(&mut fds, timeout_ms);
+    let ready = poll_and_read(&mut fds, timeout_ms, &pipes, eager, &turn.reader);
     *turn.taking_gil.lock() = true;
     // SAFETY: the state PyEval_SaveThread returned on this thread; takes the GIL back.
     unsafe { ffi::PyEval_RestoreThread(thread_state) };
@@ -174,6 +216,52 @@ unsafe fn add_fds(fds: *mut ffi::PyObject, events: libc::c_short, pollfds: &mut 
         }
     }
     Some(())
+}
+
+/// `poll(2)` on `fds`, reading the ready ones of `pipes` with `reader`; polls again while
+/// only answers came and not `eager` (within what is left of `timeout_ms`). A pipe stays
+/// ready in `fds` only if something there waits for py4cc.
+fn poll_and_read(
+    fds: &mut [libc::pollfd],
+    timeout_ms: libc::c_int,
+    pipes: &[libc::c_int],
+    eager: bool,
+    reader: &PipeReader,
+) -> std::result::Result<(), libc::c_int> {
+    let deadline = (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
+    loop {
+        let left = match deadline {
+            None => -1,
+            Some(deadline) => {
+                deadline.saturating_duration_since(Instant::now()).as_millis().min(libc::c_int::MAX as u128)
+                    as libc::c_int
+            }
+        };
+        fds.iter_mut().for_each(|pollfd| pollfd.revents = 0);
+        poll_retrying(fds, left)?;
+        let mut for_python = false;
+        let mut answered = false;
+        for pollfd in fds.iter_mut().filter(|pollfd| pollfd.revents != 0) {
+            if !pipes.contains(&pollfd.fd) || pollfd.revents & !libc::POLLOUT == 0 {
+                for_python = true;
+                continue;
+            }
+            answered = true;
+            if reader.read_once(pollfd.fd) {
+                for_python = true;
+            } else {
+                // Only answers: py4cc need not look at this pipe. A POLLOUT stays.
+                pollfd.revents &= libc::POLLOUT;
+                for_python |= pollfd.revents != 0;
+            }
+        }
+        let timed_out = deadline.is_some_and(|deadline| Instant::now() >= deadline);
+        // Only answers came, and py4cc has nothing to do on them: wait on.
+        let only_answers_to_settle = answered && !for_python && !eager;
+        if !only_answers_to_settle || timed_out {
+            return Ok(());
+        }
+    }
 }
 
 /// `poll(2)` on `fds`, again after an interruption by a signal (with what is left of the
@@ -240,6 +328,7 @@ fn answer(fds: &[libc::pollfd]) -> *mut ffi::PyObject {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::completion::Standing;
     use crate::gil::Gil;
 
     /// A pipe: (read end, write end).
@@ -317,6 +406,71 @@ mod tests {
         let too_many = wait.call((vec![reader], 0, vec![writer], 1), ()).unwrap_err();
         assert_eq!(too_many.python_type(), Some("TypeError"));
         for fd in [reader, writer] {
+            close(fd);
+        }
+        Ok(())
+    }
+
+    /// A demo answer's frame, as py4cc's `encode_answer` lays it out, framed for the pipe.
+    fn answer_frame(key: i64) -> Vec<u8> {
+        let mut message = vec![b'A'];
+        message.extend(key.to_le_bytes());
+        message.extend(0_i64.to_le_bytes());
+        message.extend(0.5_f64.to_le_bytes());
+        message.push(0);
+        message.extend(0_u32.to_le_bytes());
+        message.extend((key * 10).to_le_bytes());
+        let mut framed = (message.len() as i32).to_be_bytes().to_vec();
+        framed.extend(message);
+        framed
+    }
+
+    #[test]
+    fn it_reads_the_pipes_and_returns_for_answers_only_when_eager() -> Result<()> {
+        let completions = Arc::new(crate::driver::completion::Completions::new(None));
+        let turn = Arc::new(DispatcherTurn::new(Arc::new(PipeReader::new(Arc::clone(&completions)))));
+        let gil = Gil::acquire()?;
+        let wait = turn.function(gil.token())?;
+        let (pipe_read, pipe_write) = pipe();
+        let (other, other_writer) = pipe();
+        let write = |fd, bytes: &[u8]| {
+            // SAFETY: writes from a live buffer of that length to a pipe this test owns.
+            assert_eq!(unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) }, bytes.len() as isize);
+        };
+        let no_write_fds: Vec<i32> = Vec::new();
+        write(pipe_write, &answer_frame(3));
+        let eager: Vec<(i64, i64)> =
+            wait.call((vec![pipe_read, other], 5000.0, &no_write_fds, vec![pipe_read], true), ())?.extract()?;
+        assert!(eager.is_empty(), "an answer alone is not reported, but ends an eager wait: {eager:?}");
+        assert_eq!(completions.standing(3), Standing::Settled, "answered");
+        // Lazy: answers go on being read while it waits; a message on another fd ends the wait.
+        let writer = std::thread::spawn(move || {
+            for key in 4..7 {
+                write(pipe_write, &answer_frame(key));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            write(other_writer, b"x");
+            (pipe_write, other_writer)
+        });
+        // wait_readable lets the GIL go while it polls: the writer needs none anyway.
+        let lazy: Vec<(i64, i64)> =
+            wait.call((vec![pipe_read, other], 30_000.0, &no_write_fds, vec![pipe_read], false), ())?.extract()?;
+        assert_eq!(lazy, [(i64::from(other), i64::from(libc::POLLIN))]);
+        for key in 3..7 {
+            assert_eq!(completions.standing(key), Standing::Settled, "{key} answered while it waited");
+        }
+        // A message py4cc must read reports the pipe.
+        let (pipe_write, other_writer) = writer.join().unwrap();
+        write(pipe_write, &[0, 0, 0, 3, 0x80, 5, b'N']);
+        let for_python: Vec<(i64, i64)> =
+            wait.call((vec![pipe_read], 5000.0, &no_write_fds, vec![pipe_read], false), ())?.extract()?;
+        assert_eq!(for_python, [(i64::from(pipe_read), i64::from(libc::POLLIN))]);
+        let timed: Vec<(i64, i64)> =
+            wait.call((vec![other], 10.0, &no_write_fds, vec![pipe_read], false), ())?.extract()?;
+        assert_eq!(timed, [(i64::from(other), i64::from(libc::POLLIN))], "the byte on other is still there");
+        let four = wait.call((vec![pipe_read], 0, &no_write_fds, vec![pipe_read]), ()).unwrap_err();
+        assert_eq!(four.python_type(), Some("TypeError"));
+        for fd in [pipe_read, pipe_write, other, other_writer] {
             close(fd);
         }
         Ok(())
