@@ -223,7 +223,9 @@ class Driver(Calls):
         pipe behind the one it runs, so that it starts the next one without a round trip
         through the parent. 1 (the default) removes that gap from the throughput; 0
         hands a task only to an idle worker (best when tasks are long and uneven:
-        a prefetched task cannot move to another worker that frees up sooner).
+        a prefetched task cannot move to another worker that frees up sooner). On the Ray
+        backend, whose round trip is longer, any ``prefetch`` > 0 lets an actor hold at
+        least 4 calls behind the one it runs (``py4cc.ray.backend.CALLS_AHEAD``).
 
         ``call_method`` (keyword only): the Engine's method that general tasks
         (``submit_call``) call; checked when each worker builds its Engine.

@@ -3,12 +3,13 @@
 A queued task goes to an idle worker if there is one, else (``prefetch`` > 0) behind a busy
 worker's current task, so that the worker starts it without a round trip through the host.
 :func:`pick_runner` is that rule, written once: the local pool's and the Ray backend's
-dispatch loops call it for the task at the head of the queue. With ``batching``,
-:func:`free_runner` and :func:`batch_to_form` are the rule instead: a free worker takes up to
-``max_size`` of the queue's head as one batch, once the batch is full or its oldest task has
-waited ``max_wait`` (prefetch does not apply).
+dispatch loops call it for the task at the head of the queue (the Ray backend with a deeper
+``ahead``: its round trip is longer). With ``batching``, :func:`free_runner` and
+:func:`batch_to_form` are the rule instead: a free worker takes up to ``max_size`` of the
+queue's head as one batch, once the batch is full or its oldest task has waited
+``max_wait`` (prefetch does not apply).
 
-A worker here is anything with ``usable()``, ``queue`` (its tasks, the running one first)
+A worker here is anything with ``usable()``, ``queue`` (its calls, the running one first)
 and ``head_started`` (when that one started).
 """
 
@@ -34,12 +35,18 @@ R = TypeVar("R", bound=Runner)
 
 
 def pick_runner(
-    runners: Iterable[R], options: Options, now: float, avg_run_s: float | None, room: Callable[[R], bool]
+    runners: Iterable[R],
+    options: Options,
+    now: float,
+    avg_run_s: float | None,
+    room: Callable[[R], bool],
+    ahead: int | None = None,
 ) -> R | None:
-    """The worker that should get the next queued task, or None (it waits).
+    """The worker that should get the next queued task (or call), or None (it waits).
 
-    An idle usable worker if there is one. Else, with ``prefetch`` > 0, a busy one: holding
-    at most ``prefetch`` tasks, with ``room(worker)`` for this task (the local pool's pipe
+    An idle usable worker if there is one. Else, with ``prefetch`` > 0 (``ahead`` instead
+    when given: the Ray backend's pipeline), a busy one: holding at most that many calls
+    behind its current one, with ``room(worker)`` for this task (the local pool's pipe
     budget), and not one whose current task has already run much longer than usual (it may
     be a long one: a task queued behind it could not move to a worker that frees up
     sooner); among those, the one whose current task started first.
@@ -50,7 +57,7 @@ def pick_runner(
             if not runner.queue:
                 return runner
             busy.append(runner)
-    prefetch = options.prefetch
+    prefetch = options.prefetch if ahead is None else ahead
     if not prefetch:
         return None
     limit = max(0.002, 4.0 * (avg_run_s if avg_run_s is not None else 0.0))

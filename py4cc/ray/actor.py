@@ -14,7 +14,7 @@ import threading
 import traceback
 from typing import Any
 
-from ..protocol import Call
+from ..protocol import Call, decode_call
 from ..worker import WorkerSetup, build_engine, run_batch, run_call, unchecked_answer
 
 WATCH_GROUP = "watch"
@@ -46,14 +46,17 @@ class EngineActor:
         self.engine = engine
         return True, os.getpid(), node_id, socket.gethostname()
 
-    def call(self, key: int, method: str, payload: bytes, demo: bool) -> tuple:
-        """Run one task (the fields of a :class:`py4cc.protocol.Call`): ``(flag, value,
-        message, run_s)``, as a local worker answers it (a general task's value pickled here:
-        an answer that cannot be pickled fails its task)."""
+    def call(self, message: bytes) -> tuple:
+        """Run one task, sent as :func:`py4cc.protocol.encode_call` makes it for a local
+        worker (one argument: Ray serializes each argument of a call on its own):
+        ``(flag, value, message, run_s)``, as a local worker answers it (a general task's
+        value pickled here: an answer that cannot be pickled fails its task)."""
+        call = decode_call(message)
+        assert isinstance(call, Call)  # the Ray backend sends one Call here, a batch to call_batch
         try:
-            answer = run_call(self.engine, Call(key, method, payload, demo))
+            answer = run_call(self.engine, call)
         except Exception:  # checking a strange answer failed: fail the task, not the actor
-            answer = unchecked_answer(key)
+            answer = unchecked_answer(call.key)
         return answer.flag, answer.value, answer.message, answer.run_s
 
     def call_batch(self, calls: list[tuple]) -> list[tuple]:

@@ -269,6 +269,27 @@ def death_reason(exc: BaseException) -> str:
     return reason if len(reason) <= 600 else reason[:600] + "..."
 
 
+def when_done(ref: Any, callback: Callable[[Any], object]) -> None:
+    """Call ``callback(outcome)`` on Ray's I/O thread once the call behind ``ref`` has ended:
+    ``outcome`` is its value, or the exception that ended it. Through ``_on_completed`` where
+    this Ray has it (what ``ref.future()`` is built on, without a ``concurrent.futures.Future``
+    and its locks per call: 793 -> 697 µs of host CPU per task in one pair of runs of
+    the loopback bench), else through the public ``future()``."""
+    on_completed = getattr(ref, "_on_completed", None)
+    if on_completed is not None:
+        on_completed(callback)
+        return
+
+    def settled(future: Any) -> None:
+        try:
+            outcome = future.result()
+        except BaseException as exc:
+            outcome = exc
+        callback(outcome)
+
+    ref.future().add_done_callback(settled)
+
+
 def node_checker(ray: Any) -> Any:
     """A function answering whether this process's node is alive (raising if the cluster
     does not answer within PROBE_TIMEOUT_S), or None if this Ray offers no way to ask."""

@@ -32,6 +32,7 @@ from py4cc.ray import connect as ray_connect
 from py4cc.ray.backend import Actor, RayBackend
 from py4cc.tests.ray_cluster import ADDRESS_VARIABLE, RayCluster, children, running
 from py4cc.tests.support import ENGINES_DIR, FLOAT_NAMES, STR_NAMES, TASK, DriverTestCase, add_engines_dir, wait_until
+from py4cc.validate import encode_call_arguments
 
 ENABLED = os.environ.get("RS4PY_RAY_TESTS") == "1"
 HAVE_RAY = importlib.util.find_spec("ray") is not None
@@ -40,6 +41,8 @@ SKIP_REASON = (
     f"({sys.executable}); .ci/run runs them on a loopback cluster"
 )
 CLUSTER: RayCluster | None = None
+QUICK = ([0.0, 0.0], ["a", "b", "c"], 2)
+"""A task the SleepEngine answers at once, ``(OK, 2, "slept")``."""
 WAIT_S = 120.0  # generous: the machine may be busy
 
 
@@ -450,6 +453,99 @@ class RayClusterTest(DriverTestCase):
             self.assertIn("this task's batch of 2 tasks timed out after 1.5 s; its Ray actor (pid", message)
         self.assertEqual(timed.stats()["tasks_timed_out"], 2)
 
+    def test_an_actor_holds_a_pipeline_of_calls_and_its_death_fails_the_running_one_only(self) -> None:
+        driver = self.ray_driver(engine="py4cc_user_engines:SleepEngine", n_subprocesses=1)
+        backend: Any = driver._pool
+        # Admitted together, so sent at once: the long one runs, the four behind it wait in
+        # the actor (CALLS_AHEAD), none in the Driver's queue.
+        tasks = [([60.0 if i == 0 else 0.0, 0.0], ["a", "b", "c"], 10 + i) for i in range(5)]
+        answers = driver.submit_many(tasks)
+        self.assertEqual([flag for flag, _, _ in answers], [OK] * 5)
+        keys = [key for _, key, _ in answers]
+        with backend.lock:
+            pending = [task.key for task in backend.pending]
+        self.assertEqual(pending, [])
+        with backend.lock:
+            (actor,) = backend.actors
+            held = [[task.key for task in sent.tasks] for sent in actor.queue]
+        self.assertEqual(held, [[key] for key in keys])
+        stats = driver.stats()
+        self.assertEqual((stats["tasks_running"], stats["tasks_queued"]), (1, 4))
+        self.assertTrue(driver.cancel(keys[4]))  # held by the actor: its answer will be dropped
+        self.assertEqual(driver.stats()["tasks_queued"], 3)
+        victim = wait_for_running_pid(driver, keys[0])
+        os.kill(victim, signal.SIGKILL)
+        flag, value, message = self.answer(driver, keys[0])
+        self.assertEqual((flag, value), (FAILED, -1))
+        self.assertIn(f"the Ray actor running this task (pid {victim} ", message)
+        # The three it had not started go back to the queue and run once, on its replacement;
+        # the cancelled one does not.
+        for key, want in zip(keys[1:4], range(11, 14)):
+            self.assertEqual(self.answer(driver, key), (OK, want, "slept"))
+        self.assertIn(f"task {keys[4]} was cancelled", driver.retrieve(keys[4])[2])
+        stats = driver.stats()
+        self.assertEqual((stats["worker_deaths"], stats["tasks_failed"], stats["tasks_done"]), (1, 1, 3))
+        self.assertNotIn(victim, driver.worker_pids())
+
+    def test_prefetch_0_keeps_one_call_per_actor(self) -> None:
+        driver = self.ray_driver(engine="py4cc_user_engines:SleepEngine", n_subprocesses=1, prefetch=0)
+        keys = [key for _, key, _ in driver.submit_many([([1.0, 0.0], ["a", "b", "c"], i) for i in range(1, 4)])]
+        stats = driver.stats()
+        self.assertEqual((stats["tasks_running"], stats["tasks_queued"]), (1, 2))
+        backend: Any = driver._pool
+        with backend.lock:
+            self.assertEqual(len(backend.pending), 2)
+        for i, key in enumerate(keys, 1):
+            self.assertEqual(self.answer(driver, key), (OK, i, "slept"))
+
+    def test_a_queued_call_s_clock_starts_when_it_runs(self) -> None:
+        # Three 0.8 s tasks queued in one actor take 2.4 s, each under task_timeout: none
+        # times out (a clock started when the call was sent would fail the second).
+        driver = self.ray_driver(engine="py4cc_user_engines:SleepEngine", n_subprocesses=1, task_timeout=1.5)
+        keys = [key for _, key, _ in driver.submit_many([([0.8, 0.0], ["a", "b", "c"], i) for i in range(1, 4)])]
+        self.assertEqual(driver.stats()["tasks_running"], 1)
+        for i, key in enumerate(keys, 1):
+            self.assertEqual(self.answer(driver, key), (OK, i, "slept"))
+        self.assertEqual(driver.stats()["tasks_timed_out"], 0)
+        # A timeout fails the running call only; the one behind it runs on the replacement.
+        slow, quick = [key for _, key, _ in driver.submit_many([([60.0, 0.0], ["a", "b", "c"], 1), QUICK])]
+        flag, _, message = self.answer(driver, slow)
+        self.assertEqual(flag, FAILED)
+        self.assertIn("the task timed out after 1.5 s", message)
+        self.assertEqual(self.answer(driver, quick), (OK, 2, "slept"))
+        self.assertEqual(driver.stats()["tasks_timed_out"], 1)
+
+    def test_answers_reach_the_host_from_py4cc_s_answer_thread_not_ray_s(self) -> None:
+        threads: set[str] = set()
+        driver = self.ray_driver(notify=lambda key, finished: threads.add(threading.current_thread().name))
+        keys = [key for _, key, _ in driver.submit_many([TASK] * 20)]
+        for key in keys:
+            self.assertEqual(self.answer(driver, key)[0], OK)
+        self.assertEqual(threads, {"py4cc-ray-answers"})
+
+    def test_a_batch_goes_only_to_a_free_actor_and_a_death_fails_only_its_batch(self) -> None:
+        driver = self.ray_driver(engine="py4cc_batch_engines:BatchEngine", n_subprocesses=1, batching=(2, 60.0))
+        backend: Any = driver._pool
+        calls = [("run", encode_call_arguments((item,), None)[1], False) for item in (("sleep", 60.0), 2, 3, 4, 5, 6)]
+        keys = [key for _, key, _ in backend.submit_many(calls)]
+        # One batch per actor (no pipeline with batching): the other full batches wait here.
+        with backend.lock:
+            pending = [task.key for task in backend.pending]
+            held = [[task.key for task in sent.tasks] for actor in backend.actors for sent in actor.queue]
+        self.assertEqual((held, pending), ([keys[0:2]], keys[2:6]))
+        stats = driver.stats()
+        self.assertEqual((stats["tasks_running"], stats["tasks_queued"], stats["batches"]), (2, 4, 1))
+        victim = wait_for_running_pid(driver, keys[0])
+        os.kill(victim, signal.SIGKILL)
+        for key in keys[0:2]:
+            flag, value, message = self.answer(driver, key)
+            self.assertEqual((flag, value), (FAILED, None))
+            self.assertIn(f"the Ray actor running this task's batch of 2 tasks (pid {victim} ", message)
+        # The batches that waited run once, on the replacement.
+        self.assertEqual([self.answer(driver, key) for key in keys[2:]], [(OK, 2 * n, "") for n in (3, 4, 5, 6)])
+        stats = driver.stats()
+        self.assertEqual((stats["tasks_failed"], stats["tasks_done"], stats["batches"]), (2, 4, 3))
+
     def test_stopped_node_fails_its_task_and_the_actor_comes_back_elsewhere(self) -> None:
         assert CLUSTER is not None
         node = CLUSTER.add_worker()
@@ -726,7 +822,7 @@ def running_pid(driver: Driver, key: int) -> int:
     backend: Any = driver._pool
     with backend.lock:
         for actor in backend.actors:
-            if actor.queue and actor.queue[0][0].key == key:
+            if actor.queue and actor.queue[0].tasks[0].key == key:
                 return int(actor.pid)
     return 0
 
