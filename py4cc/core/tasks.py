@@ -119,9 +119,6 @@ class TaskBook:
     """The same, plural, in messages: "worker processes", "Engine actors"."""
     SLOT = "slot"
     """A slot, in events: "worker slot", "actor slot"."""
-    ANNOUNCE_AT_ONCE = False
-    """True: ``complete`` wakes the waiters itself; False: the backend's thread calls
-    ``announce_finished`` before it lets go of the GIL (the local dispatcher)."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -389,7 +386,8 @@ class TaskBook:
 
     def complete(self, task: Task, flag: int, value: object, message: str) -> None:
         """Record a task's answer (once; later answers are ignored); its waiters are woken
-        now (``ANNOUNCE_AT_ONCE``) or by the next ``announce_finished``."""
+        by the next ``announce_finished`` (the backend's thread calls it before it lets go of the
+        lock, once for all the tasks it completed)."""
         if not self.record_answer(task, flag, value, message):
             return
         task.worker = None
@@ -398,8 +396,6 @@ class TaskBook:
             self.expiring[task.key] = when
             self.result_expires(when)
         self.announce.append(task)
-        if self.ANNOUNCE_AT_ONCE:
-            self.announce_finished()
         if self.draining:
             self.drained.notify_all()
 
@@ -600,7 +596,7 @@ class TaskBook:
         self.settle()  # a task whose answer the host has is not failed
         self.closed = True
         # A copy: a host that keeps the answers takes each task off the book as it is
-        # announced, which a backend that announces at once (Ray) does inside complete.
+        # announced.
         for task in list(self.tasks.values()):
             if not task.done:
                 self.failed_by_stop += 1

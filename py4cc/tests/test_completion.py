@@ -194,8 +194,6 @@ class DeliverTest(DriverTestCase):
         self.assertTrue(host.wait_for([timed_out]))
         self.assertEqual(host.answers[timed_out][:2], (2, -1))
         unfinished = [d.submit(*sleeping(30))[1] for _ in range(3)]
-        # As the Ray backend does: each answer announced (and handed over) inside complete.
-        d._pool.ANNOUNCE_AT_ONCE = True
         d.finalize()
         self.assertEqual(d._pool.finished, True)
         for key in unfinished:
