@@ -9,6 +9,7 @@ import select
 import signal
 import threading
 import time
+import types
 import unittest
 from typing import Any
 
@@ -205,6 +206,18 @@ class DeliverTest(DriverTestCase):
             self.make_driver(deliver=lambda answers: None)
         with self.assertRaisesRegex(ValueError, "deliver and host_held go together"):
             self.make_driver(deliver=1, host_held=2)
+
+    def test_a_pipe_reader_comes_whole_and_with_the_host_callbacks(self):
+        reader = types.SimpleNamespace(take=len, drain=len, answered=list, write=len)
+        host = {"deliver": lambda answers: None, "host_held": lambda: 0}
+        refusal = "pipe_reader must be None or have take\\(fd\\), drain\\(fd\\), answered\\(\\) and write"
+        with self.assertRaisesRegex(TypeError, refusal):
+            self.make_driver(pipe_reader=reader, **host)  # it reads in wait_readable: needs one
+        with self.assertRaisesRegex(TypeError, refusal):
+            self.make_driver(pipe_reader=reader, wait_readable=len)  # its answers go to the host's table
+        without_write = types.SimpleNamespace(take=len, drain=len, answered=list)
+        with self.assertRaisesRegex(TypeError, refusal):
+            self.make_driver(pipe_reader=without_write, wait_readable=len, **host)
 
     def test_host_answer_values(self):
         self.assertEqual(host_answer(1, 0, 7, "", True), (1, 0, 7, ""))
