@@ -225,7 +225,10 @@ class Driver(Calls):
         hands a task only to an idle worker (best when tasks are long and uneven:
         a prefetched task cannot move to another worker that frees up sooner). On the Ray
         backend, whose round trip is longer, any ``prefetch`` > 0 lets an actor hold at
-        least 4 calls behind the one it runs (``py4cc.ray.backend.CALLS_AHEAD``).
+        least 4 calls behind the one it runs (``py4cc.ray.backend.CALLS_AHEAD``). With
+        ``prefetch`` > 0, tasks short enough that more of them would all run within 2 ms
+        (``py4cc.core.scheduling.SHORT_QUEUE_S``, at the typical run time) queue deeper: for
+        them the host's round trip per task is the cost.
 
         ``call_method`` (keyword only): the Engine's method that general tasks
         (``submit_call``) call; checked when each worker builds its Engine.

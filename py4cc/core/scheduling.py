@@ -33,6 +33,12 @@ class Runner(Protocol):
 
 R = TypeVar("R", bound=Runner)
 
+SHORT_QUEUE_S = 0.002
+"""A busy worker takes tasks beyond ``prefetch`` while those it holds would take at most this
+long in all at the typical run time: for tasks this short the host's round trip per task is
+the cost, and one more task in the pipe saves it; a long task never waits behind more than
+``prefetch`` others."""
+
 
 def pick_runner(
     runners: Iterable[R],
@@ -46,10 +52,12 @@ def pick_runner(
 
     An idle usable worker if there is one. Else, with ``prefetch`` > 0 (``ahead`` instead
     when given: the Ray backend's pipeline), a busy one: holding at most that many calls
-    behind its current one, with ``room(worker)`` for this task (the local pool's pipe
-    budget), and not one whose current task has already run much longer than usual (it may
-    be a long one: a task queued behind it could not move to a worker that frees up
-    sooner); among those, the one whose current task started first.
+    behind its current one, or more while they would all have run within
+    :data:`SHORT_QUEUE_S` at the typical run time ``avg_run_s``; with ``room(worker)`` for
+    this task (the local pool's pipe budget), and not one whose current task has already
+    run much longer than usual (it may be a long one: a task queued behind it could not move
+    to a worker that frees up sooner); among those, the one whose current task started
+    first.
     """
     busy: list[R] = []
     for runner in runners:
@@ -63,7 +71,9 @@ def pick_runner(
     limit = max(0.002, 4.0 * (avg_run_s if avg_run_s is not None else 0.0))
     best = None
     for runner in busy:
-        if len(runner.queue) > prefetch or now - runner.head_started > limit or not room(runner):
+        held = len(runner.queue)
+        short = avg_run_s is not None and held * avg_run_s <= SHORT_QUEUE_S
+        if (held > prefetch and not short) or now - runner.head_started > limit or not room(runner):
             continue
         if best is None or runner.head_started < best.head_started:
             best = runner
