@@ -316,8 +316,12 @@ class Pool(TaskBook):
         the dispatcher sends it on once the pipe is writable (``flush``); a worker that takes
         in nothing for ``write_stall_bound`` is killed (``Dispatcher._expire``)."""
         was_empty = not worker.outbox
-        worker.outbox.append(memoryview(frame_header(len(message))))
-        worker.outbox.append(memoryview(message))
+        if len(message) < JOIN_BELOW:
+            # One write: the worker wakes once, to the whole message.
+            worker.outbox.append(memoryview(frame_header(len(message)) + message))
+        else:
+            worker.outbox.append(memoryview(frame_header(len(message))))
+            worker.outbox.append(memoryview(message))
         if was_empty:
             worker.write_progress = time.monotonic()
             return self.flush(worker)
@@ -505,6 +509,10 @@ class Pool(TaskBook):
     def on_own_thread(self) -> bool:
         return threading.current_thread() is self.dispatcher
 
+
+JOIN_BELOW = 1 << 16
+"""A message shorter than this goes in one write with its length prefix (a copy); a longer
+one as two writes, uncopied."""
 
 READ_SIZE = 1 << 16
 """The most one read of a worker's pipe takes in."""

@@ -45,3 +45,40 @@ class FramingTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class OneWritePerTaskTest(unittest.TestCase):
+    """``Pool.send``: a task's message and its length go in one write (the worker wakes once,
+    to the whole message); a large one in two, uncopied."""
+
+    def sent(self, message: bytes) -> tuple[list[int], bytes]:
+        from collections import deque
+        from types import SimpleNamespace
+
+        from py4cc.local.pool import Pool
+
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, read_end)
+        self.addCleanup(os.close, write_end)
+        os.set_blocking(write_end, False)
+        writes: list[int] = []
+
+        def write(fd: int, data: memoryview) -> int:
+            writes.append(len(data))
+            return os.write(fd, data)
+
+        pool = SimpleNamespace(write=write)
+        pool.flush = lambda worker: Pool.flush(pool, worker)  # type: ignore[arg-type]
+        worker = SimpleNamespace(outbox=deque(), conn=SimpleNamespace(fileno=lambda: write_end), write_progress=0.0)
+        self.assertTrue(Pool.send(pool, worker, message))  # type: ignore[arg-type]
+        os.set_blocking(read_end, False)
+        return writes, os.read(read_end, 1 << 16)  # what the pipe took in, never waiting
+
+    def test_a_task_is_one_write(self):
+        writes, received = self.sent(b"t" * 100)
+        self.assertEqual((writes, received), ([104], _LENGTH.pack(100) + b"t" * 100))
+
+    def test_a_large_message_goes_uncopied_after_its_length(self):
+        writes, received = self.sent(b"L" * 100_000)
+        self.assertEqual(writes[0], 4)
+        self.assertEqual(received[:8], _LENGTH.pack(100_000) + b"LLLL")
