@@ -405,14 +405,14 @@ unsafe extern "C" fn answered(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::driver::completion::Lookup;
     use crate::driver::package;
     use crate::interpreter::{self, StartOptions};
 
-    /// A pipe: (read end, write end).
-    fn pipe() -> (libc::c_int, libc::c_int) {
+    /// A pipe: (read end, write end). Also for `turn.rs`'s tests.
+    pub(in crate::driver) fn pipe() -> (libc::c_int, libc::c_int) {
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
@@ -424,7 +424,7 @@ mod tests {
         assert_eq!(unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) }, bytes.len() as isize);
     }
 
-    fn close(fd: libc::c_int) {
+    pub(in crate::driver) fn close(fd: libc::c_int) {
         // SAFETY: closes a descriptor this test opened and owns.
         unsafe { libc::close(fd) };
     }

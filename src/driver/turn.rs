@@ -329,20 +329,8 @@ fn answer(fds: &[libc::pollfd]) -> *mut ffi::PyObject {
 mod tests {
     use super::*;
     use crate::driver::completion::Standing;
+    use crate::driver::pipes::tests::{close, pipe};
     use crate::gil::Gil;
-
-    /// A pipe: (read end, write end).
-    fn pipe() -> (libc::c_int, libc::c_int) {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        (fds[0], fds[1])
-    }
-
-    fn close(fd: libc::c_int) {
-        // SAFETY: closes a descriptor this test opened and owns.
-        unsafe { libc::close(fd) };
-    }
 
     #[test]
     fn it_polls_like_select_poll_and_leaves_the_turn_open() -> Result<()> {
