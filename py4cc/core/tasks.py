@@ -431,13 +431,17 @@ class TaskBook:
         for task in finished:
             if self.tasks.get(task.key) is not task:
                 continue  # dropped meanwhile (cancelled, expired)
-            del self.tasks[task.key]
-            self.expiring.pop(task.key, None)
-            self.finished_held -= 1
-            if task.event is not None:
-                task.event.set()
+            self.forget_handed(task)
             answers.append(host_answer(task.key, task.flag, task.value, task.message, task.demo))
         self.deliver(answers)
+
+    def forget_handed(self, task: Task) -> None:
+        """Take a finished task whose answer the host holds off the book (lock held)."""
+        del self.tasks[task.key]
+        self.expiring.pop(task.key, None)
+        self.finished_held -= 1
+        if task.event is not None:
+            task.event.set()
 
     def held(self) -> int:
         """The tasks held (lock held): in the book, and answered to a host that keeps them."""

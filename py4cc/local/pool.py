@@ -167,24 +167,30 @@ class Pool(TaskBook):
         if not answered:
             return
         by_fd = {w.conn.fileno(): w for w in self.workers if not w.conn.closed}
-        batching = self.options.batching is not None
         now = time.monotonic()
         for fd, key, flag, run_s in answered:
             w = by_fd.get(fd)
-            if w is None or not w.queue or w.queue[0].key != key:
-                continue  # not the head of its worker's queue: it was failed meanwhile
-            task = w.queue.popleft()
-            self.avg_run_s = moving_average(self.avg_run_s, run_s)
-            self.run_times.add(run_s)
-            if w.queue and not batching:
-                self.start_head(w, now)
-            if self.tasks.get(key) is task and self.record_answer(task, flag, None, ""):
-                # Its answer is the host's already: forgotten here, as hand_to_host does.
-                del self.tasks[key]
-                self.finished_held -= 1
+            # Settled late: the run time the worker measured is the sample, not the time since.
+            task = None if w is None else self.take_head(w, key, run_s, run_s, now)
+            if task is not None and self.tasks.get(key) is task and self.record_answer(task, flag, None, ""):
                 task.worker = None
+                self.forget_handed(task)  # its answer is the host's already
         if self.draining:
             self.drained.notify_all()
+
+    def take_head(self, w: Worker, key: int, sample_s: float, run_s: float, now: float) -> Task | None:
+        """The head of ``w``'s queue, which answered ``key``, taken off it (lock held), the run
+        time noted (``sample_s`` for the prefetch rule's average, ``run_s`` as the worker
+        measured it), and the next one started; None if ``key`` is not its head (it was
+        failed meanwhile)."""
+        if not w.queue or w.queue[0].key != key:
+            return None
+        task = w.queue.popleft()
+        self.avg_run_s = moving_average(self.avg_run_s, sample_s)
+        self.run_times.add(run_s)
+        if w.queue and self.options.batching is None:  # a batch's tasks started together
+            self.start_head(w, now)
+        return task
 
     def event(self, pid: int, text: str) -> None:
         """Report what happened to worker ``pid`` to the output sink, as an "event" line."""
@@ -712,7 +718,6 @@ class Dispatcher(threading.Thread):
             return False
         if not reports:
             return True
-        batching = pool.options.batching
         # General tasks' answers, unpickled outside the lock (it never raises); a host that
         # keeps the answers gets them pickled, and unpickles them itself.
         if pool.deliver.callback is None:
@@ -723,15 +728,12 @@ class Dispatcher(threading.Thread):
             pool.settle()
             for report in reports:
                 if isinstance(report, Answer):
-                    if w.queue and w.queue[0].key == report.key:
-                        if report.pickled and w.queue[0].demo:  # an int outside i64, pickled
+                    now = time.monotonic()
+                    task = pool.take_head(w, report.key, now - w.head_started, report.run_s, now)
+                    if task is not None:
+                        if report.pickled and task.demo:  # an int outside i64, pickled
                             report = unpickle_answer(report)
-                        now = time.monotonic()
-                        pool.avg_run_s = moving_average(pool.avg_run_s, now - w.head_started)
-                        pool.run_times.add(report.run_s)
-                        pool.complete(w.queue.popleft(), report.flag, report.value, report.message)
-                        if w.queue and batching is None:  # a batch's tasks started together
-                            pool.start_head(w, now)
+                        pool.complete(task, report.flag, report.value, report.message)
                 elif isinstance(report, Ready):
                     if not w.init_timed_out:  # too late: it has been killed already
                         w.make_nonblocking()
