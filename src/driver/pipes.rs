@@ -260,7 +260,7 @@ unsafe extern "C" fn write(
         return std::ptr::null_mut();
     };
     // SAFETY: GIL held; `fd` is one of the call's borrowed arguments.
-    let Some(fd) = (unsafe { fd_argument(fd) }) else {
+    let Some(fd) = (unsafe { fd_argument(fd, c"a file descriptor out of range") }) else {
         return std::ptr::null_mut();
     };
     let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
@@ -304,17 +304,18 @@ unsafe fn reader_and_fd<'call>(
         return None;
     };
     // SAFETY: GIL held; `fd` is one of the call's borrowed arguments.
-    let fd = unsafe { fd_argument(fd) }?;
+    let fd = unsafe { fd_argument(fd, c"a file descriptor out of range") }?;
     // SAFETY: GIL held; `capsule` is the `self` of a function bound by a MethodDef<PipeReader>.
     let reader = unsafe { bound_state::<PipeReader>(capsule) }?;
     Some((reader, fd))
 }
 
-/// A file descriptor passed from Python; None with an exception set.
+/// A file descriptor passed from Python; None with an exception set (an OverflowError that
+/// says `out_of_range` for an int that is not one). Also `wait_readable`'s.
 ///
 /// # Safety
 /// The GIL is held and `fd` is a valid (borrowed) object pointer.
-unsafe fn fd_argument(fd: *mut ffi::PyObject) -> Option<libc::c_int> {
+pub(super) unsafe fn fd_argument(fd: *mut ffi::PyObject, out_of_range: &std::ffi::CStr) -> Option<libc::c_int> {
     // SAFETY: GIL held; `fd` is borrowed; -1 with an exception set if it is not an int that fits.
     let fd = unsafe { ffi::PyLong_AsLong(fd) };
     // SAFETY: GIL held; reads the thread's error indicator.
@@ -325,7 +326,7 @@ unsafe fn fd_argument(fd: *mut ffi::PyObject) -> Option<libc::c_int> {
         // SAFETY: GIL held; reads a static exception type.
         let overflow = unsafe { ffi::PyExc_OverflowError };
         // SAFETY: GIL held; OverflowError is an exception type.
-        unsafe { crate::exception::raise(overflow, c"a file descriptor out of range") };
+        unsafe { crate::exception::raise(overflow, out_of_range) };
         return None;
     };
     Some(fd)
@@ -357,13 +358,8 @@ unsafe extern "C" fn take(
     args: *mut *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
-    // CPython holds the GIL while it calls a C function: this only counts a guard.
-    let gil = Gil::acquire_started();
-    // SAFETY: GIL held; CPython's own arguments for this function.
-    let Some((reader, fd)) = (unsafe { reader_and_fd(capsule, args, nargs) }) else {
-        return std::ptr::null_mut();
-    };
-    waiting_to_python(&gil, reader.take(fd))
+    // SAFETY: CPython's own call of a function bound by TAKE_DEF, with the GIL held.
+    unsafe { waiting_for_fd(capsule, args, nargs, |_, reader, fd| reader.take(fd)) }
 }
 
 /// `drain(fd)`, called by the dispatcher with the GIL held. Never unwinds into C.
@@ -372,15 +368,31 @@ unsafe extern "C" fn drain(
     args: *mut *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
+    // Reads without the GIL: a pipe of an exited worker never blocks, but may hold a lot.
+    // SAFETY: CPython's own call of a function bound by DRAIN_DEF, with the GIL held.
+    unsafe { waiting_for_fd(capsule, args, nargs, |gil, reader, fd| gil.release_during(|| reader.drain(fd))) }
+}
+
+/// The body of `take` and `drain`: `(messages, ended)` for the fd they were called with, as
+/// `waiting` finds them; NULL with an exception set for bad arguments.
+///
+/// # Safety
+/// The GIL is held and the arguments are what CPython passed to a function bound by a
+/// `MethodDef<PipeReader>`.
+unsafe fn waiting_for_fd(
+    capsule: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    waiting: impl FnOnce(&Gil, &PipeReader, libc::c_int) -> (Vec<Vec<u8>>, bool),
+) -> *mut ffi::PyObject {
     // CPython holds the GIL while it calls a C function: this only counts a guard.
     let gil = Gil::acquire_started();
-    // SAFETY: GIL held; CPython's own arguments for this function.
+    // SAFETY: GIL held; CPython's own arguments for this function (the caller's guarantee).
     let Some((reader, fd)) = (unsafe { reader_and_fd(capsule, args, nargs) }) else {
         return std::ptr::null_mut();
     };
-    // Reads without the GIL: a pipe of an exited worker never blocks, but may hold a lot.
-    let waiting = gil.release_during(|| reader.drain(fd));
-    waiting_to_python(&gil, waiting)
+    let found = waiting(&gil, reader, fd);
+    waiting_to_python(&gil, found)
 }
 
 /// `answered()`, called by py4cc with the GIL and its pool's lock held. Never unwinds into C.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use pyo3_ffi as ffi;
 
-use super::pipes::PipeReader;
+use super::pipes::{PipeReader, fd_argument};
 use crate::callback::{MethodDef, bound_state, fastcall_args};
 use crate::error::Result;
 use crate::exception::raise;
@@ -194,22 +194,11 @@ unsafe fn add_fds(fds: *mut ffi::PyObject, events: libc::c_short, pollfds: &mut 
         if item.is_null() {
             return None;
         }
-        // SAFETY: GIL held; `item` is the new reference just made; -1 with an exception set
-        // when it is not an int that fits.
-        let fd = unsafe { ffi::PyLong_AsLong(item) };
+        // SAFETY: GIL held; `item` is the new reference just made, alive for the call.
+        let fd = unsafe { fd_argument(item, c"wait_readable: a file descriptor out of range") };
         // SAFETY: releases the new reference from PySequence_GetItem, GIL held.
         unsafe { ffi::Py_DecRef(item) };
-        // SAFETY: GIL held; reads the thread's error indicator.
-        if fd == -1 && !unsafe { ffi::PyErr_Occurred() }.is_null() {
-            return None;
-        }
-        let Ok(fd) = libc::c_int::try_from(fd) else {
-            // SAFETY: GIL held; reads a static exception type.
-            let overflow = unsafe { ffi::PyExc_OverflowError };
-            // SAFETY: GIL held; OverflowError is an exception type.
-            unsafe { raise(overflow, c"wait_readable: a file descriptor out of range") };
-            return None;
-        };
+        let fd = fd?;
         match pollfds.iter_mut().find(|pollfd| pollfd.fd == fd) {
             Some(pollfd) => pollfd.events |= events,
             None => pollfds.push(libc::pollfd { fd, events, revents: 0 }),
