@@ -784,7 +784,7 @@ class Dispatcher(threading.Thread):
             if w in pool.workers:
                 pool.workers.remove(w)
             pool.requeue_unstarted(w)
-            cause = death_cause(w, exitcode, pool.options.task_timeout, pool.options.init_timeout)
+            cause = w.death_cause(exitcode, pool.options.task_timeout, pool.options.init_timeout)
             pool.counters.worker_deaths += 1
             pool.counters.last_death_cause = f"worker process {w.pid} {cause}"
             lost = [w.queue.popleft() for _ in range(pool.running_count(w))]
@@ -883,20 +883,6 @@ class Dispatcher(threading.Thread):
                 pool.event(w.pid, f"not ready within init_timeout ({init_timeout:g} s): killing it")
                 w.signal(signal.SIGKILL)
                 # Its exit shows up on its pidfd; _reap then notes the failed start.
-
-
-def death_cause(w: Worker, exitcode: int | None, task_timeout: float | None, init_timeout: float | None) -> str:
-    """How worker ``w`` died, in words, for stats and events."""
-    how = f"exited with {exit_text(exitcode)}"
-    if w.timed_out and task_timeout is not None:
-        return f"{how}, killed because its task ran past task_timeout ({task_timeout:g} s)"
-    if w.init_timed_out and init_timeout is not None:
-        return f"{how}, killed because it was not ready within init_timeout ({init_timeout:g} s)"
-    if w.stalled:
-        return f"{how}, killed because its pipe did not drain"
-    if w.failure is not None:
-        return f"{how} after its engine failed to initialise"
-    return how
 
 
 def stop_all_pools() -> None:

@@ -110,6 +110,19 @@ class Worker:
             return None  # the status pipe's EOF, not an exit code
         return code
 
+    def death_cause(self, exitcode: int | None, task_timeout: float | None, init_timeout: float | None) -> str:
+        """How this worker died, in words, for stats and events."""
+        how = f"exited with {exit_text(exitcode)}"
+        if self.timed_out and task_timeout is not None:
+            return f"{how}, killed because its task ran past task_timeout ({task_timeout:g} s)"
+        if self.init_timed_out and init_timeout is not None:
+            return f"{how}, killed because it was not ready within init_timeout ({init_timeout:g} s)"
+        if self.stalled:
+            return f"{how}, killed because its pipe did not drain"
+        if self.failure is not None:
+            return f"{how} after its engine failed to initialise"
+        return how
+
     def release(self) -> None:
         """Close this worker's pipe end, pidfd and process handle (it has exited); never raises."""
         if self.pidfd is not None:
