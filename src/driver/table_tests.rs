@@ -10,33 +10,38 @@ use super::{Driver, DriverOptions, ResultStatus, SubmitStatus};
 
 #[test]
 fn the_table_forgets_every_key_py4cc_forgets() {
+    // py4cc's test SleepEngine (sleeps `float_features[0]` s, answers `int_feature`), so that
+    // the future dropped below is certainly pending: one worker runs the tasks in order.
     let driver = Driver::new(DriverOptions {
+        engine: "py4cc_user_engines:SleepEngine".into(),
+        python_path: vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("py4cc/tests/engines")],
         n_subprocesses: 1,
         max_tasks: 8,
         result_ttl: Some(Duration::from_millis(300)),
         ..Default::default()
     })
     .unwrap();
-    driver.initialize("{}", &["a"], &["b"]).unwrap();
-    // Six tasks of the demo model, answering 30 + 70 + n; cancelled ones may be in any state.
+    driver.initialize("{}", &["seconds"], &["unused"]).unwrap();
+    let seconds = [0.3, 0.0, 0.0, 0.5, 0.0, 0.0];
     let keys: Vec<i64> = (0..6)
         .map(|n| {
-            let receipt = driver.submit(&[30.0], &["x".repeat(70)], n);
+            let receipt = driver.submit(&[seconds[n]], &[""], 100 + n as i64);
             assert_eq!(receipt.status, SubmitStatus::Accepted, "{receipt:?}");
             receipt.key
         })
         .collect();
     assert_eq!((driver.held_tasks().unwrap(), driver.tracked_tasks()), (6, 6));
-    // Cancelled while queued or running; collected; a future dropped while pending (which
-    // cancels); waited for; abandoned (it expires).
+    // Cancelled while queued or running; a future dropped while pending (which cancels);
+    // collected; waited for; abandoned (it expires).
     assert!(driver.cancel(keys[1]));
     assert!(driver.cancel(keys[2]));
-    let done = driver.wait(keys[0], Duration::from_secs(30));
-    assert_eq!((done.status, done.value), (ResultStatus::Done, 100));
     {
         let mut future = pin!(driver.wait_async(keys[3]));
-        let _ = future.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        let polled = future.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        assert!(polled.is_pending(), "task 3 runs after task 0's 0.3 s and sleeps 0.5 s: {polled:?}");
     }
+    let done = driver.wait(keys[0], Duration::from_secs(30));
+    assert_eq!((done.status, done.value), (ResultStatus::Done, 100));
     let waited = driver.wait(keys[4], Duration::from_secs(30));
     assert_eq!((waited.status, waited.value), (ResultStatus::Done, 104));
     let refused = driver.retrieve(keys[3]);
