@@ -630,11 +630,13 @@ unsafe extern "C" fn host_held(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    struct CountWakes(AtomicUsize);
+    /// A waker's state that counts its wakes.
+    #[derive(Default)]
+    pub(crate) struct CountWakes(pub(crate) AtomicUsize);
 
     impl Wake for CountWakes {
         fn wake(self: Arc<Self>) {

@@ -587,6 +587,7 @@ impl Driver {
             // py4cc's finalize never raises; were it to, there is nothing left to undo.
             let _ = self.python.driver.bind(&gil).call_method(method::FINALIZE, (), ());
         }
+        self.turn.wake_deferred(); // its dispatcher has stopped
     }
 
     /// Stops accepting tasks, lets the held ones finish for up to `timeout`, then finalizes.

@@ -58,6 +58,9 @@ struct ReaderState {
     for_python: HashMap<libc::c_int, (Vec<Vec<u8>>, bool)>,
     /// Answers delivered and not settled by py4cc yet, in the order they came.
     answered: Vec<Settled>,
+    /// The waiters of answers read while py4cc had tasks to send: woken once it has sent
+    /// them (see [`PipeReader::wake_deferred`]).
+    deferred: Vec<std::task::Waker>,
 }
 
 impl PipeReader {
@@ -67,8 +70,9 @@ impl PipeReader {
     }
 
     /// One read of `fd` (which poll found readable, or ended): its answers go to the table;
-    /// whether py4cc must look at `fd` (messages for it, or the pipe's end).
-    pub(crate) fn read_once(&self, fd: libc::c_int) -> bool {
+    /// whether py4cc must look at `fd` (messages for it, or the pipe's end). With `defer`,
+    /// their waiters are woken by the next [`wake_deferred`](Self::wake_deferred), not here.
+    pub(crate) fn read_once(&self, fd: libc::c_int, defer: bool) -> bool {
         let mut buffer = [0_u8; READ_SIZE];
         let count = loop {
             // SAFETY: reads at most `buffer.len()` bytes into a live buffer of that length.
@@ -115,11 +119,24 @@ impl PipeReader {
             let woken = {
                 let mut state = self.state.lock();
                 state.answered.extend(settled);
-                self.completions.deliver_read(answers.into_iter().map(|(key, answer, _)| (key, answer)).collect())
+                let mut woken =
+                    self.completions.deliver_read(answers.into_iter().map(|(key, answer, _)| (key, answer)).collect());
+                if defer {
+                    state.deferred.append(&mut woken);
+                }
+                woken
             };
             woken.into_iter().for_each(std::task::Waker::wake);
         }
         for_python
+    }
+
+    /// Wakes the waiters of answers read with `defer`. Their answers are in the table from the
+    /// read on (a caller that looks finds its own); only the wake waits, so that the threads it
+    /// starts do not compete with the dispatcher while it sends the workers their next tasks.
+    pub(crate) fn wake_deferred(&self) {
+        let deferred = std::mem::take(&mut self.state.lock().deferred);
+        deferred.into_iter().for_each(std::task::Waker::wake);
     }
 
     /// What waits for py4cc from `fd`: its messages, and whether it has ended.
@@ -131,7 +148,7 @@ impl PipeReader {
     /// exited): what waits for py4cc, as [`take`](Self::take).
     fn drain(&self, fd: libc::c_int) -> (Vec<Vec<u8>>, bool) {
         while readable_now(fd) {
-            self.read_once(fd);
+            self.read_once(fd, false);
             if self.state.lock().for_python.get(&fd).is_some_and(|waiting| waiting.1) {
                 break;
             }
@@ -534,13 +551,13 @@ pub(super) mod tests {
         bytes.extend(framed(b"\x80\x05N.")); // a pickle: for py4cc
         bytes.extend(&framed(&python_frame("8, 2, -1, 'boom'"))[..10]); // the start of one more
         write_all(write_end, &bytes);
-        assert!(reader.read_once(read_end), "a message waits for py4cc");
+        assert!(reader.read_once(read_end, false), "a message waits for py4cc");
         assert_eq!(completions.held(), 0, "read, not settled: py4cc's book still counts it");
         assert!(matches!(completions.take(7), Lookup::Answered(Answer { value: AnswerValue::Int(42), .. })));
         assert_eq!(reader.take(read_end), (vec![b"\x80\x05N.".to_vec()], false));
         assert_eq!(reader.take(read_end), (Vec::new(), false), "taken once");
         write_all(write_end, &framed(&python_frame("8, 2, -1, 'boom'"))[10..]);
-        assert!(!reader.read_once(read_end), "only an answer: nothing for py4cc");
+        assert!(!reader.read_once(read_end, false), "only an answer: nothing for py4cc");
         assert_eq!(completions.held(), 0);
         assert_eq!(reader.answered(), [(read_end, 7, 0, 0.0), (read_end, 8, 2, 0.0)]);
         assert_eq!(completions.held(), 1, "settled: 8 is the host's to count now");
@@ -559,7 +576,7 @@ pub(super) mod tests {
         completions.accepted(5);
         completions.forget(5); // py4cc cancelled it while its worker ran it
         write_all(write_end, &framed(&python_frame("5, 0, 3, ''")));
-        assert!(!reader.read_once(read_end));
+        assert!(!reader.read_once(read_end, false));
         assert_eq!(completions.take(5), Lookup::Unknown);
         assert_eq!(reader.answered(), [(read_end, 5, 0, 0.0)], "py4cc still takes it off its worker");
         assert_eq!(completions.held(), 0, "no place is lost to it");

@@ -67,6 +67,12 @@ impl DispatcherTurn {
         while *taking && !self.taken.wait_until(&mut taking, deadline).timed_out() {}
     }
 
+    /// Wakes the waiters whose answers were read while py4cc had tasks to send (it wakes them
+    /// itself when it next waits); for a dispatcher that will not wait again (finalized).
+    pub(crate) fn wake_deferred(&self) {
+        self.reader.wake_deferred();
+    }
+
     /// The C function to hand to py4cc as its dispatcher's `wait_readable(fds, timeout_ms)`.
     pub(crate) fn function<'py>(self: &Arc<Self>, gil: GilToken<'py>) -> Result<Object<'py>> {
         WAIT_DEF.bind(gil, Arc::clone(self))
@@ -159,6 +165,8 @@ unsafe extern "C" fn wait_readable(
     };
     // SAFETY: GIL held by this thread, released here and taken back below on every path.
     let thread_state = unsafe { ffi::PyEval_SaveThread() };
+    // py4cc is back in its wait: it has sent what waited for a worker.
+    turn.reader.wake_deferred();
     let ready = poll_and_read(&mut fds, timeout_ms, &pipes, eager, &turn.reader);
     *turn.taking_gil.lock() = true;
     // SAFETY: the state PyEval_SaveThread returned on this thread; takes the GIL back.
@@ -236,7 +244,8 @@ fn poll_and_read(
                 continue;
             }
             answered = true;
-            if reader.read_once(pollfd.fd) {
+            // While py4cc has tasks to send, their waiters wake once it has sent them.
+            if reader.read_once(pollfd.fd, eager) {
                 for_python = true;
             } else {
                 // Only answers: py4cc need not look at this pipe. A POLLOUT stays.
@@ -448,6 +457,53 @@ mod tests {
         let four = wait.call((vec![pipe_read], 0, &no_write_fds, vec![pipe_read]), ()).unwrap_err();
         assert_eq!(four.python_type(), Some("TypeError"));
         for fd in [pipe_read, pipe_write, other, other_writer] {
+            close(fd);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn answers_read_while_eager_wake_their_waiters_when_the_dispatcher_waits_again() -> Result<()> {
+        use crate::driver::completion::tests::CountWakes;
+        use std::sync::atomic::Ordering;
+        use std::task::{Context, Waker};
+        let completions = Arc::new(crate::driver::completion::Completions::new(None));
+        let turn = Arc::new(DispatcherTurn::new(Arc::new(PipeReader::new(Arc::clone(&completions)))));
+        let gil = Gil::acquire()?;
+        let wait = turn.function(gil.token())?;
+        let (pipe_read, pipe_write) = pipe();
+        let write = |bytes: &[u8]| {
+            // SAFETY: writes from a live buffer of that length to a pipe this test owns.
+            assert_eq!(unsafe { libc::write(pipe_write, bytes.as_ptr().cast(), bytes.len()) }, bytes.len() as isize);
+        };
+        let wakes = Arc::new(CountWakes::default());
+        let waker = Waker::from(Arc::clone(&wakes));
+        for key in 3..6 {
+            completions.accepted(key);
+            assert!(completions.poll(key, &Context::from_waker(&waker)).is_pending());
+        }
+        let woken = || wakes.0.load(Ordering::SeqCst);
+        let no_write_fds: Vec<i32> = Vec::new();
+        write(&answer_frame(3));
+        let eager: Vec<(i64, i64)> =
+            wait.call((vec![pipe_read], 5000.0, &no_write_fds, vec![pipe_read], true), ())?.extract()?;
+        assert!(eager.is_empty(), "{eager:?}");
+        assert_eq!(completions.standing(3), Standing::Settled, "the answer is in the table at once");
+        assert_eq!(woken(), 0, "its waiter wakes once py4cc has sent the tasks that wait");
+        // The next wait wakes it on entry; a lazy wait wakes at once what it reads.
+        write(&answer_frame(4));
+        let lazy: Vec<(i64, i64)> =
+            wait.call((vec![pipe_read], 20.0, &no_write_fds, vec![pipe_read], false), ())?.extract()?;
+        assert!(lazy.is_empty(), "{lazy:?}");
+        assert_eq!(woken(), 2);
+        // A dispatcher that will not wait again (finalized): the Driver wakes them.
+        write(&answer_frame(5));
+        let _: Vec<(i64, i64)> =
+            wait.call((vec![pipe_read], 5000.0, &no_write_fds, vec![pipe_read], true), ())?.extract()?;
+        assert_eq!((woken(), completions.standing(5)), (2, Standing::Settled));
+        turn.wake_deferred();
+        assert_eq!(woken(), 3);
+        for fd in [pipe_read, pipe_write] {
             close(fd);
         }
         Ok(())
