@@ -274,7 +274,7 @@ class Driver(Calls):
 
         ``pipe_reader`` (keyword only, with ``wait_readable``, ``deliver`` and
         ``host_held``): a host that reads the workers' pipes itself. The dispatcher then
-        calls ``wait_readable(fds, timeout_ms, write_fds, pipes, eager)``, which reads the
+        calls ``wait_readable(fds, timeout_ms, write_fds, pipes, eager, hold_wakes)``, which reads the
         ``pipes`` (the workers') with the GIL released, hands each answer to the host's
         table itself, and reports a pipe only when something else came (``Ready``, the
         pipe's end): ``pipe_reader.take(fd)`` gives those messages, ``pipe_reader.drain(fd)``
@@ -282,7 +282,9 @@ class Driver(Calls):
         answers read since the last call, ``[(fd, key, flag, run_s)]``, for the pool to take
         off its book; ``pipe_reader.write(fd, data)`` is ``os.write`` without letting the GIL
         go (the pipes are non-blocking). With ``eager`` false it returns only when something other than answers
-        happens (no task waits for a worker, so nothing is to be done on an answer).
+        happens (no task waits for a worker, so nothing is to be done on an answer). With
+        ``hold_wakes`` true (batching) it wakes the waiters of the answers it reads at its
+        next call, once the pool has sent the workers their next batches.
 
         ``backend`` (keyword only): ``"local"`` runs the Engines in worker processes of
         this machine; ``"ray"`` runs each as an actor on a Ray cluster

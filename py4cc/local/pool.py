@@ -611,7 +611,7 @@ class Dispatcher(threading.Thread):
                 eager = bool(pool.pending) or pool.draining or batching or task_timeout is not None
             if reader is not None and wait_readable is not None:
                 pipes = [fd for fd, (is_pipe, _) in watched.items() if is_pipe]
-                ready = wait_readable([wake_fd, *watched], timeout, sorted(writers), pipes, eager)
+                ready = wait_readable([wake_fd, *watched], timeout, sorted(writers), pipes, eager, batching)
             elif wait_readable is None:
                 ready = poller.poll(timeout)
             elif writers:

@@ -82,11 +82,11 @@ impl DispatcherTurn {
 static WAIT_DEF: MethodDef<DispatcherTurn> = MethodDef::fastcall(
     c"wait_readable",
     wait_readable,
-    c"wait_readable(fds, timeout_ms[, write_fds[, pipes, eager]]): poll(2) fds for input, write_fds \
+    c"wait_readable(fds, timeout_ms[, write_fds[, pipes, eager[, hold_wakes]]]): poll(2) fds for input, write_fds \
       for output, the GIL released, reading the workers' pipes itself; [(fd, revents)].",
 );
 
-/// `wait_readable(fds, timeout_ms[, write_fds[, pipes, eager]])`: `poll(2)` on `fds` (a
+/// `wait_readable(fds, timeout_ms[, write_fds[, pipes, eager[, hold_wakes]]])`: `poll(2)` on `fds` (a
 /// sequence of ints) for input, and on `write_fds` for output (the pool's pipes with bytes
 /// waiting to go), up to `timeout_ms` (a number, or None for no limit), with the GIL
 /// released; answers the ready ones as a list of `(fd, revents)`, as `select.poll().poll`
@@ -95,16 +95,21 @@ static WAIT_DEF: MethodDef<DispatcherTurn> = MethodDef::fastcall(
 /// `pipes` (some of `fds`: the workers' pipes) are read here, by the turn's [`PipeReader`]:
 /// a pipe is in the answer only if something there waits for py4cc (`take(fd)`). When only
 /// answers came, it returns at once if `eager` is true (py4cc has work to do on them: tasks
-/// wait for a worker), else it waits on: the answers are settled by py4cc later.
+/// wait for a worker), else it waits on: the answers are settled by py4cc later. With
+/// `hold_wakes` true (py4cc batches), the waiters of the answers read while `eager` are woken
+/// when it is next called: after py4cc has sent the workers their next batches, which the
+/// woken threads would otherwise compete with for the CPU.
 unsafe extern "C" fn wait_readable(
     capsule: *mut ffi::PyObject,
     args: *mut *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
-    // The fds to wait on for output, then the pipes to read and whether to return on answers.
+    // The fds to wait on for output, then the pipes to read, whether to return on answers
+    // and whether to hold their wakes.
     let expected = match nargs {
         3 => 3,
         5 => 5,
+        6 => 6,
         _ => 2,
     };
     // SAFETY: GIL held (CPython calls us with it); these are the call's own arguments.
@@ -113,7 +118,7 @@ unsafe extern "C" fn wait_readable(
             args,
             nargs,
             expected,
-            c"wait_readable(fds, timeout_ms[, write_fds[, pipes, eager]]) takes 2, 3 or 5 arguments",
+            c"wait_readable(fds, timeout_ms[, write_fds[, pipes, eager[, hold_wakes]]]) takes 2, 3, 5 or 6 arguments",
         )
     }) else {
         return std::ptr::null_mut();
@@ -136,7 +141,8 @@ unsafe extern "C" fn wait_readable(
     }
     let mut pipes = Vec::new();
     let mut eager = true;
-    if expected == 5 {
+    let mut hold_wakes = false;
+    if expected >= 5 {
         // SAFETY: GIL held; args[3] is borrowed for the call. Its events are not used: a
         // pipe is polled for input because it is one of `fds`.
         if unsafe { add_fds(args[3], 0, &mut pipes) }.is_none() {
@@ -144,6 +150,13 @@ unsafe extern "C" fn wait_readable(
         }
         // SAFETY: GIL held; args[4] is borrowed; -1 means its __bool__ raised (left set).
         eager = match unsafe { ffi::PyObject_IsTrue(args[4]) } {
+            -1 => return std::ptr::null_mut(),
+            truth => truth == 1,
+        };
+    }
+    if expected == 6 {
+        // SAFETY: as above, for args[5].
+        hold_wakes = match unsafe { ffi::PyObject_IsTrue(args[5]) } {
             -1 => return std::ptr::null_mut(),
             truth => truth == 1,
         };
@@ -167,7 +180,7 @@ unsafe extern "C" fn wait_readable(
     let thread_state = unsafe { ffi::PyEval_SaveThread() };
     // py4cc is back in its wait: it has sent what waited for a worker.
     turn.reader.wake_deferred();
-    let ready = poll_and_read(&mut fds, timeout_ms, &pipes, eager, &turn.reader);
+    let ready = poll_and_read(&mut fds, timeout_ms, &pipes, (eager, eager && hold_wakes), &turn.reader);
     *turn.taking_gil.lock() = true;
     // SAFETY: the state PyEval_SaveThread returned on this thread; takes the GIL back.
     unsafe { ffi::PyEval_RestoreThread(thread_state) };
@@ -216,13 +229,14 @@ unsafe fn add_fds(fds: *mut ffi::PyObject, events: libc::c_short, pollfds: &mut 
 }
 
 /// `poll(2)` on `fds`, reading the ready ones of `pipes` with `reader`; polls again while
-/// only answers came and not `eager` (within what is left of `timeout_ms`). A pipe stays
-/// ready in `fds` only if something there waits for py4cc.
+/// only answers came and not `eager` (within what is left of `timeout_ms`); with `hold_wakes`,
+/// the answers' waiters wake at the next call. A pipe stays ready in `fds` only if something
+/// there waits for py4cc.
 fn poll_and_read(
     fds: &mut [libc::pollfd],
     timeout_ms: libc::c_int,
     pipes: &[libc::c_int],
-    eager: bool,
+    (eager, hold_wakes): (bool, bool),
     reader: &PipeReader,
 ) -> std::result::Result<(), libc::c_int> {
     let deadline = (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
@@ -244,8 +258,7 @@ fn poll_and_read(
                 continue;
             }
             answered = true;
-            // While py4cc has tasks to send, their waiters wake once it has sent them.
-            if reader.read_once(pollfd.fd, eager) {
+            if reader.read_once(pollfd.fd, hold_wakes) {
                 for_python = true;
             } else {
                 // Only answers: py4cc need not look at this pipe. A POLLOUT stays.
@@ -463,7 +476,7 @@ mod tests {
     }
 
     #[test]
-    fn answers_read_while_eager_wake_their_waiters_when_the_dispatcher_waits_again() -> Result<()> {
+    fn answers_read_with_wakes_held_wake_their_waiters_when_the_dispatcher_waits_again() -> Result<()> {
         use crate::driver::completion::tests::CountWakes;
         use std::sync::atomic::Ordering;
         use std::task::{Context, Waker};
@@ -478,7 +491,7 @@ mod tests {
         };
         let wakes = Arc::new(CountWakes::default());
         let waker = Waker::from(Arc::clone(&wakes));
-        for key in 3..6 {
+        for key in 3..7 {
             completions.accepted(key);
             assert!(completions.poll(key, &Context::from_waker(&waker)).is_pending());
         }
@@ -486,23 +499,32 @@ mod tests {
         let no_write_fds: Vec<i32> = Vec::new();
         write(&answer_frame(3));
         let eager: Vec<(i64, i64)> =
-            wait.call((vec![pipe_read], 5000.0, &no_write_fds, vec![pipe_read], true), ())?.extract()?;
+            wait.call((vec![pipe_read], 5000.0, &no_write_fds, vec![pipe_read], true, true), ())?.extract()?;
         assert!(eager.is_empty(), "{eager:?}");
         assert_eq!(completions.standing(3), Standing::Settled, "the answer is in the table at once");
-        assert_eq!(woken(), 0, "its waiter wakes once py4cc has sent the tasks that wait");
-        // The next wait wakes it on entry; a lazy wait wakes at once what it reads.
+        assert_eq!(woken(), 0, "its waiter wakes once py4cc has sent the next batches");
+        // The next wait wakes it on entry; a lazy wait wakes at once what it reads (holding
+        // wakes is for an eager wait only).
         write(&answer_frame(4));
         let lazy: Vec<(i64, i64)> =
-            wait.call((vec![pipe_read], 20.0, &no_write_fds, vec![pipe_read], false), ())?.extract()?;
+            wait.call((vec![pipe_read], 20.0, &no_write_fds, vec![pipe_read], false, true), ())?.extract()?;
         assert!(lazy.is_empty(), "{lazy:?}");
         assert_eq!(woken(), 2);
         // A dispatcher that will not wait again (finalized): the Driver wakes them.
         write(&answer_frame(5));
         let _: Vec<(i64, i64)> =
-            wait.call((vec![pipe_read], 5000.0, &no_write_fds, vec![pipe_read], true), ())?.extract()?;
+            wait.call((vec![pipe_read], 5000.0, &no_write_fds, vec![pipe_read], true, true), ())?.extract()?;
         assert_eq!((woken(), completions.standing(5)), (2, Standing::Settled));
         turn.wake_deferred();
         assert_eq!(woken(), 3);
+        // Eager without holding wakes (no batching): woken at once.
+        write(&answer_frame(6));
+        let _: Vec<(i64, i64)> =
+            wait.call((vec![pipe_read], 5000.0, &no_write_fds, vec![pipe_read], true), ())?.extract()?;
+        assert_eq!(woken(), 4);
+        let no_truth = gil.eval("type('NoTruth', (), {'__bool__': lambda self: 1 / 0})()")?;
+        let not_a_truth = wait.call((vec![pipe_read], 0, &no_write_fds, vec![pipe_read], true, &no_truth), ());
+        assert_eq!(not_a_truth.unwrap_err().python_type(), Some("ZeroDivisionError"));
         for fd in [pipe_read, pipe_write] {
             close(fd);
         }
