@@ -135,3 +135,35 @@ fn without_batching_no_batch_is_counted_and_a_bad_batching_is_refused_at_initial
         other => panic!("expected py4cc's ValueError, got {other:?}"),
     }
 }
+
+#[test]
+fn a_caller_whose_answer_came_is_woken_when_the_dispatcher_then_crashes() {
+    // With batching the host holds the wakes of the answers it reads until the dispatcher next
+    // waits. A dispatcher that crashes instead (a bug: injected here, for this Driver alone,
+    // once it has one answer) must still wake them, not leave them to their timeouts.
+    let batching = Batching { max_size: 1, max_wait: Duration::from_micros(1234) };
+    let driver = Driver::new(options("py4cc.engine:Engine", Some(batching))).unwrap();
+    driver.initialize("{}", &FLOAT_NAMES, &STR_NAMES).unwrap();
+    rs4py::Gil::acquire()
+        .unwrap()
+        .run(
+            "import py4cc.local.pool as pool_module\n\
+             if not hasattr(pool_module.Pool, 'unbroken_dispatch_batches'):\n\
+             \x20   pool_module.Pool.unbroken_dispatch_batches = pool_module.Pool.dispatch_batches\n\
+             \x20   def dispatch_batches(self, *args):\n\
+             \x20       if self.options.batching == (1, 0.001234) and self.counters.tasks_done >= 1:\n\
+             \x20           raise RuntimeError('injected: a bug in the dispatcher')\n\
+             \x20       return self.unbroken_dispatch_batches(*args)\n\
+             \x20   pool_module.Pool.dispatch_batches = dispatch_batches\n",
+        )
+        .unwrap();
+    let receipt = driver.submit(&[1.5, -2.25], &["ab"], 3);
+    assert_eq!(receipt.status, SubmitStatus::Accepted, "{receipt:?}");
+    let start = std::time::Instant::now();
+    let result = driver.wait(receipt.key, PATIENCE);
+    let expected = big_model(&[1.5, -2.25], &["ab"], 3).expect("the model answers this row");
+    assert_eq!((result.status, result.value), (ResultStatus::Done, expected), "{result:?}");
+    assert!(start.elapsed() < PATIENCE / 2, "woken, not timed out: {:?}", start.elapsed());
+    let refused = driver.submit(&[1.5, -2.25], &["ab"], 4);
+    assert!(refused.message.contains("dispatcher thread crashed"), "the bug is reported: {refused:?}");
+}

@@ -42,6 +42,7 @@ it go while it polls. The last pool to stop stops the forkserver py4cc started.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import itertools
 import multiprocessing
@@ -549,6 +550,13 @@ class Dispatcher(threading.Thread):
                     pool.complete(task, FAILED, -1, pool.broken)
                 pool.pending.clear()
                 pool.announce_finished()
+        finally:
+            # A host holding the wakes of answers it read (hold_wakes) gives them at its next
+            # call of wait_readable: this is the last.
+            wait_readable = self.pool.options.wait_readable
+            with contextlib.suppress(BaseException):
+                if wait_readable is not None:
+                    wait_readable([], 0)
 
     def _loop(self) -> None:
         pool = self.pool
