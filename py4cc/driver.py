@@ -284,7 +284,8 @@ class Driver(Calls):
         go (the pipes are non-blocking). With ``eager`` false it returns only when something other than answers
         happens (no task waits for a worker, so nothing is to be done on an answer). With
         ``hold_wakes`` true (batching) it wakes the waiters of the answers it reads at its
-        next call, once the pool has sent the workers their next batches.
+        next call, once the pool has sent the workers their next batches (the dispatcher
+        calls ``wait_readable([], 0)`` once more as it ends, even after a crash).
 
         ``backend`` (keyword only): ``"local"`` runs the Engines in worker processes of
         this machine; ``"ray"`` runs each as an actor on a Ray cluster
