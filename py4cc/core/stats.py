@@ -111,7 +111,7 @@ class Book(Protocol):
     expired: int
     batch_stats: BatchStats
 
-    def held(self) -> int: ...
+    def held(self, settle: bool = True) -> int: ...
 
 
 def task_stats(
@@ -130,7 +130,9 @@ def task_stats(
     """The stats dict of any backend (lock held), in the contract's key order: what its
     tasks' book holds, plus what the backend counted of its workers."""
     counters = book.counters
-    held = book.held()  # once: a host's count may move between two calls
+    # Once, and not settled: settling now would move a task the caller counted as running
+    # to the host's finished answers, counting it twice.
+    held = book.held(settle=False)
     values = {
         "state": state,
         "tasks_held": held,

@@ -443,9 +443,12 @@ class TaskBook:
         if task.event is not None:
             task.event.set()
 
-    def held(self) -> int:
-        """The tasks held (lock held): in the book, and answered to a host that keeps them."""
-        self.settle()
+    def held(self, settle: bool = True) -> int:
+        """The tasks held (lock held): in the book, and answered to a host that keeps them.
+        ``settle=False`` counts the book as it stands (a host's answers not settled yet are
+        the book's), for a count that must agree with others made from it just before."""
+        if settle:
+            self.settle()
         return len(self.tasks) + self.deliver.held()
 
     # -- dropping tasks -----------------------------------------------------------------
