@@ -110,6 +110,19 @@ pub(crate) unsafe fn fastcall_args<'call>(
     Some(unsafe { std::slice::from_raw_parts(args, expected) })
 }
 
+/// An argument's truth, as Python's `bool(argument)`; None with the exception its `__bool__`
+/// raised left set.
+///
+/// # Safety
+/// The GIL is held and `argument` is a valid (borrowed) object pointer.
+pub(crate) unsafe fn truth_argument(argument: *mut ffi::PyObject) -> Option<bool> {
+    // SAFETY: GIL held and `argument` borrowed (the caller's guarantee); -1 means raised.
+    match unsafe { ffi::PyObject_IsTrue(argument) } {
+        -1 => None,
+        truth => Some(truth == 1),
+    }
+}
+
 /// A capsule's destructor: gives back the state's strong count.
 unsafe extern "C" fn release<T>(capsule: *mut ffi::PyObject) {
     // SAFETY: CPython calls this once, with the GIL held, for a capsule made by `bind` under

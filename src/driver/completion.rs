@@ -41,7 +41,7 @@ use parking_lot::Mutex;
 use pyo3_ffi as ffi;
 
 use crate::Bytes;
-use crate::callback::{MethodDef, bound_state, fastcall_args};
+use crate::callback::{MethodDef, bound_state, fastcall_args, truth_argument};
 use crate::error::Result;
 use crate::gil::{Gil, GilToken};
 use crate::object::Object;
@@ -540,10 +540,9 @@ unsafe extern "C" fn notify(
     if key == -1 && !unsafe { ffi::PyErr_Occurred() }.is_null() {
         return std::ptr::null_mut();
     }
-    // SAFETY: GIL held; `finished` is borrowed; -1 means its __bool__ raised (left set).
-    let finished = match unsafe { ffi::PyObject_IsTrue(finished) } {
-        -1 => return std::ptr::null_mut(),
-        truth => truth == 1,
+    // SAFETY: GIL held; `finished` is borrowed.
+    let Some(finished) = (unsafe { truth_argument(finished) }) else {
+        return std::ptr::null_mut();
     };
     // SAFETY: GIL held; `capsule` is the `self` of a function bound by NOTIFY_DEF, a
     // MethodDef<Completions>; the borrow ends with the call.

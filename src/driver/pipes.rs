@@ -448,7 +448,8 @@ pub(super) mod tests {
         (fds[0], fds[1])
     }
 
-    fn write_all(fd: libc::c_int, bytes: &[u8]) {
+    /// Writes all of `bytes` to `fd` in one write. Also for `turn.rs`'s tests.
+    pub(in crate::driver) fn write_all(fd: libc::c_int, bytes: &[u8]) {
         // SAFETY: writes from a live buffer of that length to a pipe this test owns.
         assert_eq!(unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) }, bytes.len() as isize);
     }

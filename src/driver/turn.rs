@@ -20,7 +20,7 @@ use parking_lot::{Condvar, Mutex};
 use pyo3_ffi as ffi;
 
 use super::pipes::{PipeReader, fd_argument};
-use crate::callback::{MethodDef, bound_state, fastcall_args};
+use crate::callback::{MethodDef, bound_state, fastcall_args, truth_argument};
 use crate::error::Result;
 use crate::exception::raise;
 use crate::gil::GilToken;
@@ -148,18 +148,18 @@ unsafe extern "C" fn wait_readable(
         if unsafe { add_fds(args[3], 0, &mut pipes) }.is_none() {
             return std::ptr::null_mut();
         }
-        // SAFETY: GIL held; args[4] is borrowed; -1 means its __bool__ raised (left set).
-        eager = match unsafe { ffi::PyObject_IsTrue(args[4]) } {
-            -1 => return std::ptr::null_mut(),
-            truth => truth == 1,
+        // SAFETY: GIL held; args[4] is borrowed.
+        let Some(truth) = (unsafe { truth_argument(args[4]) }) else {
+            return std::ptr::null_mut();
         };
+        eager = truth;
     }
     if expected == 6 {
-        // SAFETY: as above, for args[5].
-        hold_wakes = match unsafe { ffi::PyObject_IsTrue(args[5]) } {
-            -1 => return std::ptr::null_mut(),
-            truth => truth == 1,
+        // SAFETY: GIL held; args[5] is borrowed.
+        let Some(truth) = (unsafe { truth_argument(args[5]) }) else {
+            return std::ptr::null_mut();
         };
+        hold_wakes = truth;
     }
     let pipes: Vec<libc::c_int> = pipes.iter().map(|pipe| pipe.fd).collect();
     // SAFETY: GIL held; reads the address of the static None object (not a reference taken).
@@ -180,7 +180,7 @@ unsafe extern "C" fn wait_readable(
     let thread_state = unsafe { ffi::PyEval_SaveThread() };
     // py4cc is back in its wait: it has sent what waited for a worker.
     turn.reader.wake_deferred();
-    let ready = poll_and_read(&mut fds, timeout_ms, &pipes, (eager, eager && hold_wakes), &turn.reader);
+    let ready = poll_and_read(&mut fds, timeout_ms, &pipes, eager, eager && hold_wakes, &turn.reader);
     *turn.taking_gil.lock() = true;
     // SAFETY: the state PyEval_SaveThread returned on this thread; takes the GIL back.
     unsafe { ffi::PyEval_RestoreThread(thread_state) };
@@ -236,7 +236,8 @@ fn poll_and_read(
     fds: &mut [libc::pollfd],
     timeout_ms: libc::c_int,
     pipes: &[libc::c_int],
-    (eager, hold_wakes): (bool, bool),
+    eager: bool,
+    hold_wakes: bool,
     reader: &PipeReader,
 ) -> std::result::Result<(), libc::c_int> {
     let deadline = (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
@@ -339,8 +340,9 @@ fn answer(fds: &[libc::pollfd]) -> *mut ffi::PyObject {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::completion::Completions;
     use crate::driver::completion::Standing;
-    use crate::driver::pipes::tests::{close, pipe};
+    use crate::driver::pipes::tests::{close, pipe, write_all};
     use crate::gil::Gil;
 
     #[test]
@@ -351,8 +353,7 @@ mod tests {
         assert_eq!(Arc::strong_count(&turn), 2, "the capsule holds the turn");
         let (quiet, quiet_writer) = pipe();
         let (busy, busy_writer) = pipe();
-        // SAFETY: writes one byte from a live buffer to a pipe this test owns.
-        assert_eq!(unsafe { libc::write(busy_writer, b"x".as_ptr().cast(), 1) }, 1);
+        write_all(busy_writer, b"x");
         let ready: Vec<(i64, i64)> = wait.call((vec![quiet, busy], 1000.0), ())?.extract()?;
         assert_eq!(ready, [(i64::from(busy), i64::from(libc::POLLIN))]);
         let none: Vec<(i64, i64)> = wait.call((vec![quiet], 0), ())?.extract()?;
@@ -424,20 +425,22 @@ mod tests {
         framed
     }
 
+    /// A turn whose reader delivers into a table of its own, and that table.
+    fn reading_turn() -> (Arc<Completions>, Arc<DispatcherTurn>) {
+        let completions = Arc::new(Completions::new(None));
+        let turn = Arc::new(DispatcherTurn::new(Arc::new(PipeReader::new(Arc::clone(&completions)))));
+        (completions, turn)
+    }
+
     #[test]
     fn it_reads_the_pipes_and_returns_for_answers_only_when_eager() -> Result<()> {
-        let completions = Arc::new(crate::driver::completion::Completions::new(None));
-        let turn = Arc::new(DispatcherTurn::new(Arc::new(PipeReader::new(Arc::clone(&completions)))));
+        let (completions, turn) = reading_turn();
         let gil = Gil::acquire()?;
         let wait = turn.function(gil.token())?;
         let (pipe_read, pipe_write) = pipe();
         let (other, other_writer) = pipe();
-        let write = |fd, bytes: &[u8]| {
-            // SAFETY: writes from a live buffer of that length to a pipe this test owns.
-            assert_eq!(unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) }, bytes.len() as isize);
-        };
         let no_write_fds: Vec<i32> = Vec::new();
-        write(pipe_write, &answer_frame(3));
+        write_all(pipe_write, &answer_frame(3));
         let eager: Vec<(i64, i64)> =
             wait.call((vec![pipe_read, other], 5000.0, &no_write_fds, vec![pipe_read], true), ())?.extract()?;
         assert!(eager.is_empty(), "an answer alone is not reported, but ends an eager wait: {eager:?}");
@@ -445,10 +448,10 @@ mod tests {
         // Lazy: answers go on being read while it waits; a message on another fd ends the wait.
         let writer = std::thread::spawn(move || {
             for key in 4..7 {
-                write(pipe_write, &answer_frame(key));
+                write_all(pipe_write, &answer_frame(key));
                 std::thread::sleep(Duration::from_millis(20));
             }
-            write(other_writer, b"x");
+            write_all(other_writer, b"x");
             (pipe_write, other_writer)
         });
         // wait_readable lets the GIL go while it polls: the writer needs none anyway.
@@ -460,7 +463,7 @@ mod tests {
         }
         // A message py4cc must read reports the pipe.
         let (pipe_write, other_writer) = writer.join().unwrap();
-        write(pipe_write, &[0, 0, 0, 3, 0x80, 5, b'N']);
+        write_all(pipe_write, &[0, 0, 0, 3, 0x80, 5, b'N']);
         let for_python: Vec<(i64, i64)> =
             wait.call((vec![pipe_read], 5000.0, &no_write_fds, vec![pipe_read], false), ())?.extract()?;
         assert_eq!(for_python, [(i64::from(pipe_read), i64::from(libc::POLLIN))]);
@@ -480,15 +483,11 @@ mod tests {
         use crate::driver::completion::tests::CountWakes;
         use std::sync::atomic::Ordering;
         use std::task::{Context, Waker};
-        let completions = Arc::new(crate::driver::completion::Completions::new(None));
-        let turn = Arc::new(DispatcherTurn::new(Arc::new(PipeReader::new(Arc::clone(&completions)))));
+        let (completions, turn) = reading_turn();
         let gil = Gil::acquire()?;
         let wait = turn.function(gil.token())?;
         let (pipe_read, pipe_write) = pipe();
-        let write = |bytes: &[u8]| {
-            // SAFETY: writes from a live buffer of that length to a pipe this test owns.
-            assert_eq!(unsafe { libc::write(pipe_write, bytes.as_ptr().cast(), bytes.len()) }, bytes.len() as isize);
-        };
+        let write = |bytes: &[u8]| write_all(pipe_write, bytes);
         let wakes = Arc::new(CountWakes::default());
         let waker = Waker::from(Arc::clone(&wakes));
         for key in 3..7 {
